@@ -1,0 +1,94 @@
+"""The converted artefact: one safetensors file holding the weights and the definition text.
+
+Tensors are named ``<layer>/<i>`` in Caffe's blob layout; the metadata holds the definition (as V2
+prototxt text), a format tag and the sha256 of the files it was converted from, so that a later
+parity verdict can be tied to exactly these bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from .errors import CaffeError
+from .net import CaffeNet
+from .netdef import netdef_from_text
+
+FORMAT = "caffe-mfv-port/1"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save(net: CaffeNet, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
+    """Write ``net`` (definition + weights) to ``path`` atomically.
+
+    Parameters
+    ----------
+    net : CaffeNet
+    path : str or Path
+        Destination ``.safetensors`` file.
+    metadata : dict of str to str, optional
+        Extra provenance (e.g. the sha256 of the source prototxt and caffemodel).
+    """
+    path = Path(path)
+    tensors = {
+        f"{layer}/{i}": np.ascontiguousarray(blob)
+        for layer, blobs in net.caffe_blobs().items()
+        for i, blob in enumerate(blobs)
+    }
+    meta = {"format": FORMAT, "prototxt": net.netdef.to_prototxt(), "name": net.netdef.name}
+    meta.update(metadata or {})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a saved artefact, without loading its weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+    except (OSError, SafetensorError) as exc:
+        raise CaffeError(f"not a converted model: {exc}", path=path) from None
+    if meta.get("format") != FORMAT:
+        raise CaffeError(f"not a converted model (format {meta.get('format')!r})", path=path)
+    return meta
+
+
+def load(path: str | Path, *, dtype: torch.dtype = torch.float32,
+         device: str | torch.device = "cpu") -> CaffeNet:
+    """Load an artefact written by :func:`save` into a :class:`CaffeNet` in eval mode."""
+    meta = read_metadata(path)
+    netdef = netdef_from_text(meta["prototxt"], path=f"{path} (embedded definition)")
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CaffeError(f"cannot read weights: {exc}", path=path) from None
+    weights: dict[str, list[np.ndarray]] = {}
+    for key in sorted(tensors, key=lambda k: (k.rpartition("/")[0], int(k.rpartition("/")[2]))):
+        layer, _, _ = key.rpartition("/")
+        weights.setdefault(layer, []).append(tensors[key])
+    net = CaffeNet(netdef)
+    net.load_blobs(weights, source=path)
+    return net.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,224 @@
+"""The converted net: an ordinary ``torch.nn.Module`` that runs a Caffe definition."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .caffemodel import read_caffemodel
+from .errors import CaffeError
+from .layers import CaffeLayer, Shape, build_layer
+from .netdef import NetDef, load_prototxt
+
+
+def _module_key(name: str) -> str:
+    # nn.Module names cannot contain '.'; Caffe layer names can.
+    return name.replace(".", "\u2024")
+
+
+class CaffeNet(nn.Module):
+    """A Caffe net definition as a PyTorch module.
+
+    Calling the net runs every layer in definition order and returns a dict of blobs: the net's
+    outputs (blobs no layer consumes) plus any blob asked for with ``blobs``. Blob values have
+    pycaffe's meaning: a blob rewritten by in-place layers (``relu1`` on ``conv1``) holds the final
+    values. Weight blobs keep Caffe's layout and live in ``net.layer_modules[<layer>].blobs``.
+
+    Parameters
+    ----------
+    netdef : NetDef
+        The parsed definition (see :func:`port.load_prototxt`).
+    """
+
+    def __init__(self, netdef: NetDef) -> None:
+        super().__init__()
+        self.netdef = netdef
+        self.layer_modules = nn.ModuleDict()
+        shapes: dict[str, Shape] = dict(netdef.inputs)
+        order: list[str] = list(netdef.inputs)
+        consumed: set[str] = set()
+        for layer in netdef.layers:
+            for b in layer.bottoms:
+                if b not in shapes:
+                    raise CaffeError(f"bottom blob {b!r} is not produced by any earlier layer",
+                                     path=netdef.path, layer=layer.name, field="bottom",
+                                     line=layer.line)
+            module = self._build(layer, [shapes[b] for b in layer.bottoms])
+            tops = module.top_shapes()
+            if len(tops) != len(layer.tops):
+                raise CaffeError(f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
+                                 path=netdef.path, layer=layer.name, field="top", line=layer.line)
+            consumed.update(b for b in layer.bottoms if b not in layer.tops)
+            for name, shape in zip(layer.tops, tops, strict=True):
+                if name not in shapes:
+                    order.append(name)
+                shapes[name] = shape
+            self.layer_modules[_module_key(layer.name)] = module
+        self.blob_shapes = shapes
+        self.blob_names = order
+        self.output_names = [b for b in order if b not in consumed and b not in netdef.inputs]
+
+    def _build(self, layer, bottom_shapes) -> CaffeLayer:
+        try:
+            return build_layer(layer, bottom_shapes)
+        except CaffeError as exc:
+            raise CaffeError(exc.reason, path=self.netdef.path, layer=layer.name,
+                             field=exc.field, line=layer.line) from None
+
+    def module(self, layer_name: str) -> CaffeLayer:
+        """The module of one layer, by its Caffe name."""
+        return self.layer_modules[_module_key(layer_name)]
+
+    # -- weights --------------------------------------------------------------------------------
+
+    def load_blobs(self, weights: Mapping[str, Sequence[np.ndarray]], *,
+                   source: str | Path | None = None, strict: bool = True) -> None:
+        """Copy Caffe weight blobs (layer name -> arrays) into the net, checking every shape.
+
+        Blobs are matched by layer name. A blob may be stored with a different but equal-sized
+        shape only when it is the legacy 4-D form of the expected shape (leading 1s), as in V1 files.
+        With ``strict``, a learnable layer missing from ``weights`` is an error. Like Caffe,
+        blobs of layers that the definition lacks are ignored.
+        """
+        for layer in self.netdef.layers:
+            module = self.module(layer.name)
+            expected = module.blob_shapes()
+            blobs = weights.get(layer.name)
+            if blobs is None:
+                if expected and strict:
+                    raise CaffeError("the weights file has no blobs for this learnable layer",
+                                     path=source, layer=layer.name, field="blobs")
+                continue
+            if len(blobs) != len(expected):
+                raise CaffeError(f"{len(blobs)} weight blobs, the definition implies "
+                                 f"{len(expected)}", path=source, layer=layer.name, field="blobs")
+            for i, (blob, shape) in enumerate(zip(blobs, expected, strict=True)):
+                blob = np.asarray(blob)
+                if tuple(blob.shape) != tuple(shape):
+                    squeezed = tuple(blob.shape)
+                    while len(squeezed) > len(shape) and squeezed[0] == 1:
+                        squeezed = squeezed[1:]
+                    if squeezed != tuple(shape):
+                        raise CaffeError(f"blob {i} has shape {tuple(blob.shape)}, the definition "
+                                         f"implies {tuple(shape)}", path=source, layer=layer.name,
+                                         field=f"blobs[{i}]")
+                param = module.blobs[i]
+                with torch.no_grad():
+                    param.copy_(torch.from_numpy(blob.reshape(shape)).to(param.dtype))
+
+    def caffe_blobs(self) -> dict[str, list[np.ndarray]]:
+        """The weights as Caffe blobs (layer name -> float32 arrays), e.g. for a caffemodel."""
+        return {
+            layer.name: [b.detach().cpu().float().numpy() for b in self.module(layer.name).blobs]
+            for layer in self.netdef.layers
+            if len(self.module(layer.name).blobs)
+        }
+
+    # -- running --------------------------------------------------------------------------------
+
+    def _inputs(self, x) -> dict[str, torch.Tensor]:
+        names = list(self.netdef.inputs)
+        if isinstance(x, Mapping):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise CaffeError(f"missing input blob(s) {missing}; the net takes {names}",
+                                 path=self.netdef.path, field="input")
+            inputs = {n: x[n] for n in names}
+        else:
+            if len(names) != 1:
+                raise CaffeError(f"the net takes {len(names)} inputs {names}: pass a dict",
+                                 path=self.netdef.path, field="input")
+            inputs = {names[0]: x}
+        for name, t in inputs.items():
+            declared = self.netdef.inputs[name]
+            if t.dim() != len(declared) or (t.dim() > 1 and t.shape[1] != declared[1]):
+                raise CaffeError(f"input {name!r} has shape {tuple(t.shape)}; the definition "
+                                 f"declares {declared} (batch and spatial size may differ)",
+                                 path=self.netdef.path, field="input")
+        return inputs
+
+    def run(self, x, *, keep_first: bool = False):
+        """Run every layer; return (final blob values, first versions of each blob).
+
+        ``first`` maps each blob to the tensor its producing layer wrote, before any in-place layer
+        replaced it: Caffe's diff of a blob is the gradient with respect to that version.
+        """
+        blobs: dict[str, torch.Tensor] = dict(self._inputs(x))
+        first: dict[str, torch.Tensor] = dict(blobs) if keep_first else {}
+        for layer in self.netdef.layers:
+            module = self.module(layer.name)
+            try:
+                tops = module(*[blobs[b] for b in layer.bottoms])
+            except RuntimeError as exc:
+                shapes = [tuple(blobs[b].shape) for b in layer.bottoms]
+                raise CaffeError(f"cannot run on bottoms of shape {shapes}: {exc}",
+                                 path=self.netdef.path, layer=layer.name) from None
+            for name, t in zip(layer.tops, tops, strict=True):
+                blobs[name] = t
+                if keep_first and name not in first:
+                    first[name] = t
+        return blobs, first
+
+    def forward(self, x, blobs: Sequence[str] | str | None = None) -> dict[str, torch.Tensor]:
+        """Run the net.
+
+        Parameters
+        ----------
+        x : Tensor or dict of str to Tensor
+            The input batch (N, C, H, W) for single-input nets, else input name -> tensor. Batch and
+            spatial size may differ from the declared ones where the layers allow it.
+        blobs : sequence of str, "all" or None
+            Extra blobs to return besides the outputs.
+
+        Returns
+        -------
+        dict of str to Tensor
+        """
+        values, _ = self.run(x)
+        wanted = list(self.output_names)
+        if blobs == "all":
+            wanted = list(self.blob_names)
+        elif blobs:
+            unknown = [b for b in blobs if b not in values]
+            if unknown:
+                raise CaffeError(f"no blob(s) {unknown} in this net", path=self.netdef.path)
+            wanted += [b for b in blobs if b not in wanted]
+        return {name: values[name] for name in wanted}
+
+
+def load_caffe(
+    prototxt: str | Path,
+    caffemodel: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+) -> CaffeNet:
+    """Convert a Caffe deploy definition (and optionally its weights) into a :class:`CaffeNet`.
+
+    Parameters
+    ----------
+    prototxt : str or Path
+        Deploy definition, current or legacy V1 format.
+    caffemodel : str or Path, optional
+        Binary weights, current or legacy V1 format. Without it the weights are zero; use
+        :func:`port.seed_weights` for deterministic random ones.
+    dtype : torch.dtype
+        ``torch.float32`` (Caffe's precision) or ``torch.float64``.
+    device : str or torch.device
+    strict : bool
+        Require weights for every learnable layer.
+
+    Returns
+    -------
+    CaffeNet
+        In eval mode.
+    """
+    net = CaffeNet(load_prototxt(prototxt))
+    if caffemodel is not None:
+        net.load_blobs(read_caffemodel(caffemodel), source=caffemodel, strict=strict)
+    return net.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,326 @@
+"""The parsed net definition: layers in the current (V2) vocabulary, inputs with their shapes.
+
+Both text formats are read: the current one (``layer { type: "Convolution" }``) and the legacy V1 one
+(``layers { type: CONVOLUTION }``), which is upgraded the way Caffe's ``UpgradeV1Net`` does: the
+enum type becomes its string name, and the ``*_param`` messages (shared by both formats) are copied.
+Inputs may be declared by ``input`` + ``input_dim`` x4, ``input`` + ``input_shape``, or ``Input``
+layers. Only layers that Caffe would instantiate in the TEST phase are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from . import schema
+from .errors import CaffeError
+
+# V1 enum name -> V2 type string (Caffe's UpgradeV1LayerType).
+V1_TYPES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
+    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
+    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
+    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+V2_TO_V1_TYPES = {v: k for k, v in V1_TYPES.items()}
+
+# Parameter messages that V1 and V2 layers share by name.
+_SHARED_PARAMS = [
+    f.name
+    for f in schema.V1LayerParameter.DESCRIPTOR.fields
+    if f.name.endswith("_param") and f.name in schema.LayerParameter.DESCRIPTOR.fields_by_name
+]
+
+
+@dataclass
+class LayerDef:
+    """One layer of the net, in the current vocabulary.
+
+    ``param`` is the layer's ``LayerParameter`` message (without weight blobs), so type-specific
+    options read the same whichever format the file used: ``layer.param.pooling_param.stride``.
+    """
+
+    name: str
+    type: str
+    bottoms: list[str]
+    tops: list[str]
+    param: object
+    line: int | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return len(self.tops) == 1 and self.tops == self.bottoms[:1]
+
+
+@dataclass
+class NetDef:
+    """A parsed deploy definition."""
+
+    name: str
+    inputs: dict[str, tuple[int, ...]]
+    layers: list[LayerDef]
+    force_backward: bool = False
+    path: str | None = None
+    text: str = ""
+    legacy_v1: bool = False
+    layer_lines: dict[str, int] = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerDef:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise CaffeError("no such layer", path=self.path, layer=name)
+
+    def producers(self, blob: str) -> list[LayerDef]:
+        """Layers whose tops include ``blob``, in order (the producer, then in-place layers)."""
+        return [layer for layer in self.layers if blob in layer.tops]
+
+    def to_proto(self):
+        """The definition as a V2 ``NetParameter`` (inputs as ``input`` + ``input_shape``)."""
+        net = schema.NetParameter(name=self.name, force_backward=self.force_backward)
+        for name, shape in self.inputs.items():
+            net.input.append(name)
+            net.input_shape.add().dim.extend(shape)
+        for layer in self.layers:
+            net.layer.add().CopyFrom(layer.param)
+        return net
+
+    def to_prototxt(self) -> str:
+        return text_format.MessageToString(self.to_proto())
+
+
+_TEXT_ERROR = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
+_FIELD_IN_ERROR = re.compile(r'field "?([\w.]+)"?|named "?(\w+)"?')
+
+
+def _layer_block_lines(text: str) -> list[int]:
+    """1-based line of each top-level ``layer``/``layers`` block, in order."""
+    lines = []
+    depth = 0
+    line = 1
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        elif c in "\"'":
+            quote = c
+            i += 1
+            while i < n and text[i] != quote:
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "\n":
+                    line += 1
+                i += 1
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif depth == 0 and text.startswith("layer", i) and (i == 0 or not text[i - 1].isalnum()):
+            j = i + 5
+            if j < n and text[j] == "s":
+                j += 1
+            if j < n and not (text[j].isalnum() or text[j] == "_"):
+                lines.append(line)
+        i += 1
+    return lines
+
+
+def parse_net_text(text: str, *, path: str | Path | None = None):
+    """Parse prototxt text into a raw ``NetParameter``; errors carry the line and field."""
+    net = schema.NetParameter()
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as exc:
+        msg = str(exc)
+        m = _TEXT_ERROR.match(msg)
+        line = int(m.group(1)) if m else None
+        reason = m.group(3) if m else msg
+        fm = _FIELD_IN_ERROR.search(reason)
+        fld = next((g for g in fm.groups() if g), None) if fm else None
+        layer = _layer_at_line(text, line) if line else None
+        raise CaffeError(f"malformed prototxt: {reason}", path=path, line=line, layer=layer,
+                         field=fld) from None
+    return net
+
+
+def _layer_at_line(text: str, line: int) -> str | None:
+    """Name of the layer block enclosing ``line`` (best effort, for error messages)."""
+    starts = _layer_block_lines(text)
+    before = [s for s in starts if s <= line]
+    if not before:
+        return None
+    block = "\n".join(text.splitlines()[before[-1] - 1 : line])
+    m = re.search(r'\bname\s*:\s*"([^"]*)"', block)
+    return m.group(1) if m else None
+
+
+def _rule_met(rule, phase: int, level: int = 0, stages: tuple[str, ...] = ()) -> bool:
+    # Caffe's StateMeetsRule for a net in state (phase, level, stages).
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    if rule.HasField("min_level") and level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and level > rule.max_level:
+        return False
+    if any(s not in stages for s in rule.stage):
+        return False
+    return not any(s in stages for s in rule.not_stage)
+
+
+def _included(param, phase: int) -> bool:
+    if param.include and param.exclude:
+        raise CaffeError("layer specifies both include and exclude rules", layer=param.name)
+    if param.include:
+        return any(_rule_met(r, phase) for r in param.include)
+    return not any(_rule_met(r, phase) for r in param.exclude)
+
+
+def upgrade_v1_layer(v1, *, path: str | Path | None = None):
+    """Convert one ``V1LayerParameter`` to a ``LayerParameter`` (blobs excluded)."""
+    if v1.HasField("layer"):
+        raise CaffeError(
+            "V0 layer definitions (2013) are not supported; upgrade the net with Caffe's "
+            "upgrade_net_proto_text tool first", path=path, layer=v1.layer.name or v1.name,
+            field="layer",
+        )
+    type_name = schema.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"].values_by_number[
+        v1.type
+    ].name
+    if type_name == "NONE":
+        raise CaffeError("legacy layer has no type", path=path, layer=v1.name, field="type")
+    layer = schema.LayerParameter(name=v1.name, type=V1_TYPES[type_name])
+    layer.bottom.extend(v1.bottom)
+    layer.top.extend(v1.top)
+    layer.include.extend(v1.include)
+    layer.exclude.extend(v1.exclude)
+    layer.loss_weight.extend(v1.loss_weight)
+    for name in _SHARED_PARAMS:
+        if v1.HasField(name):
+            getattr(layer, name).CopyFrom(getattr(v1, name))
+    for i, lr in enumerate(v1.blobs_lr):
+        spec = layer.param[i] if i < len(layer.param) else layer.param.add()
+        spec.lr_mult = lr
+    for i, decay in enumerate(v1.weight_decay):
+        spec = layer.param[i] if i < len(layer.param) else layer.param.add()
+        spec.decay_mult = decay
+    return layer
+
+
+def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") -> NetDef:
+    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin)."""
+    if net.layer and net.layers:
+        raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
+                         path=path, field="layers")
+    lines = _layer_block_lines(text) if text else []
+    legacy = bool(net.layers)
+    raw = [upgrade_v1_layer(v1, path=path) for v1 in net.layers] if legacy else list(net.layer)
+    phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
+    inputs: dict[str, tuple[int, ...]] = {}
+    for name in net.input:
+        inputs[name] = ()
+    if net.input_dim:
+        if len(net.input_dim) != 4 * len(net.input):
+            raise CaffeError(
+                f"{len(net.input_dim)} input_dim values for {len(net.input)} inputs "
+                "(4 per input expected)", path=path, field="input_dim")
+        for i, name in enumerate(net.input):
+            inputs[name] = tuple(int(d) for d in net.input_dim[4 * i : 4 * i + 4])
+    elif net.input_shape:
+        if len(net.input_shape) != len(net.input):
+            raise CaffeError(
+                f"{len(net.input_shape)} input_shape blocks for {len(net.input)} inputs",
+                path=path, field="input_shape")
+        for name, shape in zip(net.input, net.input_shape, strict=True):
+            inputs[name] = tuple(int(d) for d in shape.dim)
+    elif net.input:
+        raise CaffeError("inputs are declared without input_dim or input_shape", path=path,
+                         field="input")
+
+    layers: list[LayerDef] = []
+    names: set[str] = set()
+    for i, param in enumerate(raw):
+        line = lines[i] if i < len(lines) else None
+        if not param.name:
+            raise CaffeError("layer has no name", path=path, line=line, field="name")
+        if not param.type:
+            raise CaffeError("layer has no type", path=path, layer=param.name, line=line,
+                             field="type")
+        if not _included(param, phase):
+            continue
+        if param.name in names:
+            raise CaffeError("duplicate layer name", path=path, layer=param.name, line=line,
+                             field="name")
+        names.add(param.name)
+        if param.type == "Input":
+            shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
+            if shapes and len(shapes) not in (1, len(param.top)):
+                raise CaffeError(
+                    f"{len(shapes)} shapes for {len(param.top)} tops", path=path,
+                    layer=param.name, line=line, field="input_param.shape")
+            for j, top in enumerate(param.top):
+                inputs[top] = shapes[j if len(shapes) > 1 else 0] if shapes else ()
+            continue
+        clean = schema.LayerParameter()
+        clean.CopyFrom(param)
+        del clean.blobs[:]
+        layers.append(LayerDef(name=param.name, type=param.type, bottoms=list(param.bottom),
+                               tops=list(param.top), param=clean, line=line))
+    if not inputs:
+        raise CaffeError("the net declares no input (input/input_dim, input_shape or an Input "
+                         "layer)", path=path, field="input")
+    for name, shape in inputs.items():
+        if not shape:
+            raise CaffeError(f"input {name!r} has no shape", path=path, field="input_shape")
+    return NetDef(
+        name=net.name, inputs=inputs, layers=layers, force_backward=net.force_backward,
+        path=str(path) if path is not None else None, text=text, legacy_v1=legacy,
+        layer_lines={layer.name: layer.line for layer in layers if layer.line is not None},
+    )
+
+
+def load_prototxt(path: str | Path) -> NetDef:
+    """Read a deploy ``.prototxt`` (current or legacy V1 format).
+
+    Parameters
+    ----------
+    path : str or Path
+        The text definition.
+
+    Returns
+    -------
+    NetDef
+        Layers kept for the TEST phase, in file order, with inputs and their declared shapes.
+
+    Raises
+    ------
+    CaffeError
+        When the file cannot be read or parsed; the message names the file, line, layer and field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaffeError(f"cannot read definition: {exc}", path=path) from None
+    return netdef_from_text(text, path=path)
+
+
+def netdef_from_text(text: str, *, path: str | Path | None = None) -> NetDef:
+    """Parse definition text (see :func:`load_prototxt`)."""
+    return netdef_from_proto(parse_net_text(text, path=path), path=path, text=text)
