@@ -1,0 +1,149 @@
+"""``python -m port``: convert, inspect, dump and seed Caffe models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CaffeError
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def cmd_seed_weights(args: argparse.Namespace) -> None:
+    from .caffemodel import write_caffemodel
+    from .netdef import load_prototxt
+    from .seed import seed_weights
+
+    netdef = load_prototxt(args.prototxt)
+    write_caffemodel(args.out, netdef, seed_weights(netdef, args.seed), format=args.format)
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, seed {args.seed}, "
+          f"{args.format})")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .caffemodel import read_caffemodel
+    from .net import CaffeNet
+    from .netdef import load_prototxt
+
+    netdef = load_prototxt(args.prototxt)
+    net = CaffeNet(netdef)
+    if args.caffemodel:
+        net.load_blobs(read_caffemodel(args.caffemodel), source=args.caffemodel)
+    rows = [("layer", "type", "bottoms", "tops", "top shapes", "params")]
+    for name, shape in netdef.inputs.items():
+        rows.append((name, "Input", "", name, "x".join(map(str, shape)), "0"))
+    total = 0
+    for layer in netdef.layers:
+        module = net.module(layer.name)
+        count = sum(p.numel() for p in module.parameters())
+        total += count
+        shapes = " ".join("x".join(map(str, s)) for s in module.top_shapes())
+        rows.append((layer.name, layer.type, ",".join(layer.bottoms), ",".join(layer.tops), shapes,
+                     f"{count:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    fmt = "legacy V1" if netdef.legacy_v1 else "current"
+    print(f"\n{netdef.name or Path(args.prototxt).stem}: {len(netdef.layers)} layers ({fmt} format), "
+          f"{total:,} parameters, outputs {', '.join(net.output_names)}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .artefact import save, sha256_file
+    from .net import load_caffe
+
+    net = load_caffe(args.prototxt, args.caffemodel)
+    save(net, args.out, metadata={
+        "source_prototxt_sha256": sha256_file(args.prototxt),
+        "source_caffemodel_sha256": sha256_file(args.caffemodel),
+    })
+    print(f"wrote {args.out}")
+
+
+def cmd_dump(args: argparse.Namespace) -> None:
+    from .dump import dump_blobs, parse_backward_from, save_npz
+    from .net import load_caffe
+
+    try:
+        x = np.load(args.input)
+    except (OSError, ValueError) as exc:
+        raise CaffeError(f"cannot read input batch: {exc}", path=args.input) from None
+    if x.ndim != 4:
+        raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=args.input)
+    backward = parse_backward_from(args.backward_from) if args.backward_from else None
+    net = load_caffe(args.prototxt, args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
+    blobs = dump_blobs(net, x, backward_from=backward)
+    save_npz(args.out, blobs)
+    print(f"wrote {args.out}: {sum(k.startswith('data/') for k in blobs)} blobs"
+          + (f", diffs from {args.backward_from}" if backward else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m port",
+        description="Convert Caffe models (deploy .prototxt + .caffemodel, current or legacy V1 "
+                    "format) to PyTorch and inspect them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("seed-weights", help="write deterministic weights for a definition",
+                       description="Write seeded weights (He-normal weights, small biases, valid "
+                                   "BatchNorm statistics) in a caffemodel that Caffe 1.0 loads.")
+    p.add_argument("--prototxt", required=True, help="deploy definition")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="caffemodel to write")
+    p.add_argument("--format", choices=["v2", "v1"], default="v2",
+                   help="v2: current 'layer' entries; v1: legacy 'layers' entries (default v2)")
+    p.set_defaults(func=cmd_seed_weights)
+
+    p = sub.add_parser("inspect", help="table of layers, blobs, shapes and parameter counts",
+                       description="Print each layer's name, type, bottoms, tops, top shapes and "
+                                   "parameter count.")
+    p.add_argument("--prototxt", required=True, help="deploy definition")
+    p.add_argument("--caffemodel", help="weights to load and check against the definition")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="convert to a single safetensors artefact",
+                       description="Convert definition + weights into one .safetensors file that "
+                                   "port.load() reads (weights plus the definition text).")
+    p.add_argument("--prototxt", required=True, help="deploy definition")
+    p.add_argument("--caffemodel", required=True, help="weights")
+    p.add_argument("--out", required=True, help="artefact to write (.safetensors)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("dump", help="every blob's data (and diff) as pycaffe holds them",
+                       description="Run the port on a preprocessed batch and write data/<blob> "
+                                   "(and diff/<blob>) arrays to an .npz, with pycaffe's meaning.")
+    p.add_argument("--prototxt", required=True, help="deploy definition")
+    p.add_argument("--caffemodel", required=True, help="weights")
+    p.add_argument("--input", required=True,
+                   help="preprocessed batch (N,C,H,W) .npy; batch and spatial size may differ "
+                        "from the definition's")
+    p.add_argument("--out", required=True, help=".npz to write")
+    p.add_argument("--backward-from", metavar="BLOB:UNIT",
+                   help="also backpropagate a one-hot at flat index UNIT of BLOB in each sample")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="precision of the run (default float32, Caffe's)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_dump)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CaffeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
