@@ -1,0 +1,236 @@
+"""Judging a set of runner outputs: noise measurement, routing-flip excusal, pairs, verdict."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import tolerance
+from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
+from .routing import Flip, excused_region, find_flips
+from .runners import RunnerOutput
+
+__all__ = ["judge", "blob_producers", "ordered_keys", "CAFFE_BUILDS", "FLOAT32_REFERENCES"]
+
+CAFFE_BUILDS = ("caffe-atlas", "caffe-openblas")
+FLOAT32_REFERENCES = ("numpy32", "onnx")
+
+
+def blob_producers(netdef: Any) -> dict[str, str]:
+    """Blob name -> name of the layer that first writes it ("" for net inputs)."""
+    out = {name: "" for name in netdef.inputs}
+    for layer in netdef.layers:
+        for t in layer.tops:
+            out.setdefault(t, layer.name)
+    return out
+
+
+def ordered_keys(netdef: Any, available: set[str]) -> list[str]:
+    """Forward keys in net order, then backward keys in the order the gradient flows (reverse)."""
+    blobs = list(blob_producers(netdef))
+    fwd = [f"data/{b}" for b in blobs if f"data/{b}" in available]
+    bwd = [f"diff/{b}" for b in reversed(blobs) if f"diff/{b}" in available]
+    return fwd + bwd
+
+
+class _FlipCache:
+    """Routing flips and excused diff regions per pair of runners, computed once."""
+
+    def __init__(self, netdef: Any, outputs: Mapping[str, RunnerOutput]) -> None:
+        self.netdef = netdef
+        self.outputs = outputs
+        self._cache: dict[tuple[str, str], tuple[list[Flip], dict[str, np.ndarray]]] = {}
+        self.shapes = {}
+        for o in outputs.values():
+            for k, v in o.blobs.items():
+                if k.startswith("data/"):
+                    self.shapes.setdefault(k[5:], v.shape)
+
+    def get(self, a: str, b: str) -> tuple[list[Flip], dict[str, np.ndarray]]:
+        key = (a, b) if a <= b else (b, a)
+        if key not in self._cache:
+            oa, ob = self.outputs[a], self.outputs[b]
+            flips = find_flips(self.netdef, oa.blobs, ob.blobs)
+            region = excused_region(self.netdef, flips, self.shapes) if flips else {}
+            self._cache[key] = (flips, region)
+        return self._cache[key]
+
+
+def _missing(key: str, why: str) -> Metrics:
+    return Metrics(math.inf, math.inf, math.inf, math.inf, math.inf, math.inf, 0.0, 0.0, [], 0, 0)
+
+
+def _compare_pair(
+    subject: RunnerOutput,
+    reference: RunnerOutput,
+    keys: list[str],
+    producers: Mapping[str, str],
+    flips: _FlipCache | None,
+    rule_for: Any,
+    rule_name: str,
+) -> PairResult:
+    """Compare every key, excusing routing-flip regions in diffs, and apply ``rule_for(key)``."""
+    pair = PairResult(subject.name, reference.name, rule_name)
+    region: dict[str, np.ndarray] = {}
+    nflips = 0
+    if flips is not None and any(k.startswith("diff/") for k in keys):
+        fl, region = flips.get(subject.name, reference.name)
+        nflips = sum(len(f.windows) for f in fl)
+    for key in keys:
+        blob = key.split("/", 1)[1]
+        a = subject.blobs.get(key)
+        b = reference.blobs.get(key)
+        rule = rule_for(key)
+        if a is None or b is None or a.shape != b.shape:
+            m = _missing(key, "absent or shape mismatch")
+        else:
+            excuse = region.get(blob) if key.startswith("diff/") else None
+            m = metrics(a, b, excuse=excuse)
+        pair.checks.append(
+            BlobCheck(
+                key, producers.get(blob, ""), m, rule, nflips if key.startswith("diff/") else 0
+            )
+        )
+    return pair
+
+
+def judge(
+    netdef: Any,
+    outputs: Mapping[str, RunnerOutput],
+    *,
+    model: str = "",
+    subject: str = "port32",
+    local: list[dict] | None = None,
+    notes: list[str] | None = None,
+) -> ParityResult:
+    """Apply the tolerance policy of :mod:`parity.tolerance` to a set of runner outputs.
+
+    Parameters
+    ----------
+    netdef : NetDef
+    outputs : mapping runner name -> RunnerOutput
+        Must hold ``port32`` (the subject) and ``port64`` (float64 truth for diffs); any of
+        ``caffe-atlas``, ``caffe-openblas``, ``numpy32``, ``numpy64``, ``onnx``.
+    model : str
+        Name for the report.
+    subject : str
+        Runner judged (``port32``).
+    local : list of dict, optional
+        Per-layer local analysis (:func:`parity.local.local_analysis`); its first departing layer
+        fails the run.
+    notes : list of str, optional
+        Free-text remarks carried into the result.
+
+    Returns
+    -------
+    ParityResult
+    """
+    if subject not in outputs or "port64" not in outputs:
+        raise ValueError("judge needs the port32 subject and the port64 truth")
+    producers = blob_producers(netdef)
+    sub = outputs[subject]
+    p64 = outputs["port64"]
+    flips = _FlipCache(netdef, outputs)
+    keys_all = ordered_keys(netdef, set(sub.blobs))
+    fwd_keys = [k for k in keys_all if k.startswith("data/")]
+    builds = [b for b in CAFFE_BUILDS if b in outputs]
+    truth_fwd = outputs.get("numpy64", p64)
+
+    # -- noise of this very input: spread between the builds, and Caffe's own error to truth --
+    noise: dict[str, dict[str, float | None]] = {
+        k: {"spread": None, "caffe_own": None} for k in keys_all
+    }
+    info_pairs: list[PairResult] = []
+    if len(builds) == 2:
+        sp = _compare_pair(
+            outputs[builds[0]],
+            outputs[builds[1]],
+            keys_all,
+            producers,
+            flips,
+            lambda k: None,
+            "info",
+        )
+        info_pairs.append(sp)
+        for c in sp.checks:
+            if math.isfinite(c.metrics.max_rel):
+                noise[c.key]["spread"] = c.metrics.max_rel
+    for b in builds:
+        for truth, keys in (
+            (truth_fwd, fwd_keys),
+            (p64, [k for k in keys_all if k.startswith("diff/")]),
+        ):
+            own = _compare_pair(outputs[b], truth, keys, producers, flips, lambda k: None, "info")
+            info_pairs.append(own)
+            for c in own.checks:
+                if math.isfinite(c.metrics.max_rel):
+                    prev = noise[c.key]["caffe_own"]
+                    noise[c.key]["caffe_own"] = max(prev or 0.0, c.metrics.max_rel)
+
+    def spread_rule(key: str) -> tolerance.Rule:
+        return tolerance.spread_rule(noise.get(key, {}).get("spread") if len(builds) == 2 else None)
+
+    def truth_rule(key: str) -> tolerance.Rule:
+        return tolerance.truth_rule(noise.get(key, {}).get("caffe_own") if builds else None)
+
+    pairs: list[PairResult] = []
+    for b in builds:
+        ref = outputs[b]
+        keys = [k for k in ordered_keys(netdef, set(ref.blobs) | set(sub.blobs))]
+        pairs.append(_compare_pair(sub, ref, keys, producers, flips, spread_rule, "spread"))
+    for r in FLOAT32_REFERENCES:
+        if r in outputs:
+            ref = outputs[r]
+            keys = ordered_keys(
+                netdef, {k for k in set(ref.blobs) | set(sub.blobs) if k.startswith("data/")}
+            )
+            pairs.append(_compare_pair(sub, ref, keys, producers, None, spread_rule, "spread"))
+    if "numpy64" in outputs:
+        pairs.append(
+            _compare_pair(sub, outputs["numpy64"], fwd_keys, producers, None, truth_rule, "truth")
+        )
+        f64_keys = ordered_keys(netdef, {k for k in set(p64.blobs) if k.startswith("data/")})
+        pairs.append(
+            _compare_pair(
+                p64,
+                outputs["numpy64"],
+                f64_keys,
+                producers,
+                None,
+                lambda k: tolerance.float64_rule(),
+                "float64",
+            )
+        )
+        truth_keys = [k for k in keys_all if k.startswith("diff/")]
+    else:
+        truth_keys = keys_all
+    if truth_keys:
+        pairs.append(_compare_pair(sub, p64, truth_keys, producers, flips, truth_rule, "truth"))
+
+    flip_summary = {}
+    for (a, b), (fl, region) in flips._cache.items():
+        if fl:
+            flip_summary[f"{a}|{b}"] = [
+                {**f.summary(), "excused_elements": {k: int(v.sum()) for k, v in region.items()}}
+                for f in fl
+            ]
+    first = None
+    if local:
+        for row in local:
+            if row.get("departs"):
+                first = row["layer"]
+                break
+    return ParityResult(
+        model=model,
+        runners={name: o.describe() for name, o in outputs.items()},
+        pairs=pairs + info_pairs,
+        noise=noise,
+        flips=flip_summary,
+        local=local or [],
+        first_departure=first,
+        policy=tolerance.policy_json(),
+        notes=list(notes or []),
+    )

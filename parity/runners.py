@@ -1,0 +1,258 @@
+"""Runners: each produces named blobs (``data/<blob>``, ``diff/<blob>``) for one input.
+
+* :func:`run_port` -- the PyTorch port (float32 or float64), through ``port.dump_blobs``;
+* :func:`load_golden` -- a real-Caffe golden dump (ATLAS or OpenBLAS build), read from its .npz;
+* :func:`run_numpy` -- the independent numpy reference (:mod:`parity.numpy_ref`), forward only;
+* :func:`run_onnx` -- the port exported to ONNX with every blob an output, run by ONNX Runtime on
+  the CPU, forward only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import numpy_ref
+
+__all__ = [
+    "RunnerOutput",
+    "run_port",
+    "load_golden",
+    "run_numpy",
+    "run_onnx",
+    "parse_backward_from",
+]
+
+
+@dataclass
+class RunnerOutput:
+    """What one runner produced.
+
+    Attributes
+    ----------
+    name : str
+        Runner name as the CLI spells it ("port32", "port64", "caffe-atlas", "caffe-openblas",
+        "numpy32", "numpy64", "onnx").
+    blobs : dict
+        ``"data/<blob>"`` and (unless forward only) ``"diff/<blob>"`` -> ndarray.
+    dtype : str
+        Precision of the computation ("float32" or "float64").
+    backward : bool
+        Whether diffs are present.
+    seconds : float
+        Wall time of the run (0 for files read from disk).
+    source : str
+        Where the blobs came from (file path or a short description).
+    meta : dict
+        Anything else worth recording (e.g. the golden's manifest entry).
+    """
+
+    name: str
+    blobs: dict[str, np.ndarray]
+    dtype: str
+    backward: bool
+    seconds: float = 0.0
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def data(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.blobs.items() if k.startswith("data/")}
+
+    def describe(self) -> dict:
+        return {
+            "dtype": self.dtype,
+            "backward": self.backward,
+            "seconds": round(self.seconds, 4),
+            "source": self.source,
+            "blobs": len(self.blobs),
+            **({"meta": self.meta} if self.meta else {}),
+        }
+
+
+def parse_backward_from(spec: str | tuple[str, int] | None) -> tuple[str, int] | None:
+    """``"BLOB:UNIT"`` -> (blob, unit). Blob names may contain ':'; the unit is after the last one."""
+    if spec is None or isinstance(spec, tuple):
+        return spec
+    blob, sep, unit = str(spec).rpartition(":")
+    if not sep or not blob:
+        raise ValueError(f"backward_from must be BLOB:UNIT, got {spec!r}")
+    return blob, int(unit)
+
+
+def run_port(
+    net: Any,
+    x: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    backward_from: str | None,
+    name: str | None = None,
+) -> RunnerOutput:
+    """Run the port's blob dump.
+
+    Parameters
+    ----------
+    net : port.CaffeNet
+        Already in the wanted dtype (``net.to(torch.float64)`` for the float64 column).
+    x : ndarray or mapping
+        Input batch (N, C, H, W), or input name -> batch.
+    backward_from : str or None
+        ``"BLOB:UNIT"`` as in ``port dump``; None for forward only.
+    name : str, optional
+        Runner name; default ``port32`` / ``port64`` from the net's dtype.
+    """
+    import torch
+
+    from port import dump_blobs
+
+    param = next(iter(net.parameters()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    dt = "float64" if dtype == torch.float64 else "float32"
+    if isinstance(x, Mapping):
+        xt = {k: torch.as_tensor(np.asarray(v), dtype=dtype) for k, v in x.items()}
+    else:
+        xt = torch.as_tensor(np.asarray(x), dtype=dtype)
+    t0 = time.perf_counter()
+    blobs = dump_blobs(net, xt, backward_from=parse_backward_from(backward_from))
+    secs = time.perf_counter() - t0
+    blobs = {k: np.asarray(v) for k, v in blobs.items() if k.startswith(("data/", "diff/"))}
+    return RunnerOutput(
+        name or ("port64" if dt == "float64" else "port32"),
+        blobs,
+        dt,
+        backward=backward_from is not None,
+        seconds=secs,
+        source="port.dump_blobs",
+    )
+
+
+def load_golden(path: str | Path, *, name: str) -> tuple[RunnerOutput, dict[str, np.ndarray]]:
+    """Read a golden dump (.npz with ``data/``, ``diff/`` and ``input/`` keys).
+
+    Returns
+    -------
+    (RunnerOutput, dict)
+        The blobs, and the inputs stored with them (``input/<name>`` -> array, keyed by name).
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
+    inputs = {k[len("input/") :]: v for k, v in arrays.items() if k.startswith("input/")}
+    has_diff = any(k.startswith("diff/") for k in blobs)
+    return RunnerOutput(name, blobs, "float32", has_diff, 0.0, str(path)), inputs
+
+
+def run_numpy(
+    netdef: Any,
+    weights: Mapping[str, list[np.ndarray]],
+    x: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    dtype: type = np.float64,
+) -> RunnerOutput:
+    """Forward the independent numpy reference in float32 or float64."""
+    t0 = time.perf_counter()
+    blobs = numpy_ref.forward_net(netdef, weights, x, dtype=dtype)
+    secs = time.perf_counter() - t0
+    dt = np.dtype(dtype).name
+    return RunnerOutput(
+        "numpy64" if dt == "float64" else "numpy32", blobs, dt, False, secs, "parity.numpy_ref"
+    )
+
+
+class _AllBlobs:
+    """Wrap a CaffeNet so its forward returns every blob as a tuple (ONNX outputs are positional)."""
+
+    def __new__(cls, net: Any, names: list[str]):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+                self.names = names
+
+            def forward(self, x):  # noqa: D401
+                out = self.net(x, blobs=self.names)
+                return tuple(out[n] for n in self.names)
+
+        return Wrapped()
+
+
+def run_onnx(
+    net: Any,
+    x: np.ndarray,
+    *,
+    opset: int = 17,
+    keep: str | Path | None = None,
+) -> RunnerOutput:
+    """Export the (float32) port to ONNX with every blob an output and run it with ONNX Runtime.
+
+    Parameters
+    ----------
+    net : port.CaffeNet
+        Single-input net, float32.
+    x : ndarray
+        Input batch.
+    opset : int
+        ONNX opset of the export.
+    keep : path, optional
+        Where to keep the .onnx file; a temporary file otherwise.
+
+    Notes
+    -----
+    The export uses the TorchScript-based exporter (``dynamo=False``) because it keeps the module's
+    ops one to one (no decomposition to prims), which is what a layer-by-layer comparison wants.
+    """
+    import onnxruntime as ort
+    import torch
+
+    names = list(net.blob_names)
+    wrapped = _AllBlobs(net, names).eval()
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    outnames = [f"blob:{n}" for n in names]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(keep) if keep else Path(tmp) / "net.onnx"
+        tmp_path = path.with_name(path.name + ".tmp")
+        # The tracer warns about every shape computed in Python; they are constants for this input.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                (xt,),
+                str(tmp_path),
+                input_names=["input"],
+                output_names=outnames,
+                opset_version=opset,
+                dynamo=False,
+            )
+        os.replace(tmp_path, path)
+        t1 = time.perf_counter()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed_name = sess.get_inputs()[0].name
+        outs = sess.run(None, {feed_name: xt.numpy()})
+        got = [o.name for o in sess.get_outputs()]
+    t2 = time.perf_counter()
+    # The exporter may drop outputs that alias an input or another output; map by name.
+    blobs = {}
+    for oname, val in zip(got, outs, strict=True):
+        if oname.startswith("blob:"):
+            blobs[f"data/{oname[5:]}"] = np.asarray(val)
+    return RunnerOutput(
+        "onnx",
+        blobs,
+        "float32",
+        False,
+        t2 - t1,
+        str(keep) if keep else "onnx export (temporary)",
+        {"opset": opset, "export_seconds": round(t1 - t0, 3)},
+    )
