@@ -1,0 +1,21 @@
+"""Multifaceted Feature Visualization (Nguyen et al. 2016) on any torch module with a pixel convention.
+
+Function-first API: :func:`load_model` / :func:`wrap` give a :class:`Model`; :func:`make_means` makes
+the mean images of a class's facets; :func:`visualize` runs the MFV loop; :func:`evaluate` measures a
+run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` and ``mfv/schedules``.
+"""
+
+from .evaluate import evaluate
+from .means import make_means
+from .models import MODELS, Model, load_model, wrap
+from .objectives import Objective, channel, softmax_unit, unit
+from .octaves import Schedule, load_schedule
+from .parity_gate import ParityError, check_parity
+from .pixels import CAFFENET, TORCHVISION, PixelConvention
+from .visualize import visualize
+
+__all__ = [
+    "CAFFENET", "MODELS", "TORCHVISION", "Model", "Objective", "ParityError", "PixelConvention",
+    "Schedule", "channel", "check_parity", "evaluate", "load_model", "load_schedule", "make_means",
+    "softmax_unit", "unit", "visualize", "wrap",
+]

@@ -1,0 +1,198 @@
+"""``python -m mfv {layers,means,visualize,evaluate}``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import _io
+from .models import MODELS, load_model
+from .parity_gate import ParityError
+
+MODEL_HELP = (f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
+              "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "
+              "seeded (--weight-seed), so every model runs here without downloads")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help=MODEL_HELP)
+    g.add_argument("--prototxt", help="Caffe definition (default: the zoo's for --model)")
+    g.add_argument("--caffemodel", help="Caffe weights (default: seeded weights)")
+    g.add_argument("--weights", help="torchvision state_dict file (torch.save) for torchvision.* models")
+    g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    g.add_argument("--no-parity-check", action="store_true",
+                   help="run a Caffe model even without a passing parity verdict (every output says so)")
+    g.add_argument("--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(a):
+    return load_model(a.model, prototxt=a.prototxt, caffemodel=a.caffemodel, weights=a.weights,
+                      weight_seed=a.weight_seed, device=a.device, parity_check=not a.no_parity_check,
+                      parity_file=a.parity_file)
+
+
+def _cmd_layers(a) -> int:
+    m = _load(a)
+    print(f"# {m.name}: input {m.convention.input_size}, pixel convention {m.convention.name}")
+    for name, shape in m.layer_shapes().items():
+        print(f"{name}\t{'x'.join(map(str, shape))}")
+    return 0
+
+
+def _cmd_means(a) -> int:
+    from .means import make_means
+
+    m = _load(a)
+    r = make_means(m, a.images, k=a.k, m=a.m, layer=a.layer, seed=a.seed, out=a.out,
+                   batch_size=a.batch_size, progress=not a.quiet)
+    print(f"{len(r.paths)} images, {len(r.skipped)} skipped; wrote {a.out}/mean_0..{a.k - 1}.png/.jpg, "
+          "clusters.json, tsne.png")
+    return 0
+
+
+def _cmd_visualize(a) -> int:
+    from .objectives import parse_target
+    from .octaves import load_schedule
+    from .visualize import visualize
+
+    m = _load(a)
+    layer = a.layer or (m.spec.target_layer if m.spec else None)
+    if layer is None:
+        raise SystemExit("--layer is required for this model")
+    shapes = m.layer_shapes()
+    if layer not in shapes:
+        raise SystemExit(f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them")
+    obj = parse_target(layer, a.unit, softmax=a.softmax, x=a.x, y=a.y, shape=shapes[layer])
+    sched_path = a.schedule or (m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path)
+    schedule = load_schedule(sched_path)
+    inits, names, clusters = [], [], []
+    init_args = list(a.init or [])
+    if not init_args and a.means:
+        found = sorted(Path(a.means).glob("mean_*.png")) or sorted(Path(a.means).glob("mean_*.jpg"))
+        init_args = [str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))]
+    if not init_args:
+        raise SystemExit("give --init IMG (repeatable), --init noise, or --means DIR")
+    for spec in init_args:
+        if spec == "noise":
+            inits.append("noise")
+            names.append("noise")
+            clusters.append(None)
+            continue
+        inits.append(_io.load_rgb(spec, allow_convert=True))
+        names.append(str(Path(spec).resolve()))
+        mt = re.fullmatch(r"mean_(\d+)", Path(spec).stem)
+        clusters.append(int(mt.group(1)) if (mt and a.means) else None)
+    extra = {"command": " ".join(sys.argv), "means": str(Path(a.means).resolve()) if a.means else None,
+             "code_layer": m.spec.code_layer if m.spec else None}
+    trace = visualize(m, obj, inits, schedule=schedule, seed=a.seed, faithful=a.faithful, out=a.out,
+                      resume=not a.restart, progress=not a.quiet, init_names=names, clusters=clusters,
+                      extra=extra)
+    for f in trace["facets"]:
+        print(f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
+              f"({f['seconds']:.1f} s)")
+    return 0 if all(f["status"] == "done" for f in trace["facets"]) else 3
+
+
+def _cmd_evaluate(a) -> int:
+    from .evaluate import evaluate, model_from_trace
+
+    trace_model = None
+    if a.model:
+        trace_model = _load(a)
+    else:
+        import json
+
+        trace = json.loads((Path(a.out) / "trace.json").read_text())
+        trace_model = model_from_trace(trace, device=a.device)
+    r = evaluate(a.out, model=trace_model, means=a.means)
+    for f in r["facets"]:
+        print({k: f.get(k) for k in ("index", "cluster", "activation", "softmax_rank",
+                                      "cluster_activation_mean", "nearest_in_own_cluster")})
+    print("diversity:", r["diversity"], "nearest in own cluster:", r["nearest_in_own_cluster_fraction"])
+    print(f"wrote {a.out}/evaluation.json and evaluation.html")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mfv", description="Multifaceted Feature Visualization "
+                                "(Nguyen et al. 2016) on Caffe ports and torchvision models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("layers", help="list addressable layers with their shapes")
+    _model_args(s)
+    s.set_defaults(func=_cmd_layers)
+
+    s = sub.add_parser("means", help="cluster a class's images and write the mean image of each facet",
+                       description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
+                       "images nearest each centroid. Images are fitted to the input size (shorter side "
+                       "resized bicubic, centre crop); unreadable or non-RGB files are reported and skipped.")
+    _model_args(s)
+    s.add_argument("--images", required=True, help="folder of one class's images (searched recursively)")
+    s.add_argument("--k", type=int, default=10, help="number of clusters / facets (default 10)")
+    s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
+    s.add_argument("--layer", help="code layer (default: the model's fc7 equivalent)")
+    s.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
+    s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=_cmd_means)
+
+    s = sub.add_parser("visualize", help="activation maximisation from mean images (MFV)",
+                       description="Runs the MFV loop from each --init image, all as one batch. Writes "
+                       "facet_<i>.png, facet_<i>_octave<k>.png, trace.json, index.html and state/ (resume: "
+                       "rerun the same command).")
+    _model_args(s)
+    s.add_argument("--layer", help="target layer (default: the model's logits, e.g. fc8)")
+    s.add_argument("--unit", type=int, required=True, help="target unit (class index, or channel of a conv layer)")
+    s.add_argument("--x", type=int, help="column of the target in a conv layer (default: centre)")
+    s.add_argument("--y", type=int, help="row of the target in a conv layer (default: centre)")
+    s.add_argument("--softmax", action="store_true", help="maximise the softmax of --layer at --unit")
+    s.add_argument("--init", action="append",
+                   help="initial image (repeatable: one facet each), or 'noise' for N(175, 8) grey noise")
+    s.add_argument("--means", help="a means output folder (or the published layout): default inits "
+                   "mean_<i>, and the report shows each facet's nearest training images")
+    s.add_argument("--seed", type=int, default=1, help="seed of each facet's random stream (default 1, as published)")
+    s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
+    s.add_argument("--faithful", action="store_true",
+                   help="reproduce the original's arithmetic (Python 2 division, TV formula as written, "
+                   "uint8 wraparound) instead of fixing it")
+    s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=_cmd_visualize)
+
+    s = sub.add_parser("evaluate", help="measure a visualize output: activation, rank, diversity, nearest images")
+    s.add_argument("out", help="a visualize output folder")
+    s.add_argument("--means", help="means folder (default: the one the run used)")
+    s.add_argument("--model", help="override the model recorded in the trace (with the model options)")
+    s.add_argument("--prototxt")
+    s.add_argument("--caffemodel")
+    s.add_argument("--weights")
+    s.add_argument("--weight-seed", type=int, default=0)
+    s.add_argument("--no-parity-check", action="store_true")
+    s.add_argument("--parity-file")
+    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except ParityError as e:
+        print(f"mfv: refused: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        # Bad input gets one line, not a traceback; MFV_DEBUG=1 shows the traceback.
+        if os.environ.get("MFV_DEBUG"):
+            raise
+        print(f"mfv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mfv: interrupted; finished facets and the state are kept (rerun to resume)", file=sys.stderr)
+        return 130

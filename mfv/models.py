@@ -1,0 +1,257 @@
+"""One small adapter so Caffe ports and torchvision models look the same to MFV.
+
+A :class:`Model` holds a ``torch.nn.Module``, its :class:`~mfv.pixels.PixelConvention` and a way to read
+named layers: Caffe blob names for modules built by ``port`` (``net(x, blobs=[...])``, pycaffe
+meaning: a blob's value after its in-place layers), module paths for anything else (forward hooks),
+plus ``output`` (what the module returns) and ``prob`` (its softmax) where the module has no such blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import pixels as px
+from .parity_gate import check_parity
+
+__all__ = ["Model", "ModelSpec", "MODELS", "wrap", "load_model", "list_layers"]
+
+SCHEDULES = Path(__file__).resolve().parent / "schedules"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What MFV knows about a named model: where it comes from and its sensible defaults."""
+
+    name: str
+    source: str  # "caffe" (port.zoo name in ``zoo``) or "torchvision" (builder name in ``zoo``)
+    zoo: str
+    convention: px.PixelConvention
+    target_layer: str  # logits; MFV's default target
+    code_layer: str  # the "fc7" of this net: codes for mean images and evaluation
+    schedule: str  # file name under mfv/schedules
+    prob_layer: str = "prob"
+
+    @property
+    def schedule_path(self) -> Path:
+        return SCHEDULES / self.schedule
+
+
+MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("caffenet", "caffe", "caffenet", px.CAFFENET, "fc8", "fc7", "caffenet.json"),
+        ModelSpec("bvlc_reference_caffenet", "caffe", "bvlc_reference_caffenet", px.CAFFENET, "fc8", "fc7", "caffenet.json"),
+        ModelSpec("alexnet", "caffe", "alexnet", px.CAFFENET, "fc8", "fc7", "caffenet.json"),
+        ModelSpec("vgg16", "caffe", "vgg16", px.CAFFE_VGG16, "fc8", "fc7", "vgg16.json"),
+        ModelSpec("googlenet", "caffe", "googlenet", px.CAFFE_224, "loss3/classifier", "pool5/7x7_s1", "googlenet.json"),
+        ModelSpec("squeezenet1.0", "caffe", "squeezenet1.0", px.CAFFENET, "pool10", "fire9/concat", "squeezenet.json"),
+        ModelSpec("squeezenet1.1", "caffe", "squeezenet1.1", px.CAFFENET, "pool10", "fire9/concat", "squeezenet.json"),
+        ModelSpec("torchvision.alexnet", "torchvision", "alexnet", px.TORCHVISION, "classifier.6", "classifier.5", "alexnet224.json"),
+        ModelSpec("torchvision.vgg16", "torchvision", "vgg16", px.TORCHVISION, "classifier.6", "classifier.4", "vgg16.json"),
+        ModelSpec("torchvision.googlenet", "torchvision", "googlenet", px.TORCHVISION, "fc", "avgpool", "googlenet.json"),
+        ModelSpec("torchvision.squeezenet1_0", "torchvision", "squeezenet1_0", px.TORCHVISION, "output", "features", "squeezenet224.json"),
+        ModelSpec("torchvision.squeezenet1_1", "torchvision", "squeezenet1_1", px.TORCHVISION, "output", "features", "squeezenet224.json"),
+    )
+}
+
+
+@dataclass
+class Model:
+    """A network as MFV sees it.
+
+    Attributes
+    ----------
+    module : torch.nn.Module
+        The network, in eval mode.
+    convention : PixelConvention
+        Its pixel convention; :meth:`activations` takes pixel space and applies it.
+    name : str
+        Label for outputs.
+    spec : ModelSpec or None
+        Defaults (target, code layer, schedule) when the model is a known one.
+    info : dict
+        Provenance recorded in every output: weights, seed, parity verdict.
+    """
+
+    module: nn.Module
+    convention: px.PixelConvention
+    name: str = "model"
+    spec: ModelSpec | None = None
+    info: dict = field(default_factory=dict)
+    _shapes: dict | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.module.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        p = next(self.module.parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
+    @property
+    def is_caffe(self) -> bool:
+        return hasattr(self.module, "blob_names")
+
+    def activations(self, pixels: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Forward a batch in pixel space ((N, 3, H, W) RGB grey levels); return the named layers."""
+        x = self.convention.to_network(pixels.to(device=self.device, dtype=self.dtype))
+        if self.is_caffe:
+            return _caffe_forward(self.module, x, layers)
+        return _hook_forward(self.module, x, layers)
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every addressable layer and its per-image shape, in forward order."""
+        if self._shapes is None:
+            h, w = self.convention.input_size
+            x = torch.full((1, 3, h, w), 128.0)
+            with torch.no_grad():
+                if self.is_caffe:
+                    acts = self.activations(x, "all")
+                else:
+                    acts = self.activations(x, _hook_names(self.module) + ["output", "prob"])
+            self._shapes = {k: tuple(v.shape[1:]) for k, v in acts.items() if torch.is_tensor(v)}
+        return self._shapes
+
+
+def _caffe_forward(net: nn.Module, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    out = net(x, blobs=layers if layers == "all" else list(layers))
+    return dict(out)
+
+
+def _hook_names(module: nn.Module) -> list[str]:
+    return [n for n, _ in module.named_modules() if n]
+
+
+def _hook_forward(module: nn.Module, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    layers = list(layers)
+    mods = dict(module.named_modules())
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in layers:
+        if name in ("output", "prob"):
+            continue
+        if name not in mods:
+            raise KeyError(f"no layer {name!r}; `python -m mfv layers --model ...` lists them")
+
+        def hook(_m, _inp, out, name=name):
+            if torch.is_tensor(out):
+                acts.setdefault(name, out)  # a module called twice keeps its first output
+
+        handles.append(mods[name].register_forward_hook(hook))
+    try:
+        out = module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not torch.is_tensor(out):  # GoogLeNet in training mode returns a namedtuple
+        out = out[0]
+    if "output" in layers:
+        acts["output"] = out
+    if "prob" in layers:
+        acts["prob"] = torch.softmax(out.reshape(out.shape[0], -1), dim=1)
+    return acts
+
+
+def wrap(module: nn.Module, convention: px.PixelConvention, *, name: str = "model",
+         spec: ModelSpec | None = None, info: dict | None = None) -> Model:
+    """Make any module usable by MFV.
+
+    Puts the module in eval mode and turns off in-place ReLUs, because an in-place ReLU would
+    overwrite the output a hook captured (and break autograd through it); module paths then mean
+    "this module's own output".
+    """
+    module.eval()
+    for m in module.modules():
+        if isinstance(m, nn.ReLU) and m.inplace:
+            m.inplace = False
+    return Model(module, convention, name=name, spec=spec, info=dict(info or {}))
+
+
+def list_layers(model: Model) -> list[tuple[str, tuple[int, ...]]]:
+    return list(model.layer_shapes().items())
+
+
+def load_model(name: str, *, prototxt: str | Path | None = None, caffemodel: str | Path | None = None,
+               weights: str | Path | None = None, weight_seed: int = 0, device: str = "cpu",
+               parity_check: bool = True, parity_file: str | Path | None = None) -> Model:
+    """Load a named model (see ``MODELS``), seeded when no weights are given.
+
+    Parameters
+    ----------
+    name : str
+        A key of ``MODELS`` (Caffe nets by their ``port.zoo`` name, torchvision nets as
+        ``torchvision.<builder>``), or ``caffe`` with ``prototxt`` for any other Caffe definition.
+    prototxt, caffemodel : path, optional
+        Caffe definition (defaults to the zoo's) and weights (default: ``port.seed_weights``).
+    weights : path, optional
+        torchvision ``state_dict`` file (``torch.save``); nothing is downloaded.
+    weight_seed : int
+        Seed for seeded weights.
+    device : str
+        Torch device.
+    parity_check : bool
+        Refuse a Caffe model without a passing parity verdict (see :mod:`mfv.parity_gate`).
+    parity_file : path, optional
+        Verdict file to use instead of the default location.
+    """
+    spec = MODELS.get(name)
+    if spec is None and name != "caffe":
+        raise ValueError(f"unknown model {name!r}; known: caffe, {', '.join(MODELS)}")
+    if name == "caffe" or spec.source == "caffe":
+        return _load_caffe(spec, prototxt, caffemodel, weight_seed, device, parity_check, parity_file)
+    return _load_torchvision(spec, weights, weight_seed, device)
+
+
+def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model:
+    import torchvision.models as tvm
+
+    builder = getattr(tvm, spec.zoo)
+    kwargs = {"weights": None}
+    if spec.zoo == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=True)
+    torch.manual_seed(seed)
+    module = builder(**kwargs)
+    info = {"source": "torchvision", "builder": spec.zoo}
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        info["weights"] = str(weights)
+    else:
+        info["weights"] = None
+        info["weight_seed"] = seed
+    info["parity"] = {"checked": False, "status": "not applicable", "message": "not a Caffe port"}
+    module.to(device)
+    return wrap(module, spec.convention, name=spec.name, spec=spec, info=info)
+
+
+def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_file) -> Model:
+    try:
+        import port
+        from port import zoo
+    except ImportError as e:  # port is written in parallel; say what is missing
+        raise RuntimeError(f"Caffe models need the project's `port` package ({e})") from e
+    if prototxt is None:
+        if spec is None:
+            raise ValueError("model 'caffe' needs --prototxt")
+        prototxt = zoo.zoo_model(spec.zoo).prototxt
+    # Read the verdict before the expensive load: refusing early is the point of the gate.
+    parity = check_parity(prototxt, caffemodel, seed=None if caffemodel else seed,
+                          verdict_file=parity_file, required=parity_check)
+    net = port.load_caffe(str(prototxt), None if caffemodel is None else str(caffemodel))
+    if caffemodel is None:
+        net.load_blobs(port.seed_weights(net.netdef, seed))
+    net.to(device)
+    conv = spec.convention if spec is not None else px.CAFFENET
+    shape = next(iter(net.netdef.inputs.values()))
+    conv = px.convention_for(conv, input_size=(int(shape[-2]), int(shape[-1])))
+    info = {"source": "caffe", "prototxt": str(prototxt),
+            "caffemodel": None if caffemodel is None else str(caffemodel),
+            "weight_seed": None if caffemodel else seed, "parity": parity}
+    return wrap(net, conv, name=spec.name if spec else Path(prototxt).stem, spec=spec, info=info)

@@ -1,0 +1,117 @@
+"""The reading side of the parity verdict: MFV runs on a converted Caffe model only once parity passed.
+
+``parity`` writes a small JSON file beside the weights it checked (the *verdict file*):
+
+``<caffemodel>.parity.json``, or for seeded weights (no caffemodel)
+``cache/parity/<prototxt stem>.seed<N>.parity.json`` under the repository root::
+
+    {
+      "format": "caffe-mfv-parity-verdict/1",
+      "verdict": "pass",                     # or "fail"
+      "report": "cache/parity/caffenet.json", # the parity report (relative to this file, or absolute)
+      "prototxt_sha256": "<hex>",             # sha256 of the definition file's bytes
+      "caffemodel_sha256": "<hex>" | null,    # null for seeded weights
+      "seed": null | 0,                       # the seed_weights seed for seeded weights
+      "created": "2026-11-25T18:00:00Z",      # optional
+      "summary": "..."                        # optional, one line
+    }
+
+A verdict only counts for the exact files it was computed on: the checksums must match. MFV
+refuses a Caffe model whose verdict is missing, failed or stale unless the user passes
+``--no-parity-check``, and every output records :func:`check_parity`'s result either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+__all__ = ["ParityError", "verdict_path", "check_parity", "sha256_file", "FORMAT"]
+
+FORMAT = "caffe-mfv-parity-verdict/1"
+_REPO = Path(__file__).resolve().parent.parent
+
+
+class ParityError(RuntimeError):
+    """The model has no passing parity verdict for these exact files."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verdict_path(prototxt: str | Path, caffemodel: str | Path | None, *, seed: int | None = None) -> Path:
+    """Where the verdict for these weights lives (see the module docstring)."""
+    if caffemodel is not None:
+        return Path(str(caffemodel) + ".parity.json")
+    return _REPO / "cache" / "parity" / f"{Path(prototxt).stem}.seed{int(seed or 0)}.parity.json"
+
+
+def check_parity(prototxt: str | Path, caffemodel: str | Path | None, *, seed: int | None = None,
+                 verdict_file: str | Path | None = None, required: bool = True) -> dict:
+    """Read and validate the parity verdict for a converted Caffe model.
+
+    Parameters
+    ----------
+    prototxt, caffemodel : path
+        The definition and weights (``caffemodel=None`` for seeded weights).
+    seed : int, optional
+        The weight seed, for seeded weights.
+    verdict_file : path, optional
+        Use this verdict file instead of the default location.
+    required : bool
+        False for ``--no-parity-check``: problems are recorded, not raised.
+
+    Returns
+    -------
+    dict
+        ``{"checked": bool, "status": "pass"|"fail"|"missing"|"stale"|"invalid"|"skipped",
+        "verdict_file", "report", "message"}``: what every MFV output records.
+
+    Raises
+    ------
+    ParityError
+        When ``required`` and the status is anything but "pass".
+    """
+    path = Path(verdict_file) if verdict_file is not None else verdict_path(prototxt, caffemodel, seed=seed)
+    info: dict = {"checked": required, "verdict_file": str(path), "report": None}
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        info.update(status="missing", message=f"no parity verdict at {path}: run parity on this model first")
+    except (OSError, ValueError) as e:
+        info.update(status="invalid", message=f"unreadable parity verdict {path}: {e}")
+    else:
+        info.update(_validate(data, path, prototxt, caffemodel, seed))
+    if not required:
+        info["message"] = "parity check skipped (--no-parity-check); verdict: " + info["message"]
+        info["status_if_checked"] = info["status"]
+        info["status"] = "skipped"
+    elif info["status"] != "pass":
+        raise ParityError(info["message"] + " (pass --no-parity-check to run anyway; outputs will say so)")
+    return info
+
+
+def _validate(data: dict, path: Path, prototxt, caffemodel, seed) -> dict:
+    if not isinstance(data, dict) or data.get("verdict") not in ("pass", "fail"):
+        return {"status": "invalid", "message": f"{path}: 'verdict' must be 'pass' or 'fail'"}
+    report = data.get("report")
+    if report is not None and not Path(report).is_absolute():
+        report = str((path.parent / report).resolve())
+    out = {"report": report}
+    want_p = sha256_file(prototxt)
+    want_w = None if caffemodel is None else sha256_file(caffemodel)
+    if data.get("prototxt_sha256") != want_p:
+        return {**out, "status": "stale", "message": f"{path}: verdict was for another prototxt (sha256 differs)"}
+    if data.get("caffemodel_sha256") != want_w:
+        return {**out, "status": "stale", "message": f"{path}: verdict was for other weights (sha256 differs)"}
+    if caffemodel is None and data.get("seed") not in (None, seed):
+        return {**out, "status": "stale", "message": f"{path}: verdict was for weight seed {data.get('seed')}, not {seed}"}
+    if data["verdict"] == "fail":
+        return {**out, "status": "fail", "message": f"parity FAILED for this model (report: {report})"}
+    return {**out, "status": "pass", "message": f"parity passed (report: {report})"}

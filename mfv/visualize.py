@@ -1,0 +1,366 @@
+"""Activation maximisation from mean images: the MFV loop (Nguyen et al. 2016).
+
+Each step (``../shared/spec/original-mfv.md``): crop (jittered once the image outgrows the input),
+forward, gradient of the target, margin mask, step normalised by mean |g|, clip to 0..255, TV-Bregman
+denoise, write the crop back. Octaves zoom the image (``scipy.ndimage.zoom``, cubic) at their start.
+All of it happens in pixel space (RGB grey levels, :mod:`mfv.pixels`).
+
+Two modes. ``faithful=True`` reproduces the original's arithmetic: Python 2 division in the
+schedule, the TV weight formula as written, the legacy NumPy random stream of each facet's own run
+(seeded, with the N(175, 8) noise image drawn before the mean image is loaded), float64 denoising,
+``uint8()`` wraparound on save. The default mode corrects what is plainly a bug (:data:`FIXES`) and
+records which in every output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.restoration import denoise_tv_bregman
+from tqdm.auto import tqdm
+
+from . import _io
+from .models import Model
+from .objectives import Objective, softmax_unit, unit
+from .octaves import FIXES, Octave, Schedule, step_size, tv_weight
+
+__all__ = ["visualize", "FacetState", "denoise", "crop_offset", "zoom_image", "noise_image"]
+
+#: The faithful denoiser call: scikit-image 0.13's defaults (max_iter=100, eps=1e-3, isotropic) on
+#: the whole HxWx3 image at once, one joint stopping test (channel_axis=None; see the spec).
+TV_MAX_ITER = 100
+TV_EPS = 1e-3
+
+
+@dataclass
+class FacetState:
+    """One facet's progress: enough to resume at an octave boundary."""
+
+    index: int
+    init: str
+    image: np.ndarray  # (3, H, W) float32, pixel space
+    rng: np.random.RandomState
+    octaves_done: int = 0
+    steps: list = field(default_factory=list)
+    status: str = "running"  # running | done | failed
+    message: str = ""
+    seconds: float = 0.0
+    cluster: int | None = None
+
+
+def noise_image(rng: np.random.RandomState, size: tuple[int, int]) -> np.ndarray:
+    """The original's first draw: an HxWx3 N(175, 8) image (float64), whatever the init."""
+    return rng.normal(175, 8, (size[0], size[1], 3))
+
+
+def crop_offset(rng: np.random.RandomState, span: int, window: float) -> int:
+    """One jitter offset in [0, span]: N(span / 2, span * window), clipped, truncated to int.
+
+    Draws with ``size=1`` and takes the element (the NumPy 2 porting trap in the spec), one
+    Gaussian per call as the original consumed them.
+    """
+    v = rng.normal(span / 2.0, span * window, 1)[0]
+    return int(np.clip(v, 0, span))
+
+
+def denoise(image_hwc: np.ndarray, weight: float) -> np.ndarray:
+    """TV-Bregman as the original called it (float64 in, float64 out, HxWx3, grey levels)."""
+    return denoise_tv_bregman(np.asarray(image_hwc, dtype=np.float64), weight=weight,
+                              max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True,
+                              channel_axis=None)
+
+
+def zoom_image(image: np.ndarray, factor: float, mean_pixels: np.ndarray) -> np.ndarray:
+    """Zoom a (3, H, W) pixel-space image the way the original did: on the mean-subtracted
+    network input (so the spline's constant border is the mean colour), cubic, scipy defaults."""
+    mean = mean_pixels.astype(image.dtype)[:, None, None]
+    return ndimage.zoom(image - mean, (1, factor, factor)) + mean
+
+
+def _objective_for(objective: Objective, octave: Octave) -> Objective:
+    """An octave may retarget a unit objective to another layer (the centre-bias schedule's prob)."""
+    if octave.layer is None or octave.layer == objective.layers[0]:
+        return objective
+    kind = objective.spec.get("kind")
+    if kind == "unit":
+        return unit(octave.layer, objective.spec["unit"])
+    if kind == "softmax_unit":
+        return softmax_unit(octave.layer, objective.spec["unit"])
+    raise ValueError(f"schedule retargets to {octave.layer!r}, which needs a unit objective")
+
+
+def _save_u8(state: FacetState, faithful: bool) -> np.ndarray:
+    return _io.to_uint8(np.transpose(state.image, (1, 2, 0)), wrap=faithful)
+
+
+def _run_key(model: Model, objective: Objective, schedule: Schedule, seed: int, faithful: bool,
+             inits: list[str]) -> str:
+    blob = json.dumps([model.name, model.info.get("weight_seed"), model.info.get("caffemodel"),
+                       model.info.get("weights"), objective.spec, schedule.as_dict()["octaves"],
+                       seed, faithful, inits], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_state(out: Path, s: FacetState) -> None:
+    name, keys, pos, has_gauss, cached = s.rng.get_state()
+    buf = _npz_bytes(image=s.image, keys=keys, pos=pos, has_gauss=has_gauss, cached=cached,
+                     octaves_done=s.octaves_done)
+    _io.atomic_write_bytes(out / "state" / f"facet_{s.index}.npz", buf)
+    _io.write_json(out / "state" / f"facet_{s.index}.json",
+                   {"steps": s.steps, "status": s.status, "message": s.message, "seconds": s.seconds,
+                    "octaves_done": s.octaves_done})
+
+
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.savez(b, **arrays)
+    return b.getvalue()
+
+
+def _load_state(out: Path, s: FacetState) -> bool:
+    npz, js = out / "state" / f"facet_{s.index}.npz", out / "state" / f"facet_{s.index}.json"
+    if not (npz.exists() and js.exists()):
+        return False
+    meta = json.loads(js.read_text())
+    with np.load(npz) as z:
+        if int(z["octaves_done"]) != meta["octaves_done"]:
+            return False  # torn between the two writes: redo from the start of the run
+        s.image = z["image"].astype(np.float32)
+        s.rng.set_state(("MT19937", z["keys"], int(z["pos"]), int(z["has_gauss"]), float(z["cached"])))
+    s.octaves_done = meta["octaves_done"]
+    s.steps, s.status, s.message, s.seconds = meta["steps"], meta["status"], meta["message"], meta["seconds"]
+    return True
+
+
+def visualize(model: Model, objective: Objective, inits: list, *, schedule: Schedule, seed: int = 1,
+              faithful: bool = False, out: str | Path | None = None, resume: bool = True,
+              progress: bool = True, init_names: list[str] | None = None,
+              clusters: list[int | None] | None = None, extra: dict | None = None) -> dict:
+    """Run MFV from one or more initial images, as one batch.
+
+    Parameters
+    ----------
+    model : Model
+        The network (:func:`mfv.models.load_model` or :func:`mfv.models.wrap`).
+    objective : Objective
+        The target (:mod:`mfv.objectives`).
+    inits : list of (H, W, 3) arrays or the string "noise"
+        One per facet: RGB grey levels (uint8 or float), resized to the input size if needed;
+        "noise" starts from the N(175, 8) image.
+    schedule : Schedule
+        Octaves (:func:`mfv.octaves.load_schedule`).
+    seed : int
+        Seed of each facet's own legacy NumPy stream (every facet gets the stream its own run of
+        the original had).
+    faithful : bool
+        Reproduce the original's arithmetic instead of fixing its bugs.
+    out : path, optional
+        Output folder: images, ``trace.json``, ``index.html``, ``state/`` (to resume).
+    resume : bool
+        Continue from ``out/state`` when it holds the same run.
+    progress : bool
+        Show a progress bar.
+    init_names, clusters : list, optional
+        Labels of the initial images and the cluster each comes from (for the report).
+    extra : dict, optional
+        More metadata for ``trace.json`` (command line, means folder).
+
+    Returns
+    -------
+    dict
+        The trace (also written to ``out/trace.json``).
+
+    Notes
+    -----
+    A facet whose image or gradient turns NaN or Inf stops with a message; the others go on.
+    Ctrl-C leaves finished facets and the state at the last octave boundary; the same call with the
+    same ``out`` resumes.
+    """
+    h, w = model.convention.input_size
+    names = list(init_names or [str(i) if not isinstance(i, str) else i for i in inits])
+    out = Path(out) if out is not None else None
+    states = []
+    for i, init in enumerate(inits):
+        rng = np.random.RandomState(seed)
+        noise = noise_image(rng, (h, w))  # drawn before the init is loaded, as the original did
+        if isinstance(init, str) and init == "noise":
+            img = noise
+        else:
+            img = np.asarray(init)
+            if img.shape[:2] != (h, w):
+                img = _io.fit_to(_io.to_uint8(img), (h, w))
+        s = FacetState(i, names[i], np.ascontiguousarray(np.transpose(img, (2, 0, 1)), dtype=np.float32), rng)
+        s.cluster = None if clusters is None else clusters[i]
+        states.append(s)
+
+    key = _run_key(model, objective, schedule, seed, faithful, names)
+    meta = {
+        "format": "mfv-trace/1",
+        "run_key": key,
+        "model": {"name": model.name, "convention": model.convention.as_dict(), **model.info},
+        "parity": model.info.get("parity"),
+        "objective": {"description": objective.description, **objective.spec},
+        "schedule": schedule.as_dict(),
+        "seed": seed,
+        "mode": "faithful" if faithful else "default",
+        "fixes": [] if faithful else list(FIXES),
+        "faithful_notes": [
+            "each facet replays the original's per-run legacy NumPy stream (RandomState(seed)); noise image drawn first",
+            "crop offsets: x is the row offset, y the column offset; centre (size - input) / 2",
+            "state kept in RGB pixel space (float32); the original kept BGR minus mean, which differs by float32 rounding only",
+        ] if faithful else [],
+        **(extra or {}),
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        run_file = out / "state" / "run.json"
+        if resume and run_file.exists():
+            if json.loads(run_file.read_text()).get("run_key") != key:
+                raise RuntimeError(f"{out} holds a different run; use another --out or --restart")
+            for s in states:
+                _load_state(out, s)
+        _io.write_json(run_file, {"run_key": key})
+
+    interrupted = False
+    try:
+        for start in sorted({s.octaves_done for s in states if s.status == "running"}):
+            group = [s for s in states if s.status == "running" and s.octaves_done == start]
+            _run_group(model, objective, schedule, group, start, faithful=faithful, out=out,
+                       progress=progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        trace = {**meta, "status": "interrupted" if interrupted else "finished",
+                 "facets": [_facet_record(s, schedule) for s in states]}
+        if out is not None:
+            _io.write_json(out / "trace.json", trace)
+            from .report import write_visualize_html
+
+            write_visualize_html(out, trace, model=model)
+    return trace
+
+
+def _facet_record(s: FacetState, schedule: Schedule) -> dict:
+    acts = [st["activation"] for st in s.steps]
+    return {"index": s.index, "init": s.init, "cluster": s.cluster, "status": s.status,
+            "message": s.message, "octaves_done": s.octaves_done,
+            "octaves_total": len(schedule.octaves), "seconds": round(s.seconds, 3),
+            "final_activation": acts[-1] if acts else None, "image": f"facet_{s.index}.png"
+            if s.status == "done" else None, "steps": s.steps}
+
+
+def _fail(s: FacetState, msg: str) -> None:
+    s.status, s.message = "failed", msg
+    tqdm.write(f"facet {s.index} ({s.init}) stopped: {msg}")
+
+
+def _run_group(model: Model, objective: Objective, schedule: Schedule, group: list[FacetState],
+               start: int, *, faithful: bool, out: Path | None, progress: bool) -> None:
+    h, w = model.convention.input_size
+    mean_px = model.convention.mean_pixels
+    total = sum(o.iter_n for o in schedule.octaves[start:])
+    bar = tqdm(total=total, desc=f"MFV {len(group)} facet(s)", disable=not progress, unit="step")
+    try:
+        for k in range(start, len(schedule.octaves)):
+            octave = schedule.octaves[k]
+            obj = _objective_for(objective, octave)
+            active = [s for s in group if s.status == "running"]
+            for s in active:
+                if octave.zoom is not None:
+                    s.image = zoom_image(s.image, octave.zoom, mean_px).astype(np.float32)
+                    if not faithful:
+                        np.clip(s.image, 0, 255, out=s.image)
+            for i in range(octave.iter_n):
+                active = [s for s in group if s.status == "running"]
+                if not active:
+                    break
+                t0 = time.perf_counter()
+                _step(model, obj, active, octave, k, i, faithful=faithful, size=(h, w))
+                dt = (time.perf_counter() - t0) / len(active)
+                for s in active:
+                    s.seconds += dt
+                bar.update(1)
+                if active:
+                    bar.set_postfix(act=f"{active[0].steps[-1]['activation']:.3g}" if active[0].steps else "")
+            for s in group:
+                if s.status != "running":
+                    continue
+                s.octaves_done = k + 1
+                if k + 1 == len(schedule.octaves):
+                    s.status = "done"
+                if out is not None:
+                    u8 = _save_u8(s, faithful)
+                    _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8)
+                    if s.status == "done":
+                        _io.save_image(out / f"facet_{s.index}.png", u8)
+                        if faithful:  # the original also wrote a JPEG
+                            _io.save_image(out / f"facet_{s.index}.jpg", u8)
+                    _save_state(out, s)
+            if out is not None:
+                for s in group:
+                    if s.status == "failed":
+                        _save_state(out, s)
+    finally:
+        bar.close()
+
+
+def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave, k: int, i: int,
+          *, faithful: bool, size: tuple[int, int]) -> None:
+    h, w = size
+    offsets = []
+    for s in active:
+        span_x, span_y = s.image.shape[1] - h, s.image.shape[2] - w
+        if span_x > 0 or span_y > 0:  # the image outgrew the input: jitter
+            offsets.append((crop_offset(s.rng, span_x, octave.window), crop_offset(s.rng, span_y, octave.window)))
+        else:
+            offsets.append((0, 0))
+    crops = np.stack([s.image[:, ox:ox + h, oy:oy + w] for s, (ox, oy) in zip(active, offsets, strict=True)])
+    x = torch.from_numpy(crops).to(device=model.device, dtype=model.dtype).requires_grad_(True)
+    acts = model.activations(x, obj.layers)
+    value = obj(acts)
+    value.sum().backward()
+    g = x.grad.detach().to("cpu", torch.float32).numpy()
+    values = value.detach().cpu().double().numpy()
+    best = obj.best_unit({k_: v.detach() for k_, v in acts.items()}) or [None] * len(active)
+    if octave.margin > 0:
+        m = octave.margin
+        mask = np.zeros((h, w), dtype=bool)
+        mask[m:h - m, m:w - m] = True
+        g[:, :, ~mask] = 0
+    step = step_size(octave, i, faithful=faithful)
+    weight = tv_weight(octave, i, faithful=faithful)
+    for j, (s, (ox, oy)) in enumerate(zip(active, offsets, strict=True)):
+        record = {"octave": k + 1, "step": i, "activation": float(values[j]), "best_unit": best[j],
+                  "step_size": step, "tv_weight": weight, "offset": [ox, oy]}
+        s.steps.append(record)
+        gj = g[j]
+        mag = np.abs(gj).mean()  # float32 mean, as numpy computed it on the float32 diff
+        record["mean_abs_grad"] = float(mag)
+        if not np.isfinite(gj).all():
+            _fail(s, f"NaN/Inf in the gradient at octave {k + 1}, step {i}")
+            continue
+        if not np.isfinite(values[j]):
+            _fail(s, f"NaN/Inf target activation at octave {k + 1}, step {i}")
+            continue
+        if mag == 0:
+            _fail(s, f"zero gradient at octave {k + 1}, step {i} (the step size would be infinite; dead unit?)")
+            continue
+        # Python float / float32 scalar was float64 in NumPy 1, then cast to the float32 array's type.
+        crop = crops[j] + np.float32(step / float(mag)) * gj
+        np.clip(crop, 0, 255, out=crop)
+        den = denoise(np.transpose(crop, (1, 2, 0)), weight)
+        crop = np.transpose(den, (2, 0, 1)).astype(np.float32)
+        if not np.isfinite(crop).all():
+            _fail(s, f"NaN/Inf in the image after denoising at octave {k + 1}, step {i}")
+            continue
+        s.image[:, ox:ox + h, oy:oy + w] = crop
