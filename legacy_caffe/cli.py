@@ -1,0 +1,213 @@
+"""``python -m legacy_caffe``: build the Caffe root, run in it, report on it, make goldens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import rootfs
+from .manifest import GoldenError
+from .rootfs import LegacyCaffeError
+
+EPILOG = """\
+typical use:
+  python -m legacy_caffe build                       # once per machine, ~2 min, ~1.1 GB
+  python -m legacy_caffe doctor                      # Caffe version, BLAS, package versions
+  python -m legacy_caffe run --blas atlas -- python3 -c 'import caffe'
+  python -m legacy_caffe goldens                     # every built-in model, both BLAS
+  python -m legacy_caffe goldens --check             # regenerate and compare with golden/
+  python -m legacy_caffe goldens --prototxt deploy.prototxt --caffemodel w.caffemodel \\
+      --input my.jpg --out my_goldens/
+
+environment: LEGACY_CAFFE_ROOT (root folder), LEGACY_CAFFE_EXCHANGE (folder bound at /exchange),
+LEGACY_CAFFE_MIRROR (Debian mirror; default: the one this machine's apt uses).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m legacy_caffe",
+        description="Real Caffe 1.0 (Debian 11, CPU) with ATLAS or OpenBLAS, and golden dumps from it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser(
+        "build", help="debootstrap the Debian 11 root and install Caffe (idempotent)"
+    )
+    b.add_argument("--force", action="store_true", help="rebuild even if the root is complete")
+
+    r = sub.add_parser(
+        "run",
+        help="run a command inside the root with a chosen BLAS",
+        description="Run CMD inside the root. The project's exchange folder is at /exchange and "
+        "legacy_caffe/inside/ at /opt/legacy_caffe/inside (read-only).",
+    )
+    r.add_argument("--blas", choices=rootfs.BLAS_CHOICES, default="openblas")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+    sub.add_parser("doctor", help="report Caffe version, BLAS in use and package versions")
+
+    g = sub.add_parser(
+        "goldens",
+        help="write golden blob dumps (data and diff of every blob) from real Caffe",
+        description="Built-in models: seed weights with `python -m port seed-weights`, run real "
+        "Caffe with each BLAS on skimage photos, write golden/<model>/manifest.json and the dumps. "
+        "With --prototxt/--caffemodel: the same for a user's own model into --out.",
+    )
+    from .goldens import DEFAULT_SEED, DEFAULT_UNIT, PLANS
+
+    g.add_argument(
+        "--model", nargs="+", choices=sorted(PLANS), help="built-in models (default: all)"
+    )
+    g.add_argument("--blas", default="atlas,openblas", help="comma-separated (default: both)")
+    g.add_argument("--check", action="store_true", help="regenerate and compare with golden/")
+    g.add_argument("--fill-cache", action="store_true",
+                   help="regenerate missing cache dumps and verify them against the manifests")  # fmt: skip
+    g.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
+    g.add_argument("--fallback-weights", action="store_true",
+                   help="if port has no seed-weights yet, seed with pycaffe (trial runs only)")  # fmt: skip
+    g.add_argument("--prototxt", type=Path, help="a user's own net definition")
+    g.add_argument("--caffemodel", type=Path, help="the user's weights (with --prototxt)")
+    g.add_argument("--input", nargs="+", metavar="IMAGE", help="image files (one batch)")
+    g.add_argument("--blob", default="auto", help="one-hot blob for a user model (default: auto)")
+    g.add_argument("--unit", type=int, default=DEFAULT_UNIT)
+    g.add_argument("--out", type=Path, help="output folder for a user model")
+
+    sub.add_parser(
+        "list", help="list the golden sets the manifests describe, and which are on disk"
+    )
+    return ap
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    info = rootfs.build(force=args.force)
+    root = rootfs.root_dir()
+    print(json.dumps({"root": str(root), **info}, indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise LegacyCaffeError("nothing to run: python -m legacy_caffe run --blas B -- CMD...")
+    return rootfs.run_inside(cmd, blas=args.blas, check=False).returncode
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    root = rootfs.root_dir()
+    info = rootfs.marker_info(root)
+    print(f"root:      {root}")
+    if info is None:
+        state = (
+            "half-built"
+            if root.exists() or root.with_name(root.name + ".partial").exists()
+            else "absent"
+        )
+        print(f"state:     {state}; build it with: python -m legacy_caffe build")
+        return 1
+    print(f"built:     {info['built_at']} from {info['mirror']} ({info['suite']})")
+    print(f"timings:   {info.get('timings')}")
+    print(f"disk:      {rootfs.disk_usage(root) / 1024**3:.2f} GiB")
+    status = 0
+    for blas in rootfs.BLAS_CHOICES:
+        proc = rootfs.run_inside(
+            ["python3", f"{rootfs.INSIDE_MOUNT}/doctor.py"], blas=blas, capture=True, check=False
+        )
+        if proc.returncode != 0:
+            print(f"[{blas}] FAILED: {proc.stdout}{proc.stderr}")
+            status = 1
+            continue
+        env = json.loads(proc.stdout)
+        ok = env["blas"] == blas
+        status |= 0 if ok else 1
+        print(f"[{blas}] caffe {env['caffe']}, python {env['python']}, numpy {env['numpy']}, "
+              f"debian {env['debian']}")  # fmt: skip
+        print(
+            f"[{blas}] BLAS loaded: {', '.join(env['blas_loaded'])}" + ("" if ok else "  <-- WRONG")
+        )
+        if env.get("openblas"):
+            print(f"[{blas}] OpenBLAS: {env['openblas']}")
+    print("packages:")
+    for name, version in env["packages"].items():
+        print(f"  {name:24s} {version or 'NOT INSTALLED'}")
+    return status
+
+
+def _cmd_goldens(args: argparse.Namespace) -> int:
+    from . import goldens
+
+    blas = [b.strip() for b in args.blas.split(",") if b.strip()]
+    if args.prototxt or args.caffemodel:
+        if not (args.prototxt and args.caffemodel):
+            raise GoldenError("a user model needs both --prototxt and --caffemodel")
+        if args.model or args.check:
+            raise GoldenError("--prototxt/--caffemodel cannot be combined with --model or --check")
+        out = args.out or (rootfs.REPO / "cache" / "golden" / f"user-{args.prototxt.stem}")
+        size = goldens.declared_input_size(args.prototxt.read_text())
+        inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
+        man = goldens.generate(
+            name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
+            blob=args.blob, unit=args.unit, inputs=inputs, blas=blas,
+            caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
+            repeat=not args.no_repeat,
+        )  # fmt: skip
+        goldens.write_json(out / "manifest.json", man)
+        print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
+        return 0
+
+    models = args.model or list(goldens.PLANS)
+    if args.check:
+        problems = []
+        for m in models:
+            problems += goldens.check_model(m, blas=blas)
+        for p in problems:
+            print(f"MISMATCH {p}")
+        print("check: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+    if args.fill_cache:
+        for m in models:
+            missing = [g for g in goldens.list_goldens(m) if not g.available and g.blas in blas]
+            for g in missing:
+                goldens.load_golden(m, g.blas, g.input, regenerate=True)
+                print(f"regenerated and verified {g.path}")
+        return 0
+    for m in models:
+        goldens.generate_model(
+            m, blas=blas, seed=args.seed, repeat=not args.no_repeat,
+            fallback_weights=args.fallback_weights,
+        )  # fmt: skip
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .goldens import list_goldens
+
+    for g in list_goldens():
+        where = "git" if g.committed else "cache"
+        state = "present" if g.available else "missing"
+        print(f"{g.model:14s} {g.blas:9s} {g.input:14s} {str(g.shape):18s} {where:5s} {state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "build": _cmd_build,
+        "run": _cmd_run,
+        "doctor": _cmd_doctor,
+        "goldens": _cmd_goldens,
+        "list": _cmd_list,
+    }[args.command]
+    try:
+        return handler(args)
+    except (LegacyCaffeError, GoldenError) as exc:
+        print(f"legacy_caffe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("legacy_caffe: interrupted", file=sys.stderr)
+        return 130

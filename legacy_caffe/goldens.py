@@ -1,0 +1,606 @@
+"""Golden dumps from real Caffe: generation (needs the root) and the reading API (host only).
+
+Reading, for the parity harness::
+
+    from legacy_caffe.goldens import list_goldens, load_golden, load_manifest, golden_weights
+
+    for g in list_goldens("caffenet"):          # GoldenSet(model, blas, input, path, committed, ...)
+        arrays = load_golden(g.model, g.blas, g.input)   # {"data/conv1": ..., "diff/data": ..., "input/data": ...}
+
+Layout: ``golden/<model>/manifest.json`` always in git; ``golden/<model>/<blas>/<input>.npz`` for the
+sets the plan commits (CaffeNet); every other set lives in ``cache/golden/<model>/<blas>/<input>.npz``
+and is regenerated on demand, then verified against the manifest's checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import rootfs
+from .manifest import (
+    MANIFEST_FORMAT,
+    GoldenError,
+    bytes_identical,
+    compare_dumps,
+    describe_arrays,
+    load_npz,
+    read_manifest,
+    verify_arrays,
+    write_json,
+)
+from .preprocess import BGR_MEAN, RAW_SCALE, InputSpec, load_image_file, make_batch
+
+REPO = rootfs.REPO
+GOLDEN_DIR = REPO / "golden"
+CACHE_DIR = REPO / "cache" / "golden"
+DEFAULT_UNIT = 945  # "bell pepper", the class the original MFV work visualises
+DEFAULT_SEED = 1
+# OpenBLAS (DYNAMIC_ARCH) picks its kernels, and so its rounding, from the CPU it finds; pinning the
+# baseline x86-64 kernel every machine can run keeps the goldens reproducible across machines.
+# On the (virtualised, model-less) Xeons here it falls back to this kernel anyway.
+GOLDEN_ENV = {"OPENBLAS_CORETYPE": "Prescott"}
+BLAS = rootfs.BLAS_CHOICES
+INSIDE = rootfs.INSIDE_MOUNT
+
+
+def _say(msg: str) -> None:
+    print(f"[goldens] {msg}", file=sys.stderr, flush=True)
+
+
+# --- what the project ships -----------------------------------------------------------------
+
+ASTRONAUT = InputSpec("astronaut", ("astronaut",))
+PHOTOS3 = InputSpec("photos3", ("astronaut", "chelsea", "coffee"))
+# 231 makes Caffe's ceil rounding differ from floor in SqueezeNet's max pools (v1.0: pool4, 227
+# has none; v1.1: pool5, in addition to pool3 at 227).
+ASTRONAUT_231 = InputSpec("astronaut_231", ("astronaut",), 231)
+
+
+@dataclass(frozen=True)
+class GoldenPlan:
+    """Which inputs a built-in model's goldens use and which of its dumps git holds."""
+
+    model: str
+    inputs: tuple[InputSpec, ...]
+    committed: tuple[str, ...] = ()  # input names whose full dumps are committed
+    weight_format: str = "v2"
+
+
+PLANS: dict[str, GoldenPlan] = {
+    p.model: p
+    for p in (
+        GoldenPlan("caffenet", (ASTRONAUT, PHOTOS3), committed=("astronaut",)),
+        GoldenPlan("alexnet", (ASTRONAUT,)),
+        GoldenPlan("vgg16", (ASTRONAUT,), weight_format="v1"),
+        GoldenPlan("googlenet", (ASTRONAUT,)),
+        GoldenPlan("squeezenet1.0", (ASTRONAUT, ASTRONAUT_231)),
+        GoldenPlan("squeezenet1.1", (ASTRONAUT, ASTRONAUT_231, PHOTOS3)),
+    )
+}
+
+
+def _zoo():
+    """port's model registry, imported lazily so the reading API works without port's deps."""
+    from port.zoo import MODELS, shared_root
+
+    return MODELS, shared_root
+
+
+# --- reading API ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    """One dump: a model run on one input batch with one BLAS."""
+
+    model: str
+    blas: str
+    input: str
+    path: Path  # where the .npz is or will be
+    committed: bool
+    shape: tuple[int, ...]  # the input batch's (N, C, H, W)
+    available: bool = field(compare=False, default=False)
+
+
+def manifest_path(model: str, golden_dir: Path = GOLDEN_DIR) -> Path:
+    return golden_dir / model / "manifest.json"
+
+
+def load_manifest(model: str, golden_dir: Path = GOLDEN_DIR) -> dict:
+    """The committed manifest of a model's goldens."""
+    return read_manifest(manifest_path(model, golden_dir))
+
+
+def _set_path(model: str, entry: dict, golden_dir: Path, cache_dir: Path) -> Path:
+    base = golden_dir if entry.get("committed") else cache_dir
+    return base / model / entry["file"]
+
+
+def list_goldens(
+    model: str | None = None, *, golden_dir: Path = GOLDEN_DIR, cache_dir: Path = CACHE_DIR
+) -> list[GoldenSet]:
+    """Every golden set the manifests describe (optionally of one model), with availability."""
+    models = [model] if model else sorted(p.parent.name for p in golden_dir.glob("*/manifest.json"))
+    out = []
+    for m in models:
+        man = load_manifest(m, golden_dir)
+        for entry in man["sets"].values():
+            path = _set_path(m, entry, golden_dir, cache_dir)
+            out.append(
+                GoldenSet(
+                    model=m,
+                    blas=entry["blas"],
+                    input=entry["input"],
+                    path=path,
+                    committed=bool(entry.get("committed")),
+                    shape=tuple(man["inputs"][entry["input"]]["shape"]),
+                    available=path.is_file(),
+                )
+            )
+    return out
+
+
+def load_golden(
+    model: str,
+    blas: str = "openblas",
+    input_name: str = "astronaut",
+    *,
+    regenerate: bool = False,
+    verify: bool = True,
+    golden_dir: Path = GOLDEN_DIR,
+    cache_dir: Path = CACHE_DIR,
+) -> dict[str, np.ndarray]:
+    """A golden dump: ``data/<blob>``, ``diff/<blob>`` and ``input/<name>`` arrays (float32, NCHW).
+
+    Reads the committed file or the cache. A missing cache file is regenerated with real Caffe when
+    ``regenerate`` is true (needs the built root and root privileges), else GoldenError says how.
+    With ``verify`` every array is checked against the manifest's sha256.
+    """
+    man = load_manifest(model, golden_dir)
+    key = f"{blas}/{input_name}"
+    entry = man["sets"].get(key)
+    if entry is None:
+        raise GoldenError(
+            f"{model} has no golden set {key!r}; it has: {', '.join(sorted(man['sets']))}"
+        )
+    path = _set_path(model, entry, golden_dir, cache_dir)
+    if not path.is_file():
+        if not regenerate:
+            raise GoldenError(
+                f"{path} is not there; regenerate it with: python -m legacy_caffe goldens "
+                f"--model {model} --blas {blas} (or load_golden(..., regenerate=True))"
+            )
+        generate_model(model, blas=[blas], only_inputs=[input_name], cache_only=True)
+    arrays = load_npz(path)
+    if verify:
+        problems = verify_arrays(arrays, entry["arrays"])
+        if problems:
+            raise GoldenError(
+                f"{path} does not match {model}'s manifest: " + "; ".join(problems[:5])
+            )
+    return arrays
+
+
+def golden_weights(model: str, *, regenerate: bool = True, cache_dir: Path = CACHE_DIR) -> Path:
+    """The caffemodel the goldens were made with, re-seeded with port if missing, sha256-checked."""
+    man = load_manifest(model)
+    w = man["weights"]
+    path = cache_dir / model / "weights.caffemodel"
+    if not path.is_file():
+        if not regenerate:
+            raise GoldenError(f"{path} is not there (python -m port seed-weights makes it)")
+        if w["generator"] != "port seed-weights":
+            raise GoldenError(f"{model}'s goldens used {w['generator']}; cannot re-seed with port")
+        models, _ = _zoo()
+        seed_weights(models[model].prototxt, w["seed"], path, w["format"])
+    digest = _file_sha256(path)
+    if digest != w["sha256"]:
+        raise GoldenError(f"{path}: sha256 {digest[:12]}... differs from the manifest's")
+    return path
+
+
+# --- generation -----------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def declared_input_size(prototxt_text: str) -> tuple[int, int]:
+    """(H, W) of the first declared input: ``input_dim`` x4, ``input_shape``/``Input`` dims."""
+    dims = [int(d) for d in re.findall(r"^\s*input_dim\s*:\s*(\d+)", prototxt_text, re.M)]
+    if len(dims) < 4:
+        dims = [int(d) for d in re.findall(r"\bdim\s*:\s*(\d+)", prototxt_text)]
+    if len(dims) < 4:
+        raise GoldenError("cannot find a 4-d input shape (input_dim / input_shape / Input layer)")
+    return dims[2], dims[3]
+
+
+def port_seed_available() -> bool:
+    proc = subprocess.run(
+        [sys.executable, "-m", "port", "seed-weights", "--help"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    return proc.returncode == 0
+
+
+def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
+    """``python -m port seed-weights``: the weights Caffe then loads from the file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "port", "seed-weights", "--prototxt", str(prototxt),
+           "--seed", str(seed), "--out", str(out)]  # fmt: skip
+    if fmt != "v2":
+        cmd += ["--format", fmt]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GoldenError(f"port seed-weights failed:\n{proc.stderr[-2000:]}")
+
+
+def _seed_fallback(prototxt_inside: str, seed: int, out: Path) -> None:
+    rootfs.run_inside(
+        ["python3", f"{INSIDE}/seed_fallback.py", "--prototxt", prototxt_inside,
+         "--seed", str(seed), "--out", rootfs.host_to_inside(out)],
+        blas="openblas",
+    )  # fmt: skip
+
+
+@dataclass
+class _Job:
+    """Files of one model's generation inside the exchange folder."""
+
+    work: Path
+    prototxt: Path
+    weights: Path
+    inputs: dict[str, Path]
+
+
+def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int) -> dict:
+    """Run dump_blobs.py inside the root; returns its meta (environment, blobs, checks)."""
+    meta = out.with_suffix(".json")
+    rootfs.run_inside(
+        ["python3", f"{INSIDE}/dump_blobs.py",
+         "--prototxt", rootfs.host_to_inside(job.prototxt),
+         "--caffemodel", rootfs.host_to_inside(job.weights),
+         "--input", rootfs.host_to_inside(job.inputs[input_name]),
+         "--blob", blob, "--unit", str(unit),
+         "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)],
+        blas=blas, env=GOLDEN_ENV,
+    )  # fmt: skip
+    import json
+
+    info = json.loads(meta.read_text())
+    env = info["environment"]
+    if env.get("blas") != blas:
+        raise GoldenError(
+            f"asked for {blas} but Caffe loaded {env.get('blas_loaded')}; the BLAS switch failed"
+        )
+    return info
+
+
+def generate(
+    *,
+    name: str,
+    prototxt: Path,
+    prototxt_ref: str,
+    blob: str,
+    inputs: Sequence[InputSpec] | dict[str, np.ndarray],
+    blas: Iterable[str] = BLAS,
+    unit: int = DEFAULT_UNIT,
+    seed: int | None = DEFAULT_SEED,
+    weight_format: str = "v2",
+    caffemodel: Path | None = None,
+    committed: Sequence[str] = (),
+    out_committed: Path,
+    out_cache: Path,
+    repeat: bool = True,
+    fallback_weights: bool = False,
+) -> dict:
+    """Make every (BLAS, input) dump of one net and return its manifest (not yet written).
+
+    Committed dumps go to ``out_committed/<blas>/<input>.npz``, the rest to ``out_cache/...``.
+    With ``repeat`` each dump is made twice to record whether that BLAS gives the same bytes.
+    """
+    kw = dict(
+        name=name, prototxt=prototxt, prototxt_ref=prototxt_ref, blob=blob, inputs=inputs,
+        blas=list(blas), unit=unit, seed=seed, weight_format=weight_format, caffemodel=caffemodel,
+        committed=tuple(committed), out_committed=out_committed, out_cache=out_cache,
+        repeat=repeat, fallback_weights=fallback_weights,
+    )  # fmt: skip
+    for b in kw["blas"]:
+        if b not in BLAS:
+            raise GoldenError(f"unknown BLAS {b!r}; choose from {', '.join(BLAS)}")
+    rootfs.exchange_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-",
+                                 dir=rootfs.exchange_dir()))  # fmt: skip
+    try:
+        return _generate_in(work, **kw)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _generate_in(work: Path, **kw) -> dict:
+    name, prototxt, blob, unit = kw["name"], Path(kw["prototxt"]), kw["blob"], kw["unit"]
+    t_start = time.monotonic()
+    job = _Job(work, work / "net.prototxt", work / "weights.caffemodel", {})
+    shutil.copyfile(prototxt, job.prototxt)
+    proto_text = prototxt.read_text()
+
+    # Weights: a file Caffe loads (never arrays handed over).
+    if kw["caffemodel"] is not None:
+        shutil.copyfile(kw["caffemodel"], job.weights)
+        weights_info = {"generator": "user file", "source": str(kw["caffemodel"])}
+    elif port_seed_available():
+        _say(
+            f"{name}: python -m port seed-weights --seed {kw['seed']} --format {kw['weight_format']}"
+        )
+        seed_weights(prototxt, kw["seed"], job.weights, kw["weight_format"])
+        weights_info = {"generator": "port seed-weights", "seed": kw["seed"],
+                        "format": kw["weight_format"]}  # fmt: skip
+    elif kw["fallback_weights"]:
+        _say(f"{name}: port has no seed-weights yet; seeding with pycaffe (seed_fallback.py)")
+        _seed_fallback(rootfs.host_to_inside(job.prototxt), kw["seed"], job.weights)
+        weights_info = {"generator": "pycaffe fallback (legacy_caffe/inside/seed_fallback.py)",
+                        "seed": kw["seed"], "format": "v2"}  # fmt: skip
+    else:
+        raise GoldenError(
+            "`python -m port seed-weights` is not available; the goldens must use port's seeded "
+            "weights (pass --fallback-weights to seed with pycaffe for a trial run)"
+        )
+    weights_info["sha256"] = _file_sha256(job.weights)
+    weights_info["bytes"] = job.weights.stat().st_size
+    if weights_info["generator"] == "port seed-weights":
+        keep = kw["out_cache"] / "weights.caffemodel"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(job.weights, keep)
+
+    # Inputs, preprocessed here on the host.
+    size = declared_input_size(proto_text)
+    inputs_info: dict[str, dict] = {}
+    specs = kw["inputs"]
+    if isinstance(specs, dict):
+        batches = specs
+        for input_name in batches:
+            inputs_info[input_name] = {"source": "user images"}
+    else:
+        batches = {}
+        for spec in specs:
+            hw = (spec.size, spec.size) if spec.size else size
+            batches[spec.name] = make_batch(spec.photos, hw)
+            inputs_info[spec.name] = spec.describe()
+    for input_name, x in batches.items():
+        path = work / f"input_{input_name}.npy"
+        np.save(path, x)
+        job.inputs[input_name] = path
+        inputs_info[input_name].update(
+            shape=list(x.shape),
+            sha256=describe_arrays({"x": x})["x"]["sha256"],
+            preprocessing={"resize": "caffe.io.resize_image order 1 (skimage, mode constant, "
+                           "no anti-aliasing)", "channel_order": "BGR",
+                           "raw_scale": RAW_SCALE, "mean_bgr": list(BGR_MEAN)},
+        )  # fmt: skip
+
+    sets: dict[str, dict] = {}
+    environments: dict[str, dict] = {}
+    determinism: dict[str, dict] = {}
+    dumps: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    meta: dict = {}
+    for b in kw["blas"]:
+        det = {"repeats": 0, "byte_identical": True, "max_rel_diff": 0.0, "differing_arrays": []}
+        for input_name in batches:
+            t0 = time.monotonic()
+            out = work / b / f"{input_name}.npz"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            meta = _dump(job, input_name, b, out, blob, unit)
+            arrays = load_npz(out)
+            msg = (
+                f"{name}: {b} {input_name} {tuple(batches[input_name].shape)}: "
+                f"{len(meta['blobs'])} blobs in {time.monotonic() - t0:.1f} s"
+            )
+            if kw["repeat"]:
+                again = work / b / f"{input_name}.repeat.npz"
+                _dump(job, input_name, b, again, blob, unit)
+                second = load_npz(again)
+                det["repeats"] += 1
+                if not bytes_identical(arrays, second):
+                    det["byte_identical"] = False
+                    rel = compare_dumps(arrays, second)
+                    bad = {k: v for k, v in rel.items() if v > 0}
+                    det["differing_arrays"] = sorted(set(det["differing_arrays"]) | set(bad))
+                    det["max_rel_diff"] = max(det["max_rel_diff"], max(bad.values(), default=0.0))
+                msg += " (repeat: " + ("same bytes)" if det["byte_identical"] else "differs)")
+            _say(msg)
+            dumps[(b, input_name)] = arrays
+            environments[b] = meta["environment"]
+            is_committed = input_name in kw["committed"]
+            rel_file = f"{b}/{input_name}.npz"
+            dest = (kw["out_committed"] if is_committed else kw["out_cache"]) / rel_file
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(out), str(dest) + ".tmp")
+            os.replace(str(dest) + ".tmp", dest)
+            sets[f"{b}/{input_name}"] = {
+                "blas": b,
+                "input": input_name,
+                "file": rel_file,
+                "committed": is_committed,
+                "checks": meta["checks"],
+                "timings_s": meta["timings_s"],
+                "arrays": describe_arrays(arrays),
+            }
+        determinism[b] = det
+
+    spread: dict[str, dict[str, float]] = {}
+    if "atlas" in kw["blas"] and "openblas" in kw["blas"]:
+        for input_name in batches:
+            spread[input_name] = compare_dumps(
+                dumps[("atlas", input_name)], dumps[("openblas", input_name)]
+            )
+    first_env = next(iter(environments.values()))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "model": name,
+        "prototxt": kw["prototxt_ref"],
+        "prototxt_sha256": _file_sha256(prototxt),
+        "backward": {
+            "blob": meta["backward_blob"],
+            "unit": unit,
+            "start_layer": meta["backward_start_layer"],
+            "force_backward_added": meta["force_backward_added"],
+        },  # fmt: skip
+        "meaning": "pycaffe net.blobs[name].data after forward() and .diff after "
+        "backward(start=<last layer writing blob>) from a one-hot at flat index unit "
+        "of every sample; Caffe's auto-inserted *_split_* blobs excluded",
+        "weights": weights_info,
+        "caffe": {
+            "version": first_env["caffe"],
+            "python": first_env["python"],
+            "numpy": first_env["numpy"],
+            "debian": first_env["debian"],
+            "packages": first_env["packages"],
+            "cpu": first_env["cpu"],
+            "nproc": first_env["nproc"],
+        },
+        "blas": {
+            b: {k: environments[b][k] for k in ("blas_loaded", "openblas", "threads_env")}
+            for b in environments
+        },  # fmt: skip
+        "blobs": [{"name": n, "shape_first_input": meta["shapes"][n]} for n in meta["blobs"]],
+        "inputs": inputs_info,
+        "determinism": determinism,
+        "spread_atlas_vs_openblas": {
+            "measure": "max|atlas - openblas| / max|openblas| per array",
+            "per_input": spread,
+        },
+        "sets": sets,
+        "generated": {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.monotonic() - t_start, 1),
+            "command": "python -m legacy_caffe goldens",
+        },
+    }
+    return manifest
+
+
+def generate_model(
+    model: str,
+    *,
+    blas: Iterable[str] = BLAS,
+    seed: int = DEFAULT_SEED,
+    only_inputs: Sequence[str] | None = None,
+    cache_only: bool = False,
+    golden_dir: Path = GOLDEN_DIR,
+    cache_dir: Path = CACHE_DIR,
+    repeat: bool = True,
+    fallback_weights: bool = False,
+    write_manifest: bool = True,
+) -> dict:
+    """Generate a built-in model's goldens and (unless told not to) write its manifest.
+
+    ``cache_only`` regenerates dumps into the cache without touching git's copy: used to fill the
+    cache on demand; the committed manifest is then the reference the new files are checked against.
+    """
+    if model not in PLANS:
+        raise GoldenError(f"no golden plan for {model!r}; built-in: {', '.join(PLANS)}")
+    plan = PLANS[model]
+    models, shared_root = _zoo()
+    zm = models[model]
+    if not zm.prototxt.is_file():
+        raise GoldenError(f"{model}: definition {zm.prototxt} is missing")
+    inputs = [s for s in plan.inputs if only_inputs is None or s.name in only_inputs]
+    ref = f"port/models/{zm.relative}" if zm.bundled else f"../shared/reference/{zm.relative}"
+    man = generate(
+        name=model, prototxt=zm.prototxt, prototxt_ref=ref, blob=zm.classifier, inputs=inputs,
+        blas=blas, seed=seed, weight_format=plan.weight_format,
+        committed=() if cache_only else plan.committed,
+        out_committed=golden_dir / model, out_cache=cache_dir / model,
+        repeat=repeat and not cache_only, fallback_weights=fallback_weights,
+    )  # fmt: skip
+    if cache_only:
+        committed = load_manifest(model, golden_dir)
+        for key, entry in man["sets"].items():
+            want = committed["sets"].get(key)
+            if want is None:
+                continue
+            problems = verify_arrays(load_npz(cache_dir / model / entry["file"]), want["arrays"])
+            if problems:
+                raise GoldenError(
+                    f"regenerated {model} {key} does not match the manifest: {'; '.join(problems[:5])}"
+                )
+        return man
+    if write_manifest:
+        write_json(manifest_path(model, golden_dir), man)
+        _say(f"wrote {manifest_path(model, golden_dir)}")
+    return man
+
+
+def check_model(
+    model: str, *, blas: Iterable[str] = BLAS, golden_dir: Path = GOLDEN_DIR
+) -> list[str]:
+    """Regenerate a model's goldens elsewhere and compare with what git holds; returns problems.
+
+    Arrays must have the manifest's sha256. Where they do not (a different CPU picks a different
+    OpenBLAS kernel), a committed dump is compared numerically and passes within the measured
+    ATLAS-vs-OpenBLAS spread of that array, reported as a note rather than a failure.
+    """
+    committed = load_manifest(model, golden_dir)
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f"check-{model}-", dir=rootfs.cache_dir()) as tmp:
+        tmp_dir = Path(tmp)
+        man = generate_model(
+            model, blas=blas, seed=committed["weights"].get("seed", DEFAULT_SEED),
+            golden_dir=tmp_dir / "golden", cache_dir=tmp_dir / "cache", repeat=False,
+            fallback_weights=committed["weights"]["generator"] != "port seed-weights",
+            write_manifest=False,
+        )  # fmt: skip
+        if man["weights"]["sha256"] != committed["weights"]["sha256"]:
+            problems.append(f"{model}: seeded weights differ from the manifest's (sha256)")
+        spread = committed["spread_atlas_vs_openblas"]["per_input"]
+        for key, entry in man["sets"].items():
+            want = committed["sets"].get(key)
+            if want is None:
+                problems.append(f"{model} {key}: not in the committed manifest")
+                continue
+            base = tmp_dir / ("golden" if entry["committed"] else "cache") / model
+            fresh = load_npz(base / entry["file"])
+            mismatched = verify_arrays(fresh, want["arrays"])
+            if not mismatched:
+                _say(f"check {model} {key}: identical to the manifest")
+                continue
+            if want.get("committed"):
+                old = load_npz(golden_dir / model / want["file"])
+                rel = compare_dumps(fresh, old)
+                floor = spread.get(entry["input"], {})
+                over = {k: v for k, v in rel.items() if v > max(2 * floor.get(k, 0.0), 1e-7)}
+                if over:
+                    worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
+                    problems.append(f"{model} {key}: beyond 2x the BLAS spread: {worst}")
+                else:
+                    _say(f"check {model} {key}: bytes differ, max rel {max(rel.values()):.2e} "
+                         "within the ATLAS-vs-OpenBLAS spread")  # fmt: skip
+            else:
+                problems.append(f"{model} {key}: " + "; ".join(mismatched[:3]))
+    return problems
+
+
+def user_inputs(images: Sequence[str], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A user's image files as one batch named after the first file (plus count)."""
+    from .preprocess import caffe_preprocess
+
+    batch = np.stack([caffe_preprocess(load_image_file(p), size) for p in images])
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(images[0]).stem)
+    return {stem if len(images) == 1 else f"{stem}_and_{len(images) - 1}": batch}

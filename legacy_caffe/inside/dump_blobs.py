@@ -1,0 +1,202 @@
+"""Dump every blob's data and diff from real Caffe (runs inside the root: Python 3.9 + pycaffe).
+
+    python3 dump_blobs.py --prototxt P --caffemodel W --input X.npy --blob fc8 --unit 945 \
+        --out OUT.npz [--meta OUT.json]
+
+X.npy is the preprocessed (N, C, H, W) float32 batch. The net is loaded in TEST phase, its input
+reshaped to X's shape, run forward; then a one-hot at flat index UNIT of every sample of BLOB is set
+as BLOB's diff and ``net.backward(start=<last layer with BLOB as top>)`` runs. The .npz holds
+``data/<blob>``, ``diff/<blob>`` for every blob (Caffe's auto-inserted split blobs excluded) and
+``input/<name>``: exactly what pycaffe's ``net.blobs[name].data/.diff`` hold.
+
+Standalone on purpose: the root has no torch and no project package, only Debian's Python 3.9.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import caffe_env  # noqa: E402
+
+FORCE_BACKWARD = re.compile(r"^\s*force_backward\s*:\s*true\b", re.MULTILINE)
+
+
+def with_force_backward(prototxt, workdir):
+    """A prototxt Caffe will backpropagate to the input through (a temp copy if it needs one).
+
+    Without force_backward Caffe skips backward for layers whose bottoms need no gradient, which
+    leaves diff/data (and the diffs of the first layers) at zero.
+    """
+    with open(prototxt) as fh:
+        text = fh.read()
+    if FORCE_BACKWARD.search(text):
+        return prototxt, False
+    path = os.path.join(workdir, "force_backward.prototxt")
+    with open(path, "w") as fh:
+        # Top-level fields may come in any order in protobuf text format.
+        fh.write("force_backward: true\n" + text)
+    return path, True
+
+
+def auto_split_blobs(net):
+    """Tops of the Split layers Caffe inserted itself (named '<layer>_<blob>_<i>_split')."""
+    out = set()
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == "Split" and name.endswith("_split"):
+            out.update(net.top_names[name])
+    return out
+
+
+def atomic_savez(path, arrays):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".dump_", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".meta_", suffix=".json.tmp", dir=directory)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prototxt", required=True)
+    ap.add_argument("--caffemodel", required=True)
+    ap.add_argument("--input", required=True, help="(N, C, H, W) float32 .npy")
+    ap.add_argument("--input-name", default=None, help="net input to feed (default: the first)")
+    ap.add_argument(
+        "--blob",
+        required=True,
+        help="blob the one-hot is seeded on (e.g. fc8), or 'auto': the top of the last "
+        "InnerProduct/Convolution/Pooling layer",
+    )
+    ap.add_argument("--unit", type=int, default=945)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--meta", default=None, help="JSON with environment and checks")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import caffe
+
+    caffe.set_mode_cpu()
+    x = np.load(args.input).astype(np.float32)
+    if x.ndim != 4:
+        sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
+
+    t0 = time.time()
+    workdir = tempfile.mkdtemp(prefix="dump_blobs_")
+    proto, forced = with_force_backward(args.prototxt, workdir)
+    net = caffe.Net(proto, caffe.TEST, weights=args.caffemodel)
+    load_s = time.time() - t0
+
+    in_name = args.input_name or net.inputs[0]
+    if in_name not in net.blobs:
+        sys.exit(f"dump_blobs: net has no input {in_name!r} (inputs: {list(net.inputs)})")
+    if args.blob == "auto":
+        # The last classifier-like output: fc8, loss3/classifier, SqueezeNet's pool10.
+        scorers = [
+            ln
+            for ln, layer in zip(net._layer_names, net.layers)
+            if layer.type in ("InnerProduct", "Convolution", "Pooling")
+        ]
+        if not scorers:
+            sys.exit("dump_blobs: --blob auto found no InnerProduct/Convolution/Pooling layer")
+        args.blob = net.top_names[scorers[-1]][0]
+    if args.blob not in net.blobs:
+        sys.exit(f"dump_blobs: net has no blob {args.blob!r}")
+    net.blobs[in_name].reshape(*x.shape)
+    net.reshape()
+    net.blobs[in_name].data[...] = x
+
+    t0 = time.time()
+    net.forward()
+    forward_s = time.time() - t0
+
+    splits = auto_split_blobs(net)
+    names = [b for b in net.blobs if b not in splits]
+    nonzero_before = [b for b in names if np.any(net.blobs[b].diff)]
+
+    writers = [ln for ln in net._layer_names if args.blob in net.top_names[ln]]
+    start = writers[-1]
+    start_idx = list(net._layer_names).index(start)
+    target = net.blobs[args.blob]
+    per_sample = int(np.prod(target.data.shape[1:]))
+    if not 0 <= args.unit < per_sample:
+        sys.exit(
+            f"dump_blobs: unit {args.unit} outside {args.blob}'s {per_sample} values per sample"
+        )
+    onehot = np.zeros(target.diff.shape, dtype=np.float32)
+    onehot.reshape(onehot.shape[0], -1)[:, args.unit] = 1.0
+    target.diff[...] = onehot
+
+    t0 = time.time()
+    net.backward(start=start)
+    backward_s = time.time() - t0
+
+    # Blobs produced only after the start layer never see a gradient: their diff must still be 0.
+    downstream = set()
+    for ln in list(net._layer_names)[start_idx + 1 :]:
+        downstream.update(net.top_names[ln])
+    for ln in list(net._layer_names)[: start_idx + 1]:
+        downstream.difference_update(net.top_names[ln])
+    downstream_nonzero = [b for b in names if b in downstream and np.any(net.blobs[b].diff)]
+
+    arrays = {}
+    for b in names:
+        arrays["data/" + b] = np.array(net.blobs[b].data, dtype=np.float32, copy=True)
+        arrays["diff/" + b] = np.array(net.blobs[b].diff, dtype=np.float32, copy=True)
+    arrays["input/" + in_name] = x
+    atomic_savez(args.out, arrays)
+
+    if args.meta:
+        meta = {
+            "environment": caffe_env.environment(),
+            "blobs": names,
+            "shapes": {b: list(net.blobs[b].data.shape) for b in names},
+            "layers": [[ln, net.layers[i].type] for i, ln in enumerate(net._layer_names)],
+            "input_name": in_name,
+            "backward_blob": args.blob,
+            "backward_unit": args.unit,
+            "backward_start_layer": start,
+            "force_backward_added": forced,
+            "auto_split_blobs_excluded": sorted(splits),
+            "checks": {
+                "diffs_zero_before_backward": not nonzero_before,
+                "downstream_blobs": sorted(b for b in names if b in downstream),
+                "downstream_diffs_zero": not downstream_nonzero,
+                "downstream_nonzero": downstream_nonzero,
+            },
+            "timings_s": {
+                "load": round(load_s, 3),
+                "forward": round(forward_s, 3),
+                "backward": round(backward_s, 3),
+            },
+        }
+        atomic_write_json(args.meta, meta)
+    if nonzero_before or downstream_nonzero:
+        sys.exit(
+            f"dump_blobs: diff check failed: nonzero before backward {nonzero_before}, "
+            f"downstream {downstream_nonzero}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""The Debian 11 root filesystem with real Caffe 1.0, built with debootstrap and run with chroot.
+
+Machines here have a docker client but no engine, so the same environment as docker/Dockerfile is
+built as a plain directory tree. Layout under the cache (``LEGACY_CAFFE_ROOT`` overrides the root):
+
+    cache/legacy_caffe/rootfs/          the finished root; holds MARKER once complete
+    cache/legacy_caffe/rootfs.partial/  a build in progress (removed and restarted if found)
+    cache/legacy_caffe/exchange/        bound at /exchange inside: files passed in and out
+    cache/legacy_caffe/run.lock         serialises runs (the BLAS choice is global to the root)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .packages import PACKAGES_FILE, packages_digest, read_packages
+
+REPO = Path(__file__).resolve().parent.parent
+INSIDE_DIR = Path(__file__).resolve().parent / "inside"
+SUITE = "bullseye"
+MARKER = ".legacy_caffe_complete.json"
+# Where the root sees the project: our inside scripts and the exchange folder.
+INSIDE_MOUNT = "/opt/legacy_caffe/inside"
+EXCHANGE_MOUNT = "/exchange"
+BLAS_CHOICES = ("atlas", "openblas")
+# Measured ~1.1 GB once installed; debootstrap also keeps its .debs while it works.
+MIN_FREE_BYTES = 3 * 1024**3
+
+
+class LegacyCaffeError(RuntimeError):
+    """Something the user has to fix before the legacy environment can be built or run."""
+
+
+def _say(msg: str) -> None:
+    print(f"[legacy_caffe] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    return REPO / "cache" / "legacy_caffe"
+
+
+def root_dir() -> Path:
+    """The root filesystem's folder: ``$LEGACY_CAFFE_ROOT`` or ``<repo>/cache/legacy_caffe/rootfs``."""
+    env = os.environ.get("LEGACY_CAFFE_ROOT")
+    return Path(env).resolve() if env else cache_dir() / "rootfs"
+
+
+def exchange_dir() -> Path:
+    """Host side of /exchange: ``$LEGACY_CAFFE_EXCHANGE`` or beside the root."""
+    env = os.environ.get("LEGACY_CAFFE_EXCHANGE")
+    return Path(env).resolve() if env else root_dir().parent / "exchange"
+
+
+def marker_info(root: Path | None = None) -> dict | None:
+    """The completion marker's contents, or None when the root is absent or half-built."""
+    path = (root or root_dir()) / MARKER
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(root: Path | None = None) -> bool:
+    return marker_info(root) is not None
+
+
+# --- mirror ---------------------------------------------------------------------------------
+
+
+def parse_apt_sources(text: str, *, deb822: bool) -> list[tuple[str, list[str]]]:
+    """(uri, suites) of every binary 'deb' entry of an apt sources file, in file order."""
+    entries: list[tuple[str, list[str]]] = []
+    if deb822:
+        for stanza in re.split(r"\n\s*\n", text):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line or line[:1].isspace():
+                    continue
+                key, value = line.split(":", 1)
+                fields[key.strip().lower()] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no":
+                continue
+            if "deb" not in fields.get("types", "").split():
+                continue
+            for uri in fields.get("uris", "").split():
+                entries.append((uri, fields.get("suites", "").split()))
+    else:
+        for line in text.splitlines():
+            parts = line.split("#", 1)[0].split()
+            if not parts or parts[0] != "deb":
+                continue
+            parts = parts[1:]
+            if parts and parts[0].startswith("["):  # options like [arch=amd64 signed-by=...]
+                while parts and not parts[0].endswith("]"):
+                    parts = parts[1:]
+                parts = parts[1:]
+            if len(parts) >= 2:
+                entries.append((parts[0], [parts[1]]))
+    return entries
+
+
+def pick_debian_mirror(entries: Sequence[tuple[str, list[str]]]) -> str | None:
+    """The first entry that serves the main Debian archive (not security, not updates)."""
+    for uri, suites in entries:
+        if "security" in uri:
+            continue
+        if suites and all(re.search(r"-(security|updates|backports)$", s) for s in suites):
+            continue
+        if re.search(r"/debian/?$", uri):
+            return uri.rstrip("/")
+    return None
+
+
+def find_mirror() -> str:
+    """The Debian mirror this machine's apt uses (``$LEGACY_CAFFE_MIRROR`` overrides).
+
+    The repository never names a registry host; the machine's configuration already does.
+    """
+    env = os.environ.get("LEGACY_CAFFE_MIRROR")
+    if env:
+        return env
+    entries: list[tuple[str, list[str]]] = []
+    sources_d = Path("/etc/apt/sources.list.d")
+    if sources_d.is_dir():
+        for path in sorted(sources_d.glob("*.sources")):
+            entries += parse_apt_sources(path.read_text(errors="replace"), deb822=True)
+        for path in sorted(sources_d.glob("*.list")):
+            entries += parse_apt_sources(path.read_text(errors="replace"), deb822=False)
+    main_list = Path("/etc/apt/sources.list")
+    if main_list.is_file():
+        entries += parse_apt_sources(main_list.read_text(errors="replace"), deb822=False)
+    mirror = pick_debian_mirror(entries)
+    if mirror is None:
+        raise LegacyCaffeError(
+            "found no Debian archive in /etc/apt/sources.list{,.d/*}; "
+            "set LEGACY_CAFFE_MIRROR to a Debian mirror URL that carries bullseye"
+        )
+    return mirror
+
+
+# --- build ----------------------------------------------------------------------------------
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (a half-built root must not be deleted through them)."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            point = line.split()[1].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    busy = _mounts_under(path)
+    if busy:
+        raise LegacyCaffeError(
+            f"{path} has mounts inside it ({', '.join(busy)}); unmount them (umount -R) first"
+        )
+    shutil.rmtree(path)
+
+
+def _check_preconditions(parent: Path) -> None:
+    if os.geteuid() != 0:
+        raise LegacyCaffeError(
+            "building the Caffe root needs root (debootstrap and chroot); run as root or with sudo"
+        )
+    if sys.platform != "linux":
+        raise LegacyCaffeError("the debootstrap root needs Linux; elsewhere use docker/Dockerfile")
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < MIN_FREE_BYTES:
+        raise LegacyCaffeError(
+            f"only {free / 1024**3:.1f} GB free under {parent}; the root needs "
+            f"{MIN_FREE_BYTES / 1024**3:.0f} GB (set LEGACY_CAFFE_ROOT to a roomier disk)"
+        )
+    if shutil.which("debootstrap") is None:
+        if shutil.which("apt-get") is None:
+            raise LegacyCaffeError(
+                "debootstrap is not installed and there is no apt-get to install it; "
+                "install the 'debootstrap' package (it is a shell script; any Linux can run it)"
+            )
+        _say("debootstrap is not installed; installing it with 'apt-get install -y debootstrap'")
+        _run_logged(["apt-get", "install", "-y", "debootstrap"], "apt-get install debootstrap")
+        if shutil.which("debootstrap") is None:
+            raise LegacyCaffeError("apt-get installed debootstrap but it is not on PATH")
+
+
+def _run_logged(argv: Sequence[str], what: str, *, env: dict[str, str] | None = None) -> None:
+    """Run a long step, echoing a line of progress every few seconds and the log tail on failure."""
+    start = time.monotonic()
+    with tempfile.NamedTemporaryFile(
+        "w+", prefix="legacy_caffe_", suffix=".log", delete=False
+    ) as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        last = ""
+        while proc.poll() is None:
+            time.sleep(5)
+            with open(log.name, errors="replace") as fh:
+                lines = [ln.strip() for ln in fh.readlines()[-1:]]
+            if lines and lines[-1] != last:
+                last = lines[-1]
+                _say(f"  {what} ({time.monotonic() - start:.0f} s): {last[:100]}")
+    if proc.returncode != 0:
+        tail = Path(log.name).read_text(errors="replace").splitlines()[-25:]
+        raise LegacyCaffeError(
+            f"{what} failed (exit {proc.returncode}); full log {log.name}; last lines:\n"
+            + "\n".join(tail)
+        )
+    os.unlink(log.name)
+
+
+def build(root: Path | None = None, *, force: bool = False) -> dict:
+    """Build (or confirm) the root; return its marker. Idempotent and safe to interrupt.
+
+    The tree is assembled in ``<root>.partial`` and renamed into place only once the packages are
+    installed and the marker is written, so an interrupted build never looks finished.
+    """
+    root = (root or root_dir()).resolve()
+    packages = read_packages()
+    digest = packages_digest(packages)
+    info = marker_info(root)
+    if info is not None and not force:
+        if info.get("packages_digest") == digest:
+            _say(f"root is complete at {root} (built {info.get('built_at')}); nothing to do")
+            return info
+        _say(f"{PACKAGES_FILE.name} changed since the root was built; installing the new list")
+        _check_preconditions(root.parent)
+        _install_packages(root, packages)
+        return _write_marker(root, packages, info.get("mirror", ""), info.get("timings", {}))
+
+    _check_preconditions(root.parent)
+    partial = root.with_name(root.name + ".partial")
+    if partial.exists():
+        _say(f"removing a half-built root at {partial}")
+        _remove_tree(partial)
+    if root.exists():
+        _say(f"{root} has no completion marker (interrupted or foreign); rebuilding it")
+        _remove_tree(root)
+
+    mirror = find_mirror()
+    timings: dict[str, float] = {}
+    _say(f"debootstrap --variant=minbase {SUITE} into {partial} from {mirror}")
+    t0 = time.monotonic()
+    _run_logged(["debootstrap", "--variant=minbase", SUITE, str(partial), mirror], "debootstrap")
+    timings["debootstrap_s"] = round(time.monotonic() - t0, 1)
+    _say(f"debootstrap done in {timings['debootstrap_s']} s")
+
+    t0 = time.monotonic()
+    _install_packages(partial, packages)
+    timings["install_s"] = round(time.monotonic() - t0, 1)
+    _say(f"packages installed in {timings['install_s']} s")
+
+    for mount_point in (INSIDE_MOUNT, EXCHANGE_MOUNT):
+        (partial / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    info = _write_marker(partial, packages, mirror, timings)
+    os.replace(partial, root)
+    _say(f"root ready at {root}")
+    return info
+
+
+def _install_packages(root: Path, packages: list[str]) -> None:
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+    }
+    # apt inside the chroot resolves names through the root's own resolv.conf.
+    if Path("/etc/resolv.conf").is_file():
+        shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    with _mounted(root, bind=[]):
+        _say(f"apt-get install {len(packages)} packages (and their dependencies) in the root")
+        _run_logged(["chroot", str(root), "apt-get", "update"], "apt-get update", env=env)
+        _run_logged(
+            ["chroot", str(root), "apt-get", "install", "-y", "--no-install-recommends", *packages],
+            "apt-get install",
+            env=env,
+        )
+        # The .debs are only needed once; dropping them saves ~250 MB per machine.
+        subprocess.run(["chroot", str(root), "apt-get", "clean"], env=env, check=False)
+
+
+def _write_marker(root: Path, packages: list[str], mirror: str, timings: dict) -> dict:
+    info = {
+        "suite": SUITE,
+        "mirror": mirror,
+        "packages": packages,
+        "packages_digest": packages_digest(packages),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "timings": timings,
+    }
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, root / MARKER)
+    return info
+
+
+@contextlib.contextmanager
+def _mounted(root: Path, bind: list[tuple[Path, str]]) -> Iterator[None]:
+    """Mount proc (and binds) for a build step; always unmounted, even on Ctrl-C."""
+    done: list[str] = []
+    try:
+        target = str(root / "proc")
+        subprocess.run(["mount", "-t", "proc", "proc", target], check=True)
+        done.append(target)
+        for src, inside in bind:
+            target = str(root / inside.lstrip("/"))
+            subprocess.run(["mount", "--bind", str(src), target], check=True)
+            done.append(target)
+        yield
+    finally:
+        for target in reversed(done):
+            subprocess.run(["umount", "-l", target], check=False)
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def _require_root_fs(root: Path) -> None:
+    if os.geteuid() != 0:
+        raise LegacyCaffeError("running inside the Caffe root needs root (chroot, mount)")
+    if not is_complete(root):
+        raise LegacyCaffeError(
+            f"no finished Caffe root at {root}; build it with: python -m legacy_caffe build"
+        )
+
+
+@contextlib.contextmanager
+def run_lock() -> Iterator[None]:
+    """Serialise runs: the BLAS alternative is global state of the root."""
+    path = root_dir().parent / "run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_inside(
+    argv: Sequence[str],
+    *,
+    blas: str,
+    env: dict[str, str] | None = None,
+    capture: bool = False,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run ``argv`` inside the root with the chosen BLAS.
+
+    Mounts live in a private mount namespace (unshare), so they vanish with the process even if it
+    is killed; nothing is left mounted inside the cache.
+    """
+    if blas not in BLAS_CHOICES:
+        raise LegacyCaffeError(f"unknown BLAS {blas!r}; choose one of {', '.join(BLAS_CHOICES)}")
+    root = root_dir()
+    _require_root_fs(root)
+    exchange = exchange_dir()
+    exchange.mkdir(parents=True, exist_ok=True)
+    for mount_point in (INSIDE_MOUNT, EXCHANGE_MOUNT):
+        (root / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    inner_env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "GLOG_minloglevel": "2",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "GLOG_minloglevel"):
+        if key in os.environ:
+            inner_env[key] = os.environ[key]
+    inner_env.update(env or {})
+    script = (
+        'set -e; r="$1"; mount -t proc proc "$r/proc"; '
+        f'mount --bind "$2" "$r{INSIDE_MOUNT}"; mount -o remount,bind,ro "$r{INSIDE_MOUNT}"; '
+        f'mount --bind "$3" "$r{EXCHANGE_MOUNT}"; shift 3; exec chroot "$r" "$@"'
+    )
+    cmd = [
+        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+        str(root), str(INSIDE_DIR), str(exchange),
+        "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in inner_env.items()],
+        "sh", f"{INSIDE_MOUNT}/with_blas.sh", blas, *argv,
+    ]  # fmt: skip
+    with run_lock():
+        return subprocess.run(cmd, check=check, capture_output=capture, text=capture)
+
+
+def host_to_inside(path: Path) -> str:
+    """Path inside the root of a file under the exchange folder."""
+    rel = Path(path).resolve().relative_to(exchange_dir().resolve())
+    return f"{EXCHANGE_MOUNT}/{rel.as_posix()}"
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes used under ``path`` (du, not following mounts)."""
+    out = subprocess.run(["du", "-sxb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
