@@ -179,18 +179,22 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     """
     path = Path(path)
     try:
-        fh = open(path, "rb")
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise CaffeError("weights file is empty", path=path)
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise CaffeError(f"cannot read weights: {exc}", path=path) from None
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise CaffeError("weights file is empty", path=path)
-        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _read_layers(buf, size, path)
+    finally:
         try:
-            return _read_layers(buf, size, path)
-        finally:
             buf.close()
+        except BufferError:
+            # An error left views into the map alive in its traceback; the map closes once
+            # they are collected.
+            pass
 
 
 def _read_layers(buf, size: int, path: Path) -> dict[str, list[np.ndarray]]:

@@ -46,10 +46,7 @@ def seed_weights(netdef: NetDef, seed: int) -> dict[str, list[np.ndarray]]:
         blobs: list[np.ndarray] = []
         if isinstance(module, (Convolution, InnerProduct)):
             w_shape = shapes[0]
-            if isinstance(module, Convolution):
-                fan_in = math.prod(w_shape[1:])
-            else:
-                fan_in = module.k_in
+            fan_in = math.prod(w_shape[1:]) if isinstance(module, Convolution) else module.k_in
             blobs.append(rng.normal(0.0, math.sqrt(2.0 / fan_in), w_shape))
             blobs.extend(rng.normal(0.0, 0.01, s) for s in shapes[1:])
         elif isinstance(module, BatchNorm):
