@@ -10,6 +10,7 @@ payloads are appended as raw little-endian bytes.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -189,12 +190,10 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     try:
         return _read_layers(buf, size, path)
     finally:
-        try:
+        # An error can leave views into the map alive in its traceback; the map then closes once
+        # they are collected.
+        with contextlib.suppress(BufferError):
             buf.close()
-        except BufferError:
-            # An error left views into the map alive in its traceback; the map closes once
-            # they are collected.
-            pass
 
 
 def _read_layers(buf, size: int, path: Path) -> dict[str, list[np.ndarray]]:
