@@ -286,6 +286,7 @@ class ParityResult:
     policy: dict
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    backward_from: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -299,6 +300,7 @@ class ParityResult:
             "schema": "caffe-mfv/parity/1",
             "model": self.model,
             "passed": self.passed,
+            "backward_from": self.backward_from,
             "policy": self.policy,
             "runners": self.runners,
             "noise": {k: {kk: _finite(vv) for kk, vv in v.items()} for k, v in self.noise.items()},

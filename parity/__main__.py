@@ -1,0 +1,119 @@
+"""Command line: ``python -m parity run ...`` (see ``python -m parity --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import tolerance
+from .report import format_table, render_html, write_text_atomic
+from .run import ALL_REFERENCES, ParityError, resolve, run_parity, worst_heatmap
+
+
+def _golden_arg(s: str) -> tuple[str, str]:
+    blas, sep, path = s.partition("=")
+    if not sep or blas not in ("atlas", "openblas"):
+        raise argparse.ArgumentTypeError("expected atlas=FILE.npz or openblas=FILE.npz")
+    return blas, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m parity",
+        description="Layer-by-layer parity of the PyTorch port against real Caffe, numpy and ONNX Runtime.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser(
+        "run",
+        help="run the port and the references, compare blob by blob, report; exit 0 only if all pass",
+        description="Run the port (float32, float64) and the references on one input, forward and "
+        "backward, and judge every blob by the policy in parity/tolerance.py. Exit status: 0 every "
+        "blob passed, 1 some blob failed, 2 the run could not be set up.",
+    )
+    r.add_argument("--model", help="built-in model name (port.zoo), e.g. caffenet")
+    r.add_argument("--prototxt", help="a user's own deploy definition (instead of --model)")
+    r.add_argument("--caffemodel", help="its weights (default: the goldens' weights, else seeded)")
+    r.add_argument(
+        "--references",
+        default=",".join(ALL_REFERENCES),
+        help=f"comma-separated subset of {','.join(ALL_REFERENCES)} (default: all)",
+    )
+    r.add_argument(
+        "--golden",
+        action="append",
+        type=_golden_arg,
+        default=[],
+        metavar="BLAS=FILE",
+        help="golden dump for --prototxt models (atlas=... and/or openblas=...), from `legacy_caffe goldens`",
+    )
+    r.add_argument(
+        "--input", dest="input_name", help="golden input set (default: the manifest's first)"
+    )
+    r.add_argument(
+        "--backward-from", help="BLOB:UNIT (default: the goldens', else the classifier, unit 945/0)"
+    )
+    r.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="regenerate missing cached goldens with real Caffe",
+    )
+    r.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="drop Caffe references whose goldens are missing (the report says so) instead of failing",
+    )
+    r.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
+    r.add_argument("--json", help="write the JSON result here (schema: parity/SCHEMA.md)")
+    r.add_argument("--html", help="write the self-contained HTML report here")
+    r.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    sub.add_parser("policy", help="print the tolerance policy constants as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "policy":
+        print(json.dumps(tolerance.policy_json(), indent=1))
+        return 0
+    refs = [r.strip() for r in args.references.split(",") if r.strip()]
+    t0 = time.perf_counter()
+    try:
+        if (args.model is None) == (args.prototxt is None):
+            raise ParityError("give exactly one of --model NAME and --prototxt P")
+        setup = resolve(
+            model=args.model,
+            prototxt=args.prototxt,
+            caffemodel=args.caffemodel,
+            references=refs,
+            golden_files=dict(args.golden),
+            input_name=args.input_name,
+            backward_from=args.backward_from,
+            regenerate=args.regenerate,
+            allow_missing=args.allow_missing,
+        )
+        result, outputs = run_parity(setup, references=refs, local_check=not args.no_local)
+    except ParityError as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # CaffeError and friends: bad input, reported without a traceback
+        if type(exc).__name__ in ("CaffeError", "GoldenError"):
+            print(f"parity: {exc}", file=sys.stderr)
+            return 2
+        raise
+    result.timings["total"] = round(time.perf_counter() - t0, 4)
+    if args.json:
+        write_text_atomic(args.json, result.dumps() + "\n")
+    if args.html:
+        write_text_atomic(args.html, render_html(result, worst_heatmap(result, outputs)))
+    if args.quiet:
+        print(f"parity {result.model}: {'PASS' if result.passed else 'FAIL'}")
+    else:
+        print(format_table(result))
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

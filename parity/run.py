@@ -1,0 +1,331 @@
+"""One parity run end to end: resolve the model, weights, input and goldens; run; judge."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import core, local, runners
+from .compare import ParityResult
+from .runners import RunnerOutput
+
+__all__ = ["ALL_REFERENCES", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
+
+ALL_REFERENCES = ("caffe-atlas", "caffe-openblas", "numpy64", "numpy32", "onnx")
+SYNTHETIC_SEED = 1
+SYNTHETIC_INPUT_SEED = 7
+
+
+class ParityError(RuntimeError):
+    """The run cannot be set up (missing goldens, unknown reference...)."""
+
+
+@dataclass
+class ParitySetup:
+    """Everything a run needs, resolved.
+
+    Attributes
+    ----------
+    name : str
+        Model name for the report.
+    prototxt : Path
+    netdef : NetDef
+    weights : dict
+        Layer name -> Caffe blobs (float32 arrays).
+    weights_source : str
+    x : ndarray or dict
+        The input batch (from the goldens when there are any).
+    backward_from : str or None
+        ``"BLOB:UNIT"``.
+    goldens : dict
+        Runner name ("caffe-atlas", ...) -> RunnerOutput.
+    notes : list of str
+    """
+
+    name: str
+    prototxt: Path
+    netdef: Any
+    weights: dict
+    weights_source: str
+    x: Any
+    backward_from: str | None
+    goldens: dict[str, RunnerOutput] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _default_backward(netdef: Any) -> str | None:
+    """The last blob not made by a Softmax (the classifier), unit 0."""
+    for layer in reversed(netdef.layers):
+        if layer.type != "Softmax":
+            return f"{layer.tops[0]}:0"
+    return None
+
+
+def _synthetic_input(netdef: Any) -> np.ndarray:
+    name, shape = next(iter(netdef.inputs.items()))
+    rng = np.random.default_rng(SYNTHETIC_INPUT_SEED)
+    # Range of a mean-subtracted 0-255 image, so magnitudes are those of real use.
+    return rng.uniform(-120.0, 135.0, (1,) + tuple(shape[1:])).astype(np.float32)
+
+
+def _golden_runner(
+    blas: str, arrays: Mapping[str, np.ndarray], source: str
+) -> tuple[RunnerOutput, dict]:
+    blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
+    inputs = {k[len("input/") :]: v for k, v in arrays.items() if k.startswith("input/")}
+    has_diff = any(k.startswith("diff/") for k in blobs)
+    return RunnerOutput(f"caffe-{blas}", blobs, "float32", has_diff, 0.0, source), inputs
+
+
+def resolve(
+    *,
+    model: str | None = None,
+    prototxt: str | Path | None = None,
+    caffemodel: str | Path | None = None,
+    references: Sequence[str] = ALL_REFERENCES,
+    golden_files: Mapping[str, str | Path] | None = None,
+    input_name: str | None = None,
+    backward_from: str | None = None,
+    regenerate: bool = False,
+    allow_missing: bool = False,
+) -> ParitySetup:
+    """Find the definition, weights, input and goldens of a run.
+
+    Parameters
+    ----------
+    model : str, optional
+        A built-in model (``port.zoo``); its goldens come from ``legacy_caffe.goldens``.
+    prototxt, caffemodel : path, optional
+        A user's own model instead; its goldens are passed with ``golden_files``.
+    references : sequence of str
+        Which references the run will use (only the Caffe ones matter here).
+    golden_files : mapping blas -> .npz path, optional
+        Golden dumps for a user's model (``{"atlas": ..., "openblas": ...}``).
+    input_name : str, optional
+        Which golden input set (default: the first the manifest lists).
+    backward_from : str, optional
+        ``BLOB:UNIT``; default: the goldens' (built-in models) or the classifier blob, unit 0.
+    regenerate : bool
+        Regenerate missing cached goldens with real Caffe (needs the legacy root).
+    allow_missing : bool
+        Drop Caffe references whose goldens are missing instead of failing.
+    """
+    import port
+
+    notes: list[str] = []
+    want_caffe = [r for r in references if r.startswith("caffe-")]
+    goldens: dict[str, RunnerOutput] = {}
+    inputs: dict[str, np.ndarray] = {}
+    if model is not None:
+        from port.zoo import zoo_model
+
+        zm = zoo_model(model)
+        prototxt = zm.prototxt
+        netdef = port.load_prototxt(prototxt)
+        manifest = None
+        try:
+            from legacy_caffe import goldens as lg
+
+            manifest = lg.load_manifest(model)
+        except Exception as exc:  # no manifest yet, or legacy_caffe not importable
+            if want_caffe and not allow_missing:
+                raise ParityError(
+                    f"{model}: no golden manifest ({exc}); generate goldens with "
+                    f"`python -m legacy_caffe goldens --model {model}`"
+                ) from None
+            notes.append(f"no golden manifest for {model}: {exc}")
+        if manifest is not None:
+            bw = manifest.get("backward", {})
+            backward_from = backward_from or f"{bw['blob']}:{bw['unit']}"
+            if input_name is None:
+                input_name = next(iter(manifest["inputs"]))
+            if caffemodel is None:
+                caffemodel = lg.golden_weights(model)
+            for r in want_caffe:
+                blas = r.split("-", 1)[1]
+                try:
+                    arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
+                except Exception as exc:
+                    if not allow_missing:
+                        raise ParityError(
+                            f"{model}: golden {blas}/{input_name} unavailable: {exc}"
+                        ) from None
+                    notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
+                    continue
+                goldens[r], inputs = _golden_runner(
+                    blas, arrays, f"golden {model} {blas}/{input_name}"
+                )
+        name = model
+    else:
+        if prototxt is None:
+            raise ParityError("give --model NAME or --prototxt P")
+        prototxt = Path(prototxt)
+        netdef = port.load_prototxt(prototxt)
+        name = netdef.name or prototxt.stem
+        for blas, path in (golden_files or {}).items():
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            goldens[f"caffe-{blas}"], inputs = _golden_runner(blas, arrays, str(path))
+        missing = [r for r in want_caffe if r not in goldens]
+        if missing and not allow_missing:
+            raise ParityError(
+                f"no golden file for {', '.join(missing)}: pass --golden BLAS=FILE.npz "
+                "(made by `python -m legacy_caffe goldens`) or leave them out of --references"
+            )
+        notes.extend(f"{r}: no golden given" for r in missing)
+
+    if caffemodel is not None:
+        weights = port.read_caffemodel(caffemodel)
+        wsrc = str(caffemodel)
+    else:
+        weights = port.seed_weights(netdef, SYNTHETIC_SEED)
+        wsrc = f"port.seed_weights(seed={SYNTHETIC_SEED})"
+        notes.append(f"weights: {wsrc} (no caffemodel)")
+    if inputs:
+        x: Any = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+    else:
+        x = _synthetic_input(netdef)
+        notes.append(f"input: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED}")
+    if backward_from is None:
+        from port.zoo import MODELS
+
+        zm = MODELS.get(model or "")
+        backward_from = f"{zm.classifier}:945" if zm else _default_backward(netdef)
+    return ParitySetup(
+        name, Path(prototxt), netdef, weights, wsrc, x, backward_from, goldens, notes
+    )
+
+
+def run_parity(
+    setup: ParitySetup,
+    *,
+    references: Sequence[str] = ALL_REFERENCES,
+    local_check: bool = True,
+    port_factory: Any = None,
+) -> tuple[ParityResult, dict[str, RunnerOutput]]:
+    """Run the port and every reference, then judge.
+
+    Parameters
+    ----------
+    setup : ParitySetup
+        From :func:`resolve`.
+    references : sequence of str
+        Any of ``ALL_REFERENCES``.
+    local_check : bool
+        Re-run each layer alone on each Caffe build's (else numpy32's) blobs.
+    port_factory : callable, optional
+        ``(netdef, weights) -> CaffeNet`` (float32, eval); default builds ``port.CaffeNet``. Tests use
+        it to judge a deliberately broken port.
+
+    Returns
+    -------
+    (ParityResult, dict of RunnerOutput)
+    """
+    import torch
+
+    import port
+
+    unknown = [r for r in references if r not in ALL_REFERENCES]
+    if unknown:
+        raise ParityError(
+            f"unknown reference(s) {unknown}; choose from {', '.join(ALL_REFERENCES)}"
+        )
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if port_factory is None:
+        net32 = port.CaffeNet(setup.netdef)
+        net32.load_blobs(setup.weights)
+        net32 = net32.eval()
+    else:
+        net32 = port_factory(setup.netdef, setup.weights)
+    net64 = copy.deepcopy(net32).to(torch.float64)
+    timings["build"] = time.perf_counter() - t0
+    x = setup.x
+    outs: dict[str, RunnerOutput] = {}
+    outs["port32"] = runners.run_port(net32, x, backward_from=setup.backward_from)
+    outs["port64"] = runners.run_port(net64, x, backward_from=setup.backward_from)
+    for r in references:
+        t = time.perf_counter()
+        if r.startswith("caffe-"):
+            if r in setup.goldens:
+                outs[r] = setup.goldens[r]
+        elif r == "numpy64":
+            outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float64)
+        elif r == "numpy32":
+            outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
+        elif r == "onnx":
+            if isinstance(x, Mapping):
+                setup.notes.append("onnx: multi-input nets are not exported; skipped")
+            else:
+                outs[r] = runners.run_onnx(net32, x)
+        timings[r] = time.perf_counter() - t
+    timings["port32"] = outs["port32"].seconds
+    timings["port64"] = outs["port64"].seconds
+    rows: list[dict] = []
+    if local_check:
+        t = time.perf_counter()
+        refs = [outs[b] for b in core.CAFFE_BUILDS if b in outs] or (
+            [outs["numpy32"]] if "numpy32" in outs else []
+        )
+        for ref in refs:
+            rows.extend(local.local_analysis(setup.netdef, net32, net64, setup.weights, ref))
+        timings["local"] = time.perf_counter() - t
+    t = time.perf_counter()
+    result = core.judge(setup.netdef, outs, model=setup.name, local=rows, notes=setup.notes)
+    timings["judge"] = time.perf_counter() - t
+    result.timings = {k: round(v, 4) for k, v in timings.items()}
+    result.backward_from = setup.backward_from
+    return result, outs
+
+
+def worst_heatmap(result: ParityResult, outputs: Mapping[str, RunnerOutput]) -> dict | None:
+    """Where the worst judged blob's error sits: a 2-D map of |subject - reference|.
+
+    For (N, C, H, W) blobs the map is sample 0's maximum over channels (H x W); for other shapes
+    sample 0 is laid out row-major on a near-square grid.
+
+    Returns
+    -------
+    dict or None
+        ``pair``, ``key``, ``ratio`` (error / noise), ``map`` (2-D float64 ndarray), ``noise_abs``
+        (the rule's noise in absolute units), or None when nothing was judged.
+    """
+    best = None
+    for p in result.pairs:
+        if p.rule == "info":
+            continue
+        for c in p.checks:
+            if c.rule is None or c.needed_multiple is None or not np.isfinite(c.needed_multiple):
+                continue
+            if best is None or c.needed_multiple > best[1].needed_multiple:
+                best = (p, c)
+    if best is None:
+        return None
+    p, c = best
+    a = outputs[p.subject].blobs.get(c.key)
+    b = outputs[p.reference].blobs.get(c.key)
+    if a is None or b is None:
+        return None
+    err = np.abs(a.astype(np.float64) - b.astype(np.float64))[0]
+    if err.ndim == 3:
+        m = err.max(axis=0)
+    else:
+        flat = err.reshape(-1)
+        side = int(np.ceil(np.sqrt(flat.size)))
+        m = np.zeros(side * side)
+        m[: flat.size] = flat
+        m = m.reshape(side, side)
+    return {
+        "pair": f"{p.subject} vs {p.reference}",
+        "key": c.key,
+        "ratio": float(c.needed_multiple),
+        "map": m,
+        "noise_abs": float(c.rule.noise * c.metrics.ref_range),
+        "allowed_abs": float(c.rule.allowed * c.metrics.ref_range),
+    }
