@@ -89,6 +89,6 @@ def load(path: str | Path, *, dtype: torch.dtype = torch.float32,
     for key in sorted(tensors, key=lambda k: (k.rpartition("/")[0], int(k.rpartition("/")[2]))):
         layer, _, _ = key.rpartition("/")
         weights.setdefault(layer, []).append(tensors[key])
-    net = CaffeNet(netdef)
-    net.load_blobs(weights, source=path)
+    net = CaffeNet(netdef, zero_init=False)
+    net.load_blobs(weights, source=path, share=True)
     return net.to(device=device, dtype=dtype).eval()

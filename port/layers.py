@@ -72,8 +72,10 @@ class CaffeLayer(nn.Module):
         raise NotImplementedError
 
     def _make_blobs(self) -> None:
+        # Uninitialised: the net zeroes them or binds loaded weights, so that converting a large
+        # model never holds a throw-away copy of every weight.
         for shape in self.blob_shapes():
-            self.blobs.append(nn.Parameter(torch.zeros(shape)))
+            self.blobs.append(nn.Parameter(torch.empty(shape)))
 
     def extra_repr(self) -> str:
         return f"{self.layer_name!r}"

@@ -36,7 +36,7 @@ def seed_weights(netdef: NetDef, seed: int) -> dict[str, list[np.ndarray]]:
     dict of str to list of numpy.ndarray
     """
     rng = np.random.default_rng(seed)
-    net = CaffeNet(netdef)
+    net = CaffeNet(netdef, zero_init=False)  # only its shapes are needed
     weights: dict[str, list[np.ndarray]] = {}
     for layer in netdef.layers:
         module = net.module(layer.name)
