@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from . import _io
@@ -32,16 +33,21 @@ def find_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_images(paths: list[Path], size: tuple[int, int]) -> tuple[list[Path], np.ndarray, list[str]]:
+def load_images(paths: list[Path], size: tuple[int, int], *, keep_grey: bool = False
+                ) -> tuple[list[Path], np.ndarray, list[str]]:
     """Read RGB images and fit them to ``size`` (shorter side resized, bicubic, then centre crop).
 
     Returns the paths kept, an (N, H, W, 3) uint8 array and one message per skipped file
-    (unreadable or not RGB).
+    (unreadable, or not RGB unless ``keep_grey``: then greyscale images are replicated to RGB as
+    Caffe's loader did; the published mean_5 of class 945 contains such a crop).
     """
     kept, arrays, skipped = [], [], []
     for p in paths:
         try:
-            arrays.append(_io.fit_to(_io.load_rgb(p), size))
+            if keep_grey:
+                with Image.open(p) as im:
+                    grey = im.mode in ("L", "I;16", "I")
+            arrays.append(_io.fit_to(_io.load_rgb(p, allow_convert=keep_grey and grey), size))
             kept.append(p)
         except _io.ImageReadError as e:
             skipped.append(str(e))
@@ -120,7 +126,7 @@ class MeansResult:
 
 def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, layer: str | None = None,
                seed: int = 0, out: str | Path | None = None, batch_size: int = 16,
-               progress: bool = True) -> MeansResult:
+               keep_grey: bool = False, progress: bool = True) -> MeansResult:
     """The whole ``means`` command: codes, clusters, mean images, ``clusters.json``, ``tsne.png``.
 
     Parameters
@@ -138,13 +144,15 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
         Output folder.
     batch_size : int
         Images per forward pass.
+    keep_grey : bool
+        Replicate greyscale images to RGB instead of skipping them.
     progress : bool
         Progress bar.
     """
     layer = layer or (model.spec.code_layer if model.spec else None)
     if layer is None:
         raise ValueError("no code layer given and the model has no default")
-    paths, images, skipped = load_images(find_images(folder), model.convention.input_size)
+    paths, images, skipped = load_images(find_images(folder), model.convention.input_size, keep_grey=keep_grey)
     for msg in skipped:
         tqdm.write(f"skipped: {msg}")
     if len(paths) < k * m:

@@ -59,7 +59,8 @@ def svg_curve(values: list[float], *, width: int = 360, height: int = 140, marks
                    for i, v in enumerate(values) if v is not None and np.isfinite(v))
     lines = "".join(f"<line x1='{30 + m * (width - 40) / n:.1f}' y1='5' x2='{30 + m * (width - 40) / n:.1f}' "
                     f"y2='{height - 20}' stroke='#ccc'/>" for m in (marks or []))
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
+    # Inline SVG in HTML5 needs no xmlns, and the page then names no URL at all.
+    return (f"<svg width='{width}' height='{height}'>"
             f"<rect width='100%' height='100%' fill='white' stroke='#ddd'/>{lines}"
             f"<polyline fill='none' stroke='#c22' stroke-width='1.5' points='{pts}'/>"
             f"<text x='2' y='12' font-size='10'>{hi:.4g}</text>"

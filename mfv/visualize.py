@@ -186,7 +186,7 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
     same ``out`` resumes.
     """
     h, w = model.convention.input_size
-    names = list(init_names or [str(i) if not isinstance(i, str) else i for i in inits])
+    names = list(init_names or [i if isinstance(i, str) else f"init {j}" for j, i in enumerate(inits)])
     out = Path(out) if out is not None else None
     states = []
     for i, init in enumerate(inits):
