@@ -47,6 +47,11 @@ def units(netdef: Any) -> list[tuple[Any, list[Any]]]:
     return out
 
 
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    # A layer that produces the wrong shape (e.g. floor instead of ceil pooling) departs infinitely.
+    return metrics(a, b).max_rel if a.shape == b.shape else float("inf")
+
+
 def _numpy_unit(layer, chain, bottoms, weights) -> list[np.ndarray]:
     tops = numpy_ref.forward_layer(
         layer, bottoms, [np.asarray(w, np.float64) for w in weights.get(layer.name, [])]
@@ -76,6 +81,7 @@ def local_analysis(
     reference: Any,
     *,
     backward: bool = True,
+    backward_from: str | None = None,
 ) -> list[dict]:
     """Per-unit local errors of the port and of the reference, and whether the port departs.
 
@@ -90,6 +96,9 @@ def local_analysis(
         The reference whose own bottoms feed each unit (a Caffe build, or numpy32 without one).
     backward : bool
         Also check each unit's backward (bottom diffs from the reference's top diffs).
+    backward_from : str, optional
+        ``"BLOB:UNIT"`` the reference's backward started from: layers after the last writer of BLOB
+        took no part in it, and BLOB's own diff is the seed, not computed by a layer.
 
     Returns
     -------
@@ -103,9 +112,19 @@ def local_analysis(
     blobs = reference.blobs
     rows = []
     consumers: dict[str, list[tuple[Any, list[Any]]]] = {}
+    seed_blob = None
+    last = len(netdef.layers) - 1
+    if backward_from:
+        seed_blob = backward_from.rpartition(":")[0]
+        writers = [i for i, lay in enumerate(netdef.layers) if seed_blob in lay.tops]
+        last = writers[-1] if writers else last
+    index = {lay.name: i for i, lay in enumerate(netdef.layers)}
     for unit in units(netdef):
+        if index[unit[0].name] > last:
+            continue  # after the backward start: took no part in the reference's backward
         for b in unit[0].bottoms:
-            consumers.setdefault(b, []).append(unit)
+            if b != seed_blob:
+                consumers.setdefault(b, []).append(unit)
     for layer, chain in units(netdef):
         bkeys = [f"data/{b}" for b in layer.bottoms]
         if not all(k in blobs for k in bkeys) or not all(f"data/{t}" in blobs for t in layer.tops):
@@ -127,8 +146,8 @@ def local_analysis(
         worst = 0.0
         departs = False
         for t, tr, mi in zip(layer.tops, truth, mine, strict=True):
-            ref_err = metrics(np.asarray(blobs[f"data/{t}"]), tr).max_rel
-            port_err = metrics(mi.numpy(), tr).max_rel
+            ref_err = _rel(np.asarray(blobs[f"data/{t}"]), tr)
+            port_err = _rel(mi.numpy(), tr)
             rule = tolerance.local_rule(ref_err)
             row["forward"][t] = {"port": port_err, "reference": ref_err, "allowed": rule.allowed}
             worst = max(worst, port_err / rule.noise)
@@ -154,54 +173,22 @@ def _local_backward(netdef, net32, net64, reference, rows, consumers) -> None:
         for t in layer.tops:
             producer_unit[t] = (layer, chain)
     for blob, cons in consumers.items():
-        if f"diff/{blob}" not in blobs or blob not in producer_unit:
+        if f"diff/{blob}" not in blobs:
             continue
         grads = {}
-        for net, dt in ((net32, torch.float32), (net64, torch.float64)):
-            g_total = None
-            ok = True
-            for layer, _chain in cons:
-                if not all(f"diff/{t}" in blobs for t in layer.tops):
-                    ok = False
-                    break
-                ins = [
-                    torch.tensor(
-                        np.asarray(blobs[f"data/{b}"]), dtype=dt, requires_grad=(b == blob)
-                    )
-                    for b in layer.bottoms
-                ]
-                with torch.enable_grad():
-                    outs = list(net.module(layer.name)(*ins))
-                    gouts = [
-                        torch.tensor(np.asarray(blobs[f"diff/{t}"]), dtype=dt) for t in layer.tops
-                    ]
-                    # A bottom used twice by one layer is covered by marking each use.
-                    targets = [x for x, b in zip(ins, layer.bottoms, strict=True) if b == blob]
-                    gs = torch.autograd.grad(outs, targets, grad_outputs=gouts, allow_unused=True)
-                for g in gs:
-                    if g is not None:
-                        g_total = g if g_total is None else g_total + g
-            if not ok or g_total is None:
-                grads = {}
-                break
-            # The blob's own in-place chain (relu1 on conv1): backward through it on final values.
-            player, pchain = producer_unit[blob]
-            for lc in reversed([c for c in pchain if c.bottoms[0] == blob]):
-                v = torch.tensor(np.asarray(blobs[f"data/{blob}"]), dtype=dt, requires_grad=True)
-                with torch.enable_grad():
-                    out = net.module(lc.name)(v)[0]
-                    (g_total,) = torch.autograd.grad(out, [v], grad_outputs=g_total)
-            grads[dt] = g_total.detach().numpy()
+        try:
+            grads = _blob_grads(blob, cons, blobs, net32, net64, producer_unit)
+        except RuntimeError:
+            # The port's layer cannot even take the reference's shapes: it departs.
+            grads = {"failed": None}
         if not grads:
             continue
-        # The port is its own float64 truth here, so judge the port against the reference directly;
-        # the allowed gap is a multiple of the port's own float32 rounding of this very step.
-        own = metrics(grads[torch.float32], grads[torch.float64]).max_rel
-        port_err = metrics(grads[torch.float32], np.asarray(blobs[f"diff/{blob}"])).max_rel
+        if "failed" in grads:
+            own, port_err = 0.0, float("inf")
+        else:
+            own = _rel(grads[torch.float32], grads[torch.float64])
+            port_err = _rel(grads[torch.float32], np.asarray(blobs[f"diff/{blob}"]))
         rule = tolerance.local_backward_rule(own)
-        row = by_layer.get(player.name)
-        if row is None:
-            continue
         # The diff of blob is computed by its consumers' backward: attribute it to them.
         for layer, _ in cons:
             r = by_layer.get(layer.name)
@@ -214,6 +201,44 @@ def _local_backward(netdef, net32, net64, reference, rows, consumers) -> None:
             }
             r["worst_ratio"] = max(r["worst_ratio"], port_err / rule.noise)
             r["departs"] = r["departs"] or port_err > rule.allowed
+
+
+def _blob_grads(blob, cons, blobs, net32, net64, producer_unit) -> dict:
+    """The blob's diff recomputed by the port's layers, float32 and float64 ({} if not possible)."""
+    import torch
+
+    grads: dict = {}
+    for net, dt in ((net32, torch.float32), (net64, torch.float64)):
+        g_total = None
+        ok = True
+        for layer, _chain in cons:
+            if not all(f"diff/{t}" in blobs for t in layer.tops):
+                ok = False
+                break
+            ins = [
+                torch.tensor(np.asarray(blobs[f"data/{b}"]), dtype=dt, requires_grad=(b == blob))
+                for b in layer.bottoms
+            ]
+            with torch.enable_grad():
+                outs = list(net.module(layer.name)(*ins))
+                gouts = [torch.tensor(np.asarray(blobs[f"diff/{t}"]), dtype=dt) for t in layer.tops]
+                # A bottom used twice by one layer is covered by marking each use.
+                targets = [x for x, b in zip(ins, layer.bottoms, strict=True) if b == blob]
+                gs = torch.autograd.grad(outs, targets, grad_outputs=gouts, allow_unused=True)
+            for g in gs:
+                if g is not None:
+                    g_total = g if g_total is None else g_total + g
+        if not ok or g_total is None:
+            return {}
+        # The blob's own in-place chain (relu1 on conv1): backward through it on final values.
+        pchain = producer_unit.get(blob, (None, []))[1]
+        for lc in reversed([c for c in pchain if c.bottoms[0] == blob]):
+            v = torch.tensor(np.asarray(blobs[f"data/{blob}"]), dtype=dt, requires_grad=True)
+            with torch.enable_grad():
+                out = net.module(lc.name)(v)[0]
+                (g_total,) = torch.autograd.grad(out, [v], grad_outputs=g_total)
+        grads[dt] = g_total.detach().numpy()
+    return grads
 
 
 def clone64(net: Any) -> Any:

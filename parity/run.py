@@ -274,7 +274,16 @@ def run_parity(
             [outs["numpy32"]] if "numpy32" in outs else []
         )
         for ref in refs:
-            rows.extend(local.local_analysis(setup.netdef, net32, net64, setup.weights, ref))
+            rows.extend(
+                local.local_analysis(
+                    setup.netdef,
+                    net32,
+                    net64,
+                    setup.weights,
+                    ref,
+                    backward_from=setup.backward_from,
+                )
+            )
         timings["local"] = time.perf_counter() - t
     t = time.perf_counter()
     result = core.judge(setup.netdef, outs, model=setup.name, local=rows, notes=setup.notes)
