@@ -197,8 +197,8 @@ def _svg_chart(result: ParityResult) -> str:
     keys = _keys(result, cols)
     if not keys:
         return "<p>nothing compared</p>"
-    w, h, ml, mr, mt, mb = 1100, 380, 60, 170, 20, 120
-    lo, hi = -17, 0
+    w, h, ml, mr, mt, mb = 1200, 420, 64, 260, 20, 120
+    lo, hi = -16, 0
     n = len(keys)
 
     def x(i: int) -> float:
@@ -276,8 +276,13 @@ def _svg_chart(result: ParityResult) -> str:
         parts.append(f'<rect x="{w - mr + 8}" y="{yy}" width="10" height="10" fill="{color}"/>')
         parts.append(f'<text x="{w - mr + 22}" y="{yy + 9}">{html.escape(label)}</text>')
     parts.append(
-        f'<text transform="translate(14,{(h - mb) / 2}) rotate(-90)" text-anchor="middle">max|a-b| / max|ref| (log)</text>'
+        f'<text transform="translate(14,{(h - mb) / 2}) rotate(-90)" text-anchor="middle">'
+        "max|a-b| / max|ref| (log; exact agreement on the bottom line)</text>"
     )
+    parts.append(f'<text x="{ml + 4}" y="{mt + 12}" fill="#555">forward (data)</text>')
+    dx = next((x(i) for i, k in enumerate(keys) if k.startswith("diff/")), None)
+    if dx is not None:
+        parts.append(f'<text x="{dx + 4}" y="{mt + 12}" fill="#555">backward (diff)</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
