@@ -67,12 +67,26 @@ def to_uint8(image: np.ndarray, *, wrap: bool = False) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def save_image(path: str | Path, image_u8: np.ndarray, *, quality: int = 75) -> None:
-    """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save."""
+def save_image(path: str | Path, image_u8: np.ndarray, *, quality: int = 75,
+               text: dict[str, str] | None = None) -> None:
+    """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save.
+
+    ``text`` goes into PNG text chunks (JPEG: a comment), so that an image carries its provenance
+    (the parity verdict it relied on) even when copied away from its trace.
+    """
     path = Path(path)
     buf = io.BytesIO()
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    kwargs: dict = {"quality": quality} if fmt == "JPEG" else {}
+    if text and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in text.items():
+            info.add_itxt(k, v)
+        kwargs["pnginfo"] = info
+    elif text:
+        kwargs["comment"] = "; ".join(f"{k}: {v}" for k, v in text.items()).encode("utf-8")
     Image.fromarray(np.asarray(image_u8, dtype=np.uint8)).save(buf, fmt, **kwargs)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -108,6 +122,12 @@ def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     im = Image.fromarray(image).resize((nw, nh), Image.BICUBIC)
     top, left = (nh - th) // 2, (nw - tw) // 2
     return np.asarray(im)[top:top + th, left:left + tw].copy()
+
+
+def provenance_text(parity: dict | None) -> dict[str, str]:
+    """The text every image carries: which parity verdict (and report) the run relied on."""
+    p = parity or {}
+    return {"mfv-parity": f"{p.get('status', 'n/a')}; report: {p.get('report')}; {p.get('message', '')}"}
 
 
 def png_data_uri(image_u8: np.ndarray, *, max_side: int | None = None) -> str:

@@ -50,7 +50,8 @@ def _cmd_means(a) -> int:
 
     m = _load(a)
     r = make_means(m, a.images, k=a.k, m=a.m, layer=a.layer, seed=a.seed, out=a.out,
-                   batch_size=a.batch_size, keep_grey=a.keep_grey, progress=not a.quiet)
+                   batch_size=a.batch_size, keep_grey=a.keep_grey,
+                   exclude=tuple(a.exclude or ()), progress=not a.quiet)
     print(f"{len(r.paths)} images, {len(r.skipped)} skipped; wrote {a.out}/mean_0..{a.k - 1}.png/.jpg, "
           "clusters.json, tsne.png")
     return 0
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     s.add_argument("--keep-grey", action="store_true",
                    help="replicate greyscale images to RGB (as Caffe's loader did) instead of skipping them")
+    s.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="leave out files whose path relative to --images matches GLOB (repeatable), "
+                   "e.g. 'mean_*' in the published layout")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=_cmd_means)
 

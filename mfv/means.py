@@ -8,6 +8,7 @@ uint8 mean of their 15 crops saved as JPEG at quality 75 (measured: see the test
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,14 @@ __all__ = ["IMAGE_SUFFIXES", "find_images", "load_images", "compute_codes", "clu
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Every file under ``folder`` (recursively, sorted) whose suffix looks like an image."""
+def find_images(folder: str | Path, *, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """Every file under ``folder`` (recursively, sorted) whose suffix looks like an image, minus
+    those whose path relative to ``folder`` matches a glob in ``exclude``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(fnmatch.fnmatch(str(p.relative_to(folder)), g) for g in exclude))
 
 
 def load_images(paths: list[Path], size: tuple[int, int], *, keep_grey: bool = False
@@ -126,7 +129,7 @@ class MeansResult:
 
 def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, layer: str | None = None,
                seed: int = 0, out: str | Path | None = None, batch_size: int = 16,
-               keep_grey: bool = False, progress: bool = True) -> MeansResult:
+               keep_grey: bool = False, exclude: tuple[str, ...] = (), progress: bool = True) -> MeansResult:
     """The whole ``means`` command: codes, clusters, mean images, ``clusters.json``, ``tsne.png``.
 
     Parameters
@@ -146,13 +149,15 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
         Images per forward pass.
     keep_grey : bool
         Replicate greyscale images to RGB instead of skipping them.
+    exclude : tuple of str
+        Globs (relative paths) of files to leave out.
     progress : bool
         Progress bar.
     """
     layer = layer or (model.spec.code_layer if model.spec else None)
     if layer is None:
         raise ValueError("no code layer given and the model has no default")
-    paths, images, skipped = load_images(find_images(folder), model.convention.input_size, keep_grey=keep_grey)
+    paths, images, skipped = load_images(find_images(folder, exclude=tuple(exclude)), model.convention.input_size, keep_grey=keep_grey)
     for msg in skipped:
         tqdm.write(f"skipped: {msg}")
     if len(paths) < k * m:
@@ -162,9 +167,10 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
     means = [mean_image(images[idx]) for idx in cl["members"]]
     if out is not None:
         out = Path(out)
+        text = _io.provenance_text(model.info.get("parity"))
         for i, mi in enumerate(means):
-            _io.save_image(out / f"mean_{i}.png", mi)
-            _io.save_image(out / f"mean_{i}.jpg", mi, quality=75)
+            _io.save_image(out / f"mean_{i}.png", mi, text=text)
+            _io.save_image(out / f"mean_{i}.jpg", mi, quality=75, text=text)
         root = Path(folder)
         record = {
             "format": "mfv-clusters/1",
@@ -174,7 +180,7 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
             "layer": layer, "k": k, "m": m, "seed": seed,
             "pca_dims": cl["pca_dims"], "tsne_perplexity": cl["perplexity"],
             "preprocessing": f"shorter side resized to {model.convention.input_size} (bicubic), centre crop",
-            "skipped": skipped,
+            "skipped": skipped, "exclude": list(exclude), "keep_grey": keep_grey,
             "images": [{"path": str(p.relative_to(root)), "x": float(e[0]), "y": float(e[1]), "cluster": int(c)}
                        for p, e, c in zip(paths, cl["embedding"], cl["labels"], strict=True)],
             "clusters": [{"index": i, "centroid": [float(v) for v in cl["centroids"][i]],
@@ -185,7 +191,8 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
         _io.write_json(out / "clusters.json", record)
         from .report import draw_tsne
 
-        _io.save_image(out / "tsne.png", draw_tsne(cl["embedding"], cl["labels"], cl["centroids"], means))
+        _io.save_image(out / "tsne.png", draw_tsne(cl["embedding"], cl["labels"], cl["centroids"], means),
+                       text=text)
     return MeansResult(paths, cl, means, skipped)
 
 

@@ -163,11 +163,15 @@ def wrap(module: nn.Module, convention: px.PixelConvention, *, name: str = "mode
          spec: ModelSpec | None = None, info: dict | None = None) -> Model:
     """Make any module usable by MFV.
 
-    Puts the module in eval mode and turns off in-place ReLUs, because an in-place ReLU would
+    Puts the module in eval mode, freezes its parameters, and turns off in-place ReLUs, because an in-place ReLU would
     overwrite the output a hook captured (and break autograd through it); module paths then mean
     "this module's own output".
     """
     module.eval()
+    # MFV never trains: without this, every step also computes (and accumulates) weight gradients,
+    # which for CaffeNet's fc6 costs more than the input gradient itself.
+    for p in module.parameters():
+        p.requires_grad_(False)
     for m in module.modules():
         if isinstance(m, nn.ReLU) and m.inplace:
             m.inplace = False

@@ -300,11 +300,12 @@ def _run_group(model: Model, objective: Objective, schedule: Schedule, group: li
                     s.status = "done"
                 if out is not None:
                     u8 = _save_u8(s, faithful)
-                    _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8)
+                    text = _io.provenance_text(model.info.get("parity"))
+                    _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8, text=text)
                     if s.status == "done":
-                        _io.save_image(out / f"facet_{s.index}.png", u8)
+                        _io.save_image(out / f"facet_{s.index}.png", u8, text=text)
                         if faithful:  # the original also wrote a JPEG
-                            _io.save_image(out / f"facet_{s.index}.jpg", u8)
+                            _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
                     _save_state(out, s)
             if out is not None:
                 for s in group:

@@ -267,6 +267,7 @@ def test_caffenet_tiny_schedule_end_to_end(tmp_path):
     f = tr["facets"][0]
     assert f["status"] == "done" and [s["offset"] for s in f["steps"]][:2] == [[0, 0], [0, 0]]
     assert tr["parity"]["status"] == "skipped" and "skipped" in (tmp_path / "index.html").read_text()
+    assert Image.open(tmp_path / "facet_0.png").text["mfv-parity"].startswith("skipped")
     assert Image.open(tmp_path / "facet_0.png").size == (272, 272)
     assert f["steps"][1]["activation"] > f["steps"][0]["activation"]
 

@@ -1,0 +1,75 @@
+"""The parity gate: MFV refuses Caffe weights without a passing verdict for exactly those files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from mfv.parity_gate import FORMAT, ParityError, check_parity, verdict_path
+
+
+@pytest.fixture
+def files(tmp_path):
+    proto, weights = tmp_path / "net.prototxt", tmp_path / "net.caffemodel"
+    proto.write_text("name: 'x'\n")
+    weights.write_bytes(b"\x00\x01weights")
+    return proto, weights
+
+
+def _verdict(proto, weights, verdict="pass", **over):
+    data = {"format": FORMAT, "verdict": verdict, "report": "report.json",
+            "prototxt_sha256": hashlib.sha256(proto.read_bytes()).hexdigest(),
+            "caffemodel_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), **over}
+    path = verdict_path(proto, weights)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_default_location_is_beside_the_weights(files):
+    proto, weights = files
+    assert verdict_path(proto, weights) == weights.parent / "net.caffemodel.parity.json"
+    assert verdict_path(proto, None, seed=3).name == "net.seed3.parity.json"
+
+
+def test_pass_records_the_report(files):
+    proto, weights = files
+    path = _verdict(proto, weights)
+    info = check_parity(proto, weights)
+    assert info["status"] == "pass" and info["verdict_file"] == str(path)
+    assert info["report"] == str(path.parent / "report.json")
+
+
+def test_missing_fail_and_stale_are_refused(files):
+    proto, weights = files
+    with pytest.raises(ParityError, match="no parity verdict"):
+        check_parity(proto, weights)
+    _verdict(proto, weights, verdict="fail")
+    with pytest.raises(ParityError, match="FAILED"):
+        check_parity(proto, weights)
+    _verdict(proto, weights)
+    weights.write_bytes(b"other weights")  # the verdict no longer describes these bytes
+    with pytest.raises(ParityError, match="other weights"):
+        check_parity(proto, weights)
+    _verdict(proto, weights, verdict="maybe")
+    with pytest.raises(ParityError, match="must be 'pass' or 'fail'"):
+        check_parity(proto, weights)
+
+
+def test_no_parity_check_records_instead_of_raising(files):
+    proto, weights = files
+    _verdict(proto, weights, verdict="fail")
+    info = check_parity(proto, weights, required=False)
+    assert info["status"] == "skipped" and info["status_if_checked"] == "fail"
+    assert "--no-parity-check" in info["message"]
+
+
+def test_explicit_verdict_file_for_seeded_weights(files, tmp_path):
+    proto, _ = files
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"verdict": "pass", "report": "/abs/r.json", "seed": 0, "caffemodel_sha256": None,
+                                "prototxt_sha256": hashlib.sha256(proto.read_bytes()).hexdigest()}))
+    assert check_parity(proto, None, seed=0, verdict_file=path)["report"] == "/abs/r.json"
+    with pytest.raises(ParityError, match="weight seed"):
+        check_parity(proto, None, seed=1, verdict_file=path)
