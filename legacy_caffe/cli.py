@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="regenerate and compare with golden/")
     g.add_argument("--fill-cache", action="store_true",
                    help="regenerate missing cache dumps and verify them against the manifests")  # fmt: skip
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    g.add_argument(
+        "--seed", type=int, default=None,
+        help=f"weight seed (default: the model's plan, {DEFAULT_SEED} for most)",
+    )  # fmt: skip
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
     g.add_argument("--fallback-weights", action="store_true",
                    help="if port has no seed-weights yet, seed with pycaffe (trial runs only)")  # fmt: skip

@@ -165,8 +165,19 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def _remove_tree(path: Path) -> None:
+    """Delete a half-built root, refusing anything that does not look like one."""
     if not path.exists():
         return
+    # LEGACY_CAFFE_ROOT may point anywhere: delete only an empty folder or a Debian tree.
+    if (
+        any(path.iterdir())
+        and not (path / "etc" / "debian_version").is_file()
+        and not (path / "debootstrap").is_dir()
+    ):
+        raise LegacyCaffeError(
+            f"{path} is neither empty nor a Debian root filesystem; not deleting it "
+            "(point LEGACY_CAFFE_ROOT at a new folder)"
+        )
     busy = _mounts_under(path)
     if busy:
         raise LegacyCaffeError(
@@ -209,8 +220,12 @@ def _run_logged(argv: Sequence[str], what: str, *, env: dict[str, str] | None = 
     ) as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         last = ""
+        next_report = start + 5
         while proc.poll() is None:
-            time.sleep(5)
+            time.sleep(0.5)  # short polls: a step is not held up to the next report
+            if time.monotonic() < next_report:
+                continue
+            next_report += 5
             with open(log.name, errors="replace") as fh:
                 lines = [ln.strip() for ln in fh.readlines()[-1:]]
             if lines and lines[-1] != last:
@@ -327,6 +342,13 @@ def _mounted(root: Path, bind: list[tuple[Path, str]]) -> Iterator[None]:
     finally:
         for target in reversed(done):
             subprocess.run(["umount", "-l", target], check=False)
+
+
+def ensure_built() -> None:
+    """Build the root first if there is none, so one command goes from nothing to goldens."""
+    if not is_complete():
+        _say(f"no finished Caffe root at {root_dir()}; building it first (~2 min)")
+        build()
 
 
 # --- run ------------------------------------------------------------------------------------

@@ -168,8 +168,21 @@ def test_complete_root_with_same_list_is_left_alone(monkeypatch, tmp_path):
     assert rootfs.build(root)["packages"] == read_packages()
 
 
+def test_removing_a_tree_refuses_what_is_not_a_debian_root(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("keep me")
+    with pytest.raises(rootfs.LegacyCaffeError, match="not deleting"):
+        rootfs._remove_tree(tmp_path / "home")
+    assert (tmp_path / "home" / "notes.txt").is_file()
+    (tmp_path / "half" / "debootstrap").mkdir(parents=True)  # debootstrap's own work folder
+    rootfs._remove_tree(tmp_path / "half")
+    assert not (tmp_path / "half").exists()
+
+
 def test_removing_a_tree_refuses_when_something_is_mounted_inside(monkeypatch, tmp_path):
     (tmp_path / "r" / "proc").mkdir(parents=True)
+    (tmp_path / "r" / "etc").mkdir()
+    (tmp_path / "r" / "etc" / "debian_version").write_text("11.11\n")
     monkeypatch.setattr(rootfs, "_mounts_under", lambda p: [str(p / "proc")])
     with pytest.raises(rootfs.LegacyCaffeError, match="umount"):
         rootfs._remove_tree(tmp_path / "r")
