@@ -82,7 +82,13 @@ class Metrics:
     n : int
         Elements in the blob.
     n_excused : int
-        Elements left out of the comparison (routing flips and what they propagate to).
+        Elements left out of the comparison (routing flips and what they reach, when no float64
+        net is available to correct for them).
+    n_corrected : int
+        Elements whose subject value was corrected for routing flips before comparing (the
+        flips' reach); they are compared like every other element.
+    flip_effect : float
+        Largest correction relative to the reference's range: how much the flips moved the blob.
     """
 
     max_abs: float
@@ -96,6 +102,8 @@ class Metrics:
     worst_index: list[int]
     n: int
     n_excused: int = 0
+    n_corrected: int = 0
+    flip_effect: float = 0.0
 
     def to_json(self) -> dict:
         return {k: _finite(v) for k, v in asdict(self).items()}

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
-from .routing import Flip, excused_region, find_flips
+from .routing import Flip, excused_region, find_flips, teacher_forced_backward
 from .runners import RunnerOutput
 
 __all__ = ["judge", "blob_producers", "ordered_keys", "CAFFE_BUILDS", "FLOAT32_REFERENCES"]
@@ -37,11 +37,26 @@ def ordered_keys(netdef: Any, available: set[str]) -> list[str]:
 
 
 class _FlipCache:
-    """Routing flips and excused diff regions per pair of runners, computed once."""
+    """Routing flips, their reach, and (with a float64 net) their exact effect, per pair of runners.
 
-    def __init__(self, netdef: Any, outputs: Mapping[str, RunnerOutput]) -> None:
+    With ``net64`` the diffs of each side are recomputed in float64 on that side's own forward data
+    (:func:`parity.routing.teacher_forced_backward`); within the flips' reach the subject's diff is
+    corrected by the difference of the two recomputations, so the flipped gradient is subtracted
+    exactly and every element is still compared. Without ``net64`` the reach is excused instead.
+    """
+
+    def __init__(
+        self,
+        netdef: Any,
+        outputs: Mapping[str, RunnerOutput],
+        net64: Any = None,
+        backward_from: str | None = None,
+    ) -> None:
         self.netdef = netdef
         self.outputs = outputs
+        self.net64 = net64
+        self.backward_from = backward_from
+        self._tf: dict[str, dict[str, np.ndarray]] = {}
         self._cache: dict[tuple[str, str], tuple[list[Flip], dict[str, np.ndarray]]] = {}
         self.shapes = {}
         for o in outputs.values():
@@ -57,6 +72,17 @@ class _FlipCache:
             region = excused_region(self.netdef, flips, self.shapes) if flips else {}
             self._cache[key] = (flips, region)
         return self._cache[key]
+
+    @property
+    def corrects(self) -> bool:
+        return self.net64 is not None and self.backward_from is not None
+
+    def recomputed(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._tf:
+            self._tf[name] = teacher_forced_backward(
+                self.netdef, self.net64, self.outputs[name].blobs, self.backward_from
+            )
+        return self._tf[name]
 
 
 def _missing(key: str, why: str) -> Metrics:
@@ -76,9 +102,11 @@ def _compare_pair(
     pair = PairResult(subject.name, reference.name, rule_name)
     region: dict[str, np.ndarray] = {}
     nflips = 0
+    correct = False
     if flips is not None and any(k.startswith("diff/") for k in keys):
         fl, region = flips.get(subject.name, reference.name)
         nflips = sum(len(f.windows) for f in fl)
+        correct = bool(region) and flips.corrects
     for key in keys:
         blob = key.split("/", 1)[1]
         a = subject.blobs.get(key)
@@ -86,6 +114,15 @@ def _compare_pair(
         rule = rule_for(key)
         if a is None or b is None or a.shape != b.shape:
             m = _missing(key, "absent or shape mismatch")
+        elif key.startswith("diff/") and blob in region and correct:
+            ts, tr = flips.recomputed(subject.name), flips.recomputed(reference.name)
+            corr = np.zeros(a.shape)
+            if blob in ts and blob in tr:
+                corr = np.where(region[blob], ts[blob] - tr[blob], 0.0)
+            m = metrics(a.astype(np.float64) - corr, b)
+            m.n_corrected = int(region[blob].sum())
+            rng = m.ref_range
+            m.flip_effect = float(np.abs(corr).max() / rng) if rng > 0 else 0.0
         else:
             excuse = region.get(blob) if key.startswith("diff/") else None
             m = metrics(a, b, excuse=excuse)
@@ -105,6 +142,8 @@ def judge(
     subject: str = "port32",
     local: list[dict] | None = None,
     notes: list[str] | None = None,
+    net64: Any = None,
+    backward_from: str | None = None,
 ) -> ParityResult:
     """Apply the tolerance policy of :mod:`parity.tolerance` to a set of runner outputs.
 
@@ -123,6 +162,12 @@ def judge(
         fails the run.
     notes : list of str, optional
         Free-text remarks carried into the result.
+    net64 : port.CaffeNet, optional
+        The float64 port, whose per-layer modules recompute each side's backward on its own forward
+        data to correct diffs for max-pool routing flips (see :class:`_FlipCache`). Without it the
+        flips' reach is excused.
+    backward_from : str, optional
+        ``"BLOB:UNIT"`` the diffs were seeded at (needed for the correction).
 
     Returns
     -------
@@ -133,7 +178,7 @@ def judge(
     producers = blob_producers(netdef)
     sub = outputs[subject]
     p64 = outputs["port64"]
-    flips = _FlipCache(netdef, outputs)
+    flips = _FlipCache(netdef, outputs, net64, backward_from)
     keys_all = ordered_keys(netdef, set(sub.blobs))
     fwd_keys = [k for k in keys_all if k.startswith("data/")]
     builds = [b for b in CAFFE_BUILDS if b in outputs]
@@ -214,7 +259,11 @@ def judge(
     for (a, b), (fl, region) in flips._cache.items():
         if fl:
             flip_summary[f"{a}|{b}"] = [
-                {**f.summary(), "excused_elements": {k: int(v.sum()) for k, v in region.items()}}
+                {
+                    **f.summary(),
+                    "handling": "corrected" if flips.corrects else "excused",
+                    "reach": {k: int(v.sum()) for k, v in region.items()},
+                }
                 for f in fl
             ]
     first = None

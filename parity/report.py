@@ -70,7 +70,7 @@ def _cell(c: BlobCheck | None) -> str:
         return "-"
     r = c.needed_multiple
     mark = "" if c.passed else " FAIL"
-    ex = "*" if c.metrics.n_excused else ""
+    ex = "*" if (c.metrics.n_excused or c.metrics.n_corrected) else ""
     return (
         f"{_fmt(c.metrics.max_rel)} {r:5.2f}x{ex}{mark}"
         if r is not None and math.isfinite(r)
@@ -83,7 +83,8 @@ def format_table(result: ParityResult) -> str:
 
     Each cell shows the error relative to the reference's range and, after it, that error as a
     multiple of the blob's noise (the smallest multiple that would have passed; the policy's
-    multiples are in the header). ``*`` marks cells where routing-flip elements were excused.
+    multiples are in the header). ``*`` marks cells where max-pool routing flips were corrected for
+    (or excused, without a float64 net).
     """
     cols = columns(result)
     keys = _keys(result, cols)
@@ -115,9 +116,10 @@ def format_table(result: ParityResult) -> str:
     lines.append("")
     for pair, fl in result.flips.items():
         for f in fl:
-            exc = ", ".join(f"{b}: {n}" for b, n in f["excused_elements"].items())
+            exc = ", ".join(f"{b}: {n}" for b, n in f["reach"].items())
             lines.append(
-                f"routing flips {pair}: {f['layer']} {f['count']} window(s); excused diff elements {exc}"
+                f"routing flips {pair}: {f['layer']} {f['count']} window(s), {f['handling']}; "
+                f"diff elements reached: {exc}"
             )
     if result.local:
         departing = [r for r in result.local if r.get("departs")]
@@ -343,7 +345,7 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
         ]
     out.append(
         "<h2>Blob by blob</h2><p class='muted'>cell: relative error, and that error as a multiple of the "
-        "blob's noise (the smallest multiple that would have passed). Yellow: routing-flip elements excused.</p>"
+        "blob's noise (the smallest multiple that would have passed). Yellow: max-pool routing flips corrected for (or excused).</p>"
     )
     out.append(
         "<table><tr><th>blob</th><th>layer</th><th>spread</th><th>Caffe own</th>"
@@ -364,13 +366,15 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
             if c is None:
                 cells.append("<td class='muted'>-</td>")
                 continue
-            cls = "bad" if not c.passed else ("exc" if c.metrics.n_excused else "ok")
+            flipped = c.metrics.n_excused or c.metrics.n_corrected
+            cls = "bad" if not c.passed else ("exc" if flipped else "ok")
             r = c.needed_multiple
             rs = f"{r:.2f}&times;" if r is not None and math.isfinite(r) else "inf"
             title = (
                 f"max_abs {c.metrics.max_abs:.3g}, mean_abs {c.metrics.mean_abs:.3g}, ulp median "
                 f"{c.metrics.ulp_median:g} p99 {c.metrics.ulp_p99:g} max {c.metrics.ulp_max:g}, "
-                f"bitwise equal {c.metrics.frac_equal:.1%}, excused {c.metrics.n_excused}"
+                f"bitwise equal {c.metrics.frac_equal:.1%}, excused {c.metrics.n_excused}, "
+                f"flip-corrected {c.metrics.n_corrected} (flips moved it by {c.metrics.flip_effect:.2g})"
             )
             cells.append(
                 f"<td class='{cls}' title='{esc(title)}'>{_fmt(c.metrics.max_rel)} {rs}</td>"
@@ -385,10 +389,10 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
         out.append("<ul>")
         for pair, fl in result.flips.items():
             for f in fl:
-                exc = ", ".join(f"{esc(b)}: {n}" for b, n in f["excused_elements"].items())
+                exc = ", ".join(f"{esc(b)}: {n}" for b, n in f["reach"].items())
                 out.append(
                     f"<li>{esc(pair)}: <b>{esc(f['layer'])}</b> {f['count']} window(s) flipped; "
-                    f"diff elements excused: {exc}</li>"
+                    f"{esc(f['handling'])}; diff elements reached: {exc}</li>"
                 )
         out.append("</ul>")
     else:

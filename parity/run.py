@@ -286,7 +286,15 @@ def run_parity(
             )
         timings["local"] = time.perf_counter() - t
     t = time.perf_counter()
-    result = core.judge(setup.netdef, outs, model=setup.name, local=rows, notes=setup.notes)
+    result = core.judge(
+        setup.netdef,
+        outs,
+        model=setup.name,
+        local=rows,
+        notes=setup.notes,
+        net64=net64,
+        backward_from=setup.backward_from,
+    )
     timings["judge"] = time.perf_counter() - t
     result.timings = {k: round(v, 4) for k, v in timings.items()}
     result.backward_from = setup.backward_from

@@ -144,3 +144,49 @@ def test_an_unrelated_error_is_still_failed_next_to_a_flip():
     assert not res
     failed = {(p.reference, c.key) for p in res.pairs if p.rule != "info" for c in p.failures()}
     assert failed == {("caffe-atlas", "diff/data"), ("caffe-openblas", "diff/data")}
+
+
+def _net64():
+    nd, net, _ = _net()
+    net64 = port.CaffeNet(nd)
+    net64.load_state_dict(net.state_dict())
+    return net64.to(torch.float64).eval()
+
+
+def test_flip_is_corrected_exactly_and_every_element_still_compared():
+    nd, outs = _outputs()
+    res = core.judge(nd, outs, net64=_net64(), backward_from="fc:1")
+    assert res, [(p.reference, [c.key for c in p.failures()]) for p in res.pairs]
+    pair = next(p for p in res.pairs if p.reference == "caffe-atlas" and p.rule == "spread")
+    checks = {c.key: c for c in pair.checks}
+    conv1 = checks["diff/conv1"].metrics
+    assert conv1.n_excused == 0 and conv1.n_corrected == 2
+    assert conv1.flip_effect > 0.1  # the flip moved a whole window's gradient...
+    assert conv1.max_rel < 1e-6  # ...and after the correction the blob agrees to float noise
+    assert checks["diff/data"].metrics.n_corrected == 12
+    assert res.flips["caffe-atlas|port32"][0]["handling"] == "corrected"
+
+
+def test_teacher_forced_backward_reproduces_the_float64_port():
+    nd, outs = _outputs()
+    tf = routing.teacher_forced_backward(nd, _net64(), outs["port64"].blobs, "fc:1")
+    for blob in ("data", "conv1", "pool1", "fc"):
+        np.testing.assert_allclose(
+            tf[blob], outs["port64"].blobs[f"diff/{blob}"], rtol=0, atol=1e-15
+        )
+
+
+def test_an_error_inside_the_flip_reach_fails_when_corrected():
+    nd, outs = _outputs()
+    ref = outs["caffe-atlas"].blobs
+    d = ref["diff/data"].copy()
+    d[0, 0, 4, 3] += 1e-3 * np.abs(d).max()  # inside the 3x3 reach of the flipped positions
+    for name in ("caffe-atlas", "caffe-openblas"):
+        outs[name] = RunnerOutput(name, {**ref, "diff/data": d}, "float32", True)
+    assert core.judge(nd, outs)  # excusal cannot see it (the documented weakness)...
+    res = core.judge(nd, outs, net64=_net64(), backward_from="fc:1")
+    failed = {(p.reference, c.key) for p in res.pairs if p.rule != "info" for c in p.failures()}
+    assert failed == {
+        ("caffe-atlas", "diff/data"),
+        ("caffe-openblas", "diff/data"),
+    }  # ...correction can
