@@ -622,6 +622,9 @@ def check_model(
                 continue
             if want.get("committed"):
                 old = load_npz(golden_dir / model / want["file"])
+                stale = verify_arrays(old, want["arrays"])
+                if stale:
+                    problems.append(f"{model} {key}: committed file vs its manifest: {stale[:3]}")
                 rel = compare_dumps(fresh, old)
                 floor = spread.get(entry["input"], {})
                 over = {k: v for k, v in rel.items() if v > max(2 * floor.get(k, 0.0), 1e-7)}
