@@ -69,8 +69,62 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", help="write the JSON result here (schema: parity/SCHEMA.md)")
     r.add_argument("--html", help="write the self-contained HTML report here")
     r.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    a = sub.add_parser(
+        "all",
+        help="run every built-in model that has goldens; one summary line each; exit 0 only if all pass",
+        description="Run `parity run` for every built-in model with a golden manifest (or those named) "
+        "and print each model's worst error as a multiple of its noise floor.",
+    )
+    a.add_argument(
+        "--models", help="comma-separated model names (default: every model with goldens)"
+    )
+    a.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="regenerate missing cached goldens with real Caffe",
+    )
+    a.add_argument(
+        "--allow-missing", action="store_true", help="drop Caffe builds whose goldens are missing"
+    )
+    a.add_argument("--out", help="folder for <model>.json and <model>.html")
+    a.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
     sub.add_parser("policy", help="print the tolerance policy constants as JSON")
     return p
+
+
+def _run_all(args) -> int:
+    from pathlib import Path
+
+    from port.zoo import MODELS
+
+    from .report import summary_line
+
+    if args.models:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    else:
+        from legacy_caffe.goldens import GOLDEN_DIR
+
+        models = [m for m in MODELS if (GOLDEN_DIR / m / "manifest.json").is_file()]
+    ok = True
+    for m in models:
+        t0 = time.perf_counter()
+        try:
+            setup = resolve(model=m, regenerate=args.regenerate, allow_missing=args.allow_missing)
+            result, outputs = run_parity(setup, local_check=not args.no_local)
+        except ParityError as exc:
+            print(f"{m}: cannot run: {exc}")
+            ok = False
+            continue
+        result.timings["total"] = round(time.perf_counter() - t0, 4)
+        ok &= result.passed
+        if args.out:
+            out = Path(args.out)
+            write_text_atomic(out / f"{m}.json", result.dumps() + "\n")
+            write_text_atomic(
+                out / f"{m}.html", render_html(result, worst_heatmap(result, outputs))
+            )
+        print(summary_line(result), flush=True)
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "policy":
         print(json.dumps(tolerance.policy_json(), indent=1))
         return 0
+    if args.command == "all":
+        return _run_all(args)
     refs = [r.strip() for r in args.references.split(",") if r.strip()]
     t0 = time.perf_counter()
     try:

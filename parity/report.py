@@ -15,7 +15,15 @@ import numpy as np
 
 from .compare import BlobCheck, ParityResult
 
-__all__ = ["columns", "format_table", "render_html", "write_text_atomic", "png_heatmap"]
+__all__ = [
+    "columns",
+    "format_table",
+    "render_html",
+    "write_text_atomic",
+    "png_heatmap",
+    "summary_line",
+    "worst_ratios",
+]
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -142,11 +150,43 @@ def format_table(result: ParityResult) -> str:
         )
     if len(fails) > 20:
         lines.append(f"... and {len(fails) - 20} more failures")
+    wr = worst_ratios(result)
+    if wr:
+        lines.append(
+            "worst error / noise floor: "
+            + ", ".join(f"{n} {r:.2f}x ({k})" for n, (r, k) in wr.items())
+        )
     if result.notes:
         lines.extend(f"note: {n}" for n in result.notes)
     if result.timings:
         lines.append("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
     return "\n".join(lines)
+
+
+def worst_ratios(result: ParityResult) -> dict[str, tuple[float, str]]:
+    """Per judged column: the worst error as a multiple of its noise floor, and the blob it is at."""
+    out: dict[str, tuple[float, str]] = {}
+    for name, col in columns(result).items():
+        best = max(
+            (c for c in col.values() if c.needed_multiple is not None),
+            key=lambda c: c.needed_multiple,
+            default=None,
+        )
+        if best is not None:
+            out[name] = (best.needed_multiple, best.key)
+    return out
+
+
+def summary_line(result: ParityResult) -> str:
+    """One line per model: verdict, worst ratio to the noise floor per reference, flips, time."""
+    parts = [f"{result.model}: {'PASS' if result.passed else 'FAIL'}"]
+    for name, (r, key) in worst_ratios(result).items():
+        parts.append(f"{name} {r:.2f}x ({key})")
+    nflips = sum(f["count"] for fl in result.flips.values() for f in fl)
+    parts.append(f"flipped windows (all pairs) {nflips}")
+    if "total" in result.timings:
+        parts.append(f"{result.timings['total']:.1f} s")
+    return "  ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------

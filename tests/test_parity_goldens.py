@@ -90,3 +90,79 @@ def test_caffenet_lrn_without_alpha_over_n_fails_at_norm1():
     assert np.isfinite(
         [c.needed_multiple for p in result.pairs for c in p.checks if c.key == first and c.rule]
     ).all()
+
+
+def _squeezenet11_231():
+    try:
+        goldens.load_golden("squeezenet1.1", "atlas", "astronaut_231")
+        goldens.load_golden("squeezenet1.1", "openblas", "astronaut_231")
+    except Exception as exc:
+        pytest.skip(f"SqueezeNet 1.1 goldens at 231 unavailable: {exc}")
+
+
+@pytest.mark.slow
+def test_floor_pooling_fails_at_the_first_pool_where_ceil_matters():
+    # At 231 SqueezeNet 1.1's pool5 is where Caffe's ceil rounding differs from floor (the golden
+    # plan's reason for that input); earlier pools agree, so they must still pass.
+    import torch.nn.functional as F
+    from torch import nn
+
+    _squeezenet11_231()
+    setup = prun.resolve(model="squeezenet1.1", input_name="astronaut_231", references=REFS)
+    nd = setup.netdef
+    pools = [
+        lay for lay in nd.layers if lay.type == "Pooling" and lay.param.pooling_param.pool == 0
+    ]
+
+    class Floor(nn.Module):
+        def __init__(self, inner, k, s):
+            super().__init__()
+            self.inner, self.k, self.s = inner, k, s
+
+        def forward(self, x):
+            return [F.max_pool2d(x, self.k, self.s, 0, ceil_mode=False)]
+
+    def factory(nd, weights):
+        net = port.CaffeNet(nd)
+        net.load_blobs(weights)
+        for lay in pools:
+            p = lay.param.pooling_param
+            net.layer_modules[lay.name] = Floor(net.module(lay.name), p.kernel_size, p.stride)
+        return net.eval()
+
+    result, outs = prun.run_parity(setup, references=REFS, port_factory=factory)
+    assert not result
+    differs = [
+        lay.name
+        for lay in pools
+        if outs["caffe-atlas"].blobs[f"data/{lay.tops[0]}"].shape
+        != outs["port32"].blobs[f"data/{lay.tops[0]}"].shape
+    ]
+    assert differs, "the 231 input must make ceil and floor differ somewhere"
+    failed = {c.key for p in result.pairs if p.reference == "caffe-atlas" for c in p.failures()}
+    first = core.ordered_keys(nd, failed)[0]
+    assert first == f"data/{nd.layer(differs[0]).tops[0]}"
+    assert result.first_departure == differs[0]
+
+
+@pytest.mark.slow
+def test_caffenet_post_relu_gradients_fail_at_the_in_place_blobs():
+    class PostRelu(port.CaffeNet):
+        def run(self, x, *, keep_first=False):
+            final, first = super().run(x, keep_first=keep_first)
+            return final, {k: final[k] for k in first}
+
+    def factory(nd, weights):
+        net = PostRelu(nd)
+        net.load_blobs(weights)
+        return net.eval()
+
+    _caffenet_goldens()
+    setup = prun.resolve(model="caffenet", references=REFS)
+    result, _ = prun.run_parity(setup, references=REFS, port_factory=factory)
+    assert not result
+    failed = {c.key for p in result.pairs if p.reference == "caffe-atlas" for c in p.failures()}
+    in_place = {f"diff/{lay.bottoms[0]}" for lay in setup.netdef.layers if lay.type == "ReLU"}
+    assert failed and failed <= in_place
+    # Backward order: fc7 (relu7 + drop7 in place) is the first blob the wrong meaning shows in.
+    assert core.ordered_keys(setup.netdef, failed)[0] == "diff/fc7"

@@ -22,6 +22,7 @@ port = pytest.importorskip("port")
 
 from parity import run as prun  # noqa: E402
 from parity.__main__ import main  # noqa: E402
+from parity.report import summary_line  # noqa: E402
 from parity.runners import RunnerOutput, run_port  # noqa: E402
 
 # conv1 -> 14x14, so pool1 (3/2) is 7x7 with Caffe's ceil and 6x6 with floor; groups of 2 and an
@@ -154,6 +155,8 @@ def test_correct_port_passes_against_every_reference():
     assert any(r["backward"] for r in result.local)  # backward local check ran on the goldens
     doc = json.loads(result.dumps())
     assert doc["passed"] and doc["backward_from"] == BACKWARD
+    line = summary_line(result)
+    assert line.startswith("tiny: PASS") and "caffe-atlas" in line
 
 
 # -- deliberately broken ports --------------------------------------------------------------------
