@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -212,25 +213,48 @@ def _check_preconditions(parent: Path) -> None:
             raise LegacyCaffeError("apt-get installed debootstrap but it is not on PATH")
 
 
+def _follow(proc: subprocess.Popen, log_name: str, what: str, start: float) -> None:
+    """Wait for a step, echoing its latest log line every 5 s."""
+    last = ""
+    next_report = start + 5
+    while proc.poll() is None:
+        time.sleep(0.5)  # short polls: a step is not held up to the next report
+        if time.monotonic() < next_report:
+            continue
+        next_report += 5
+        with open(log_name, errors="replace") as fh:
+            lines = [ln.strip() for ln in fh.readlines()[-1:]]
+        if lines and lines[-1] != last:
+            last = lines[-1]
+            _say(f"  {what} ({time.monotonic() - start:.0f} s): {last[:100]}")
+
+
 def _run_logged(argv: Sequence[str], what: str, *, env: dict[str, str] | None = None) -> None:
     """Run a long step, echoing a line of progress every few seconds and the log tail on failure."""
     start = time.monotonic()
     with tempfile.NamedTemporaryFile(
         "w+", prefix="legacy_caffe_", suffix=".log", delete=False
     ) as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        last = ""
-        next_report = start + 5
-        while proc.poll() is None:
-            time.sleep(0.5)  # short polls: a step is not held up to the next report
-            if time.monotonic() < next_report:
-                continue
-            next_report += 5
-            with open(log.name, errors="replace") as fh:
-                lines = [ln.strip() for ln in fh.readlines()[-1:]]
-            if lines and lines[-1] != last:
-                last = lines[-1]
-                _say(f"  {what} ({time.monotonic() - start:.0f} s): {last[:100]}")
+        # Own process group, so an interrupted step can be stopped with all its children
+        # (debootstrap is a shell script driving wget and dpkg).
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            _follow(proc, log.name, what, start)
+        except BaseException:
+            # Ctrl-C / SIGTERM: stop the step too, or it keeps writing into a tree the next
+            # build is about to delete.
+            _say(f"interrupted: stopping {what}")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise
     if proc.returncode != 0:
         tail = Path(log.name).read_text(errors="replace").splitlines()[-25:]
         raise LegacyCaffeError(
@@ -240,13 +264,32 @@ def _run_logged(argv: Sequence[str], what: str, *, env: dict[str, str] | None = 
     os.unlink(log.name)
 
 
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """One build per root at a time: a second one would delete the tree the first is filling."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + ".build.lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"another build of {root} is running; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def build(root: Path | None = None, *, force: bool = False) -> dict:
+    """Build (or confirm) the root; return its marker (see ``_build``)."""
+    root = (root or root_dir()).resolve()
+    with _build_lock(root):
+        return _build(root, force=force)
+
+
+def _build(root: Path, *, force: bool) -> dict:
     """Build (or confirm) the root; return its marker. Idempotent and safe to interrupt.
 
     The tree is assembled in ``<root>.partial`` and renamed into place only once the packages are
     installed and the marker is written, so an interrupted build never looks finished.
     """
-    root = (root or root_dir()).resolve()
     packages = read_packages()
     digest = packages_digest(packages)
     info = marker_info(root)
