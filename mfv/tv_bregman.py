@@ -99,66 +99,71 @@ def _validate(images: torch.Tensor, max_num_iter: int, eps: float, border: str, 
 
 
 def _padded(f: torch.Tensor, border: str) -> torch.Tensor:
-    """(N, C, H+2, W+2): ``f`` inside, scikit-image's fixed ghost cells around it.
+    """(H+2, W+2, N, C): ``f`` inside, scikit-image's fixed ghost cells around it.
 
     Top and left reflect (row/column 1); bottom and right replicate the last row/column since
     scikit-image 0.15 and reflected (row/column H-2, W-2) in 0.13. Corners are never read.
     """
-    n, c, h, w = f.shape
-    p = f.new_zeros((n, c, h + 2, w + 2))
-    p[..., 1:-1, 1:-1] = f
-    p[..., 0, 1:-1] = f[..., 1, :]
-    p[..., 1:-1, 0] = f[..., :, 1]
+    h, w = f.shape[:2]
+    p = f.new_zeros((h + 2, w + 2) + tuple(f.shape[2:]))
+    p[1:-1, 1:-1] = f
+    p[0, 1:-1] = f[1]
+    p[1:-1, 0] = f[:, 1]
     last_r, last_c = (h - 1, w - 1) if border == "current" else (h - 2, w - 2)
-    p[..., -1, 1:-1] = f[..., last_r, :]
-    p[..., 1:-1, -1] = f[..., :, last_c]
+    p[-1, 1:-1] = f[last_r]
+    p[1:-1, -1] = f[:, last_c]
     return p
 
 
 def _diagonals(u_pad: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(current, upper, left) views of every anti-diagonal of the interior of a padded buffer.
 
-    In a row-major buffer with row stride ``s`` the anti-diagonal ``i + j = d`` is a strided view
-    with stride ``s - 1``; its upper neighbours lie ``s`` elements before it and its left
-    neighbours one element before, so each wavefront step is two in-place ops on views.
+    The buffer is (H+2, W+2, N, C) so that the N*C planes of one pixel are contiguous: a
+    wavefront step then reads whole cache lines. With row stride ``s`` and pixel stride ``p`` the
+    anti-diagonal ``i + j = d`` is a view with stride ``s - p``; its upper neighbours lie ``s``
+    elements before it and its left neighbours ``p`` before, so each step is two in-place ops.
     """
     assert u_pad.is_contiguous()
-    n, c, hp, wp = u_pad.shape
+    hp, wp, n, c = u_pad.shape
     h, w = hp - 2, wp - 2
+    pix = n * c
+    row = wp * pix
     base = u_pad.storage_offset()
-    sizes = u_pad.stride()[:2]
     views = []
     for d in range(h + w - 1):
         i0, i1 = max(0, d - (w - 1)), min(d, h - 1)
-        length = i1 - i0 + 1
-        off = base + (i0 + 1) * wp + (d - i0 + 1)
-        shape, stride = (n, c, length), (sizes[0], sizes[1], wp - 1)
+        shape, stride = (i1 - i0 + 1, pix), (row - pix, 1)
+        off = base + (i0 + 1) * row + (d - i0 + 1) * pix
         views.append((u_pad.as_strided(shape, stride, off),
-                      u_pad.as_strided(shape, stride, off - wp),
-                      u_pad.as_strided(shape, stride, off - 1)))
+                      u_pad.as_strided(shape, stride, off - row),
+                      u_pad.as_strided(shape, stride, off - pix)))
     return views
 
 
 class _State:
-    """Buffers of the images still iterating; rows are dropped as images converge."""
+    """Buffers of the images still iterating, laid out (H, W, N, C); images are dropped (dim 2)
+    as they converge. Temporaries are kept: fresh large tensors cost page faults every sweep."""
+
+    _BATCHED = ("u_pad", "fb", "lam", "inv_lam", "bx", "by", "ex", "ey", "spare",
+                "tx", "ty", "m", "x", "u_old")
 
     def __init__(self, f: torch.Tensor, lam: torch.Tensor, border: str, solver: str) -> None:
         self.u_pad = _padded(f, border)
         self.fb = f * _BETA
         self.lam = lam
         self.inv_lam = 1.0 / lam
-        zeros = torch.zeros_like(f)
-        self.bx, self.by = zeros, zeros.clone()
-        self.ex, self.ey = zeros.clone(), zeros.clone()  # e = d - b of the previous sweep
+        self.bx, self.by, self.ex, self.ey = (torch.zeros_like(f) for _ in range(4))
+        self.tx, self.ty, self.x, self.u_old = (torch.empty_like(f) for _ in range(4))
+        self.m = torch.empty_like(f)
         self.solver = solver
         self.spare = self.u_pad.clone() if solver == "jacobi" else None
         self._views: list | None = None
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("u_pad", "fb", "lam", "inv_lam", "bx", "by", "ex", "ey", "spare"):
+        for name in self._BATCHED:
             t = getattr(self, name)
             if t is not None:
-                setattr(self, name, t.index_select(0, rows))
+                setattr(self, name, t.index_select(2, rows).contiguous())
         self._views = None
 
     @property
@@ -169,21 +174,21 @@ class _State:
 
     @property
     def u(self) -> torch.Tensor:
-        return self.u_pad[..., 1:-1, 1:-1]
+        return self.u_pad[1:-1, 1:-1]
 
 
 def _sweep(st: _State, isotropic: bool, steps: int) -> torch.Tensor:
     """One Gauss-Seidel sweep in place; returns each image's sum of squared changes (float64)."""
     u_pad = st.u_pad
-    u = u_pad[..., 1:-1, 1:-1]
-    right, below = u_pad[..., 1:-1, 2:], u_pad[..., 2:, 1:-1]
+    u = u_pad[1:-1, 1:-1]
+    right, below = u_pad[1:-1, 2:], u_pad[2:, 1:-1]
 
     # d/b subproblem from the previous sweep's u: t = grad(u) + b.
-    tx = torch.sub(right, u).add_(st.bx)
-    ty = torch.sub(below, u).add_(st.by)
+    tx = torch.sub(right, u, out=st.tx).add_(st.bx)
+    ty = torch.sub(below, u, out=st.ty).add_(st.by)
     if isotropic:
         # d = k t with k = lam s / (lam s + 1), s = |t|; b_new = t - d = t / (lam s + 1).
-        m = torch.mul(tx, tx).addcmul_(ty, ty).sqrt_().mul_(st.lam).add_(1.0).reciprocal_()
+        m = torch.mul(tx, tx, out=st.m).addcmul_(ty, ty).sqrt_().mul_(st.lam).add_(1.0).reciprocal_()
         torch.mul(tx, m, out=st.bx)
         torch.mul(ty, m, out=st.by)
     else:
@@ -194,29 +199,31 @@ def _sweep(st: _State, isotropic: bool, steps: int) -> torch.Tensor:
     ey_new = ty.sub_(st.by, alpha=2.0)
 
     # Right-hand side of the u update: everything but the upper and left neighbours' new u.
-    x = torch.add(below, right)
+    x = torch.add(below, right, out=st.x)
     x.sub_(st.ex).sub_(st.ey)
-    x[..., :, 1:].add_(ex_new[..., :, :-1])
-    x[..., 1:, :].add_(ey_new[..., :-1, :])
-    st.ex, st.ey = ex_new, ey_new
+    x[:, 1:].add_(ex_new[:, :-1])
+    x[1:].add_(ey_new[:-1])
+    # The old e buffers become next sweep's temporaries.
+    st.ex, st.ey, st.tx, st.ty = ex_new, ey_new, st.ex, st.ey
 
-    u_old = u.clone()
+    u_old = st.u_old.copy_(u)
     if st.solver == "wavefront":
         # u = a * (x + up + left) + f / 9, pixel by pixel along anti-diagonals (ghosts included).
-        u.copy_(x).mul_(_A).add_(st.fb)
+        torch.add(st.fb, x, alpha=_A, out=u)
         for cur, up, left in st.views:
             cur.add_(up, alpha=_A).add_(left, alpha=_A)
     else:
         x.mul_(_A).add_(st.fb)
         src, dst = u_pad, st.spare
         for _ in range(steps):
-            torch.add(src[..., :-2, 1:-1], src[..., 1:-1, :-2], out=dst[..., 1:-1, 1:-1])
-            dst[..., 1:-1, 1:-1].mul_(_A).add_(x)
+            inner = dst[1:-1, 1:-1]
+            torch.add(src[:-2, 1:-1], src[1:-1, :-2], out=inner)
+            inner.mul_(_A).add_(x)
             src, dst = dst, src
         if src is not u_pad:
             st.u_pad, st.spare = src, dst  # both buffers carry the same fixed ghosts
     diff = u_old.sub_(st.u)
-    return torch.linalg.vector_norm(diff.flatten(1), dim=1, dtype=torch.float64).square_()
+    return torch.linalg.vector_norm(diff, dim=(0, 1, 3), dtype=torch.float64).square_()
 
 
 def denoise_tv_bregman(
@@ -313,7 +320,7 @@ def denoise_tv_bregman(
 
     out = f.clone()
     num_iter = torch.zeros(b, dtype=torch.int64, device=dev)
-    st = _State(f, lam, border, solver)
+    st = _State(f.permute(2, 3, 0, 1).contiguous(), lam.view(1, 1, b, 1), border, solver)
     alive = torch.arange(b, device=dev)  # original index of each active row
     done = torch.zeros(b, dtype=torch.bool, device=dev)  # converged since the last host read
     count = torch.zeros(b, dtype=torch.int64, device=dev)
@@ -322,14 +329,14 @@ def denoise_tv_bregman(
     sweep = 0
     while alive.numel() and sweep < max_num_iter:
         if frozen_possible:
-            u_before = st.u.clone()
+            u_before = st.u.clone()  # only between host reads (not on CPU by default)
         ss = _sweep(st, isotropic, steps)
         sweep += 1
         if not per_image_stop:
             ss = ss.sum().expand_as(ss) / alive.numel()
         if frozen_possible:
             # Undo the sweep on images that converged earlier: they must keep their final u.
-            st.u.copy_(torch.where(done.view(-1, 1, 1, 1), u_before, st.u))
+            st.u.copy_(torch.where(done.view(1, 1, -1, 1), u_before, st.u))
         count += (~done).long()
         done |= ss <= thresh
         last = sweep == max_num_iter
@@ -339,12 +346,12 @@ def denoise_tv_bregman(
         frozen_possible = False
         finished = done | last
         if bool(finished.all()):
-            out[alive] = st.u
+            out[alive] = st.u.permute(2, 3, 0, 1)
             num_iter[alive] = count
             break
         if bool(finished.any()):
             idx = finished.nonzero().squeeze(1)
-            out[alive[idx]] = st.u.index_select(0, idx)
+            out[alive[idx]] = st.u.index_select(2, idx).permute(2, 3, 0, 1)
             num_iter[alive[idx]] = count[idx]
             keep = (~finished).nonzero().squeeze(1)
             st.keep(keep)
