@@ -29,9 +29,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="run a Caffe model even without a passing parity verdict (every output says so)")
     g.add_argument("--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
+                   "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores")
 
 
 def _load(a):
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
     return load_model(a.model, prototxt=a.prototxt, caffemodel=a.caffemodel, weights=a.weights,
                       weight_seed=a.weight_seed, device=a.device, parity_check=not a.no_parity_check,
                       parity_file=a.parity_file)
@@ -104,6 +111,10 @@ def _cmd_evaluate(a) -> int:
     from .evaluate import evaluate, model_from_trace
 
     trace_model = None
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if a.model:
         trace_model = _load(a)
     else:
@@ -175,13 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="a visualize output folder")
     s.add_argument("--means", help="means folder (default: the one the run used)")
     s.add_argument("--model", help="override the model recorded in the trace (with the model options)")
-    s.add_argument("--prototxt")
-    s.add_argument("--caffemodel")
-    s.add_argument("--weights")
-    s.add_argument("--weight-seed", type=int, default=0)
-    s.add_argument("--no-parity-check", action="store_true")
-    s.add_argument("--parity-file")
+    s.add_argument("--prototxt", help="with --model: Caffe definition")
+    s.add_argument("--caffemodel", help="with --model: Caffe weights")
+    s.add_argument("--weights", help="with --model: torchvision state_dict file")
+    s.add_argument("--weight-seed", type=int, default=0, help="with --model: seed of seeded weights (default 0)")
+    s.add_argument("--no-parity-check", action="store_true",
+                   help="with --model: run a Caffe model without a passing parity verdict")
+    s.add_argument("--parity-file", help="with --model: parity verdict file to use")
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.set_defaults(func=_cmd_evaluate)
     return p
 

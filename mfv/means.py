@@ -96,15 +96,19 @@ def cluster_codes(codes: np.ndarray, *, k: int, m: int, seed: int = 0, pca_dims:
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     n = len(codes)
     if n < k * m:
         raise ValueError(f"{n} images are fewer than k * m = {k * m}")
     dims = int(min(pca_dims, n, codes.shape[1]))
-    reduced = PCA(n_components=dims, random_state=seed).fit_transform(codes)
     perp = float(min(perplexity, max(2.0, (n - 1) / 3.0)))
-    emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(emb)
+    # One thread: results then do not depend on the thread count, and on a busy machine OpenMP's
+    # spinning threads made t-SNE of 150 points take 50 s instead of 2 s (measured).
+    with threadpool_limits(limits=1):
+        reduced = PCA(n_components=dims, random_state=seed).fit_transform(codes)
+        emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(emb)
     members = []
     for c in range(k):
         d = np.linalg.norm(emb - km.cluster_centers_[c], axis=1)

@@ -230,23 +230,30 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
                 _load_state(out, s)
         _io.write_json(run_file, {"run_key": key})
 
-    interrupted = False
+    status = "finished"
     try:
         for start in sorted({s.octaves_done for s in states if s.status == "running"}):
             group = [s for s in states if s.status == "running" and s.octaves_done == start]
             _run_group(model, objective, schedule, group, start, faithful=faithful, out=out,
                        progress=progress)
     except KeyboardInterrupt:
-        interrupted = True
+        status = "interrupted"
+        raise
+    except BaseException as e:
+        status = f"crashed: {type(e).__name__}: {e}"
         raise
     finally:
-        trace = {**meta, "status": "interrupted" if interrupted else "finished",
-                 "facets": [_facet_record(s, schedule) for s in states]}
+        trace = {**meta, "status": status, "facets": [_facet_record(s, schedule) for s in states]}
         if out is not None:
             _io.write_json(out / "trace.json", trace)
             from .report import write_visualize_html
 
-            write_visualize_html(out, trace, model=model)
+            try:
+                # After Ctrl-C, skip the nearest-image search: it runs the net over the whole set.
+                write_visualize_html(out, trace, model=model if status == "finished" else None)
+            except Exception:
+                if status == "finished":
+                    raise  # otherwise keep the original exception, not the report's
     return trace
 
 

@@ -14,7 +14,14 @@ from torch import nn
 from mfv import _io
 from mfv.means import find_images, make_means, mean_image, read_clusters
 from mfv.models import wrap
-from mfv.testing import tiny_convention
+from mfv.testing import tiny_convention, torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 50, 210)]
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from mfv.objectives import channel, parse_target, softmax_unit, unit
-from mfv.testing import tiny_model
+from mfv.testing import tiny_model, torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
 
 
 def test_unit_is_flat_index_per_sample():

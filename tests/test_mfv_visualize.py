@@ -18,8 +18,15 @@ from mfv.evaluate import evaluate
 from mfv.models import wrap
 from mfv.objectives import Objective, unit
 from mfv.octaves import load_schedule, parse_schedule
-from mfv.testing import tiny_convention, tiny_model
+from mfv.testing import tiny_convention, tiny_model, torch_threads
 from mfv.visualize import visualize
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
 
 SIZE = 32
 
@@ -256,6 +263,7 @@ def test_parity_gate_refuses_without_verdict():
         load_model("caffenet", weight_seed=12345)
 
 
+@pytest.mark.slow  # loading seeded CaffeNet alone takes 8-30 s here (61M seeded weights); the steps ~2 s
 def test_caffenet_tiny_schedule_end_to_end(tmp_path):
     model = _caffenet()
     # iter_n 2: with one step the faithful TV formula gives weight 0 (start - start / 1), i.e. NaN
