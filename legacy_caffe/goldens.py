@@ -406,6 +406,7 @@ def _generate_in(work: Path, **kw) -> dict:
     determinism: dict[str, dict] = {}
     dumps: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     meta: dict = {}
+    first_meta: dict = {}
     for b in kw["blas"]:
         det = {"repeats": 0, "byte_identical": True, "max_rel_diff": 0.0, "differing_arrays": []}
         for input_name in batches:
@@ -413,6 +414,7 @@ def _generate_in(work: Path, **kw) -> dict:
             out = work / b / f"{input_name}.npz"
             out.parent.mkdir(parents=True, exist_ok=True)
             meta = _dump(job, input_name, b, out, blob, unit)
+            first_meta = first_meta or meta
             arrays = load_npz(out)
             reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
             if not reached:
@@ -505,7 +507,9 @@ def _generate_in(work: Path, **kw) -> dict:
             b: {k: environments[b][k] for k in ("blas_loaded", "openblas", "threads_env")}
             for b in environments
         },  # fmt: skip
-        "blobs": [{"name": n, "shape_first_input": meta["shapes"][n]} for n in meta["blobs"]],
+        "blobs": [
+            {"name": n, "shape_first_input": first_meta["shapes"][n]} for n in first_meta["blobs"]
+        ],
         "inputs": inputs_info,
         "determinism": determinism,
         "spread_atlas_vs_openblas": {

@@ -153,15 +153,15 @@ def test_caffenet_backward_meaning_recomputed(golden):
 
 
 def test_caffenet_fc_layers_against_seeded_weights(golden):
-    """fc8 = fc7 W8^T + b8, and diff/fc7 = W8[unit] masked by fc7's ReLU (needs the weights file
-    the goldens were made with; it is regenerated into the cache by port seed-weights)."""
+    """fc8 = fc7 W8^T + b8, and diff/fc7 = W8[unit] masked by fc7's ReLU, with the weights the
+    goldens were made with. golden_weights re-seeds them with port (~5 s, 244 MB into cache/) and
+    checks the manifest's sha256, so this also fails if port's seeding drifts from the goldens."""
     g, a = golden
     if g.model != "caffenet":
         pytest.skip("layer recomputation written for CaffeNet")
-    path = goldens.CACHE_DIR / "caffenet" / "weights.caffemodel"
-    if not path.is_file():
-        pytest.skip(f"{path} absent (python -m legacy_caffe goldens --model caffenet makes it)")
     from port import read_caffemodel
+
+    path = goldens.golden_weights("caffenet")
 
     w8, b8 = (x.astype(np.float64) for x in read_caffemodel(path)["fc8"])
     fc7 = a["data/fc7"].astype(np.float64)
