@@ -39,6 +39,8 @@ _SOLVERS = ("auto", "wavefront", "jacobi")
 # lam / norm = 2w / (w + 4 * 2w) and w / norm: both independent of the weight.
 _A = 2.0 / 9.0
 _BETA = 1.0 / 9.0
+# Rows per band of the elementwise pass: ~10 arrays of this size stay within a 2 MiB L2.
+_BAND_BYTES = 160_000
 
 
 def jacobi_steps(dtype: torch.dtype, height: int, width: int) -> int:
@@ -177,36 +179,54 @@ class _State:
         return self.u_pad[1:-1, 1:-1]
 
 
+def _elementwise(st: _State, isotropic: bool, u_pad: torch.Tensor, r0: int, r1: int) -> None:
+    """Rows r0:r1 of the d/b update and of the u update's right-hand side (x, into ``st.x``)."""
+    u = u_pad[1 + r0:1 + r1, 1:-1]
+    right, below = u_pad[1 + r0:1 + r1, 2:], u_pad[2 + r0:2 + r1, 1:-1]
+    bx, by = st.bx[r0:r1], st.by[r0:r1]
+    # d/b subproblem from the previous sweep's u: t = grad(u) + b.
+    tx = torch.sub(right, u, out=st.tx[r0:r1]).add_(bx)
+    ty = torch.sub(below, u, out=st.ty[r0:r1]).add_(by)
+    if isotropic:
+        # d = k t with k = lam s / (lam s + 1), s = |t|; b_new = t - d = t / (lam s + 1).
+        m = torch.mul(tx, tx, out=st.m[r0:r1]).addcmul_(ty, ty).sqrt_().mul_(st.lam)
+        m.add_(1.0).reciprocal_()
+        torch.mul(tx, m, out=bx)
+        torch.mul(ty, m, out=by)
+    else:
+        # Soft thresholding at 1/lam leaves b_new = t - d = clamp(t, -1/lam, 1/lam).
+        torch.clamp(tx, -st.inv_lam, st.inv_lam, out=bx)
+        torch.clamp(ty, -st.inv_lam, st.inv_lam, out=by)
+    tx.sub_(bx, alpha=2.0)  # new e = d - b = t - 2 b (into the t buffers)
+    ty.sub_(by, alpha=2.0)
+    # Right-hand side of the u update: everything but the upper and left neighbours' new u.
+    x = torch.add(below, right, out=st.x[r0:r1])
+    x.sub_(st.ex[r0:r1]).sub_(st.ey[r0:r1])
+    x[:, 1:].add_(tx[:, :-1])
+    if r0 > 0:
+        x.add_(st.ty[r0 - 1:r1 - 1])
+    else:
+        x[1:].add_(ty[:-1])
+    st.u_old[r0:r1].copy_(u)
+
+
 def _sweep(st: _State, isotropic: bool, steps: int) -> torch.Tensor:
     """One Gauss-Seidel sweep in place; returns each image's sum of squared changes (float64)."""
     u_pad = st.u_pad
     u = u_pad[1:-1, 1:-1]
-    right, below = u_pad[1:-1, 2:], u_pad[2:, 1:-1]
 
-    # d/b subproblem from the previous sweep's u: t = grad(u) + b.
-    tx = torch.sub(right, u, out=st.tx).add_(st.bx)
-    ty = torch.sub(below, u, out=st.ty).add_(st.by)
-    if isotropic:
-        # d = k t with k = lam s / (lam s + 1), s = |t|; b_new = t - d = t / (lam s + 1).
-        m = torch.mul(tx, tx, out=st.m).addcmul_(ty, ty).sqrt_().mul_(st.lam).add_(1.0).reciprocal_()
-        torch.mul(tx, m, out=st.bx)
-        torch.mul(ty, m, out=st.by)
-    else:
-        # Soft thresholding at 1/lam leaves b_new = t - d = clamp(t, -1/lam, 1/lam).
-        torch.clamp(tx, -st.inv_lam, st.inv_lam, out=st.bx)
-        torch.clamp(ty, -st.inv_lam, st.inv_lam, out=st.by)
-    ex_new = tx.sub_(st.bx, alpha=2.0)  # e = d - b = t - 2 b
-    ey_new = ty.sub_(st.by, alpha=2.0)
+    # Elementwise part in bands of rows so that its ~20 passes run on cache-resident data: on a
+    # memory-starved CPU whole-batch passes are bandwidth-bound. Row order matters only for x,
+    # which reads the new e of the row above (computed by the previous band).
+    h = u.shape[0]
+    band = max(1, _BAND_BYTES // max(1, u[0].numel() * u.element_size()))
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        _elementwise(st, isotropic, u_pad, r0, r1)
+    st.ex, st.ey, st.tx, st.ty = st.tx, st.ty, st.ex, st.ey  # old e buffers become temporaries
+    x = st.x
 
-    # Right-hand side of the u update: everything but the upper and left neighbours' new u.
-    x = torch.add(below, right, out=st.x)
-    x.sub_(st.ex).sub_(st.ey)
-    x[:, 1:].add_(ex_new[:, :-1])
-    x[1:].add_(ey_new[:-1])
-    # The old e buffers become next sweep's temporaries.
-    st.ex, st.ey, st.tx, st.ty = ex_new, ey_new, st.ex, st.ey
-
-    u_old = st.u_old.copy_(u)
+    u_old = st.u_old
     if st.solver == "wavefront":
         # u = a * (x + up + left) + f / 9, pixel by pixel along anti-diagonals (ghosts included).
         torch.add(st.fb, x, alpha=_A, out=u)
