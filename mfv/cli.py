@@ -100,7 +100,7 @@ def _cmd_visualize(a) -> int:
              "code_layer": m.spec.code_layer if m.spec else None}
     trace = visualize(m, obj, inits, schedule=schedule, seed=a.seed, faithful=a.faithful, out=a.out,
                       resume=not a.restart, progress=not a.quiet, init_names=names, clusters=clusters,
-                      extra=extra)
+                      denoiser=a.denoiser, extra=extra)
     for f in trace["facets"]:
         print(f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
               f"({f['seconds']:.1f} s)")
@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--faithful", action="store_true",
                    help="reproduce the original's arithmetic (Python 2 division, TV formula as written, "
                    "uint8 wraparound) instead of fixing it")
+    s.add_argument("--denoiser", choices=("skimage", "torch"), default="skimage",
+                   help="TV-Bregman implementation: scikit-image, one call per facet (default; the spec's "
+                   "reference), or mfv.tv_bregman, all facets in one batched call on --device (same "
+                   "semantics; with --faithful in float64 with scikit-image 0.13's border, as the original ran)")
     s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=_cmd_visualize)

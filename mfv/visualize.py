@@ -101,10 +101,10 @@ def _save_u8(state: FacetState, faithful: bool) -> np.ndarray:
 
 
 def _run_key(model: Model, objective: Objective, schedule: Schedule, seed: int, faithful: bool,
-             inits: list[str]) -> str:
+             inits: list[str], denoiser: str) -> str:
     blob = json.dumps([model.name, model.info.get("weight_seed"), model.info.get("caffemodel"),
                        model.info.get("weights"), objective.spec, schedule.as_dict()["octaves"],
-                       seed, faithful, inits], sort_keys=True, default=str)
+                       seed, faithful, inits, denoiser], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -144,7 +144,8 @@ def _load_state(out: Path, s: FacetState) -> bool:
 def visualize(model: Model, objective: Objective, inits: list, *, schedule: Schedule, seed: int = 1,
               faithful: bool = False, out: str | Path | None = None, resume: bool = True,
               progress: bool = True, init_names: list[str] | None = None,
-              clusters: list[int | None] | None = None, extra: dict | None = None) -> dict:
+              clusters: list[int | None] | None = None, denoiser: str = "skimage",
+              extra: dict | None = None) -> dict:
     """Run MFV from one or more initial images, as one batch.
 
     Parameters
@@ -171,6 +172,11 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
         Show a progress bar.
     init_names, clusters : list, optional
         Labels of the initial images and the cluster each comes from (for the report).
+    denoiser : {"skimage", "torch"}
+        TV-Bregman by scikit-image (one call per facet; the spec's reference; border of
+        scikit-image >= 0.15) or by :mod:`mfv.tv_bregman` (all facets in one call, on the model's
+        device; same semantics; in faithful mode float64 with scikit-image 0.13's border, which is
+        what the original ran).
     extra : dict, optional
         More metadata for ``trace.json`` (command line, means folder).
 
@@ -185,6 +191,8 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
     Ctrl-C leaves finished facets and the state at the last octave boundary; the same call with the
     same ``out`` resumes.
     """
+    if denoiser not in ("skimage", "torch"):
+        raise ValueError(f"denoiser must be 'skimage' or 'torch', not {denoiser!r}")
     h, w = model.convention.input_size
     names = list(init_names or [i if isinstance(i, str) else f"init {j}" for j, i in enumerate(inits)])
     out = Path(out) if out is not None else None
@@ -202,7 +210,7 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
         s.cluster = None if clusters is None else clusters[i]
         states.append(s)
 
-    key = _run_key(model, objective, schedule, seed, faithful, names)
+    key = _run_key(model, objective, schedule, seed, faithful, names, denoiser)
     meta = {
         "format": "mfv-trace/1",
         "run_key": key,
@@ -213,6 +221,9 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
         "seed": seed,
         "mode": "faithful" if faithful else "default",
         "fixes": [] if faithful else list(FIXES),
+        "denoiser": {"skimage": "skimage.restoration.denoise_tv_bregman (current border)",
+                     "torch": "mfv.tv_bregman " + ("float64, scikit-image 0.13 border" if faithful
+                                                   else "float32, current border")}[denoiser],
         "faithful_notes": [
             "each facet replays the original's per-run legacy NumPy stream (RandomState(seed)); noise image drawn first",
             "crop offsets: x is the row offset, y the column offset; centre (size - input) / 2",
@@ -235,7 +246,7 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
         for start in sorted({s.octaves_done for s in states if s.status == "running"}):
             group = [s for s in states if s.status == "running" and s.octaves_done == start]
             _run_group(model, objective, schedule, group, start, faithful=faithful, out=out,
-                       progress=progress)
+                       progress=progress, denoiser=denoiser)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -272,7 +283,7 @@ def _fail(s: FacetState, msg: str) -> None:
 
 
 def _run_group(model: Model, objective: Objective, schedule: Schedule, group: list[FacetState],
-               start: int, *, faithful: bool, out: Path | None, progress: bool) -> None:
+               start: int, *, faithful: bool, out: Path | None, progress: bool, denoiser: str) -> None:
     h, w = model.convention.input_size
     mean_px = model.convention.mean_pixels
     total = sum(o.iter_n for o in schedule.octaves[start:])
@@ -292,7 +303,7 @@ def _run_group(model: Model, objective: Objective, schedule: Schedule, group: li
                 if not active:
                     break
                 t0 = time.perf_counter()
-                _step(model, obj, active, octave, k, i, faithful=faithful, size=(h, w))
+                _step(model, obj, active, octave, k, i, faithful=faithful, size=(h, w), denoiser=denoiser)
                 dt = (time.perf_counter() - t0) / len(active)
                 for s in active:
                     s.seconds += dt
@@ -323,7 +334,7 @@ def _run_group(model: Model, objective: Objective, schedule: Schedule, group: li
 
 
 def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave, k: int, i: int,
-          *, faithful: bool, size: tuple[int, int]) -> None:
+          *, faithful: bool, size: tuple[int, int], denoiser: str = "skimage") -> None:
     h, w = size
     offsets = []
     for s in active:
@@ -347,6 +358,7 @@ def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave
         g[:, :, ~mask] = 0
     step = step_size(octave, i, faithful=faithful)
     weight = tv_weight(octave, i, faithful=faithful)
+    stepped = []  # (facet, offsets, crop after step and clip)
     for j, (s, (ox, oy)) in enumerate(zip(active, offsets, strict=True)):
         record = {"octave": k + 1, "step": i, "activation": float(values[j]), "best_unit": best[j],
                   "step_size": step, "tv_weight": weight, "offset": [ox, oy]}
@@ -366,9 +378,31 @@ def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave
         # Python float / float32 scalar was float64 in NumPy 1, then cast to the float32 array's type.
         crop = crops[j] + np.float32(step / float(mag)) * gj
         np.clip(crop, 0, 255, out=crop)
-        den = denoise(np.transpose(crop, (1, 2, 0)), weight)
-        crop = np.transpose(den, (2, 0, 1)).astype(np.float32)
+        stepped.append((s, (ox, oy), crop))
+    if not stepped:
+        return
+    if denoiser == "torch":
+        denoised = _denoise_torch([c for _, _, c in stepped], weight, faithful=faithful, device=model.device)
+    else:
+        denoised = [np.transpose(denoise(np.transpose(c, (1, 2, 0)), weight), (2, 0, 1)) for _, _, c in stepped]
+    for (s, (ox, oy), _), den in zip(stepped, denoised, strict=True):
+        crop = np.asarray(den, dtype=np.float32)
         if not np.isfinite(crop).all():
             _fail(s, f"NaN/Inf in the image after denoising at octave {k + 1}, step {i}")
             continue
         s.image[:, ox:ox + h, oy:oy + w] = crop
+
+
+def _denoise_torch(crops: list[np.ndarray], weight: float, *, faithful: bool, device) -> list[np.ndarray]:
+    """The batched torch TV (mfv.tv_bregman): scikit-image's semantics, all facets in one call.
+
+    Faithful: float64 with scikit-image 0.13's border (reflect at bottom/right, as the original
+    ran); default: float32 with the current border.
+    """
+    from .tv_bregman import denoise_tv_bregman as tv
+
+    dtype = torch.float64 if faithful else torch.float32
+    x = torch.from_numpy(np.stack(crops)).to(device=device, dtype=dtype)
+    y = tv(x, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True,
+           border="0.13" if faithful else "current")
+    return list(y.cpu().numpy())
