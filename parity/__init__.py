@@ -1,0 +1,35 @@
+"""Layer-by-layer parity of the PyTorch port against real Caffe, an independent numpy reference and
+ONNX Runtime.
+
+Function-first API::
+
+    from parity import resolve, run_parity
+    setup = resolve(model="caffenet")            # definition, weights, input and goldens
+    result, outputs = run_parity(setup)          # runners -> comparisons -> verdict
+    bool(result), result.dumps()                 # True only if every blob passed; JSON (SCHEMA.md)
+
+Modules: :mod:`parity.numpy_ref` (independent numpy layers), :mod:`parity.runners` (named blobs per
+runner), :mod:`parity.compare` (metrics and result objects), :mod:`parity.tolerance` (the policy,
+with the measurements behind it), :mod:`parity.routing` (max-pool routing flips),
+:mod:`parity.local` (each layer alone on the reference's inputs), :mod:`parity.core` (judging),
+:mod:`parity.report` (terminal table and HTML). Command line: ``python -m parity --help``.
+"""
+
+from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics, ulp_distance
+from .core import judge
+from .run import ALL_REFERENCES, ParityError, ParitySetup, resolve, run_parity
+
+__all__ = [
+    "ALL_REFERENCES",
+    "BlobCheck",
+    "Metrics",
+    "PairResult",
+    "ParityError",
+    "ParityResult",
+    "ParitySetup",
+    "judge",
+    "metrics",
+    "resolve",
+    "run_parity",
+    "ulp_distance",
+]

@@ -7,10 +7,12 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import tolerance
 from .report import format_table, render_html, write_text_atomic
 from .run import ALL_REFERENCES, ParityError, resolve, run_parity, worst_heatmap
+from .verdict import write_verdict
 
 
 def _golden_arg(s: str) -> tuple[str, str]:
@@ -69,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", help="write the JSON result here (schema: parity/SCHEMA.md)")
     r.add_argument("--html", help="write the self-contained HTML report here")
     r.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    r.add_argument(
+        "--no-verdict",
+        action="store_true",
+        help="do not write the verdict file MFV's parity gate reads (<caffemodel>.parity.json, or "
+        "cache/parity/<stem>.seed<N>.parity.json for seeded weights)",
+    )
+    r.add_argument(
+        "--verdict-file", help="write the verdict file here instead of its default place"
+    )
     a = sub.add_parser(
         "all",
         help="run every built-in model that has goldens; one summary line each; exit 0 only if all pass",
@@ -88,13 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--out", help="folder for <model>.json and <model>.html")
     a.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
+    a.add_argument("--no-verdict", action="store_true", help="do not write MFV's verdict files")
     sub.add_parser("policy", help="print the tolerance policy constants as JSON")
     return p
 
 
 def _run_all(args) -> int:
-    from pathlib import Path
-
     from port.zoo import MODELS
 
     from .report import summary_line
@@ -125,6 +135,26 @@ def _run_all(args) -> int:
             )
         print(summary_line(result), flush=True)
     return 0 if ok else 1
+
+
+def _save(result, setup, json_path, *, no_verdict: bool, verdict_file: str | None = None) -> None:
+    """Write the JSON report (if asked, or for the verdict) and the verdict file MFV's gate reads."""
+    if not no_verdict and not json_path:
+        # The verdict must point at a report; keep one in the (git-ignored) cache.
+        root = Path(__file__).resolve().parent.parent
+        json_path = str(root / "cache" / "parity" / f"{result.model}.json")
+    if json_path:
+        write_text_atomic(json_path, result.dumps() + "\n")
+    if not no_verdict:
+        vf = write_verdict(
+            result,
+            prototxt=setup.prototxt,
+            caffemodel=setup.caffemodel,
+            seed=setup.seed,
+            report=json_path,
+            path=verdict_file,
+        )
+        result.notes.append(f"verdict: {vf}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         raise
     result.timings["total"] = round(time.perf_counter() - t0, 4)
-    if args.json:
-        write_text_atomic(args.json, result.dumps() + "\n")
+    _save(result, setup, args.json, no_verdict=args.no_verdict, verdict_file=args.verdict_file)
     if args.html:
         write_text_atomic(args.html, render_html(result, worst_heatmap(result, outputs)))
     if args.quiet:

@@ -15,7 +15,7 @@ from . import core, local, runners
 from .compare import ParityResult
 from .runners import RunnerOutput
 
-__all__ = ["ALL_REFERENCES", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
+__all__ = ["ALL_REFERENCES", "ParityError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
 
 ALL_REFERENCES = ("caffe-atlas", "caffe-openblas", "numpy64", "numpy32", "onnx")
 SYNTHETIC_SEED = 1
@@ -46,6 +46,10 @@ class ParitySetup:
     goldens : dict
         Runner name ("caffe-atlas", ...) -> RunnerOutput.
     notes : list of str
+    caffemodel : Path or None
+        The weights file checked (None for seeded weights).
+    seed : int or None
+        The ``port.seed_weights`` seed, for seeded weights.
     """
 
     name: str
@@ -57,6 +61,8 @@ class ParitySetup:
     backward_from: str | None
     goldens: dict[str, RunnerOutput] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    caffemodel: Path | None = None
+    seed: int | None = None
 
 
 def _default_backward(netdef: Any) -> str | None:
@@ -64,6 +70,21 @@ def _default_backward(netdef: Any) -> str | None:
     for layer in reversed(netdef.layers):
         if layer.type != "Softmax":
             return f"{layer.tops[0]}:0"
+    return None
+
+
+def _manifest_backward(npz: Path) -> str | None:
+    """BLOB:UNIT from the manifest `legacy_caffe goldens` writes beside a user's dumps, if any."""
+    import json
+
+    for folder in (npz.parent, npz.parent.parent):
+        man = folder / "manifest.json"
+        if man.is_file():
+            try:
+                bw = json.loads(man.read_text()).get("backward", {})
+                return f"{bw['blob']}:{bw['unit']}"
+            except (ValueError, KeyError, TypeError):
+                return None
     return None
 
 
@@ -172,6 +193,8 @@ def resolve(
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             goldens[f"caffe-{blas}"], inputs = _golden_runner(blas, arrays, str(path))
+            if backward_from is None:
+                backward_from = _manifest_backward(Path(path))
         missing = [r for r in want_caffe if r not in goldens]
         if missing and not allow_missing:
             raise ParityError(

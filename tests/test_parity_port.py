@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,8 +271,9 @@ def test_cli_run_writes_json_and_html_and_exit_codes(tmp_path, capsys):
     proto = tmp_path / "tiny.prototxt"
     proto.write_text(TINY)
     js, ht = tmp_path / "r.json", tmp_path / "r.html"
+    vf = tmp_path / "tiny.parity.json"
     rc = main(["run", "--prototxt", str(proto), "--references", "numpy64,numpy32", "--json", str(js),
-               "--html", str(ht), "--backward-from", BACKWARD])  # fmt: skip
+               "--html", str(ht), "--backward-from", BACKWARD, "--verdict-file", str(vf)])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "parity tiny: PASS" in out and "data/pool1" in out and "diff/data" in out
@@ -282,5 +284,9 @@ def test_cli_run_writes_json_and_html_and_exit_codes(tmp_path, capsys):
         page.startswith("<!DOCTYPE html>") and "<svg" in page and "data:image/png;base64," in page
     )
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    # The verdict file is what MFV's gate reads: it must accept it for exactly these files.
+    gate = pytest.importorskip("mfv.parity_gate")
+    info = gate.check_parity(proto, None, seed=prun.SYNTHETIC_SEED, verdict_file=vf)
+    assert info["status"] == "pass" and Path(info["report"]) == js.resolve()
     # A Caffe reference without a golden file cannot be judged: exit 2, not a pass.
     assert main(["run", "--prototxt", str(proto), "--references", "caffe-atlas"]) == 2
