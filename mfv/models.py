@@ -228,11 +228,31 @@ def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model
         module.load_state_dict(state)
         info["weights"] = str(weights)
     else:
+        _he_seed(module, seed)
         info["weights"] = None
         info["weight_seed"] = seed
+        info["weight_init"] = "He-normal N(0, 2/fan_in) weights, N(0, 0.01^2) biases (as port.seed_weights)"
     info["parity"] = {"checked": False, "status": "not applicable", "message": "not a Caffe port"}
     module.to(device)
     return wrap(module, spec.convention, name=spec.name, spec=spec, info=info)
+
+
+def _he_seed(module: nn.Module, seed: int) -> None:
+    """Scale-preserving seeded weights for a torchvision architecture.
+
+    torchvision's own initialisation of GoogLeNet (truncated normal, std 0.01, behind BatchNorm with
+    unit running statistics) makes the seeded net's output independent of its input (measured: all
+    facets ended at the same logit, fc7-code distances ~1e-11), which leaves nothing to visualise.
+    He-normal keeps activations alive through any depth, like ``port.seed_weights`` for Caffe nets.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=g)
+                if m.bias is not None:
+                    m.bias.normal_(0.0, 0.01, generator=g)
 
 
 def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_file) -> Model:
