@@ -295,6 +295,8 @@ class ParityResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     backward_from: str | None = None
+    # (subject, reference, blob) -> what routing flips moved that diff by, or None; not serialised.
+    flip_correction: Any = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:

@@ -56,7 +56,8 @@ class _FlipCache:
         self.outputs = outputs
         self.net64 = net64
         self.backward_from = backward_from
-        self._tf: dict[str, dict[str, np.ndarray]] = {}
+        self._tf: dict[str, dict[str, np.ndarray] | None] = {}
+        self.failures: dict[str, str] = {}
         self._cache: dict[tuple[str, str], tuple[list[Flip], dict[str, np.ndarray]]] = {}
         self.shapes = {}
         for o in outputs.values():
@@ -73,15 +74,31 @@ class _FlipCache:
             self._cache[key] = (flips, region)
         return self._cache[key]
 
+    def correction(self, subject: str, reference: str, blob: str) -> np.ndarray | None:
+        """What the flips between the two sides moved ``diff/<blob>`` by (None: nothing known)."""
+        fl, region = self.get(subject, reference)
+        if blob not in region or not self.corrects:
+            return None
+        ts, tr = self.recomputed(subject), self.recomputed(reference)
+        if ts is None or tr is None or blob not in ts or blob not in tr:
+            return None
+        return np.where(region[blob], ts[blob] - tr[blob], 0.0)
+
     @property
     def corrects(self) -> bool:
         return self.net64 is not None and self.backward_from is not None
 
-    def recomputed(self, name: str) -> dict[str, np.ndarray]:
+    def recomputed(self, name: str) -> dict[str, np.ndarray] | None:
+        """The side's float64 backward on its own data; None if the port's layers cannot take its
+        blobs (a broken port: the flip is then excused, and the port fails elsewhere anyway)."""
         if name not in self._tf:
-            self._tf[name] = teacher_forced_backward(
-                self.netdef, self.net64, self.outputs[name].blobs, self.backward_from
-            )
+            try:
+                self._tf[name] = teacher_forced_backward(
+                    self.netdef, self.net64, self.outputs[name].blobs, self.backward_from
+                )
+            except (RuntimeError, ValueError) as exc:
+                self._tf[name] = None
+                self.failures[name] = str(exc).splitlines()[0][:200]
         return self._tf[name]
 
 
@@ -98,7 +115,7 @@ def _compare_pair(
     rule_for: Any,
     rule_name: str,
 ) -> PairResult:
-    """Compare every key, excusing routing-flip regions in diffs, and apply ``rule_for(key)``."""
+    """Compare every key (diffs corrected for, or excused from, routing flips); apply ``rule_for``."""
     pair = PairResult(subject.name, reference.name, rule_name)
     region: dict[str, np.ndarray] = {}
     nflips = 0
@@ -114,11 +131,12 @@ def _compare_pair(
         rule = rule_for(key)
         if a is None or b is None or a.shape != b.shape:
             m = _missing(key, "absent or shape mismatch")
-        elif key.startswith("diff/") and blob in region and correct:
-            ts, tr = flips.recomputed(subject.name), flips.recomputed(reference.name)
-            corr = np.zeros(a.shape)
-            if blob in ts and blob in tr:
-                corr = np.where(region[blob], ts[blob] - tr[blob], 0.0)
+        elif (
+            key.startswith("diff/")
+            and blob in region
+            and correct
+            and (corr := flips.correction(subject.name, reference.name, blob)) is not None
+        ):
             m = metrics(a.astype(np.float64) - corr, b)
             m.n_corrected = int(region[blob].sum())
             rng = m.ref_range
@@ -261,18 +279,27 @@ def judge(
             flip_summary[f"{a}|{b}"] = [
                 {
                     **f.summary(),
-                    "handling": "corrected" if flips.corrects else "excused",
+                    "handling": "corrected"
+                    if flips.corrects
+                    and flips._tf.get(a) is not None
+                    and flips._tf.get(b) is not None
+                    else "excused",
                     "reach": {k: int(v.sum()) for k, v in region.items()},
                 }
                 for f in fl
             ]
+    notes = list(notes or [])
+    notes += [
+        f"routing-flip correction unavailable for {n} (excused instead): {m}"
+        for n, m in flips.failures.items()
+    ]
     first = None
     if local:
         for row in local:
             if row.get("departs"):
                 first = row["layer"]
                 break
-    return ParityResult(
+    result = ParityResult(
         model=model,
         runners={name: o.describe() for name, o in outputs.items()},
         pairs=pairs + info_pairs,
@@ -281,5 +308,7 @@ def judge(
         local=local or [],
         first_departure=first,
         policy=tolerance.policy_json(),
-        notes=list(notes or []),
+        notes=notes,
     )
+    result.flip_correction = flips.correction
+    return result

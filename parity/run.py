@@ -352,7 +352,15 @@ def worst_heatmap(result: ParityResult, outputs: Mapping[str, RunnerOutput]) -> 
     b = outputs[p.reference].blobs.get(c.key)
     if a is None or b is None:
         return None
-    err = np.abs(a.astype(np.float64) - b.astype(np.float64))[0]
+    a = a.astype(np.float64)
+    corr = (
+        result.flip_correction(p.subject, p.reference, c.key[5:])
+        if (c.key.startswith("diff/") and result.flip_correction is not None)
+        else None
+    )
+    if corr is not None:
+        a = a - corr  # the map shows what was judged: the error left after the flips' effect
+    err = np.abs(a - b.astype(np.float64))[0]
     if err.ndim == 3:
         m = err.max(axis=0)
     else:
