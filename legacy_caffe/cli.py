@@ -164,6 +164,8 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
         return 0
 
+    if args.input or args.out:
+        raise GoldenError("--input and --out go with --prototxt/--caffemodel (a user's own model)")
     models = args.model or list(goldens.PLANS)
     if args.check:
         problems = []

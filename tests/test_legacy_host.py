@@ -269,3 +269,12 @@ def test_every_plan_is_a_registered_model_and_has_a_batch_and_an_odd_size():
     assert any(len(s.photos) > 1 for s in specs)
     assert any(s.size and s.size % 2 == 1 and s.size != 227 for s in specs)
     assert PLANS["caffenet"].committed
+
+
+def test_input_images_need_a_user_model():
+    proc = subprocess.run(
+        [sys.executable, "-m", "legacy_caffe", "goldens", "--model", "caffenet", "--input", "a.png"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "go with --prototxt" in proc.stderr
