@@ -242,6 +242,7 @@ def _svg_chart(result: ParityResult) -> str:
     w, h, ml, mr, mt, mb = 1200, 420, 64, 260, 20, 120
     lo, hi = -16, 0
     n = len(keys)
+    label_every = max(1, math.ceil(n / 70))
 
     def x(i: int) -> float:
         return ml + (w - ml - mr) * (i + 0.5) / n
@@ -266,12 +267,20 @@ def _svg_chart(result: ParityResult) -> str:
             parts.append(
                 f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt}" y2="{h - mb}" stroke="#999" stroke-dasharray="4 3"/>'
             )
-        parts.append(
-            f'<text transform="translate({x(i):.1f},{h - mb + 8}) rotate(60)" font-size="9">{html.escape(k)}</text>'
-        )
+        # Deep nets have hundreds of blobs: label a readable subset; every point has a tooltip.
+        if i % label_every == 0:
+            parts.append(
+                f'<text transform="translate({x(i):.1f},{h - mb + 8}) rotate(60)" font-size="9">'
+                f"{html.escape(k)}</text>"
+            )
 
     def series(
-        vals: list[float | None], color: str, dash: str = "", width: float = 1.5, dots: bool = True
+        vals: list[float | None],
+        color: str,
+        dash: str = "",
+        width: float = 1.5,
+        dots: bool = True,
+        label: str = "",
     ) -> None:
         pts = [(x(i), y(v)) for i, v in enumerate(vals)]
         dash_attr = f'stroke-dasharray="{dash}"' if dash else ""
@@ -287,9 +296,13 @@ def _svg_chart(result: ParityResult) -> str:
             else:
                 seg.append(f"{px:.1f},{py:.1f}")
         if dots:
-            for px, py in pts:
+            for i, (px, py) in enumerate(pts):
                 if py is not None:
-                    parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"/>')
+                    tip = f"{label}: {keys[i]} {_fmt(vals[i])}"
+                    parts.append(
+                        f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}">'
+                        f"<title>{html.escape(tip)}</title></circle>"
+                    )
 
     legend = []
     spread = [result.noise.get(k, {}).get("spread") for k in keys]
@@ -305,7 +318,7 @@ def _svg_chart(result: ParityResult) -> str:
     series(allowed, "#888", dash="6 4", width=2, dots=False)
     legend.append(("#888", "allowed vs builds (noise floor x multiple)"))
     if any(v is not None for v in spread):
-        series(spread, "#000", width=2)
+        series(spread, "#000", width=2, label="spread")
         legend.append(("#000", "ATLAS vs OpenBLAS spread"))
     for j, (name, col) in enumerate(cols.items()):
         color = _PALETTE[j % len(_PALETTE)]
