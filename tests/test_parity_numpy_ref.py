@@ -295,3 +295,69 @@ def test_forward_net_in_place_meaning():
     assert (
         R.forward_net(nd, w, x.astype(np.float32), dtype=np.float32)["data/c"].dtype == np.float32
     )
+
+
+ZOO_OF_LAYERS = """
+name: "layers"
+input: "data" input_shape { dim: 2 dim: 3 dim: 5 dim: 4 }
+layer { name: "a" type: "Convolution" bottom: "data" top: "a"
+        convolution_param { num_output: 2 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 } }
+layer { name: "b" type: "Convolution" bottom: "data" top: "b"
+        convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }
+layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "e"
+        eltwise_param { operation: SUM coeff: 2 coeff: -1 } }
+layer { name: "m" type: "Eltwise" bottom: "a" bottom: "b" top: "m" eltwise_param { operation: MAX } }
+layer { name: "p" type: "Eltwise" bottom: "a" bottom: "b" top: "p" eltwise_param { operation: PROD } }
+layer { name: "bn" type: "BatchNorm" bottom: "e" top: "e" batch_norm_param { eps: 0.001 } }
+layer { name: "sc" type: "Scale" bottom: "e" top: "e" scale_param { bias_term: true } }
+layer { name: "s" type: "InnerProduct" bottom: "data" top: "s" inner_product_param { num_output: 2 } }
+layer { name: "ms" type: "Scale" bottom: "m" bottom: "s" top: "ms" scale_param { axis: 0 } }
+layer { name: "cat" type: "Concat" bottom: "e" bottom: "ms" bottom: "p" top: "cat" }
+layer { name: "fl" type: "Flatten" bottom: "cat" top: "fl" flatten_param { axis: 1 end_axis: 2 } }
+layer { name: "sp" type: "Split" bottom: "fl" top: "f1" top: "f2" }
+layer { name: "sg" type: "Sigmoid" bottom: "f1" top: "sg" }
+layer { name: "th" type: "TanH" bottom: "f2" top: "th" }
+layer { name: "ip" type: "InnerProduct" bottom: "sg" top: "ip"
+        inner_product_param { num_output: 3 axis: 2 transpose: true } }
+layer { name: "lr" type: "ReLU" bottom: "th" top: "lr" relu_param { negative_slope: 0.25 } }
+layer { name: "av" type: "Pooling" bottom: "cat" top: "av"
+        pooling_param { pool: AVE kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 } }
+layer { name: "wn" type: "LRN" bottom: "cat" top: "wn"
+        lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 0.5 beta: 0.75 } }
+layer { name: "sm" type: "Softmax" bottom: "ip" top: "sm" softmax_param { axis: 2 } }
+"""
+
+
+def test_forward_net_parses_every_layer_type_and_matches_the_float64_port():
+    port = pytest.importorskip("port")
+    import torch
+
+    nd = port.netdef_from_text(ZOO_OF_LAYERS)
+    weights = port.seed_weights(nd, 11)
+    weights["bn"][2] = np.array([2.0], np.float32)  # a non-trivial BatchNorm scale factor
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    got = R.forward_net(nd, weights, x)
+    # Param parsing, checked against the layer functions called by hand.
+    w = {k: [np.asarray(a, np.float64) for a in v] for k, v in weights.items()}
+    x64 = x.astype(np.float64)
+    a = R.conv2d(x64, w["a"][0], w["a"][1], pad=(1, 0))
+    b = R.conv2d(x64, w["b"][0])
+    # eps is a float field: Caffe (and the parsed definition) use float32(0.001).
+    e = R.batch_norm(2 * a - b, *w["bn"], eps=float(np.float32(1e-3)))
+    e = R.scale(e, w["sc"][0], w["sc"][1])
+    np.testing.assert_allclose(got["data/e"], e, rtol=1e-12)
+    s = R.inner_product(x64, w["s"][0], w["s"][1])
+    np.testing.assert_allclose(got["data/ms"], np.maximum(a, b) * s[:, :, None, None], rtol=1e-12)
+    assert got["data/fl"].shape == (2, 30, 4) and got["data/ip"].shape == (2, 30, 3)
+    # H: ceil((5 + 2 - 2) / 2) + 1 = 4, clipped to 3 since (4 - 1) * 2 >= 5 + 1; W: (4 - 3) / 1 + 1 = 2.
+    assert got["data/av"].shape == (2, 6, 3, 2)
+    # And the whole net agrees with the float64 port to the float64 floor.
+    net = port.CaffeNet(nd)
+    net.load_blobs(weights)
+    net = net.to(torch.float64).eval()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x64), blobs="all")
+    for name, t in ref.items():
+        r = t.numpy()
+        err = np.abs(got[f"data/{name}"] - r).max() / max(np.abs(r).max(), 1e-300)
+        assert err < 1e-12, name
