@@ -84,6 +84,11 @@ class _FlipCache:
             return None
         return np.where(region[blob], ts[blob] - tr[blob], 0.0)
 
+    def handling(self, a: str, b: str) -> str:
+        """ "corrected" when both sides' float64 recomputations exist, else "excused"."""
+        ok = self.corrects and self._tf.get(a) is not None and self._tf.get(b) is not None
+        return "corrected" if ok else "excused"
+
     @property
     def corrects(self) -> bool:
         return self.net64 is not None and self.backward_from is not None
@@ -102,7 +107,8 @@ class _FlipCache:
         return self._tf[name]
 
 
-def _missing(key: str, why: str) -> Metrics:
+def _missing() -> Metrics:
+    """Metrics of a blob one side lacks or has in another shape: an infinite error."""
     return Metrics(math.inf, math.inf, math.inf, math.inf, math.inf, math.inf, 0.0, 0.0, [], 0, 0)
 
 
@@ -130,7 +136,7 @@ def _compare_pair(
         b = reference.blobs.get(key)
         rule = rule_for(key)
         if a is None or b is None or a.shape != b.shape:
-            m = _missing(key, "absent or shape mismatch")
+            m = _missing()
         elif (
             key.startswith("diff/")
             and blob in region
@@ -279,11 +285,7 @@ def judge(
             flip_summary[f"{a}|{b}"] = [
                 {
                     **f.summary(),
-                    "handling": "corrected"
-                    if flips.corrects
-                    and flips._tf.get(a) is not None
-                    and flips._tf.get(b) is not None
-                    else "excused",
+                    "handling": flips.handling(a, b),
                     "reach": {k: int(v.sum()) for k, v in region.items()},
                 }
                 for f in fl

@@ -222,9 +222,8 @@ def _first_failure(result):
     from parity.core import ordered_keys
 
     failed = {c.key: c.layer for p in result.pairs if p.rule != "info" for c in p.failures()}
-    for k in ordered_keys(result_netdef := _netdef(), set(failed)):  # noqa: F841
-        return k, failed[k]
-    return None
+    keys = ordered_keys(_netdef(), set(failed))
+    return (keys[0], failed[keys[0]]) if keys else None
 
 
 @pytest.mark.parametrize(
