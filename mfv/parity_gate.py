@@ -11,7 +11,7 @@
       "report": "cache/parity/caffenet.json", # the parity report (relative to this file, or absolute)
       "prototxt_sha256": "<hex>",             # sha256 of the definition file's bytes
       "caffemodel_sha256": "<hex>" | null,    # null for seeded weights
-      "seed": null | 0,                       # the seed_weights seed for seeded weights
+      "seed": null | 0,                       # the seed_weights seed; required for seeded weights
       "created": "2026-11-25T18:00:00Z",      # optional
       "summary": "..."                        # optional, one line
     }
@@ -110,8 +110,10 @@ def _validate(data: dict, path: Path, prototxt, caffemodel, seed) -> dict:
         return {**out, "status": "stale", "message": f"{path}: verdict was for another prototxt (sha256 differs)"}
     if data.get("caffemodel_sha256") != want_w:
         return {**out, "status": "stale", "message": f"{path}: verdict was for other weights (sha256 differs)"}
-    if caffemodel is None and data.get("seed") not in (None, seed):
-        return {**out, "status": "stale", "message": f"{path}: verdict was for weight seed {data.get('seed')}, not {seed}"}
+    if caffemodel is None and data.get("seed") != seed:
+        # Seeded weights are named by their seed alone: a verdict without one cannot vouch for them.
+        return {**out, "status": "stale",
+                "message": f"{path}: verdict was for weight seed {data.get('seed')}, not {seed}"}
     if data["verdict"] == "fail":
         return {**out, "status": "fail", "message": f"parity FAILED for this model (report: {report})"}
     return {**out, "status": "pass", "message": f"parity passed (report: {report})"}

@@ -73,3 +73,7 @@ def test_explicit_verdict_file_for_seeded_weights(files, tmp_path):
     assert check_parity(proto, None, seed=0, verdict_file=path)["report"] == "/abs/r.json"
     with pytest.raises(ParityError, match="weight seed"):
         check_parity(proto, None, seed=1, verdict_file=path)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "seed": None}))  # which seeded weights? cannot tell: refused
+    with pytest.raises(ParityError, match="weight seed None"):
+        check_parity(proto, None, seed=0, verdict_file=path)
