@@ -263,8 +263,9 @@ def test_parity_gate_refuses_without_verdict():
         load_model("caffenet", weight_seed=12345)
 
 
-@pytest.mark.slow  # loading seeded CaffeNet alone takes 8-30 s here (61M seeded weights); the steps ~2 s
 def test_caffenet_tiny_schedule_end_to_end(tmp_path):
+    # ~4 s with one torch thread (load and seed 61M weights, 4 steps); with two threads on the busy
+    # shared machine the same test took 30 s, hence the module's one-thread fixture.
     model = _caffenet()
     # iter_n 2: with one step the faithful TV formula gives weight 0 (start - start / 1), i.e. NaN
     sched = _sched((2, None, 0, 0.3, [1, 2], [0.4, 0.4]), (2, 1.2, 0, 0.3, [1.0, 1.0], [0.01, 2]))
