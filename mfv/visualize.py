@@ -239,6 +239,10 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
                 raise RuntimeError(f"{out} holds a different run; use another --out or --restart")
             for s in states:
                 _load_state(out, s)
+        else:
+            # A fresh start: earlier facets and states must not be mistaken for this run's.
+            for old in [*out.glob("facet_*.png"), *out.glob("facet_*.jpg"), *(out / "state").glob("facet_*")]:
+                old.unlink()
         _io.write_json(run_file, {"run_key": key})
 
     status = "finished"

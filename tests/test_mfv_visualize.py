@@ -201,6 +201,9 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path):
         assert (out / f"facet_{i}.png").read_bytes() == (tmp_path / "ref" / f"facet_{i}.png").read_bytes()
     with pytest.raises(RuntimeError, match="different run"):
         visualize(model, unit("8", 4), inits, schedule=TINY, seed=1, out=out, progress=False)
+    # --restart: the old run's facets go, the new run writes its own
+    visualize(model, unit("8", 4), inits[:1], schedule=TINY, seed=1, out=out, progress=False, resume=False)
+    assert (out / "facet_0.png").exists() and not (out / "facet_1.png").exists()
 
 
 def test_conv_target_runs(tmp_path):
