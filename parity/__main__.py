@@ -133,12 +133,11 @@ def _run_all(args) -> int:
             continue
         result.timings["total"] = round(time.perf_counter() - t0, 4)
         ok &= result.passed
-        if args.out:
-            out = Path(args.out)
-            write_text_atomic(out / f"{m}.json", result.dumps() + "\n")
-            write_text_atomic(
-                out / f"{m}.html", render_html(result, worst_heatmap(result, outputs))
-            )
+        out = Path(args.out) if args.out else None
+        _save(result, setup, str(out / f"{m}.json") if out else None, no_verdict=args.no_verdict)
+        if out:
+            html = render_html(result, worst_heatmap(result, outputs))
+            write_text_atomic(out / f"{m}.html", html)
         print(summary_line(result), flush=True)
     return 0 if ok else 1
 

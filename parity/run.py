@@ -221,7 +221,17 @@ def resolve(
         zm = MODELS.get(model or "")
         backward_from = f"{zm.classifier}:945" if zm else _default_backward(netdef)
     return ParitySetup(
-        name, Path(prototxt), netdef, weights, wsrc, x, backward_from, goldens, notes
+        name,
+        Path(prototxt),
+        netdef,
+        weights,
+        wsrc,
+        x,
+        backward_from,
+        goldens,
+        notes,
+        caffemodel=Path(caffemodel) if caffemodel is not None else None,
+        seed=None if caffemodel is not None else SYNTHETIC_SEED,
     )
 
 

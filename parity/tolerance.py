@@ -148,15 +148,19 @@ def _floored(value: float | None, floor: float, fallback: float) -> tuple[float,
     return float(value), "measured"
 
 
-def spread_rule(spread: float | None) -> Rule:
-    """Rule 1: the port against one float32 build, given that blob's ATLAS-vs-OpenBLAS spread.
+def spread_rule(spread: float | None, caffe_own: float | None = None) -> Rule:
+    """Rule 1: the port against one float32 build, given that blob's float32 noise.
 
     Parameters
     ----------
     spread : float or None
         ``err(caffe-atlas, caffe-openblas)`` for the blob, routing flips corrected; None if unknown.
+    caffe_own : float or None
+        The builds' own error against float64 truth for the blob (the larger one); None if unknown.
+        The noise is the larger of the two measurements (see the module notes: correlated builds).
     """
-    noise, src = _floored(spread, FLOOR_REL32, FALLBACK_SPREAD_REL)
+    measured = [v for v in (spread, caffe_own) if v is not None and np.isfinite(v)]
+    noise, src = _floored(max(measured) if measured else None, FLOOR_REL32, FALLBACK_SPREAD_REL)
     return Rule("spread", SPREAD_MULTIPLE, noise, SPREAD_MULTIPLE * noise, src)
 
 

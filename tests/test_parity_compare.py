@@ -72,6 +72,10 @@ def test_tolerance_rules_apply_multiples_floors_and_fallbacks():
     )
     r0 = tolerance.spread_rule(0.0)  # builds agree bitwise: absolute floor
     assert r0.noise == tolerance.FLOOR_REL32 and r0.noise_source == "floor"
+    # Correlated builds: their own error to float64 counts when it exceeds their disagreement.
+    rc = tolerance.spread_rule(2.1e-6, 1.16e-5)
+    assert rc.noise == 1.16e-5 and rc.allowed == pytest.approx(4 * 1.16e-5)
+    assert tolerance.spread_rule(None, 1e-6).noise_source == "measured"
     rf = tolerance.spread_rule(None)
     assert rf.noise == tolerance.FALLBACK_SPREAD_REL and rf.noise_source == "fallback"
     t = tolerance.truth_rule(2e-6)
