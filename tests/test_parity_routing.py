@@ -190,3 +190,34 @@ def test_an_error_inside_the_flip_reach_fails_when_corrected():
         ("caffe-atlas", "diff/data"),
         ("caffe-openblas", "diff/data"),
     }  # ...correction can
+
+
+BRANCHY = """
+input: "data" input_shape { dim: 2 dim: 3 dim: 9 dim: 9 }
+force_backward: true
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "a" type: "Convolution" bottom: "c1" top: "a" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "ra" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "b" type: "Pooling" bottom: "c1" top: "b"
+        pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+layer { name: "n" type: "LRN" bottom: "cat" top: "n" lrn_param { local_size: 3 alpha: 0.1 } }
+layer { name: "p" type: "Pooling" bottom: "n" top: "p" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "p" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_teacher_forced_backward_through_branches_concat_and_in_place_chains():
+    nd = port.netdef_from_text(BRANCHY)
+    net = port.CaffeNet(nd)
+    net.load_blobs(port.seed_weights(nd, 2))
+    net64 = net.to(torch.float64).eval()
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 9))
+    dump = port.dump_blobs(net64, x, backward_from=("fc", 3))
+    tf = routing.teacher_forced_backward(nd, net64, dump, "fc:3")
+    for blob in ("data", "c1", "a", "b", "cat", "n", "p", "fc"):
+        np.testing.assert_allclose(tf[blob], dump[f"diff/{blob}"], rtol=1e-12, atol=1e-15)
+    assert "prob" not in tf  # after the backward start: untouched
