@@ -73,8 +73,6 @@ def _parser() -> argparse.ArgumentParser:
         help=f"weight seed (default: the model's plan, {DEFAULT_SEED} for most)",
     )  # fmt: skip
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
-    g.add_argument("--fallback-weights", action="store_true",
-                   help="if port has no seed-weights yet, seed with pycaffe (trial runs only)")  # fmt: skip
     g.add_argument("--prototxt", type=Path, help="a user's own net definition")
     g.add_argument("--caffemodel", type=Path, help="the user's weights (with --prototxt)")
     g.add_argument("--input", nargs="+", metavar="IMAGE", help="image files (one batch)")
@@ -185,7 +183,6 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
     for m in models:
         goldens.generate_model(
             m, blas=blas, seed=args.seed, repeat=not args.no_repeat,
-            fallback_weights=args.fallback_weights,
         )  # fmt: skip
     return 0
 

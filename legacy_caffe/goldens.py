@@ -256,14 +256,6 @@ def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
         raise GoldenError(f"port seed-weights failed:\n{proc.stderr[-2000:]}")
 
 
-def _seed_fallback(prototxt_inside: str, seed: int, out: Path) -> None:
-    rootfs.run_inside(
-        ["python3", f"{INSIDE}/seed_fallback.py", "--prototxt", prototxt_inside,
-         "--seed", str(seed), "--out", rootfs.host_to_inside(out)],
-        blas="openblas",
-    )  # fmt: skip
-
-
 @dataclass
 class _Job:
     """Files of one model's generation inside the exchange folder."""
@@ -313,7 +305,6 @@ def generate(
     out_committed: Path,
     out_cache: Path,
     repeat: bool = True,
-    fallback_weights: bool = False,
     require_gradient: bool = False,
 ) -> dict:
     """Make every (BLAS, input) dump of one net and return its manifest (not yet written).
@@ -325,7 +316,7 @@ def generate(
         name=name, prototxt=prototxt, prototxt_ref=prototxt_ref, blob=blob, inputs=inputs,
         blas=list(blas), unit=unit, seed=seed, weight_format=weight_format, caffemodel=caffemodel,
         committed=tuple(committed), out_committed=out_committed, out_cache=out_cache,
-        repeat=repeat, fallback_weights=fallback_weights, require_gradient=require_gradient,
+        repeat=repeat, require_gradient=require_gradient,
     )  # fmt: skip
     for b in kw["blas"]:
         if b not in BLAS:
@@ -358,15 +349,10 @@ def _generate_in(work: Path, **kw) -> dict:
         seed_weights(prototxt, kw["seed"], job.weights, kw["weight_format"])
         weights_info = {"generator": "port seed-weights", "seed": kw["seed"],
                         "format": kw["weight_format"]}  # fmt: skip
-    elif kw["fallback_weights"]:
-        _say(f"{name}: port has no seed-weights yet; seeding with pycaffe (seed_fallback.py)")
-        _seed_fallback(rootfs.host_to_inside(job.prototxt), kw["seed"], job.weights)
-        weights_info = {"generator": "pycaffe fallback (legacy_caffe/inside/seed_fallback.py)",
-                        "seed": kw["seed"], "format": "v2"}  # fmt: skip
     else:
         raise GoldenError(
             "`python -m port seed-weights` is not available; the goldens must use port's seeded "
-            "weights (pass --fallback-weights to seed with pycaffe for a trial run)"
+            "weights (install the project: pip install -e .)"
         )
     weights_info["sha256"] = _file_sha256(job.weights)
     weights_info["bytes"] = job.weights.stat().st_size
@@ -548,7 +534,6 @@ def generate_model(
     golden_dir: Path = GOLDEN_DIR,
     cache_dir: Path = CACHE_DIR,
     repeat: bool = True,
-    fallback_weights: bool = False,
     write_manifest: bool = True,
 ) -> dict:
     """Generate a built-in model's goldens and (unless told not to) write its manifest.
@@ -571,7 +556,7 @@ def generate_model(
         require_gradient=True,
         committed=() if cache_only else plan.committed,
         out_committed=golden_dir / model, out_cache=cache_dir / model,
-        repeat=repeat and not cache_only, fallback_weights=fallback_weights,
+        repeat=repeat and not cache_only,
     )  # fmt: skip
     if cache_only:
         committed = load_manifest(model, golden_dir)
@@ -607,7 +592,6 @@ def check_model(
         man = generate_model(
             model, blas=blas, seed=committed["weights"].get("seed", DEFAULT_SEED),
             golden_dir=tmp_dir / "golden", cache_dir=tmp_dir / "cache", repeat=False,
-            fallback_weights=committed["weights"]["generator"] != "port seed-weights",
             write_manifest=False,
         )  # fmt: skip
         if man["weights"]["sha256"] != committed["weights"]["sha256"]:
