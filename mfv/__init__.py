@@ -5,12 +5,13 @@ the mean images of a class's facets; :func:`visualize` runs the MFV loop; :func:
 run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` and ``mfv/schedules``.
 """
 
+from port.verdict import ParityError, check_parity
+
 from .evaluate import evaluate
 from .means import make_means
 from .models import MODELS, Model, load_model, wrap
 from .objectives import Objective, channel, softmax_unit, unit
 from .octaves import Schedule, load_schedule
-from .parity_gate import ParityError, check_parity
 from .pixels import CAFFENET, TORCHVISION, PixelConvention
 from .visualize import visualize
 

@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
+from port.verdict import ParityError
+
 from . import _io
 from .models import MODELS, load_model
-from .parity_gate import ParityError
 
 MODEL_HELP = (f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
               "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from port.verdict import check_parity
+
 from . import pixels as px
-from .parity_gate import check_parity
 
 __all__ = ["Model", "ModelSpec", "MODELS", "wrap", "load_model", "list_layers"]
 
@@ -201,7 +202,7 @@ def load_model(name: str, *, prototxt: str | Path | None = None, caffemodel: str
     device : str
         Torch device.
     parity_check : bool
-        Refuse a Caffe model without a passing parity verdict (see :mod:`mfv.parity_gate`).
+        Refuse a Caffe model without a passing parity verdict (see :mod:`port.verdict`).
     parity_file : path, optional
         Verdict file to use instead of the default location.
     """

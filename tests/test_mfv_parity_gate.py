@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mfv.parity_gate import FORMAT, ParityError, check_parity, verdict_path
+from port.verdict import FORMAT, ParityError, check_parity, verdict_path
 
 
 @pytest.fixture

@@ -260,7 +260,7 @@ def _pepper(k=0):
 def test_parity_gate_refuses_without_verdict():
     pytest.importorskip("port")
     from mfv.models import load_model
-    from mfv.parity_gate import ParityError
+    from port.verdict import ParityError
 
     with pytest.raises(ParityError, match="no parity verdict"):
         load_model("caffenet", weight_seed=12345)
