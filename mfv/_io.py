@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from port.atomic import write_bytes_atomic as atomic_write_bytes
+from port.atomic import write_text_atomic as atomic_write_text
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "save_image", "to_uint8",
            "load_rgb", "png_data_uri", "ImageReadError"]
@@ -18,24 +19,6 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "save_image"
 
 class ImageReadError(ValueError):
     """A file that is not a readable RGB image."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _default(o):

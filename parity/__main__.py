@@ -9,8 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from port.atomic import write_text_atomic
+
 from . import tolerance
-from .report import format_table, render_html, write_text_atomic
+from .report import format_table, render_html
 from .run import ALL_REFERENCES, ParityError, resolve, run_parity, worst_heatmap
 from .verdict import write_verdict
 

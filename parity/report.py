@@ -5,11 +5,8 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 import struct
-import tempfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 
@@ -19,29 +16,11 @@ __all__ = [
     "columns",
     "format_table",
     "render_html",
-    "write_text_atomic",
     "png_heatmap",
     "summary_line",
     "worst_ratios",
 ]
 
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # mkstemp makes the file private; a report is an ordinary file (0644 under the usual umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def columns(result: ParityResult) -> dict[str, dict[str, BlobCheck]]:

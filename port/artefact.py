@@ -8,8 +8,6 @@ parity verdict can be tied to exactly these bytes.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from .atomic import atomic_path
 from .errors import CaffeError
 from .net import CaffeNet
 from .netdef import netdef_from_text
@@ -52,14 +51,8 @@ def save(net: CaffeNet, path: str | Path, *, metadata: dict[str, str] | None = N
     }
     meta = {"format": FORMAT, "prototxt": net.netdef.to_prototxt(), "name": net.netdef.name}
     meta.update(metadata or {})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

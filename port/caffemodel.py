@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from . import schema
+from .atomic import atomic_path
 from .errors import CaffeError
 from .netdef import V2_TO_V1_TYPES, NetDef
 
@@ -309,22 +309,15 @@ def write_caffemodel(
         for name, shape in netdef.inputs.items():
             header.input.append(name)
             header.input_dim.extend(shape)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(header.SerializeToString())
-            for layer in netdef.layers:
-                chunks: list[bytes | memoryview] = [_layer_message(layer, legacy=legacy)]
-                blob_field = _V1["blobs"] if legacy else _V2["blobs"]
-                for blob in weights.get(layer.name, []):
-                    parts = _blob_chunks(blob, legacy=legacy)
-                    chunks.append(_enc_len(blob_field, sum(len(p) for p in parts)))
-                    chunks.extend(parts)
-                out.write(_enc_len(_NET_LAYERS if legacy else _NET_LAYER,
-                                   sum(len(c) for c in chunks)))
-                for c in chunks:
-                    out.write(c)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(header.SerializeToString())
+        for layer in netdef.layers:
+            chunks: list[bytes | memoryview] = [_layer_message(layer, legacy=legacy)]
+            blob_field = _V1["blobs"] if legacy else _V2["blobs"]
+            for blob in weights.get(layer.name, []):
+                parts = _blob_chunks(blob, legacy=legacy)
+                chunks.append(_enc_len(blob_field, sum(len(p) for p in parts)))
+                chunks.extend(parts)
+            out.write(_enc_len(_NET_LAYERS if legacy else _NET_LAYER, sum(len(c) for c in chunks)))
+            for c in chunks:
+                out.write(c)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import CaffeError
 from .net import CaffeNet
 
@@ -81,13 +80,6 @@ def dump_blobs(
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays to ``path`` (.npz) atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    """Write arrays to ``path`` (.npz, compressed) atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from .artefact import sha256_file
+from .atomic import write_text_atomic
 
 __all__ = ["FORMAT", "ParityError", "check_parity", "verdict_path", "write_verdict"]
 
@@ -68,7 +68,6 @@ def write_verdict(*, passed: bool, prototxt: str | Path, caffemodel: str | Path 
         Where to write (default: :func:`verdict_path`).
     """
     out = Path(path) if path is not None else verdict_path(prototxt, caffemodel, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = Path(report).resolve()
     try:
         rel = os.path.relpath(report, out.parent.resolve())
@@ -84,15 +83,7 @@ def write_verdict(*, passed: bool, prototxt: str | Path, caffemodel: str | Path 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summary,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(doc, indent=1) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, json.dumps(doc, indent=1) + "\n")
     return out
 
 
