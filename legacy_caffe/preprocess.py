@@ -6,7 +6,7 @@ goldens do not depend on the root's old scikit-image. The steps follow ``caffe.i
 ``channel_swap=(2, 1, 0)`` and a per-channel mean:
 
 1. the photo as RGB float32 in [0, 1] (``img_as_float``);
-2. resized to the net's input size like ``caffe.io.resize_image``: stretched to [0, 1] by its own
+2. resized to the net's input size like ``caffe.io.resize_image`` (``port.preprocess``): stretched to [0, 1] by its own
    min/max, bilinear (order 1) ``skimage.transform.resize`` with ``mode="constant"`` and no
    anti-aliasing (the scikit-image of Caffe's time had none), stretched back;
 3. HWC -> CHW, RGB -> BGR, x 255, minus the per-channel BGR mean (104, 117, 123).
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from port.preprocess import Transformer, load_image
 
 # ImageNet BGR channel means the Caffe examples subtract (ilsvrc_2012_mean averaged, rounded).
 BGR_MEAN = (104.0, 117.0, 123.0)
@@ -57,30 +59,8 @@ def load_photo(name: str) -> np.ndarray:
 
 
 def load_image_file(path: str) -> np.ndarray:
-    """A user's image file as caffe.io.load_image reads it: RGB float32 in [0, 1]."""
-    import skimage.io
-    from skimage import img_as_float
-
-    img = img_as_float(skimage.io.imread(path)).astype(np.float32)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    return img
-
-
-def caffe_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``caffe.io.resize_image(img, size, interp_order=1)`` for 3-channel images."""
-    from skimage.transform import resize
-
-    lo, hi = float(img.min()), float(img.max())
-    if hi > lo:
-        std = (img - lo) / (hi - lo)
-        out = resize(std, size, order=1, mode="constant", anti_aliasing=False)
-        out = out * (hi - lo) + lo
-    else:
-        out = np.full(size + (img.shape[-1],), lo)
-    return out.astype(np.float32)
+    """A user's image file as ``caffe.io.load_image`` reads it: RGB float32 in [0, 1]."""
+    return load_image(path)
 
 
 def caffe_preprocess(
@@ -89,11 +69,9 @@ def caffe_preprocess(
     """RGB [0, 1] HxWx3 -> the (3, H, W) float32 BGR array Caffe's input blob expects."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {img.shape}")
-    x = caffe_resize(img, size)
-    x = x.transpose(2, 0, 1)[::-1]  # HWC -> CHW, then RGB -> BGR
-    x = x * np.float32(RAW_SCALE)
-    x = x - np.asarray(mean, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray(x, dtype=np.float32)
+    transformer = Transformer((3, *size), channel_swap=(2, 1, 0), raw_scale=RAW_SCALE,
+                              mean=np.asarray(mean, dtype=np.float32))
+    return transformer.preprocess(img)
 
 
 def make_batch(photos: Sequence[str], size: tuple[int, int]) -> np.ndarray:

@@ -9,10 +9,10 @@ from legacy_caffe.preprocess import (
     BGR_MEAN,
     InputSpec,
     caffe_preprocess,
-    caffe_resize,
     load_photo,
     make_batch,
 )
+from port.preprocess import resize_image
 
 
 def _bilinear_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -37,7 +37,7 @@ def _bilinear_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 def test_resize_matches_independent_bilinear_when_downscaling():
     rng = np.random.default_rng(0)
     img = rng.uniform(0.1, 0.9, (53, 71, 3)).astype(np.float32)
-    got = caffe_resize(img, (23, 31))
+    got = resize_image(img, (23, 31))
     want = _bilinear_reference(img, 23, 31)
     assert got.dtype == np.float32 and got.shape == (23, 31, 3)
     np.testing.assert_allclose(got, want, atol=2e-6)
@@ -64,7 +64,7 @@ def test_pure_red_photo_lands_in_the_last_channel():
 
 def test_constant_image_survives_the_min_max_stretch():
     img = np.full((12, 9, 3), 0.25, dtype=np.float32)
-    np.testing.assert_allclose(caffe_resize(img, (5, 4)), 0.25)
+    np.testing.assert_allclose(resize_image(img, (5, 4)), 0.25)
 
 
 def test_rejects_non_rgb():
