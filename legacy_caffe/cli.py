@@ -19,6 +19,7 @@ typical use:
   python -m legacy_caffe run --blas atlas -- python3 -c 'import caffe'
   python -m legacy_caffe goldens                     # every built-in model, both BLAS
   python -m legacy_caffe goldens --check             # regenerate and compare with golden/
+  python -m legacy_caffe mfv-reference --blas atlas --golden   # the original MFV loop, golden/mfv/
   python -m legacy_caffe goldens --prototxt deploy.prototxt --caffemodel w.caffemodel \\
       --input my.jpg --out my_goldens/
 
@@ -83,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "list", help="list the golden sets the manifests describe, and which are on disk"
     )
+
+    m = sub.add_parser(
+        "mfv-reference",
+        help="run the original MFV loop (inside/mfv_original.py) on real Caffe for seeded CaffeNet",
+        description="The published mean-image schedule on real Caffe from the class-945 mean images "
+        "(shared/reference/mfv-original), seeded CaffeNet weights of the goldens. Writes "
+        "facet_<k>_octave<j>.png, facet_<k>.png and trace.json (mfv visualize's format) into --out; "
+        "with --golden, into golden/mfv/<blas>/ and refreshes golden/mfv/manifest.json.",
+    )
+    m.add_argument("--blas", choices=rootfs.BLAS_CHOICES, required=True)
+    m.add_argument("--facets", default="0,1,2", help="mean images to start from (default 0,1,2)")
+    m.add_argument("--unit", type=int, default=945)
+    m.add_argument("--seed", type=int, default=1, help="seed of the global NumPy stream (default 1)")
+    m.add_argument("--caffemodel", type=Path, help="weights (default: the goldens' seeded CaffeNet)")
+    m.add_argument("--max-octaves", type=int, help="stop after this many octaves (tests)")
+    dest = m.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", type=Path, help="output folder")
+    dest.add_argument("--golden", action="store_true", help="write golden/mfv/<blas>/ + manifest")
     return ap
 
 
@@ -187,6 +206,24 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mfv_reference(args: argparse.Namespace) -> int:
+    from . import mfv_reference
+
+    facets = [int(f) for f in args.facets.split(",") if f.strip()]
+    out = mfv_reference.GOLDEN_MFV / args.blas if args.golden else args.out
+    trace = mfv_reference.generate_reference(
+        out, blas=args.blas, facets=facets, unit=args.unit, seed=args.seed,
+        caffemodel=args.caffemodel, max_octaves=args.max_octaves,
+    )  # fmt: skip
+    if args.golden:
+        mfv_reference.write_manifest()
+    for f in trace["facets"]:
+        print(f"facet {f['index']} ({f['init']}): {f['seconds']:.0f} s, "
+              f"final activation {f['final_activation']:.4g}")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .goldens import list_goldens
 
@@ -211,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "doctor": _cmd_doctor,
         "goldens": _cmd_goldens,
         "list": _cmd_list,
+        "mfv-reference": _cmd_mfv_reference,
     }[args.command]
     try:
         return handler(args)

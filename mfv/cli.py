@@ -132,6 +132,21 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_diff(a) -> int:
+    from . import diff
+
+    factor = diff.DEFAULT_FACTOR if a.factor is None else a.factor
+    rtol = diff.NOISE_RTOL if a.rtol is None else a.rtol
+    result = diff.diff_runs(a.reference, a.out, floor=a.floor, rtol=rtol, factor=factor)
+    print(diff.format_table(result))
+    if a.json:
+        _io.write_json(a.json, result)
+    if a.html:
+        diff.write_html(result, a.html)
+        print(f"wrote {a.html}")
+    return 0 if result.get("verdict", {"passed": True})["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mfv", description="Multifaceted Feature Visualization "
                                 "(Nguyen et al. 2016) on Caffe ports and torchvision models.")
@@ -201,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("diff", help="compare a run with a reference, octave by octave, against a floor",
+                       description="Per facet and octave: max / mean / p99 |ref - out| (grey levels), PSNR, "
+                       "SSIM; the first trace step beyond float noise, the first offset or schedule "
+                       "mismatch. --floor (the other Caffe build's reference) gives the same figures "
+                       "between the two references and a verdict: out's mean and p99 within --factor x "
+                       "the floor's in every octave. Exit status 1 when the verdict fails.")
+    s.add_argument("reference", help="reference folder (e.g. golden/mfv/atlas)")
+    s.add_argument("out", help="folder to compare (mfv visualize --faithful output)")
+    s.add_argument("--floor", help="second reference (e.g. golden/mfv/openblas)")
+    s.add_argument("--factor", type=float, help="pass factor over the floor (default: mfv.diff.DEFAULT_FACTOR)")
+    s.add_argument("--rtol", type=float, help="float-noise threshold of the trace comparison "
+                   "(default: mfv.diff.NOISE_RTOL)")
+    s.add_argument("--html", help="write a self-contained HTML view here")
+    s.add_argument("--json", help="write the figures as JSON here")
+    s.set_defaults(func=_cmd_diff)
     return p
 
 
