@@ -587,6 +587,7 @@ def check_model(
     """
     committed = load_manifest(model, golden_dir)
     problems: list[str] = []
+    rootfs.cache_dir().mkdir(parents=True, exist_ok=True)  # a fresh clone has no cache yet
     with tempfile.TemporaryDirectory(prefix=f"check-{model}-", dir=rootfs.cache_dir()) as tmp:
         tmp_dir = Path(tmp)
         man = generate_model(
