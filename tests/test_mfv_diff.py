@@ -132,6 +132,15 @@ def test_diff_runs_verdict_against_the_floor(tmp_path: Path):
     assert not r["verdict"]["passed"]
     assert all("octave 2" in p for p in r["verdict"]["problems"])  # octave 1 alone would pass
 
+    tr = json.loads((tmp_path / "close" / "trace.json").read_text())
+    tr["facets"][0]["init"] = "/x/mean_1.jpg"
+    (tmp_path / "close" / "trace.json").write_text(json.dumps(tr))
+    tr["facets"][0]["init"] = "mean_0.jpg"
+    (tmp_path / "ref" / "trace.json").write_text(json.dumps(tr))
+    r2 = diff_runs(tmp_path / "ref", tmp_path / "close", floor=tmp_path / "floor", factor=1.5)
+    assert r2["verdict"]["problems"] == ["facet 0: started from mean_1.jpg, the reference from "
+                                         "mean_0.jpg (give --init in the reference's facet order)"]
+
     html_path = tmp_path / "v.html"
     write_html(r, html_path)
     text = html_path.read_text()
@@ -194,6 +203,8 @@ def test_port_is_as_close_to_atlas_as_openblas_is(tmp_path: Path):
     means = REPO.parent / "shared" / "reference" / "mfv-original" / "mean_images" / "n07720875"
     if not means.is_dir():
         pytest.skip(f"{means} not found")
+    # the port numbers its facets 0.. in --init order; the references by mean image
+    assert facets == list(range(len(facets))), "give the port the reference's facets in order"
     weights = _weights_and_verdict()
     assert _file_sha256(weights) == man["builds"]["atlas"]["weights_sha256"]
     cmd = [sys.executable, "-m", "mfv", "visualize", "--model", "caffenet", "--caffemodel",
@@ -202,9 +213,6 @@ def test_port_is_as_close_to_atlas_as_openblas_is(tmp_path: Path):
     for k in facets:
         cmd += ["--init", str(means / f"mean_{k}.jpg")]
     subprocess.run(cmd, cwd=REPO, check=True)
-    # the port numbers its facets 0.. in --init order; the references by mean image
-    if facets != list(range(len(facets))):
-        pytest.skip("facet renumbering not needed for the committed 0,1,2")
     r = diff_runs(GOLDEN / "atlas", tmp_path / "port", floor=GOLDEN / "openblas", factor=PORT_FACTOR)
     write_html(r, tmp_path / "diff.html")
     assert r["verdict"]["passed"], r["verdict"]["problems"]
