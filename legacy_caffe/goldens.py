@@ -15,6 +15,7 @@ and is regenerated on demand, then verified against the manifest's checksums.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -132,11 +133,21 @@ def _set_path(model: str, entry: dict, golden_dir: Path, cache_dir: Path) -> Pat
     return base / model / entry["file"]
 
 
+def _is_blob_manifest(path: Path) -> bool:
+    """Whether a manifest describes blob dumps (golden/mfv holds MFV references instead)."""
+    try:
+        return json.loads(path.read_text()).get("format") == MANIFEST_FORMAT
+    except (OSError, ValueError):
+        return True  # let load_manifest report the damage
+
+
 def list_goldens(
     model: str | None = None, *, golden_dir: Path = GOLDEN_DIR, cache_dir: Path = CACHE_DIR
 ) -> list[GoldenSet]:
     """Every golden set the manifests describe (optionally of one model), with availability."""
-    models = [model] if model else sorted(p.parent.name for p in golden_dir.glob("*/manifest.json"))
+    models = [model] if model else sorted(
+        p.parent.name for p in golden_dir.glob("*/manifest.json") if _is_blob_manifest(p)
+    )
     out = []
     for m in models:
         man = load_manifest(m, golden_dir)
