@@ -295,6 +295,16 @@ def _sparkline(values: list[float], rtol: float, width: int = 600, height: int =
             "</svg>")  # fmt: skip
 
 
+def _exact_text(div: dict) -> str:
+    """Offsets and schedule are exact quantities: where they first differ, or that they never do."""
+    parts = []
+    for key, what in (("offset", "crop offsets"), ("schedule", "step sizes and TV weights")):
+        at = div[key]["index"]
+        parts.append(f"{what} identical at every step" if at is None
+                     else f"{what} differ from step index {at}")
+    return "; ".join(parts)
+
+
 def write_html(result: dict, path: str | Path) -> None:
     """Self-contained HTML (images inline, no external resources): per facet and octave the
     reference, the candidate, ``|ref - out|`` x :data:`AMPLIFY` and the floor's amplified difference,
@@ -339,8 +349,8 @@ def write_html(result: dict, path: str | Path) -> None:
             div = fr["divergence"]["out" if who == "candidate" else "floor"]
             cur = trace_divergence(_steps(ref_trace, k), _steps(tr, k))
             h.append(f"<p>{who}: first divergence beyond {result['rtol']:g} at step index "
-                     f"{div['index']} (octave {div['octave']}, step {div['step']}); offsets differ "
-                     f"from {div['offset']['index']}, schedule from {div['schedule']['index']}</p>"
+                     f"{div['index']} (octave {div['octave']}, step {div['step']}); "
+                     f"{_exact_text(div)}</p>"
                      + _sparkline(cur["activation"], result["rtol"]))
         h.append("<table><tr><th></th><th>reference</th><th>candidate</th>"
                  f"<th>|ref - cand| x{AMPLIFY}</th><th>floor</th><th>|ref - floor| x{AMPLIFY}</th></tr>")
@@ -374,8 +384,7 @@ def format_table(result: dict) -> str:
             lines.append(s)
         for who, d in fr["divergence"].items():
             lines.append(f"      {who}: first divergence (rtol {d['rtol']:g}) at index {d['index']} "
-                         f"(octave {d['octave']} step {d['step']}); offsets differ from "
-                         f"{d['offset']['index']}; schedule from {d['schedule']['index']}")  # fmt: skip
+                         f"(octave {d['octave']} step {d['step']}); {_exact_text(d)}")  # fmt: skip
         secs = fr["seconds"]
         lines.append(f"      seconds: reference {secs['reference']}, out {secs['out']}, floor {secs['floor']}")
     if "verdict" in result:
