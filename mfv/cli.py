@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from port.cli import device_arg
 from port.verdict import ParityError
 
 from . import _io
@@ -25,7 +26,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caffemodel", help="Caffe weights (default: seeded weights)")
     g.add_argument("--weights", help="torchvision state_dict file (torch.save) for torchvision.* models")
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    g.add_argument("--device", type=device_arg, default="cpu",
+                   help="torch device, e.g. cpu or cuda (default cpu)")
     g.add_argument("--no-parity-check", action="store_true",
                    help="run a Caffe model even without a passing parity verdict (every output says so)")
     g.add_argument("--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json")
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-parity-check", action="store_true",
                    help="with --model: run a Caffe model without a passing parity verdict")
     s.add_argument("--parity-file", help="with --model: parity verdict file to use")
-    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.add_argument("--device", type=device_arg, default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.set_defaults(func=_cmd_evaluate)
 

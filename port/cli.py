@@ -17,6 +17,20 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def device_arg(name: str):
+    """argparse type for --device: a torch device that exists on this machine."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available here (no GPU or no driver); "
+                                         "use --device cpu")
+    return device
+
+
 def cmd_seed_weights(args: argparse.Namespace) -> None:
     from .caffemodel import write_caffemodel
     from .netdef import load_prototxt
@@ -134,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also backpropagate a one-hot at flat index UNIT of BLOB in each sample")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="precision of the run (default float32, Caffe's)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)")
     p.set_defaults(func=cmd_dump)
     return parser
 
