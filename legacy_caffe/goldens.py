@@ -14,7 +14,6 @@ and is regenerated on demand, then verified against the manifest's checksums.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from port.artefact import sha256_file
 
 from . import rootfs
 from .manifest import (
@@ -220,21 +221,13 @@ def golden_weights(model: str, *, regenerate: bool = True, cache_dir: Path = CAC
             raise GoldenError(f"{model}'s goldens used {w['generator']}; cannot re-seed with port")
         models, _ = _zoo()
         seed_weights(models[model].prototxt, w["seed"], path, w["format"])
-    digest = _file_sha256(path)
+    digest = sha256_file(path)
     if digest != w["sha256"]:
         raise GoldenError(f"{path}: sha256 {digest[:12]}... differs from the manifest's")
     return path
 
 
 # --- generation -----------------------------------------------------------------------------
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def declared_input_size(prototxt_text: str) -> tuple[int, int]:
@@ -365,7 +358,7 @@ def _generate_in(work: Path, **kw) -> dict:
             "`python -m port seed-weights` is not available; the goldens must use port's seeded "
             "weights (install the project: pip install -e .)"
         )
-    weights_info["sha256"] = _file_sha256(job.weights)
+    weights_info["sha256"] = sha256_file(job.weights)
     weights_info["bytes"] = job.weights.stat().st_size
     if weights_info["generator"] == "port seed-weights":
         keep = kw["out_cache"] / "weights.caffemodel"
@@ -480,7 +473,7 @@ def _generate_in(work: Path, **kw) -> dict:
         "format": MANIFEST_FORMAT,
         "model": name,
         "prototxt": kw["prototxt_ref"],
-        "prototxt_sha256": _file_sha256(prototxt),
+        "prototxt_sha256": sha256_file(prototxt),
         "backward": {
             "blob": meta["backward_blob"],
             "unit": unit,
