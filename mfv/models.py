@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from port.verdict import check_parity
+from port.zoo import zoo_model
 
 from . import pixels as px
 
@@ -42,16 +43,21 @@ class ModelSpec:
         return SCHEDULES / self.schedule
 
 
+def _caffe(name: str, convention: px.PixelConvention, code_layer: str, schedule: str) -> ModelSpec:
+    # The target (logits) blob is the zoo's classifier blob: one place knows it.
+    return ModelSpec(name, "caffe", name, convention, zoo_model(name).classifier, code_layer, schedule)
+
+
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        ModelSpec("caffenet", "caffe", "caffenet", px.CAFFENET, "fc8", "fc7", "caffenet.json"),
-        ModelSpec("bvlc_reference_caffenet", "caffe", "bvlc_reference_caffenet", px.CAFFENET, "fc8", "fc7", "caffenet.json"),
-        ModelSpec("alexnet", "caffe", "alexnet", px.CAFFENET, "fc8", "fc7", "caffenet.json"),
-        ModelSpec("vgg16", "caffe", "vgg16", px.CAFFE_VGG16, "fc8", "fc7", "vgg16.json"),
-        ModelSpec("googlenet", "caffe", "googlenet", px.CAFFE_224, "loss3/classifier", "pool5/7x7_s1", "googlenet.json"),
-        ModelSpec("squeezenet1.0", "caffe", "squeezenet1.0", px.CAFFENET, "pool10", "fire9/concat", "squeezenet.json"),
-        ModelSpec("squeezenet1.1", "caffe", "squeezenet1.1", px.CAFFENET, "pool10", "fire9/concat", "squeezenet.json"),
+        _caffe("caffenet", px.CAFFENET, "fc7", "caffenet.json"),
+        _caffe("bvlc_reference_caffenet", px.CAFFENET, "fc7", "caffenet.json"),
+        _caffe("alexnet", px.CAFFENET, "fc7", "caffenet.json"),
+        _caffe("vgg16", px.CAFFE_VGG16, "fc7", "vgg16.json"),
+        _caffe("googlenet", px.CAFFE_224, "pool5/7x7_s1", "googlenet.json"),
+        _caffe("squeezenet1.0", px.CAFFENET, "fire9/concat", "squeezenet.json"),
+        _caffe("squeezenet1.1", px.CAFFENET, "fire9/concat", "squeezenet.json"),
         ModelSpec("torchvision.alexnet", "torchvision", "alexnet", px.TORCHVISION, "classifier.6", "classifier.5", "alexnet224.json"),
         ModelSpec("torchvision.vgg16", "torchvision", "vgg16", px.TORCHVISION, "classifier.6", "classifier.4", "vgg16.json"),
         ModelSpec("torchvision.googlenet", "torchvision", "googlenet", px.TORCHVISION, "fc", "avgpool", "googlenet.json"),
