@@ -145,6 +145,9 @@ def test_build_says_when_disk_is_short(monkeypatch, tmp_path):
 def test_build_says_when_debootstrap_cannot_be_had(monkeypatch, tmp_path):
     monkeypatch.setattr(rootfs.os, "geteuid", lambda: 0)
     monkeypatch.setattr(rootfs.shutil, "which", lambda _name: None)
+    # Plenty of room, whatever the machine running the test has left.
+    usage = type("U", (), {"free": 100 * 1024**3})()
+    monkeypatch.setattr(rootfs.shutil, "disk_usage", lambda _p: usage)
     with pytest.raises(rootfs.LegacyCaffeError, match="debootstrap is not installed"):
         rootfs.build(tmp_path / "rootfs")
 
