@@ -32,10 +32,12 @@ import math
 
 import torch
 
+from . import _tv_native
+
 __all__ = ["denoise_tv_bregman", "jacobi_steps"]
 
 _BORDERS = ("current", "0.13")
-_SOLVERS = ("auto", "wavefront", "jacobi")
+_SOLVERS = ("auto", "native", "wavefront", "jacobi")
 # lam / norm = 2w / (w + 4 * 2w) and w / norm: both independent of the weight.
 _A = 2.0 / 9.0
 _BETA = 1.0 / 9.0
@@ -331,9 +333,21 @@ def denoise_tv_bregman(
     f = f.detach().to(dtype).contiguous()
     b, c, h, w = f.shape
     dev = f.device
-    lam = (2.0 * _as_weights(weight, b, dev)).to(dtype).view(b, 1, 1, 1)
+    weights = _as_weights(weight, b, dev)
+    lam = (2.0 * weights).to(dtype).view(b, 1, 1, 1)
     if solver == "auto":
-        solver = "wavefront" if dev.type == "cpu" else "jacobi"
+        solver = "jacobi" if dev.type != "cpu" else "native" if _tv_native.available() else "wavefront"
+    if solver == "native":
+        if dev.type != "cpu" or not _tv_native.available():
+            raise ValueError("solver 'native' needs CPU tensors and a C compiler (see mfv._tv_native)")
+        lanes = f.reshape(b * c, h, w)
+        u0 = _padded(lanes.permute(1, 2, 0), border).permute(2, 0, 1).contiguous()
+        res, num_iter = _tv_native.denoise(lanes, u0, weights, channels=c,
+                                           max_num_iter=max_num_iter, eps=eps, isotropic=isotropic,
+                                           per_image_stop=per_image_stop)
+        result = res.view(b, c, h, w).to(images.dtype)
+        result = result.squeeze(0) if single else result
+        return (result, num_iter) if return_num_iter else result
     if check_every is None:
         check_every = 1 if dev.type == "cpu" else 8
     steps = jacobi_steps(dtype, h, w)

@@ -153,26 +153,30 @@ def _content(kind: str, h: int, w: int, c: int, seed: int) -> np.ndarray:
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(2, 11), w=st.integers(2, 11), c=st.integers(1, 4),
        weight=st.floats(0.01, 5.0), kind=st.sampled_from(["photo", "noisy", "pattern"]),
-       isotropic=st.booleans(), seed=st.integers(0, 2**16))
+       isotropic=st.booleans(), seed=st.integers(0, 2**16),
+       solver=st.sampled_from(["native", "wavefront"]))
 def test_hypothesis_matches_skimage(h: int, w: int, c: int, weight: float, kind: str,
-                                    isotropic: bool, seed: int) -> None:
+                                    isotropic: bool, seed: int, solver: str) -> None:
     img = _content(kind, h, w, c, seed)
     ref, n = sk_ref(img, weight, isotropic=isotropic)
     out, n_iter = denoise_tv_bregman(to_chw(img), weight=weight, isotropic=isotropic,
-                                     return_num_iter=True)
+                                     return_num_iter=True, solver=solver)
     assert np.abs(to_hwc(out) - ref).max() < TIGHT
     assert int(n_iter[0]) == n
 
 
 @settings(max_examples=15, deadline=None)
 @given(h=st.integers(2, 7), w=st.integers(2, 7), c=st.integers(1, 3), weight=st.floats(0.01, 5.0),
-       isotropic=st.booleans(), border=st.sampled_from(["current", "0.13"]), seed=st.integers(0, 99))
+       isotropic=st.booleans(), border=st.sampled_from(["current", "0.13"]), seed=st.integers(0, 99),
+       solver=st.sampled_from(["native", "wavefront"]))
 def test_hypothesis_matches_loop_transcription(h: int, w: int, c: int, weight: float,
-                                               isotropic: bool, border: str, seed: int) -> None:
+                                               isotropic: bool, border: str, seed: int,
+                                               solver: str) -> None:
     img = _content("noisy", h, w, c, seed)
     ref, n = loop_ref(img, weight, isotropic=isotropic, border=border, max_num_iter=40)
     out, n_iter = denoise_tv_bregman(to_chw(img), weight=weight, isotropic=isotropic,
-                                     border=border, max_num_iter=40, return_num_iter=True)
+                                     border=border, max_num_iter=40, return_num_iter=True,
+                                     solver=solver)
     assert np.abs(to_hwc(out) - ref).max() < TIGHT
     assert int(n_iter[0]) == n
 
@@ -211,6 +215,33 @@ def test_batch_with_different_weights_equals_single_calls() -> None:
         assert torch.equal(out[k], one)
         assert int(n_iter[k]) == int(n[0])
     assert len(set(n_iter.tolist())) > 1  # the images really stopped at different sweeps
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_native_many_lane_groups_equal_single_calls(threads: int, monkeypatch) -> None:
+    """25 RGB images are 75 lanes: more than one group of the compiled kernel whatever the
+    thread count, each image stopping at its own sweep while its group goes on."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    rng = np.random.default_rng(threads)
+    imgs = torch.from_numpy(rng.uniform(0, 255, (25, 3, 9, 11)))
+    weights = torch.from_numpy(rng.uniform(0.05, 4.0, 25))
+    kw = {"weight": weights, "eps": 0.05, "return_num_iter": True}
+    out, n_iter = denoise_tv_bregman(imgs, solver="native", **kw)
+    ref, n_ref = denoise_tv_bregman(imgs, solver="wavefront", **kw)
+    assert (out - ref).abs().max() < TIGHT
+    assert torch.equal(n_iter, n_ref)
+    assert len(set(n_iter.tolist())) > 3
+
+
+def test_native_falls_back_when_disabled(monkeypatch) -> None:
+    from mfv import _tv_native
+
+    monkeypatch.setattr(_tv_native, "available", lambda: False)
+    img = to_chw(_content("photo", 6, 7, 3, 2))
+    ref = denoise_tv_bregman(img, weight=0.5, solver="wavefront")
+    assert torch.equal(denoise_tv_bregman(img, weight=0.5), ref)  # auto chose the torch solver
+    with pytest.raises(ValueError, match="native"):
+        denoise_tv_bregman(img, weight=0.5, solver="native")
 
 
 @pytest.mark.parametrize("solver", ["wavefront", "jacobi"])
