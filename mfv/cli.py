@@ -196,10 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--faithful", action="store_true",
                    help="reproduce the original's arithmetic (Python 2 division, TV formula as written, "
                    "uint8 wraparound) instead of fixing it")
-    s.add_argument("--denoiser", choices=("skimage", "torch"), default="skimage",
-                   help="TV-Bregman implementation: scikit-image, one call per facet (default; the spec's "
-                   "reference), or mfv.tv_bregman, all facets in one batched call on --device (same "
-                   "semantics; with --faithful in float64 with scikit-image 0.13's border, as the original ran)")
+    s.add_argument("--denoiser", choices=("auto", "skimage", "torch"), default="auto",
+                   help="TV-Bregman implementation: 'torch' = mfv.tv_bregman, all facets in one batched call "
+                   "on --device (scikit-image's semantics; float32 in the default mode, where the whole step "
+                   "then stays on the device; with --faithful float64 with scikit-image 0.13's border, as the "
+                   "original ran); 'skimage' = one scikit-image call per facet on the host (the spec's "
+                   "reference); 'auto' (default) = torch, or skimage with --faithful")
     s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=_cmd_visualize)

@@ -31,7 +31,7 @@ class Objective:
     description : str
         Human-readable form, used in traces and reports.
     best : callable, optional
-        ``best(acts) -> list`` of the most active unit per image in the target's own terms (the
+        ``best(acts) -> Tensor (N,)`` of the most active unit per image in the target's own terms (the
         trace's "best unit"); None for composite objectives.
     spec : dict
         Machine-readable form (kind, layer, unit, ...), kept in outputs.
@@ -40,13 +40,19 @@ class Objective:
     fn: Callable[[Acts], torch.Tensor]
     layers: tuple[str, ...]
     description: str
-    best: Callable[[Acts], list] | None = None
+    best: Callable[[Acts], torch.Tensor] | None = None
     spec: dict = field(default_factory=dict)
 
     def __call__(self, acts: Acts) -> torch.Tensor:
         return self.fn(acts)
 
     def best_unit(self, acts: Acts) -> list | None:
+        """Most active unit per image as Python ints (None for composite objectives)."""
+        found = self.best_units(acts)
+        return None if found is None else [int(i) for i in found]
+
+    def best_units(self, acts: Acts) -> torch.Tensor | None:
+        """The same as a (N,) tensor on the activations' device: no host synchronisation."""
         return None if self.best is None else self.best(acts)
 
     def __add__(self, other: Objective) -> Objective:
@@ -92,8 +98,8 @@ def unit(layer: str, index: int) -> Objective:
             raise IndexError(f"unit {index} out of range for layer {layer!r} with {t.shape[1]} units")
         return t[:, index]
 
-    def best(a: Acts) -> list:
-        return [int(i) for i in _flat(a[layer]).argmax(1)]
+    def best(a: Acts) -> torch.Tensor:
+        return _flat(a[layer]).argmax(1)
 
     return Objective(fn, (layer,), f"{layer}[{index}]", best, {"kind": "unit", "layer": layer, "unit": index})
 
@@ -105,8 +111,8 @@ def softmax_unit(layer: str, index: int) -> Objective:
     def fn(a: Acts) -> torch.Tensor:
         return torch.softmax(_flat(a[layer]), dim=1)[:, index]
 
-    def best(a: Acts) -> list:
-        return [int(i) for i in _flat(a[layer]).argmax(1)]
+    def best(a: Acts) -> torch.Tensor:
+        return _flat(a[layer]).argmax(1)
 
     return Objective(
         fn, (layer,), f"softmax({layer})[{index}]", best,
@@ -137,10 +143,10 @@ def channel(layer: str, index: int, *, x: int | None = None, y: int | None = Non
         yy, xx = where(t)
         return t[:, index, yy, xx]
 
-    def best(a: Acts) -> list:
+    def best(a: Acts) -> torch.Tensor:
         t = a[layer]
         yy, xx = where(t)
-        return [int(i) for i in t[:, :, yy, xx].argmax(1)]
+        return t[:, :, yy, xx].argmax(1)
 
     pos = "centre" if x is None and y is None else f"x={x}, y={y}"
     return Objective(

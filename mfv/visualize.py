@@ -31,7 +31,7 @@ from .models import Model
 from .objectives import Objective, softmax_unit, unit
 from .octaves import FIXES, Octave, Schedule, step_size, tv_weight
 
-__all__ = ["visualize", "FacetState", "denoise", "crop_offset", "zoom_image", "noise_image"]
+__all__ = ["visualize", "visualize_units", "UnitJob", "FacetState", "denoise", "crop_offset", "zoom_image", "noise_image"]
 
 #: The faithful denoiser call: scikit-image 0.13's defaults (max_iter=100, eps=1e-3, isotropic) on
 #: the whole HxWx3 image at once, one joint stopping test (channel_axis=None; see the spec).
@@ -53,6 +53,7 @@ class FacetState:
     message: str = ""
     seconds: float = 0.0
     cluster: int | None = None
+    job: int = 0  # which UnitJob of a batched run
 
 
 def noise_image(rng: np.random.RandomState, size: tuple[int, int]) -> np.ndarray:
@@ -141,10 +142,22 @@ def _load_state(out: Path, s: FacetState) -> bool:
     return True
 
 
+@dataclass
+class UnitJob:
+    """One target and its facets, for :func:`visualize_units` (fields as in :func:`visualize`)."""
+
+    objective: Objective
+    inits: list
+    out: str | Path | None = None
+    init_names: list[str] | None = None
+    clusters: list[int | None] | None = None
+    extra: dict | None = None
+
+
 def visualize(model: Model, objective: Objective, inits: list, *, schedule: Schedule, seed: int = 1,
               faithful: bool = False, out: str | Path | None = None, resume: bool = True,
               progress: bool = True, init_names: list[str] | None = None,
-              clusters: list[int | None] | None = None, denoiser: str = "skimage",
+              clusters: list[int | None] | None = None, denoiser: str = "auto",
               extra: dict | None = None) -> dict:
     """Run MFV from one or more initial images, as one batch.
 
@@ -172,11 +185,13 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
         Show a progress bar.
     init_names, clusters : list, optional
         Labels of the initial images and the cluster each comes from (for the report).
-    denoiser : {"skimage", "torch"}
-        TV-Bregman by scikit-image (one call per facet; the spec's reference; border of
-        scikit-image >= 0.15) or by :mod:`mfv.tv_bregman` (all facets in one call, on the model's
-        device; same semantics; in faithful mode float64 with scikit-image 0.13's border, which is
-        what the original ran).
+    denoiser : {"auto", "torch", "skimage"}
+        ``"torch"``: :mod:`mfv.tv_bregman`, all facets in one call on the model's device (same
+        semantics as scikit-image; float32 with the current border in the default mode, float64
+        with scikit-image 0.13's border, which the original ran, in faithful mode). In the default
+        mode the whole step then stays on the device and the host reads the trace once per octave.
+        ``"skimage"``: one scikit-image call per facet on the host (the spec's reference).
+        ``"auto"``: torch in the default mode, skimage in faithful mode.
     extra : dict, optional
         More metadata for ``trace.json`` (command line, means folder).
 
@@ -189,13 +204,70 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
     -----
     A facet whose image or gradient turns NaN or Inf stops with a message; the others go on.
     Ctrl-C leaves finished facets and the state at the last octave boundary; the same call with the
-    same ``out`` resumes.
+    same ``out`` resumes. :func:`visualize_units` runs several targets in one batch.
     """
+    job = UnitJob(objective, inits, out, init_names, clusters, extra)
+    return visualize_units(model, [job], schedule=schedule, seed=seed, faithful=faithful, resume=resume,
+                           progress=progress, denoiser=denoiser)[0]
+
+
+def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, seed: int = 1,
+                    faithful: bool = False, resume: bool = True, progress: bool = True,
+                    denoiser: str = "auto") -> list[dict]:
+    """Run MFV for several targets at once: every facet of every job in one forward/backward.
+
+    Each job is what one :func:`visualize` call would be (its own target, initial images and
+    output folder, with the same files); facets share the batch, nothing else. The results equal
+    separate calls up to the float rounding of a larger batch. Parameters as in :func:`visualize`.
+
+    Returns
+    -------
+    list of dict
+        One trace per job, in order.
+    """
+    if denoiser == "auto":
+        denoiser = "skimage" if faithful else "torch"
     if denoiser not in ("skimage", "torch"):
-        raise ValueError(f"denoiser must be 'skimage' or 'torch', not {denoiser!r}")
+        raise ValueError(f"denoiser must be 'auto', 'skimage' or 'torch', not {denoiser!r}")
+    if not jobs:
+        return []
+    runs = [_prepare(model, job, j, schedule=schedule, seed=seed, faithful=faithful, resume=resume,
+                     denoiser=denoiser) for j, job in enumerate(jobs)]
+    objectives = [job.objective for job in jobs]
+    outs = [r.out for r in runs]
+    states = [s for r in runs for s in r.states]
+    status = "finished"
+    try:
+        for start in sorted({s.octaves_done for s in states if s.status == "running"}):
+            group = [s for s in states if s.status == "running" and s.octaves_done == start]
+            _run_group(model, objectives, schedule, group, start, faithful=faithful, outs=outs,
+                       progress=progress, denoiser=denoiser)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as e:
+        status = f"crashed: {type(e).__name__}: {e}"
+        raise
+    finally:
+        traces = [_finish(model, r, schedule, status) for r in runs]
+    return traces
+
+
+@dataclass
+class _Run:
+    """One job's facets, trace metadata and output folder."""
+
+    states: list[FacetState]
+    meta: dict
+    out: Path | None
+
+
+def _prepare(model: Model, job: UnitJob, j: int, *, schedule: Schedule, seed: int, faithful: bool,
+             resume: bool, denoiser: str) -> _Run:
     h, w = model.convention.input_size
-    names = list(init_names or [i if isinstance(i, str) else f"init {j}" for j, i in enumerate(inits)])
-    out = Path(out) if out is not None else None
+    inits = job.inits
+    names = list(job.init_names or [i if isinstance(i, str) else f"init {k}" for k, i in enumerate(inits)])
+    out = Path(job.out) if job.out is not None else None
     states = []
     for i, init in enumerate(inits):
         rng = np.random.RandomState(seed)
@@ -207,16 +279,17 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
             if img.shape[:2] != (h, w):
                 img = _io.fit_to(_io.to_uint8(img), (h, w))
         s = FacetState(i, names[i], np.ascontiguousarray(np.transpose(img, (2, 0, 1)), dtype=np.float32), rng)
-        s.cluster = None if clusters is None else clusters[i]
+        s.cluster = None if job.clusters is None else job.clusters[i]
+        s.job = j
         states.append(s)
 
-    key = _run_key(model, objective, schedule, seed, faithful, names, denoiser)
+    key = _run_key(model, job.objective, schedule, seed, faithful, names, denoiser)
     meta = {
         "format": "mfv-trace/1",
         "run_key": key,
         "model": {"name": model.name, "convention": model.convention.as_dict(), **model.info},
         "parity": model.info.get("parity"),
-        "objective": {"description": objective.description, **objective.spec},
+        "objective": {"description": job.objective.description, **job.objective.spec},
         "schedule": schedule.as_dict(),
         "seed": seed,
         "mode": "faithful" if faithful else "default",
@@ -229,7 +302,7 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
             "crop offsets: x is the row offset, y the column offset; centre (size - input) / 2",
             "state kept in RGB pixel space (float32); the original kept BGR minus mean, which differs by float32 rounding only",
         ] if faithful else [],
-        **(extra or {}),
+        **(job.extra or {}),
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -244,31 +317,21 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
             for old in [*out.glob("facet_*.png"), *out.glob("facet_*.jpg"), *(out / "state").glob("facet_*")]:
                 old.unlink()
         _io.write_json(run_file, {"run_key": key})
+    return _Run(states, meta, out)
 
-    status = "finished"
-    try:
-        for start in sorted({s.octaves_done for s in states if s.status == "running"}):
-            group = [s for s in states if s.status == "running" and s.octaves_done == start]
-            _run_group(model, objective, schedule, group, start, faithful=faithful, out=out,
-                       progress=progress, denoiser=denoiser)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except BaseException as e:
-        status = f"crashed: {type(e).__name__}: {e}"
-        raise
-    finally:
-        trace = {**meta, "status": status, "facets": [_facet_record(s, schedule) for s in states]}
-        if out is not None:
-            _io.write_json(out / "trace.json", trace)
-            from .report import write_visualize_html
 
-            try:
-                # After Ctrl-C, skip the nearest-image search: it runs the net over the whole set.
-                write_visualize_html(out, trace, model=model if status == "finished" else None)
-            except Exception:
-                if status == "finished":
-                    raise  # otherwise keep the original exception, not the report's
+def _finish(model: Model, run: _Run, schedule: Schedule, status: str) -> dict:
+    trace = {**run.meta, "status": status, "facets": [_facet_record(s, schedule) for s in run.states]}
+    if run.out is not None:
+        _io.write_json(run.out / "trace.json", trace)
+        from .report import write_visualize_html
+
+        try:
+            # After Ctrl-C, skip the nearest-image search: it runs the net over the whole set.
+            write_visualize_html(run.out, trace, model=model if status == "finished" else None)
+        except Exception:
+            if status == "finished":
+                raise  # otherwise keep the original exception, not the report's
     return trace
 
 
@@ -286,36 +349,44 @@ def _fail(s: FacetState, msg: str) -> None:
     tqdm.write(f"facet {s.index} ({s.init}) stopped: {msg}")
 
 
-def _run_group(model: Model, objective: Objective, schedule: Schedule, group: list[FacetState],
-               start: int, *, faithful: bool, out: Path | None, progress: bool, denoiser: str) -> None:
+def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, group: list[FacetState],
+               start: int, *, faithful: bool, outs: list[Path | None], progress: bool, denoiser: str) -> None:
     h, w = model.convention.input_size
     mean_px = model.convention.mean_pixels
+    group = sorted(group, key=lambda s: (s.job, s.index))  # each job's facets contiguous in the batch
     total = sum(o.iter_n for o in schedule.octaves[start:])
     bar = tqdm(total=total, desc=f"MFV {len(group)} facet(s)", disable=not progress, unit="step")
+    on_device = not faithful and denoiser == "torch"
     try:
         for k in range(start, len(schedule.octaves)):
             octave = schedule.octaves[k]
-            obj = _objective_for(objective, octave)
+            objs = [_objective_for(o, octave) for o in objectives]
             active = [s for s in group if s.status == "running"]
             for s in active:
                 if octave.zoom is not None:
                     s.image = zoom_image(s.image, octave.zoom, mean_px).astype(np.float32)
                     if not faithful:
                         np.clip(s.image, 0, 255, out=s.image)
-            for i in range(octave.iter_n):
-                active = [s for s in group if s.status == "running"]
-                if not active:
-                    break
-                t0 = time.perf_counter()
-                _step(model, obj, active, octave, k, i, faithful=faithful, size=(h, w), denoiser=denoiser)
-                dt = (time.perf_counter() - t0) / len(active)
-                for s in active:
-                    s.seconds += dt
-                bar.update(1)
-                if active:
-                    bar.set_postfix(act=f"{active[0].steps[-1]['activation']:.3g}" if active[0].steps else "")
+            if on_device and active:
+                _octave_on_device(model, objs, active, octave, k, size=(h, w), bar=bar)
+            else:
+                for i in range(octave.iter_n):
+                    active = [s for s in group if s.status == "running"]
+                    if not active:
+                        break
+                    t0 = time.perf_counter()
+                    _step(model, objs, active, octave, k, i, faithful=faithful, size=(h, w), denoiser=denoiser)
+                    dt = (time.perf_counter() - t0) / len(active)
+                    for s in active:
+                        s.seconds += dt
+                    bar.update(1)
+                    if active[0].steps:
+                        bar.set_postfix(act=f"{active[0].steps[-1]['activation']:.3g}")
             for s in group:
+                out = outs[s.job]
                 if s.status != "running":
+                    if out is not None and s.status == "failed":
+                        _save_state(out, s)
                     continue
                 s.octaves_done = k + 1
                 if k + 1 == len(schedule.octaves):
@@ -329,36 +400,70 @@ def _run_group(model: Model, objective: Objective, schedule: Schedule, group: li
                         if faithful:  # the original also wrote a JPEG
                             _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
                     _save_state(out, s)
-            if out is not None:
-                for s in group:
-                    if s.status == "failed":
-                        _save_state(out, s)
     finally:
         bar.close()
 
 
-def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave, k: int, i: int,
-          *, faithful: bool, size: tuple[int, int], denoiser: str = "skimage") -> None:
+def _offsets(active: list[FacetState], octave: Octave, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Each facet's crop offsets for this step, drawn from its own stream (x, then y)."""
     h, w = size
     offsets = []
     for s in active:
-        span_x, span_y = s.image.shape[1] - h, s.image.shape[2] - w
+        span_x, span_y = s.image.shape[-2] - h, s.image.shape[-1] - w
         if span_x > 0 or span_y > 0:  # the image outgrew the input: jitter
             offsets.append((crop_offset(s.rng, span_x, octave.window), crop_offset(s.rng, span_y, octave.window)))
         else:
             offsets.append((0, 0))
+    return offsets
+
+
+def _evaluate(model: Model, objs: list[Objective], active: list[FacetState], x: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward for the whole batch; each job's objective on its own (contiguous) facets.
+
+    Returns the target values (N,) and the best unit per facet ((N,) long, or None when some
+    objective has no notion of it).
+    """
+    jobs = [s.job for s in active]
+    layers = tuple(dict.fromkeys(name for j in dict.fromkeys(jobs) for name in objs[j].layers))
+    acts = model.activations(x, layers)
+    values, bests = [], []
+    start = 0
+    for j in dict.fromkeys(jobs):
+        n = jobs.count(j)
+        part = {name: a[start:start + n] for name, a in acts.items()}
+        values.append(objs[j](part))
+        best = objs[j].best_units({name: a.detach() for name, a in part.items()})
+        bests.append(best)
+        start += n
+    best = None if any(b is None for b in bests) else torch.cat(bests)
+    return torch.cat(values), best
+
+
+def _margin_mask(octave: Octave, size: tuple[int, int]) -> np.ndarray | None:
+    if octave.margin <= 0:
+        return None
+    h, w = size
+    m = octave.margin
+    mask = np.zeros((h, w), dtype=bool)
+    mask[m:h - m, m:w - m] = True
+    return mask
+
+
+def _step(model: Model, objs: list[Objective], active: list[FacetState], octave: Octave, k: int, i: int,
+          *, faithful: bool, size: tuple[int, int], denoiser: str = "skimage") -> None:
+    """One step on the host, numpy arithmetic (faithful mode, and the scikit-image denoiser)."""
+    h, w = size
+    offsets = _offsets(active, octave, size)
     crops = np.stack([s.image[:, ox:ox + h, oy:oy + w] for s, (ox, oy) in zip(active, offsets, strict=True)])
     x = torch.from_numpy(crops).to(device=model.device, dtype=model.dtype).requires_grad_(True)
-    acts = model.activations(x, obj.layers)
-    value = obj(acts)
+    value, best_t = _evaluate(model, objs, active, x)
     value.sum().backward()
     g = x.grad.detach().to("cpu", torch.float32).numpy()
     values = value.detach().cpu().double().numpy()
-    best = obj.best_unit({k_: v.detach() for k_, v in acts.items()}) or [None] * len(active)
-    if octave.margin > 0:
-        m = octave.margin
-        mask = np.zeros((h, w), dtype=bool)
-        mask[m:h - m, m:w - m] = True
+    best = [None] * len(active) if best_t is None else best_t.tolist()
+    mask = _margin_mask(octave, size)
+    if mask is not None:
         g[:, :, ~mask] = 0
     step = step_size(octave, i, faithful=faithful)
     weight = tv_weight(octave, i, faithful=faithful)
@@ -370,14 +475,9 @@ def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave
         gj = g[j]
         mag = np.abs(gj).mean()  # float32 mean, as numpy computed it on the float32 diff
         record["mean_abs_grad"] = float(mag)
-        if not np.isfinite(gj).all():
-            _fail(s, f"NaN/Inf in the gradient at octave {k + 1}, step {i}")
-            continue
-        if not np.isfinite(values[j]):
-            _fail(s, f"NaN/Inf target activation at octave {k + 1}, step {i}")
-            continue
-        if mag == 0:
-            _fail(s, f"zero gradient at octave {k + 1}, step {i} (the step size would be infinite; dead unit?)")
+        problem = _problem(bool(np.isfinite(gj).all()), bool(np.isfinite(values[j])), mag != 0)
+        if problem:
+            _fail(s, f"{problem} at octave {k + 1}, step {i}")
             continue
         # Python float / float32 scalar was float64 in NumPy 1, then cast to the float32 array's type.
         crop = crops[j] + np.float32(step / float(mag)) * gj
@@ -395,6 +495,88 @@ def _step(model: Model, obj: Objective, active: list[FacetState], octave: Octave
             _fail(s, f"NaN/Inf in the image after denoising at octave {k + 1}, step {i}")
             continue
         s.image[:, ox:ox + h, oy:oy + w] = crop
+
+
+def _problem(grad_finite: bool, value_finite: bool, grad_nonzero: bool) -> str | None:
+    """Why a facet cannot take its step, if it cannot."""
+    if not grad_finite:
+        return "NaN/Inf in the gradient"
+    if not value_finite:
+        return "NaN/Inf target activation"
+    if not grad_nonzero:
+        return "zero gradient (the step size would be infinite; dead unit?)"
+    return None
+
+
+def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetState], octave: Octave,
+                      k: int, *, size: tuple[int, int], bar) -> None:
+    """One octave of the default mode with the torch denoiser, every step on the model's device.
+
+    The host draws the crop offsets (each facet's own stream, no device data needed) and reads the
+    trace once, at the end of the octave. A facet that meets NaN/Inf or a zero gradient is frozen
+    on the device from that step on and reported when the octave ends, as the host loop would.
+    """
+    from .tv_bregman import denoise_tv_bregman as tv
+
+    h, w = size
+    dev = model.device
+    t0 = time.perf_counter()
+    imgs = torch.from_numpy(np.stack([s.image for s in active])).to(dev)
+    n = len(active)
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    mask = _margin_mask(octave, size)
+    mask_t = None if mask is None else torch.from_numpy(mask).to(dev)
+    rows = []  # per step: host offsets, device (values, mean |g|, best, grad ok, value ok, nonzero, image ok)
+    for i in range(octave.iter_n):
+        offsets = _offsets(active, octave, size)
+        crops = torch.stack([imgs[j, :, ox:ox + h, oy:oy + w] for j, (ox, oy) in enumerate(offsets)])
+        x = crops.to(model.dtype).detach().requires_grad_(True)  # crops itself stays out of the graph
+        value, best = _evaluate(model, objs, active, x)
+        value.sum().backward()
+        g = x.grad.detach().float()
+        if mask_t is not None:
+            g = g * mask_t
+        mag = g.abs().mean((1, 2, 3))
+        grad_ok = torch.isfinite(g).flatten(1).all(1)
+        value = value.detach().double()
+        value_ok = torch.isfinite(value)
+        nonzero = mag != 0
+        ok = alive & grad_ok & value_ok & nonzero
+        step = step_size(octave, i, faithful=False)
+        weight = tv_weight(octave, i, faithful=False)
+        moved = (crops + (step / torch.where(ok, mag, 1.0)).view(-1, 1, 1, 1) * g).clamp_(0, 255)
+        moved = torch.where(ok.view(-1, 1, 1, 1), moved, crops)
+        den = tv(moved, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="current")
+        image_ok = torch.isfinite(den).flatten(1).all(1)
+        keep = ok & image_ok
+        for j, (ox, oy) in enumerate(offsets):
+            imgs[j, :, ox:ox + h, oy:oy + w] = torch.where(keep[j], den[j], crops[j])
+        rows.append((offsets, step, weight, torch.stack([value, mag.double(), grad_ok.double(),
+                                                         value_ok.double(), nonzero.double(),
+                                                         image_ok.double(), alive.double()]), best))
+        alive = keep
+        bar.update(1)
+    # The one host read of the octave.
+    stats = torch.stack([r[3] for r in rows]).cpu().numpy() if rows else np.zeros((0, 7, n))
+    bests = None if not rows or rows[0][4] is None else torch.stack([r[4] for r in rows]).cpu().tolist()
+    final = imgs.cpu().numpy()
+    dt = (time.perf_counter() - t0) / n
+    for j, s in enumerate(active):
+        s.seconds += dt
+        for i, (offsets, step, weight, _, _) in enumerate(rows):
+            value, mag, grad_ok, value_ok, nonzero, image_ok, was_alive = stats[i, :, j]
+            if not was_alive:
+                break
+            s.steps.append({"octave": k + 1, "step": i, "activation": float(value),
+                            "best_unit": None if bests is None else int(bests[i][j]), "step_size": step,
+                            "tv_weight": weight, "offset": list(offsets[j]), "mean_abs_grad": float(mag)})
+            problem = _problem(bool(grad_ok), bool(value_ok), bool(nonzero))
+            if problem is None and not image_ok:
+                problem = "NaN/Inf in the image after denoising"
+            if problem:
+                _fail(s, f"{problem} at octave {k + 1}, step {i}")
+                break
+        s.image = np.ascontiguousarray(final[j], dtype=np.float32)
 
 
 def _denoise_torch(crops: list[np.ndarray], weight: float, *, faithful: bool, device) -> list[np.ndarray]:
