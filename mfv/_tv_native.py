@@ -143,6 +143,8 @@ def denoise(f: torch.Tensor, u0: torch.Tensor, weight: torch.Tensor, *, channels
     wl = _pack(weight.to(f.dtype).repeat_interleave(channels), groups, lanes, 1.0)
     lam = 2 * wl  # scikit-image computes both in the image's dtype
     norm = wl + 4 * lam
+    if f.dtype == torch.float32:
+        norm = 1 / norm  # the float32 kernel multiplies by the reciprocal (see _tv_native.c)
     live = _pack(torch.ones(n, dtype=f.dtype), groups, lanes)
     u = _pack(u0, groups, lanes)
     state = [u] + [torch.zeros_like(u) for _ in range(4)]  # dx, dy, bx, by
