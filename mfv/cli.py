@@ -1,4 +1,4 @@
-"""``python -m mfv {layers,means,visualize,evaluate}``."""
+"""``python -m mfv {layers,means,visualize,evaluate,diff,sweep}``."""
 
 from __future__ import annotations
 
@@ -149,6 +149,36 @@ def _cmd_diff(a) -> int:
     return 0 if result.get("verdict", {"passed": True})["passed"] else 1
 
 
+def _sweep_device(name: str) -> str:
+    """--device of sweep: only parsed here; the workers check that it exists (they may have GPUs
+    where the client has none)."""
+    import torch
+
+    try:
+        return str(torch.device(name))
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_sweep(a) -> int:
+    from .sweep import sweep
+
+    result = sweep(model=a.model, out=a.out, units=a.units, images=a.images, unit_map=a.unit_map,
+                   classes=a.classes, prototxt=a.prototxt, caffemodel=a.caffemodel, weights=a.weights,
+                   weight_seed=a.weight_seed, parity_check=not a.no_parity_check, parity_file=a.parity_file,
+                   device=a.device, layer=a.layer, softmax=a.softmax, code_layer=a.code_layer, k=a.k, m=a.m,
+                   means_seed=a.means_seed, seed=a.seed, schedule=a.schedule, faithful=a.faithful,
+                   denoiser=a.denoiser, keep_grey=a.keep_grey, exclude=tuple(a.exclude or ()),
+                   batch_size=a.batch_size, evaluate=not a.no_evaluate, scheduler=a.scheduler,
+                   workers=a.workers, threads_per_worker=a.threads_per_worker or a.threads or 1,
+                   retries=a.retries, progress=not a.quiet)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
+    rate = result["run"]["units_per_hour"]
+    print(f"{len(result['units'])} units: {counts}" + (f"; {rate:.0f} units/hour this run" if rate else "")
+          + f"; wrote {a.out}/index.html and summary.json")
+    return 0 if all(r.get("status") == "done" for r in result["units"]) else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mfv", description="Multifaceted Feature Visualization "
                                 "(Nguyen et al. 2016) on Caffe ports and torchvision models.")
@@ -236,6 +266,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", help="write a self-contained HTML view here")
     s.add_argument("--json", help="write the figures as JSON here")
     s.set_defaults(func=_cmd_diff)
+
+    s = sub.add_parser("sweep", help="means, facets and evaluation for many units on Dask (resumable)",
+                       description="One Dask task per unit: mean images (as `means`), all its facets in one "
+                       "batch (as `visualize`), evaluation (as `evaluate`), into OUT/<unit>/, finished by an "
+                       "atomic done.json. A rerun skips finished units and resumes the others. Writes "
+                       "OUT/index.html (every unit's facets) and OUT/summary.json (timings, figures). "
+                       "See mfv/SWEEP.md.")
+    _model_args(s)
+    for action in s._actions:
+        if action.dest == "device":
+            action.type = _sweep_device
+            action.help = ("torch device of the workers: cpu, cuda (a local cluster spreads its workers over "
+                           "the GPUs) or cuda:<i> (default cpu)")
+        elif action.dest == "threads":
+            action.help = "same as --threads-per-worker"
+    s.add_argument("--images", help="ImageNet-style root: unit i uses ROOT/<wnid of class i>/ (class list: "
+                   "--classes); with --unit-map, the folder relative map entries are resolved against")
+    s.add_argument("--unit-map", help="JSON ({\"945\": \"folder\", ...} or a list of folders) or TSV "
+                   "(unit<TAB>folder) file mapping units to image folders, for layers that are not ImageNet classes")
+    s.add_argument("--classes", help="class list, 'wnid name' per line in unit order (default: "
+                   "synset_words.txt of the shared reference folder)")
+    s.add_argument("--units", default="all", help="units to visualise: all, 0-999, 3,7,10-12, or a file "
+                   "of such lists (default all)")
+    s.add_argument("--layer", help="target layer (default: the model's logits, e.g. fc8; a conv layer's "
+                   "units are its channels, targeted at the centre)")
+    s.add_argument("--softmax", action="store_true", help="maximise the softmax of --layer at each unit")
+    s.add_argument("--code-layer", help="layer whose codes the mean images cluster (default: the model's fc7 equivalent)")
+    s.add_argument("--k", type=int, default=10, help="facets (clusters) per unit (default 10)")
+    s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
+    s.add_argument("--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
+    s.add_argument("--seed", type=int, default=1, help="seed of each facet's random stream (default 1, as published)")
+    s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
+    s.add_argument("--faithful", action="store_true", help="reproduce the original's arithmetic (see visualize)")
+    s.add_argument("--denoiser", choices=("skimage", "torch"),
+                   help="TV-Bregman implementation (default: torch on a GPU, skimage on the CPU)")
+    s.add_argument("--keep-grey", action="store_true", help="replicate greyscale images to RGB instead of skipping them")
+    s.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)")
+    s.add_argument("--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)")
+    s.add_argument("--no-evaluate", action="store_true", help="skip the evaluation of each unit")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: start a local cluster of worker processes)")
+    s.add_argument("--workers", type=int, help="workers of the local cluster (default: one per GPU with "
+                   "--device cuda, else CPU cores / --threads-per-worker)")
+    s.add_argument("--threads-per-worker", type=int, help="CPU threads per worker for torch and OpenMP; "
+                   "each worker runs one unit at a time (default 1)")
+    s.add_argument("--retries", type=int, default=2, help="Dask retries of a unit that raised an unexpected "
+                   "error (default 2; a dead worker's unit is rerun by Dask in any case)")
+    s.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    s.set_defaults(func=_cmd_sweep)
     return p
 
 
