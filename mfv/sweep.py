@@ -677,7 +677,11 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
                                silence_logs=logging.ERROR)
         client = Client(cluster)
     if "dashboard" in client.scheduler_info().get("services", {}):
-        say(f"Dask dashboard: {client.dashboard_link}")
+        import importlib.util
+
+        # Without bokeh on the scheduler's machine the link serves only a notice saying so.
+        hint = "" if importlib.util.find_spec("bokeh") else " (the pages need bokeh: pip install bokeh)"
+        say(f"Dask dashboard: {client.dashboard_link}{hint}")
     return client, cluster
 
 
