@@ -653,7 +653,11 @@ def _folders(chosen: list[int], n_units: int, images, unit_map, classes) -> tupl
 
 
 def _connect(scheduler: str | None, workers: int | None, threads: int, device, say):
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        raise RuntimeError(f"mfv sweep runs on Dask distributed, which is not installed ({e}): "
+                           "pip install 'dask[distributed]' (or the project's [sweep] extra)") from None
 
     if scheduler:
         try:

@@ -20,6 +20,7 @@ from mfv import sweep as sw
 distributed = pytest.importorskip("distributed")
 
 UNITS = [0, 1, 2, 3]
+TOO_FEW = 4  # a class with fewer images than k * m: fails alone, the sweep goes on
 # Two octaves of two steps: every code path of the loop (zoom, jitter) in ~1 s per unit on CaffeNet.
 TINY_SCHEDULE = {"name": "tiny", "octaves": [
     {"iter_n": 2, "zoom": None, "margin": 0, "window": 0.3, "step_size": [1.0, 2.0], "tv_weight": [0.4, 0.8]},
@@ -187,11 +188,11 @@ def image_tree(shared, tmp_path) -> Path:
     classes = sw.read_classes()
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
     rng = np.random.default_rng(0)
-    for u in UNITS:
+    for u in [*UNITS, TOO_FEW]:
         d = root / classes[u][0]
         d.mkdir(parents=True)
-        p = photos[u]
-        for j in range(5):  # k * m = 4 are needed
+        p = photos[u % len(photos)]
+        for j in range(5 if u != TOO_FEW else 3):  # k * m = 4 are needed
             y, x = rng.integers(0, p.shape[0] - 120), rng.integers(0, p.shape[1] - 120)
             Image.fromarray(p[y:y + 120, x:x + 120]).save(d / f"{classes[u][0]}_{j}.JPEG", quality=90)
     return root
@@ -204,6 +205,7 @@ def _bytes(out: Path) -> dict[str, bytes]:
 
 def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_path, capsys):
     import cloudpickle
+    from distributed import Client, LocalCluster
 
     from mfv.cli import main
 
@@ -212,22 +214,26 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
     schedule = tmp_path / "tiny.json"
     schedule.write_text(json.dumps(TINY_SCHEDULE))
     out, marker = tmp_path / "out", tmp_path / "killed"
-    summary = sw.sweep(model="caffenet", parity_check=False, images=image_tree, units="0-3", k=2, m=2,
+    summary = sw.sweep(model="caffenet", parity_check=False, images=image_tree, units="0-4", k=2, m=2,
                        schedule=schedule, workers=2, threads_per_worker=1, out=out, progress=False,
                        hook=functools.partial(_kill_once, str(marker), 1, "means"))
     assert marker.exists(), "the hook did not kill a worker"
-    assert [r["unit"] for r in summary["units"]] == UNITS
-    assert summary["counts"] == {"done": 4}, summary["units"]
-    assert summary["run"]["units_completed"] == 4 and summary["run"]["units_per_hour"] > 0
+    assert [r["unit"] for r in summary["units"]] == [*UNITS, TOO_FEW]
+    assert summary["counts"] == {"done": 4, "failed": 1}, summary["units"]
+    assert summary["units"][TOO_FEW]["message"].startswith(f"unit {TOO_FEW} (")
+    assert "only 3 usable images" in summary["units"][TOO_FEW]["message"]
+    assert not (out / str(TOO_FEW) / "done.json").exists()
+    assert summary["run"]["units_completed"] == 5 and summary["run"]["units_per_hour"] > 0
     for u in UNITS:
         rec = json.loads((out / str(u) / "done.json").read_text())
         assert rec["status"] == "done" and len(rec["facets"]) == 2
         assert all(f["softmax_rank"] is not None for f in rec["facets"])
         assert set(rec["seconds"]) >= {"means", "visualize", "evaluate", "total"}
         assert (out / str(u) / "index.html").is_file() and (out / str(u) / "evaluation.json").is_file()
-    assert json.loads((out / "summary.json").read_text())["counts"] == {"done": 4}
+    assert json.loads((out / "summary.json").read_text())["counts"] == {"done": 4, "failed": 1}
     page = (out / "index.html").read_text()
     assert page.count("data:image/jpeg") == 8 and "href='3/index.html'" in page
+    assert "only 3 usable images" in page
     before = _bytes(out)
     assert len(before) == 4 * 2 * 3
 
@@ -238,12 +244,18 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
     shutil.rmtree(out / "3")
     mtime = (out / "0" / "done.json").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(["sweep", "--model", "caffenet", "--no-parity-check", "--images", str(image_tree),
-                 "--units", "0-3", "--k", "2", "--m", "2", "--schedule", str(schedule), "--workers", "2",
-                 "--threads-per-worker", "1", "--out", str(out)]) == 0
+    # The rerun goes through the command line to a cluster that was already running (--scheduler).
+    env = {"OMP_NUM_THREADS": "1"}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=env, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        assert main(["sweep", "--model", "caffenet", "--no-parity-check", "--images", str(image_tree),
+                     "--units", "0-4", "--k", "2", "--m", "2", "--schedule", str(schedule),
+                     "--scheduler", cluster.scheduler_address, "--threads-per-worker", "1",
+                     "--out", str(out)]) == 3  # unit 4 fails again
+        assert len(client.scheduler_info()["workers"]) == 2  # the sweep leaves a cluster it did not start
     printed = capsys.readouterr()
-    assert "2 of 4 unit(s) already done, 2 to run (1 resumed)" in printed.err + printed.out
-    assert "4 units: 4 done" in printed.out
+    assert "2 of 5 unit(s) already done, 3 to run (2 resumed)" in printed.err + printed.out
+    assert "5 units: 4 done, 1 failed" in printed.out
     assert (out / "0" / "done.json").stat().st_mtime_ns == mtime  # skipped, untouched
-    assert json.loads((out / "summary.json").read_text())["run"]["units_run"] == 2
+    assert json.loads((out / "summary.json").read_text())["run"]["units_run"] == 3
     assert _bytes(out) == before
