@@ -268,7 +268,8 @@ _MODEL_LOCK = threading.Lock()
 
 
 def _worker_device(device: str) -> str:
-    """``cuda`` without an index: spread a local cluster's workers over the visible GPUs by name."""
+    """``cuda`` without an index: spread the workers over the visible GPUs by the number that ends
+    their name (a local cluster's workers are named 0, 1, ...)."""
     import torch
 
     if not device.startswith("cuda"):
@@ -283,7 +284,8 @@ def _worker_device(device: str) -> str:
         name = get_worker().name
     except (ImportError, ValueError):
         return device
-    index = int(name) if str(name).isdigit() else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+    digits = re.search(r"(\d+)$", str(name))  # 0, 1 ... of a LocalCluster; gpu1, worker-3 by hand
+    index = int(digits.group(1)) if digits else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
