@@ -335,3 +335,17 @@ def test_bad_arguments_raise(kwargs: dict, exc: type) -> None:
 def test_bad_images_raise(images: object, exc: type) -> None:
     with pytest.raises(exc):
         denoise_tv_bregman(images, weight=1.0)  # type: ignore[arg-type]
+
+
+def test_native_build_failure_warns_and_falls_back(monkeypatch, tmp_path) -> None:
+    """A compiler that fails leaves no library behind and makes available() False, with a warning."""
+    from mfv import _tv_native
+
+    monkeypatch.setenv("CAFFE_MFV_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # exists everywhere, always fails
+    build = _tv_native._library.__wrapped__
+    with pytest.warns(UserWarning, match="compiled TV sweep is unavailable"):
+        assert build() is None
+    assert not list((tmp_path / "native").glob("*.so"))
+    monkeypatch.setenv("CAFFE_MFV_NATIVE", "0")
+    assert build() is None

@@ -44,24 +44,29 @@ def _skimage_ms_per_image(batch_hwc: np.ndarray, rounds: int) -> tuple[float, li
     return best / BATCH * 1e3, outs
 
 
-def test_tv_torch_batch10_vs_skimage(benchmark, batch_hwc: np.ndarray) -> None:
-    images = torch.from_numpy(batch_hwc).permute(0, 3, 1, 2).contiguous()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_tv_torch_batch10_vs_skimage(benchmark, batch_hwc: np.ndarray, dtype: torch.dtype) -> None:
+    """float32 is what the default MFV mode runs (the issue's target applies to it); float64 is
+    the faithful mode's, which follows scikit-image operation by operation."""
+    images = torch.from_numpy(batch_hwc).permute(0, 3, 1, 2).contiguous().to(dtype)
     weights = torch.tensor(WEIGHTS, dtype=torch.float64)
 
     def run() -> tuple[torch.Tensor, torch.Tensor]:
         return denoise_tv_bregman(images, weight=weights, return_num_iter=True)
 
+    run()  # compiles the kernel on a first run on this machine
     # Interleave: scikit-image right before torch so both see the same machine load.
     sk_ms, sk_outs = _skimage_ms_per_image(batch_hwc, rounds=2)
-    out, n_iter = benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=0)
+    out, n_iter = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
     torch_ms = benchmark.stats.stats.min / BATCH * 1e3
-    got = out.permute(0, 2, 3, 1).numpy()
+    got = out.permute(0, 2, 3, 1).double().numpy()
     max_diff = float(max(np.abs(g - r).max() for g, r in zip(got, sk_outs, strict=True)))
     benchmark.extra_info.update(
         torch_ms_per_image=round(torch_ms, 2), skimage_ms_per_image=round(sk_ms, 2),
-        speedup=round(sk_ms / torch_ms, 3), target_speedup=3.0, batch=BATCH,
+        speedup=round(sk_ms / torch_ms, 3), target_speedup=3.0, batch=BATCH, dtype=str(dtype),
         torch_threads=torch.get_num_threads(), sweeps=n_iter.tolist(), max_abs_diff=max_diff)
-    assert max_diff < 1e-8
+    # The issue's parity bound (0.05 grey levels); float64 is measured at ~1e-12.
+    assert max_diff < (0.05 if dtype == torch.float32 else 1e-8)
 
 
 def test_tv_skimage_one_image(benchmark, batch_hwc: np.ndarray) -> None:

@@ -1,0 +1,145 @@
+"""One speed measurement per process, for tests/test_mfv_speed_bench.py (issue 7).
+
+``python tests/speed_cases.py CASE [--steps N] [--threads T]`` runs one case in a fresh process
+(so that its peak resident memory is its own) and prints one JSON line: wall seconds of the timed
+part, seconds per facet-step, facets per hour at the full published schedule (370 steps) and peak
+RSS. Facets per hour are extrapolated from the first ``--steps`` steps of the first octave: every
+step of the schedule costs the same (the network always sees one input-sized crop, TV always
+denoises that crop), so the rate per step carries over; the saved JSON says so.
+
+Cases: ``{caffenet,vgg16}-{default10,faithful1,faithful10,fwdbwd10}``, ``caffenet-original-openblas``
+(the original script on real Caffe + OpenBLAS in the legacy_caffe root, one facet, first octave),
+``caffenet-fc7-64`` (fc7 codes, images per second at batch 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STEPS_PER_FACET = 370  # the published schedule: 190 + 150 + 20 + 10
+MODELS = {"caffenet": "caffenet", "vgg16": "vgg16"}
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def _means(n: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """The published class-945 mean images (shared/reference), cycled to ``n``, at the input size."""
+    from mfv import _io
+    from port.zoo import shared_root
+
+    folder = shared_root() / "reference" / "mfv-original" / "mean_images" / "n07720875"
+    paths = sorted(folder.glob("mean_*.jpg"))
+    if not paths:
+        raise SystemExit(f"no mean_*.jpg in {folder}")
+    imgs = [_io.fit_to(_io.load_rgb(p, allow_convert=True), size) for p in paths]
+    return [imgs[i % len(imgs)] for i in range(n)]
+
+
+def _mfv_case(model_name: str, mode: str, facets: int, steps: int) -> dict:
+    import torch
+
+    from mfv.models import load_model
+    from mfv.objectives import unit
+    from mfv.octaves import load_schedule, parse_schedule
+    from mfv.visualize import visualize
+
+    model = load_model(model_name, parity_check=False)
+    sched = load_schedule(model.spec.schedule_path).as_dict()
+    first = dict(sched["octaves"][0])
+    inits = _means(facets, model.convention.input_size)
+    obj = unit(model.spec.target_layer, 945)
+    if mode == "fwdbwd":
+        x0 = torch.from_numpy(np.stack([np.transpose(i, (2, 0, 1)) for i in inits]).astype(np.float32))
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                x = x0.clone().requires_grad_(True)
+                obj(model.activations(x, obj.layers)).sum().backward()
+    else:
+        def run(n: int) -> None:
+            schedule = parse_schedule({"name": "bench", "octaves": [{**first, "iter_n": n}]})
+            visualize(model, obj, inits, schedule=schedule, seed=1, faithful=mode == "faithful",
+                      progress=False)
+    run(2)  # warm-up: first-call allocations, the compiled TV kernel (2: the faithful TV ramp divides by n - 1)
+    t = time.perf_counter()
+    run(steps)
+    wall = time.perf_counter() - t
+    per_step = wall / (steps * facets)
+    return {"facets": facets, "steps": steps, "seconds": round(wall, 3),
+            "seconds_per_facet_step": per_step, "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET)}
+
+
+def _original_case() -> dict:
+    """The original script on real Caffe + OpenBLAS, first octave of one facet."""
+    from legacy_caffe import rootfs
+
+    if not rootfs.is_complete():
+        raise SystemExit(f"no complete legacy Caffe root at {rootfs.root_dir()}: python -m legacy_caffe build")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "legacy_caffe", "mfv-reference", "--blas", "openblas",
+                        "--facets", "0", "--max-octaves", "1", "--out", tmp], check=True,
+                       stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+        trace = json.loads((Path(tmp) / "trace.json").read_text())
+    facet = trace["facets"][0]
+    steps = len(facet["steps"])
+    per_step = facet["seconds"] / steps
+    return {"facets": 1, "steps": steps, "seconds": round(facet["seconds"], 3), "process_seconds": round(wall, 3),
+            "seconds_per_facet_step": per_step, "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET)}
+
+
+def _fc7_case(batch: int) -> dict:
+    from mfv.means import compute_codes
+    from mfv.models import load_model
+
+    model = load_model("caffenet", parity_check=False)
+    imgs = np.stack(_means(batch, model.convention.input_size))
+    compute_codes(model, imgs[:2], model.spec.code_layer, batch_size=batch, progress=False)
+    t = time.perf_counter()
+    compute_codes(model, imgs, model.spec.code_layer, batch_size=batch, progress=False)
+    wall = time.perf_counter() - t
+    return {"images": batch, "seconds": round(wall, 3), "images_per_second": batch / wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("case", help="e.g. caffenet-default10, vgg16-faithful1, caffenet-original-openblas")
+    p.add_argument("--steps", type=int, default=10, help="steps to time (first octave)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if a.case == "caffenet-original-openblas":
+        result = _original_case()
+    elif a.case == "caffenet-fc7-64":
+        result = _fc7_case(64)
+    else:
+        model_name, _, kind = a.case.partition("-")
+        modes = {"default10": ("default", 10), "faithful1": ("faithful", 1), "faithful10": ("faithful", 10),
+                 "fwdbwd10": ("fwdbwd", 10)}
+        if model_name not in MODELS or kind not in modes:
+            raise SystemExit(f"unknown case {a.case!r}")
+        mode, facets = modes[kind]
+        result = _mfv_case(MODELS[model_name], mode, facets, a.steps)
+    result.update(case=a.case, threads=a.threads, peak_rss_mb=round(_peak_rss_mb(), 1))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
