@@ -662,6 +662,8 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
                            "pip install 'dask[distributed]' (or the project's [sweep] extra)") from None
 
     if scheduler:
+        if workers is not None:
+            say(f"--workers {workers} ignored: the cluster at {scheduler} has its own workers")
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:
