@@ -9,7 +9,8 @@ denoises that crop), so the rate per step carries over; the saved JSON says so.
 
 Cases: ``{caffenet,vgg16}-{default10,faithful1,faithful10,fwdbwd10}``, ``caffenet-original-openblas``
 (the original script on real Caffe + OpenBLAS in the legacy_caffe root, one facet, first octave),
-``caffenet-fc7-64`` (fc7 codes, images per second at batch 64).
+``caffenet-fc7-64`` (fc7 codes, images per second at batch 64), ``tv-batch10`` (the default mode's
+float32 TV on ten noisy 227x227 mean images), ``caffenet-parity`` (full parity run).
 """
 
 from __future__ import annotations
@@ -115,6 +116,29 @@ def _fc7_case(batch: int) -> dict:
     return {"images": batch, "seconds": round(wall, 3), "images_per_second": batch / wall}
 
 
+def _tv_case(batch: int) -> dict:
+    import torch
+
+    from mfv.tv_bregman import denoise_tv_bregman
+
+    imgs = np.stack([np.transpose(i, (2, 0, 1)) for i in _means(batch, (227, 227))]).astype(np.float32)
+    x = torch.from_numpy(imgs) + torch.from_numpy(np.random.default_rng(0).normal(0, 8, imgs.shape).astype(np.float32))
+    denoise_tv_bregman(x, weight=0.4)  # compiles the kernel on a first run on this machine
+    t = time.perf_counter()
+    denoise_tv_bregman(x, weight=0.4)
+    wall = time.perf_counter() - t
+    return {"images": batch, "seconds": round(wall, 4), "ms_per_image": wall / batch * 1e3}
+
+
+def _parity_case() -> dict:
+    from parity import run as prun
+
+    setup = prun.resolve(model="caffenet")
+    t = time.perf_counter()
+    ok = prun.run_parity(setup)[0]
+    return {"seconds": round(time.perf_counter() - t, 3), "passed": bool(ok)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("case", help="e.g. caffenet-default10, vgg16-faithful1, caffenet-original-openblas")
@@ -128,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         result = _original_case()
     elif a.case == "caffenet-fc7-64":
         result = _fc7_case(64)
+    elif a.case == "tv-batch10":
+        result = _tv_case(10)
+    elif a.case == "caffenet-parity":
+        result = _parity_case()
     else:
         model_name, _, kind = a.case.partition("-")
         modes = {"default10": ("default", 10), "faithful1": ("faithful", 1), "faithful10": ("faithful", 10),
