@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
     s.add_argument("--faithful", action="store_true", help="reproduce the original's arithmetic (see visualize)")
     s.add_argument("--denoiser", choices=("skimage", "torch"),
-                   help="TV-Bregman implementation (default: torch on a GPU, skimage on the CPU)")
+                   help="TV-Bregman implementation (see visualize; default: torch, or skimage with --faithful)")
     s.add_argument("--keep-grey", action="store_true", help="replicate greyscale images to RGB instead of skipping them")
     s.add_argument("--exclude", action="append", metavar="GLOB",
                    help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)")

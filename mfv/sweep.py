@@ -520,7 +520,8 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
     faithful : bool
         Reproduce the original's arithmetic (:func:`mfv.visualize.visualize`).
     denoiser : {"skimage", "torch"}, optional
-        TV implementation; default ``torch`` on a GPU, ``skimage`` on the CPU.
+        TV implementation; default as :func:`mfv.visualize.visualize` (``torch``, or ``skimage``
+        in faithful mode).
     keep_grey, exclude, batch_size
         As for :func:`mfv.means.make_means`.
     evaluate : bool
@@ -574,7 +575,7 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
     sched_path = Path(schedule) if schedule else (spec.schedule_path if spec else MODELS["caffenet"].schedule_path)
     sched = load_schedule(sched_path)
     if denoiser is None:
-        denoiser = "torch" if str(device).startswith("cuda") else "skimage"
+        denoiser = "skimage" if faithful else "torch"
     if images is None and unit_map is None:
         raise ValueError("give images= (an ImageNet-style root) or unit_map=")
     margs = ModelArgs(model, *(None if p is None else str(p) for p in (prototxt, caffemodel, weights)),
