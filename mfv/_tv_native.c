@@ -12,7 +12,9 @@
  * Lanes whose `live` is 0 keep their values: images that have converged wait for the others.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <string.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
 /* Converged smooth regions drive d and b into subnormal numbers, which cost x86 ~100x per
@@ -101,6 +103,168 @@ void tv_sweep_##T(T *restrict u, T *restrict dx, T *restrict dy, T *restrict bx,
     FTZ_OFF                                                                                       \
 }
 
+/* The whole denoising of a batch. Lanes come in and go out as (n, H, W) planes (image i's channels
+ * are lanes i*C .. i*C + C - 1; lane j lives in group j / L at position j % L of the workspace
+ * arrays u, dx, dy, bx, by (groups, H + 2, W + 2, L) and fp (groups, H, W, L)). Each thread owns
+ * the groups g = t, t + nthreads, ...: it loads them (zero d and b, the image, the fixed ghost
+ * cells: top/left reflect, bottom/right replicate, or reflect with border013 as scikit-image 0.13
+ * did), sweeps them, and writes their lanes out. Between sweeps thread 0 applies the stopping
+ * tests (sum of an image's lanes' squared changes <= thresh; with per_image == 0 the batch's mean
+ * over images; or max_iter reached): a stopped image's lanes are frozen through `live` and its
+ * sweep count is final. */
+#define DEFINE_DENOISE(T)                                                                         \
+typedef struct {                                                                                  \
+    T *u, *dx, *dy, *bx, *by, *fp, *live, *out;                                                   \
+    const T *f, *weight, *lam, *norm;                                                             \
+    int iso, nthreads, stop_all, border013;                                                       \
+    long groups, H, W, L, n;                                                                      \
+    double *ss;                                                                                   \
+    unsigned char *active;                                                                        \
+    pthread_barrier_t *bar;                                                                       \
+} tv_job_##T;                                                                                     \
+                                                                                                  \
+static void tv_load_##T(tv_job_##T *j, int t)                                                     \
+{                                                                                                 \
+    const long H = j->H, W = j->W, L = j->L, W2 = W + 2, plane = (H + 2) * W2 * L;                \
+    const long lr = j->border013 ? H - 1 : H, lc = j->border013 ? W - 1 : W;                      \
+    for (long g = t; g < j->groups; g += j->nthreads) {                                           \
+        T *ug = j->u + g * plane, *fg = j->fp + g * H * W * L;                                    \
+        memset(j->dx + g * plane, 0, sizeof(T) * plane);                                          \
+        memset(j->dy + g * plane, 0, sizeof(T) * plane);                                          \
+        memset(j->bx + g * plane, 0, sizeof(T) * plane);                                          \
+        memset(j->by + g * plane, 0, sizeof(T) * plane);                                          \
+        const T *src[64];                                                                         \
+        for (long k = 0; k < L; ++k) src[k] = g * L + k < j->n ? j->f + (g * L + k) * H * W : NULL; \
+        /* Pixel-major: the writes are whole pixels of L lanes, the reads L sequential streams. */ \
+        for (long y = 0; y < H; ++y)                                                              \
+            for (long x = 0; x < W; ++x) {                                                        \
+                T *fq = fg + (y * W + x) * L, *uq = ug + ((y + 1) * W2 + x + 1) * L;              \
+                for (long k = 0; k < L; ++k) {                                                    \
+                    const T v = src[k] ? src[k][y * W + x] : 0;                                   \
+                    fq[k] = v;                                                                    \
+                    uq[k] = v;                                                                    \
+                }                                                                                 \
+            }                                                                                     \
+        for (long k = 0; k < L; ++k) {                                                            \
+            ug[k] = ug[(W + 1) * L + k] = 0; /* corners: never read */                            \
+            ug[((H + 1) * W2) * L + k] = ug[((H + 1) * W2 + W + 1) * L + k] = 0;                  \
+            for (long x = 1; x <= W; ++x) {                                                       \
+                ug[x * L + k] = ug[(2 * W2 + x) * L + k];                                         \
+                ug[((H + 1) * W2 + x) * L + k] = ug[(lr * W2 + x) * L + k];                       \
+            }                                                                                     \
+            for (long y = 1; y <= H; ++y) {                                                       \
+                ug[(y * W2) * L + k] = ug[(y * W2 + 2) * L + k];                                  \
+                ug[(y * W2 + W + 1) * L + k] = ug[(y * W2 + lc) * L + k];                         \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void tv_store_##T(tv_job_##T *j, int t)                                                    \
+{                                                                                                 \
+    const long H = j->H, W = j->W, L = j->L, W2 = W + 2, plane = (H + 2) * W2 * L;                \
+    for (long g = t; g < j->groups; g += j->nthreads) {                                           \
+        const T *ug = j->u + g * plane;                                                           \
+        const long cnt = j->n - g * L < L ? j->n - g * L : L;                                     \
+        T *dst[64];                                                                               \
+        for (long k = 0; k < cnt; ++k) dst[k] = j->out + (g * L + k) * H * W;                     \
+        for (long y = 0; y < H; ++y)                                                              \
+            for (long x = 0; x < W; ++x) {                                                        \
+                const T *uq = ug + ((y + 1) * W2 + x + 1) * L;                                    \
+                for (long k = 0; k < cnt; ++k) dst[k][y * W + x] = uq[k];                         \
+            }                                                                                     \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void tv_share_##T(tv_job_##T *j, int t)                                                    \
+{                                                                                                 \
+    for (long g = t; g < j->groups; g += j->nthreads) {                                           \
+        for (long k = 0; k < j->L; ++k) j->ss[g * j->L + k] = 0.0;                                \
+        if (j->active[g])                                                                         \
+            tv_sweep_##T(j->u, j->dx, j->dy, j->bx, j->by, j->fp, j->weight, j->lam, j->norm,     \
+                         j->live, j->iso, g, g + 1, j->H, j->W, j->L, j->ss);                     \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static void *tv_worker_##T(void *arg)                                                             \
+{                                                                                                 \
+    tv_job_##T *j = ((tv_job_##T **)arg)[0];                                                      \
+    const int t = (int)(long)((void **)arg)[1];                                                   \
+    tv_load_##T(j, t);                                                                            \
+    for (;;) {                                                                                    \
+        pthread_barrier_wait(j->bar);                                                             \
+        if (j->stop_all) break;                                                                   \
+        tv_share_##T(j, t);                                                                       \
+        pthread_barrier_wait(j->bar);                                                             \
+    }                                                                                             \
+    tv_store_##T(j, t);                                                                           \
+    return NULL;                                                                                  \
+}                                                                                                 \
+                                                                                                  \
+void tv_denoise_##T(const T *f, T *out, T *u, T *dx, T *dy, T *bx, T *by, T *fp, const T *weight, \
+                    const T *lam, const T *norm, T *live, int iso, int border013, long n,         \
+                    long groups, long H, long W, long L, long C, long max_iter, double thresh,    \
+                    int per_image, int nthreads, long *count)                                     \
+{                                                                                                 \
+    const long nimg = n / C;                                                                      \
+    double ss[groups * L];                                                                        \
+    unsigned char active[groups], running[nimg];                                                  \
+    pthread_barrier_t bar;                                                                        \
+    pthread_t tid[nthreads > 1 ? nthreads - 1 : 1];                                               \
+    void *args[nthreads > 1 ? nthreads - 1 : 1][2];                                               \
+    tv_job_##T job = {u, dx, dy, bx, by, fp, live, out, f, weight, lam, norm, iso, nthreads, 0,   \
+                      border013, groups, H, W, L, n, ss, active, &bar};                           \
+    tv_job_##T *jp = &job;                                                                        \
+    long left = nimg;                                                                             \
+    for (long g = 0; g < groups; ++g) active[g] = 1;                                              \
+    for (long i = 0; i < nimg; ++i) { running[i] = 1; count[i] = 0; }                            \
+    if (nthreads > 1) {                                                                           \
+        pthread_barrier_init(&bar, NULL, (unsigned)nthreads);                                     \
+        for (int t = 1; t < nthreads; ++t) {                                                      \
+            args[t - 1][0] = jp;                                                                  \
+            args[t - 1][1] = (void *)(long)t;                                                     \
+            pthread_create(&tid[t - 1], NULL, tv_worker_##T, args[t - 1]);                        \
+        }                                                                                         \
+    }                                                                                             \
+    tv_load_##T(&job, 0);                                                                         \
+    for (long it = 1; it <= max_iter && left > 0; ++it) {                                         \
+        if (nthreads > 1) pthread_barrier_wait(&bar);                                             \
+        tv_share_##T(&job, 0);                                                                    \
+        if (nthreads > 1) pthread_barrier_wait(&bar);                                             \
+        double total = 0.0;                                                                       \
+        if (!per_image) {                                                                         \
+            for (long q = 0; q < n; ++q) total += ss[q];                                          \
+            total /= (double)nimg;                                                                \
+        }                                                                                         \
+        for (long i = 0; i < nimg; ++i) {                                                         \
+            if (!running[i]) continue;                                                            \
+            ++count[i];                                                                           \
+            double sum = total;                                                                   \
+            if (per_image) {                                                                      \
+                sum = 0.0;                                                                        \
+                for (long c = 0; c < C; ++c) sum += ss[i * C + c];                                \
+            }                                                                                     \
+            if (!(sum <= thresh) && it < max_iter) continue;                                      \
+            running[i] = 0;                                                                       \
+            --left;                                                                               \
+            for (long c = 0; c < C; ++c) live[i * C + c] = 0;                                     \
+        }                                                                                         \
+        for (long g = 0; g < groups; ++g) {                                                       \
+            active[g] = 0;                                                                        \
+            for (long k = 0; k < L; ++k) active[g] |= live[g * L + k] != 0;                       \
+        }                                                                                         \
+    }                                                                                             \
+    if (nthreads > 1) {                                                                           \
+        job.stop_all = 1;                                                                         \
+        pthread_barrier_wait(&bar);                                                               \
+    }                                                                                             \
+    tv_store_##T(&job, 0);                                                                        \
+    if (nthreads > 1) {                                                                           \
+        for (int t = 1; t < nthreads; ++t) pthread_join(tid[t - 1], NULL);                        \
+        pthread_barrier_destroy(&bar);                                                            \
+    }                                                                                             \
+}
+
 /* scikit-image's u update, operand by operand; also the forward differences from the old u. */
 #define UPDATE_U(T)                                                                               \
     const T la = lg[k];                                                                           \
@@ -122,3 +286,5 @@ void tv_sweep_##T(T *restrict u, T *restrict dx, T *restrict dy, T *restrict bx,
 
 DEFINE_SWEEP(float)
 DEFINE_SWEEP(double)
+DEFINE_DENOISE(float)
+DEFINE_DENOISE(double)

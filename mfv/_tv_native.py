@@ -23,8 +23,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -37,7 +37,8 @@ _SOURCE = Path(__file__).with_name("_tv_native.c")
 _LANE_STEP, _MAX_LANES = 8, 64
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as scikit-image's does.
 # -fno-math-errno lets sqrt vectorise; it changes no value.
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-shared",
+          "-fPIC"]
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 
@@ -91,6 +92,10 @@ def _library() -> ctypes.CDLL | None:
         fn.restype = None
         fn.argtypes = ([ctypes.POINTER(ctype)] * 10 + [ctypes.c_int] + [ctypes.c_long] * 5
                        + [ctypes.POINTER(ctypes.c_double)])
+        fn = getattr(lib, f"tv_denoise_{name}")
+        fn.restype = None
+        fn.argtypes = ([ctypes.POINTER(ctype)] * 12 + [ctypes.c_int] * 2 + [ctypes.c_long] * 7
+                       + [ctypes.c_double, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_long)])
     return lib
 
 
@@ -105,30 +110,51 @@ def _lanes_for(n: int, threads: int) -> int:
     return min(_MAX_LANES, _LANE_STEP * math.ceil(per_thread / _LANE_STEP))
 
 
-def _pack(t: torch.Tensor, groups: int, lanes: int, fill: float = 0.0) -> torch.Tensor:
-    """(n, ...) lanes -> (groups, ..., lanes), padding lanes filled with ``fill``."""
-    n = t.shape[0]
-    if groups * lanes > n:
-        t = torch.cat([t, t.new_full((groups * lanes - n,) + tuple(t.shape[1:]), fill)])
-    return t.view((groups, lanes) + tuple(t.shape[1:])).movedim(1, -1).contiguous()
+class _Workspace(threading.local):
+    """The last call's buffers, per thread. MFV denoises same-sized batches every step; fresh
+    tens-of-megabyte buffers would cost more in page faults than the sweeps of a converged image."""
+
+    key: tuple | None = None
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, dtype: torch.dtype, groups: int, h: int, w: int, lanes: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (dtype, groups, h, w, lanes)
+        if self.key != key:
+            self.buffers = None  # release the old ones first
+            self.buffers = (torch.empty((5, groups, h + 2, w + 2, lanes), dtype=dtype),
+                            torch.empty((groups, h, w, lanes), dtype=dtype))
+            self.key = key
+        return self.buffers
+
+
+_WORKSPACE = _Workspace()
+
+
+def _pack_small(t: torch.Tensor, groups: int, lanes: int, fill: float) -> torch.Tensor:
+    """(n,) per-lane values -> (groups, lanes), padding lanes set to ``fill``."""
+    out = t.new_full((groups * lanes,), fill)
+    out[: t.shape[0]] = t
+    return out.view(groups, lanes)
 
 
 def _pointer(t: torch.Tensor, ctype) -> ctypes.POINTER:
     return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctype))
 
 
-def denoise(f: torch.Tensor, u0: torch.Tensor, weight: torch.Tensor, *, channels: int, max_num_iter: int,
+def denoise(f: torch.Tensor, weight: torch.Tensor, *, channels: int, border: str, max_num_iter: int,
             eps: float, isotropic: bool, per_image_stop: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the sweeps to each image's stop; scikit-image's loop for every image of the batch.
 
-    ``f``: (B * C, H, W) float32/float64 CPU lanes; ``u0``: the same lanes with their ghost ring,
-    (B * C, H + 2, W + 2); ``weight``: (B,). Returns the denoised (B * C, H, W) lanes and the
+    ``f``: (B * C, H, W) contiguous float32/float64 CPU lanes (image b's channels are lanes
+    b * C .. b * C + C - 1); ``weight``: (B,); ``border``: ghost cells as in
+    :func:`mfv.tv_bregman.denoise_tv_bregman`. Returns the denoised (B * C, H, W) lanes and the
     number of sweeps per image.
     """
     lib = _library()
     assert lib is not None, "denoise() needs available()"
     name, ctype = _TYPES[f.dtype]
-    fn = getattr(lib, f"tv_sweep_{name}")
+    fn = getattr(lib, f"tv_denoise_{name}")
     n, h, w = f.shape
     b = n // channels
     thresh = eps * eps * (channels * h * w)  # rmse <= eps  <=>  sum of squares <= eps^2 * total
@@ -139,37 +165,19 @@ def denoise(f: torch.Tensor, u0: torch.Tensor, weight: torch.Tensor, *, channels
 
     lanes = _lanes_for(n, threads)
     groups = math.ceil(n / lanes)
+    state, fp = _WORKSPACE.get(f.dtype, groups, h, w, lanes)  # the kernel initialises them
     # Padding lanes: weight 1 on a zero image, never live, so they stay zero.
-    wl = _pack(weight.to(f.dtype).repeat_interleave(channels), groups, lanes, 1.0)
+    wl = _pack_small(weight.to(f.dtype).repeat_interleave(channels), groups, lanes, 1.0)
     lam = 2 * wl  # scikit-image computes both in the image's dtype
     norm = wl + 4 * lam
     if f.dtype == torch.float32:
         norm = 1 / norm  # the float32 kernel multiplies by the reciprocal (see _tv_native.c)
-    live = _pack(torch.ones(n, dtype=f.dtype), groups, lanes)
-    u = _pack(u0, groups, lanes)
-    state = [u] + [torch.zeros_like(u) for _ in range(4)]  # dx, dy, bx, by
-    fp = _pack(f, groups, lanes)
-    ptrs = [_pointer(t, ctype) for t in (*state, fp, wl, lam, norm, live)]
-    ss = torch.zeros(groups * lanes, dtype=torch.float64)
-    ss_p = _pointer(ss, ctypes.c_double)
-    running = torch.ones(b, dtype=torch.bool)
-    live_lanes = live.view(-1)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for sweep in range(1, max_num_iter + 1):
-            ss.zero_()
-            busy = live_lanes.view(groups, lanes).any(1).nonzero().squeeze(1).tolist()
-            # ctypes drops the GIL during the call, so the groups run in parallel.
-            list(pool.map(lambda g: fn(*ptrs, int(isotropic), g, g + 1, h, w, lanes, ss_p), busy))
-            per_image = ss[:n].view(b, channels).sum(1)
-            if not per_image_stop:
-                per_image = per_image.sum().expand(b) / int(running.sum())
-            stop = running & ((per_image <= thresh) | (sweep == max_num_iter))
-            num_iter[running] += 1
-            if bool(stop.any()):
-                running &= ~stop
-                lane_stop = stop.repeat_interleave(channels)
-                live_lanes[: n][lane_stop] = 0
-            if not bool(running.any()):
-                break
-    out = u[:, 1:-1, 1:-1].movedim(-1, 1).reshape(groups * lanes, h, w)[:n]
-    return out.contiguous(), num_iter
+    live = _pack_small(torch.ones(n, dtype=f.dtype), groups, lanes, 0.0)
+    out = torch.empty_like(f)
+    ptrs = [_pointer(t, ctype) for t in (f, out, *state, fp, wl, lam, norm, live)]
+    # One call does it all: its threads load, sweep and write out their groups; thread 0 applies
+    # the stopping tests between sweeps (ctypes releases the GIL for the call's duration).
+    fn(*ptrs, int(isotropic), int(border == "0.13"), n, groups, h, w, lanes, channels, max_num_iter,
+       thresh, int(per_image_stop), min(threads, groups),
+       ctypes.cast(num_iter.data_ptr(), ctypes.POINTER(ctypes.c_long)))
+    return out, num_iter

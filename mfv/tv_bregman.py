@@ -340,9 +340,7 @@ def denoise_tv_bregman(
     if solver == "native":
         if dev.type != "cpu" or not _tv_native.available():
             raise ValueError("solver 'native' needs CPU tensors and a C compiler (see mfv._tv_native)")
-        lanes = f.reshape(b * c, h, w)
-        u0 = _padded(lanes.permute(1, 2, 0), border).permute(2, 0, 1).contiguous()
-        res, num_iter = _tv_native.denoise(lanes, u0, weights, channels=c,
+        res, num_iter = _tv_native.denoise(f.reshape(b * c, h, w), weights, channels=c, border=border,
                                            max_num_iter=max_num_iter, eps=eps, isotropic=isotropic,
                                            per_image_stop=per_image_stop)
         result = res.view(b, c, h, w).to(images.dtype)
