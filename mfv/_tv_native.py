@@ -4,7 +4,11 @@ scikit-image's sweep is sequential from pixel to pixel, which leaves tensor libr
 choices on a CPU (hundreds of tiny wavefront operations, or dozens of bandwidth-bound passes).
 A short C kernel (``_tv_native.c``) walks the pixels in scikit-image's order instead and puts the
 parallelism where it is free: the channels of all images of a batch are independent lanes of one
-SIMD loop, and groups of lanes are split between threads.
+SIMD loop, and groups of lanes are split between threads. One call runs a batch to the end:
+the kernel's own threads load their lane groups, sweep them, and meet at a barrier after each
+sweep, where the stopping tests run; the per-sweep cost in Python is nil. The large work arrays
+are kept between calls of the same shape (one set per calling thread): MFV denoises a batch of the
+same size at every step, and fresh buffers cost more in page faults than a converged image's sweeps.
 
 The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
 ``$CAFFE_MFV_CACHE/native`` (default ``~/.cache/caffe-mfv/native``), keyed by the source, the
