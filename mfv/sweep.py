@@ -293,10 +293,12 @@ def _worker_model(args: ModelArgs, device: str, threads: int):
     """The worker's cached model (loading it on first use); returns (model, seconds spent loading)."""
     import torch
 
+    from ._process import keep_freed_memory
     from .models import load_model
 
     # Every task sets it: a worker of an external cluster may have been started with another value.
     torch.set_num_threads(max(1, threads))
+    keep_freed_memory()  # the worker process exists to run these tasks
     dev = _worker_device(device)
     with _MODEL_LOCK:
         model = _MODEL_CACHE.get((args, dev))

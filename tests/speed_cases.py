@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
+    from mfv._process import keep_freed_memory
+
+    keep_freed_memory()  # as `python -m mfv` does, for every case alike
     if a.case == "caffenet-original-openblas":
         result = _original_case()
     elif a.case == "caffenet-fc7-64":
