@@ -23,7 +23,8 @@ CPU where an operation's fixed cost is small and the batch amortises it), or by 
 on the triangular system started from the previous sweep, which contracts by ``2a = 4/9`` per step
 in the max norm and is exact after ``H + W - 1`` steps; the number of steps is chosen so that the
 truncation error is below the dtype's resolution on 0..255 data (few large operations: the GPU
-path).
+path). On the CPU the default is neither: a compiled kernel (:mod:`mfv._tv_native`) walks the
+pixels in scikit-image's own order, which no tensor formulation matches in speed there.
 """
 
 from __future__ import annotations
@@ -294,10 +295,14 @@ def denoise_tv_bregman(
         as scikit-image would on the images stacked along the channel axis.
     return_num_iter : bool, optional
         Also return the number of sweeps each image ran.
-    solver : {"auto", "wavefront", "jacobi"}, optional
-        How the sequential part of a sweep is solved: ``"wavefront"`` (exact, ``H + W - 1`` small
-        operations per sweep; the CPU default) or ``"jacobi"`` (:func:`jacobi_steps` large
-        operations per sweep, error below the dtype's resolution; the default elsewhere).
+    solver : {"auto", "native", "wavefront", "jacobi"}, optional
+        ``"native"``: the compiled CPU kernel (:mod:`mfv._tv_native`; scikit-image's pixel order,
+        the batch's channels as SIMD lanes; float64 operation by operation as scikit-image, float32
+        with reciprocals and a reordered sum, ~3e-4 grey levels away). Otherwise how the
+        sequential part of a sweep is solved in torch: ``"wavefront"`` (exact, ``H + W - 1`` small
+        operations per sweep) or ``"jacobi"`` (:func:`jacobi_steps` large operations per sweep,
+        error below the dtype's resolution). ``"auto"``: native on the CPU when a C compiler is
+        available, else wavefront; jacobi on other devices.
     check_every : int or None, optional
         Sweeps between host reads of the convergence flags. Converged images are frozen on the
         device in between, so this changes only how often the host synchronises, never the result.
