@@ -113,14 +113,15 @@ def provenance_text(parity: dict | None) -> dict[str, str]:
     return {"mfv-parity": f"{p.get('status', 'n/a')}; report: {p.get('report')}; {p.get('message', '')}"}
 
 
-def png_data_uri(image_u8: np.ndarray, *, max_side: int | None = None) -> str:
+def png_data_uri(image_u8: np.ndarray, *, max_side: int | None = None, fmt: str = "PNG") -> str:
+    """An image as a data URI, shrunk to ``max_side``; ``fmt="JPEG"`` for pages of many thumbnails."""
     im = Image.fromarray(np.asarray(image_u8, dtype=np.uint8))
     if max_side and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.BICUBIC)
     buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    im.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def file_data_uri(path: str | Path, *, max_side: int | None = 256) -> str:
-    return png_data_uri(load_rgb(path, allow_convert=True), max_side=max_side)
+def file_data_uri(path: str | Path, *, max_side: int | None = 256, fmt: str = "PNG") -> str:
+    return png_data_uri(load_rgb(path, allow_convert=True), max_side=max_side, fmt=fmt)

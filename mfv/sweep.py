@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 import json
 import logging
 import os
@@ -788,19 +787,10 @@ _CSS = ("body{font-family:sans-serif;margin:1em}.u{display:inline-block;vertical
 
 
 def _thumb_uri(path: Path, side: int) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((side, side), Image.BICUBIC)
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)  # JPEG: 10000 thumbnails must stay a page, not a download
-    except OSError:
+    try:  # JPEG: 10000 thumbnails must stay a page, not a download
+        return _io.file_data_uri(path, max_side=side, fmt="JPEG")
+    except (OSError, ValueError):
         return None
-    import base64
-
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def write_index(out: str | Path, records: list[dict], params: dict | None = None, *, side: int = 64) -> Path:

@@ -339,7 +339,6 @@ def denoise_tv_bregman(
     b, c, h, w = f.shape
     dev = f.device
     weights = _as_weights(weight, b, dev)
-    lam = (2.0 * weights).to(dtype).view(b, 1, 1, 1)
     if solver == "auto":
         solver = "jacobi" if dev.type != "cpu" else "native" if _tv_native.available() else "wavefront"
     if solver == "native":
@@ -351,6 +350,7 @@ def denoise_tv_bregman(
         result = res.view(b, c, h, w).to(images.dtype)
         result = result.squeeze(0) if single else result
         return (result, num_iter) if return_num_iter else result
+    lam = (2.0 * weights).to(dtype).view(b, 1, 1, 1)
     if check_every is None:
         check_every = 1 if dev.type == "cpu" else 8
     steps = jacobi_steps(dtype, h, w)

@@ -486,7 +486,7 @@ def _step(model: Model, objs: list[Objective], active: list[FacetState], octave:
     if not stepped:
         return
     if denoiser == "torch":
-        denoised = _denoise_torch([c for _, _, c in stepped], weight, faithful=faithful, device=model.device)
+        denoised = _denoise_torch([c for _, _, c in stepped], weight, device=model.device)
     else:
         denoised = [np.transpose(denoise(np.transpose(c, (1, 2, 0)), weight), (2, 0, 1)) for _, _, c in stepped]
     for (s, (ox, oy), _), den in zip(stepped, denoised, strict=True):
@@ -585,16 +585,12 @@ def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetSta
         s.image = np.ascontiguousarray(final[j], dtype=np.float32)
 
 
-def _denoise_torch(crops: list[np.ndarray], weight: float, *, faithful: bool, device) -> list[np.ndarray]:
-    """The batched torch TV (mfv.tv_bregman): scikit-image's semantics, all facets in one call.
-
-    Faithful: float64 with scikit-image 0.13's border (reflect at bottom/right, as the original
-    ran); default: float32 with the current border.
-    """
+def _denoise_torch(crops: list[np.ndarray], weight: float, *, device) -> list[np.ndarray]:
+    """Faithful mode's torch TV (mfv.tv_bregman): all facets in one call, float64 with scikit-image
+    0.13's border (reflect at bottom/right), as the original ran. The default mode denoises on the
+    device inside :func:`_octave_on_device`."""
     from .tv_bregman import denoise_tv_bregman as tv
 
-    dtype = torch.float64 if faithful else torch.float32
-    x = torch.from_numpy(np.stack(crops)).to(device=device, dtype=dtype)
-    y = tv(x, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True,
-           border="0.13" if faithful else "current")
+    x = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float64)
+    y = tv(x, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="0.13")
     return list(y.cpu().numpy())
