@@ -12,7 +12,7 @@ import pytest
 port = pytest.importorskip("port")
 goldens = pytest.importorskip("legacy_caffe.goldens")
 
-from parity import core, routing  # noqa: E402
+from parity import core, gates, routing, tolerance  # noqa: E402
 from parity import run as prun  # noqa: E402
 from parity.compare import metrics  # noqa: E402
 
@@ -31,12 +31,13 @@ def _caffenet_goldens():
 def test_real_builds_flip_a_pool1_window_and_excusal_restores_the_spread():
     a, b = _caffenet_goldens()
     nd = port.load_prototxt(port.zoo.zoo_model("caffenet").prototxt)
-    flips = routing.find_flips(nd, a, b)
-    assert [f.layer for f in flips] == ["pool1"]
+    band = gates.Band(lambda blob: tolerance.gate_band(None))
+    flips = gates.find_gate_flips(nd, a, b, band)
+    assert [(f.layer, f.in_band) for f in flips] == [("pool1", True)]
     shapes = {k[5:]: v.shape for k, v in a.items() if k.startswith("data/")}
-    region = routing.excused_region(nd, flips, shapes)
+    region = routing.flip_reach(nd, flips, shapes)
     assert set(region) == {"conv1", "data"}
-    assert region["conv1"].sum() == 2 * len(flips[0].windows)
+    assert region["conv1"].sum() == 2 * flips[0].count
     for key in ("diff/conv1", "diff/data"):
         blob = key[5:]
         raw = metrics(a[key], b[key]).max_rel
