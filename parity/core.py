@@ -136,7 +136,7 @@ class FlipAnalysis:
             out[f"{a}|{b}"] = [
                 {
                     **f.summary(),
-                    "handling": handled if f.in_band else "not corrected (outside the noise band)",
+                    "handling": handled if f.in_band else "not corrected",
                     "reach": (
                         {k: int(v.sum()) for k, v in flip_reach(self.netdef, [f], self.shapes).items()}
                     ),

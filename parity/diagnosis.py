@@ -149,11 +149,12 @@ def diagnose(
         p, c = first
         blob = c.key.split("/", 1)[1]
         key = "|".join(sorted((p.subject, p.reference)))
-        culprits = [
-            f for f in flips.get(key, []) if not f["in_band"] and blob in f["reach"]
-        ]
+        # Forward: a flip of the layer that gates this very blob; backward: any flip whose
+        # gradient change can reach it.
+        where = "gated" if c.key.startswith("data/") else "reach"
+        culprits = [f for f in flips.get(key, []) if not f["in_band"] and blob in f[where]]
         over = f"{c.metrics.n_over} element(s)" if c.metrics.n_over else "some elements"
-        if c.key.startswith("diff/") and culprits:
+        if culprits:
             # The latest flip in net order is where the gradient first goes astray.
             f = culprits[-1]
             ex = f["examples"][0]["text"] if f["examples"] else f["layer"]

@@ -130,6 +130,7 @@ class GateFlip:
             "in_band": self.in_band,
             "band": self.band,
             "worst_margin": self.worst_margin,
+            "gated": sorted(self.marks),
             "examples": self.examples,
         }
 
