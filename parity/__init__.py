@@ -17,14 +17,14 @@ with the measurements behind it), :mod:`parity.routing` (max-pool routing flips)
 
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics, ulp_distance
 from .core import judge
-from .run import ALL_REFERENCES, ParityError, ParitySetup, resolve, run_parity
+from .run import ALL_REFERENCES, ParitySetup, ParitySetupError, resolve, run_parity
 
 __all__ = [
     "ALL_REFERENCES",
     "BlobCheck",
     "Metrics",
     "PairResult",
-    "ParityError",
+    "ParitySetupError",
     "ParityResult",
     "ParitySetup",
     "judge",

@@ -13,7 +13,7 @@ from port.atomic import write_text_atomic
 
 from . import tolerance
 from .report import format_table, render_html
-from .run import ALL_REFERENCES, ParityError, resolve, run_parity, worst_heatmap
+from .run import ALL_REFERENCES, ParitySetupError, resolve, run_parity, worst_heatmap
 from .verdict import write_verdict
 
 
@@ -129,7 +129,7 @@ def _run_all(args) -> int:
         try:
             setup = resolve(model=m, regenerate=args.regenerate, allow_missing=args.allow_missing)
             result, outputs = run_parity(setup, local_check=not args.no_local)
-        except ParityError as exc:
+        except ParitySetupError as exc:
             print(f"{m}: cannot run: {exc}")
             ok = False
             continue
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if (args.model is None) == (args.prototxt is None):
-            raise ParityError("give exactly one of --model NAME and --prototxt P")
+            raise ParitySetupError("give exactly one of --model NAME and --prototxt P")
         setup = resolve(
             model=args.model,
             prototxt=args.prototxt,
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_missing=args.allow_missing,
         )
         result, outputs = run_parity(setup, references=refs, local_check=not args.no_local)
-    except ParityError as exc:
+    except ParitySetupError as exc:
         print(f"parity: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # CaffeError and friends: bad input, reported without a traceback

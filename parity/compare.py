@@ -308,6 +308,7 @@ class ParityResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     backward_from: str | None = None
+    input_source: str = ""
     # The cause of the verdict (parity.diagnosis.diagnose).
     diagnosis: dict = field(default_factory=dict)
     # (subject, reference, blob) -> what routing flips moved that diff by, or None; not serialised.
@@ -326,6 +327,7 @@ class ParityResult:
             "model": self.model,
             "passed": self.passed,
             "backward_from": self.backward_from,
+            "input": self.input_source,
             "policy": self.policy,
             "runners": self.runners,
             "noise": {k: {kk: _finite(vv) for kk, vv in v.items()} for k, v in self.noise.items()},

@@ -98,6 +98,7 @@ def format_table(result: ParityResult) -> str:
         f"parity {result.model}: {verdict}   backward from {result.backward_from}   "
         f"(allowed: {pol['spread_multiple']}x spread vs builds, {pol['truth_multiple']}x Caffe's own vs truth, "
         f"floor {pol['floor_rel32']:.2e}; float64 {pol['floor_rel64']:.0e})"
+        + (f"   INPUT {result.input_source}" if result.input_source.startswith("SYNTHETIC") else "")
     )
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))

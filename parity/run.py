@@ -15,14 +15,14 @@ from . import core, local, runners
 from .compare import ParityResult
 from .runners import RunnerOutput
 
-__all__ = ["ALL_REFERENCES", "ParityError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
+__all__ = ["ALL_REFERENCES", "ParitySetupError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
 
 ALL_REFERENCES = ("caffe-atlas", "caffe-openblas", "numpy64", "numpy32", "onnx")
 SYNTHETIC_SEED = 1
 SYNTHETIC_INPUT_SEED = 7
 
 
-class ParityError(RuntimeError):
+class ParitySetupError(RuntimeError):
     """The run cannot be set up (missing goldens, unknown reference...)."""
 
 
@@ -50,6 +50,8 @@ class ParitySetup:
         The weights file checked (None for seeded weights).
     seed : int or None
         The ``port.seed_weights`` seed, for seeded weights.
+    input_source : str
+        Where the input batch came from (the report's first line says it).
     """
 
     name: str
@@ -63,6 +65,7 @@ class ParitySetup:
     notes: list[str] = field(default_factory=list)
     caffemodel: Path | None = None
     seed: int | None = None
+    input_source: str = "given"
 
 
 def _default_backward(netdef: Any) -> str | None:
@@ -95,13 +98,37 @@ def _synthetic_input(netdef: Any) -> np.ndarray:
     return rng.uniform(-120.0, 135.0, (1,) + tuple(shape[1:])).astype(np.float32)
 
 
-def _golden_runner(
-    blas: str, arrays: Mapping[str, np.ndarray], source: str
-) -> tuple[RunnerOutput, dict]:
+def _golden_runner(blas: str, arrays: Mapping[str, np.ndarray], source: str) -> RunnerOutput:
     blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
-    inputs = {k[len("input/") :]: v for k, v in arrays.items() if k.startswith("input/")}
     has_diff = any(k.startswith("diff/") for k in blobs)
-    return RunnerOutput(f"caffe-{blas}", blobs, "float32", has_diff, 0.0, source), inputs
+    return RunnerOutput(f"caffe-{blas}", blobs, "float32", has_diff, 0.0, source)
+
+
+def golden_inputs(netdef: Any, arrays: Mapping[str, np.ndarray], source: str) -> dict:
+    """The input batch a golden dump was made from, per net input.
+
+    ``input/<name>`` (what ``legacy_caffe goldens`` writes) is taken first, then ``data/<name>``
+    (pycaffe's ``net.blobs[name].data`` and ``python -m port dump``'s naming).
+
+    Raises
+    ------
+    ParitySetupError
+        When the file carries neither for some net input: judging it on any other input would
+        compare two different computations.
+    """
+    out = {}
+    for name in netdef.inputs:
+        for key in (f"input/{name}", f"data/{name}"):
+            if key in arrays:
+                out[name] = np.asarray(arrays[key])
+                break
+        else:
+            raise ParitySetupError(
+                f"{source}: the golden file holds no input for net input {name!r} (neither "
+                f"'input/{name}' nor 'data/{name}'); dump it with its input, e.g. "
+                "`python -m legacy_caffe goldens` or pycaffe's net.blobs"
+            )
+    return out
 
 
 def resolve(
@@ -156,7 +183,7 @@ def resolve(
             manifest = lg.load_manifest(model)
         except Exception as exc:  # no manifest yet, or legacy_caffe not importable
             if want_caffe and not allow_missing:
-                raise ParityError(
+                raise ParitySetupError(
                     f"{model}: no golden manifest ({exc}); generate goldens with "
                     f"`python -m legacy_caffe goldens --model {model}`"
                 ) from None
@@ -174,30 +201,39 @@ def resolve(
                     arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
                 except Exception as exc:
                     if not allow_missing:
-                        raise ParityError(
+                        raise ParitySetupError(
                             f"{model}: golden {blas}/{input_name} unavailable: {exc}"
                         ) from None
                     notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
                     continue
-                goldens[r], inputs = _golden_runner(
-                    blas, arrays, f"golden {model} {blas}/{input_name}"
-                )
+                source = f"golden {model} {blas}/{input_name}"
+                goldens[r] = _golden_runner(blas, arrays, source)
+                inputs = golden_inputs(netdef, arrays, source)
         name = model
     else:
         if prototxt is None:
-            raise ParityError("give --model NAME or --prototxt P")
+            raise ParitySetupError("give --model NAME or --prototxt P")
         prototxt = Path(prototxt)
         netdef = port.load_prototxt(prototxt)
         name = netdef.name or prototxt.stem
         for blas, path in (golden_files or {}).items():
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            goldens[f"caffe-{blas}"], inputs = _golden_runner(blas, arrays, str(path))
+            goldens[f"caffe-{blas}"] = _golden_runner(blas, arrays, str(path))
+            mine = golden_inputs(netdef, arrays, str(path))
+            if inputs and any(
+                mine[k].shape != v.shape or not np.array_equal(mine[k], v) for k, v in inputs.items()
+            ):
+                raise ParitySetupError(
+                    f"{path}: its input differs from the other golden file's; goldens compared "
+                    "with each other must come from the same input"
+                )
+            inputs = mine
             if backward_from is None:
                 backward_from = _manifest_backward(Path(path))
         missing = [r for r in want_caffe if r not in goldens]
         if missing and not allow_missing:
-            raise ParityError(
+            raise ParitySetupError(
                 f"no golden file for {', '.join(missing)}: pass --golden BLAS=FILE.npz "
                 "(made by `python -m legacy_caffe goldens`) or leave them out of --references"
             )
@@ -212,9 +248,13 @@ def resolve(
         notes.append(f"weights: {wsrc} (no caffemodel)")
     if inputs:
         x: Any = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+        input_source = f"the goldens' own input ({next(iter(goldens.values())).source})"
     else:
+        # Only reached without any golden: a golden always carries its input (golden_inputs).
         x = _synthetic_input(netdef)
-        notes.append(f"input: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED}")
+        input_source = (
+            f"SYNTHETIC: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED} (no golden given)"
+        )
     if backward_from is None:
         from port.zoo import MODELS
 
@@ -232,6 +272,7 @@ def resolve(
         notes,
         caffemodel=Path(caffemodel) if caffemodel is not None else None,
         seed=None if caffemodel is not None else SYNTHETIC_SEED,
+        input_source=input_source,
     )
 
 
@@ -266,7 +307,7 @@ def run_parity(
 
     unknown = [r for r in references if r not in ALL_REFERENCES]
     if unknown:
-        raise ParityError(
+        raise ParitySetupError(
             f"unknown reference(s) {unknown}; choose from {', '.join(ALL_REFERENCES)}"
         )
     timings: dict[str, float] = {}
@@ -331,6 +372,7 @@ def run_parity(
     timings["judge"] = time.perf_counter() - t
     result.timings = {k: round(v, 4) for k, v in timings.items()}
     result.backward_from = setup.backward_from
+    result.input_source = setup.input_source
     return result, outs
 
 
