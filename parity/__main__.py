@@ -108,7 +108,58 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
     a.add_argument("--no-verdict", action="store_true", help="do not write MFV's verdict files")
     sub.add_parser("policy", help="print the tolerance policy constants as JSON")
+    m = sub.add_parser(
+        "machines",
+        help="parity under every emulated CPU kernel path (the machine matrix); exit 0 only if "
+        "every target passes under every setting",
+        description="Run parity for each target in a fresh process per setting: oneDNN/MKL/ATen "
+        "capped to AVX2, AVX or SSE4 with 1 and 2 threads, MKL's compatible GEMM, and convolutions "
+        "without oneDNN (parity/machines.py says which knobs change kernels and why). Regenerates "
+        "missing cached goldens with real Caffe.",
+    )
+    m.add_argument(
+        "--models",
+        help="comma-separated built-in models and/or case folders (deploy.prototxt + goldens/; "
+        "default: every built-in model and every tests/data case)",
+    )
+    m.add_argument(
+        "--settings",
+        help="comma-separated setting names (default: all; `--settings list` prints them)",
+    )
+    m.add_argument("--json", help="write every row as JSON here")
+    m.add_argument("--markdown", help="write the matrix as a Markdown table here")
     return p
+
+
+def _run_machines(args) -> int:
+    from . import machines
+
+    if args.settings == "list":
+        for s in machines.SETTINGS:
+            print(f"{s.name:15s} {s.what}; env {s.env or '{}'}")
+        return 0
+    settings = list(machines.SETTINGS)
+    if args.settings:
+        names = [n.strip() for n in args.settings.split(",") if n.strip()]
+        known = {s.name: s for s in settings}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ParitySetupError(f"unknown setting(s) {unknown}; choose from {', '.join(known)}")
+        settings = [known[n] for n in names]
+    if args.models:
+        targets = [machines.Target.parse(t.strip()) for t in args.models.split(",") if t.strip()]
+    else:
+        targets = machines.default_targets()
+    rows = machines.run_matrix(settings, targets, progress=lambda line: print(line, flush=True))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(rows, indent=1) + "\n")
+    table = machines.markdown(rows)
+    if args.markdown:
+        write_text_atomic(args.markdown, table + "\n")
+    print(table)
+    bad = [r for r in rows if not r.get("passed")]
+    print(f"machine matrix: {len(rows) - len(bad)} of {len(rows)} runs pass")
+    return 0 if not bad else 1
 
 
 def _run_all(args) -> int:
@@ -171,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "all":
         return _run_all(args)
+    if args.command == "machines":
+        try:
+            return _run_machines(args)
+        except ParitySetupError as exc:
+            print(f"parity: {exc}", file=sys.stderr)
+            return 2
     if args.command == "run" and args.model == "all":
         out = args.json or args.html
         ns = argparse.Namespace(
