@@ -10,7 +10,7 @@ Function-first API::
 
 Modules: :mod:`parity.numpy_ref` (independent numpy layers), :mod:`parity.runners` (named blobs per
 runner), :mod:`parity.compare` (metrics and result objects), :mod:`parity.tolerance` (the policy,
-with the measurements behind it), :mod:`parity.routing` (max-pool routing flips),
+with the measurements behind it), :mod:`parity.gates` and :mod:`parity.routing` (gate flips: ReLU, MAX pooling, Eltwise MAX),
 :mod:`parity.local` (each layer alone on the reference's inputs), :mod:`parity.core` (judging),
 :mod:`parity.report` (terminal table and HTML). Command line: ``python -m parity --help``.
 """

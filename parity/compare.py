@@ -82,10 +82,10 @@ class Metrics:
     n : int
         Elements in the blob.
     n_excused : int
-        Elements left out of the comparison (routing flips and what they reach, when no float64
+        Elements left out of the comparison (gate flips and what they reach, when no float64
         net is available to correct for them).
     n_corrected : int
-        Elements whose subject value was corrected for routing flips before comparing (the
+        Elements whose subject value was corrected for gate flips before comparing (the
         flips' reach); they are compared like every other element.
     flip_effect : float
         Largest correction relative to the reference's range: how much the flips moved the blob.
@@ -311,7 +311,7 @@ class ParityResult:
     input_source: str = ""
     # The cause of the verdict (parity.diagnosis.diagnose).
     diagnosis: dict = field(default_factory=dict)
-    # (subject, reference, blob) -> what routing flips moved that diff by, or None; not serialised.
+    # (subject, reference, blob) -> what gate flips moved that diff by, or None; not serialised.
     flip_correction: Any = field(default=None, repr=False, compare=False)
 
     @property

@@ -12,7 +12,7 @@ from . import gates, tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
 from .diagnosis import diagnose
 from .routing import flip_reach, teacher_forced_backward
-from .runners import RunnerOutput
+from .runners import CAFFE_BUILDS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64, RunnerOutput
 
 __all__ = [
     "judge",
@@ -23,8 +23,7 @@ __all__ = [
     "FLOAT32_REFERENCES",
 ]
 
-CAFFE_BUILDS = ("caffe-atlas", "caffe-openblas")
-FLOAT32_REFERENCES = ("numpy32", "onnx")
+FLOAT32_REFERENCES = (NUMPY32, ONNX)
 
 
 def blob_producers(netdef: Any) -> dict[str, str]:
@@ -252,7 +251,7 @@ def judge(
     outputs: Mapping[str, RunnerOutput],
     *,
     model: str = "",
-    subject: str = "port32",
+    subject: str = PORT32,
     local: list[dict] | None = None,
     notes: list[str] | None = None,
     net64: Any = None,
@@ -286,16 +285,16 @@ def judge(
     -------
     ParityResult
     """
-    if subject not in outputs or "port64" not in outputs:
+    if subject not in outputs or PORT64 not in outputs:
         raise ValueError("judge needs the port32 subject and the port64 truth")
     producers = blob_producers(netdef)
     sub = outputs[subject]
-    p64 = outputs["port64"]
+    p64 = outputs[PORT64]
     keys_all = ordered_keys(netdef, set(sub.blobs))
     fwd_keys = [k for k in keys_all if k.startswith("data/")]
     bwd_keys = [k for k in keys_all if k.startswith("diff/")]
     builds = [b for b in CAFFE_BUILDS if b in outputs]
-    truth_fwd = outputs.get("numpy64", p64)
+    truth_fwd = outputs.get(NUMPY64, p64)
     truth_for = {**{k: truth_fwd for k in fwd_keys}, **{k: p64 for k in bwd_keys}}
 
     # Forward noise first: it sets the band within which a gate flip counts as noise, and the
@@ -304,7 +303,7 @@ def judge(
     # Caffe's own error counts towards the float32 noise of rule 1 only where the truth is
     # independent of the port (forward blobs against numpy64): against the float64 port, a wrong
     # port would make Caffe look noisy and widen its own tolerance.
-    independent_truth = "numpy64" in outputs
+    independent_truth = NUMPY64 in outputs
 
     def spread_rule(key: str) -> tolerance.Rule:
         nz = noise.get(key, {})
@@ -335,15 +334,15 @@ def judge(
                 netdef, {k for k in set(ref.blobs) | set(sub.blobs) if k.startswith("data/")}
             )
             pairs.append(_compare_pair(sub, ref, keys, producers, None, spread_rule, "spread"))
-    if "numpy64" in outputs:
+    if NUMPY64 in outputs:
         pairs.append(
-            _compare_pair(sub, outputs["numpy64"], fwd_keys, producers, None, truth_rule, "truth")
+            _compare_pair(sub, outputs[NUMPY64], fwd_keys, producers, None, truth_rule, "truth")
         )
         f64_keys = ordered_keys(netdef, {k for k in set(p64.blobs) if k.startswith("data/")})
         pairs.append(
             _compare_pair(
                 p64,
-                outputs["numpy64"],
+                outputs[NUMPY64],
                 f64_keys,
                 producers,
                 None,

@@ -25,11 +25,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .compare import BlobCheck, PairResult
+from .runners import CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64
 
 __all__ = ["diagnose", "flip_sentence"]
 
 # Which reference a diagnosis prefers to speak of when several fail at the same blob.
-_REFERENCE_ORDER = ("caffe-atlas", "caffe-openblas", "numpy64", "port64", "numpy32", "onnx")
+_REFERENCE_ORDER = (CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY64, PORT64, NUMPY32, ONNX)
 
 
 def _num(v: float) -> str:
@@ -96,7 +97,7 @@ def diagnose(
     local: Sequence[Mapping[str, Any]],
     first_departure: str | None,
     *,
-    subject: str = "port32",
+    subject: str = PORT32,
 ) -> dict:
     """The cause of a run's verdict, for the report.
 

@@ -158,6 +158,7 @@ def run_target(target: Target) -> dict:
     """Parity for one target in this process; a summary of the verdict."""
     from .report import worst_ratios
     from .run import resolve, run_parity
+    from .runners import PORT32, is_caffe
 
     t0 = time.perf_counter()
     if target.model:
@@ -167,11 +168,11 @@ def run_target(target: Target) -> dict:
     result, _ = run_parity(setup)
     flips = {}
     for pair, fl in result.flips.items():
-        if "port32" in pair.split("|"):
+        if PORT32 in pair.split("|"):
             for f in fl:
                 k = f"{f['layer']}{'' if f['in_band'] else ' (OUT OF BAND)'}"
                 flips[k] = max(flips.get(k, 0), f["count"])
-    worst = {n: r for n, (r, _) in worst_ratios(result).items() if n.startswith("caffe-")}
+    worst = {n: r for n, (r, _) in worst_ratios(result).items() if is_caffe(n)}
     return {
         "target": target.name,
         "passed": result.passed,

@@ -339,7 +339,7 @@ td.bad{background:#fde0e0} td.ok{background:#eef8ee} td.exc{background:#fff6d6}
 
 def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
     """A self-contained HTML page: verdict, per-blob chart (log scale) against the noise floor,
-    the table, a heat map of the worst blob's error, routing flips, the local analysis, notes.
+    the table, a heat map of the worst blob's error, gate flips, the diagnosis, the local analysis, notes.
 
     Parameters
     ----------

@@ -249,7 +249,7 @@ def teacher_forced_backward(
     forward blobs (``data``), so every data-dependent choice of the backward pass (which element
     each MAX window routes to, which ReLU passes) is that side's, while no float32 rounding of the
     backward itself enters. The difference of two sides' results is therefore exactly what their
-    different forward data do to the diffs, routing flips included.
+    different forward data do to the diffs, gate flips included.
 
     Parameters
     ----------

@@ -13,11 +13,24 @@ import numpy as np
 
 from . import core, local, runners
 from .compare import ParityResult
-from .runners import RunnerOutput
+from .runners import (
+    CAFFE_ATLAS,
+    CAFFE_BUILDS,
+    CAFFE_OPENBLAS,
+    NUMPY32,
+    NUMPY64,
+    ONNX,
+    PORT32,
+    PORT64,
+    RunnerOutput,
+    blas_of,
+    caffe_runner,
+    is_caffe,
+)
 
 __all__ = ["ALL_REFERENCES", "ParitySetupError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
 
-ALL_REFERENCES = ("caffe-atlas", "caffe-openblas", "numpy64", "numpy32", "onnx")
+ALL_REFERENCES = (CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY64, NUMPY32, ONNX)
 SYNTHETIC_SEED = 1
 SYNTHETIC_INPUT_SEED = 7
 
@@ -101,7 +114,7 @@ def _synthetic_input(netdef: Any) -> np.ndarray:
 def _golden_runner(blas: str, arrays: Mapping[str, np.ndarray], source: str) -> RunnerOutput:
     blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
     has_diff = any(k.startswith("diff/") for k in blobs)
-    return RunnerOutput(f"caffe-{blas}", blobs, "float32", has_diff, 0.0, source)
+    return RunnerOutput(caffe_runner(blas), blobs, "float32", has_diff, 0.0, source)
 
 
 def golden_inputs(netdef: Any, arrays: Mapping[str, np.ndarray], source: str) -> dict:
@@ -167,7 +180,7 @@ def resolve(
     import port
 
     notes: list[str] = []
-    want_caffe = [r for r in references if r.startswith("caffe-")]
+    want_caffe = [r for r in references if is_caffe(r)]
     goldens: dict[str, RunnerOutput] = {}
     inputs: dict[str, np.ndarray] = {}
     if model is not None:
@@ -196,7 +209,7 @@ def resolve(
             if caffemodel is None:
                 caffemodel = lg.golden_weights(model)
             for r in want_caffe:
-                blas = r.split("-", 1)[1]
+                blas = blas_of(r)
                 try:
                     arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
                 except Exception as exc:
@@ -219,7 +232,7 @@ def resolve(
         for blas, path in (golden_files or {}).items():
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            goldens[f"caffe-{blas}"] = _golden_runner(blas, arrays, str(path))
+            goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path))
             mine = golden_inputs(netdef, arrays, str(path))
             if inputs and any(
                 mine[k].shape != v.shape or not np.array_equal(mine[k], v) for k, v in inputs.items()
@@ -322,30 +335,30 @@ def run_parity(
     timings["build"] = time.perf_counter() - t0
     x = setup.x
     outs: dict[str, RunnerOutput] = {}
-    outs["port32"] = runners.run_port(net32, x, backward_from=setup.backward_from)
-    outs["port64"] = runners.run_port(net64, x, backward_from=setup.backward_from)
+    outs[PORT32] = runners.run_port(net32, x, backward_from=setup.backward_from)
+    outs[PORT64] = runners.run_port(net64, x, backward_from=setup.backward_from)
     for r in references:
         t = time.perf_counter()
-        if r.startswith("caffe-"):
+        if is_caffe(r):
             if r in setup.goldens:
                 outs[r] = setup.goldens[r]
-        elif r == "numpy64":
+        elif r == NUMPY64:
             outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float64)
-        elif r == "numpy32":
+        elif r == NUMPY32:
             outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
-        elif r == "onnx":
+        elif r == ONNX:
             if isinstance(x, Mapping):
                 setup.notes.append("onnx: multi-input nets are not exported; skipped")
             else:
                 outs[r] = runners.run_onnx(net32, x)
         timings[r] = time.perf_counter() - t
-    timings["port32"] = outs["port32"].seconds
-    timings["port64"] = outs["port64"].seconds
+    timings[PORT32] = outs[PORT32].seconds
+    timings[PORT64] = outs[PORT64].seconds
     rows: list[dict] = []
     if local_check:
         t = time.perf_counter()
-        refs = [outs[b] for b in core.CAFFE_BUILDS if b in outs] or (
-            [outs["numpy32"]] if "numpy32" in outs else []
+        refs = [outs[b] for b in CAFFE_BUILDS if b in outs] or (
+            [outs[NUMPY32]] if NUMPY32 in outs else []
         )
         for ref in refs:
             rows.extend(

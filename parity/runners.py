@@ -23,6 +23,17 @@ import numpy as np
 from . import numpy_ref
 
 __all__ = [
+    "PORT32",
+    "PORT64",
+    "NUMPY32",
+    "NUMPY64",
+    "ONNX",
+    "CAFFE_ATLAS",
+    "CAFFE_OPENBLAS",
+    "CAFFE_BUILDS",
+    "caffe_runner",
+    "is_caffe",
+    "blas_of",
     "RunnerOutput",
     "run_port",
     "load_golden",
@@ -30,6 +41,32 @@ __all__ = [
     "run_onnx",
     "parse_backward_from",
 ]
+
+
+# Runner names, as the command line and the reports spell them.
+PORT32 = "port32"  # the subject: the port in float32
+PORT64 = "port64"  # the port in float64: backward truth
+NUMPY32 = "numpy32"
+NUMPY64 = "numpy64"  # forward truth, independent of the port
+ONNX = "onnx"
+CAFFE_ATLAS = "caffe-atlas"
+CAFFE_OPENBLAS = "caffe-openblas"
+CAFFE_BUILDS = (CAFFE_ATLAS, CAFFE_OPENBLAS)
+
+
+def caffe_runner(blas: str) -> str:
+    """The runner name of a real-Caffe golden made with ``blas`` ("atlas" or "openblas")."""
+    return f"caffe-{blas}"
+
+
+def is_caffe(runner: str) -> bool:
+    """True for the runner of a real-Caffe golden."""
+    return runner.startswith("caffe-")
+
+
+def blas_of(runner: str) -> str:
+    """The BLAS of a real-Caffe golden's runner ("caffe-atlas" -> "atlas")."""
+    return runner.removeprefix("caffe-")
 
 
 @dataclass
@@ -123,7 +160,7 @@ def run_port(
     secs = time.perf_counter() - t0
     blobs = {k: np.asarray(v) for k, v in blobs.items() if k.startswith(("data/", "diff/"))}
     return RunnerOutput(
-        name or ("port64" if dt == "float64" else "port32"),
+        name or (PORT64 if dt == "float64" else PORT32),
         blobs,
         dt,
         backward=backward_from is not None,
@@ -162,7 +199,7 @@ def run_numpy(
     secs = time.perf_counter() - t0
     dt = np.dtype(dtype).name
     return RunnerOutput(
-        "numpy64" if dt == "float64" else "numpy32", blobs, dt, False, secs, "parity.numpy_ref"
+        NUMPY64 if dt == "float64" else NUMPY32, blobs, dt, False, secs, "parity.numpy_ref"
     )
 
 

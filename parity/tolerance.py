@@ -10,8 +10,8 @@ For every blob (forward ``data/`` and backward ``diff/``) of the float32 port:
 
 1. **Against each Caffe build** (and against the other float32 implementations: numpy32, ONNX
    Runtime): ``err(port32, build) <= SPREAD_MULTIPLE * max(spread, FLOOR_REL32)`` where ``spread`` is
-   ``err(caffe-atlas, caffe-openblas)`` for that blob, measured on the same input, with max-pool
-   max-pool routing flips between the two builds corrected for (a flip would otherwise inflate the
+   ``err(caffe-atlas, caffe-openblas)`` for that blob, measured on the same input, with gate
+   flips (parity.gates) between the two builds corrected for (a flip would otherwise inflate the
    spread to ~3.5% of the range and hide everything).
 2. **Against float64 truth** (forward: the numpy64 reference; backward: the float64 port):
    ``err(port32, truth) <= TRUTH_MULTIPLE * max(caffe_own, FLOOR_REL32)`` where ``caffe_own`` is the
@@ -159,7 +159,7 @@ def spread_rule(spread: float | None, caffe_own: float | None = None) -> Rule:
     Parameters
     ----------
     spread : float or None
-        ``err(caffe-atlas, caffe-openblas)`` for the blob, routing flips corrected; None if unknown.
+        ``err(caffe-atlas, caffe-openblas)`` for the blob, gate flips corrected; None if unknown.
     caffe_own : float or None
         The builds' own error against float64 truth for the blob (the larger one); None if unknown.
         The noise is the larger of the two measurements (see the module notes: correlated builds).
