@@ -33,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def default_targets() -> list[Target]:
     return out
 
 
-def _case_setup(folder: Path):
+def _case_setup(folder: Path, scratch: Path):
     import port
 
     from .run import resolve
@@ -135,11 +136,9 @@ def _case_setup(folder: Path):
     prototxt = folder / "deploy.prototxt"
     weights = folder / "weights.caffemodel"
     if not weights.is_file():
-        import tempfile
-
         seed = json.loads((folder / "case.json").read_text())["seed"]
         netdef = port.load_prototxt(prototxt)
-        weights = Path(tempfile.mkdtemp()) / "weights.caffemodel"
+        weights = scratch / "weights.caffemodel"
         port.write_caffemodel(weights, netdef, port.seed_weights(netdef, seed))
         if port.sha256_file(weights) != manifest["weights"]["sha256"]:
             raise RuntimeError(f"{folder}: seed {seed} does not give the weights the goldens used")
@@ -161,11 +160,12 @@ def run_target(target: Target) -> dict:
     from .runners import PORT32, is_caffe
 
     t0 = time.perf_counter()
-    if target.model:
-        setup = resolve(model=target.model, regenerate=True)
-    else:
-        setup = _case_setup(Path(target.folder))
-    result, _ = run_parity(setup)
+    with tempfile.TemporaryDirectory() as scratch:
+        if target.model:
+            setup = resolve(model=target.model, regenerate=True)
+        else:
+            setup = _case_setup(Path(target.folder), Path(scratch))
+        result, _ = run_parity(setup)
     flips = {}
     for pair, fl in result.flips.items():
         if PORT32 in pair.split("|"):
@@ -216,16 +216,21 @@ def run_matrix(
     for s in settings:
         env = {**os.environ, **s.env}
         cmd = [sys.executable, "-m", "parity.machines", "--worker", s.name, spec]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        got = [json.loads(line[len(MARK):]) for line in proc.stdout.splitlines()
-               if line.startswith(MARK)]  # fmt: skip
+        got: list[dict] = []
+        with tempfile.TemporaryFile("w+") as err:
+            # Rows arrive as each target finishes, so a long matrix shows its progress.
+            with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+                for line in proc.stdout:
+                    if line.startswith(MARK):
+                        got.append(json.loads(line[len(MARK) :]))
+                        progress(format_row(got[-1]))
+            err.seek(0)
+            tail = err.read().strip().splitlines()[-1:] or ["no output"]
         for t in targets:
             if not any(r["target"] == t.name for r in got):
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 got.append({"target": t.name, "setting": s.name, "passed": False,
                             "error": f"worker exited {proc.returncode}: {tail[0]}"})  # fmt: skip
-        for r in got:
-            progress(format_row(r))
+                progress(format_row(got[-1]))
         rows.extend(got)
     return rows
 
