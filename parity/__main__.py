@@ -162,14 +162,21 @@ def _run_machines(args) -> int:
     return 0 if not bad else 1
 
 
-def _run_all(args) -> int:
+def _run_all(
+    models: list[str] | None,
+    *,
+    regenerate: bool,
+    allow_missing: bool,
+    out: str | None,
+    no_local: bool,
+    no_verdict: bool,
+) -> int:
+    """``parity all`` and ``parity run --model all``: one summary line per model."""
     from port.zoo import MODELS
 
     from .report import summary_line
 
-    if args.models:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-    else:
+    if not models:
         # Every model the golden plan covers: one without goldens is a failure to report, not skip.
         from legacy_caffe.goldens import PLANS
 
@@ -178,19 +185,18 @@ def _run_all(args) -> int:
     for m in models:
         t0 = time.perf_counter()
         try:
-            setup = resolve(model=m, regenerate=args.regenerate, allow_missing=args.allow_missing)
-            result, outputs = run_parity(setup, local_check=not args.no_local)
+            setup = resolve(model=m, regenerate=regenerate, allow_missing=allow_missing)
+            result, outputs = run_parity(setup, local_check=not no_local)
         except ParitySetupError as exc:
             print(f"{m}: cannot run: {exc}")
             ok = False
             continue
         result.timings["total"] = round(time.perf_counter() - t0, 4)
         ok &= result.passed
-        out = Path(args.out) if args.out else None
-        _save(result, setup, str(out / f"{m}.json") if out else None, no_verdict=args.no_verdict)
-        if out:
-            html = render_html(result, worst_heatmap(result, outputs))
-            write_text_atomic(out / f"{m}.html", html)
+        folder = Path(out) if out else None
+        _save(result, setup, str(folder / f"{m}.json") if folder else None, no_verdict=no_verdict)
+        if folder:
+            write_text_atomic(folder / f"{m}.html", render_html(result, worst_heatmap(result, outputs)))
         print(summary_line(result), flush=True)
     return 0 if ok else 1
 
@@ -221,7 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(tolerance.policy_json(), indent=1))
         return 0
     if args.command == "all":
-        return _run_all(args)
+        models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+        return _run_all(
+            models,
+            regenerate=args.regenerate,
+            allow_missing=args.allow_missing,
+            out=args.out,
+            no_local=args.no_local,
+            no_verdict=args.no_verdict,
+        )
     if args.command == "machines":
         try:
             return _run_machines(args)
@@ -229,16 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"parity: {exc}", file=sys.stderr)
             return 2
     if args.command == "run" and args.model == "all":
-        out = args.json or args.html
-        ns = argparse.Namespace(
-            models=None,
+        return _run_all(
+            None,
             regenerate=True,
             allow_missing=args.allow_missing,
-            out=out,
+            out=args.json or args.html,
             no_local=args.no_local,
             no_verdict=args.no_verdict,
         )
-        return _run_all(ns)
     refs = [r.strip() for r in args.references.split(",") if r.strip()]
     t0 = time.perf_counter()
     try:

@@ -167,3 +167,13 @@ def test_caffenet_post_relu_gradients_fail_at_the_in_place_blobs():
     assert failed and failed <= in_place
     # Backward order: fc7 (relu7 + drop7 in place) is the first blob the wrong meaning shows in.
     assert core.ordered_keys(setup.netdef, failed)[0] == "diff/fc7"
+
+
+@pytest.mark.slow
+def test_parity_all_prints_one_summary_line_per_model(capsys):
+    from parity.__main__ import main
+
+    _caffenet_goldens()
+    assert main(["all", "--models", "caffenet", "--no-local", "--no-verdict"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("caffenet")]
+    assert line.startswith("caffenet: PASS") and "gate flips (all pairs)" in line
