@@ -252,7 +252,7 @@ def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
     """``python -m port seed-weights``: the weights Caffe then loads from the file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "port", "seed-weights", "--prototxt", str(prototxt),
-           "--seed", str(seed), "--out", str(out)]  # fmt: skip
+           "--weight-seed", str(seed), "--out", str(out)]  # fmt: skip
     if fmt != "v2":
         cmd += ["--format", fmt]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

@@ -28,15 +28,20 @@ from pathlib import Path
 
 from .artefact import sha256_file
 from .atomic import write_text_atomic
+from .errors import ToolError
+from .paths import cache_root
 
 __all__ = ["FORMAT", "ParityError", "check_parity", "verdict_path", "write_verdict"]
 
 FORMAT = "caffe-mfv-parity-verdict/1"
-_REPO = Path(__file__).resolve().parent.parent
 
 
-class ParityError(RuntimeError):
-    """The model has no passing parity verdict for these exact files."""
+class ParityError(ToolError, RuntimeError):
+    """The model has no passing parity verdict for these exact files.
+
+    A :class:`~port.errors.ToolError` (the user must run parity or pass ``--no-parity-check``); still a
+    RuntimeError for callers that caught it as one.
+    """
 
 
 def verdict_path(prototxt: str | Path, caffemodel: str | Path | None, *,
@@ -44,7 +49,7 @@ def verdict_path(prototxt: str | Path, caffemodel: str | Path | None, *,
     """Where the verdict for these weights lives (see the module docstring)."""
     if caffemodel is not None:
         return Path(str(caffemodel) + ".parity.json")
-    return _REPO / "cache" / "parity" / f"{Path(prototxt).stem}.seed{int(seed or 0)}.parity.json"
+    return cache_root() / "parity" / f"{Path(prototxt).stem}.seed{int(seed or 0)}.parity.json"
 
 
 def write_verdict(*, passed: bool, prototxt: str | Path, caffemodel: str | Path | None,
