@@ -178,15 +178,15 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
             raise UsageError("a user model needs both --prototxt and --caffemodel")
         if args.model or args.check:
             raise UsageError("--prototxt/--caffemodel cannot be combined with --model or --check")
-        out = args.out or (rootfs.REPO / "cache" / "golden" / f"user-{args.prototxt.stem}")
+        out = args.out or (goldens.CACHE_DIR / f"user-{args.prototxt.stem}")
         size = goldens.declared_input_size(args.prototxt.read_text())
         inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
-        man = goldens.generate(
+        man = goldens.generate(goldens.GoldenRequest(
             name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
-            blob=args.blob, unit=args.unit, inputs=inputs, blas=blas,
+            blob=args.blob, unit=args.unit, inputs=inputs, blas=tuple(blas),
             caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
             repeat=not args.no_repeat,
-        )  # fmt: skip
+        ))  # fmt: skip
         goldens.write_json(out / "manifest.json", man)
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
         return 0

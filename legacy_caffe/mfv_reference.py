@@ -9,7 +9,7 @@ folder, runs the loop inside the Debian 11 root with the chosen BLAS, and writes
     OUT/trace.json                mfv-trace/1: per-step records in visualize's schema, plus environment
 
 Facet ``k`` starts from ``mean_k.jpg``. The JPEGs are decoded here, by the same decoder the port's
-``mfv visualize --init`` uses (``mfv._io.load_rgb``), and handed over as arrays, so that a libjpeg
+``mfv visualize --init`` uses (``mfv.load_rgb``), and handed over as arrays, so that a libjpeg
 difference between the root and the host cannot pass for a difference of the algorithm.
 """
 
@@ -25,27 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
+from port.artefact import sha256_file as file_sha256
+from port.atomic import write_text_atomic
+from port.paths import repo_root, shared_root
+
 from . import rootfs
 
 __all__ = ["MEANS_DIR", "PROTOTXT", "generate_reference", "write_manifest", "file_sha256"]
 
-SHARED = rootfs.REPO.parent / "shared"
-PROTOTXT = SHARED / "reference" / "mfv-original" / "deploy_alexnet_updated.prototxt"
-MEANS_DIR = SHARED / "reference" / "mfv-original" / "mean_images" / "n07720875"
-GOLDEN_MFV = rootfs.REPO / "golden" / "mfv"
+PROTOTXT = shared_root() / "reference" / "mfv-original" / "deploy_alexnet_updated.prototxt"
+MEANS_DIR = shared_root() / "reference" / "mfv-original" / "mean_images" / "n07720875"
+GOLDEN_MFV = repo_root() / "golden" / "mfv"
 #: OpenBLAS on its baseline kernel, one thread, as for the blob goldens: the kernel choice (and so
 #: the rounding) would otherwise depend on the CPU; one thread keeps timings comparable with ATLAS
 #: (Debian's ATLAS is single-threaded) and leaves the second core to other work.
 REFERENCE_ENV = {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stage(src: Path, dst: Path) -> None:
@@ -94,8 +88,7 @@ def generate_reference(
     dict
         The trace written to ``out/trace.json``.
     """
-    from mfv import _io
-    from port.atomic import write_text_atomic
+    from mfv import load_rgb, save_image
 
     out = Path(out)
     if caffemodel is None:
@@ -118,7 +111,7 @@ def generate_reference(
         inits = {}
         for k in facets:
             jpg = Path(means_dir) / f"mean_{k}.jpg"
-            img = _io.load_rgb(jpg)
+            img = load_rgb(jpg)
             np.save(work / f"mean_{k}.npy", img)
             inits[k] = {"file": jpg.name, "sha256": file_sha256(jpg),
                         "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest()}
@@ -134,9 +127,9 @@ def generate_reference(
             for f in info["facets"]:
                 k = f["index"]
                 for j in range(1, f["octaves_done"] + 1):
-                    _io.save_image(out / f"facet_{k}_octave{j}.png", z[f"facet_{k}_octave{j}"])
+                    save_image(out / f"facet_{k}_octave{j}.png", z[f"facet_{k}_octave{j}"])
                 if f["octaves_done"] == len(info["octaves"]):
-                    _io.save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
+                    save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env = info["environment"]
@@ -175,8 +168,6 @@ def write_manifest(golden: str | Path = GOLDEN_MFV) -> dict:
     Records per BLAS: versions, libraries, seed, unit, weights sha256, per-facet seconds and final
     activation, and every image's sha256.
     """
-    from port.atomic import write_text_atomic
-
     golden = Path(golden)
     man: dict = {"format": "mfv-reference/1",
                  "spec": "shared/spec/original-mfv.md", "builds": {}}  # fmt: skip

@@ -26,11 +26,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from port.errors import ToolError
-from port.paths import cache_root, repo_root
+from port.paths import cache_root
 
 from .packages import PACKAGES_FILE, packages_digest, read_packages
 
-REPO = repo_root()
 INSIDE_DIR = Path(__file__).resolve().parent / "inside"
 SUITE = "bullseye"
 MARKER = ".legacy_caffe_complete.json"

@@ -10,7 +10,7 @@ layers. Only layers that Caffe would instantiate in the TEST phase are kept.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -58,10 +58,6 @@ class LayerDef:
     param: object
     line: int | None = None
 
-    @property
-    def in_place(self) -> bool:
-        return len(self.tops) == 1 and self.tops == self.bottoms[:1]
-
 
 @dataclass
 class NetDef:
@@ -74,17 +70,12 @@ class NetDef:
     path: str | None = None
     text: str = ""
     legacy_v1: bool = False
-    layer_lines: dict[str, int] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerDef:
         for layer in self.layers:
             if layer.name == name:
                 return layer
         raise CaffeError("no such layer", path=self.path, layer=name)
-
-    def producers(self, blob: str) -> list[LayerDef]:
-        """Layers whose tops include ``blob``, in order (the producer, then in-place layers)."""
-        return [layer for layer in self.layers if blob in layer.tops]
 
     def to_proto(self):
         """The definition as a V2 ``NetParameter`` (inputs as ``input`` + ``input_shape``)."""
@@ -291,7 +282,6 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
     return NetDef(
         name=net.name, inputs=inputs, layers=layers, force_backward=net.force_backward,
         path=str(path) if path is not None else None, text=text, legacy_v1=legacy,
-        layer_lines={layer.name: layer.line for layer in layers if layer.line is not None},
     )
 
 
