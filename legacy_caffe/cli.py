@@ -251,5 +251,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     tool = build_tool()
-    signal.signal(signal.SIGTERM, _terminate)
-    return tool.main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return tool.main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
