@@ -88,8 +88,6 @@ def generate_reference(
     dict
         The trace written to ``out/trace.json``.
     """
-    from mfv import load_rgb, save_image
-
     out = Path(out)
     if caffemodel is None:
         from .goldens import golden_weights
@@ -108,34 +106,61 @@ def generate_reference(
                 "--unit", str(unit), "--seed", str(seed),
                 "--out", rootfs.host_to_inside(work / "result.npz"),
                 "--trace", rootfs.host_to_inside(work / "trace.json")]  # fmt: skip
-        inits = {}
-        for k in facets:
-            jpg = Path(means_dir) / f"mean_{k}.jpg"
-            img = load_rgb(jpg)
-            np.save(work / f"mean_{k}.npy", img)
-            inits[k] = {"file": jpg.name, "sha256": file_sha256(jpg),
-                        "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest()}
-            argv += ["--init", rootfs.host_to_inside(work / f"mean_{k}.npy"), "--index", str(k)]
+        inits = _stage_means(work, Path(means_dir), facets, argv)
         if max_octaves is not None:
             argv += ["--max-octaves", str(max_octaves)]
         t0 = time.perf_counter()
         rootfs.run_inside(argv, blas=blas, env=REFERENCE_ENV)
         wall = time.perf_counter() - t0
         info = json.loads((work / "trace.json").read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        with np.load(work / "result.npz") as z:
-            for f in info["facets"]:
-                k = f["index"]
-                for j in range(1, f["octaves_done"] + 1):
-                    save_image(out / f"facet_{k}_octave{j}.png", z[f"facet_{k}_octave{j}"])
-                if f["octaves_done"] == len(info["octaves"]):
-                    save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
+        _write_images(work / "result.npz", info, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env = info["environment"]
     if env.get("blas") != blas:
         raise rootfs.LegacyCaffeError(f"asked for {blas} but Caffe loaded {env.get('blas_loaded')}")
-    trace = {
+    trace = _trace(info, blas=blas, seed=seed, unit=unit, caffemodel=caffemodel, wall=wall,
+                   inits=inits)
+    write_text_atomic(out / "trace.json", json.dumps(trace, indent=1) + "\n")
+    return trace
+
+
+def _stage_means(work: Path, means_dir: Path, facets: list[int], argv: list[str]) -> dict:
+    """Decode ``mean_<k>.jpg`` here (mfv's decoder) into the exchange folder; adds ``--init`` args.
+
+    Returns, per facet, the JPEG's name and the checksums of the file and of the decoded pixels.
+    """
+    from mfv import load_rgb
+
+    inits = {}
+    for k in facets:
+        jpg = means_dir / f"mean_{k}.jpg"
+        img = load_rgb(jpg)
+        np.save(work / f"mean_{k}.npy", img)
+        inits[k] = {"file": jpg.name, "sha256": file_sha256(jpg),
+                    "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest()}
+        argv += ["--init", rootfs.host_to_inside(work / f"mean_{k}.npy"), "--index", str(k)]
+    return inits
+
+
+def _write_images(result: Path, info: dict, out: Path) -> None:
+    """Every facet's image after each octave, and the final image of facets that finished."""
+    from mfv import save_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    with np.load(result) as z:
+        for f in info["facets"]:
+            k = f["index"]
+            for j in range(1, f["octaves_done"] + 1):
+                save_image(out / f"facet_{k}_octave{j}.png", z[f"facet_{k}_octave{j}"])
+            if f["octaves_done"] == len(info["octaves"]):
+                save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
+
+
+def _trace(info: dict, *, blas: str, seed: int, unit: int, caffemodel: Path, wall: float,
+           inits: dict) -> dict:
+    """The run in ``mfv visualize``'s trace format (mfv-trace/1), from the script's own record."""
+    return {
         "format": "mfv-trace/1",
         "source": "legacy_caffe mfv-reference (inside/mfv_original.py on real Caffe)",
         "blas": blas,
@@ -147,7 +172,7 @@ def generate_reference(
         "bottom/right)",
         "weights": {"path": str(caffemodel), "sha256": file_sha256(caffemodel)},
         "prototxt": {"path": str(PROTOTXT), "sha256": file_sha256(PROTOTXT)},
-        "environment": env,
+        "environment": info["environment"],
         "wall_seconds": round(wall, 1),
         "facets": [
             {"index": f["index"], "init": inits[f["index"]]["file"], "init_sha256": inits[f["index"]],
@@ -158,8 +183,6 @@ def generate_reference(
             for f in info["facets"]
         ],
     }
-    write_text_atomic(out / "trace.json", json.dumps(trace, indent=1) + "\n")
-    return trace
 
 
 def write_manifest(golden: str | Path = GOLDEN_MFV) -> dict:

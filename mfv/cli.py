@@ -191,9 +191,21 @@ def build_tool() -> Tool:
                 "torchvision models.", bad_input=(ValueError, FileNotFoundError, KeyError, RuntimeError),
                 interrupted="finished facets and the state are kept (rerun to resume)")
 
+    _add_layers(tool)
+    _add_means(tool)
+    _add_visualize(tool)
+    _add_evaluate(tool)
+    _add_diff(tool)
+    _add_sweep(tool)
+    return tool
+
+
+def _add_layers(tool: Tool) -> None:
     s = tool.add_command("layers", _cmd_layers, help="list addressable layers with their shapes")
     _model_args(s)
 
+
+def _add_means(tool: Tool) -> None:
     s = tool.add_command("means", _cmd_means, help="cluster a class's images and write the mean image of each facet",
                        description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
                        "images nearest each centroid. Images are fitted to the input size (shorter side "
@@ -212,6 +224,8 @@ def build_tool() -> Tool:
                    "e.g. 'mean_*' in the published layout")
     s.add_argument("--out", required=True, help="output folder")
 
+
+def _add_visualize(tool: Tool) -> None:
     s = tool.add_command("visualize", _cmd_visualize, help="activation maximisation from mean images (MFV)",
                        description="Runs the MFV loop from each --init image, all as one batch. Writes "
                        "facet_<i>.png, facet_<i>_octave<k>.png, trace.json, index.html and state/ (resume: "
@@ -240,6 +254,8 @@ def build_tool() -> Tool:
     s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
     s.add_argument("--out", required=True, help="output folder")
 
+
+def _add_evaluate(tool: Tool) -> None:
     s = tool.add_command("evaluate", _cmd_evaluate, help="measure a visualize output: activation, rank, diversity, nearest images")
     s.add_argument("out", help="a visualize output folder")
     s.add_argument("--means", help="means folder (default: the one the run used)")
@@ -254,6 +270,8 @@ def build_tool() -> Tool:
     s.add_argument("--device", type=device_arg, default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
+
+def _add_diff(tool: Tool) -> None:
     s = tool.add_command("diff", _cmd_diff, help="compare a run with a reference, octave by octave, against a floor",
                        description="Per facet and octave: max / mean / p99 |ref - out| (grey levels), PSNR, "
                        "SSIM; the first trace step beyond float noise, the first offset or schedule "
@@ -269,6 +287,8 @@ def build_tool() -> Tool:
     s.add_argument("--html", help="write a self-contained HTML view here")
     s.add_argument("--json", help="write the figures as JSON here")
 
+
+def _add_sweep(tool: Tool) -> None:
     s = tool.add_command("sweep", _cmd_sweep, help="means, facets and evaluation for many units on Dask (resumable)",
                        description="One Dask task per unit: mean images (as `means`), all its facets in one "
                        "batch (as `visualize`), evaluation (as `evaluate`), into OUT/<unit>/, finished by an "
@@ -312,7 +332,6 @@ def build_tool() -> Tool:
     s.add_argument("--retries", type=int, default=2, help="Dask retries of a unit that raised an unexpected "
                    "error (default 2; a dead worker's unit is rerun by Dask in any case)")
     s.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    return tool
 
 
 def build_parser() -> argparse.ArgumentParser:

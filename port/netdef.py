@@ -214,15 +214,8 @@ def upgrade_v1_layer(v1, *, path: str | Path | None = None):
     return layer
 
 
-def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") -> NetDef:
-    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin)."""
-    if net.layer and net.layers:
-        raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
-                         path=path, field="layers")
-    lines = _layer_block_lines(text) if text else []
-    legacy = bool(net.layers)
-    raw = [upgrade_v1_layer(v1, path=path) for v1 in net.layers] if legacy else list(net.layer)
-    phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
+def _net_level_inputs(net, path: str | Path | None) -> dict[str, tuple[int, ...]]:
+    """Inputs declared at net level (``input`` + ``input_dim`` or ``input_shape``), in order."""
     inputs: dict[str, tuple[int, ...]] = {}
     for name in net.input:
         inputs[name] = ()
@@ -243,7 +236,19 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
     elif net.input:
         raise CaffeError("inputs are declared without input_dim or input_shape", path=path,
                          field="input")
+    return inputs
 
+
+def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") -> NetDef:
+    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin)."""
+    if net.layer and net.layers:
+        raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
+                         path=path, field="layers")
+    lines = _layer_block_lines(text) if text else []
+    legacy = bool(net.layers)
+    raw = [upgrade_v1_layer(v1, path=path) for v1 in net.layers] if legacy else list(net.layer)
+    phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
+    inputs = _net_level_inputs(net, path)
     layers: list[LayerDef] = []
     names: set[str] = set()
     for i, param in enumerate(raw):
