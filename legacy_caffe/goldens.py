@@ -397,7 +397,8 @@ def _prepare_weights(req: GoldenRequest, job: _Job) -> dict:
         shutil.copyfile(req.caffemodel, job.weights)
         weights_info = {"generator": "user file", "source": str(req.caffemodel)}
     elif port_seed_available():
-        _say(f"{req.name}: python -m port seed-weights --seed {req.seed} --format {req.weight_format}")
+        _say(f"{req.name}: python -m port seed-weights --weight-seed {req.seed} "
+             f"--format {req.weight_format}")
         seed_weights(req.prototxt, req.seed, job.weights, req.weight_format)
         weights_info = {"generator": "port seed-weights", "seed": req.seed,
                         "format": req.weight_format}  # fmt: skip

@@ -7,8 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from port.cli import device_arg
-from port.command import Exit, Tool
+from port.command import Exit, Tool, device_arg
 from port.errors import UsageError
 
 from . import _io

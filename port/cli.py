@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .command import Tool
+from .command import Tool, device_arg
 from .errors import CaffeError
 
 
@@ -15,20 +15,6 @@ def _dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
-def device_arg(name: str):
-    """argparse type for --device: a torch device that exists on this machine."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available here (no GPU or no driver); "
-                                         "use --device cpu")
-    return device
 
 
 def cmd_seed_weights(args: argparse.Namespace) -> None:

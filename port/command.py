@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 
 from .errors import ToolError, UsageError
 
-__all__ = ["Exit", "Tool", "ToolParser", "comma_list", "error_line"]
+__all__ = ["Exit", "Tool", "ToolParser", "comma_list", "device_arg", "error_line"]
 
 
 class Exit(enum.IntEnum):
@@ -171,3 +171,17 @@ def comma_list(choices: Sequence[str] | None = None, *, item: Callable[[str], An
 
     parse.__name__ = "list"  # argparse names the type in "invalid list value"
     return parse
+
+
+def device_arg(name: str):
+    """An argparse ``type`` for ``--device``: a torch device that exists on this machine."""
+    import torch  # here, not at the top: a tool's --help must not wait for torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available here (no GPU or no driver); "
+                                         "use --device cpu")
+    return device
