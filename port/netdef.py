@@ -77,6 +77,19 @@ class NetDef:
                 return layer
         raise CaffeError("no such layer", path=self.path, layer=name)
 
+    def last_writer(self, blob: str) -> int | None:
+        """Index in ``layers`` of the last layer that writes ``blob``, or None (an input, or no
+        such blob).
+
+        That is the blob's producer or the last in-place layer on it: where its final value (pycaffe's
+        ``.data``) is made, and where a backward pass seeded on the blob starts (pycaffe's
+        ``net.backward(start=...)``).
+        """
+        for i in range(len(self.layers) - 1, -1, -1):
+            if blob in self.layers[i].tops:
+                return i
+        return None
+
     def to_proto(self):
         """The definition as a V2 ``NetParameter`` (inputs as ``input`` + ``input_shape``)."""
         net = schema.NetParameter(name=self.name, force_backward=self.force_backward)
