@@ -19,7 +19,7 @@ typical use:
   python -m legacy_caffe run --blas atlas -- python3 -c 'import caffe'
   python -m legacy_caffe goldens                     # every built-in model, both BLAS
   python -m legacy_caffe goldens --check             # regenerate and compare with golden/
-  python -m legacy_caffe mfv-reference --blas atlas --golden   # the original MFV loop, golden/mfv/
+  python -m legacy_caffe mfv-reference --blas atlas --update-golden   # the original MFV loop
   python -m legacy_caffe goldens --prototxt deploy.prototxt --caffemodel w.caffemodel \\
       --input my.jpg --out my_goldens/
 
@@ -69,7 +69,7 @@ def _add_mfv_reference(tool: Tool) -> None:
         description="The published mean-image schedule on real Caffe from the class-945 mean images "
         "(shared/reference/mfv-original), seeded CaffeNet weights of the goldens. Writes "
         "facet_<k>_octave<j>.png, facet_<k>.png and trace.json (mfv visualize's format) into --out; "
-        "with --golden, into golden/mfv/<blas>/ and refreshes golden/mfv/manifest.json.",
+        "with --update-golden, into golden/mfv/<blas>/ and refreshes golden/mfv/manifest.json.",
     )  # fmt: skip
     m.add_argument("--blas", choices=rootfs.BLAS_CHOICES, required=True, help="the Caffe build")
     m.add_argument("--facets", type=comma_list(item=int), default=[0, 1, 2], metavar="K[,K...]",
@@ -80,7 +80,9 @@ def _add_mfv_reference(tool: Tool) -> None:
     m.add_argument("--max-octaves", type=int, help="stop after this many octaves (tests)")
     dest = m.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", type=Path, help="output folder")
-    dest.add_argument("--golden", action="store_true", help="write golden/mfv/<blas>/ + manifest")
+    dest.add_argument("--update-golden", "--golden", dest="golden", action="store_true",
+                      help="write golden/mfv/<blas>/ and refresh golden/mfv/manifest.json (--golden "
+                      "is the older spelling)")
 
 
 def build_tool() -> Tool:

@@ -130,11 +130,12 @@ class Tool:
 
         Usage errors raise ``SystemExit(2)`` as argparse does; everything else returns a status.
         """
-        args = self.parser.parse_args(argv)
-        try:
+        args = None
+        try:  # an option's type may raise a ToolError too: parsing is inside
+            args = self.parser.parse_args(argv)
             status = self.commands[args.command](args)
         except UsageError as exc:
-            self.parsers[args.command].error(str(exc))
+            (self.parsers[args.command] if args else self.parser).error(str(exc))
         except self.bad_input as exc:
             if os.environ.get(f"{self.name.upper()}_DEBUG"):
                 raise
