@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import port
 from port.verdict import check_parity
 from port.zoo import zoo_model
 
@@ -259,8 +260,6 @@ def _he_seed(module: nn.Module, seed: int) -> None:
 
 
 def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_file) -> Model:
-    import port
-
     if prototxt is None:
         if spec is None:
             raise ValueError("model 'caffe' needs --prototxt")
