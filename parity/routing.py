@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from port.dump import BackwardSeed
+
 from . import numpy_ref
 from .gates import GateFlip
 
@@ -271,9 +273,9 @@ def teacher_forced_backward(
 
     from .local import units
 
-    seed_blob, _, unit = backward_from.rpartition(":")
-    writers = [i for i, lay in enumerate(netdef.layers) if seed_blob in lay.tops]
-    start = writers[-1] if writers else -1
+    seed_blob, unit = BackwardSeed.parse(backward_from)
+    start = netdef.last_writer(seed_blob)
+    start = -1 if start is None else start
     index = {lay.name: i for i, lay in enumerate(netdef.layers)}
 
     def t64(a: np.ndarray, grad: bool = False) -> torch.Tensor:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from port.errors import ToolError
+
 from . import core, local, runners
 from .compare import ParityResult
 from .runners import (
@@ -35,8 +37,8 @@ SYNTHETIC_SEED = 1
 SYNTHETIC_INPUT_SEED = 7
 
 
-class ParitySetupError(RuntimeError):
-    """The run cannot be set up (missing goldens, unknown reference...)."""
+class ParitySetupError(ToolError):
+    """The run cannot be set up (missing goldens, unknown reference, a golden without its input...)."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Runners: each produces named blobs (``data/<blob>``, ``diff/<blob>``) for one input.
 
 * :func:`run_port` -- the PyTorch port (float32 or float64), through ``port.dump_blobs``;
-* :func:`load_golden` -- a real-Caffe golden dump (ATLAS or OpenBLAS build), read from its .npz;
+* real-Caffe golden dumps (ATLAS or OpenBLAS build) are read by :mod:`parity.run` into a
+  :class:`RunnerOutput` each;
 * :func:`run_numpy` -- the independent numpy reference (:mod:`parity.numpy_ref`), forward only;
 * :func:`run_onnx` -- the port exported to ONNX with every blob an output, run by ONNX Runtime on
   the CPU, forward only.
@@ -36,10 +37,8 @@ __all__ = [
     "blas_of",
     "RunnerOutput",
     "run_port",
-    "load_golden",
     "run_numpy",
     "run_onnx",
-    "parse_backward_from",
 ]
 
 
@@ -114,16 +113,6 @@ class RunnerOutput:
         }
 
 
-def parse_backward_from(spec: str | tuple[str, int] | None) -> tuple[str, int] | None:
-    """``"BLOB:UNIT"`` -> (blob, unit). Blob names may contain ':'; the unit is after the last one."""
-    if spec is None or isinstance(spec, tuple):
-        return spec
-    blob, sep, unit = str(spec).rpartition(":")
-    if not sep or not blob:
-        raise ValueError(f"backward_from must be BLOB:UNIT, got {spec!r}")
-    return blob, int(unit)
-
-
 def run_port(
     net: Any,
     x: np.ndarray | Mapping[str, np.ndarray],
@@ -156,7 +145,7 @@ def run_port(
     else:
         xt = torch.as_tensor(np.asarray(x), dtype=dtype)
     t0 = time.perf_counter()
-    blobs = dump_blobs(net, xt, backward_from=parse_backward_from(backward_from))
+    blobs = dump_blobs(net, xt, backward_from=backward_from)
     secs = time.perf_counter() - t0
     blobs = {k: np.asarray(v) for k, v in blobs.items() if k.startswith(("data/", "diff/"))}
     return RunnerOutput(
@@ -167,23 +156,6 @@ def run_port(
         seconds=secs,
         source="port.dump_blobs",
     )
-
-
-def load_golden(path: str | Path, *, name: str) -> tuple[RunnerOutput, dict[str, np.ndarray]]:
-    """Read a golden dump (.npz with ``data/``, ``diff/`` and ``input/`` keys).
-
-    Returns
-    -------
-    (RunnerOutput, dict)
-        The blobs, and the inputs stored with them (``input/<name>`` -> array, keyed by name).
-    """
-    path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
-    inputs = {k[len("input/") :]: v for k, v in arrays.items() if k.startswith("input/")}
-    has_diff = any(k.startswith("diff/") for k in blobs)
-    return RunnerOutput(name, blobs, "float32", has_diff, 0.0, str(path)), inputs
 
 
 def run_numpy(

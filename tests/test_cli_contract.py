@@ -14,9 +14,7 @@ import pytest
 from port.command import Exit, Tool, comma_list, error_line
 from port.errors import CaffeError, ToolError, UsageError
 
-PARITY_PENDING = pytest.mark.xfail(strict=True, reason="parity adopts the skeleton at merge")
-
-TOOLS = ["port", "mfv", "legacy_caffe", pytest.param("parity", marks=PARITY_PENDING)]
+TOOLS = ["port", "mfv", "legacy_caffe", "parity"]
 CLI_MODULE = {"port": "port.cli", "mfv": "mfv.cli", "legacy_caffe": "legacy_caffe.cli",
               "parity": "parity.__main__"}
 

@@ -174,6 +174,6 @@ def test_parity_all_prints_one_summary_line_per_model(capsys):
     from parity.__main__ import main
 
     _caffenet_goldens()
-    assert main(["all", "--models", "caffenet", "--no-local", "--no-verdict"]) == 0
+    assert main(["all", "--model", "caffenet", "--no-local", "--no-verdict"]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("caffenet")]
     assert line.startswith("caffenet: PASS") and "gate flips (all pairs)" in line

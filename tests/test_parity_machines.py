@@ -45,9 +45,11 @@ def test_markdown_table_shows_verdict_worst_and_flips_per_cell():
     assert table[2] == "| caffenet | pass 1.91x (pool1 1) | FAIL 60000.00x (relu4 (OUT OF BAND) 1) |"
 
 
-def test_unknown_setting_is_a_setup_error(capsys):
-    assert main(["machines", "--settings", "avx9"]) == 2
-    assert "unknown setting" in capsys.readouterr().err
+def test_unknown_setting_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["machines", "--settings", "avx9"])
+    assert exc.value.code == 2
+    assert "parity: error: unknown setting" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -55,7 +57,7 @@ def test_unknown_setting_is_a_setup_error(capsys):
 def test_the_verdict_holds_under_every_setting(setting, tmp_path):
     # CaffeNet's goldens and the mini ResNet's are committed; `tox -e machines` runs every model.
     out = tmp_path / "rows.json"
-    rc = main(["machines", "--settings", setting, "--models",
+    rc = main(["machines", "--settings", setting, "--model",
                f"caffenet,{DATA / 'mini_resnet'}", "--json", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())
     assert rc == 0, [machines.format_row(r) for r in rows]
