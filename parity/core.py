@@ -246,6 +246,44 @@ def _measure_noise(
     return noise, pairs
 
 
+def _judged_pairs(
+    netdef: Any,
+    outputs: Mapping[str, RunnerOutput],
+    sub: RunnerOutput,
+    producers: Mapping[str, str],
+    flips: FlipAnalysis,
+    spread_rule: Any,
+    truth_rule: Any,
+) -> list[PairResult]:
+    """Every pair the verdict rests on (``parity/SCHEMA.md``, "Which pairs a run holds")."""
+    p64 = outputs[PORT64]
+    keys_all = ordered_keys(netdef, set(sub.blobs))
+    fwd_keys = [k for k in keys_all if k.startswith("data/")]
+    pairs = []
+    for b in CAFFE_BUILDS:
+        if b in outputs:
+            keys = ordered_keys(netdef, set(outputs[b].blobs) | set(sub.blobs))
+            pairs.append(_compare_pair(sub, outputs[b], keys, producers, flips, spread_rule, "spread"))
+    for r in FLOAT32_REFERENCES:
+        if r in outputs:
+            both = set(outputs[r].blobs) | set(sub.blobs)
+            keys = ordered_keys(netdef, {k for k in both if k.startswith("data/")})
+            pairs.append(_compare_pair(sub, outputs[r], keys, producers, None, spread_rule, "spread"))
+    truth_keys = keys_all
+    if NUMPY64 in outputs:
+        n64 = outputs[NUMPY64]
+        pairs.append(_compare_pair(sub, n64, fwd_keys, producers, None, truth_rule, "truth"))
+        f64_keys = ordered_keys(netdef, {k for k in p64.blobs if k.startswith("data/")})
+        pairs.append(
+            _compare_pair(p64, n64, f64_keys, producers, None,
+                          lambda k: tolerance.float64_rule(), "float64")  # fmt: skip
+        )
+        truth_keys = [k for k in keys_all if k.startswith("diff/")]
+    if truth_keys:
+        pairs.append(_compare_pair(sub, p64, truth_keys, producers, flips, truth_rule, "truth"))
+    return pairs
+
+
 def judge(
     netdef: Any,
     outputs: Mapping[str, RunnerOutput],
@@ -323,39 +361,7 @@ def judge(
     noise.update(bwd_noise)
     info_pairs += bwd_info
 
-    pairs: list[PairResult] = []
-    for b in builds:
-        keys = ordered_keys(netdef, set(outputs[b].blobs) | set(sub.blobs))
-        pairs.append(_compare_pair(sub, outputs[b], keys, producers, flips, spread_rule, "spread"))
-    for r in FLOAT32_REFERENCES:
-        if r in outputs:
-            ref = outputs[r]
-            keys = ordered_keys(
-                netdef, {k for k in set(ref.blobs) | set(sub.blobs) if k.startswith("data/")}
-            )
-            pairs.append(_compare_pair(sub, ref, keys, producers, None, spread_rule, "spread"))
-    if NUMPY64 in outputs:
-        pairs.append(
-            _compare_pair(sub, outputs[NUMPY64], fwd_keys, producers, None, truth_rule, "truth")
-        )
-        f64_keys = ordered_keys(netdef, {k for k in set(p64.blobs) if k.startswith("data/")})
-        pairs.append(
-            _compare_pair(
-                p64,
-                outputs[NUMPY64],
-                f64_keys,
-                producers,
-                None,
-                lambda k: tolerance.float64_rule(),
-                "float64",
-            )
-        )
-        truth_keys = bwd_keys
-    else:
-        truth_keys = keys_all
-    if truth_keys:
-        pairs.append(_compare_pair(sub, p64, truth_keys, producers, flips, truth_rule, "truth"))
-
+    pairs = _judged_pairs(netdef, outputs, sub, producers, flips, spread_rule, truth_rule)
     notes = list(notes or [])
     notes += [
         f"gate-flip correction unavailable for {n} (excused instead): {m}"

@@ -146,6 +146,97 @@ def golden_inputs(netdef: Any, arrays: Mapping[str, np.ndarray], source: str) ->
     return out
 
 
+@dataclass
+class _Found:
+    """What a built-in model or a user's files give a run before weights and input are settled."""
+
+    name: str
+    prototxt: Path
+    netdef: Any
+    caffemodel: Path | None = None
+    backward_from: str | None = None
+    goldens: dict[str, RunnerOutput] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _find_builtin(
+    model: str, want_caffe: list[str], input_name: str | None, *, regenerate: bool,
+    allow_missing: bool,
+) -> _Found:
+    """A built-in model's definition, and its goldens, weights and backward seed from the manifest."""
+    import port
+    from port.zoo import zoo_model
+
+    prototxt = Path(zoo_model(model).prototxt)
+    found = _Found(model, prototxt, port.load_prototxt(prototxt))
+    try:
+        from legacy_caffe import goldens as lg
+
+        manifest = lg.load_manifest(model)
+    except Exception as exc:  # no manifest yet, or legacy_caffe not importable
+        if want_caffe and not allow_missing:
+            raise ParitySetupError(
+                f"{model}: no golden manifest ({exc}); generate goldens with "
+                f"`python -m legacy_caffe goldens --model {model}`"
+            ) from None
+        found.notes.append(f"no golden manifest for {model}: {exc}")
+        return found
+    bw = manifest.get("backward", {})
+    found.backward_from = f"{bw['blob']}:{bw['unit']}"
+    input_name = input_name or next(iter(manifest["inputs"]))
+    found.caffemodel = Path(lg.golden_weights(model))
+    for r in want_caffe:
+        blas = blas_of(r)
+        try:
+            arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
+        except Exception as exc:
+            if not allow_missing:
+                raise ParitySetupError(
+                    f"{model}: golden {blas}/{input_name} unavailable: {exc}"
+                ) from None
+            found.notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
+            continue
+        source = f"golden {model} {blas}/{input_name}"
+        found.goldens[r] = _golden_runner(blas, arrays, source)
+        found.inputs = golden_inputs(found.netdef, arrays, source)
+    return found
+
+
+def _find_user(
+    prototxt: Path, golden_files: Mapping[str, str | Path], want_caffe: list[str], *,
+    allow_missing: bool,
+) -> _Found:
+    """A user's definition and golden files; every golden must carry the same input."""
+    import port
+
+    netdef = port.load_prototxt(prototxt)
+    found = _Found(netdef.name or prototxt.stem, prototxt, netdef)
+    for blas, path in golden_files.items():
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        found.goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path))
+        mine = golden_inputs(netdef, arrays, str(path))
+        if found.inputs and any(
+            mine[k].shape != v.shape or not np.array_equal(mine[k], v)
+            for k, v in found.inputs.items()
+        ):
+            raise ParitySetupError(
+                f"{path}: its input differs from the other golden file's; goldens compared "
+                "with each other must come from the same input"
+            )
+        found.inputs = mine
+        found.backward_from = found.backward_from or _manifest_backward(Path(path))
+    missing = [r for r in want_caffe if r not in found.goldens]
+    if missing and not allow_missing:
+        raise ParitySetupError(
+            f"no golden file for {', '.join(missing)}: pass --golden BLAS=FILE.npz "
+            "(made by `python -m legacy_caffe goldens`) or leave them out of --references"
+        )
+    found.notes.extend(f"{r}: no golden given" for r in missing)
+    return found
+
+
 def resolve(
     *,
     model: str | None = None,
@@ -181,114 +272,56 @@ def resolve(
     """
     import port
 
-    notes: list[str] = []
     want_caffe = [r for r in references if is_caffe(r)]
-    goldens: dict[str, RunnerOutput] = {}
-    inputs: dict[str, np.ndarray] = {}
     if model is not None:
-        from port.zoo import zoo_model
-
-        zm = zoo_model(model)
-        prototxt = zm.prototxt
-        netdef = port.load_prototxt(prototxt)
-        manifest = None
-        try:
-            from legacy_caffe import goldens as lg
-
-            manifest = lg.load_manifest(model)
-        except Exception as exc:  # no manifest yet, or legacy_caffe not importable
-            if want_caffe and not allow_missing:
-                raise ParitySetupError(
-                    f"{model}: no golden manifest ({exc}); generate goldens with "
-                    f"`python -m legacy_caffe goldens --model {model}`"
-                ) from None
-            notes.append(f"no golden manifest for {model}: {exc}")
-        if manifest is not None:
-            bw = manifest.get("backward", {})
-            backward_from = backward_from or f"{bw['blob']}:{bw['unit']}"
-            if input_name is None:
-                input_name = next(iter(manifest["inputs"]))
-            if caffemodel is None:
-                caffemodel = lg.golden_weights(model)
-            for r in want_caffe:
-                blas = blas_of(r)
-                try:
-                    arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
-                except Exception as exc:
-                    if not allow_missing:
-                        raise ParitySetupError(
-                            f"{model}: golden {blas}/{input_name} unavailable: {exc}"
-                        ) from None
-                    notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
-                    continue
-                source = f"golden {model} {blas}/{input_name}"
-                goldens[r] = _golden_runner(blas, arrays, source)
-                inputs = golden_inputs(netdef, arrays, source)
-        name = model
+        found = _find_builtin(model, want_caffe, input_name, regenerate=regenerate,
+                              allow_missing=allow_missing)  # fmt: skip
+    elif prototxt is not None:
+        found = _find_user(Path(prototxt), golden_files or {}, want_caffe,
+                           allow_missing=allow_missing)  # fmt: skip
     else:
-        if prototxt is None:
-            raise ParitySetupError("give --model NAME or --prototxt P")
-        prototxt = Path(prototxt)
-        netdef = port.load_prototxt(prototxt)
-        name = netdef.name or prototxt.stem
-        for blas, path in (golden_files or {}).items():
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path))
-            mine = golden_inputs(netdef, arrays, str(path))
-            if inputs and any(
-                mine[k].shape != v.shape or not np.array_equal(mine[k], v) for k, v in inputs.items()
-            ):
-                raise ParitySetupError(
-                    f"{path}: its input differs from the other golden file's; goldens compared "
-                    "with each other must come from the same input"
-                )
-            inputs = mine
-            if backward_from is None:
-                backward_from = _manifest_backward(Path(path))
-        missing = [r for r in want_caffe if r not in goldens]
-        if missing and not allow_missing:
-            raise ParitySetupError(
-                f"no golden file for {', '.join(missing)}: pass --golden BLAS=FILE.npz "
-                "(made by `python -m legacy_caffe goldens`) or leave them out of --references"
-            )
-        notes.extend(f"{r}: no golden given" for r in missing)
-
+        raise ParitySetupError("give --model NAME or --prototxt P")
+    caffemodel = Path(caffemodel) if caffemodel is not None else found.caffemodel
     if caffemodel is not None:
         weights = port.read_caffemodel(caffemodel)
         wsrc = str(caffemodel)
     else:
-        weights = port.seed_weights(netdef, SYNTHETIC_SEED)
+        weights = port.seed_weights(found.netdef, SYNTHETIC_SEED)
         wsrc = f"port.seed_weights(seed={SYNTHETIC_SEED})"
-        notes.append(f"weights: {wsrc} (no caffemodel)")
-    if inputs:
+        found.notes.append(f"weights: {wsrc} (no caffemodel)")
+    if found.inputs:
+        inputs = found.inputs
         x: Any = inputs if len(inputs) > 1 else next(iter(inputs.values()))
-        input_source = f"the goldens' own input ({next(iter(goldens.values())).source})"
+        input_source = f"the goldens' own input ({next(iter(found.goldens.values())).source})"
     else:
         # Only reached without any golden: a golden always carries its input (golden_inputs).
-        x = _synthetic_input(netdef)
+        x = _synthetic_input(found.netdef)
         input_source = (
             f"SYNTHETIC: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED} (no golden given)"
         )
-    if backward_from is None:
-        from port.zoo import MODELS
-
-        zm = MODELS.get(model or "")
-        backward_from = f"{zm.classifier}:945" if zm else _default_backward(netdef)
     return ParitySetup(
-        name,
-        Path(prototxt),
-        netdef,
+        found.name,
+        found.prototxt,
+        found.netdef,
         weights,
         wsrc,
         x,
-        backward_from,
-        goldens,
-        notes,
-        caffemodel=Path(caffemodel) if caffemodel is not None else None,
+        backward_from or found.backward_from or _default_backward_of(model, found.netdef),
+        found.goldens,
+        found.notes,
+        caffemodel=caffemodel,
         seed=None if caffemodel is not None else SYNTHETIC_SEED,
         input_source=input_source,
     )
+
+
+def _default_backward_of(model: str | None, netdef: Any) -> str | None:
+    """A built-in model's classifier at unit 945 (the MFV paper's class), else unit 0 of the last
+    non-Softmax blob."""
+    from port.zoo import MODELS
+
+    zm = MODELS.get(model or "")
+    return f"{zm.classifier}:945" if zm else _default_backward(netdef)
 
 
 def run_parity(
