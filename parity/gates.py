@@ -445,3 +445,56 @@ def _eltwise_max(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
         marks,
         example,
     )
+
+
+def _sign_flips(layer, data_a, data_b, band: Band, netdef, kinks_of) -> list[GateFlip]:
+    """An element-wise layer whose gradient changes form at ``kinks_of(layer)``.
+
+    Not in place, its input is compared with the kinks. In place (only for kinks ``[0]`` and
+    layers whose output keeps the sign of the input) the output's sign stands for the input's side
+    and the output difference for the margin, a lower bound of the input's when the layer does not
+    shrink values (true of PReLU and ELU slopes <= 1).
+    """
+    kinks = kinks_of(layer)
+    if not kinks:
+        return []
+    bottom = layer.bottoms[0]
+    a = np.asarray(data_a[f"data/{bottom}"])
+    b = np.asarray(data_b[f"data/{bottom}"])
+    width = band.absolute(bottom, a, b)
+    if layer.tops[0] != bottom:
+        return pointwise_flips(layer, bottom, a, b, kinks, width)
+    if list(kinks) != [0.0] or not _final_value_is_output(netdef, layer):
+        return []  # the input is gone and the output does not say which side it was on
+    return pointwise_flips(layer, bottom, a, b, kinks, width)
+
+
+@register_gate("PReLU")
+def _prelu(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
+    """PReLU: gradient 1 above 0, the channel's slope at or below (a negative slope hides the side
+    of an in-place input; such flips are not recognised)."""
+    return _sign_flips(layer, data_a, data_b, band, netdef, lambda _: [0.0])
+
+
+@register_gate("ELU")
+def _elu(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
+    """ELU: gradient 1 above 0, ``alpha * exp(x)`` at or below: a kink at 0 unless alpha is 1."""
+    alpha = float(layer.param.elu_param.alpha)
+    return _sign_flips(layer, data_a, data_b, band, netdef, lambda _: [] if alpha == 1 else [0.0])
+
+
+@register_gate("AbsVal")
+def _absval(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
+    """AbsVal: gradient ``sign(x)``, a kink at 0 (in place the input's sign is gone)."""
+    if layer.tops[0] == layer.bottoms[0]:
+        return []
+    return _sign_flips(layer, data_a, data_b, band, netdef, lambda _: [0.0])
+
+
+@register_gate("Clip")
+def _clip(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
+    """Clip: the gradient passes between min and max and stops outside: kinks at both bounds."""
+    if layer.tops[0] == layer.bottoms[0]:
+        return []
+    p = layer.param.clip_param
+    return _sign_flips(layer, data_a, data_b, band, netdef, lambda _: [float(p.min), float(p.max)])
