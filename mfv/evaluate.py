@@ -10,8 +10,10 @@ the whole picture.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -120,6 +122,124 @@ def _mean_pairwise(codes: np.ndarray) -> float | None:
     return float(np.mean([np.linalg.norm(a - b) for a, b in combinations(codes, 2)]))
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """What :func:`evaluate` measures of a batch of images, and with which network.
+
+    ``rank_unit`` is the softmax unit whose rank and probability are reported: the target's,
+    when the objective is a class unit; None otherwise.
+    """
+
+    model: Model
+    objective: Objective
+    layers: list[str]
+    code_layer: str
+    prob_layer: str
+    rank_unit: int | None
+
+
+class _Measures(NamedTuple):
+    """Per image: the objective's value, the target's softmax rank and probability (None when
+    the target is no class), and the code (the flattened code layer)."""
+
+    value: np.ndarray
+    rank: np.ndarray | None
+    prob: np.ndarray | None
+    code: np.ndarray
+
+
+def _probe_of(trace: dict, model: Model) -> _Probe:
+    """The objective, layers and code/probability layers recorded in (or implied by) a trace."""
+    obj = objective_from_spec(trace["objective"])
+    spec = model.spec
+    code_layer = trace.get("code_layer") or (spec.code_layer if spec else None)
+    prob_layer = spec.prob_layer if spec else "prob"
+    target_unit = trace["objective"].get("unit")
+    ranked = trace["objective"].get("kind") in ("unit", "softmax_unit")
+    return _Probe(model, obj, list(dict.fromkeys([*obj.layers, code_layer, prob_layer])), code_layer,
+                  prob_layer, target_unit if ranked else None)
+
+
+def _measure(probe: _Probe, images: list[np.ndarray]) -> _Measures:
+    """One forward pass of ``images`` (H, W, 3 uint8, the model's input size)."""
+    x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32))
+    with torch.no_grad():
+        acts = probe.model.activations(x, probe.layers)
+        val = probe.objective(acts).double().cpu().numpy()
+    prob = acts[probe.prob_layer].reshape(len(images), -1).double().cpu().numpy()
+    code = acts[probe.code_layer].reshape(len(images), -1).double().cpu().numpy()
+    ranks = probs = None
+    if probe.rank_unit is not None and probe.rank_unit < prob.shape[1]:
+        ranks = (prob > prob[:, [probe.rank_unit]]).sum(1)
+        probs = prob[:, probe.rank_unit]
+    return _Measures(val, ranks, probs, code)
+
+
+def _measure_facets(probe: _Probe, paths: list[Path], size: tuple[int, int]) -> _Measures:
+    """The facet images, in one batch (empty measures when there is no facet image)."""
+    if not paths:
+        return _Measures(np.zeros(0), None, None, np.zeros((0, 1)))
+    return _measure(probe, [_as_input(p, size) for p in paths])
+
+
+def _measure_real(probe: _Probe, paths: list[str], size: tuple[int, int]) -> _Measures | None:
+    """The real images, 16 at a time (None when there are none); ``prob`` is not kept."""
+    if not paths:
+        return None
+    chunks = [_measure(probe, [_as_input(p, size) for p in paths[i:i + 16]]) for i in range(0, len(paths), 16)]
+    return _Measures(np.concatenate([c.value for c in chunks]),
+                     None if chunks[0].rank is None else np.concatenate([c.rank for c in chunks]),
+                     None, np.concatenate([c.code for c in chunks]))
+
+
+def _provenance(out: Path, trace: dict, probe: _Probe, means: str | Path | None, size: tuple[int, int]) -> dict:
+    """The evaluation's header: what was evaluated, with which model, layers and means."""
+    return {"format": "mfv-evaluation/1", "run": str(out), "objective": trace["objective"]["description"],
+            "code_layer": probe.code_layer, "prob_layer": probe.prob_layer, "model": trace["model"]["name"],
+            "parity": trace.get("parity"), "mode": trace.get("mode"), "fixes": trace.get("fixes", []),
+            "means": None if means is None else str(means), "resize": f"facets resized to {size} (bicubic)",
+            "facets": []}
+
+
+def _facet_record(f: dict, path: Path, j: int, facets: _Measures, real: _Measures | None,
+                  real_paths: list[str], labels: np.ndarray) -> dict:
+    """Facet ``j``'s numbers: its own, against its cluster's real images, and its nearest real image."""
+    rec = {"index": f["index"], "cluster": f.get("cluster"), "status": f["status"], "image": str(path),
+           "activation": float(facets.value[j]),
+           "softmax_rank": None if facets.rank is None else int(facets.rank[j]),
+           "softmax_prob": None if facets.prob is None else float(facets.prob[j])}
+    c = f.get("cluster")
+    if real is not None and c is not None and (labels == c).any():
+        cv = real.value[labels == c]
+        rec["cluster_size"] = int(len(cv))
+        rec["cluster_activation_mean"] = float(cv.mean())
+        rec["cluster_activation_max"] = float(cv.max())
+        rec["activation_percentile_in_cluster"] = float(100.0 * (cv < facets.value[j]).mean())
+        if real.rank is not None:
+            rec["cluster_rank_median"] = float(np.median(real.rank[labels == c]))
+    if real is not None:
+        d = np.linalg.norm(real.code - facets.code[j], axis=1)
+        k = int(np.argmin(d))
+        rec["nearest_image"] = real_paths[k]
+        rec["nearest_distance"] = float(d[k])
+        rec["nearest_cluster"] = int(labels[k])
+        rec["nearest_in_own_cluster"] = None if c is None else bool(labels[k] == c)
+    return rec
+
+
+def _diversity(probe: _Probe, facets: _Measures, real: _Measures | None, mean_paths: list[str | None],
+               size: tuple[int, int]) -> dict:
+    """Mean pairwise code distance among the facets, the real images (at most ~200 of them, evenly
+    spaced) and the mean images."""
+    div = {"facets": _mean_pairwise(facets.code)}
+    if real is not None:
+        div["real_images"] = _mean_pairwise(real.code[:: max(1, len(real.code) // 200)])
+    mp = [m for m in mean_paths if m]
+    if mp:
+        div["mean_images"] = _mean_pairwise(_measure(probe, [_as_input(m, size) for m in mp]).code)
+    return div
+
+
 def evaluate(out: str | Path, *, model: Model | None = None, means: str | Path | None = None,
              device: str = "cpu", write: bool = True) -> dict:
     """Evaluate a ``visualize`` output folder.
@@ -146,77 +266,19 @@ def evaluate(out: str | Path, *, model: Model | None = None, means: str | Path |
     trace = json.loads((out / "trace.json").read_text())
     model = model or model_from_trace(trace, device=device)
     means = means or trace.get("means")
-    obj = objective_from_spec(trace["objective"])
-    spec = model.spec
-    code_layer = trace.get("code_layer") or (spec.code_layer if spec else None)
-    prob_layer = spec.prob_layer if spec else "prob"
+    probe = _probe_of(trace, model)
     size = model.convention.input_size
-    layers = list(dict.fromkeys([*obj.layers, code_layer, prob_layer]))
-    target_unit = trace["objective"].get("unit")
-
     facets = [(f, _facet_path(out, f)) for f in trace["facets"]]
     facets = [(f, p) for f, p in facets if p is not None]
-
-    def measure(images):
-        x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32))
-        with torch.no_grad():
-            acts = model.activations(x, layers)
-            val = obj(acts).double().cpu().numpy()
-        prob = acts[prob_layer].reshape(len(images), -1).double().cpu().numpy()
-        code = acts[code_layer].reshape(len(images), -1).double().cpu().numpy()
-        ranks = probs = None
-        if trace["objective"].get("kind") in ("unit", "softmax_unit") and target_unit is not None \
-                and target_unit < prob.shape[1]:
-            ranks = (prob > prob[:, [target_unit]]).sum(1)
-            probs = prob[:, target_unit]
-        return val, ranks, probs, code
-
-    fimgs = [_as_input(p, size) for _, p in facets]
-    fval, frank, fprob, fcode = measure(fimgs) if fimgs else (np.zeros(0), None, None, np.zeros((0, 1)))
-    result = {"format": "mfv-evaluation/1", "run": str(out), "objective": trace["objective"]["description"],
-              "code_layer": code_layer, "prob_layer": prob_layer, "model": trace["model"]["name"],
-              "parity": trace.get("parity"), "mode": trace.get("mode"), "fixes": trace.get("fixes", []),
-              "means": None if means is None else str(means), "resize": f"facets resized to {size} (bicubic)",
-              "facets": []}
+    fm = _measure_facets(probe, [p for _, p in facets], size)
+    result = _provenance(out, trace, probe, means, size)
     real_paths, real_labels, mean_paths = ([], [], [])
     if means is not None:
         real_paths, real_labels, mean_paths = _real_images(means)
-    rval = rrank = rcode = None
-    if real_paths:
-        chunks = [measure([_as_input(p, size) for p in real_paths[i:i + 16]]) for i in range(0, len(real_paths), 16)]
-        rval = np.concatenate([c[0] for c in chunks])
-        rrank = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])
-        rcode = np.concatenate([c[3] for c in chunks])
+    real = _measure_real(probe, real_paths, size)
     labels = np.asarray(real_labels)
-    for j, (f, p) in enumerate(facets):
-        rec = {"index": f["index"], "cluster": f.get("cluster"), "status": f["status"], "image": str(p),
-               "activation": float(fval[j]),
-               "softmax_rank": None if frank is None else int(frank[j]),
-               "softmax_prob": None if fprob is None else float(fprob[j])}
-        c = f.get("cluster")
-        if rval is not None and c is not None and (labels == c).any():
-            cv = rval[labels == c]
-            rec["cluster_size"] = int(len(cv))
-            rec["cluster_activation_mean"] = float(cv.mean())
-            rec["cluster_activation_max"] = float(cv.max())
-            rec["activation_percentile_in_cluster"] = float(100.0 * (cv < fval[j]).mean())
-            if rrank is not None:
-                rec["cluster_rank_median"] = float(np.median(rrank[labels == c]))
-        if rcode is not None:
-            d = np.linalg.norm(rcode - fcode[j], axis=1)
-            k = int(np.argmin(d))
-            rec["nearest_image"] = real_paths[k]
-            rec["nearest_distance"] = float(d[k])
-            rec["nearest_cluster"] = int(labels[k])
-            rec["nearest_in_own_cluster"] = None if c is None else bool(labels[k] == c)
-        result["facets"].append(rec)
-    div = {"facets": _mean_pairwise(fcode)}
-    if rcode is not None:
-        div["real_images"] = _mean_pairwise(rcode[:: max(1, len(rcode) // 200)])
-    mp = [m for m in mean_paths if m]
-    if mp:
-        div["mean_images"] = _mean_pairwise(measure([_as_input(m, size) for m in mp])[3])
-    result["diversity"] = div
+    result["facets"] = [_facet_record(f, p, j, fm, real, real_paths, labels) for j, (f, p) in enumerate(facets)]
+    result["diversity"] = _diversity(probe, fm, real, mean_paths, size)
     own = [r["nearest_in_own_cluster"] for r in result["facets"] if r.get("nearest_in_own_cluster") is not None]
     result["nearest_in_own_cluster_fraction"] = None if not own else f"{sum(own)}/{len(own)}"
     if write:

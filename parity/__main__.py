@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from port.atomic import write_text_atomic
-from port.command import Exit, Tool, comma_list
+from port.command import Exit, Tool, ToolParser, comma_list
 from port.errors import UsageError
 from port.paths import cache_root
 
@@ -33,7 +33,16 @@ def build_tool() -> Tool:
         "parity",
         "Layer-by-layer parity of the PyTorch port against real Caffe, numpy and ONNX Runtime.",
     )
-    r = tool.add_command(
+    _add_run_command(tool)
+    _add_all_command(tool)
+    _add_machines_command(tool)
+    _add_policy_command(tool)
+    return tool
+
+
+def _add_run_command(tool: Tool) -> None:
+    """``parity run``: one model (built-in or a user's own) against the chosen references."""
+    parser = tool.add_command(
         "run",
         _cmd_run,
         help="run the port and the references, compare blob by blob, report; exit 0 only if all pass",
@@ -41,21 +50,50 @@ def build_tool() -> Tool:
         "backward, and judge every blob by the policy in parity/tolerance.py. Exit status: 0 every "
         "blob passed, 1 some blob failed, 2 the run could not be set up.",
     )
-    r.add_argument(
+    _add_run_subject_options(parser)
+    parser.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="regenerate missing cached goldens with real Caffe",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="drop Caffe references whose goldens are missing (the report says so) instead of failing",
+    )
+    parser.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
+    parser.add_argument("--json", help="write the JSON result here (schema: parity/SCHEMA.md)")
+    parser.add_argument("--html", help="write the self-contained HTML report here")
+    parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    parser.add_argument(
+        "--no-verdict",
+        action="store_true",
+        help="do not write the verdict file MFV's parity gate reads (<caffemodel>.parity.json, or "
+        "cache/parity/<stem>.seed<N>.parity.json for seeded weights)",
+    )
+    parser.add_argument(
+        "--verdict-file", help="write the verdict file here instead of its default place"
+    )
+
+
+def _add_run_subject_options(parser: ToolParser) -> None:
+    """``parity run``'s options that say what is checked: the net, its weights, the references,
+    the goldens and their input, and where the backward pass starts."""
+    parser.add_argument(
         "--model",
         help="built-in model name (port.zoo), e.g. caffenet; 'all' runs every model with goldens, "
         "regenerating missing cached goldens (as `parity all --regenerate`; --json/--html then name "
         "a folder for <model>.json/.html)",
     )
-    r.add_argument("--prototxt", help="a user's own deploy definition (instead of --model)")
-    r.add_argument("--caffemodel", help="its weights (default: the goldens' weights, else seeded)")
-    r.add_argument(
+    parser.add_argument("--prototxt", help="a user's own deploy definition (instead of --model)")
+    parser.add_argument("--caffemodel", help="its weights (default: the goldens' weights, else seeded)")
+    parser.add_argument(
         "--references",
         type=comma_list(ALL_REFERENCES),
         default=list(ALL_REFERENCES),
         help=f"comma-separated subset of {','.join(ALL_REFERENCES)} (default: all)",
     )
-    r.add_argument(
+    parser.add_argument(
         "--golden",
         action="append",
         type=_golden_arg,
@@ -64,61 +102,46 @@ def build_tool() -> Tool:
         help="golden dump for --prototxt models (atlas=... and/or openblas=...), from "
         "`legacy_caffe goldens`, pycaffe or `port dump`; its input is the run's input",
     )
-    r.add_argument(
+    parser.add_argument(
         "--input-set",
         dest="input_name",
         help="which golden input set of a built-in model (default: the manifest's first)",
     )
-    r.add_argument(
+    parser.add_argument(
         "--backward-from", help="BLOB:UNIT (default: the goldens', else the classifier, unit 945/0)"
     )
-    r.add_argument(
-        "--regenerate",
-        action="store_true",
-        help="regenerate missing cached goldens with real Caffe",
-    )
-    r.add_argument(
-        "--allow-missing",
-        action="store_true",
-        help="drop Caffe references whose goldens are missing (the report says so) instead of failing",
-    )
-    r.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
-    r.add_argument("--json", help="write the JSON result here (schema: parity/SCHEMA.md)")
-    r.add_argument("--html", help="write the self-contained HTML report here")
-    r.add_argument("--quiet", action="store_true", help="print only the verdict line")
-    r.add_argument(
-        "--no-verdict",
-        action="store_true",
-        help="do not write the verdict file MFV's parity gate reads (<caffemodel>.parity.json, or "
-        "cache/parity/<stem>.seed<N>.parity.json for seeded weights)",
-    )
-    r.add_argument(
-        "--verdict-file", help="write the verdict file here instead of its default place"
-    )
-    a = tool.add_command(
+
+
+def _add_all_command(tool: Tool) -> None:
+    """``parity all``: every built-in model with goldens (or those named), one summary line each."""
+    parser = tool.add_command(
         "all",
         _cmd_all,
         help="run every built-in model that has goldens; one summary line each; exit 0 only if all pass",
         description="Run `parity run` for every built-in model with a golden manifest (or those named) "
         "and print each model's worst error as a multiple of its noise floor.",
     )
-    a.add_argument(
+    parser.add_argument(
         "--model",
         type=comma_list(),
         help="comma-separated model names (default: every model with goldens)",
     )
-    a.add_argument(
+    parser.add_argument(
         "--regenerate",
         action="store_true",
         help="regenerate missing cached goldens with real Caffe",
     )
-    a.add_argument(
+    parser.add_argument(
         "--allow-missing", action="store_true", help="drop Caffe builds whose goldens are missing"
     )
-    a.add_argument("--out", help="folder for <model>.json and <model>.html")
-    a.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
-    a.add_argument("--no-verdict", action="store_true", help="do not write MFV's verdict files")
-    m = tool.add_command(
+    parser.add_argument("--out", help="folder for <model>.json and <model>.html")
+    parser.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
+    parser.add_argument("--no-verdict", action="store_true", help="do not write MFV's verdict files")
+
+
+def _add_machines_command(tool: Tool) -> None:
+    """``parity machines``: parity under every emulated CPU kernel path (the machine matrix)."""
+    parser = tool.add_command(
         "machines",
         _cmd_machines,
         help="parity under every emulated CPU kernel path (the machine matrix); exit 0 only if "
@@ -128,21 +151,24 @@ def build_tool() -> Tool:
         "without oneDNN (parity/machines.py says which knobs change kernels and why). Regenerates "
         "missing cached goldens with real Caffe.",
     )
-    m.add_argument(
+    parser.add_argument(
         "--model",
         type=comma_list(),
         help="comma-separated built-in models and/or case folders (deploy.prototxt + goldens/; "
         "default: every built-in model and every tests/data case)",
     )
-    m.add_argument(
+    parser.add_argument(
         "--settings",
         type=comma_list(),
         help="comma-separated setting names (default: all; `--settings list` prints them)",
     )
-    m.add_argument("--json", help="write every row as JSON here")
-    m.add_argument("--markdown", help="write the matrix as a Markdown table here")
+    parser.add_argument("--json", help="write every row as JSON here")
+    parser.add_argument("--markdown", help="write the matrix as a Markdown table here")
+
+
+def _add_policy_command(tool: Tool) -> None:
+    """``parity policy``: the tolerance policy's constants as JSON."""
     tool.add_command("policy", _cmd_policy, help="print the tolerance policy constants as JSON")
-    return tool
 
 
 def _cmd_policy(args: argparse.Namespace) -> int:

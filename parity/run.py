@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .runners import (
     caffe_runner,
     is_caffe,
 )
+
+if TYPE_CHECKING:
+    from port import CaffeNet
 
 __all__ = ["ALL_REFERENCES", "ParitySetupError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
 
@@ -349,63 +352,21 @@ def run_parity(
     -------
     (ParityResult, dict of RunnerOutput)
     """
-    import torch
-
-    import port
-
-    unknown = [r for r in references if r not in ALL_REFERENCES]
-    if unknown:
-        raise ParitySetupError(
-            f"unknown reference(s) {unknown}; choose from {', '.join(ALL_REFERENCES)}"
-        )
+    _check_references(references)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if port_factory is None:
-        net32 = port.CaffeNet(setup.netdef)
-        net32.load_blobs(setup.weights)
-        net32 = net32.eval()
-    else:
-        net32 = port_factory(setup.netdef, setup.weights)
-    net64 = copy.deepcopy(net32).to(torch.float64)
-    timings["build"] = time.perf_counter() - t0
-    x = setup.x
-    outs: dict[str, RunnerOutput] = {}
-    outs[PORT32] = runners.run_port(net32, x, backward_from=setup.backward_from)
-    outs[PORT64] = runners.run_port(net64, x, backward_from=setup.backward_from)
-    for r in references:
-        t = time.perf_counter()
-        if is_caffe(r):
-            if r in setup.goldens:
-                outs[r] = setup.goldens[r]
-        elif r == NUMPY64:
-            outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float64)
-        elif r == NUMPY32:
-            outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
-        elif r == ONNX:
-            if isinstance(x, Mapping):
-                setup.notes.append("onnx: multi-input nets are not exported; skipped")
-            else:
-                outs[r] = runners.run_onnx(net32, x)
-        timings[r] = time.perf_counter() - t
+    t = time.perf_counter()
+    net32, net64 = _build_nets(setup, port_factory)
+    timings["build"] = time.perf_counter() - t
+    outs = _run_ports(setup, net32, net64)
+    reference_outs, reference_seconds = _run_references(setup, net32, references)
+    outs.update(reference_outs)
+    timings.update(reference_seconds)
     timings[PORT32] = outs[PORT32].seconds
     timings[PORT64] = outs[PORT64].seconds
     rows: list[dict] = []
     if local_check:
         t = time.perf_counter()
-        refs = [outs[b] for b in CAFFE_BUILDS if b in outs] or (
-            [outs[NUMPY32]] if NUMPY32 in outs else []
-        )
-        for ref in refs:
-            rows.extend(
-                local.local_analysis(
-                    setup.netdef,
-                    net32,
-                    net64,
-                    setup.weights,
-                    ref,
-                    backward_from=setup.backward_from,
-                )
-            )
+        rows = _local_check(setup, net32, net64, outs)
         timings["local"] = time.perf_counter() - t
     t = time.perf_counter()
     result = core.judge(
@@ -422,6 +383,97 @@ def run_parity(
     result.backward_from = setup.backward_from
     result.input_source = setup.input_source
     return result, outs
+
+
+def _check_references(references: Sequence[str]) -> None:
+    """Refuse reference names outside ``ALL_REFERENCES`` before anything runs."""
+    unknown = [r for r in references if r not in ALL_REFERENCES]
+    if unknown:
+        raise ParitySetupError(
+            f"unknown reference(s) {unknown}; choose from {', '.join(ALL_REFERENCES)}"
+        )
+
+
+def _build_nets(setup: ParitySetup, port_factory: Any) -> tuple[CaffeNet, CaffeNet]:
+    """The port under test in float32 (eval mode; from ``port_factory`` when given) and its
+    float64 copy."""
+    import torch
+
+    import port
+
+    if port_factory is None:
+        net32 = port.CaffeNet(setup.netdef)
+        net32.load_blobs(setup.weights)
+        net32 = net32.eval()
+    else:
+        net32 = port_factory(setup.netdef, setup.weights)
+    return net32, copy.deepcopy(net32).to(torch.float64)
+
+
+def _run_ports(setup: ParitySetup, net32: CaffeNet, net64: CaffeNet) -> dict[str, RunnerOutput]:
+    """Forward and backward through the port in float32 and float64."""
+    return {
+        PORT32: runners.run_port(net32, setup.x, backward_from=setup.backward_from),
+        PORT64: runners.run_port(net64, setup.x, backward_from=setup.backward_from),
+    }
+
+
+def _run_references(
+    setup: ParitySetup, net32: CaffeNet, references: Sequence[str]
+) -> tuple[dict[str, RunnerOutput], dict[str, float]]:
+    """Each reference's output (those that have one) and the seconds each took, in ``references``
+    order."""
+    outs: dict[str, RunnerOutput] = {}
+    seconds: dict[str, float] = {}
+    for r in references:
+        t = time.perf_counter()
+        out = _run_reference(r, setup, net32)
+        if out is not None:
+            outs[r] = out
+        seconds[r] = time.perf_counter() - t
+    return outs, seconds
+
+
+def _run_reference(name: str, setup: ParitySetup, net32: CaffeNet) -> RunnerOutput | None:
+    """One reference's output: a Caffe build's golden, the numpy reference run, or ONNX Runtime on
+    the exported float32 port. None for a Caffe build without goldens, and for ONNX on a
+    multi-input net (which adds a note to ``setup``)."""
+    x = setup.x
+    if is_caffe(name):
+        return setup.goldens.get(name)
+    if name == NUMPY64:
+        return runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float64)
+    if name == NUMPY32:
+        return runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
+    if name == ONNX:
+        if isinstance(x, Mapping):
+            setup.notes.append("onnx: multi-input nets are not exported; skipped")
+            return None
+        return runners.run_onnx(net32, x)
+    return None
+
+
+def _local_check(
+    setup: ParitySetup, net32: CaffeNet, net64: CaffeNet, outs: Mapping[str, RunnerOutput]
+) -> list[dict]:
+    """Each layer alone on each Caffe build's blobs (numpy32's when there is no build): one row
+    per layer and reference (:func:`parity.local.local_analysis`)."""
+    refs = [outs[b] for b in CAFFE_BUILDS if b in outs] or (
+        [outs[NUMPY32]] if NUMPY32 in outs else []
+    )
+    rows: list[dict] = []
+    for ref in refs:
+        rows.extend(
+            local.local_analysis(
+                setup.netdef,
+                net32,
+                net64,
+                setup.weights,
+                ref,
+                backward_from=setup.backward_from,
+            )
+        )
+    return rows
 
 
 def worst_heatmap(result: ParityResult, outputs: Mapping[str, RunnerOutput]) -> dict | None:
