@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prototxt", type=Path, help="a user's own net definition")
     g.add_argument("--caffemodel", type=Path, help="the user's weights (with --prototxt)")
     g.add_argument("--input", nargs="+", metavar="IMAGE", help="image files (one batch)")
+    g.add_argument("--input-arrays", type=Path, metavar="NPZ",
+                   help="instead of images: an .npz of input blob name -> array (any shape), "
+                   "fed as they are (nets with several or non-image inputs)")
     g.add_argument("--blob", default="auto", help="one-hot blob for a user model (default: auto)")
     g.add_argument("--unit", type=int, default=DEFAULT_UNIT)
     g.add_argument("--out", type=Path, help="output folder for a user model")
@@ -169,8 +172,13 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
         if args.model or args.check:
             raise GoldenError("--prototxt/--caffemodel cannot be combined with --model or --check")
         out = args.out or (rootfs.REPO / "cache" / "golden" / f"user-{args.prototxt.stem}")
-        size = goldens.declared_input_size(args.prototxt.read_text())
-        inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
+        if args.input_arrays is not None:
+            if args.input:
+                raise GoldenError("give --input (images) or --input-arrays, not both")
+            inputs = goldens.array_inputs(args.input_arrays)
+        else:
+            size = goldens.declared_input_size(args.prototxt.read_text())
+            inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
         man = goldens.generate(
             name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
             blob=args.blob, unit=args.unit, inputs=inputs, blas=blas,
@@ -181,8 +189,8 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
         return 0
 
-    if args.input or args.out:
-        raise GoldenError("--input and --out go with --prototxt/--caffemodel (a user's own model)")
+    if args.input or args.out or args.input_arrays:
+        raise GoldenError("--input, --input-arrays and --out go with --prototxt/--caffemodel (a user's own model)")
     models = args.model or list(goldens.PLANS)
     if args.check:
         problems = []

@@ -366,20 +366,30 @@ def _generate_in(work: Path, **kw) -> dict:
         shutil.copyfile(job.weights, keep)
 
     # Inputs, preprocessed here on the host.
-    size = declared_input_size(proto_text)
     inputs_info: dict[str, dict] = {}
     specs = kw["inputs"]
     if isinstance(specs, dict):
         batches = specs
-        for input_name in batches:
-            inputs_info[input_name] = {"source": "user images"}
+        for input_name, x in batches.items():
+            inputs_info[input_name] = {"source": "user arrays" if isinstance(x, dict)
+                                       else "user images"}
     else:
+        size = declared_input_size(proto_text)
         batches = {}
         for spec in specs:
             hw = (spec.size, spec.size) if spec.size else size
             batches[spec.name] = make_batch(spec.photos, hw)
             inputs_info[spec.name] = spec.describe()
     for input_name, x in batches.items():
+        if isinstance(x, dict):
+            # Named arrays of any shape, fed as they are (dump_blobs.py reads the .npz).
+            path = work / f"input_{input_name}.npz"
+            np.savez(path, **x)
+            job.inputs[input_name] = path
+            inputs_info[input_name].update(
+                arrays={k: {"shape": list(v.shape), **describe_arrays({k: v})[k]}
+                        for k, v in x.items()})
+            continue
         path = work / f"input_{input_name}.npy"
         np.save(path, x)
         job.inputs[input_name] = path
@@ -416,8 +426,10 @@ def _generate_in(work: Path, **kw) -> dict:
                 if kw["require_gradient"]:
                     raise GoldenError(msg + "; choose another --seed")
                 _say("warning: " + msg)
+            shape = ({k: v.shape for k, v in batches[input_name].items()}
+                     if isinstance(batches[input_name], dict) else batches[input_name].shape)
             msg = (
-                f"{name}: {b} {input_name} {tuple(batches[input_name].shape)}: "
+                f"{name}: {b} {input_name} {shape}: "
                 f"{len(meta['blobs'])} blobs in {time.monotonic() - t0:.1f} s (Caffe forward "
                 f"{meta['timings_s']['forward']} s, backward {meta['timings_s']['backward']} s)"
             )
@@ -630,6 +642,15 @@ def check_model(
             else:
                 problems.append(f"{model} {key}: " + "; ".join(mismatched[:3]))
     return problems
+
+
+def array_inputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """An .npz of input blob name -> array as one input set named after the file."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
+    if not arrays:
+        raise GoldenError(f"{path} holds no arrays")
+    return {re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem): arrays}
 
 
 def user_inputs(images: Sequence[str], size: tuple[int, int]) -> dict[str, np.ndarray]:

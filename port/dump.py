@@ -44,7 +44,12 @@ def dump_blobs(
     dict of str to numpy.ndarray
         ``data/<blob>`` for every blob, and with ``backward_from`` ``diff/<blob>`` for every blob:
         the gradient with respect to the blob's first version (what Caffe's in-place layers leave
-        in ``diff``), zero for blobs the backward pass does not reach.
+        in ``diff``), zero for blobs the backward pass does not reach. Where the backward pass
+        crosses a layer Caffe cannot back-propagate through (ArgMax, Threshold, STOCHASTIC pooling)
+        or into a bottom it cannot back-propagate to (Embed's indices, Filter's selector,
+        BatchReindex's indices), no gradient is invented: that path contributes zero, and
+        ``nograd/<layer>`` (a string array) says which layer and why. Real Caffe with
+        ``force_backward`` aborts there instead.
     """
     param = next(iter(net.parameters()), None)
     dtype = param.dtype if param is not None else torch.float32
@@ -71,12 +76,33 @@ def dump_blobs(
                              "sample)", path=net.netdef.path, field="backward-from")
         seed = torch.zeros_like(target).reshape(target.shape[0], -1)
         seed[:, unit] = 1
-        tensors = list(first.values())
-        grads = torch.autograd.grad(target, tensors, grad_outputs=seed.reshape(target.shape),
-                                    allow_unused=True)
+        # Tops of layers without a backward (ArgMax, Threshold...) are outside the graph.
+        live = [name for name, t in first.items() if t.requires_grad]
+        found = torch.autograd.grad(target, [first[n] for n in live],
+                                    grad_outputs=seed.reshape(target.shape), allow_unused=True)
+        by_name = dict(zip(live, found, strict=True))
+        grads = [by_name.get(name) for name in first]
     for (name, t), g in zip(first.items(), grads, strict=True):
         out[f"diff/{name}"] = (torch.zeros_like(t) if g is None else g).detach().cpu().numpy()
+    out.update(no_gradient_notes(net, blob))
     return out
+
+
+def no_gradient_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
+    """``nograd/<layer>`` notes for the layers up to the last writer of ``blob`` that Caffe cannot
+    back-propagate through (whole layer) or to some of their bottoms."""
+    writers = [i for i, layer in enumerate(net.netdef.layers) if blob in layer.tops]
+    if not writers:
+        return {}
+    notes = {}
+    for layer in net.netdef.layers[: writers[-1] + 1]:
+        module = net.module(layer.name)
+        reasons = [] if module.backward else [f"{layer.type} has no backward in Caffe"]
+        reasons += [f"bottom {i} ({layer.bottoms[i]!r}): {why}"
+                    for i, why in sorted(module.no_gradient.items()) if i < len(layer.bottoms)]
+        if reasons:
+            notes[f"nograd/{layer.name}"] = np.array("; ".join(reasons))
+    return notes
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -80,7 +80,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prototxt", required=True)
     ap.add_argument("--caffemodel", required=True)
-    ap.add_argument("--input", required=True, help="(N, C, H, W) float32 .npy")
+    ap.add_argument("--input", required=True,
+                    help="(N, C, H, W) float32 .npy, or an .npz of input blob name -> array "
+                    "(any shape; DummyData tops too) fed as they are")
     ap.add_argument("--input-name", default=None, help="net input to feed (default: the first)")
     ap.add_argument(
         "--blob",
@@ -97,9 +99,14 @@ def main(argv=None):
     import caffe
 
     caffe.set_mode_cpu()
-    x = np.load(args.input).astype(np.float32)
-    if x.ndim != 4:
-        sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
+    if args.input.endswith(".npz"):
+        with np.load(args.input) as z:
+            feeds = {k: z[k].astype(np.float32) for k in z.files}
+    else:
+        feeds = None
+        x = np.load(args.input).astype(np.float32)
+        if x.ndim != 4:
+            sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
 
     t0 = time.time()
     workdir = tempfile.mkdtemp(prefix="dump_blobs_")
@@ -107,9 +114,13 @@ def main(argv=None):
     net = caffe.Net(proto, caffe.TEST, weights=args.caffemodel)
     load_s = time.time() - t0
 
-    in_name = args.input_name or net.inputs[0]
-    if in_name not in net.blobs:
-        sys.exit(f"dump_blobs: net has no input {in_name!r} (inputs: {list(net.inputs)})")
+    if feeds is None:
+        in_name = args.input_name or net.inputs[0]
+        feeds = {in_name: x}
+    in_name = next(iter(feeds))
+    for name in feeds:
+        if name not in net.blobs:
+            sys.exit(f"dump_blobs: net has no input blob {name!r} (inputs: {list(net.inputs)})")
     if args.blob == "auto":
         # The last classifier-like output: fc8, loss3/classifier, SqueezeNet's pool10.
         scorers = [
@@ -122,9 +133,11 @@ def main(argv=None):
         args.blob = net.top_names[scorers[-1]][0]
     if args.blob not in net.blobs:
         sys.exit(f"dump_blobs: net has no blob {args.blob!r}")
-    net.blobs[in_name].reshape(*x.shape)
+    for name, arr in feeds.items():
+        net.blobs[name].reshape(*arr.shape)
     net.reshape()
-    net.blobs[in_name].data[...] = x
+    for name, arr in feeds.items():
+        net.blobs[name].data[...] = arr
 
     t0 = time.time()
     net.forward()
@@ -163,7 +176,8 @@ def main(argv=None):
     for b in names:
         arrays["data/" + b] = np.array(net.blobs[b].data, dtype=np.float32, copy=True)
         arrays["diff/" + b] = np.array(net.blobs[b].diff, dtype=np.float32, copy=True)
-    arrays["input/" + in_name] = x
+    for name, arr in feeds.items():
+        arrays["input/" + name] = arr
     atomic_savez(args.out, arrays)
 
     if args.meta:

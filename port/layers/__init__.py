@@ -76,10 +76,13 @@ LAYER_TYPES: dict[str, type[CaffeLayer]] = {
                 Silence, Slice, Swish, Threshold, Tile)
 }
 
-# Layers Caffe runs in place when top == bottom (the blob name then refers to the new values).
-IN_PLACE_TYPES = {"ReLU", "Dropout", "BatchNorm", "Scale", "Sigmoid", "TanH",
-                  "AbsVal", "BNLL", "Bias", "Clip", "ELU", "Exp", "Log", "MVN", "Power", "PReLU",
-                  "Swish", "Threshold"}
+# Layers whose backward Caffe computes exactly when run in place (top == bottom). The others
+# (AbsVal, BNLL, Clip, Log, Power) read their bottom's data in Backward, which in place holds the
+# top: Caffe then returns a different gradient (the port computes the true one). Likewise a layer
+# whose backward reads its own top (Sigmoid, TanH, ELU, Exp, Swish, MVN) sees whatever a later
+# in-place layer wrote there.
+IN_PLACE_TYPES = {"ReLU", "Dropout", "BatchNorm", "Scale", "Sigmoid", "TanH", "Bias", "ELU", "Exp",
+                  "MVN", "PReLU", "Swish"}
 
 
 def _layer_class(layer: LayerDef) -> type[CaffeLayer] | None:

@@ -1,0 +1,82 @@
+"""The small nets that prove each Caffe layer type against real Caffe (tests/data/layers/<name>/).
+
+Each case is a deploy definition covering a layer family's parameter variants, seeded weights
+(``python -m port seed-weights``), deterministic inputs and the blob/unit the backward pass starts
+from. Regenerate a case's goldens with real Caffe (both BLAS builds; needs the built root)::
+
+    PYTHONPATH=$PWD .venv/bin/python -m tests.layer_cases activations [more names...]
+
+which runs ``python -m legacy_caffe goldens --prototxt ... --caffemodel ... --input-arrays ...``
+into ``tests/data/layers/<name>/goldens``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data" / "layers"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    name: str
+    backward: str  # "BLOB:UNIT"
+    make_inputs: Callable[[np.random.Generator], dict[str, np.ndarray]]
+    seed: int = 1
+
+    @property
+    def prototxt(self) -> Path:
+        return DATA / self.name / "deploy.prototxt"
+
+    @property
+    def goldens(self) -> Path:
+        return DATA / self.name / "goldens"
+
+    def golden(self, blas: str) -> Path:
+        return self.goldens / blas / f"{self.name}.npz"
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(1000 + self.seed)
+        return {k: np.asarray(v, dtype=np.float32) for k, v in self.make_inputs(rng).items()}
+
+
+def _normal(shape, scale=1.0):
+    return lambda rng: {"data": rng.normal(0.0, scale, shape)}
+
+
+CASES: dict[str, LayerCase] = {
+    c.name: c
+    for c in (
+        LayerCase("activations", "score:2", _normal((2, 3, 5, 5), 1.5)),
+    )
+}
+
+
+def generate(case: LayerCase) -> None:
+    """Seed the weights, write the inputs and run real Caffe's goldens for one case."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.caffemodel"
+        arrays = Path(tmp) / f"{case.name}.npz"
+        np.savez(arrays, **case.inputs())
+        py = sys.executable
+        subprocess.run([py, "-m", "port", "seed-weights", "--prototxt", str(case.prototxt),
+                        "--seed", str(case.seed), "--out", str(weights)], check=True, cwd=REPO)
+        blob, unit = case.backward.rsplit(":", 1)
+        subprocess.run([py, "-m", "legacy_caffe", "goldens", "--prototxt", str(case.prototxt),
+                        "--caffemodel", str(weights), "--input-arrays", str(arrays),
+                        "--blob", blob, "--unit", unit, "--out", str(case.goldens)],
+                       check=True, cwd=REPO)
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(CASES)
+    for n in names:
+        generate(CASES[n])
