@@ -56,6 +56,9 @@ CASES: dict[str, LayerCase] = {
     c.name: c
     for c in (
         LayerCase("activations", "score:2", _normal((2, 3, 5, 5), 1.5)),
+        LayerCase("vision", "score:1", _normal((2, 3, 7, 7))),
+        LayerCase("shape", "score:0", lambda rng: {"data": rng.normal(0.0, 1.0, (2, 3, 4, 5)),
+                                                    "aux": rng.normal(0.0, 1.0, (3, 4))}),
     )
 }
 

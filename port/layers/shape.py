@@ -265,4 +265,5 @@ class Parameter(CaffeLayer):
         return [self.shape]
 
     def forward(self) -> list[torch.Tensor]:
-        return [self.blobs[0].view_as(self.blobs[0])]
+        # A copy, so that the top is a tensor of its own (outside autograd, a plain one).
+        return [self.blobs[0].clone()]
