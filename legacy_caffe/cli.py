@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--blob", default="auto", help="one-hot blob for a user model (default: auto)")
     g.add_argument("--unit", type=int, default=DEFAULT_UNIT)
     g.add_argument("--out", type=Path, help="output folder for a user model")
+    g.add_argument("--no-force-backward", action="store_true",
+                   help="user model: make --blob a loss instead of adding force_backward (for "
+                   "Embed, Filter, BatchReindex, whose bottoms force_backward makes Caffe abort)")
 
     sub.add_parser(
         "list", help="list the golden sets the manifests describe, and which are on disk"
@@ -183,7 +186,7 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
             name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
             blob=args.blob, unit=args.unit, inputs=inputs, blas=blas,
             caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
-            repeat=not args.no_repeat,
+            repeat=not args.no_repeat, force_backward=not args.no_force_backward,
         )  # fmt: skip
         goldens.write_json(out / "manifest.json", man)
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")

@@ -270,7 +270,8 @@ class _Job:
     inputs: dict[str, Path]
 
 
-def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int) -> dict:
+def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int,
+          force_backward: bool = True) -> dict:
     """Run dump_blobs.py inside the root; returns its meta (environment, blobs, checks)."""
     meta = out.with_suffix(".json")
     rootfs.run_inside(
@@ -279,7 +280,8 @@ def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int
          "--caffemodel", rootfs.host_to_inside(job.weights),
          "--input", rootfs.host_to_inside(job.inputs[input_name]),
          "--blob", blob, "--unit", str(unit),
-         "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)],
+         "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)]
+        + ([] if force_backward else ["--no-force-backward"]),
         blas=blas, env=GOLDEN_ENV,
     )  # fmt: skip
     import json
@@ -310,6 +312,7 @@ def generate(
     out_cache: Path,
     repeat: bool = True,
     require_gradient: bool = False,
+    force_backward: bool = True,
 ) -> dict:
     """Make every (BLAS, input) dump of one net and return its manifest (not yet written).
 
@@ -320,7 +323,7 @@ def generate(
         name=name, prototxt=prototxt, prototxt_ref=prototxt_ref, blob=blob, inputs=inputs,
         blas=list(blas), unit=unit, seed=seed, weight_format=weight_format, caffemodel=caffemodel,
         committed=tuple(committed), out_committed=out_committed, out_cache=out_cache,
-        repeat=repeat, require_gradient=require_gradient,
+        repeat=repeat, require_gradient=require_gradient, force_backward=force_backward,
     )  # fmt: skip
     for b in kw["blas"]:
         if b not in BLAS:
@@ -413,7 +416,7 @@ def _generate_in(work: Path, **kw) -> dict:
             t0 = time.monotonic()
             out = work / b / f"{input_name}.npz"
             out.parent.mkdir(parents=True, exist_ok=True)
-            meta = _dump(job, input_name, b, out, blob, unit)
+            meta = _dump(job, input_name, b, out, blob, unit, kw["force_backward"])
             first_meta = first_meta or meta
             arrays = load_npz(out)
             reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
@@ -435,7 +438,7 @@ def _generate_in(work: Path, **kw) -> dict:
             )
             if kw["repeat"]:
                 again = work / b / f"{input_name}.repeat.npz"
-                _dump(job, input_name, b, again, blob, unit)
+                _dump(job, input_name, b, again, blob, unit, kw["force_backward"])
                 second = load_npz(again)
                 det["repeats"] += 1
                 if not bytes_identical(arrays, second):
@@ -491,6 +494,7 @@ def _generate_in(work: Path, **kw) -> dict:
             "unit": unit,
             "start_layer": meta["backward_start_layer"],
             "force_backward_added": meta["force_backward_added"],
+            "mode": meta.get("backward_mode", "force_backward"),
         },  # fmt: skip
         "meaning": "pycaffe net.blobs[name].data after forward() and .diff after "
         "backward(start=<last layer writing blob>) from a one-hot at flat index unit "

@@ -31,6 +31,9 @@ class LayerCase:
     backward: str  # "BLOB:UNIT"
     make_inputs: Callable[[np.random.Generator], dict[str, np.ndarray]]
     seed: int = 1
+    # False where Caffe aborts under force_backward (Embed, Filter, BatchReindex bottoms): the
+    # goldens then make the backward blob a loss instead (``--no-force-backward``).
+    force_backward: bool = True
 
     @property
     def prototxt(self) -> Path:
@@ -59,6 +62,10 @@ CASES: dict[str, LayerCase] = {
         LayerCase("vision", "score:1", _normal((2, 3, 7, 7))),
         LayerCase("shape", "score:0", lambda rng: {"data": rng.normal(0.0, 1.0, (2, 3, 4, 5)),
                                                     "aux": rng.normal(0.0, 1.0, (3, 4))}),
+        LayerCase("indexing", "score:1", lambda rng: {
+            "idx": rng.integers(0, 6, (4, 3)),
+            "perm": np.array([3, 0, 0, 2, 1]),
+            "sel": np.array([1, 0, 1, 1, 0])}, force_backward=False),
     )
 }
 
@@ -75,7 +82,8 @@ def generate(case: LayerCase) -> None:
         blob, unit = case.backward.rsplit(":", 1)
         subprocess.run([py, "-m", "legacy_caffe", "goldens", "--prototxt", str(case.prototxt),
                         "--caffemodel", str(weights), "--input-arrays", str(arrays),
-                        "--blob", blob, "--unit", unit, "--out", str(case.goldens)],
+                        "--blob", blob, "--unit", unit, "--out", str(case.goldens)]
+                       + ([] if case.force_backward else ["--no-force-backward"]),
                        check=True, cwd=REPO)
 
 

@@ -45,6 +45,33 @@ def with_force_backward(prototxt, workdir):
     return path, True
 
 
+def with_loss_at(prototxt, blob, workdir):
+    """A prototxt whose last layer writing ``blob`` marks it a loss (loss_weight 1), no force_backward.
+
+    For nets with bottoms Caffe cannot back-propagate to (Embed's indices, Filter's selector,
+    BatchReindex's indices), where force_backward aborts: Caffe then back-propagates exactly into
+    the blobs that need it (below a learnable layer, above the loss), as it does in training.
+    """
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    net = caffe_pb2.NetParameter()
+    with open(prototxt) as fh:
+        text_format.Merge(fh.read(), net)
+    if net.force_backward:
+        sys.exit("dump_blobs: --no-force-backward with a definition that sets force_backward")
+    writers = [layer for layer in net.layer if blob in layer.top]
+    if not writers:
+        sys.exit(f"dump_blobs: no layer writes {blob!r}")
+    last = writers[-1]
+    del last.loss_weight[:]
+    last.loss_weight.extend([1.0 if t == blob else 0.0 for t in last.top])
+    path = os.path.join(workdir, "loss_at_start.prototxt")
+    with open(path, "w") as fh:
+        fh.write(text_format.MessageToString(net))
+    return path
+
+
 def auto_split_blobs(net):
     """Tops of the Split layers Caffe inserted itself (named '<layer>_<blob>_<i>_split')."""
     out = set()
@@ -93,6 +120,9 @@ def main(argv=None):
     ap.add_argument("--unit", type=int, default=945)
     ap.add_argument("--out", required=True)
     ap.add_argument("--meta", default=None, help="JSON with environment and checks")
+    ap.add_argument("--no-force-backward", action="store_true",
+                    help="do not add force_backward (which aborts on Embed, Filter and "
+                    "BatchReindex bottoms); make BLOB a loss instead")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -110,7 +140,12 @@ def main(argv=None):
 
     t0 = time.time()
     workdir = tempfile.mkdtemp(prefix="dump_blobs_")
-    proto, forced = with_force_backward(args.prototxt, workdir)
+    if args.no_force_backward:
+        if args.blob == "auto":
+            sys.exit("dump_blobs: --no-force-backward needs an explicit --blob")
+        proto, forced = with_loss_at(args.prototxt, args.blob, workdir), False
+    else:
+        proto, forced = with_force_backward(args.prototxt, workdir)
     net = caffe.Net(proto, caffe.TEST, weights=args.caffemodel)
     load_s = time.time() - t0
 
@@ -145,7 +180,9 @@ def main(argv=None):
 
     splits = auto_split_blobs(net)
     names = [b for b in net.blobs if b not in splits]
-    nonzero_before = [b for b in names if np.any(net.blobs[b].diff)]
+    # A loss top's diff holds its loss weight from setup on; the one-hot replaces it below.
+    nonzero_before = [b for b in names if np.any(net.blobs[b].diff)
+                      and not (args.no_force_backward and b == args.blob)]
 
     writers = [ln for ln in net._layer_names if args.blob in net.top_names[ln]]
     start = writers[-1]
@@ -191,6 +228,7 @@ def main(argv=None):
             "backward_unit": args.unit,
             "backward_start_layer": start,
             "force_backward_added": forced,
+            "backward_mode": "loss_at_blob" if args.no_force_backward else "force_backward",
             "auto_split_blobs_excluded": sorted(splits),
             "checks": {
                 "diffs_zero_before_backward": not nonzero_before,
