@@ -904,6 +904,41 @@ def _parameter(layer, bottoms, weights):
     return [np.asarray(weights[0]).reshape(shape)]
 
 
+@_registers("LSTMUnit")
+def _lstm_unit(layer, bottoms, weights):
+    c, h = nl.lstm_unit(bottoms[0][0], bottoms[1][0], bottoms[2][0])
+    return [c[None], h[None]]
+
+
+def _recurrent_bottoms(layer, bottoms, n_states):
+    p = _sub(layer, "recurrent_param")
+    exposed = n_states if p.expose_hidden else 0
+    static = bottoms[2] if len(bottoms) - 2 - exposed == 1 else None
+    states = list(bottoms[2 + (static is not None):])
+    return bool(p.expose_hidden), static, states
+
+
+@_registers("LSTM")
+def _lstm(layer, bottoms, weights):
+    expose, static, states = _recurrent_bottoms(layer, bottoms, 2)
+    w = list(weights)
+    w_s = w.pop(2) if static is not None else None
+    h0, c0 = states if states else (None, None)
+    h, h_t, c_t = nl.lstm(bottoms[0], bottoms[1], w[0], w[1], w[2], static=static, w_s=w_s,
+                          h0=h0, c0=c0)
+    return [h, h_t, c_t] if expose else [h]
+
+
+@_registers("RNN")
+def _rnn(layer, bottoms, weights):
+    expose, static, states = _recurrent_bottoms(layer, bottoms, 1)
+    w = list(weights)
+    w_s = w.pop(2) if static is not None else None
+    o, h_t = nl.rnn(bottoms[0], bottoms[1], *w, static=static, w_s=w_s,
+                    h0=states[0] if states else None)
+    return [o, h_t] if expose else [o]
+
+
 SUPPORTED_TYPES = frozenset(LAYERS)
 
 

@@ -66,6 +66,12 @@ CASES: dict[str, LayerCase] = {
             "idx": rng.integers(0, 6, (4, 3)),
             "perm": np.array([3, 0, 0, 2, 1]),
             "sel": np.array([1, 0, 1, 1, 0])}, force_backward=False),
+        LayerCase("recurrent", "score:1", lambda rng: {
+            "x": rng.normal(0.0, 1.0, (4, 2, 3)),
+            "cont": np.array([[1, 0], [1, 1], [1, 0], [1, 1]]),
+            "xs": rng.normal(0.0, 1.0, (2, 5)),
+            "h0": rng.normal(0.0, 0.5, (1, 2, 3)),
+            "c0": rng.normal(0.0, 0.5, (1, 2, 3))}),
     )
 }
 

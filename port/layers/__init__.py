@@ -32,6 +32,7 @@ from .activations import (
 )
 from .arithmetic import MVN, ArgMax, BatchNorm, Bias, Eltwise, Embed, Reduction, Scale
 from .base import CaffeLayer, Shape, _canonical_axis, _enum_name, _opt, _pair
+from .recurrent import LSTM, RNN, LSTMUnit
 from .shape import (
     BatchReindex,
     Concat,
@@ -60,7 +61,8 @@ from .vision import (
 __all__ = [
     "AbsVal", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "CaffeLayer", "Clip",
     "Concat", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU", "Eltwise", "Embed", "Exp",
-    "Filter", "Flatten", "IN_PLACE_TYPES", "Im2col", "InnerProduct", "LAYER_TYPES", "LRN", "Log",
+    "Filter", "Flatten", "IN_PLACE_TYPES", "Im2col", "InnerProduct", "LAYER_TYPES", "LRN", "LSTM",
+    "LSTMUnit", "Log", "RNN",
     "MVN", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape", "SPP",
     "Scale", "Shape", "Sigmoid", "Silence", "Slice", "Softmax", "Split", "StochasticPooling",
     "Swish", "TanH", "Threshold", "Tile", "build_layer", "pooled_size",
@@ -73,7 +75,7 @@ LAYER_TYPES: dict[str, type[CaffeLayer]] = {
                 Scale, Eltwise, Flatten, Split, Sigmoid, TanH,
                 AbsVal, ArgMax, BNLL, BatchReindex, Bias, Clip, Crop, Deconvolution, ELU, Embed,
                 Exp, Filter, Im2col, Log, MVN, PReLU, Parameter, Power, Reduction, Reshape, SPP,
-                Silence, Slice, Swish, Threshold, Tile)
+                Silence, Slice, Swish, Threshold, Tile, LSTM, LSTMUnit, RNN)
 }
 
 # Layers whose backward Caffe computes exactly when run in place (top == bottom). The others
