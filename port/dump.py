@@ -77,9 +77,10 @@ def dump_blobs(
         seed = torch.zeros_like(target).reshape(target.shape[0], -1)
         seed[:, unit] = 1
         # Tops of layers without a backward (ArgMax, Threshold...) are outside the graph.
-        live = [name for name, t in first.items() if t.requires_grad]
+        live = [name for name, t in first.items() if t.requires_grad] if target.requires_grad else []
         found = torch.autograd.grad(target, [first[n] for n in live],
-                                    grad_outputs=seed.reshape(target.shape), allow_unused=True)
+                                    grad_outputs=seed.reshape(target.shape),
+                                    allow_unused=True) if live else ()
         by_name = dict(zip(live, found, strict=True))
         grads = [by_name.get(name) for name in first]
     for (name, t), g in zip(first.items(), grads, strict=True):

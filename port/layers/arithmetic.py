@@ -279,8 +279,14 @@ class ArgMax(CaffeLayer):
         axis = self.axis if self.axis is not None else 1
         src = x if self.axis is not None else x.reshape(x.shape[0], -1)
         n = src.shape[axis]
-        # Caffe sorts (value, index) pairs descending: on a tie the larger index comes first.
-        order = torch.sort(src.flip(axis), dim=axis, descending=True, stable=True).indices
+        # Caffe sorts (value, index) pairs descending: on a tie the larger index comes first,
+        # i.e. the first one in the flipped order. ONNX's TopK keeps ties in order; a stable
+        # sort (which ONNX cannot express) does the same here.
+        flipped = src.flip(axis)
+        if torch.onnx.is_in_onnx_export():
+            order = torch.topk(flipped, self.top_k, dim=axis).indices
+        else:
+            order = torch.sort(flipped, dim=axis, descending=True, stable=True).indices
         idx = (n - 1 - order).narrow(axis, 0, self.top_k)
         val = torch.gather(src, axis, idx)
         if self.axis is not None:

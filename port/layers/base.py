@@ -60,6 +60,8 @@ class CaffeLayer(nn.Module):
     no_gradient: dict[int, str] = {}
     # Whether Caffe computes a gradient for this layer at all (False: Backward is NOT_IMPLEMENTED).
     backward = True
+    # How Caffe's backward treats this layer, for the README table when the two above do not say.
+    backward_note: str | None = None
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__()

@@ -69,6 +69,8 @@ def _cut(t: torch.Tensor) -> torch.Tensor:
 
 class _Recurrent(CaffeLayer):
     n_states = 1  # hidden states carried between steps (LSTM: h and c)
+    backward_note = ("yes, not to cont (bottom 1) nor to exposed initial states; gradients at "
+                     "exposed final states are dropped (Caffe 1.0)")
     no_gradient = {1: "Caffe cannot back-propagate to a recurrent layer's sequence indicators"}
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:

@@ -221,6 +221,7 @@ class BatchReindex(CaffeLayer):
 
 class Filter(CaffeLayer):
     caffe_type = "Filter"
+    backward_note = "yes, not to the selector (last bottom)"
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)

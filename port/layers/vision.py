@@ -335,6 +335,7 @@ class StochasticPooling(CaffeLayer):
 
     caffe_type = "Pooling"
     backward = False
+    backward_note = "none (Caffe's TEST backward reads indices only a TRAIN forward sets)"
     no_gradient = {0: "STOCHASTIC pooling has no TEST-phase backward in Caffe"}
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
