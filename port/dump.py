@@ -98,9 +98,12 @@ def no_gradient_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
     notes = {}
     for layer in net.netdef.layers[: writers[-1] + 1]:
         module = net.module(layer.name)
-        reasons = [] if module.backward else [f"{layer.type} has no backward in Caffe"]
+        # Modules that are not CaffeLayers (a caller's replacement) state nothing.
+        reasons = ([] if getattr(module, "backward", True)
+                   else [f"{layer.type} has no backward in Caffe"])
         reasons += [f"bottom {i} ({layer.bottoms[i]!r}): {why}"
-                    for i, why in sorted(module.no_gradient.items()) if i < len(layer.bottoms)]
+                    for i, why in sorted(getattr(module, "no_gradient", {}).items())
+                    if i < len(layer.bottoms)]
         if reasons:
             notes[f"nograd/{layer.name}"] = np.array("; ".join(reasons))
     return notes
