@@ -12,6 +12,7 @@ into ``tests/data/layers/<name>/goldens``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,19 @@ def generate(case: LayerCase) -> None:
                         "--blob", blob, "--unit", unit, "--out", str(case.goldens)]
                        + ([] if case.force_backward else ["--no-force-backward"]),
                        check=True, cwd=REPO)
+    record_weights(case)
+
+
+def record_weights(case: LayerCase) -> None:
+    """Say in the manifest how the weights were made (the CLI only knows a temporary file)."""
+    path = case.goldens / "manifest.json"
+    man = json.loads(path.read_text())
+    man["weights"].pop("source", None)
+    man["weights"].update(generator="port seed-weights", seed=case.seed, format="v2",
+                          made_by="python -m tests.layer_cases " + case.name)
+    man["prototxt"] = str(case.prototxt.relative_to(REPO))
+    man["model"] = case.name
+    path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ def _weights(case, tmp_path):
 def test_layer_net_passes_parity_against_both_caffe_builds(name, tmp_path, capsys):
     case = CASES[name]
     manifest = json.loads((case.goldens / "manifest.json").read_text())
+    # the goldens were made from this very definition and these seeded weights
+    assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
     netdef, weights = _weights(case, tmp_path)
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
     goldens = [f"{b}={case.golden(b)}" for b in ("atlas", "openblas")]

@@ -198,3 +198,33 @@ layer { name: "am" type: "ArgMax" bottom: "x" top: "am" argmax_param { top_k: 3 
     np.testing.assert_array_equal(onnx.blobs["data/am"].reshape(-1), [4, 2, 1])
     np.testing.assert_array_equal(net(torch.as_tensor(x))["am"].numpy().reshape(-1), [4, 2, 1])
     np.testing.assert_array_equal(numpy_layers.argmax(x, top_k=3).reshape(-1), [4, 2, 1])
+
+
+def test_legacy_v1_definitions_reach_the_new_layer_types():
+    nd = port.netdef_from_text("""
+name: "v1"
+layers { name: "d" type: DATA top: "img" top: "label" }
+layers { name: "x" type: DUMMY_DATA top: "x" dummy_data_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+layers { name: "dc" type: DECONVOLUTION bottom: "x" top: "dc"
+         convolution_param { num_output: 2 kernel_size: 2 stride: 2 } }
+layers { name: "pw" type: POWER bottom: "dc" top: "pw" power_param { power: 2 } }
+layers { name: "ab" type: ABSVAL bottom: "pw" top: "ab" }
+layers { name: "bn" type: BNLL bottom: "ab" top: "bn" }
+layers { name: "ex" type: EXP bottom: "bn" top: "ex" exp_param { scale: -1 } }
+layers { name: "mv" type: MVN bottom: "ex" top: "mv" }
+layers { name: "sl" type: SLICE bottom: "mv" top: "s1" top: "s2" }
+layers { name: "ic" type: IM2COL bottom: "s1" top: "ic" convolution_param { kernel_size: 2 } }
+layers { name: "si" type: SILENCE bottom: "s2" }
+layers { name: "am" type: ARGMAX bottom: "ic" top: "am" }
+layers { name: "th" type: THRESHOLD bottom: "ic" top: "th" }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "am" bottom: "label" top: "loss" }
+""")
+    assert [s["type"] for s in nd.skipped] == ["Data", "SoftmaxWithLoss"]
+    net = port.CaffeNet(nd)
+    net.load_blobs(port.seed_weights(nd, 0))
+    x = np.random.default_rng(0).normal(size=(1, 2, 4, 4)).astype(np.float32)
+    got = net(torch.as_tensor(x), blobs="all")
+    ref = numpy_ref.forward_net(nd, port.seed_weights(nd, 0), x, dtype=np.float64)
+    for k, v in ref.items():
+        np.testing.assert_allclose(got[k[5:]].detach().numpy(), v, rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
