@@ -420,7 +420,8 @@ def _generate_in(work: Path, **kw) -> dict:
             first_meta = first_meta or meta
             arrays = load_npz(out)
             reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
-            if not reached:
+            # Without force_backward Caffe never writes an input's diff: nothing to warn about.
+            if not reached and kw["force_backward"]:
                 msg = (
                     f"{name}: the one-hot at {meta['backward_blob']}[{unit}] reaches no input "
                     f"element with {b} on {input_name} (a ReLU or dead unit stops it), so every "
