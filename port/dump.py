@@ -86,7 +86,35 @@ def dump_blobs(
     for (name, t), g in zip(first.items(), grads, strict=True):
         out[f"diff/{name}"] = (torch.zeros_like(t) if g is None else g).detach().cpu().numpy()
     out.update(no_gradient_notes(net, blob))
+    out.update(inexact_in_place_notes(net, blob))
     return out
+
+
+def inexact_in_place_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
+    """``inexact/<layer>`` notes where Caffe's in-place backward reads overwritten values.
+
+    A layer outside :data:`port.layers.IN_PLACE_TYPES` run in place reads its top as if it were its
+    bottom; a layer of :data:`port.layers.TOP_READING_TYPES` whose top a later in-place layer
+    rewrites reads the rewritten values. Caffe's diff there differs from the port's true gradient.
+    """
+    from .layers import IN_PLACE_TYPES, TOP_READING_TYPES
+
+    layers = net.netdef.layers
+    writers = [i for i, layer in enumerate(layers) if blob in layer.tops]
+    notes = {}
+    for i, layer in enumerate(layers[: writers[-1] + 1] if writers else []):
+        why = []
+        if layer.in_place and layer.type not in IN_PLACE_TYPES:
+            why.append(f"{layer.type}'s backward reads its bottom, which in place holds its top")
+        if layer.type in TOP_READING_TYPES:
+            later = [m.name for m in layers[i + 1:] if m.in_place and m.tops[0] in layer.tops]
+            if later:
+                why.append(f"{layer.type}'s backward reads its top, which in-place layer "
+                           f"{later[0]!r} rewrites")
+        if why:
+            notes[f"inexact/{layer.name}"] = np.array(
+                "; ".join(why) + ": Caffe's diff differs from this (true) gradient")
+    return notes
 
 
 def no_gradient_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:

@@ -228,3 +228,19 @@ layers { name: "loss" type: SOFTMAX_LOSS bottom: "am" bottom: "label" top: "loss
     for k, v in ref.items():
         np.testing.assert_allclose(got[k[5:]].detach().numpy(), v, rtol=1e-4, atol=1e-5,
                                    err_msg=k)
+
+
+def test_in_place_layers_whose_caffe_backward_reads_overwritten_data_are_noted():
+    net = _net("""input: "x" input_shape { dim: 1 dim: 4 }
+layer { name: "c" type: "Clip" bottom: "x" top: "c" clip_param { min: -1 max: 1 } }
+layer { name: "c2" type: "Clip" bottom: "c" top: "c" clip_param { min: -0.5 max: 0.5 } }
+layer { name: "s" type: "Swish" bottom: "c" top: "s" }
+layer { name: "e" type: "ELU" bottom: "s" top: "s" }
+layer { name: "r" type: "ReLU" bottom: "s" top: "s" }""")
+    out = port.dump_blobs(net, np.ones((1, 4), np.float32), backward_from=("s", 0))
+    assert sorted(k for k in out if k.startswith("inexact/")) == [
+        "inexact/c2", "inexact/e", "inexact/s"]
+    assert "'e' rewrites" in str(out["inexact/s"])
+    with pytest.raises(port.CaffeError, match="in-place"):
+        _net('input: "x" input_shape { dim: 1 dim: 4 }\n'
+             'layer { name: "a" type: "AbsVal" bottom: "x" top: "x" }')

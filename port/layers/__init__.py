@@ -61,7 +61,7 @@ from .vision import (
 __all__ = [
     "AbsVal", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "CaffeLayer", "Clip",
     "Concat", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU", "Eltwise", "Embed", "Exp",
-    "Filter", "Flatten", "IN_PLACE_TYPES", "Im2col", "InnerProduct", "LAYER_TYPES", "LRN", "LSTM",
+    "Filter", "Flatten", "IN_PLACE_TYPES", "TOP_READING_TYPES", "Im2col", "InnerProduct", "LAYER_TYPES", "LRN", "LSTM",
     "LSTMUnit", "Log", "RNN",
     "MVN", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape", "SPP",
     "Scale", "Shape", "Sigmoid", "Silence", "Slice", "Softmax", "Split", "StochasticPooling",
@@ -78,13 +78,15 @@ LAYER_TYPES: dict[str, type[CaffeLayer]] = {
                 Silence, Slice, Swish, Threshold, Tile, LSTM, LSTMUnit, RNN)
 }
 
-# Layers whose backward Caffe computes exactly when run in place (top == bottom). The others
-# (AbsVal, BNLL, Clip, Log, Power) read their bottom's data in Backward, which in place holds the
-# top: Caffe then returns a different gradient (the port computes the true one). Likewise a layer
-# whose backward reads its own top (Sigmoid, TanH, ELU, Exp, Swish, MVN) sees whatever a later
-# in-place layer wrote there.
+# Layers whose backward Caffe computes exactly when run in place (top == bottom), measured on the
+# Caffe root. Clip, BNLL, Log, Power and MVN read their bottom's data in Backward, which in place
+# holds the top: Caffe then returns another gradient than the port's true one (AbsVal refuses to
+# run in place at all). `port dump` notes such layers under ``inexact/<layer>``.
 IN_PLACE_TYPES = {"ReLU", "Dropout", "BatchNorm", "Scale", "Sigmoid", "TanH", "Bias", "ELU", "Exp",
-                  "MVN", "PReLU", "Swish"}
+                  "PReLU", "Swish"}
+# Layers whose backward reads their own top: a later in-place layer that rewrites it changes
+# Caffe's gradient (measured: Swish followed by an in-place ELU).
+TOP_READING_TYPES = {"Sigmoid", "TanH", "ELU", "Exp", "Swish", "MVN", "Softmax", "LRN"}
 
 
 def _layer_class(layer: LayerDef) -> type[CaffeLayer] | None:

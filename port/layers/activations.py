@@ -91,6 +91,12 @@ class _Pointwise(CaffeLayer):
 class AbsVal(_Pointwise):
     caffe_type = "AbsVal"
 
+    def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
+        super().__init__(layer, bottom_shapes)
+        if layer.in_place:
+            raise CaffeError("AbsVal does not allow in-place computation (Caffe checks top != "
+                             "bottom)", layer=layer.name, field="top")
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # Caffe's gradient is sign(x) * dy with sign(0) = 0, as is torch's.
         return [torch.abs(x)]
