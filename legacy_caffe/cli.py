@@ -54,12 +54,18 @@ def _add_goldens(tool: Tool) -> None:
     g.add_argument("--input", action="append", metavar="IMAGE",
                    help="image file for a user model (repeatable: one batch of all of them; "
                    "default: skimage's astronaut)")
+    g.add_argument("--input-arrays", type=Path, metavar="NPZ",
+                   help="instead of images: an .npz of input blob name -> array (any shape), "
+                   "fed as they are (nets with several or non-image inputs)")
     g.add_argument("--blob", default="auto",
                    help="blob the one-hot is seeded on for a user model (default: auto, the last "
                    "blob no layer consumes)")
     g.add_argument("--unit", type=int, default=DEFAULT_UNIT,
                    help=f"flat index of the one-hot in --blob (default {DEFAULT_UNIT})")
     g.add_argument("--out", type=Path, help="output folder for a user model")
+    g.add_argument("--no-force-backward", action="store_true",
+                   help="user model: make --blob a loss instead of adding force_backward (for "
+                   "Embed, Filter, BatchReindex, whose bottoms force_backward makes Caffe abort)")
 
 
 def _add_mfv_reference(tool: Tool) -> None:
@@ -181,20 +187,27 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
         if args.model or args.check:
             raise UsageError("--prototxt/--caffemodel cannot be combined with --model or --check")
         out = args.out or (goldens.CACHE_DIR / f"user-{args.prototxt.stem}")
-        size = goldens.declared_input_size(args.prototxt.read_text())
-        inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
+        if args.input_arrays is not None:
+            if args.input:
+                raise UsageError("give --input (images) or --input-arrays, not both")
+            inputs = goldens.array_inputs(args.input_arrays)
+        else:
+            size = goldens.declared_input_size(args.prototxt.read_text())
+            inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
         man = goldens.generate(goldens.GoldenRequest(
             name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
             blob=args.blob, unit=args.unit, inputs=inputs, blas=tuple(blas),
             caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
-            repeat=not args.no_repeat,
+            repeat=not args.no_repeat, force_backward=not args.no_force_backward,
         ))  # fmt: skip
         goldens.write_json(out / "manifest.json", man)
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
         return 0
 
-    if args.input or args.out:
-        raise UsageError("--input and --out go with --prototxt/--caffemodel (a user's own model)")
+    if args.input or args.out or args.input_arrays:
+        raise UsageError(
+            "--input, --input-arrays and --out go with --prototxt/--caffemodel (a user's own model)"
+        )
     models = args.model or list(goldens.PLANS)
     if args.check:
         problems = []

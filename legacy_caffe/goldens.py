@@ -271,7 +271,9 @@ class GoldenRequest:
     blob : str
         Blob the one-hot is seeded on, or ``"auto"`` (the script picks the last unconsumed blob).
     inputs : sequence of InputSpec, or mapping of name to batch
-        The photos to preprocess here, or ready (N, C, H, W) batches (a user's images).
+        The photos to preprocess here, or ready (N, C, H, W) batches (a user's images), or per
+        input set a mapping of input blob name to array of any shape, fed as it is (DummyData
+        tops, Embed indices, LSTM sequences).
     out_committed, out_cache : Path
         Folders of committed and cached dumps (the seeded weights are kept in ``out_cache``).
     blas : tuple of str
@@ -290,13 +292,16 @@ class GoldenRequest:
         Make each dump twice and record whether that BLAS gives the same bytes.
     require_gradient : bool
         Fail (rather than warn) when the one-hot's gradient reaches no input element.
+    force_backward : bool
+        Add ``force_backward`` so every diff is computed; without it ``blob`` is made a loss, as
+        nets whose bottoms Caffe cannot back-propagate to (Embed, Filter, BatchReindex) need.
     """
 
     name: str
     prototxt: Path
     prototxt_ref: str
     blob: str
-    inputs: Sequence[InputSpec] | Mapping[str, np.ndarray]
+    inputs: Sequence[InputSpec] | Mapping[str, np.ndarray | Mapping[str, np.ndarray]]
     out_committed: Path
     out_cache: Path
     blas: tuple[str, ...] = BLAS
@@ -307,6 +312,7 @@ class GoldenRequest:
     committed: tuple[str, ...] = ()
     repeat: bool = True
     require_gradient: bool = False
+    force_backward: bool = True
 
     def __post_init__(self) -> None:
         for b in self.blas:
@@ -340,7 +346,8 @@ class _Results:
     last_meta: dict = field(default_factory=dict)  # backward start (the same in every run)
 
 
-def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int) -> dict:
+def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int,
+          force_backward: bool = True) -> dict:
     """Run dump_blobs.py inside the root; returns its meta (environment, blobs, checks)."""
     meta = out.with_suffix(".json")
     rootfs.run_inside(
@@ -349,7 +356,8 @@ def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int
          "--caffemodel", rootfs.host_to_inside(job.weights),
          "--input", rootfs.host_to_inside(job.inputs[input_name]),
          "--blob", blob, "--unit", str(unit),
-         "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)],
+         "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)]
+        + ([] if force_backward else ["--no-force-backward"]),
         blas=blas, env=GOLDEN_ENV,
     )  # fmt: skip
     info = json.loads(meta.read_text())
@@ -383,9 +391,16 @@ def _generate_in(work: Path, req: GoldenRequest) -> dict:
     for b in req.blas:
         det = {"repeats": 0, "byte_identical": True, "max_rel_diff": 0.0, "differing_arrays": []}
         for input_name, batch in batches.items():
-            _dump_set(req, job, results, det, b, input_name, batch.shape)
+            _dump_set(req, job, results, det, b, input_name, _shape_of(batch))
         results.determinism[b] = det
     return _manifest(req, results, batches, weights_info, inputs_info, t_start)
+
+
+def _shape_of(batch: np.ndarray | Mapping[str, np.ndarray]) -> object:
+    """A batch's shape for the log: a tuple, or input name -> tuple for named arrays."""
+    if isinstance(batch, Mapping):
+        return {k: tuple(v.shape) for k, v in batch.items()}
+    return tuple(batch.shape)
 
 
 def _prepare_weights(req: GoldenRequest, job: _Job) -> dict:
@@ -416,24 +431,37 @@ def _prepare_weights(req: GoldenRequest, job: _Job) -> dict:
     return weights_info
 
 
-def _prepare_inputs(req: GoldenRequest, job: _Job) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+
+def _prepare_inputs(req: GoldenRequest, job: _Job) -> tuple[dict, dict[str, dict]]:
     """Preprocess the input batches here on the host and stage them in the exchange folder.
 
-    Returns the batches by input name and the manifest's ``inputs`` entry.
+    Returns the batches by input name (an array, or named arrays fed as they are) and the
+    manifest's ``inputs`` entry.
     """
-    size = declared_input_size(req.prototxt.read_text())
     inputs_info: dict[str, dict] = {}
     if isinstance(req.inputs, Mapping):
         batches = dict(req.inputs)
-        for input_name in batches:
-            inputs_info[input_name] = {"source": "user images"}
+        for input_name, x in batches.items():
+            inputs_info[input_name] = {
+                "source": "user arrays" if isinstance(x, Mapping) else "user images"
+            }
     else:
+        size = declared_input_size(req.prototxt.read_text())
         batches = {}
         for spec in req.inputs:
             hw = (spec.size, spec.size) if spec.size else size
             batches[spec.name] = make_batch(spec.photos, hw)
             inputs_info[spec.name] = spec.describe()
     for input_name, x in batches.items():
+        if isinstance(x, Mapping):
+            # Named arrays of any shape, fed as they are (dump_blobs.py reads the .npz).
+            path = job.work / f"input_{input_name}.npz"
+            np.savez(path, **x)
+            job.inputs[input_name] = path
+            inputs_info[input_name].update(
+                arrays={k: {"shape": list(v.shape), **describe_arrays({k: v})[k]}
+                        for k, v in x.items()})  # fmt: skip
+            continue
         path = job.work / f"input_{input_name}.npy"
         np.save(path, x)
         job.inputs[input_name] = path
@@ -447,21 +475,22 @@ def _prepare_inputs(req: GoldenRequest, job: _Job) -> tuple[dict[str, np.ndarray
     return batches, inputs_info
 
 
+
 def _dump_set(
     req: GoldenRequest, job: _Job, results: _Results, det: dict, blas: str, input_name: str,
-    shape: tuple[int, ...],
+    shape: object,
 ) -> None:  # fmt: skip
     """Make one (BLAS, input) dump, check it, store its file and record its manifest entry."""
     t0 = time.monotonic()
     out = job.work / blas / f"{input_name}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = _dump(job, input_name, blas, out, req.blob, req.unit)
+    meta = _dump(job, input_name, blas, out, req.blob, req.unit, req.force_backward)
     results.first_meta = results.first_meta or meta
     results.last_meta = meta
     arrays = load_npz(out)
     reached = _gradient_reaches_input(req, meta, arrays, blas, input_name)
     msg = (
-        f"{req.name}: {blas} {input_name} {tuple(shape)}: "
+        f"{req.name}: {blas} {input_name} {shape}: "
         f"{len(meta['blobs'])} blobs in {time.monotonic() - t0:.1f} s (Caffe forward "
         f"{meta['timings_s']['forward']} s, backward {meta['timings_s']['backward']} s)"
     )
@@ -491,7 +520,8 @@ def _gradient_reaches_input(
 ) -> bool:
     """Whether the one-hot's gradient reaches some input element; fails or warns when not."""
     reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
-    if not reached:
+    # Without force_backward Caffe never writes an input's diff: nothing to warn about.
+    if not reached and req.force_backward:
         msg = (
             f"{req.name}: the one-hot at {meta['backward_blob']}[{req.unit}] reaches no input "
             f"element with {blas} on {input_name} (a ReLU or dead unit stops it), so every "
@@ -509,7 +539,7 @@ def _repeat(
 ) -> None:  # fmt: skip
     """Make the dump again and record in ``det`` whether this BLAS gave the same bytes."""
     again = job.work / blas / f"{input_name}.repeat.npz"
-    _dump(job, input_name, blas, again, req.blob, req.unit)
+    _dump(job, input_name, blas, again, req.blob, req.unit, req.force_backward)
     second = load_npz(again)
     det["repeats"] += 1
     if not bytes_identical(arrays, second):
@@ -562,6 +592,7 @@ def _manifest(
             "unit": req.unit,
             "start_layer": meta["backward_start_layer"],
             "force_backward_added": meta["force_backward_added"],
+            "mode": meta.get("backward_mode", "force_backward"),
         },  # fmt: skip
         "meaning": "pycaffe net.blobs[name].data after forward() and .diff after "
         "backward(start=<last layer writing blob>) from a one-hot at flat index unit "
@@ -706,6 +737,15 @@ def check_model(
             else:
                 problems.append(f"{model} {key}: " + "; ".join(mismatched[:3]))
     return problems
+
+
+def array_inputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """An .npz of input blob name -> array as one input set named after the file."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
+    if not arrays:
+        raise GoldenError(f"{path} holds no arrays")
+    return {re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem): arrays}
 
 
 def user_inputs(images: Sequence[str], size: tuple[int, int]) -> dict[str, np.ndarray]:

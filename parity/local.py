@@ -225,7 +225,13 @@ def _blob_grads(blob, cons, blobs, net32, net64, producer_unit) -> dict:
                 gouts = [torch.tensor(np.asarray(blobs[f"diff/{t}"]), dtype=dt) for t in layer.tops]
                 # A bottom used twice by one layer is covered by marking each use.
                 targets = [x for x, b in zip(ins, layer.bottoms, strict=True) if b == blob]
-                gs = torch.autograd.grad(outs, targets, grad_outputs=gouts, allow_unused=True)
+                # Tops that do not depend on the blob (Crop's shape reference, Filter's selector,
+                # ArgMax) contribute nothing, as in Caffe.
+                live = [(o, g) for o, g in zip(outs, gouts, strict=True) if o.requires_grad]
+                if not live:
+                    continue
+                gs = torch.autograd.grad([o for o, _ in live], targets,
+                                         grad_outputs=[g for _, g in live], allow_unused=True)
             for g in gs:
                 if g is not None:
                     g_total = g if g_total is None else g_total + g

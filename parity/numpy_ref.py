@@ -12,11 +12,13 @@ float64 arrays for the "numpy64" (truth) column. Weights are cast to the input's
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from . import numpy_layers as nl
 
 __all__ = [
     "conv2d",
@@ -524,6 +526,22 @@ def _sub(layer: Any, name: str) -> Any:
     return getattr(layer.param, name)
 
 
+LayerFn = Callable[[Any, Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
+#: Caffe layer type -> ``(layer, bottoms, weights) -> tops`` adapter.
+LAYERS: dict[str, LayerFn] = {}
+
+
+def _registers(*types: str) -> Callable[[LayerFn], LayerFn]:
+    """Register a ``(layer, bottoms, weights) -> tops`` adapter for Caffe layer types."""
+
+    def deco(fn: LayerFn) -> LayerFn:
+        for t in types:
+            LAYERS[t] = fn
+        return fn
+
+    return deco
+
+
 def forward_layer(
     layer: Any, bottoms: Sequence[np.ndarray], weights: Sequence[np.ndarray]
 ) -> list[np.ndarray]:
@@ -543,119 +561,385 @@ def forward_layer(
     list of ndarray
         One array per top.
     """
-    t = layer.type
-    x = bottoms[0] if bottoms else None
-    if t == "Convolution":
-        p = _sub(layer, "convolution_param")
-        kh, kw = _spatial(p, "kernel_size", 1, "kernel")
-        w = np.asarray(weights[0]).reshape(-1, x.shape[1] // max(int(p.group), 1), kh, kw)
-        b = weights[1] if (p.bias_term and len(weights) > 1) else None
-        return [
-            conv2d(
-                x,
-                w,
-                b,
-                stride=_spatial(p, "stride", 1),
-                pad=_spatial(p, "pad", 0),
-                dilation=_spatial(p, "dilation", 1),
-                group=int(p.group) or 1,
-            )
-        ]
-    if t == "Pooling":
-        p = _sub(layer, "pooling_param")
-        method = _POOL.get(p.pool)
-        if method is None:
-            raise ValueError(f"layer {layer.name}: unsupported pooling method {p.pool}")
-        return [
-            pool2d(
-                x,
-                method=method,
-                kernel=_spatial(p, "kernel_size", 1, "kernel"),
-                stride=_spatial(p, "stride", 1),
-                pad=_spatial(p, "pad", 0),
-                global_pooling=bool(p.global_pooling),
-            )
-        ]
-    if t == "LRN":
-        p = _sub(layer, "lrn_param")
-        return [
-            lrn(
-                x,
-                local_size=int(p.local_size),
-                alpha=float(p.alpha),
-                beta=float(p.beta),
-                k=float(p.k),
-                region=_LRN_REGION[p.norm_region],
-            )
-        ]
-    if t == "InnerProduct":
-        p = _sub(layer, "inner_product_param")
-        b = weights[1] if (p.bias_term and len(weights) > 1) else None
-        return [inner_product(x, weights[0], b, axis=int(p.axis), transpose=bool(p.transpose))]
-    if t == "ReLU":
-        return [relu(x, negative_slope=float(_sub(layer, "relu_param").negative_slope))]
-    if t == "Dropout":
-        return [dropout(x)]
-    if t == "Sigmoid":
-        return [sigmoid(x)]
-    if t == "TanH":
-        return [tanh(x)]
-    if t == "Softmax":
-        return [softmax(x, axis=int(_sub(layer, "softmax_param").axis))]
-    if t == "Concat":
-        p = _sub(layer, "concat_param")
-        axis = int(p.concat_dim) if _has(p, "concat_dim") else int(p.axis)
-        return [concat(bottoms, axis=axis)]
-    if t == "BatchNorm":
-        p = _sub(layer, "batch_norm_param")
-        return [batch_norm(x, weights[0], weights[1], weights[2], eps=float(p.eps))]
-    if t == "Scale":
-        p = _sub(layer, "scale_param")
-        axis = int(p.axis) % x.ndim
-        if len(bottoms) == 2:
-            factor = bottoms[1]
-            bias = weights[0] if (p.bias_term and weights) else None
-        else:
-            num_axes = int(p.num_axes)
-            end = x.ndim if num_axes == -1 else axis + num_axes
-            # Learned blobs may be stored flat; give them the shape num_axes implies.
-            factor = np.asarray(weights[0]).reshape(x.shape[axis:end])
-            bias = (
-                np.asarray(weights[1]).reshape(x.shape[axis:end])
-                if (p.bias_term and len(weights) > 1)
-                else None
-            )
-        return [scale(x, factor, bias, axis=axis)]
-    if t == "Eltwise":
-        p = _sub(layer, "eltwise_param")
-        return [eltwise(bottoms, operation=_ELTWISE[p.operation], coeff=list(p.coeff))]
-    if t == "Flatten":
-        p = _sub(layer, "flatten_param")
-        return [flatten(x, axis=int(p.axis), end_axis=int(p.end_axis))]
-    if t == "Split":
-        return split(x, len(layer.tops))
-    raise ValueError(f"layer {layer.name!r}: numpy reference has no layer type {t!r}")
+    fn = LAYERS.get(layer.type)
+    if fn is None:
+        raise ValueError(f"layer {layer.name!r}: numpy reference has no layer type {layer.type!r}")
+    return fn(layer, bottoms, weights)
 
 
-SUPPORTED_TYPES = frozenset(
-    [
-        "Convolution",
-        "Pooling",
-        "LRN",
-        "InnerProduct",
-        "ReLU",
-        "Dropout",
-        "Softmax",
-        "Concat",
-        "BatchNorm",
-        "Scale",
-        "Eltwise",
-        "Flatten",
-        "Split",
-        "Sigmoid",
-        "TanH",
+@_registers("Convolution")
+def _convolution(layer, bottoms, weights):
+    x = bottoms[0]
+    p = _sub(layer, "convolution_param")
+    kh, kw = _spatial(p, "kernel_size", 1, "kernel")
+    w = np.asarray(weights[0]).reshape(-1, x.shape[1] // max(int(p.group), 1), kh, kw)
+    b = weights[1] if (p.bias_term and len(weights) > 1) else None
+    return [
+        conv2d(
+            x,
+            w,
+            b,
+            stride=_spatial(p, "stride", 1),
+            pad=_spatial(p, "pad", 0),
+            dilation=_spatial(p, "dilation", 1),
+            group=int(p.group) or 1,
+        )
     ]
-)
+
+
+@_registers("Pooling")
+def _pooling(layer, bottoms, weights):
+    p = _sub(layer, "pooling_param")
+    if p.pool == 2:  # STOCHASTIC: its TEST-phase rule
+        k = (bottoms[0].shape[2:] if p.global_pooling
+             else _spatial(p, "kernel_size", 1, "kernel"))
+        return [nl.stochastic_pool_test(bottoms[0], kernel=k, stride=_spatial(p, "stride", 1))]
+    method = _POOL.get(p.pool)
+    if method is None:
+        raise ValueError(f"layer {layer.name}: unsupported pooling method {p.pool}")
+    return [
+        pool2d(
+            bottoms[0],
+            method=method,
+            kernel=_spatial(p, "kernel_size", 1, "kernel"),
+            stride=_spatial(p, "stride", 1),
+            pad=_spatial(p, "pad", 0),
+            global_pooling=bool(p.global_pooling),
+        )
+    ]
+
+
+@_registers("LRN")
+def _lrn(layer, bottoms, weights):
+    p = _sub(layer, "lrn_param")
+    return [
+        lrn(
+            bottoms[0],
+            local_size=int(p.local_size),
+            alpha=float(p.alpha),
+            beta=float(p.beta),
+            k=float(p.k),
+            region=_LRN_REGION[p.norm_region],
+        )
+    ]
+
+
+@_registers("InnerProduct")
+def _inner_product(layer, bottoms, weights):
+    p = _sub(layer, "inner_product_param")
+    b = weights[1] if (p.bias_term and len(weights) > 1) else None
+    return [inner_product(bottoms[0], weights[0], b, axis=int(p.axis),
+                          transpose=bool(p.transpose))]
+
+
+@_registers("ReLU")
+def _relu(layer, bottoms, weights):
+    return [relu(bottoms[0], negative_slope=float(_sub(layer, "relu_param").negative_slope))]
+
+
+@_registers("Dropout")
+def _dropout(layer, bottoms, weights):
+    return [dropout(bottoms[0])]
+
+
+@_registers("Sigmoid")
+def _sigmoid(layer, bottoms, weights):
+    return [sigmoid(bottoms[0])]
+
+
+@_registers("TanH")
+def _tanh(layer, bottoms, weights):
+    return [tanh(bottoms[0])]
+
+
+@_registers("Softmax")
+def _softmax(layer, bottoms, weights):
+    return [softmax(bottoms[0], axis=int(_sub(layer, "softmax_param").axis))]
+
+
+@_registers("Concat")
+def _concat(layer, bottoms, weights):
+    p = _sub(layer, "concat_param")
+    axis = int(p.concat_dim) if _has(p, "concat_dim") else int(p.axis)
+    return [concat(bottoms, axis=axis)]
+
+
+@_registers("BatchNorm")
+def _batch_norm(layer, bottoms, weights):
+    p = _sub(layer, "batch_norm_param")
+    return [batch_norm(bottoms[0], weights[0], weights[1], weights[2], eps=float(p.eps))]
+
+
+@_registers("Scale")
+def _scale(layer, bottoms, weights):
+    x = bottoms[0]
+    p = _sub(layer, "scale_param")
+    axis = int(p.axis) % x.ndim
+    if len(bottoms) == 2:
+        factor = bottoms[1]
+        bias = weights[0] if (p.bias_term and weights) else None
+    else:
+        num_axes = int(p.num_axes)
+        end = x.ndim if num_axes == -1 else axis + num_axes
+        # Learned blobs may be stored flat; give them the shape num_axes implies.
+        factor = np.asarray(weights[0]).reshape(x.shape[axis:end])
+        bias = (
+            np.asarray(weights[1]).reshape(x.shape[axis:end])
+            if (p.bias_term and len(weights) > 1)
+            else None
+        )
+    return [scale(x, factor, bias, axis=axis)]
+
+
+@_registers("Eltwise")
+def _eltwise(layer, bottoms, weights):
+    p = _sub(layer, "eltwise_param")
+    return [eltwise(bottoms, operation=_ELTWISE[p.operation], coeff=list(p.coeff))]
+
+
+@_registers("Flatten")
+def _flatten(layer, bottoms, weights):
+    p = _sub(layer, "flatten_param")
+    return [flatten(bottoms[0], axis=int(p.axis), end_axis=int(p.end_axis))]
+
+
+@_registers("Split")
+def _split(layer, bottoms, weights):
+    return split(bottoms[0], len(layer.tops))
+
+
+def _enum(msg: Any, field: str) -> str:
+    """Name of an enum field's value (protobuf message) or the value itself (plain objects)."""
+    v = getattr(msg, field)
+    try:
+        return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[v].name
+    except (AttributeError, KeyError):
+        return str(v)
+
+
+@_registers("AbsVal")
+def _absval(layer, bottoms, weights):
+    return [nl.absval(bottoms[0])]
+
+
+@_registers("BNLL")
+def _bnll(layer, bottoms, weights):
+    return [nl.bnll(bottoms[0])]
+
+
+@_registers("ELU")
+def _elu(layer, bottoms, weights):
+    return [nl.elu(bottoms[0], alpha=float(_sub(layer, "elu_param").alpha))]
+
+
+@_registers("Exp")
+def _exp(layer, bottoms, weights):
+    p = _sub(layer, "exp_param")
+    return [nl.exp(bottoms[0], base=float(p.base), scale=float(p.scale), shift=float(p.shift))]
+
+
+@_registers("Log")
+def _log(layer, bottoms, weights):
+    p = _sub(layer, "log_param")
+    return [nl.log(bottoms[0], base=float(p.base), scale=float(p.scale), shift=float(p.shift))]
+
+
+@_registers("Power")
+def _power(layer, bottoms, weights):
+    p = _sub(layer, "power_param")
+    return [nl.power(bottoms[0], power=float(p.power), scale=float(p.scale),
+                     shift=float(p.shift))]
+
+
+@_registers("PReLU")
+def _prelu(layer, bottoms, weights):
+    return [nl.prelu(bottoms[0], weights[0])]
+
+
+@_registers("Clip")
+def _clip(layer, bottoms, weights):
+    p = _sub(layer, "clip_param")
+    return [nl.clip(bottoms[0], lo=float(p.min), hi=float(p.max))]
+
+
+@_registers("Swish")
+def _swish(layer, bottoms, weights):
+    return [nl.swish(bottoms[0], beta=float(_sub(layer, "swish_param").beta))]
+
+
+@_registers("Threshold")
+def _threshold(layer, bottoms, weights):
+    return [nl.threshold(bottoms[0], t=float(_sub(layer, "threshold_param").threshold))]
+
+
+@_registers("Bias")
+def _bias(layer, bottoms, weights):
+    x = bottoms[0]
+    p = _sub(layer, "bias_param")
+    if len(bottoms) == 2:
+        b = bottoms[1]
+        axis = 0 if b.ndim == 0 else int(p.axis) % x.ndim
+    else:
+        axis = int(p.axis) % x.ndim
+        end = x.ndim if int(p.num_axes) == -1 else axis + int(p.num_axes)
+        b = np.asarray(weights[0]).reshape(x.shape[axis:end])
+    return [nl.bias(x, b, axis=axis)]
+
+
+@_registers("MVN")
+def _mvn(layer, bottoms, weights):
+    p = _sub(layer, "mvn_param")
+    return [nl.mvn(bottoms[0], normalize_variance=bool(p.normalize_variance),
+                   across_channels=bool(p.across_channels), eps=float(p.eps))]
+
+
+@_registers("Reduction")
+def _reduction(layer, bottoms, weights):
+    p = _sub(layer, "reduction_param")
+    return [nl.reduction(bottoms[0], operation=_enum(p, "operation"), axis=int(p.axis),
+                         coeff=float(p.coeff))]
+
+
+@_registers("ArgMax")
+def _argmax(layer, bottoms, weights):
+    p = _sub(layer, "argmax_param")
+    return [nl.argmax(bottoms[0], top_k=int(p.top_k), out_max_val=bool(p.out_max_val),
+                      axis=int(p.axis) if _has(p, "axis") else None)]
+
+
+@_registers("Embed")
+def _embed(layer, bottoms, weights):
+    p = _sub(layer, "embed_param")
+    w = np.asarray(weights[0]).reshape(int(p.input_dim), int(p.num_output))
+    return [nl.embed(bottoms[0], w, weights[1] if (p.bias_term and len(weights) > 1) else None)]
+
+
+def _conv_fields(p: Any) -> dict:
+    return {"kernel": _spatial(p, "kernel_size", 1, "kernel"), "stride": _spatial(p, "stride", 1),
+            "pad": _spatial(p, "pad", 0), "dilation": _spatial(p, "dilation", 1)}
+
+
+@_registers("Deconvolution")
+def _deconvolution(layer, bottoms, weights):
+    x = bottoms[0]
+    p = _sub(layer, "convolution_param")
+    f = _conv_fields(p)
+    group = int(p.group) or 1
+    w = np.asarray(weights[0]).reshape(x.shape[1], int(p.num_output) // group, *f["kernel"])
+    b = weights[1] if (p.bias_term and len(weights) > 1) else None
+    return [nl.deconv2d(x, w, b, stride=f["stride"], pad=f["pad"], dilation=f["dilation"],
+                        group=group)]
+
+
+@_registers("Im2col")
+def _im2col(layer, bottoms, weights):
+    f = _conv_fields(_sub(layer, "convolution_param"))
+    return [nl.im2col(bottoms[0], **f)]
+
+
+@_registers("SPP")
+def _spp(layer, bottoms, weights):
+    x = bottoms[0]
+    p = _sub(layer, "spp_param")
+    method = _enum(p, "pool")
+    outs = []
+    for lv in nl.spp_levels(x.shape[2], x.shape[3], int(p.pyramid_height)):
+        if method == "STOCHASTIC":
+            outs.append(nl.stochastic_pool_test(x, kernel=lv["kernel"], stride=lv["stride"]))
+        else:
+            outs.append(pool2d(x, method=_POOL[method], **lv))
+    if len(outs) == 1:
+        return outs
+    return [np.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)]
+
+
+@_registers("Crop")
+def _crop(layer, bottoms, weights):
+    p = _sub(layer, "crop_param")
+    return [nl.crop(bottoms[0], bottoms[1].shape, axis=int(p.axis),
+                    offset=[int(o) for o in p.offset])]
+
+
+@_registers("Reshape")
+def _reshape(layer, bottoms, weights):
+    p = _sub(layer, "reshape_param")
+    x = bottoms[0]
+    return [x.reshape(nl.reshape_shape(x.shape, [int(d) for d in p.shape.dim],
+                                       axis=int(p.axis), num_axes=int(p.num_axes)))]
+
+
+@_registers("Slice")
+def _slice(layer, bottoms, weights):
+    p = _sub(layer, "slice_param")
+    x = bottoms[0]
+    axis = (int(p.slice_dim) if _has(p, "slice_dim") else int(p.axis)) % x.ndim
+    sizes = nl.slice_sizes(x.shape[axis], len(layer.tops), [int(s) for s in p.slice_point])
+    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+
+
+@_registers("Tile")
+def _tile(layer, bottoms, weights):
+    p = _sub(layer, "tile_param")
+    return [nl.tile(bottoms[0], axis=int(p.axis), tiles=int(p.tiles))]
+
+
+@_registers("Silence")
+def _silence(layer, bottoms, weights):
+    return []
+
+
+@_registers("BatchReindex")
+def _batch_reindex(layer, bottoms, weights):
+    return [nl.batch_reindex(bottoms[0], bottoms[1])]
+
+
+@_registers("Filter")
+def _filter(layer, bottoms, weights):
+    return nl.filter_rows(bottoms[:-1], bottoms[-1])
+
+
+@_registers("Parameter")
+def _parameter(layer, bottoms, weights):
+    shape = tuple(int(d) for d in _sub(layer, "parameter_param").shape.dim)
+    return [np.asarray(weights[0]).reshape(shape)]
+
+
+@_registers("LSTMUnit")
+def _lstm_unit(layer, bottoms, weights):
+    c, h = nl.lstm_unit(bottoms[0][0], bottoms[1][0], bottoms[2][0])
+    return [c[None], h[None]]
+
+
+def _recurrent_bottoms(layer, bottoms, n_states):
+    p = _sub(layer, "recurrent_param")
+    exposed = n_states if p.expose_hidden else 0
+    static = bottoms[2] if len(bottoms) - 2 - exposed == 1 else None
+    states = list(bottoms[2 + (static is not None):])
+    return bool(p.expose_hidden), static, states
+
+
+@_registers("LSTM")
+def _lstm(layer, bottoms, weights):
+    expose, static, states = _recurrent_bottoms(layer, bottoms, 2)
+    w = list(weights)
+    w_s = w.pop(2) if static is not None else None
+    h0, c0 = states if states else (None, None)
+    h, h_t, c_t = nl.lstm(bottoms[0], bottoms[1], w[0], w[1], w[2], static=static, w_s=w_s,
+                          h0=h0, c0=c0)
+    return [h, h_t, c_t] if expose else [h]
+
+
+@_registers("RNN")
+def _rnn(layer, bottoms, weights):
+    expose, static, states = _recurrent_bottoms(layer, bottoms, 1)
+    w = list(weights)
+    w_s = w.pop(2) if static is not None else None
+    o, h_t = nl.rnn(bottoms[0], bottoms[1], *w, static=static, w_s=w_s,
+                    h0=states[0] if states else None)
+    return [o, h_t] if expose else [o]
+
+
+SUPPORTED_TYPES = frozenset(LAYERS)
 
 
 def forward_net(

@@ -292,6 +292,9 @@ def resolve(
         weights = port.seed_weights(found.netdef, SYNTHETIC_SEED)
         wsrc = f"port.seed_weights(seed={SYNTHETIC_SEED})"
         found.notes.append(f"weights: {wsrc} (no caffemodel)")
+    found.notes += [
+        f"skipped {s['type']} layer {s['name']!r}: {s['reason']}" for s in found.netdef.skipped
+    ]
     if found.inputs:
         inputs = found.inputs
         x: Any = inputs if len(inputs) > 1 else next(iter(inputs.values()))
@@ -436,8 +439,7 @@ def _run_references(
 
 def _run_reference(name: str, setup: ParitySetup, net32: CaffeNet) -> RunnerOutput | None:
     """One reference's output: a Caffe build's golden, the numpy reference run, or ONNX Runtime on
-    the exported float32 port. None for a Caffe build without goldens, and for ONNX on a
-    multi-input net (which adds a note to ``setup``)."""
+    the exported float32 port. None for a Caffe build without goldens."""
     x = setup.x
     if is_caffe(name):
         return setup.goldens.get(name)
@@ -446,9 +448,6 @@ def _run_reference(name: str, setup: ParitySetup, net32: CaffeNet) -> RunnerOutp
     if name == NUMPY32:
         return runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
     if name == ONNX:
-        if isinstance(x, Mapping):
-            setup.notes.append("onnx: multi-input nets are not exported; skipped")
-            return None
         return runners.run_onnx(net32, x)
     return None
 

@@ -175,6 +175,15 @@ def run_numpy(
     )
 
 
+#: Layer types whose ONNX form differs from the port's eager one (all layer types export).
+ONNX_LIMITS = {
+    "ArgMax": "exported as TopK on the flipped axis (a stable sort has no ONNX form); same ties",
+    "Filter": "NonZero + Gather: the kept count is data-dependent, as in Caffe",
+    "LSTM": "unrolled over the T of the exported input (a fixed-length graph)",
+    "RNN": "unrolled over the T of the exported input (a fixed-length graph)",
+}
+
+
 class _AllBlobs:
     """Wrap a CaffeNet so its forward returns every blob as a tuple (ONNX outputs are positional)."""
 
@@ -187,8 +196,9 @@ class _AllBlobs:
                 self.net = net
                 self.names = names
 
-            def forward(self, x):  # noqa: D401
-                out = self.net(x, blobs=self.names)
+            def forward(self, *xs):  # noqa: D401
+                inputs = list(net.netdef.inputs)
+                out = self.net(dict(zip(inputs, xs, strict=True)), blobs=self.names)
                 return tuple(out[n] for n in self.names)
 
         return Wrapped()
@@ -196,7 +206,7 @@ class _AllBlobs:
 
 def run_onnx(
     net: Any,
-    x: np.ndarray,
+    x: np.ndarray | Mapping[str, np.ndarray],
     *,
     opset: int = 17,
     keep: str | Path | None = None,
@@ -206,9 +216,9 @@ def run_onnx(
     Parameters
     ----------
     net : port.CaffeNet
-        Single-input net, float32.
-    x : ndarray
-        Input batch.
+        Float32.
+    x : ndarray or mapping
+        Input batch, or input name -> array (one ONNX input per net input, named after it).
     opset : int
         ONNX opset of the export.
     keep : path, optional
@@ -218,13 +228,17 @@ def run_onnx(
     -----
     The export uses the TorchScript-based exporter (``dynamo=False``) because it keeps the module's
     ops one to one (no decomposition to prims), which is what a layer-by-layer comparison wants.
+    Every layer type of the port exports (see :data:`ONNX_LIMITS` for how some do); a blob whose
+    output the exporter drops is missing from the result, and the comparison skips it.
     """
     import onnxruntime as ort
     import torch
 
     names = list(net.blob_names)
     wrapped = _AllBlobs(net, names).eval()
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    inputs = list(net.netdef.inputs)
+    arrays = x if isinstance(x, Mapping) else {inputs[0]: x}
+    xts = tuple(torch.as_tensor(np.asarray(arrays[k]), dtype=torch.float32) for k in inputs)
     outnames = [f"blob:{n}" for n in names]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,9 +249,9 @@ def run_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapped,
-                (xt,),
+                xts,
                 str(tmp_path),
-                input_names=["input"],
+                input_names=[f"input:{k}" for k in inputs],
                 output_names=outnames,
                 opset_version=opset,
                 dynamo=False,
@@ -247,8 +261,10 @@ def run_onnx(
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feed_name = sess.get_inputs()[0].name
-        outs = sess.run(None, {feed_name: xt.numpy()})
+        # The exporter drops inputs no output depends on (a Silence-only input).
+        feed = {i.name: xts[inputs.index(i.name[len("input:"):])].numpy()
+                for i in sess.get_inputs()}
+        outs = sess.run(None, feed)
         got = [o.name for o in sess.get_outputs()]
     t2 = time.perf_counter()
     # The exporter may drop outputs that alias an input or another output; map by name.

@@ -126,6 +126,7 @@ def _parse_blob(buf, start: int, stop: int) -> np.ndarray:
             elif wire in (_I32, _I64):
                 # Unpacked repeated floats: rare, element by element.
                 chunks.append(np.frombuffer(buf, dtype=dtype, count=1, offset=value[0]))
+    zero_axes = shape == []  # a BlobShape with no dims: Caffe's 0-axis blob, one value
     if shape is None:
         dims = [legacy[_B_NUM], legacy[_B_CH], legacy[_B_H], legacy[_B_W]]
         shape = dims if has_legacy else []
@@ -136,7 +137,7 @@ def _parse_blob(buf, start: int, stop: int) -> np.ndarray:
     else:
         data = (np.concatenate(float_chunks) if float_chunks else np.zeros(0, np.float32)).astype(
             np.float32)
-    count = int(np.prod(shape)) if shape else 0
+    count = int(np.prod(shape)) if shape or zero_axes else 0
     if data.size != count:
         raise ValueError(f"blob holds {data.size} values but its shape {tuple(shape)} needs {count}")
     return data.reshape(shape)
@@ -242,7 +243,8 @@ def _enc_len(number: int, payload_len: int) -> bytes:
 
 
 def _blob_chunks(array: np.ndarray, *, legacy: bool) -> list[bytes | memoryview]:
-    data = np.ascontiguousarray(array, dtype="<f4")
+    # np.require keeps a 0-axis blob (PReLU's shared slope) 0-axis; ascontiguousarray would not.
+    data = np.require(array, dtype="<f4", requirements="C")
     head = bytearray()
     if legacy:
         dims = [1] * (4 - data.ndim) + list(data.shape)

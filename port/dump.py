@@ -69,7 +69,12 @@ def dump_blobs(
     dict of str to numpy.ndarray
         ``data/<blob>`` for every blob, and with ``backward_from`` ``diff/<blob>`` for every blob:
         the gradient with respect to the blob's first version (what Caffe's in-place layers leave
-        in ``diff``), zero for blobs the backward pass does not reach.
+        in ``diff``), zero for blobs the backward pass does not reach. Where the backward pass
+        crosses a layer Caffe cannot back-propagate through (ArgMax, Threshold, STOCHASTIC pooling)
+        or into a bottom it cannot back-propagate to (Embed's indices, Filter's selector,
+        BatchReindex's indices), no gradient is invented: that path contributes zero, and
+        ``nograd/<layer>`` (a string array) says which layer and why. Real Caffe with
+        ``force_backward`` aborts there instead.
     """
     param = next(iter(net.parameters()), None)
     dtype = param.dtype if param is not None else torch.float32
@@ -96,12 +101,65 @@ def dump_blobs(
                              "sample)", path=net.netdef.path, field="backward-from")
         seed = torch.zeros_like(target).reshape(target.shape[0], -1)
         seed[:, unit] = 1
-        tensors = list(first.values())
-        grads = torch.autograd.grad(target, tensors, grad_outputs=seed.reshape(target.shape),
-                                    allow_unused=True)
+        # Tops of layers without a backward (ArgMax, Threshold...) are outside the graph.
+        live = [name for name, t in first.items() if t.requires_grad] if target.requires_grad else []
+        found = torch.autograd.grad(target, [first[n] for n in live],
+                                    grad_outputs=seed.reshape(target.shape),
+                                    allow_unused=True) if live else ()
+        by_name = dict(zip(live, found, strict=True))
+        grads = [by_name.get(name) for name in first]
     for (name, t), g in zip(first.items(), grads, strict=True):
         out[f"diff/{name}"] = (torch.zeros_like(t) if g is None else g).detach().cpu().numpy()
+    out.update(no_gradient_notes(net, blob))
+    out.update(inexact_in_place_notes(net, blob))
     return out
+
+
+def inexact_in_place_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
+    """``inexact/<layer>`` notes where Caffe's in-place backward reads overwritten values.
+
+    A layer outside :data:`port.layers.IN_PLACE_TYPES` run in place reads its top as if it were its
+    bottom; a layer of :data:`port.layers.TOP_READING_TYPES` whose top a later in-place layer
+    rewrites reads the rewritten values. Caffe's diff there differs from the port's true gradient.
+    """
+    from .layers import IN_PLACE_TYPES, TOP_READING_TYPES
+
+    layers = net.netdef.layers
+    writers = [i for i, layer in enumerate(layers) if blob in layer.tops]
+    notes = {}
+    for i, layer in enumerate(layers[: writers[-1] + 1] if writers else []):
+        why = []
+        if layer.in_place and layer.type not in IN_PLACE_TYPES:
+            why.append(f"{layer.type}'s backward reads its bottom, which in place holds its top")
+        if layer.type in TOP_READING_TYPES:
+            later = [m.name for m in layers[i + 1:] if m.in_place and m.tops[0] in layer.tops]
+            if later:
+                why.append(f"{layer.type}'s backward reads its top, which in-place layer "
+                           f"{later[0]!r} rewrites")
+        if why:
+            notes[f"inexact/{layer.name}"] = np.array(
+                "; ".join(why) + ": Caffe's diff differs from this (true) gradient")
+    return notes
+
+
+def no_gradient_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
+    """``nograd/<layer>`` notes for the layers up to the last writer of ``blob`` that Caffe cannot
+    back-propagate through (whole layer) or to some of their bottoms."""
+    writers = [i for i, layer in enumerate(net.netdef.layers) if blob in layer.tops]
+    if not writers:
+        return {}
+    notes = {}
+    for layer in net.netdef.layers[: writers[-1] + 1]:
+        module = net.module(layer.name)
+        # Modules that are not CaffeLayers (a caller's replacement) state nothing.
+        reasons = ([] if getattr(module, "backward", True)
+                   else [f"{layer.type} has no backward in Caffe"])
+        reasons += [f"bottom {i} ({layer.bottoms[i]!r}): {why}"
+                    for i, why in sorted(getattr(module, "no_gradient", {}).items())
+                    if i < len(layer.bottoms)]
+        if reasons:
+            notes[f"nograd/{layer.name}"] = np.array("; ".join(reasons))
+    return notes
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:

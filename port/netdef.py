@@ -10,7 +10,7 @@ layers. Only layers that Caffe would instantiate in the TEST phase are kept.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -35,6 +35,15 @@ V1_TYPES = {
 }
 V2_TO_V1_TYPES = {v: k for k, v in V1_TYPES.items()}
 
+# Layers of training definitions that a deploy net can carry but not run: data layers read files
+# or databases, loss and Accuracy layers need labels. They are skipped (listed in
+# ``NetDef.skipped``); a kept layer that reads one of their tops is an error.
+DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData"}
+SKIPPED_TYPES = DATA_TYPES | {
+    "Accuracy", "ContrastiveLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
+    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "SoftmaxWithLoss", "HDF5Output",
+}
+
 # Parameter messages that V1 and V2 layers share by name.
 _SHARED_PARAMS = [
     f.name
@@ -58,6 +67,11 @@ class LayerDef:
     param: object
     line: int | None = None
 
+    @property
+    def in_place(self) -> bool:
+        """The layer rewrites its bottom (one top, named as its first bottom)."""
+        return len(self.tops) == 1 and self.tops == self.bottoms[:1]
+
 
 @dataclass
 class NetDef:
@@ -70,6 +84,8 @@ class NetDef:
     path: str | None = None
     text: str = ""
     legacy_v1: bool = False
+    # Layers left out (data, loss, Accuracy), each {"name", "type", "reason"}.
+    skipped: list[dict] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerDef:
         for layer in self.layers:
@@ -263,6 +279,7 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
     phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
     inputs = _net_level_inputs(net, path)
     layers: list[LayerDef] = []
+    skipped: list[dict] = []
     names: set[str] = set()
     for i, param in enumerate(raw):
         line = lines[i] if i < len(lines) else None
@@ -277,6 +294,18 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
             raise CaffeError("duplicate layer name", path=path, layer=param.name, line=line,
                              field="name")
         names.add(param.name)
+        if param.type in SKIPPED_TYPES:
+            kind = "reads a file or database" if param.type in DATA_TYPES else "needs labels"
+            skipped.append({"name": param.name, "type": param.type, "line": line,
+                            "tops": list(param.top),
+                            "reason": f"{param.type} {kind}; deploy nets run without it"})
+            continue
+        if param.type == "DummyData":
+            # Its tops are inputs: pycaffe users feed them by writing .data, which a constant
+            # filler (the default) leaves in place.
+            for top, shape in zip(param.top, _dummy_shapes(param, path, line), strict=True):
+                inputs[top] = shape
+            continue
         if param.type == "Input":
             shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
             if shapes and len(shapes) not in (1, len(param.top)):
@@ -291,16 +320,61 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
         del clean.blobs[:]
         layers.append(LayerDef(name=param.name, type=param.type, bottoms=list(param.bottom),
                                tops=list(param.top), param=clean, line=line))
+    _check_skipped_tops(skipped, layers, inputs, path)
     if not inputs:
-        raise CaffeError("the net declares no input (input/input_dim, input_shape or an Input "
-                         "layer)", path=path, field="input")
+        data = [s for s in skipped if s["type"] in DATA_TYPES]
+        hint = (f"; its data layer {data[0]['name']!r} ({data[0]['type']}) is not run by the port"
+                if data else "")
+        raise CaffeError("the net declares no input (input/input_dim, input_shape, an Input or "
+                         f"DummyData layer){hint}", path=path, field="input")
     for name, shape in inputs.items():
         if not shape:
             raise CaffeError(f"input {name!r} has no shape", path=path, field="input_shape")
     return NetDef(
         name=net.name, inputs=inputs, layers=layers, force_backward=net.force_backward,
         path=str(path) if path is not None else None, text=text, legacy_v1=legacy,
+        skipped=skipped,
     )
+
+
+def _dummy_shapes(param, path, line) -> list[tuple[int, ...]]:
+    """The shape of each top of a DummyData layer (``shape`` or legacy num/channels/height/width)."""
+    p = param.dummy_data_param
+    n = len(param.top)
+    legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+    if p.shape:
+        if any(legacy):
+            raise CaffeError("give shape or num/channels/height/width, not both", path=path,
+                             layer=param.name, line=line, field="dummy_data_param.shape")
+        shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
+    elif any(legacy):
+        if any(len(v) not in (1, n) for v in legacy):
+            raise CaffeError(f"num, channels, height and width each need 1 or {n} values",
+                             path=path, layer=param.name, line=line, field="dummy_data_param")
+        shapes = [tuple(int(v[i if len(v) > 1 else 0]) for v in legacy) for i in range(n)]
+    else:
+        raise CaffeError("DummyData needs a shape", path=path, layer=param.name, line=line,
+                         field="dummy_data_param.shape")
+    if len(shapes) not in (1, n):
+        raise CaffeError(f"{len(shapes)} shapes for {n} tops", path=path, layer=param.name,
+                         line=line, field="dummy_data_param.shape")
+    return shapes * n if len(shapes) == 1 else shapes
+
+
+def _check_skipped_tops(skipped, layers, inputs, path) -> None:
+    """A kept layer must not read a blob that only a skipped layer writes."""
+    missing = {top: s for s in skipped for top in s["tops"]}
+    for layer in layers:
+        for b in layer.bottoms:
+            if b in missing and b not in inputs:
+                s = missing[b]
+                raise CaffeError(
+                    f"bottom {b!r} comes from the {s['type']} layer {s['name']!r}, which the port "
+                    f"does not run ({s['reason']}); declare {b!r} as an input (input_shape or an "
+                    "Input layer) instead", path=path, layer=layer.name, line=layer.line,
+                    field="bottom")
+        for t in layer.tops:
+            missing.pop(t, None)
 
 
 def load_prototxt(path: str | Path) -> NetDef:

@@ -105,6 +105,7 @@ SCHEMA: dict[str, dict] = {
             ("argmax_param", 103, "ArgMaxParameter", "o", None, False),
             ("batch_norm_param", 139, "BatchNormParameter", "o", None, False),
             ("bias_param", 141, "BiasParameter", "o", None, False),
+            ("clip_param", 148, "ClipParameter", "o", None, False),
             ("concat_param", 104, "ConcatParameter", "o", None, False),
             ("contrastive_loss_param", 105, "ContrastiveLossParameter", "o", None, False),
             ("convolution_param", 106, "ConvolutionParameter", "o", None, False),
@@ -142,6 +143,7 @@ SCHEMA: dict[str, dict] = {
             ("softmax_param", 125, "SoftmaxParameter", "o", None, False),
             ("spp_param", 132, "SPPParameter", "o", None, False),
             ("slice_param", 126, "SliceParameter", "o", None, False),
+            ("swish_param", 147, "SwishParameter", "o", None, False),
             ("tanh_param", 127, "TanHParameter", "o", None, False),
             ("threshold_param", 128, "ThresholdParameter", "o", None, False),
             ("tile_param", 138, "TileParameter", "o", None, False),
@@ -270,6 +272,11 @@ SCHEMA: dict[str, dict] = {
         ],
     },
     "ELUParameter": {"fields": [("alpha", 1, "float", "o", 1.0, False)]},
+    # Clip and Swish joined BVLC master in 2018; Debian's Caffe 1.0 (git 2018-08-21) has both.
+    "ClipParameter": {
+        "fields": [("min", 1, "float", "o", None, False), ("max", 2, "float", "o", None, False)]
+    },
+    "SwishParameter": {"fields": [("beta", 1, "float", "o", 1.0, False)]},
     "EmbedParameter": {
         "fields": [
             ("num_output", 1, "uint32", "o", None, False),

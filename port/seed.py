@@ -9,6 +9,8 @@ definition order, blob by blob):
 - BatchNorm: valid stored statistics with a non-trivial scale factor s = 0.5: blob0 = s * mean with
   mean ~ N(0, 0.1^2), blob1 = s * var with var ~ U(0.5, 1.5), blob2 = [s].
 - Scale: gamma ~ U(0.8, 1.2); its bias (bias_term) ~ N(0, 0.01^2).
+- Every other learnable layer: its module's ``seed_blobs(rng)`` (Deconvolution He-normal like
+  Convolution, PReLU slopes U(0.1, 0.4), Bias N(0, 0.1^2), Embed and Parameter N(0, 1), ...).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def seed_weights(netdef: NetDef, seed: int) -> dict[str, list[np.ndarray]]:
                 blobs.append(rng.uniform(0.8, 1.2, shapes[0]))
             if module.bias_term:
                 blobs.append(rng.normal(0.0, 0.01, shapes[-1]))
+        elif hasattr(module, "seed_blobs"):
+            # Layers added after the rules above carry their own distribution (see the class).
+            blobs = module.seed_blobs(rng)
         else:  # a learnable layer type added later must choose its distribution explicitly
             raise NotImplementedError(f"no seeding rule for layer type {layer.type}")
         weights[layer.name] = [b.astype(np.float32) for b in blobs]

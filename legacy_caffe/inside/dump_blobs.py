@@ -45,6 +45,33 @@ def with_force_backward(prototxt, workdir):
     return path, True
 
 
+def with_loss_at(prototxt, blob, workdir):
+    """A prototxt whose last layer writing ``blob`` marks it a loss (loss_weight 1), no force_backward.
+
+    For nets with bottoms Caffe cannot back-propagate to (Embed's indices, Filter's selector,
+    BatchReindex's indices), where force_backward aborts: Caffe then back-propagates exactly into
+    the blobs that need it (below a learnable layer, above the loss), as it does in training.
+    """
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    net = caffe_pb2.NetParameter()
+    with open(prototxt) as fh:
+        text_format.Merge(fh.read(), net)
+    if net.force_backward:
+        sys.exit("dump_blobs: --no-force-backward with a definition that sets force_backward")
+    writers = [layer for layer in net.layer if blob in layer.top]
+    if not writers:
+        sys.exit(f"dump_blobs: no layer writes {blob!r}")
+    last = writers[-1]
+    del last.loss_weight[:]
+    last.loss_weight.extend([1.0 if t == blob else 0.0 for t in last.top])
+    path = os.path.join(workdir, "loss_at_start.prototxt")
+    with open(path, "w") as fh:
+        fh.write(text_format.MessageToString(net))
+    return path
+
+
 def auto_split_blobs(net):
     """Tops of the Split layers Caffe inserted itself (named '<layer>_<blob>_<i>_split')."""
     out = set()
@@ -80,7 +107,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prototxt", required=True, help="deploy definition")
     ap.add_argument("--caffemodel", required=True, help="weights")
-    ap.add_argument("--input", required=True, help="(N, C, H, W) float32 .npy")
+    ap.add_argument("--input", required=True,
+                    help="(N, C, H, W) float32 .npy, or an .npz of input blob name -> array "
+                    "(any shape; DummyData tops too) fed as they are")
     ap.add_argument("--input-name", default=None, help="net input to feed (default: the first)")
     ap.add_argument(
         "--blob",
@@ -91,6 +120,9 @@ def parse_args(argv=None):
     ap.add_argument("--unit", type=int, default=945, help="flat index of the one-hot per sample")
     ap.add_argument("--out", required=True, help=".npz to write")
     ap.add_argument("--meta", default=None, help="JSON with environment and checks")
+    ap.add_argument("--no-force-backward", action="store_true",
+                    help="do not add force_backward (which aborts on Embed, Filter and "
+                    "BatchReindex bottoms); make BLOB a loss instead")
     return ap.parse_args(argv)
 
 
@@ -151,6 +183,7 @@ def meta_record(net, names, splits, in_name, backward, checks, timings):
         "backward_unit": backward["unit"],
         "backward_start_layer": backward["start"],
         "force_backward_added": backward["forced"],
+        "backward_mode": backward["mode"],
         "auto_split_blobs_excluded": sorted(splits),
         "checks": checks,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -163,23 +196,39 @@ def main(argv=None):
     import caffe
 
     caffe.set_mode_cpu()
-    x = np.load(args.input).astype(np.float32)
-    if x.ndim != 4:
-        sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
+    if args.input.endswith(".npz"):
+        with np.load(args.input) as z:
+            feeds = {k: z[k].astype(np.float32) for k in z.files}
+    else:
+        feeds = None
+        x = np.load(args.input).astype(np.float32)
+        if x.ndim != 4:
+            sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
 
     t0 = time.time()
     workdir = tempfile.mkdtemp(prefix="dump_blobs_")
-    proto, forced = with_force_backward(args.prototxt, workdir)
+    if args.no_force_backward:
+        if args.blob == "auto":
+            sys.exit("dump_blobs: --no-force-backward needs an explicit --blob")
+        proto, forced = with_loss_at(args.prototxt, args.blob, workdir), False
+    else:
+        proto, forced = with_force_backward(args.prototxt, workdir)
     net = caffe.Net(proto, caffe.TEST, weights=args.caffemodel)
     load_s = time.time() - t0
 
-    in_name = args.input_name or net.inputs[0]
-    if in_name not in net.blobs:
-        sys.exit(f"dump_blobs: net has no input {in_name!r} (inputs: {list(net.inputs)})")
+    if feeds is None:
+        in_name = args.input_name or net.inputs[0]
+        feeds = {in_name: x}
+    in_name = next(iter(feeds))
+    for name in feeds:
+        if name not in net.blobs:
+            sys.exit(f"dump_blobs: net has no input blob {name!r} (inputs: {list(net.inputs)})")
     blob = seed_blob(net, args.blob)
-    net.blobs[in_name].reshape(*x.shape)
+    for name, arr in feeds.items():
+        net.blobs[name].reshape(*arr.shape)
     net.reshape()
-    net.blobs[in_name].data[...] = x
+    for name, arr in feeds.items():
+        net.blobs[name].data[...] = arr
 
     t0 = time.time()
     net.forward()
@@ -187,7 +236,9 @@ def main(argv=None):
 
     splits = auto_split_blobs(net)
     names = [b for b in net.blobs if b not in splits]
-    nonzero_before = [b for b in names if np.any(net.blobs[b].diff)]
+    # A loss top's diff holds its loss weight from setup on; the one-hot replaces it below.
+    nonzero_before = [b for b in names if np.any(net.blobs[b].diff)
+                      and not (args.no_force_backward and b == blob)]
     start, start_idx, backward_s = backward_from(net, blob, args.unit)
     downstream = downstream_blobs(net, start_idx)
     # Blobs downstream of the start layer must still have a zero diff.
@@ -197,7 +248,8 @@ def main(argv=None):
     for b in names:
         arrays["data/" + b] = np.array(net.blobs[b].data, dtype=np.float32, copy=True)
         arrays["diff/" + b] = np.array(net.blobs[b].diff, dtype=np.float32, copy=True)
-    arrays["input/" + in_name] = x
+    for name, arr in feeds.items():
+        arrays["input/" + name] = arr
     atomic_savez(args.out, arrays)
 
     if args.meta:
@@ -208,7 +260,8 @@ def main(argv=None):
             "downstream_nonzero": downstream_nonzero,
         }
         timings = {"load": load_s, "forward": forward_s, "backward": backward_s}
-        backward = {"blob": blob, "unit": args.unit, "start": start, "forced": forced}
+        backward = {"blob": blob, "unit": args.unit, "start": start, "forced": forced,
+                    "mode": "loss_at_blob" if args.no_force_backward else "force_backward"}
         atomic_write_json(args.meta, meta_record(net, names, splits, in_name, backward, checks,
                                                  timings))
     if nonzero_before or downstream_nonzero:

@@ -1,0 +1,113 @@
+"""The small nets that prove each Caffe layer type against real Caffe (tests/data/layers/<name>/).
+
+Each case is a deploy definition covering a layer family's parameter variants, seeded weights
+(``python -m port seed-weights``), deterministic inputs and the blob/unit the backward pass starts
+from. Regenerate a case's goldens with real Caffe (both BLAS builds; needs the built root)::
+
+    PYTHONPATH=$PWD .venv/bin/python -m tests.layer_cases activations [more names...]
+
+which runs ``python -m legacy_caffe goldens --prototxt ... --caffemodel ... --input-arrays ...``
+into ``tests/data/layers/<name>/goldens``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data" / "layers"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    name: str
+    backward: str  # "BLOB:UNIT"
+    make_inputs: Callable[[np.random.Generator], dict[str, np.ndarray]]
+    seed: int = 1
+    # False where Caffe aborts under force_backward (Embed, Filter, BatchReindex bottoms): the
+    # goldens then make the backward blob a loss instead (``--no-force-backward``).
+    force_backward: bool = True
+
+    @property
+    def prototxt(self) -> Path:
+        return DATA / self.name / "deploy.prototxt"
+
+    @property
+    def goldens(self) -> Path:
+        return DATA / self.name / "goldens"
+
+    def golden(self, blas: str) -> Path:
+        return self.goldens / blas / f"{self.name}.npz"
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(1000 + self.seed)
+        return {k: np.asarray(v, dtype=np.float32) for k, v in self.make_inputs(rng).items()}
+
+
+def _normal(shape, scale=1.0):
+    return lambda rng: {"data": rng.normal(0.0, scale, shape)}
+
+
+CASES: dict[str, LayerCase] = {
+    c.name: c
+    for c in (
+        LayerCase("activations", "score:2", _normal((2, 3, 5, 5), 1.5)),
+        LayerCase("vision", "score:1", _normal((2, 3, 7, 7))),
+        LayerCase("shape", "score:0", lambda rng: {"data": rng.normal(0.0, 1.0, (2, 3, 4, 5)),
+                                                    "aux": rng.normal(0.0, 1.0, (3, 4))}),
+        LayerCase("indexing", "score:1", lambda rng: {
+            "idx": rng.integers(0, 6, (4, 3)),
+            "perm": np.array([3, 0, 0, 2, 1]),
+            "sel": np.array([1, 0, 1, 1, 0])}, force_backward=False),
+        LayerCase("recurrent", "score:1", lambda rng: {
+            "x": rng.normal(0.0, 1.0, (4, 2, 3)),
+            "cont": np.array([[1, 0], [1, 1], [1, 0], [1, 1]]),
+            "xs": rng.normal(0.0, 1.0, (2, 5)),
+            "h0": rng.normal(0.0, 0.5, (1, 2, 3)),
+            "c0": rng.normal(0.0, 0.5, (1, 2, 3))}),
+    )
+}
+
+
+def generate(case: LayerCase) -> None:
+    """Seed the weights, write the inputs and run real Caffe's goldens for one case."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.caffemodel"
+        arrays = Path(tmp) / f"{case.name}.npz"
+        np.savez(arrays, **case.inputs())
+        py = sys.executable
+        subprocess.run([py, "-m", "port", "seed-weights", "--prototxt", str(case.prototxt),
+                        "--weight-seed", str(case.seed), "--out", str(weights)], check=True, cwd=REPO)
+        blob, unit = case.backward.rsplit(":", 1)
+        subprocess.run([py, "-m", "legacy_caffe", "goldens", "--prototxt", str(case.prototxt),
+                        "--caffemodel", str(weights), "--input-arrays", str(arrays),
+                        "--blob", blob, "--unit", unit, "--out", str(case.goldens)]
+                       + ([] if case.force_backward else ["--no-force-backward"]),
+                       check=True, cwd=REPO)
+    record_weights(case)
+
+
+def record_weights(case: LayerCase) -> None:
+    """Say in the manifest how the weights were made (the CLI only knows a temporary file)."""
+    path = case.goldens / "manifest.json"
+    man = json.loads(path.read_text())
+    man["weights"].pop("source", None)
+    man["weights"].update(generator="port seed-weights", seed=case.seed, format="v2",
+                          made_by="python -m tests.layer_cases " + case.name)
+    man["prototxt"] = str(case.prototxt.relative_to(REPO))
+    man["model"] = case.name
+    path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(CASES)
+    for n in names:
+        generate(CASES[n])
