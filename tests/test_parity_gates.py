@@ -302,3 +302,29 @@ def test_a_wrong_eltwise_max_still_fails(eltwise, tie):
     res = _max_case(eltwise, tie)
     assert not res
     assert res.diagnosis["cause"] is not None and res.diagnosis["lines"][0]
+
+
+# -- the kinks of the layers beyond the zoo -----------------------------------------------------
+
+KINKED = """
+input: "x" input_shape { dim: 1 dim: 1 dim: 2 dim: 3 }
+layer { name: "p" type: "PReLU" bottom: "x" top: "p" }
+layer { name: "e" type: "ELU" bottom: "x" top: "e" elu_param { alpha: 0.5 } }
+layer { name: "e1" type: "ELU" bottom: "x" top: "e1" elu_param { alpha: 1.0 } }
+layer { name: "a" type: "AbsVal" bottom: "x" top: "a" }
+layer { name: "c" type: "Clip" bottom: "x" top: "c" clip_param { min: -0.5 max: 0.5 } }
+"""
+
+
+def test_prelu_elu_absval_clip_flip_at_their_kinks_and_elu_with_alpha_one_has_none():
+    nd = port.netdef_from_text(KINKED)
+    xa = np.array([[[[1.0, 2e-7, -1.0], [0.5 + 1e-7, -0.5, 0.3]]]])
+    xb = np.array([[[[1.0, -2e-7, -1.0], [0.5 - 1e-7, -0.5, 0.3]]]])
+    a = {"data/x": xa, **{f"data/{t}": np.zeros_like(xa) for t in ("p", "e", "e1", "a", "c")}}
+    b = {"data/x": xb, **{f"data/{t}": np.zeros_like(xb) for t in ("p", "e", "e1", "a", "c")}}
+    flips = {f.layer: f for f in gates.find_gate_flips(nd, a, b, BAND)}
+    assert set(flips) == {"p", "e", "a", "c"}  # ELU with alpha 1 is smooth at 0
+    for name in ("p", "e", "a"):
+        assert flips[name].marks["x"].tolist() == [1] and flips[name].in_band
+    # Clip's kinks are its bounds: the element at 0.5 +- 1e-7 flips, the one at 0 does not.
+    assert flips["c"].marks["x"].tolist() == [3] and flips["c"].in_band
