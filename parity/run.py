@@ -177,7 +177,7 @@ def _find_builtin(
         from legacy_caffe import goldens as lg
 
         manifest = lg.load_manifest(model)
-    except Exception as exc:  # no manifest yet, or legacy_caffe not importable
+    except (OSError, ValueError, ToolError) as exc:  # no manifest yet, or an unreadable one
         if want_caffe and not allow_missing:
             raise ParitySetupError(
                 f"{model}: no golden manifest ({exc}); generate goldens with "
