@@ -34,3 +34,10 @@ class CaffeError(Exception):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class WriteError(CaffeError):
+    """An output file that cannot be written (a folder in its place, no permission, disk full).
+
+    A :class:`CaffeError`, so that every command reports it in one line like bad input.
+    """
