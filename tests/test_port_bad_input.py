@@ -275,11 +275,10 @@ def test_atomic_path_is_not_a_folder(tmp_path):
 
 
 def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
             "from port.atomic import atomic_path\n"
-            "with atomic_path(%r) as tmp:\n"
-            "    tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
-            % (str(ROOT), str(tmp_path / "big.bin")))
+            f"with atomic_path({str(tmp_path / 'big.bin')!r}) as tmp:\n"
+            "    tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGTERM)
