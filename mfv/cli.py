@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from port.cli import device_arg
+from port.errors import CaffeError
 from port.verdict import ParityError
 
 from . import _io
+from .errors import MfvError
 from .models import MODELS, load_model
 
 MODEL_HELP = (f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
@@ -75,10 +77,10 @@ def _cmd_visualize(a) -> int:
     m = _load(a)
     layer = a.layer or (m.spec.target_layer if m.spec else None)
     if layer is None:
-        raise SystemExit("--layer is required for this model")
+        raise MfvError("--layer is required for this model")
     shapes = m.layer_shapes()
     if layer not in shapes:
-        raise SystemExit(f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them")
+        raise MfvError(f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them")
     obj = parse_target(layer, a.unit, softmax=a.softmax, x=a.x, y=a.y, shape=shapes[layer])
     sched_path = a.schedule or (m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path)
     schedule = load_schedule(sched_path)
@@ -88,7 +90,7 @@ def _cmd_visualize(a) -> int:
         found = sorted(Path(a.means).glob("mean_*.png")) or sorted(Path(a.means).glob("mean_*.jpg"))
         init_args = [str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))]
     if not init_args:
-        raise SystemExit("give --init IMG (repeatable), --init noise, or --means DIR")
+        raise MfvError("give --init IMG (repeatable), --init noise, or --means DIR")
     for spec in init_args:
         if spec == "noise":
             inits.append("noise")
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError as e:
         print(f"mfv: refused: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (CaffeError, MfvError, ValueError, OSError, KeyError, RuntimeError) as e:
         # Bad input gets one line, not a traceback; MFV_DEBUG=1 shows the traceback.
         if os.environ.get("MFV_DEBUG"):
             raise

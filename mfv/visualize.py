@@ -27,8 +27,9 @@ from skimage.restoration import denoise_tv_bregman
 from tqdm.auto import tqdm
 
 from . import _io
+from .errors import MfvError
 from .models import Model
-from .objectives import Objective, softmax_unit, unit
+from .objectives import Objective, check_objective, softmax_unit, unit
 from .octaves import FIXES, Octave, Schedule, step_size, tv_weight
 
 __all__ = ["visualize", "visualize_units", "UnitJob", "FacetState", "denoise", "crop_offset", "zoom_image", "noise_image"]
@@ -94,7 +95,7 @@ def _objective_for(objective: Objective, octave: Octave) -> Objective:
         return unit(octave.layer, objective.spec["unit"])
     if kind == "softmax_unit":
         return softmax_unit(octave.layer, objective.spec["unit"])
-    raise ValueError(f"schedule retargets to {octave.layer!r}, which needs a unit objective")
+    raise MfvError(f"schedule retargets to {octave.layer!r}, which needs a unit objective")
 
 
 def _save_u8(state: FacetState, faithful: bool) -> np.ndarray:
@@ -231,6 +232,12 @@ def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, se
         raise ValueError(f"denoiser must be 'auto', 'skimage' or 'torch', not {denoiser!r}")
     if not jobs:
         return []
+    # Every target is checked before anything is created (no output folder for a bad --unit).
+    shapes = model.layer_shapes()
+    for job in jobs:
+        for octave in (None, *schedule.octaves):
+            check_objective(job.objective if octave is None else _objective_for(job.objective, octave),
+                            shapes)
     runs = [_prepare(model, job, j, schedule=schedule, seed=seed, faithful=faithful, resume=resume,
                      denoiser=denoiser) for j, job in enumerate(jobs)]
     objectives = [job.objective for job in jobs]
