@@ -39,6 +39,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores")
 
 
+def _grey_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--skip-grey", dest="keep_grey", action="store_false",
+                   help="leave greyscale images out (default: replicate them to RGB, as Caffe's loader did)")
+    g.add_argument("--keep-grey", dest="keep_grey", action="store_true",
+                   help="replicate greyscale images to RGB: the default, kept for older command lines")
+    p.set_defaults(keep_grey=True)
+
+
 def _load(a):
     if getattr(a, "threads", None):
         import torch
@@ -97,7 +106,7 @@ def _cmd_visualize(a) -> int:
             names.append("noise")
             clusters.append(None)
             continue
-        inits.append(_io.load_rgb(spec, allow_convert=True))
+        inits.append(_io.load_rgb(spec))
         names.append(str(Path(spec).resolve()))
         mt = re.fullmatch(r"mean_(\d+)", Path(spec).stem)
         clusters.append(int(mt.group(1)) if (mt and a.means) else None)
@@ -193,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("means", help="cluster a class's images and write the mean image of each facet",
                        description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
                        "images nearest each centroid. Images are fitted to the input size (shorter side "
-                       "resized bicubic, centre crop); unreadable or non-RGB files are reported and skipped.")
+                       "resized bicubic, centre crop). Images are read as Caffe's loader read them: greyscale replicated to RGB, "
+                       "CMYK converted, alpha dropped, 16-bit scaled; unreadable files are reported and skipped.")
     _model_args(s)
     s.add_argument("--images", required=True, help="folder of one class's images (searched recursively)")
     s.add_argument("--k", type=int, default=10, help="number of clusters / facets (default 10)")
@@ -201,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", help="code layer (default: the model's fc7 equivalent)")
     s.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    s.add_argument("--keep-grey", action="store_true",
-                   help="replicate greyscale images to RGB (as Caffe's loader did) instead of skipping them")
+    _grey_args(s)
     s.add_argument("--exclude", action="append", metavar="GLOB",
                    help="leave out files whose path relative to --images matches GLOB (repeatable), "
                    "e.g. 'mean_*' in the published layout")
@@ -303,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--faithful", action="store_true", help="reproduce the original's arithmetic (see visualize)")
     s.add_argument("--denoiser", choices=("skimage", "torch"),
                    help="TV-Bregman implementation (see visualize; default: torch, or skimage with --faithful)")
-    s.add_argument("--keep-grey", action="store_true", help="replicate greyscale images to RGB instead of skipping them")
+    _grey_args(s)
     s.add_argument("--exclude", action="append", metavar="GLOB",
                    help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)")

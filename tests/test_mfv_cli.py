@@ -68,7 +68,9 @@ def test_means_visualize_evaluate(tmp_path, capsys):
 
 
 def test_unknown_layer_and_model_are_one_line_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["visualize", "--model", MODEL, "--layer", "nope", "--unit", "1", "--init", "noise", "--out", str(tmp_path)])
+    out = tmp_path / "o"
+    assert main(["visualize", "--model", MODEL, "--layer", "nope", "--unit", "1", "--init", "noise",
+                 "--out", str(out)]) == 2
+    assert "no layer 'nope'" in capsys.readouterr().err and not out.exists()
     assert main(["layers", "--model", "no.such.model"]) == 2
     assert "unknown model" in capsys.readouterr().err
