@@ -100,11 +100,13 @@ def _kill_until_done(forker: Forker, mode: str, out: Path, rng, *, duration: flo
 
 
 def _kill_test(forker: Forker, tmp_path: Path, mode: str, kills_wanted: int, seed: int) -> int:
-    ref = tmp_path / f"ref_{mode}"
-    t0 = time.perf_counter()
-    forker.start(mode, ref)
-    assert forker.wait() == 0
-    duration = time.perf_counter() - t0
+    # The first run pays for one-time set-up (the compiled TV kernel); the second one is timed.
+    for attempt in ("warm", "ref"):
+        ref = tmp_path / f"{attempt}_{mode}"
+        t0 = time.perf_counter()
+        forker.start(mode, ref)
+        assert forker.wait() == 0
+        duration = time.perf_counter() - t0
     expected = _digest(ref)
     assert len([k for k in expected if k.endswith(".png")]) == 3 * 3 + 3  # octaves + finals
     rng = np.random.default_rng(seed)
