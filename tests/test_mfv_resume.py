@@ -9,6 +9,7 @@ times per loop; the slow suite at least 50 times per loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,10 +87,8 @@ def _kill_until_done(forker: Forker, mode: str, out: Path, rng, *, duration: flo
         pid = forker.start(mode, out)
         if made < kills:
             time.sleep(float(rng.uniform(0, duration)))
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it may have finished already
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         status = forker.wait()
         if os.WIFSIGNALED(status):
             assert os.WTERMSIG(status) == signal.SIGKILL
@@ -136,9 +135,6 @@ def test_kill_9_at_50_random_instants_is_byte_identical(forker, tmp_path, mode):
 
 
 # -- in-process checks of the state files -------------------------------------------------------------
-
-SCHED = None
-
 
 def _sched():
     from mfv.octaves import parse_schedule
