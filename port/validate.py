@@ -48,6 +48,39 @@ def _check_flatten(layer: LayerDef, module: CaffeLayer) -> None:
                          "not be larger than end_axis)", field="flatten_param.axis")
 
 
+#: How many bottoms and tops a layer type takes (min, max; None: no limit), as Caffe's
+#: ``ExactNumBottomBlobs`` and friends declare them, for the layers the port implements. Types not
+#: listed are checked by their own constructors.
+ARITY: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
+    **{t: ((1, 1), (1, 1)) for t in ("Convolution", "Pooling", "LRN", "InnerProduct", "ReLU",
+                                     "Dropout", "Softmax", "BatchNorm", "Flatten", "Sigmoid",
+                                     "TanH")},
+    "Scale": ((1, 2), (1, 1)),
+    "Eltwise": ((2, None), (1, 1)),
+    "Concat": ((1, None), (1, 1)),
+    "Split": ((1, 1), (1, None)),
+}
+
+
+def _count(n: int, limits: tuple[int, int | None]) -> str | None:
+    lo, hi = limits
+    if n < lo or (hi is not None and n > hi):
+        return (f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None
+                else f"{lo} to {hi}")
+    return None
+
+
+def _check_arity(layer: LayerDef) -> None:
+    limits = ARITY.get(layer.type)
+    if limits is None:
+        return
+    for what, n, lim in (("bottom", len(layer.bottoms), limits[0]),
+                         ("top", len(layer.tops), limits[1])):
+        want = _count(n, lim)
+        if want is not None:
+            raise CaffeError(f"{layer.type} takes {want} {what} blob(s), {n} given", field=what)
+
+
 #: Checks that only one layer type needs: ``rule(layer, module)`` raises a CaffeError (the layer
 #: and place are added by the pass).
 TYPE_RULES: dict[str, Callable[[LayerDef, CaffeLayer], None]] = {
@@ -90,6 +123,18 @@ def _memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _build(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
+    """Build one layer; a constructor that fails on a definition it did not foresee still ends in a
+    CaffeError naming the layer, not a traceback."""
+    try:
+        return build_layer(layer, bottom_shapes)
+    except CaffeError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError, RuntimeError) as exc:
+        raise CaffeError(f"cannot build this {layer.type} layer on bottoms of shape "
+                         f"{[_fmt(s) for s in bottom_shapes]}: {type(exc).__name__}: {exc}") from None
 
 
 def _layer_error(netdef: NetDef, layer: LayerDef, exc: CaffeError) -> CaffeError:
@@ -140,8 +185,9 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
                                  "in place)", path=netdef.path, layer=layer.name, field="top",
                                  line=layer.line)
         try:
+            _check_arity(layer)
             with torch.device("meta"):
-                module = build_layer(layer, [shapes[b] for b in layer.bottoms])
+                module = _build(layer, [shapes[b] for b in layer.bottoms])
             rule = TYPE_RULES.get(layer.type)
             if rule is not None:
                 rule(layer, module)
@@ -159,7 +205,11 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
                                      f"size limit (INT_MAX = {MAX_BLOB_COUNT} values)",
                                      field="blobs")
                 weight_values += count
-            tops = module.top_shapes()
+            try:
+                tops = module.top_shapes()
+            except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
+                raise CaffeError(f"cannot compute the top shapes: {type(exc).__name__}: {exc}") \
+                    from None
         except CaffeError as exc:
             raise _layer_error(netdef, layer, exc) from None
         if len(tops) != len(layer.tops):
