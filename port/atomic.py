@@ -9,6 +9,10 @@ Temporaries never outlive their process by design:
   the process and then end it by the same signal, as the default action would;
 - ``kill -9`` cannot be caught: a temporary's name carries its process id, and the next write of the
   same file removes temporaries whose process is gone (:func:`remove_stale_temporaries`).
+
+The temporary is a file inside a private folder (``.<name>.tmp<pid>-XXXX/``) beside the destination,
+because some writers make temporaries of their own next to the path they are given (safetensors
+writes ``.tmpXXXXXX`` and renames it): those then live, and die, inside ours.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -32,10 +37,17 @@ _handlers_installed = False
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)-[^.]*(\..*)?$")
 
 
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def _remove_live(signum, frame) -> None:  # pragma: no cover - runs in a dying process
     for tmp in list(_live):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _remove(tmp)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -75,9 +87,8 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         for entry in os.scandir(path.parent):
             m = _TEMP.match(entry.name)
             if m and m["name"] == path.name and not _pid_alive(int(m["pid"])):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+                _remove(entry.path)
+                removed.append(Path(entry.path))
     return removed
 
 
@@ -85,7 +96,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; rename it over ``path`` when the block succeeds.
 
-    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched;
+    On any exception (Ctrl-C included) the temporary is removed and ``path`` is untouched;
     see the module notes for signals and ``kill -9``. The file gets the ordinary permissions of the
     umask, not ``mkstemp``'s private 0600. ``suffix`` is for writers that insist on an extension
     (``numpy.savez`` appends ``.npz`` otherwise).
@@ -105,13 +116,12 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     _install_handlers()
     remove_stale_temporaries(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp{os.getpid()}-", suffix=suffix,
-                                   dir=path.parent)
+        folder = tempfile.mkdtemp(prefix=f".{path.name}.tmp{os.getpid()}-", dir=path.parent)
     except OSError as exc:
         raise WriteError(f"cannot write: {exc.strerror or exc}", path=path) from None
     with _lock:
-        _live.add(tmp)
-    os.close(fd)
+        _live.add(folder)
+    tmp = os.path.join(folder, "file" + (suffix or path.suffix))
     try:
         yield Path(tmp)
         umask = os.umask(0)
@@ -122,18 +132,14 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
         except OSError as exc:
             raise WriteError(f"cannot write: {exc.strerror or exc}", path=path) from None
     except WriteError:
-        Path(tmp).unlink(missing_ok=True)
         raise
     except OSError as exc:
         # The writer failed on the temporary (disk full, quota): say which file could not be written.
-        Path(tmp).unlink(missing_ok=True)
         raise WriteError(f"cannot write: {exc.strerror or exc}", path=path) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
+        _remove(folder)
         with _lock:
-            _live.discard(tmp)
+            _live.discard(folder)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

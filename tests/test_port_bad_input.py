@@ -269,6 +269,36 @@ def test_atomic_path_removes_temporaries_of_dead_processes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]
 
 
+def test_safetensors_temporaries_live_inside_ours(tiny_prototxt, tmp_path):
+    """safetensors writes its own .tmpXXXXXX beside the path it is given; after kill -9 that file
+    (244 MB for CaffeNet) sat beside the artefact for good. It now lives in our private folder, which
+    the next write removes once its process is gone."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    stale = tmp_path / f".net.safetensors.tmp{int(child.stdout)}-abcdefgh"
+    stale.mkdir()
+    (stale / ".tmpQJuJBK").write_bytes(b"x" * 1000)  # what safetensors leaves when killed
+    net = port.load_caffe(tiny_prototxt)
+    seen = []
+    import safetensors.numpy as stn
+
+    real = stn.save_file
+
+    def spy(tensors, filename, metadata=None):
+        seen.append(Path(filename).parent)
+        return real(tensors, filename, metadata=metadata)
+
+    import port.artefact as artefact
+
+    artefact.save_file, old = spy, artefact.save_file
+    try:
+        port.save(net, tmp_path / "net.safetensors")
+    finally:
+        artefact.save_file = old
+    assert seen and seen[0] != tmp_path and seen[0].parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors", "tiny.prototxt"]
+
+
 def test_atomic_path_is_not_a_folder(tmp_path):
     with pytest.raises(WriteError, match="folder"), atomic_path(tmp_path):
         pass
