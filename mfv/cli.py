@@ -114,7 +114,8 @@ def _cmd_visualize(a) -> int:
              "code_layer": m.spec.code_layer if m.spec else None}
     trace = visualize(m, obj, inits, schedule=schedule, seed=a.seed, faithful=a.faithful, out=a.out,
                       resume=not a.restart, progress=not a.quiet, init_names=names, clusters=clusters,
-                      denoiser=a.denoiser, extra=extra)
+                      denoiser=a.denoiser, extra=extra,
+                      **({} if a.checkpoint_seconds is None else {"checkpoint_seconds": a.checkpoint_seconds}))
     for f in trace["facets"]:
         print(f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
               f"({f['seconds']:.1f} s)")
@@ -244,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "original ran); 'skimage' = one scikit-image call per facet on the host (the spec's "
                    "reference); 'auto' (default) = torch, or skimage with --faithful")
     s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
+    s.add_argument("--checkpoint-seconds", type=float, default=None, metavar="S",
+                   help="seconds of work between two saves of the state (default "
+                   "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
+                   "included, resumes from the last save and ends with the same bytes")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=_cmd_visualize)
 
