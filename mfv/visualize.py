@@ -188,7 +188,7 @@ def _resume(runs: list[_Run]) -> None:
     A missing or damaged state is never taken for a fresh start in silence: when checkpoints exist
     but give no common point, this raises :class:`MfvError`.
     """
-    found: list[dict[tuple[int, int], tuple[dict, dict]]] = []
+    found: list[dict[tuple[int, int], tuple[dict, dict, Path]]] = []
     problems: list[str] = []
     any_state = False
     for r in runs:
@@ -203,7 +203,7 @@ def _resume(runs: list[_Run]) -> None:
                 meta, arrays = _read_checkpoint(path)
                 if meta["run_key"] != r.meta["run_key"]:
                     raise ValueError("it belongs to another run")
-                options[tuple(meta["position"])] = (meta, arrays)
+                options[tuple(meta["position"])] = (meta, arrays, path)
             except Exception as e:  # a damaged file: reported below if nothing else will do
                 problems.append(f"{path}: {type(e).__name__}: {e}")
         if legacy and not options:
@@ -219,11 +219,15 @@ def _resume(runs: list[_Run]) -> None:
                        + "); rerun with --restart to start over")
     position = max(common)
     for r, options in zip(runs, found, strict=True):
-        meta, arrays = options[position]
+        meta, arrays, path = options[position]
         try:
             _apply_checkpoint(r.states, meta, arrays)
         except (KeyError, ValueError) as e:
             raise MfvError(f"{r.out / 'state'}: damaged checkpoint ({e}); rerun with --restart") from None
+        if path.name == _PREV:
+            # This job was one save ahead of the others: drop that save, so that the next one
+            # keeps this point as the previous checkpoint, which the other jobs may still need.
+            os.replace(path, r.out / "state" / _CKPT)
 
 
 class _Saver:

@@ -206,3 +206,46 @@ def test_finished_run_leaves_no_temporaries(tmp_path):
     with torch_threads(1):
         visualize(tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False)
     assert _temporaries(out) == []
+
+
+def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeypatch):
+    """Jobs are saved one after the other: a stop between them leaves one job a save ahead, twice
+    in a row here (the second time right after resuming), and the run must still finish exactly."""
+    import importlib
+
+    from mfv.visualize import UnitJob, visualize_units
+
+    V = importlib.import_module("mfv.visualize")  # the package's `visualize` is the function
+
+    def jobs(out):
+        return [UnitJob(unit("8", 3), _inits(), out / "a"), UnitJob(unit("8", 5), _inits()[:1], out / "b")]
+
+    model = tiny_model()
+    kw = {"schedule": _sched(), "seed": 1, "progress": False, "checkpoint_steps": 1}
+    with torch_threads(1):
+        visualize_units(model, jobs(tmp_path / "ref"), **kw)
+    real = V._save_checkpoint
+
+    def stopping_after(n_saves):
+        count = {"n": 0}
+
+        def save(out, states, position, key):
+            real(out, states, position, key)
+            count["n"] += 1
+            if count["n"] == n_saves:
+                raise KeyboardInterrupt
+
+        return save
+
+    out = tmp_path / "run"
+    for stop in (5, 1):  # job a's third save (b still at its second), then a's first after resuming
+        monkeypatch.setattr(V, "_save_checkpoint", stopping_after(stop))
+        with torch_threads(1), pytest.raises(KeyboardInterrupt):
+            visualize_units(model, jobs(out), **kw)
+    monkeypatch.setattr(V, "_save_checkpoint", real)
+    with torch_threads(1):
+        visualize_units(model, jobs(out), **kw)
+    for job in ("a", "b"):
+        ref = sorted((tmp_path / "ref" / job).glob("facet_*.png"))
+        assert ref and [p.read_bytes() for p in ref] == [
+            (out / job / p.name).read_bytes() for p in ref]
