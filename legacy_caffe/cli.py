@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 from pathlib import Path
 
+from port.command import Exit, Tool, comma_list
+from port.errors import UsageError
+
 from . import rootfs
-from .manifest import GoldenError
-from .rootfs import LegacyCaffeError
 
 EPILOG = """\
 typical use:
@@ -19,7 +19,7 @@ typical use:
   python -m legacy_caffe run --blas atlas -- python3 -c 'import caffe'
   python -m legacy_caffe goldens                     # every built-in model, both BLAS
   python -m legacy_caffe goldens --check             # regenerate and compare with golden/
-  python -m legacy_caffe mfv-reference --blas atlas --golden   # the original MFV loop, golden/mfv/
+  python -m legacy_caffe mfv-reference --blas atlas --update-golden   # the original MFV loop
   python -m legacy_caffe goldens --prototxt deploy.prototxt --caffemodel w.caffemodel \\
       --input my.jpg --out my_goldens/
 
@@ -28,81 +28,93 @@ LEGACY_CAFFE_MIRROR (Debian mirror; default: the one this machine's apt uses).
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m legacy_caffe",
-        description="Real Caffe 1.0 (Debian 11, CPU) with ATLAS or OpenBLAS, and golden dumps from it.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _add_goldens(tool: Tool) -> None:
+    from .goldens import DEFAULT_SEED, DEFAULT_UNIT, PLANS
 
-    b = sub.add_parser(
-        "build", help="debootstrap the Debian 11 root and install Caffe (idempotent)"
-    )
-    b.add_argument("--force", action="store_true", help="rebuild even if the root is complete")
-
-    r = sub.add_parser(
-        "run",
-        help="run a command inside the root with a chosen BLAS",
-        description="Run CMD inside the root. The project's exchange folder is at /exchange and "
-        "legacy_caffe/inside/ at /opt/legacy_caffe/inside (read-only).",
-    )
-    r.add_argument("--blas", choices=rootfs.BLAS_CHOICES, default="openblas")
-    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
-
-    sub.add_parser("doctor", help="report Caffe version, BLAS in use and package versions")
-
-    g = sub.add_parser(
-        "goldens",
+    g = tool.add_command(
+        "goldens", _cmd_goldens,
         help="write golden blob dumps (data and diff of every blob) from real Caffe",
         description="Built-in models: seed weights with `python -m port seed-weights`, run real "
         "Caffe with each BLAS on skimage photos, write golden/<model>/manifest.json and the dumps. "
         "With --prototxt/--caffemodel: the same for a user's own model into --out.",
-    )
-    from .goldens import DEFAULT_SEED, DEFAULT_UNIT, PLANS
-
-    g.add_argument(
-        "--model", nargs="+", choices=sorted(PLANS), help="built-in models (default: all)"
-    )
-    g.add_argument("--blas", default="atlas,openblas", help="comma-separated (default: both)")
+    )  # fmt: skip
+    g.add_argument("--model", type=comma_list(sorted(PLANS)), metavar="NAME[,NAME...]",
+                   help=f"built-in models, comma-separated, of {', '.join(PLANS)} (default: all)")
+    g.add_argument("--blas", type=comma_list(rootfs.BLAS_CHOICES), default=list(rootfs.BLAS_CHOICES),
+                   metavar="BLAS[,BLAS]", help="comma-separated (default: atlas,openblas)")
     g.add_argument("--check", action="store_true", help="regenerate and compare with golden/")
     g.add_argument("--fill-cache", action="store_true",
-                   help="regenerate missing cache dumps and verify them against the manifests")  # fmt: skip
-    g.add_argument(
-        "--seed", type=int, default=None,
-        help=f"weight seed (default: the model's plan, {DEFAULT_SEED} for most)",
-    )  # fmt: skip
+                   help="regenerate missing cache dumps and verify them against the manifests")
+    g.add_argument("--weight-seed", "--seed", dest="seed", type=int, default=None,
+                   help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for "
+                   "most; --seed is the older spelling)")
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
     g.add_argument("--prototxt", type=Path, help="a user's own net definition")
     g.add_argument("--caffemodel", type=Path, help="the user's weights (with --prototxt)")
-    g.add_argument("--input", nargs="+", metavar="IMAGE", help="image files (one batch)")
-    g.add_argument("--blob", default="auto", help="one-hot blob for a user model (default: auto)")
-    g.add_argument("--unit", type=int, default=DEFAULT_UNIT)
+    g.add_argument("--input", action="append", metavar="IMAGE",
+                   help="image file for a user model (repeatable: one batch of all of them; "
+                   "default: skimage's astronaut)")
+    g.add_argument("--blob", default="auto",
+                   help="blob the one-hot is seeded on for a user model (default: auto, the last "
+                   "blob no layer consumes)")
+    g.add_argument("--unit", type=int, default=DEFAULT_UNIT,
+                   help=f"flat index of the one-hot in --blob (default {DEFAULT_UNIT})")
     g.add_argument("--out", type=Path, help="output folder for a user model")
 
-    sub.add_parser(
-        "list", help="list the golden sets the manifests describe, and which are on disk"
-    )
 
-    m = sub.add_parser(
-        "mfv-reference",
+def _add_mfv_reference(tool: Tool) -> None:
+    m = tool.add_command(
+        "mfv-reference", _cmd_mfv_reference,
         help="run the original MFV loop (inside/mfv_original.py) on real Caffe for seeded CaffeNet",
         description="The published mean-image schedule on real Caffe from the class-945 mean images "
         "(shared/reference/mfv-original), seeded CaffeNet weights of the goldens. Writes "
         "facet_<k>_octave<j>.png, facet_<k>.png and trace.json (mfv visualize's format) into --out; "
-        "with --golden, into golden/mfv/<blas>/ and refreshes golden/mfv/manifest.json.",
-    )
-    m.add_argument("--blas", choices=rootfs.BLAS_CHOICES, required=True)
-    m.add_argument("--facets", default="0,1,2", help="mean images to start from (default 0,1,2)")
-    m.add_argument("--unit", type=int, default=945)
+        "with --update-golden, into golden/mfv/<blas>/ and refreshes golden/mfv/manifest.json.",
+    )  # fmt: skip
+    m.add_argument("--blas", choices=rootfs.BLAS_CHOICES, required=True, help="the Caffe build")
+    m.add_argument("--facets", type=comma_list(item=int), default=[0, 1, 2], metavar="K[,K...]",
+                   help="mean images to start from, comma-separated (default 0,1,2)")
+    m.add_argument("--unit", type=int, default=945, help="target unit of fc8 (default 945)")
     m.add_argument("--seed", type=int, default=1, help="seed of the global NumPy stream (default 1)")
     m.add_argument("--caffemodel", type=Path, help="weights (default: the goldens' seeded CaffeNet)")
     m.add_argument("--max-octaves", type=int, help="stop after this many octaves (tests)")
     dest = m.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", type=Path, help="output folder")
-    dest.add_argument("--golden", action="store_true", help="write golden/mfv/<blas>/ + manifest")
-    return ap
+    dest.add_argument("--update-golden", "--golden", dest="golden", action="store_true",
+                      help="write golden/mfv/<blas>/ and refresh golden/mfv/manifest.json (--golden "
+                      "is the older spelling)")
+
+
+def build_tool() -> Tool:
+    """The ``python -m legacy_caffe`` command line (see :mod:`port.command` for the shared contract)."""
+    tool = Tool(
+        "legacy_caffe",
+        "Real Caffe 1.0 (Debian 11, CPU) with ATLAS or OpenBLAS, and golden dumps from it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b = tool.add_command(
+        "build", _cmd_build, help="debootstrap the Debian 11 root and install Caffe (idempotent)"
+    )
+    b.add_argument("--force", action="store_true", help="rebuild even if the root is complete")
+
+    r = tool.add_command(
+        "run", _cmd_run,
+        help="run a command inside the root with a chosen BLAS",
+        description="Run CMD inside the root. The project's exchange folder is at /exchange and "
+        "legacy_caffe/inside/ at /opt/legacy_caffe/inside (read-only).",
+    )  # fmt: skip
+    r.add_argument("--blas", choices=rootfs.BLAS_CHOICES, default="openblas",
+                   help="the Caffe build (default openblas)")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+    tool.add_command("doctor", _cmd_doctor,
+                     help="report Caffe version, BLAS in use and package versions")
+    _add_goldens(tool)
+    tool.add_command("list", _cmd_list,
+                     help="list the golden sets the manifests describe, and which are on disk")
+    _add_mfv_reference(tool)
+    return tool
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -115,7 +127,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        raise LegacyCaffeError("nothing to run: python -m legacy_caffe run --blas B -- CMD...")
+        raise UsageError("nothing to run: python -m legacy_caffe run --blas B -- CMD...")
     return rootfs.run_inside(cmd, blas=args.blas, check=False).returncode
 
 
@@ -130,22 +142,22 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
             else "absent"
         )
         print(f"state:     {state}; build it with: python -m legacy_caffe build")
-        return 1
+        return Exit.CHECK_FAILED
     print(f"built:     {info['built_at']} from {info['mirror']} ({info['suite']})")
     print(f"timings:   {info.get('timings')}")
     print(f"disk:      {rootfs.disk_usage(root) / 1024**3:.2f} GiB")
-    status = 0
+    status = Exit.OK
     for blas in rootfs.BLAS_CHOICES:
         proc = rootfs.run_inside(
             ["python3", f"{rootfs.INSIDE_MOUNT}/doctor.py"], blas=blas, capture=True, check=False
         )
         if proc.returncode != 0:
             print(f"[{blas}] FAILED: {proc.stdout}{proc.stderr}")
-            status = 1
+            status = Exit.CHECK_FAILED
             continue
         env = json.loads(proc.stdout)
         ok = env["blas"] == blas
-        status |= 0 if ok else 1
+        status = status if ok else Exit.CHECK_FAILED
         print(f"[{blas}] caffe {env['caffe']}, python {env['python']}, numpy {env['numpy']}, "
               f"debian {env['debian']}")  # fmt: skip
         print(
@@ -162,27 +174,27 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_goldens(args: argparse.Namespace) -> int:
     from . import goldens
 
-    blas = [b.strip() for b in args.blas.split(",") if b.strip()]
+    blas = args.blas
     if args.prototxt or args.caffemodel:
         if not (args.prototxt and args.caffemodel):
-            raise GoldenError("a user model needs both --prototxt and --caffemodel")
+            raise UsageError("a user model needs both --prototxt and --caffemodel")
         if args.model or args.check:
-            raise GoldenError("--prototxt/--caffemodel cannot be combined with --model or --check")
-        out = args.out or (rootfs.REPO / "cache" / "golden" / f"user-{args.prototxt.stem}")
+            raise UsageError("--prototxt/--caffemodel cannot be combined with --model or --check")
+        out = args.out or (goldens.CACHE_DIR / f"user-{args.prototxt.stem}")
         size = goldens.declared_input_size(args.prototxt.read_text())
         inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
-        man = goldens.generate(
+        man = goldens.generate(goldens.GoldenRequest(
             name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
-            blob=args.blob, unit=args.unit, inputs=inputs, blas=blas,
+            blob=args.blob, unit=args.unit, inputs=inputs, blas=tuple(blas),
             caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
             repeat=not args.no_repeat,
-        )  # fmt: skip
+        ))  # fmt: skip
         goldens.write_json(out / "manifest.json", man)
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
         return 0
 
     if args.input or args.out:
-        raise GoldenError("--input and --out go with --prototxt/--caffemodel (a user's own model)")
+        raise UsageError("--input and --out go with --prototxt/--caffemodel (a user's own model)")
     models = args.model or list(goldens.PLANS)
     if args.check:
         problems = []
@@ -191,7 +203,7 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"MISMATCH {p}")
         print("check: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
-        return 1 if problems else 0
+        return Exit.CHECK_FAILED if problems else Exit.OK
     if args.fill_cache:
         for m in models:
             missing = [g for g in goldens.list_goldens(m) if not g.available and g.blas in blas]
@@ -209,7 +221,7 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
 def _cmd_mfv_reference(args: argparse.Namespace) -> int:
     from . import mfv_reference
 
-    facets = [int(f) for f in args.facets.split(",") if f.strip()]
+    facets = args.facets
     out = mfv_reference.GOLDEN_MFV / args.blas if args.golden else args.out
     trace = mfv_reference.generate_reference(
         out, blas=args.blas, facets=facets, unit=args.unit, seed=args.seed,
@@ -240,21 +252,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    handler = {
-        "build": _cmd_build,
-        "run": _cmd_run,
-        "doctor": _cmd_doctor,
-        "goldens": _cmd_goldens,
-        "list": _cmd_list,
-        "mfv-reference": _cmd_mfv_reference,
-    }[args.command]
+    tool = build_tool()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return handler(args)
-    except (LegacyCaffeError, GoldenError) as exc:
-        print(f"legacy_caffe: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("legacy_caffe: interrupted", file=sys.stderr)
-        return 130
+        return tool.main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -15,20 +15,22 @@ and is regenerated on demand, then verified against the manifest's checksums.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from port.artefact import sha256_file
+from port.atomic import atomic_path
+from port.paths import cache_root, repo_root
+from port.zoo import MODELS as ZOO
 
 from . import rootfs
 from .manifest import (
@@ -45,9 +47,9 @@ from .manifest import (
 )
 from .preprocess import BGR_MEAN, RAW_SCALE, InputSpec, load_image_file, make_batch
 
-REPO = rootfs.REPO
+REPO = repo_root()
 GOLDEN_DIR = REPO / "golden"
-CACHE_DIR = REPO / "cache" / "golden"
+CACHE_DIR = cache_root() / "golden"
 DEFAULT_UNIT = 945  # "bell pepper", the class the original MFV work visualises
 DEFAULT_SEED = 1
 # OpenBLAS (DYNAMIC_ARCH) picks its kernels, and so its rounding, from the CPU it finds; pinning the
@@ -95,13 +97,6 @@ PLANS: dict[str, GoldenPlan] = {
         GoldenPlan("squeezenet1.1", (ASTRONAUT, ASTRONAUT_231, PHOTOS3)),
     )
 }
-
-
-def _zoo():
-    """port's model registry, imported lazily so the reading API works without port's deps."""
-    from port.zoo import MODELS, shared_root
-
-    return MODELS, shared_root
 
 
 # --- reading API ----------------------------------------------------------------------------
@@ -219,8 +214,7 @@ def golden_weights(model: str, *, regenerate: bool = True, cache_dir: Path = CAC
             raise GoldenError(f"{path} is not there (python -m port seed-weights makes it)")
         if w["generator"] != "port seed-weights":
             raise GoldenError(f"{model}'s goldens used {w['generator']}; cannot re-seed with port")
-        models, _ = _zoo()
-        seed_weights(models[model].prototxt, w["seed"], path, w["format"])
+        seed_weights(ZOO[model].prototxt, w["seed"], path, w["format"])
     digest = sha256_file(path)
     if digest != w["sha256"]:
         raise GoldenError(f"{path}: sha256 {digest[:12]}... differs from the manifest's")
@@ -252,7 +246,7 @@ def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
     """``python -m port seed-weights``: the weights Caffe then loads from the file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "port", "seed-weights", "--prototxt", str(prototxt),
-           "--seed", str(seed), "--out", str(out)]  # fmt: skip
+           "--weight-seed", str(seed), "--out", str(out)]  # fmt: skip
     if fmt != "v2":
         cmd += ["--format", fmt]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -260,14 +254,90 @@ def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
         raise GoldenError(f"port seed-weights failed:\n{proc.stderr[-2000:]}")
 
 
+@dataclass(frozen=True)
+class GoldenRequest:
+    """What one net's golden generation makes: which net, weights, inputs and BLAS, and where to.
+
+    Committed dumps go to ``out_committed/<blas>/<input>.npz``, the rest to ``out_cache/...``.
+
+    Attributes
+    ----------
+    name : str
+        The net's name in the manifest (a built-in model's name, or the user's prototxt stem).
+    prototxt : Path
+        Deploy definition Caffe runs.
+    prototxt_ref : str
+        How the manifest names the definition (repository-relative for built-in models).
+    blob : str
+        Blob the one-hot is seeded on, or ``"auto"`` (the script picks the last unconsumed blob).
+    inputs : sequence of InputSpec, or mapping of name to batch
+        The photos to preprocess here, or ready (N, C, H, W) batches (a user's images).
+    out_committed, out_cache : Path
+        Folders of committed and cached dumps (the seeded weights are kept in ``out_cache``).
+    blas : tuple of str
+        Caffe builds to run, from ``BLAS``.
+    unit : int
+        Flat index of the one-hot in ``blob``.
+    seed : int or None
+        Seed of ``port seed-weights`` (unused with ``caffemodel``).
+    weight_format : {"v2", "v1"}
+        Format of the seeded weights file.
+    caffemodel : Path, optional
+        The user's weights instead of seeded ones.
+    committed : tuple of str
+        Input names whose dumps are committed.
+    repeat : bool
+        Make each dump twice and record whether that BLAS gives the same bytes.
+    require_gradient : bool
+        Fail (rather than warn) when the one-hot's gradient reaches no input element.
+    """
+
+    name: str
+    prototxt: Path
+    prototxt_ref: str
+    blob: str
+    inputs: Sequence[InputSpec] | Mapping[str, np.ndarray]
+    out_committed: Path
+    out_cache: Path
+    blas: tuple[str, ...] = BLAS
+    unit: int = DEFAULT_UNIT
+    seed: int | None = DEFAULT_SEED
+    weight_format: str = "v2"
+    caffemodel: Path | None = None
+    committed: tuple[str, ...] = ()
+    repeat: bool = True
+    require_gradient: bool = False
+
+    def __post_init__(self) -> None:
+        for b in self.blas:
+            if b not in BLAS:
+                raise GoldenError(f"unknown BLAS {b!r}; choose from {', '.join(BLAS)}")
+        # Normalise what callers may pass as str or list (the dataclass is frozen).
+        object.__setattr__(self, "prototxt", Path(self.prototxt))
+        object.__setattr__(self, "blas", tuple(self.blas))
+        object.__setattr__(self, "committed", tuple(self.committed))
+
+
 @dataclass
 class _Job:
-    """Files of one model's generation inside the exchange folder."""
+    """Files of one net's generation inside the exchange folder."""
 
     work: Path
     prototxt: Path
     weights: Path
     inputs: dict[str, Path]
+
+
+@dataclass
+class _Results:
+    """What the dumps of one generation gathered for its manifest, filled in run order."""
+
+    sets: dict[str, dict] = field(default_factory=dict)
+    environments: dict[str, dict] = field(default_factory=dict)  # per BLAS
+    determinism: dict[str, dict] = field(default_factory=dict)  # per BLAS
+    dumps: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    first_meta: dict = field(default_factory=dict)  # blob list and shapes
+    last_meta: dict = field(default_factory=dict)  # backward start (the same in every run)
 
 
 def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int) -> dict:
@@ -282,8 +352,6 @@ def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int
          "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)],
         blas=blas, env=GOLDEN_ENV,
     )  # fmt: skip
-    import json
-
     info = json.loads(meta.read_text())
     env = info["environment"]
     if env.get("blas") != blas:
@@ -293,66 +361,47 @@ def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int
     return info
 
 
-def generate(
-    *,
-    name: str,
-    prototxt: Path,
-    prototxt_ref: str,
-    blob: str,
-    inputs: Sequence[InputSpec] | dict[str, np.ndarray],
-    blas: Iterable[str] = BLAS,
-    unit: int = DEFAULT_UNIT,
-    seed: int | None = DEFAULT_SEED,
-    weight_format: str = "v2",
-    caffemodel: Path | None = None,
-    committed: Sequence[str] = (),
-    out_committed: Path,
-    out_cache: Path,
-    repeat: bool = True,
-    require_gradient: bool = False,
-) -> dict:
-    """Make every (BLAS, input) dump of one net and return its manifest (not yet written).
-
-    Committed dumps go to ``out_committed/<blas>/<input>.npz``, the rest to ``out_cache/...``.
-    With ``repeat`` each dump is made twice to record whether that BLAS gives the same bytes.
-    """
-    kw = dict(
-        name=name, prototxt=prototxt, prototxt_ref=prototxt_ref, blob=blob, inputs=inputs,
-        blas=list(blas), unit=unit, seed=seed, weight_format=weight_format, caffemodel=caffemodel,
-        committed=tuple(committed), out_committed=out_committed, out_cache=out_cache,
-        repeat=repeat, require_gradient=require_gradient,
-    )  # fmt: skip
-    for b in kw["blas"]:
-        if b not in BLAS:
-            raise GoldenError(f"unknown BLAS {b!r}; choose from {', '.join(BLAS)}")
+def generate(request: GoldenRequest) -> dict:
+    """Make every (BLAS, input) dump of one net and return its manifest (not yet written)."""
     rootfs.ensure_built()
     rootfs.exchange_dir().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-",
+    work = Path(tempfile.mkdtemp(prefix=f"{re.sub(r'[^A-Za-z0-9_.-]', '_', request.name)}-",
                                  dir=rootfs.exchange_dir()))  # fmt: skip
     try:
-        return _generate_in(work, **kw)
+        return _generate_in(work, request)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _generate_in(work: Path, **kw) -> dict:
-    name, prototxt, blob, unit = kw["name"], Path(kw["prototxt"]), kw["blob"], kw["unit"]
+def _generate_in(work: Path, req: GoldenRequest) -> dict:
     t_start = time.monotonic()
     job = _Job(work, work / "net.prototxt", work / "weights.caffemodel", {})
-    shutil.copyfile(prototxt, job.prototxt)
-    proto_text = prototxt.read_text()
+    shutil.copyfile(req.prototxt, job.prototxt)
+    weights_info = _prepare_weights(req, job)
+    batches, inputs_info = _prepare_inputs(req, job)
+    results = _Results()
+    for b in req.blas:
+        det = {"repeats": 0, "byte_identical": True, "max_rel_diff": 0.0, "differing_arrays": []}
+        for input_name, batch in batches.items():
+            _dump_set(req, job, results, det, b, input_name, batch.shape)
+        results.determinism[b] = det
+    return _manifest(req, results, batches, weights_info, inputs_info, t_start)
 
-    # Weights: a file Caffe loads (never arrays handed over).
-    if kw["caffemodel"] is not None:
-        shutil.copyfile(kw["caffemodel"], job.weights)
-        weights_info = {"generator": "user file", "source": str(kw["caffemodel"])}
+
+def _prepare_weights(req: GoldenRequest, job: _Job) -> dict:
+    """Put the weights Caffe loads into ``job.weights`` (a file, never arrays handed over).
+
+    Returns the manifest's ``weights`` entry. Seeded weights are also kept in ``req.out_cache``.
+    """
+    if req.caffemodel is not None:
+        shutil.copyfile(req.caffemodel, job.weights)
+        weights_info = {"generator": "user file", "source": str(req.caffemodel)}
     elif port_seed_available():
-        _say(
-            f"{name}: python -m port seed-weights --seed {kw['seed']} --format {kw['weight_format']}"
-        )
-        seed_weights(prototxt, kw["seed"], job.weights, kw["weight_format"])
-        weights_info = {"generator": "port seed-weights", "seed": kw["seed"],
-                        "format": kw["weight_format"]}  # fmt: skip
+        _say(f"{req.name}: python -m port seed-weights --weight-seed {req.seed} "
+             f"--format {req.weight_format}")
+        seed_weights(req.prototxt, req.seed, job.weights, req.weight_format)
+        weights_info = {"generator": "port seed-weights", "seed": req.seed,
+                        "format": req.weight_format}  # fmt: skip
     else:
         raise GoldenError(
             "`python -m port seed-weights` is not available; the goldens must use port's seeded "
@@ -361,26 +410,31 @@ def _generate_in(work: Path, **kw) -> dict:
     weights_info["sha256"] = sha256_file(job.weights)
     weights_info["bytes"] = job.weights.stat().st_size
     if weights_info["generator"] == "port seed-weights":
-        keep = kw["out_cache"] / "weights.caffemodel"
+        keep = req.out_cache / "weights.caffemodel"
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(job.weights, keep)
+    return weights_info
 
-    # Inputs, preprocessed here on the host.
-    size = declared_input_size(proto_text)
+
+def _prepare_inputs(req: GoldenRequest, job: _Job) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Preprocess the input batches here on the host and stage them in the exchange folder.
+
+    Returns the batches by input name and the manifest's ``inputs`` entry.
+    """
+    size = declared_input_size(req.prototxt.read_text())
     inputs_info: dict[str, dict] = {}
-    specs = kw["inputs"]
-    if isinstance(specs, dict):
-        batches = specs
+    if isinstance(req.inputs, Mapping):
+        batches = dict(req.inputs)
         for input_name in batches:
             inputs_info[input_name] = {"source": "user images"}
     else:
         batches = {}
-        for spec in specs:
+        for spec in req.inputs:
             hw = (spec.size, spec.size) if spec.size else size
             batches[spec.name] = make_batch(spec.photos, hw)
             inputs_info[spec.name] = spec.describe()
     for input_name, x in batches.items():
-        path = work / f"input_{input_name}.npy"
+        path = job.work / f"input_{input_name}.npy"
         np.save(path, x)
         job.inputs[input_name] = path
         inputs_info[input_name].update(
@@ -390,93 +444,122 @@ def _generate_in(work: Path, **kw) -> dict:
                            "no anti-aliasing)", "channel_order": "BGR",
                            "raw_scale": RAW_SCALE, "mean_bgr": list(BGR_MEAN)},
         )  # fmt: skip
+    return batches, inputs_info
 
-    sets: dict[str, dict] = {}
-    environments: dict[str, dict] = {}
-    determinism: dict[str, dict] = {}
-    dumps: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    meta: dict = {}
-    first_meta: dict = {}
-    for b in kw["blas"]:
-        det = {"repeats": 0, "byte_identical": True, "max_rel_diff": 0.0, "differing_arrays": []}
-        for input_name in batches:
-            t0 = time.monotonic()
-            out = work / b / f"{input_name}.npz"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            meta = _dump(job, input_name, b, out, blob, unit)
-            first_meta = first_meta or meta
-            arrays = load_npz(out)
-            reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
-            if not reached:
-                msg = (
-                    f"{name}: the one-hot at {meta['backward_blob']}[{unit}] reaches no input "
-                    f"element with {b} on {input_name} (a ReLU or dead unit stops it), so every "
-                    "diff below it is zero"
-                )
-                if kw["require_gradient"]:
-                    raise GoldenError(msg + "; choose another --seed")
-                _say("warning: " + msg)
-            msg = (
-                f"{name}: {b} {input_name} {tuple(batches[input_name].shape)}: "
-                f"{len(meta['blobs'])} blobs in {time.monotonic() - t0:.1f} s (Caffe forward "
-                f"{meta['timings_s']['forward']} s, backward {meta['timings_s']['backward']} s)"
-            )
-            if kw["repeat"]:
-                again = work / b / f"{input_name}.repeat.npz"
-                _dump(job, input_name, b, again, blob, unit)
-                second = load_npz(again)
-                det["repeats"] += 1
-                if not bytes_identical(arrays, second):
-                    det["byte_identical"] = False
-                    rel = compare_dumps(arrays, second)
-                    bad = {k: v for k, v in rel.items() if v > 0}
-                    det["differing_arrays"] = sorted(set(det["differing_arrays"]) | set(bad))
-                    det["max_rel_diff"] = max(det["max_rel_diff"], max(bad.values(), default=0.0))
-                msg += " (repeat: " + ("same bytes)" if det["byte_identical"] else "differs)")
-            _say(msg)
-            dumps[(b, input_name)] = arrays
-            environments[b] = meta["environment"]
-            is_committed = input_name in kw["committed"]
-            rel_file = f"{b}/{input_name}.npz"
-            dest = (kw["out_committed"] if is_committed else kw["out_cache"]) / rel_file
-            described = describe_arrays(arrays)
-            if _same_arrays(dest, described):
-                # Same values: keep the old file, whose zip timestamps would otherwise make git
-                # see a new multi-MB blob on every regeneration.
-                _say(f"{dest} unchanged")
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(out, 0o644)  # written 0600 by mkstemp inside the root
-                shutil.move(str(out), str(dest) + ".tmp")
-                os.replace(str(dest) + ".tmp", dest)
-            sets[f"{b}/{input_name}"] = {
-                "blas": b,
-                "input": input_name,
-                "file": rel_file,
-                "committed": is_committed,
-                "checks": {**meta["checks"], "gradient_reaches_input": reached},
-                "timings_s": meta["timings_s"],
-                "arrays": described,
-            }
-        determinism[b] = det
 
+def _dump_set(
+    req: GoldenRequest, job: _Job, results: _Results, det: dict, blas: str, input_name: str,
+    shape: tuple[int, ...],
+) -> None:  # fmt: skip
+    """Make one (BLAS, input) dump, check it, store its file and record its manifest entry."""
+    t0 = time.monotonic()
+    out = job.work / blas / f"{input_name}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = _dump(job, input_name, blas, out, req.blob, req.unit)
+    results.first_meta = results.first_meta or meta
+    results.last_meta = meta
+    arrays = load_npz(out)
+    reached = _gradient_reaches_input(req, meta, arrays, blas, input_name)
+    msg = (
+        f"{req.name}: {blas} {input_name} {tuple(shape)}: "
+        f"{len(meta['blobs'])} blobs in {time.monotonic() - t0:.1f} s (Caffe forward "
+        f"{meta['timings_s']['forward']} s, backward {meta['timings_s']['backward']} s)"
+    )
+    if req.repeat:
+        _repeat(req, job, det, blas, input_name, arrays)
+        msg += " (repeat: " + ("same bytes)" if det["byte_identical"] else "differs)")
+    _say(msg)
+    results.dumps[(blas, input_name)] = arrays
+    results.environments[blas] = meta["environment"]
+    is_committed = input_name in req.committed
+    rel_file = f"{blas}/{input_name}.npz"
+    described = describe_arrays(arrays)
+    _store(out, (req.out_committed if is_committed else req.out_cache) / rel_file, described)
+    results.sets[f"{blas}/{input_name}"] = {
+        "blas": blas,
+        "input": input_name,
+        "file": rel_file,
+        "committed": is_committed,
+        "checks": {**meta["checks"], "gradient_reaches_input": reached},
+        "timings_s": meta["timings_s"],
+        "arrays": described,
+    }
+
+
+def _gradient_reaches_input(
+    req: GoldenRequest, meta: dict, arrays: dict[str, np.ndarray], blas: str, input_name: str
+) -> bool:
+    """Whether the one-hot's gradient reaches some input element; fails or warns when not."""
+    reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
+    if not reached:
+        msg = (
+            f"{req.name}: the one-hot at {meta['backward_blob']}[{req.unit}] reaches no input "
+            f"element with {blas} on {input_name} (a ReLU or dead unit stops it), so every "
+            "diff below it is zero"
+        )
+        if req.require_gradient:
+            raise GoldenError(msg + "; choose another --seed")
+        _say("warning: " + msg)
+    return reached
+
+
+def _repeat(
+    req: GoldenRequest, job: _Job, det: dict, blas: str, input_name: str,
+    arrays: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """Make the dump again and record in ``det`` whether this BLAS gave the same bytes."""
+    again = job.work / blas / f"{input_name}.repeat.npz"
+    _dump(job, input_name, blas, again, req.blob, req.unit)
+    second = load_npz(again)
+    det["repeats"] += 1
+    if not bytes_identical(arrays, second):
+        det["byte_identical"] = False
+        rel = compare_dumps(arrays, second)
+        bad = {k: v for k, v in rel.items() if v > 0}
+        det["differing_arrays"] = sorted(set(det["differing_arrays"]) | set(bad))
+        det["max_rel_diff"] = max(det["max_rel_diff"], max(bad.values(), default=0.0))
+
+
+def _store(out: Path, dest: Path, described: dict[str, dict]) -> None:
+    """Put a fresh dump at ``dest`` atomically, unless ``dest`` already holds the same arrays."""
+    if _same_arrays(dest, described):
+        # Same values: keep the old file, whose zip timestamps would otherwise make git see a new
+        # multi-MB blob on every regeneration.
+        _say(f"{dest} unchanged")
+        return
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(out, tmp)
+
+
+def _spread(results: _Results, req: GoldenRequest, inputs: Iterable[str]) -> tuple[dict, dict]:
+    """ATLAS vs OpenBLAS per input: max relative error per array and the outlier counts."""
     spread: dict[str, dict[str, float]] = {}
     outliers: dict[str, dict[str, int]] = {}
-    if "atlas" in kw["blas"] and "openblas" in kw["blas"]:
-        for input_name in batches:
-            a, b = dumps[("atlas", input_name)], dumps[("openblas", input_name)]
+    if "atlas" in req.blas and "openblas" in req.blas:
+        for input_name in inputs:
+            a, b = results.dumps[("atlas", input_name)], results.dumps[("openblas", input_name)]
             spread[input_name] = compare_dumps(a, b)
             counts = {k: count_outliers(a[k], b[k]) for k in spread[input_name]}
             outliers[input_name] = {k: n for k, n in counts.items() if n}
-    first_env = next(iter(environments.values()))
-    manifest = {
+    return spread, outliers
+
+
+def _manifest(
+    req: GoldenRequest, results: _Results, batches: dict[str, np.ndarray], weights_info: dict,
+    inputs_info: dict[str, dict], t_start: float,
+) -> dict:  # fmt: skip
+    """The manifest of one generation; the key order is the file's (manifests are not sorted)."""
+    spread, outliers = _spread(results, req, batches)
+    first_env = next(iter(results.environments.values()))
+    meta, first_meta = results.last_meta, results.first_meta
+    return {
         "format": MANIFEST_FORMAT,
-        "model": name,
-        "prototxt": kw["prototxt_ref"],
-        "prototxt_sha256": sha256_file(prototxt),
+        "model": req.name,
+        "prototxt": req.prototxt_ref,
+        "prototxt_sha256": sha256_file(req.prototxt),
         "backward": {
             "blob": meta["backward_blob"],
-            "unit": unit,
+            "unit": req.unit,
             "start_layer": meta["backward_start_layer"],
             "force_backward_added": meta["force_backward_added"],
         },  # fmt: skip
@@ -486,22 +569,17 @@ def _generate_in(work: Path, **kw) -> dict:
         "weights": weights_info,
         "caffe": {
             "version": first_env["caffe"],
-            "python": first_env["python"],
-            "numpy": first_env["numpy"],
-            "debian": first_env["debian"],
-            "packages": first_env["packages"],
-            "cpu": first_env["cpu"],
-            "nproc": first_env["nproc"],
+            **{k: first_env[k] for k in ("python", "numpy", "debian", "packages", "cpu", "nproc")},
         },
         "blas": {
-            b: {k: environments[b][k] for k in ("blas_loaded", "openblas", "threads_env")}
-            for b in environments
+            b: {k: env[k] for k in ("blas_loaded", "openblas", "threads_env")}
+            for b, env in results.environments.items()
         },  # fmt: skip
         "blobs": [
             {"name": n, "shape_first_input": first_meta["shapes"][n]} for n in first_meta["blobs"]
         ],
         "inputs": inputs_info,
-        "determinism": determinism,
+        "determinism": results.determinism,
         "spread_atlas_vs_openblas": {
             "measure": "max|atlas - openblas| / max|openblas| per array",
             "per_input": spread,
@@ -509,14 +587,13 @@ def _generate_in(work: Path, **kw) -> dict:
             "note": "large diff spreads confined to a few elements (see elements_over_1e-4_of_range) "
             "are max-pooling routing flips: the two BLAS break a near-tie differently",
         },
-        "sets": sets,
+        "sets": results.sets,
         "generated": {
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - t_start, 1),
             "command": "python -m legacy_caffe goldens",
         },
     }
-    return manifest
 
 
 def _same_arrays(path: Path, described: dict[str, dict]) -> bool:
@@ -548,20 +625,19 @@ def generate_model(
     if model not in PLANS:
         raise GoldenError(f"no golden plan for {model!r}; built-in: {', '.join(PLANS)}")
     plan = PLANS[model]
-    models, shared_root = _zoo()
-    zm = models[model]
+    zm = ZOO[model]
     if not zm.prototxt.is_file():
         raise GoldenError(f"{model}: definition {zm.prototxt} is missing")
     inputs = [s for s in plan.inputs if only_inputs is None or s.name in only_inputs]
     ref = f"port/models/{zm.relative}" if zm.bundled else f"../shared/reference/{zm.relative}"
-    man = generate(
+    man = generate(GoldenRequest(
         name=model, prototxt=zm.prototxt, prototxt_ref=ref, blob=zm.classifier, inputs=inputs,
-        blas=blas, seed=plan.seed if seed is None else seed, weight_format=plan.weight_format,
+        blas=tuple(blas), seed=plan.seed if seed is None else seed, weight_format=plan.weight_format,
         require_gradient=True,
         committed=() if cache_only else plan.committed,
         out_committed=golden_dir / model, out_cache=cache_dir / model,
         repeat=repeat and not cache_only,
-    )  # fmt: skip
+    ))  # fmt: skip
     if cache_only:
         committed = load_manifest(model, golden_dir)
         for key, entry in man["sets"].items():

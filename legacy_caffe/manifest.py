@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from port.atomic import atomic_path, write_text_atomic
+from port.errors import ToolError
+
 MANIFEST_FORMAT = 1
 
 
-class GoldenError(RuntimeError):
+class GoldenError(ToolError, RuntimeError):
     """A golden set is missing, or does not match its manifest."""
 
 
@@ -132,34 +133,18 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """np.savez_compressed, atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; goldens are for every user of the checkout
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez_compressed, atomically (:func:`port.atomic.atomic_path`)."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def write_json(path: Path, obj: object) -> None:
-    """Pretty JSON with sorted keys, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False, allow_nan=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Pretty JSON (one-space indent, keys in the order given, NaN allowed), written atomically.
+
+    Keys keep their order, not sorted: a manifest reads in the order it was built (format, model,
+    ..., sets), and the committed manifests are byte-identical to what regeneration writes.
+    """
+    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
 def read_manifest(path: Path) -> dict:

@@ -9,7 +9,7 @@ folder, runs the loop inside the Debian 11 root with the chosen BLAS, and writes
     OUT/trace.json                mfv-trace/1: per-step records in visualize's schema, plus environment
 
 Facet ``k`` starts from ``mean_k.jpg``. The JPEGs are decoded here, by the same decoder the port's
-``mfv visualize --init`` uses (``mfv._io.load_rgb``), and handed over as arrays, so that a libjpeg
+``mfv visualize --init`` uses (``mfv.load_rgb``), and handed over as arrays, so that a libjpeg
 difference between the root and the host cannot pass for a difference of the algorithm.
 """
 
@@ -25,27 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
+from port.artefact import sha256_file as file_sha256
+from port.atomic import write_text_atomic
+from port.paths import repo_root, shared_root
+
 from . import rootfs
 
 __all__ = ["MEANS_DIR", "PROTOTXT", "generate_reference", "write_manifest", "file_sha256"]
 
-SHARED = rootfs.REPO.parent / "shared"
-PROTOTXT = SHARED / "reference" / "mfv-original" / "deploy_alexnet_updated.prototxt"
-MEANS_DIR = SHARED / "reference" / "mfv-original" / "mean_images" / "n07720875"
-GOLDEN_MFV = rootfs.REPO / "golden" / "mfv"
+PROTOTXT = shared_root() / "reference" / "mfv-original" / "deploy_alexnet_updated.prototxt"
+MEANS_DIR = shared_root() / "reference" / "mfv-original" / "mean_images" / "n07720875"
+GOLDEN_MFV = repo_root() / "golden" / "mfv"
 #: OpenBLAS on its baseline kernel, one thread, as for the blob goldens: the kernel choice (and so
 #: the rounding) would otherwise depend on the CPU; one thread keeps timings comparable with ATLAS
 #: (Debian's ATLAS is single-threaded) and leaves the second core to other work.
 REFERENCE_ENV = {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stage(src: Path, dst: Path) -> None:
@@ -94,9 +88,6 @@ def generate_reference(
     dict
         The trace written to ``out/trace.json``.
     """
-    from mfv import _io
-    from port.atomic import write_text_atomic
-
     out = Path(out)
     if caffemodel is None:
         from .goldens import golden_weights
@@ -115,34 +106,61 @@ def generate_reference(
                 "--unit", str(unit), "--seed", str(seed),
                 "--out", rootfs.host_to_inside(work / "result.npz"),
                 "--trace", rootfs.host_to_inside(work / "trace.json")]  # fmt: skip
-        inits = {}
-        for k in facets:
-            jpg = Path(means_dir) / f"mean_{k}.jpg"
-            img = _io.load_rgb(jpg)
-            np.save(work / f"mean_{k}.npy", img)
-            inits[k] = {"file": jpg.name, "sha256": file_sha256(jpg),
-                        "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest()}
-            argv += ["--init", rootfs.host_to_inside(work / f"mean_{k}.npy"), "--index", str(k)]
+        inits = _stage_means(work, Path(means_dir), facets, argv)
         if max_octaves is not None:
             argv += ["--max-octaves", str(max_octaves)]
         t0 = time.perf_counter()
         rootfs.run_inside(argv, blas=blas, env=REFERENCE_ENV)
         wall = time.perf_counter() - t0
         info = json.loads((work / "trace.json").read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        with np.load(work / "result.npz") as z:
-            for f in info["facets"]:
-                k = f["index"]
-                for j in range(1, f["octaves_done"] + 1):
-                    _io.save_image(out / f"facet_{k}_octave{j}.png", z[f"facet_{k}_octave{j}"])
-                if f["octaves_done"] == len(info["octaves"]):
-                    _io.save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
+        _write_images(work / "result.npz", info, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env = info["environment"]
     if env.get("blas") != blas:
         raise rootfs.LegacyCaffeError(f"asked for {blas} but Caffe loaded {env.get('blas_loaded')}")
-    trace = {
+    trace = _trace(info, blas=blas, seed=seed, unit=unit, caffemodel=caffemodel, wall=wall,
+                   inits=inits)
+    write_text_atomic(out / "trace.json", json.dumps(trace, indent=1) + "\n")
+    return trace
+
+
+def _stage_means(work: Path, means_dir: Path, facets: list[int], argv: list[str]) -> dict:
+    """Decode ``mean_<k>.jpg`` here (mfv's decoder) into the exchange folder; adds ``--init`` args.
+
+    Returns, per facet, the JPEG's name and the checksums of the file and of the decoded pixels.
+    """
+    from mfv import load_rgb
+
+    inits = {}
+    for k in facets:
+        jpg = means_dir / f"mean_{k}.jpg"
+        img = load_rgb(jpg)
+        np.save(work / f"mean_{k}.npy", img)
+        inits[k] = {"file": jpg.name, "sha256": file_sha256(jpg),
+                    "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest()}
+        argv += ["--init", rootfs.host_to_inside(work / f"mean_{k}.npy"), "--index", str(k)]
+    return inits
+
+
+def _write_images(result: Path, info: dict, out: Path) -> None:
+    """Every facet's image after each octave, and the final image of facets that finished."""
+    from mfv import save_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    with np.load(result) as z:
+        for f in info["facets"]:
+            k = f["index"]
+            for j in range(1, f["octaves_done"] + 1):
+                save_image(out / f"facet_{k}_octave{j}.png", z[f"facet_{k}_octave{j}"])
+            if f["octaves_done"] == len(info["octaves"]):
+                save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
+
+
+def _trace(info: dict, *, blas: str, seed: int, unit: int, caffemodel: Path, wall: float,
+           inits: dict) -> dict:
+    """The run in ``mfv visualize``'s trace format (mfv-trace/1), from the script's own record."""
+    return {
         "format": "mfv-trace/1",
         "source": "legacy_caffe mfv-reference (inside/mfv_original.py on real Caffe)",
         "blas": blas,
@@ -154,7 +172,7 @@ def generate_reference(
         "bottom/right)",
         "weights": {"path": str(caffemodel), "sha256": file_sha256(caffemodel)},
         "prototxt": {"path": str(PROTOTXT), "sha256": file_sha256(PROTOTXT)},
-        "environment": env,
+        "environment": info["environment"],
         "wall_seconds": round(wall, 1),
         "facets": [
             {"index": f["index"], "init": inits[f["index"]]["file"], "init_sha256": inits[f["index"]],
@@ -165,8 +183,6 @@ def generate_reference(
             for f in info["facets"]
         ],
     }
-    write_text_atomic(out / "trace.json", json.dumps(trace, indent=1) + "\n")
-    return trace
 
 
 def write_manifest(golden: str | Path = GOLDEN_MFV) -> dict:
@@ -175,8 +191,6 @@ def write_manifest(golden: str | Path = GOLDEN_MFV) -> dict:
     Records per BLAS: versions, libraries, seed, unit, weights sha256, per-facet seconds and final
     activation, and every image's sha256.
     """
-    from port.atomic import write_text_atomic
-
     golden = Path(golden)
     man: dict = {"format": "mfv-reference/1",
                  "spec": "shared/spec/original-mfv.md", "builds": {}}  # fmt: skip

@@ -25,9 +25,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from port.errors import ToolError
+from port.paths import cache_root
+
 from .packages import PACKAGES_FILE, packages_digest, read_packages
 
-REPO = Path(__file__).resolve().parent.parent
 INSIDE_DIR = Path(__file__).resolve().parent / "inside"
 SUITE = "bullseye"
 MARKER = ".legacy_caffe_complete.json"
@@ -39,7 +41,7 @@ BLAS_CHOICES = ("atlas", "openblas")
 MIN_FREE_BYTES = 3 * 1024**3
 
 
-class LegacyCaffeError(RuntimeError):
+class LegacyCaffeError(ToolError, RuntimeError):
     """Something the user has to fix before the legacy environment can be built or run."""
 
 
@@ -48,7 +50,8 @@ def _say(msg: str) -> None:
 
 
 def cache_dir() -> Path:
-    return REPO / "cache" / "legacy_caffe"
+    """``<repo>/cache/legacy_caffe``: the root, the exchange folder and the run lock."""
+    return cache_root() / "legacy_caffe"
 
 
 def root_dir() -> Path:

@@ -7,6 +7,7 @@ run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` a
 
 from port.verdict import ParityError, check_parity
 
+from ._io import load_rgb, save_image
 from .evaluate import evaluate
 from .means import make_means
 from .models import MODELS, Model, load_model, wrap
@@ -17,6 +18,6 @@ from .visualize import visualize
 
 __all__ = [
     "CAFFENET", "MODELS", "TORCHVISION", "Model", "Objective", "ParityError", "PixelConvention",
-    "Schedule", "channel", "check_parity", "evaluate", "load_model", "load_schedule", "make_means",
-    "softmax_unit", "unit", "visualize", "wrap",
+    "Schedule", "channel", "check_parity", "evaluate", "load_model", "load_rgb", "load_schedule",
+    "make_means", "save_image", "softmax_unit", "unit", "visualize", "wrap",
 ]

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
-from port.cli import device_arg
-from port.errors import CaffeError
-from port.verdict import ParityError
+from port.command import Exit, Tool, device_arg
+from port.errors import UsageError
 
 from . import _io
-from .errors import MfvError
 from .models import MODELS, load_model
 
 MODEL_HELP = (f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
@@ -21,22 +18,26 @@ MODEL_HELP = (f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt.
               "seeded (--weight-seed), so every model runs here without downloads")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+_DEVICE_HELP = "torch device, e.g. cpu or cuda (default cpu)"
+_THREADS_HELP = ("torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
+                 "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores")
+
+
+def _model_args(p: argparse.ArgumentParser, *, device_type=device_arg, device_help: str = _DEVICE_HELP,
+                threads_help: str = _THREADS_HELP) -> None:
+    """The options that pick and load a model; sweep passes its own --device check and help."""
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help=MODEL_HELP)
     g.add_argument("--prototxt", help="Caffe definition (default: the zoo's for --model)")
     g.add_argument("--caffemodel", help="Caffe weights (default: seeded weights)")
     g.add_argument("--weights", help="torchvision state_dict file (torch.save) for torchvision.* models")
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
-    g.add_argument("--device", type=device_arg, default="cpu",
-                   help="torch device, e.g. cpu or cuda (default cpu)")
+    g.add_argument("--device", type=device_type, default="cpu", help=device_help)
     g.add_argument("--no-parity-check", action="store_true",
                    help="run a Caffe model even without a passing parity verdict (every output says so)")
     g.add_argument("--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
-                   "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores")
+    g.add_argument("--threads", type=int, help=threads_help)
 
 
 def _grey_args(p: argparse.ArgumentParser) -> None:
@@ -86,10 +87,10 @@ def _cmd_visualize(a) -> int:
     m = _load(a)
     layer = a.layer or (m.spec.target_layer if m.spec else None)
     if layer is None:
-        raise MfvError("--layer is required for this model")
+        raise UsageError("--layer is required for this model")
     shapes = m.layer_shapes()
     if layer not in shapes:
-        raise MfvError(f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them")
+        raise UsageError(f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them")
     obj = parse_target(layer, a.unit, softmax=a.softmax, x=a.x, y=a.y, shape=shapes[layer])
     sched_path = a.schedule or (m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path)
     schedule = load_schedule(sched_path)
@@ -99,7 +100,7 @@ def _cmd_visualize(a) -> int:
         found = sorted(Path(a.means).glob("mean_*.png")) or sorted(Path(a.means).glob("mean_*.jpg"))
         init_args = [str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))]
     if not init_args:
-        raise MfvError("give --init IMG (repeatable), --init noise, or --means DIR")
+        raise UsageError("give --init IMG (repeatable), --init noise, or --means DIR")
     for spec in init_args:
         if spec == "noise":
             inits.append("noise")
@@ -119,7 +120,7 @@ def _cmd_visualize(a) -> int:
     for f in trace["facets"]:
         print(f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
               f"({f['seconds']:.1f} s)")
-    return 0 if all(f["status"] == "done" for f in trace["facets"]) else 3
+    return Exit.OK if all(f["status"] == "done" for f in trace["facets"]) else Exit.INCOMPLETE
 
 
 def _cmd_evaluate(a) -> int:
@@ -158,7 +159,7 @@ def _cmd_diff(a) -> int:
     if a.html:
         diff.write_html(result, a.html)
         print(f"wrote {a.html}")
-    return 0 if result.get("verdict", {"passed": True})["passed"] else 1
+    return Exit.OK if result.get("verdict", {"passed": True})["passed"] else Exit.CHECK_FAILED
 
 
 def _sweep_device(name: str) -> str:
@@ -188,19 +189,33 @@ def _cmd_sweep(a) -> int:
     rate = result["run"]["units_per_hour"]
     print(f"{len(result['units'])} units: {counts}" + (f"; {rate:.0f} units/hour this run" if rate else "")
           + f"; wrote {a.out}/index.html and summary.json")
-    return 0 if all(r.get("status") == "done" for r in result["units"]) else 3
+    return Exit.OK if all(r.get("status") == "done" for r in result["units"]) else Exit.INCOMPLETE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mfv", description="Multifaceted Feature Visualization "
-                                "(Nguyen et al. 2016) on Caffe ports and torchvision models.")
-    sub = p.add_subparsers(dest="command", required=True)
+def build_tool() -> Tool:
+    """The ``python -m mfv`` command line (see :mod:`port.command` for the shared contract)."""
+    # ValueError, FileNotFoundError, KeyError and RuntimeError are what bad input (an unreadable
+    # image, a missing folder, an unknown name, a missing driver) raises from the libraries mfv uses.
+    tool = Tool("mfv", "Multifaceted Feature Visualization (Nguyen et al. 2016) on Caffe ports and "
+                "torchvision models.", bad_input=(ValueError, FileNotFoundError, KeyError, RuntimeError),
+                interrupted="finished facets and the state are kept (rerun to resume)")
 
-    s = sub.add_parser("layers", help="list addressable layers with their shapes")
+    _add_layers(tool)
+    _add_means(tool)
+    _add_visualize(tool)
+    _add_evaluate(tool)
+    _add_diff(tool)
+    _add_sweep(tool)
+    return tool
+
+
+def _add_layers(tool: Tool) -> None:
+    s = tool.add_command("layers", _cmd_layers, help="list addressable layers with their shapes")
     _model_args(s)
-    s.set_defaults(func=_cmd_layers)
 
-    s = sub.add_parser("means", help="cluster a class's images and write the mean image of each facet",
+
+def _add_means(tool: Tool) -> None:
+    s = tool.add_command("means", _cmd_means, help="cluster a class's images and write the mean image of each facet",
                        description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
                        "images nearest each centroid. Images are fitted to the input size (shorter side "
                        "resized bicubic, centre crop). Images are read as Caffe's loader read them: greyscale replicated to RGB, "
@@ -217,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out files whose path relative to --images matches GLOB (repeatable), "
                    "e.g. 'mean_*' in the published layout")
     s.add_argument("--out", required=True, help="output folder")
-    s.set_defaults(func=_cmd_means)
 
-    s = sub.add_parser("visualize", help="activation maximisation from mean images (MFV)",
+
+def _add_visualize(tool: Tool) -> None:
+    s = tool.add_command("visualize", _cmd_visualize, help="activation maximisation from mean images (MFV)",
                        description="Runs the MFV loop from each --init image, all as one batch. Writes "
                        "facet_<i>.png, facet_<i>_octave<k>.png, trace.json, index.html and state/ (resume: "
                        "rerun the same command).")
@@ -250,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
                    "included, resumes from the last save and ends with the same bytes")
     s.add_argument("--out", required=True, help="output folder")
-    s.set_defaults(func=_cmd_visualize)
 
-    s = sub.add_parser("evaluate", help="measure a visualize output: activation, rank, diversity, nearest images")
+
+def _add_evaluate(tool: Tool) -> None:
+    s = tool.add_command("evaluate", _cmd_evaluate, help="measure a visualize output: activation, rank, diversity, nearest images")
     s.add_argument("out", help="a visualize output folder")
     s.add_argument("--means", help="means folder (default: the one the run used)")
     s.add_argument("--model", help="override the model recorded in the trace (with the model options)")
@@ -265,9 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parity-file", help="with --model: parity verdict file to use")
     s.add_argument("--device", type=device_arg, default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    s.set_defaults(func=_cmd_evaluate)
 
-    s = sub.add_parser("diff", help="compare a run with a reference, octave by octave, against a floor",
+
+def _add_diff(tool: Tool) -> None:
+    s = tool.add_command("diff", _cmd_diff, help="compare a run with a reference, octave by octave, against a floor",
                        description="Per facet and octave: max / mean / p99 |ref - out| (grey levels), PSNR, "
                        "SSIM; the first trace step beyond float noise, the first offset or schedule "
                        "mismatch. --floor (the other Caffe build's reference) gives the same figures "
@@ -281,22 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: mfv.diff.NOISE_RTOL)")
     s.add_argument("--html", help="write a self-contained HTML view here")
     s.add_argument("--json", help="write the figures as JSON here")
-    s.set_defaults(func=_cmd_diff)
 
-    s = sub.add_parser("sweep", help="means, facets and evaluation for many units on Dask (resumable)",
+
+def _add_sweep(tool: Tool) -> None:
+    s = tool.add_command("sweep", _cmd_sweep, help="means, facets and evaluation for many units on Dask (resumable)",
                        description="One Dask task per unit: mean images (as `means`), all its facets in one "
                        "batch (as `visualize`), evaluation (as `evaluate`), into OUT/<unit>/, finished by an "
                        "atomic done.json. A rerun skips finished units and resumes the others. Writes "
                        "OUT/index.html (every unit's facets) and OUT/summary.json (timings, figures). "
                        "See mfv/SWEEP.md.")
-    _model_args(s)
-    for action in s._actions:
-        if action.dest == "device":
-            action.type = _sweep_device
-            action.help = ("torch device of the workers: cpu, cuda (a local cluster spreads its workers over "
-                           "the GPUs) or cuda:<i> (default cpu)")
-        elif action.dest == "threads":
-            action.help = "same as --threads-per-worker"
+    _model_args(s, device_type=_sweep_device, threads_help="same as --threads-per-worker",
+                device_help="torch device of the workers: cpu, cuda (a local cluster spreads its workers "
+                "over the GPUs) or cuda:<i> (default cpu)")
     s.add_argument("--images", help="ImageNet-style root: unit i uses ROOT/<wnid of class i>/ (class list: "
                    "--classes); with --unit-map, the folder relative map entries are resolved against")
     s.add_argument("--unit-map", help="JSON ({\"945\": \"folder\", ...} or a list of folders) or TSV "
@@ -331,23 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retries", type=int, default=2, help="Dask retries of a unit that raised an unexpected "
                    "error (default 2; a dead worker's unit is rerun by Dask in any case)")
     s.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    s.set_defaults(func=_cmd_sweep)
-    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m mfv``."""
+    return build_tool().parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        return a.func(a)
-    except ParityError as e:
-        print(f"mfv: refused: {e}", file=sys.stderr)
-        return 2
-    except (CaffeError, MfvError, ValueError, OSError, KeyError, RuntimeError) as e:
-        # Bad input gets one line, not a traceback; MFV_DEBUG=1 shows the traceback.
-        if os.environ.get("MFV_DEBUG"):
-            raise
-        print(f"mfv: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mfv: interrupted; finished facets and the state are kept (rerun to resume)", file=sys.stderr)
-        return 130
+    return build_tool().main(argv)

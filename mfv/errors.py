@@ -1,13 +1,15 @@
 """The one exception type for a user's mistake given to mfv (a target, a file, a folder).
 
-A ``ValueError`` so that library callers who caught ``ValueError`` still do; the command line
-prints it as one line and exits with status 2.
+A :class:`port.errors.ToolError`, so that every command line reports it as one line with exit
+status 2, and a ``ValueError``, so that library callers who caught ``ValueError`` still do.
 """
 
 from __future__ import annotations
 
+from port.errors import ToolError
+
 __all__ = ["MfvError"]
 
 
-class MfvError(ValueError):
+class MfvError(ToolError, ValueError):
     """Bad input to mfv: a target outside its layer, an unknown layer, an unreadable image..."""

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import port
 from port.verdict import check_parity
 from port.zoo import zoo_model
 
 from . import pixels as px
 
-__all__ = ["Model", "ModelSpec", "MODELS", "wrap", "load_model", "list_layers"]
+__all__ = ["Model", "ModelSpec", "MODELS", "wrap", "load_model"]
 
 SCHEDULES = Path(__file__).resolve().parent / "schedules"
 
@@ -185,10 +186,6 @@ def wrap(module: nn.Module, convention: px.PixelConvention, *, name: str = "mode
     return Model(module, convention, name=name, spec=spec, info=dict(info or {}))
 
 
-def list_layers(model: Model) -> list[tuple[str, tuple[int, ...]]]:
-    return list(model.layer_shapes().items())
-
-
 def load_model(name: str, *, prototxt: str | Path | None = None, caffemodel: str | Path | None = None,
                weights: str | Path | None = None, weight_seed: int = 0, device: str = "cpu",
                parity_check: bool = True, parity_file: str | Path | None = None) -> Model:
@@ -263,15 +260,10 @@ def _he_seed(module: nn.Module, seed: int) -> None:
 
 
 def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_file) -> Model:
-    try:
-        import port
-        from port import zoo
-    except ImportError as e:  # port is written in parallel; say what is missing
-        raise RuntimeError(f"Caffe models need the project's `port` package ({e})") from e
     if prototxt is None:
         if spec is None:
             raise ValueError("model 'caffe' needs --prototxt")
-        prototxt = zoo.zoo_model(spec.zoo).prototxt
+        prototxt = zoo_model(spec.zoo).prototxt
     # Read the verdict before the expensive load: refusing early is the point of the gate.
     parity = check_parity(prototxt, caffemodel, seed=None if caffemodel else seed,
                           verdict_file=parity_file, required=parity_check)

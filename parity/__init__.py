@@ -10,21 +10,21 @@ Function-first API::
 
 Modules: :mod:`parity.numpy_ref` (independent numpy layers), :mod:`parity.runners` (named blobs per
 runner), :mod:`parity.compare` (metrics and result objects), :mod:`parity.tolerance` (the policy,
-with the measurements behind it), :mod:`parity.routing` (max-pool routing flips),
+with the measurements behind it), :mod:`parity.gates` and :mod:`parity.routing` (gate flips: ReLU, MAX pooling, Eltwise MAX),
 :mod:`parity.local` (each layer alone on the reference's inputs), :mod:`parity.core` (judging),
 :mod:`parity.report` (terminal table and HTML). Command line: ``python -m parity --help``.
 """
 
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics, ulp_distance
 from .core import judge
-from .run import ALL_REFERENCES, ParityError, ParitySetup, resolve, run_parity
+from .run import ALL_REFERENCES, ParitySetup, ParitySetupError, resolve, run_parity
 
 __all__ = [
     "ALL_REFERENCES",
     "BlobCheck",
     "Metrics",
     "PairResult",
-    "ParityError",
+    "ParitySetupError",
     "ParityResult",
     "ParitySetup",
     "judge",

@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from port.atomic import write_text_atomic
+from port.command import Exit, Tool, comma_list
+from port.errors import UsageError
+from port.paths import cache_root
 
 from . import tolerance
 from .report import format_table, render_html
-from .run import ALL_REFERENCES, ParityError, resolve, run_parity, worst_heatmap
+from .run import ALL_REFERENCES, ParitySetupError, resolve, run_parity, worst_heatmap
 from .verdict import write_verdict
 
 
@@ -24,14 +27,15 @@ def _golden_arg(s: str) -> tuple[str, str]:
     return blas, path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m parity",
-        description="Layer-by-layer parity of the PyTorch port against real Caffe, numpy and ONNX Runtime.",
+def build_tool() -> Tool:
+    """The ``python -m parity`` command line (subcommands run, all, machines, policy)."""
+    tool = Tool(
+        "parity",
+        "Layer-by-layer parity of the PyTorch port against real Caffe, numpy and ONNX Runtime.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    r = sub.add_parser(
+    r = tool.add_command(
         "run",
+        _cmd_run,
         help="run the port and the references, compare blob by blob, report; exit 0 only if all pass",
         description="Run the port (float32, float64) and the references on one input, forward and "
         "backward, and judge every blob by the policy in parity/tolerance.py. Exit status: 0 every "
@@ -47,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--caffemodel", help="its weights (default: the goldens' weights, else seeded)")
     r.add_argument(
         "--references",
-        default=",".join(ALL_REFERENCES),
+        type=comma_list(ALL_REFERENCES),
+        default=list(ALL_REFERENCES),
         help=f"comma-separated subset of {','.join(ALL_REFERENCES)} (default: all)",
     )
     r.add_argument(
@@ -56,10 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_golden_arg,
         default=[],
         metavar="BLAS=FILE",
-        help="golden dump for --prototxt models (atlas=... and/or openblas=...), from `legacy_caffe goldens`",
+        help="golden dump for --prototxt models (atlas=... and/or openblas=...), from "
+        "`legacy_caffe goldens`, pycaffe or `port dump`; its input is the run's input",
     )
     r.add_argument(
-        "--input", dest="input_name", help="golden input set (default: the manifest's first)"
+        "--input-set",
+        dest="input_name",
+        help="which golden input set of a built-in model (default: the manifest's first)",
     )
     r.add_argument(
         "--backward-from", help="BLOB:UNIT (default: the goldens', else the classifier, unit 945/0)"
@@ -87,14 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--verdict-file", help="write the verdict file here instead of its default place"
     )
-    a = sub.add_parser(
+    a = tool.add_command(
         "all",
+        _cmd_all,
         help="run every built-in model that has goldens; one summary line each; exit 0 only if all pass",
         description="Run `parity run` for every built-in model with a golden manifest (or those named) "
         "and print each model's worst error as a multiple of its noise floor.",
     )
     a.add_argument(
-        "--models", help="comma-separated model names (default: every model with goldens)"
+        "--model",
+        type=comma_list(),
+        help="comma-separated model names (default: every model with goldens)",
     )
     a.add_argument(
         "--regenerate",
@@ -107,18 +118,130 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="folder for <model>.json and <model>.html")
     a.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
     a.add_argument("--no-verdict", action="store_true", help="do not write MFV's verdict files")
-    sub.add_parser("policy", help="print the tolerance policy constants as JSON")
-    return p
+    m = tool.add_command(
+        "machines",
+        _cmd_machines,
+        help="parity under every emulated CPU kernel path (the machine matrix); exit 0 only if "
+        "every target passes under every setting",
+        description="Run parity for each target in a fresh process per setting: oneDNN/MKL/ATen "
+        "capped to AVX2, AVX or SSE4 with 1 and 2 threads, MKL's compatible GEMM, and convolutions "
+        "without oneDNN (parity/machines.py says which knobs change kernels and why). Regenerates "
+        "missing cached goldens with real Caffe.",
+    )
+    m.add_argument(
+        "--model",
+        type=comma_list(),
+        help="comma-separated built-in models and/or case folders (deploy.prototxt + goldens/; "
+        "default: every built-in model and every tests/data case)",
+    )
+    m.add_argument(
+        "--settings",
+        type=comma_list(),
+        help="comma-separated setting names (default: all; `--settings list` prints them)",
+    )
+    m.add_argument("--json", help="write every row as JSON here")
+    m.add_argument("--markdown", help="write the matrix as a Markdown table here")
+    tool.add_command("policy", _cmd_policy, help="print the tolerance policy constants as JSON")
+    return tool
 
 
-def _run_all(args) -> int:
+def _cmd_policy(args: argparse.Namespace) -> int:
+    print(json.dumps(tolerance.policy_json(), indent=1))
+    return Exit.OK
+
+
+def _cmd_machines(args: argparse.Namespace) -> int:
+    from . import machines
+
+    if args.settings == ["list"]:
+        for s in machines.SETTINGS:
+            print(f"{s.name:15s} {s.what}; env {s.env or '{}'}")
+        return Exit.OK
+    settings = list(machines.SETTINGS)
+    if args.settings:
+        known = {s.name: s for s in settings}
+        unknown = [n for n in args.settings if n not in known]
+        if unknown:
+            raise UsageError(f"unknown setting(s) {unknown}; choose from {', '.join(known)}")
+        settings = [known[n] for n in args.settings]
+    if args.model:
+        targets = [machines.Target.parse(t) for t in args.model]
+    else:
+        targets = machines.default_targets()
+    rows = machines.run_matrix(settings, targets, progress=lambda line: print(line, flush=True))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(rows, indent=1) + "\n")
+    table = machines.markdown(rows)
+    if args.markdown:
+        write_text_atomic(args.markdown, table + "\n")
+    print(table)
+    bad = [r for r in rows if not r.get("passed")]
+    print(f"machine matrix: {len(rows) - len(bad)} of {len(rows)} runs pass")
+    return Exit.CHECK_FAILED if bad else Exit.OK
+
+
+def _cmd_all(args: argparse.Namespace) -> int:
+    return _run_all(
+        args.model,
+        regenerate=args.regenerate,
+        allow_missing=args.allow_missing,
+        out=args.out,
+        no_local=args.no_local,
+        no_verdict=args.no_verdict,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.model == "all":
+        return _run_all(
+            None,
+            regenerate=True,
+            allow_missing=args.allow_missing,
+            out=args.json or args.html,
+            no_local=args.no_local,
+            no_verdict=args.no_verdict,
+        )
+    if (args.model is None) == (args.prototxt is None):
+        raise UsageError("give exactly one of --model NAME and --prototxt P")
+    t0 = time.perf_counter()
+    setup = resolve(
+        model=args.model,
+        prototxt=args.prototxt,
+        caffemodel=args.caffemodel,
+        references=args.references,
+        golden_files=dict(args.golden),
+        input_name=args.input_name,
+        backward_from=args.backward_from,
+        regenerate=args.regenerate,
+        allow_missing=args.allow_missing,
+    )
+    result, outputs = run_parity(setup, references=args.references, local_check=not args.no_local)
+    result.timings["total"] = round(time.perf_counter() - t0, 4)
+    _save(result, setup, args.json, no_verdict=args.no_verdict, verdict_file=args.verdict_file)
+    if args.html:
+        write_text_atomic(args.html, render_html(result, worst_heatmap(result, outputs)))
+    if args.quiet:
+        print(f"parity {result.model}: {'PASS' if result.passed else 'FAIL'}")
+    else:
+        print(format_table(result))
+    return Exit.OK if result.passed else Exit.CHECK_FAILED
+
+
+def _run_all(
+    models: list[str] | None,
+    *,
+    regenerate: bool,
+    allow_missing: bool,
+    out: str | None,
+    no_local: bool,
+    no_verdict: bool,
+) -> int:
+    """``parity all`` and ``parity run --model all``: one summary line per model."""
     from port.zoo import MODELS
 
     from .report import summary_line
 
-    if args.models:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-    else:
+    if not models:
         # Every model the golden plan covers: one without goldens is a failure to report, not skip.
         from legacy_caffe.goldens import PLANS
 
@@ -127,19 +250,18 @@ def _run_all(args) -> int:
     for m in models:
         t0 = time.perf_counter()
         try:
-            setup = resolve(model=m, regenerate=args.regenerate, allow_missing=args.allow_missing)
-            result, outputs = run_parity(setup, local_check=not args.no_local)
-        except ParityError as exc:
+            setup = resolve(model=m, regenerate=regenerate, allow_missing=allow_missing)
+            result, outputs = run_parity(setup, local_check=not no_local)
+        except ParitySetupError as exc:
             print(f"{m}: cannot run: {exc}")
             ok = False
             continue
         result.timings["total"] = round(time.perf_counter() - t0, 4)
         ok &= result.passed
-        out = Path(args.out) if args.out else None
-        _save(result, setup, str(out / f"{m}.json") if out else None, no_verdict=args.no_verdict)
-        if out:
-            html = render_html(result, worst_heatmap(result, outputs))
-            write_text_atomic(out / f"{m}.html", html)
+        folder = Path(out) if out else None
+        _save(result, setup, str(folder / f"{m}.json") if folder else None, no_verdict=no_verdict)
+        if folder:
+            write_text_atomic(folder / f"{m}.html", render_html(result, worst_heatmap(result, outputs)))
         print(summary_line(result), flush=True)
     return 0 if ok else 1
 
@@ -148,8 +270,7 @@ def _save(result, setup, json_path, *, no_verdict: bool, verdict_file: str | Non
     """Write the JSON report (if asked, or for the verdict) and the verdict file MFV's gate reads."""
     if not no_verdict and not json_path:
         # The verdict must point at a report; keep one in the (git-ignored) cache.
-        root = Path(__file__).resolve().parent.parent
-        json_path = str(root / "cache" / "parity" / f"{result.model}.json")
+        json_path = str(cache_root() / "parity" / f"{result.model}.json")
     if json_path:
         write_text_atomic(json_path, result.dumps() + "\n")
     if not no_verdict:
@@ -165,57 +286,8 @@ def _save(result, setup, json_path, *, no_verdict: bool, verdict_file: str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "policy":
-        print(json.dumps(tolerance.policy_json(), indent=1))
-        return 0
-    if args.command == "all":
-        return _run_all(args)
-    if args.command == "run" and args.model == "all":
-        out = args.json or args.html
-        ns = argparse.Namespace(
-            models=None,
-            regenerate=True,
-            allow_missing=args.allow_missing,
-            out=out,
-            no_local=args.no_local,
-            no_verdict=args.no_verdict,
-        )
-        return _run_all(ns)
-    refs = [r.strip() for r in args.references.split(",") if r.strip()]
-    t0 = time.perf_counter()
-    try:
-        if (args.model is None) == (args.prototxt is None):
-            raise ParityError("give exactly one of --model NAME and --prototxt P")
-        setup = resolve(
-            model=args.model,
-            prototxt=args.prototxt,
-            caffemodel=args.caffemodel,
-            references=refs,
-            golden_files=dict(args.golden),
-            input_name=args.input_name,
-            backward_from=args.backward_from,
-            regenerate=args.regenerate,
-            allow_missing=args.allow_missing,
-        )
-        result, outputs = run_parity(setup, references=refs, local_check=not args.no_local)
-    except ParityError as exc:
-        print(f"parity: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # CaffeError and friends: bad input, reported without a traceback
-        if type(exc).__name__ in ("CaffeError", "GoldenError"):
-            print(f"parity: {exc}", file=sys.stderr)
-            return 2
-        raise
-    result.timings["total"] = round(time.perf_counter() - t0, 4)
-    _save(result, setup, args.json, no_verdict=args.no_verdict, verdict_file=args.verdict_file)
-    if args.html:
-        write_text_atomic(args.html, render_html(result, worst_heatmap(result, outputs)))
-    if args.quiet:
-        print(f"parity {result.model}: {'PASS' if result.passed else 'FAIL'}")
-    else:
-        print(format_table(result))
-    return 0 if result.passed else 1
+    """Run ``python -m parity`` with ``argv``; returns the exit status (:class:`port.command.Exit`)."""
+    return build_tool().main(argv)
 
 
 if __name__ == "__main__":

@@ -82,13 +82,15 @@ class Metrics:
     n : int
         Elements in the blob.
     n_excused : int
-        Elements left out of the comparison (routing flips and what they reach, when no float64
+        Elements left out of the comparison (gate flips and what they reach, when no float64
         net is available to correct for them).
     n_corrected : int
-        Elements whose subject value was corrected for routing flips before comparing (the
+        Elements whose subject value was corrected for gate flips before comparing (the
         flips' reach); they are compared like every other element.
     flip_effect : float
         Largest correction relative to the reference's range: how much the flips moved the blob.
+    n_over : int
+        Elements whose error exceeds the allowed one (counted only for a failing check).
     """
 
     max_abs: float
@@ -104,6 +106,7 @@ class Metrics:
     n_excused: int = 0
     n_corrected: int = 0
     flip_effect: float = 0.0
+    n_over: int = 0
 
     def to_json(self) -> dict:
         return {k: _finite(v) for k, v in asdict(self).items()}
@@ -114,6 +117,14 @@ def _finite(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
+
+
+def _finite_tree(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _finite_tree(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite_tree(x) for x in v]
+    return _finite(v)
 
 
 def metrics(a: np.ndarray, b: np.ndarray, *, excuse: np.ndarray | None = None) -> Metrics:
@@ -192,7 +203,8 @@ class BlobCheck:
     rule : Rule or None
         The tolerance applied; None for an informational comparison (never fails).
     flips : int
-        Max-pool routing flips between the two sides that this blob's excusal comes from.
+        In-band gate flips between the two sides (:mod:`parity.gates`) behind any corrected or
+        excused elements of a diff.
     """
 
     key: str
@@ -279,23 +291,27 @@ class PairResult:
 
 @dataclass
 class ParityResult:
-    """A whole parity run: all pairs, the noise measured, flips, local analysis.
+    """A whole parity run: all pairs, the noise measured, gate flips, local analysis, diagnosis.
 
-    Evaluates truthy only when every judged check of every pair passed.
+    Evaluates truthy only when every judged check of every pair passed and no layer departs when
+    run alone.
     """
 
     model: str
     runners: dict[str, dict]
     pairs: list[PairResult]
     noise: dict[str, dict[str, float | None]]  # blob key -> {"spread": .., "caffe_own": ..}
-    flips: dict[str, list[dict]]  # "a|b" -> per pool layer flip summary
+    flips: dict[str, list[dict]]  # "a|b" -> per kinked layer gate-flip summary
     local: list[dict]
     first_departure: str | None
     policy: dict
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     backward_from: str | None = None
-    # (subject, reference, blob) -> what routing flips moved that diff by, or None; not serialised.
+    input_source: str = ""
+    # The cause of the verdict (parity.diagnosis.diagnose).
+    diagnosis: dict = field(default_factory=dict)
+    # (subject, reference, blob) -> what gate flips moved that diff by, or None; not serialised.
     flip_correction: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -311,11 +327,13 @@ class ParityResult:
             "model": self.model,
             "passed": self.passed,
             "backward_from": self.backward_from,
+            "input": self.input_source,
             "policy": self.policy,
             "runners": self.runners,
             "noise": {k: {kk: _finite(vv) for kk, vv in v.items()} for k, v in self.noise.items()},
-            "flips": self.flips,
+            "flips": _finite_tree(self.flips),
             "first_departure": self.first_departure,
+            "diagnosis": _finite_tree(self.diagnosis),
             "local": [{k: _finite(v) for k, v in d.items()} for d in self.local],
             "pairs": [p.to_json() for p in self.pairs],
             "timings": self.timings,

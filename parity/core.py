@@ -1,4 +1,4 @@
-"""Judging a set of runner outputs: noise measurement, routing-flip excusal, pairs, verdict."""
+"""Judging a set of runner outputs: noise measurement, gate-flip correction, pairs, verdict."""
 
 from __future__ import annotations
 
@@ -8,15 +8,22 @@ from typing import Any
 
 import numpy as np
 
-from . import tolerance
+from . import gates, tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
-from .routing import Flip, excused_region, find_flips, teacher_forced_backward
-from .runners import RunnerOutput
+from .diagnosis import diagnose
+from .routing import flip_reach, teacher_forced_backward
+from .runners import CAFFE_BUILDS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64, RunnerOutput
 
-__all__ = ["judge", "blob_producers", "ordered_keys", "CAFFE_BUILDS", "FLOAT32_REFERENCES"]
+__all__ = [
+    "judge",
+    "blob_producers",
+    "ordered_keys",
+    "FlipAnalysis",
+    "CAFFE_BUILDS",
+    "FLOAT32_REFERENCES",
+]
 
-CAFFE_BUILDS = ("caffe-atlas", "caffe-openblas")
-FLOAT32_REFERENCES = ("numpy32", "onnx")
+FLOAT32_REFERENCES = (NUMPY32, ONNX)
 
 
 def blob_producers(netdef: Any) -> dict[str, str]:
@@ -36,47 +43,59 @@ def ordered_keys(netdef: Any, available: set[str]) -> list[str]:
     return fwd + bwd
 
 
-class _FlipCache:
-    """Routing flips, their reach, and (with a float64 net) their exact effect, per pair of runners.
+class FlipAnalysis:
+    """Gate flips between pairs of runners, their reach and (with a float64 net) their exact effect.
 
-    With ``net64`` the diffs of each side are recomputed in float64 on that side's own forward data
-    (:func:`parity.routing.teacher_forced_backward`); within the flips' reach the subject's diff is
-    corrected by the difference of the two recomputations, so the flipped gradient is subtracted
-    exactly and every element is still compared. Without ``net64`` the reach is excused instead.
+    Flips are found from both sides' own forward data (:func:`parity.gates.find_gate_flips`); only
+    those within the noise band of their kink are handled. With ``net64`` the diffs of each side
+    are recomputed in float64 on that side's own forward data
+    (:func:`parity.routing.teacher_forced_backward`); within the in-band flips' reach the subject's
+    diff is corrected by the difference of the two recomputations, so the flipped gradient is
+    subtracted exactly and every element is still compared. Without ``net64`` the reach is excused.
+    Flips outside the band are reported and left alone: the diffs they touch are compared as they
+    are (and fail).
     """
 
     def __init__(
         self,
         netdef: Any,
         outputs: Mapping[str, RunnerOutput],
+        band: gates.Band,
         net64: Any = None,
         backward_from: str | None = None,
     ) -> None:
         self.netdef = netdef
         self.outputs = outputs
+        self.band = band
         self.net64 = net64
         self.backward_from = backward_from
-        self._tf: dict[str, dict[str, np.ndarray] | None] = {}
+        self._recomputed: dict[str, dict[str, np.ndarray] | None] = {}
         self.failures: dict[str, str] = {}
-        self._cache: dict[tuple[str, str], tuple[list[Flip], dict[str, np.ndarray]]] = {}
-        self.shapes = {}
+        self._pairs: dict[tuple[str, str], tuple[list[gates.GateFlip], dict[str, np.ndarray]]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         for o in outputs.values():
             for k, v in o.blobs.items():
                 if k.startswith("data/"):
                     self.shapes.setdefault(k[5:], v.shape)
 
-    def get(self, a: str, b: str) -> tuple[list[Flip], dict[str, np.ndarray]]:
-        key = (a, b) if a <= b else (b, a)
-        if key not in self._cache:
-            oa, ob = self.outputs[a], self.outputs[b]
-            flips = find_flips(self.netdef, oa.blobs, ob.blobs)
-            region = excused_region(self.netdef, flips, self.shapes) if flips else {}
-            self._cache[key] = (flips, region)
-        return self._cache[key]
+    @staticmethod
+    def _key(a: str, b: str) -> tuple[str, str]:
+        return (a, b) if a <= b else (b, a)
+
+    def get(self, a: str, b: str) -> tuple[list[gates.GateFlip], dict[str, np.ndarray]]:
+        """The flips between two runners (in and out of band) and the reach of those in band."""
+        key = self._key(a, b)
+        if key not in self._pairs:
+            fl = gates.find_gate_flips(
+                self.netdef, self.outputs[key[0]].blobs, self.outputs[key[1]].blobs, self.band
+            )
+            region = flip_reach(self.netdef, [f for f in fl if f.in_band], self.shapes)
+            self._pairs[key] = (fl, region)
+        return self._pairs[key]
 
     def correction(self, subject: str, reference: str, blob: str) -> np.ndarray | None:
-        """What the flips between the two sides moved ``diff/<blob>`` by (None: nothing known)."""
-        fl, region = self.get(subject, reference)
+        """What the in-band flips between the two sides moved ``diff/<blob>`` by (None: unknown)."""
+        _, region = self.get(subject, reference)
         if blob not in region or not self.corrects:
             return None
         ts, tr = self.recomputed(subject), self.recomputed(reference)
@@ -86,8 +105,8 @@ class _FlipCache:
 
     def handling(self, a: str, b: str) -> str:
         """ "corrected" when both sides' float64 recomputations exist, else "excused"."""
-        ok = self.corrects and self._tf.get(a) is not None and self._tf.get(b) is not None
-        return "corrected" if ok else "excused"
+        ok = self.corrects and self._recomputed.get(a) is not None
+        return "corrected" if ok and self._recomputed.get(b) is not None else "excused"
 
     @property
     def corrects(self) -> bool:
@@ -96,15 +115,34 @@ class _FlipCache:
     def recomputed(self, name: str) -> dict[str, np.ndarray] | None:
         """The side's float64 backward on its own data; None if the port's layers cannot take its
         blobs (a broken port: the flip is then excused, and the port fails elsewhere anyway)."""
-        if name not in self._tf:
+        if name not in self._recomputed:
             try:
-                self._tf[name] = teacher_forced_backward(
+                self._recomputed[name] = teacher_forced_backward(
                     self.netdef, self.net64, self.outputs[name].blobs, self.backward_from
                 )
             except (RuntimeError, ValueError) as exc:
-                self._tf[name] = None
+                self._recomputed[name] = None
                 self.failures[name] = str(exc).splitlines()[0][:200]
-        return self._tf[name]
+        return self._recomputed[name]
+
+    def summary(self) -> dict[str, list[dict]]:
+        """Every pair with flips: ``"a|b" -> [GateFlip.summary() + handling + reach]``."""
+        out: dict[str, list[dict]] = {}
+        for (a, b), (fl, _) in sorted(self._pairs.items(), key=lambda kv: kv[0]):
+            if not fl:
+                continue
+            handled = self.handling(a, b)
+            out[f"{a}|{b}"] = [
+                {
+                    **f.summary(),
+                    "handling": handled if f.in_band else "not corrected",
+                    "reach": (
+                        {k: int(v.sum()) for k, v in flip_reach(self.netdef, [f], self.shapes).items()}
+                    ),
+                }
+                for f in fl
+            ]
+        return out
 
 
 def _missing() -> Metrics:
@@ -117,45 +155,133 @@ def _compare_pair(
     reference: RunnerOutput,
     keys: list[str],
     producers: Mapping[str, str],
-    flips: _FlipCache | None,
+    flips: FlipAnalysis | None,
     rule_for: Any,
     rule_name: str,
 ) -> PairResult:
-    """Compare every key (diffs corrected for, or excused from, routing flips); apply ``rule_for``."""
+    """Compare every key (diffs corrected for, or excused from, in-band gate flips); apply
+    ``rule_for``."""
     pair = PairResult(subject.name, reference.name, rule_name)
     region: dict[str, np.ndarray] = {}
     nflips = 0
-    correct = False
     if flips is not None and any(k.startswith("diff/") for k in keys):
         fl, region = flips.get(subject.name, reference.name)
-        nflips = sum(len(f.windows) for f in fl)
-        correct = bool(region) and flips.corrects
+        nflips = sum(f.count for f in fl if f.in_band)
     for key in keys:
         blob = key.split("/", 1)[1]
         a = subject.blobs.get(key)
         b = reference.blobs.get(key)
         rule = rule_for(key)
+        is_diff = key.startswith("diff/")
         if a is None or b is None or a.shape != b.shape:
             m = _missing()
-        elif (
-            key.startswith("diff/")
-            and blob in region
-            and correct
-            and (corr := flips.correction(subject.name, reference.name, blob)) is not None
+        elif is_diff and blob in region and flips is not None and flips.corrects and (
+            (corr := flips.correction(subject.name, reference.name, blob)) is not None
         ):
             m = metrics(a.astype(np.float64) - corr, b)
             m.n_corrected = int(region[blob].sum())
             rng = m.ref_range
             m.flip_effect = float(np.abs(corr).max() / rng) if rng > 0 else 0.0
+            a = a.astype(np.float64) - corr
         else:
-            excuse = region.get(blob) if key.startswith("diff/") else None
-            m = metrics(a, b, excuse=excuse)
-        pair.checks.append(
-            BlobCheck(
-                key, producers.get(blob, ""), m, rule, nflips if key.startswith("diff/") else 0
-            )
-        )
+            m = metrics(a, b, excuse=region.get(blob) if is_diff else None)
+        if rule is not None and m.max_rel > rule.allowed and a is not None and b is not None:
+            m.n_over = _count_over(a, b, rule.allowed * m.ref_range, region.get(blob) if is_diff else None)
+        pair.checks.append(BlobCheck(key, producers.get(blob, ""), m, rule, nflips if is_diff else 0))
     return pair
+
+
+def _count_over(a: np.ndarray, b: np.ndarray, allowed_abs: float, excuse: np.ndarray | None) -> int:
+    """Elements whose error exceeds the allowed absolute error (all of them for a shape mismatch)."""
+    if a.shape != b.shape:
+        return int(max(a.size, b.size))
+    err = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    over = ~(err <= allowed_abs)  # NaN counts as over
+    if excuse is not None:
+        over &= ~excuse
+    return int(over.sum())
+
+
+def _info_pair(
+    a: RunnerOutput,
+    b: RunnerOutput,
+    keys: list[str],
+    producers: Mapping[str, str],
+    flips: FlipAnalysis | None,
+) -> PairResult:
+    return _compare_pair(a, b, keys, producers, flips, lambda k: None, "info")
+
+
+def _measure_noise(
+    outputs: Mapping[str, RunnerOutput],
+    keys: list[str],
+    producers: Mapping[str, str],
+    flips: FlipAnalysis | None,
+    builds: list[str],
+    truth_for: Mapping[str, RunnerOutput],
+) -> tuple[dict[str, dict[str, float | None]], list[PairResult]]:
+    """The noise of this very input for ``keys``: the spread between the two Caffe builds and the
+    builds' own error against float64 truth (``truth_for[key]``)."""
+    noise: dict[str, dict[str, float | None]] = {
+        k: {"spread": None, "caffe_own": None} for k in keys
+    }
+    pairs: list[PairResult] = []
+    if len(builds) == 2:
+        sp = _info_pair(outputs[builds[0]], outputs[builds[1]], keys, producers, flips)
+        pairs.append(sp)
+        for c in sp.checks:
+            if math.isfinite(c.metrics.max_rel):
+                noise[c.key]["spread"] = c.metrics.max_rel
+    for b in builds:
+        by_truth: dict[str, list[str]] = {}
+        for k in keys:
+            by_truth.setdefault(truth_for[k].name, []).append(k)
+        for tname, tkeys in by_truth.items():
+            own = _info_pair(outputs[b], outputs[tname], tkeys, producers, flips)
+            pairs.append(own)
+            for c in own.checks:
+                if math.isfinite(c.metrics.max_rel):
+                    prev = noise[c.key]["caffe_own"]
+                    noise[c.key]["caffe_own"] = max(prev or 0.0, c.metrics.max_rel)
+    return noise, pairs
+
+
+def _judged_pairs(
+    netdef: Any,
+    outputs: Mapping[str, RunnerOutput],
+    sub: RunnerOutput,
+    producers: Mapping[str, str],
+    flips: FlipAnalysis,
+    spread_rule: Any,
+    truth_rule: Any,
+) -> list[PairResult]:
+    """Every pair the verdict rests on (``parity/SCHEMA.md``, "Which pairs a run holds")."""
+    p64 = outputs[PORT64]
+    keys_all = ordered_keys(netdef, set(sub.blobs))
+    fwd_keys = [k for k in keys_all if k.startswith("data/")]
+    pairs = []
+    for b in CAFFE_BUILDS:
+        if b in outputs:
+            keys = ordered_keys(netdef, set(outputs[b].blobs) | set(sub.blobs))
+            pairs.append(_compare_pair(sub, outputs[b], keys, producers, flips, spread_rule, "spread"))
+    for r in FLOAT32_REFERENCES:
+        if r in outputs:
+            both = set(outputs[r].blobs) | set(sub.blobs)
+            keys = ordered_keys(netdef, {k for k in both if k.startswith("data/")})
+            pairs.append(_compare_pair(sub, outputs[r], keys, producers, None, spread_rule, "spread"))
+    truth_keys = keys_all
+    if NUMPY64 in outputs:
+        n64 = outputs[NUMPY64]
+        pairs.append(_compare_pair(sub, n64, fwd_keys, producers, None, truth_rule, "truth"))
+        f64_keys = ordered_keys(netdef, {k for k in p64.blobs if k.startswith("data/")})
+        pairs.append(
+            _compare_pair(p64, n64, f64_keys, producers, None,
+                          lambda k: tolerance.float64_rule(), "float64")  # fmt: skip
+        )
+        truth_keys = [k for k in keys_all if k.startswith("diff/")]
+    if truth_keys:
+        pairs.append(_compare_pair(sub, p64, truth_keys, producers, flips, truth_rule, "truth"))
+    return pairs
 
 
 def judge(
@@ -163,7 +289,7 @@ def judge(
     outputs: Mapping[str, RunnerOutput],
     *,
     model: str = "",
-    subject: str = "port32",
+    subject: str = PORT32,
     local: list[dict] | None = None,
     notes: list[str] | None = None,
     net64: Any = None,
@@ -188,8 +314,8 @@ def judge(
         Free-text remarks carried into the result.
     net64 : port.CaffeNet, optional
         The float64 port, whose per-layer modules recompute each side's backward on its own forward
-        data to correct diffs for max-pool routing flips (see :class:`_FlipCache`). Without it the
-        flips' reach is excused.
+        data to correct diffs for gate flips (see :class:`FlipAnalysis`). Without it the flips'
+        reach is excused.
     backward_from : str, optional
         ``"BLOB:UNIT"`` the diffs were seeded at (needed for the correction).
 
@@ -197,52 +323,25 @@ def judge(
     -------
     ParityResult
     """
-    if subject not in outputs or "port64" not in outputs:
+    if subject not in outputs or PORT64 not in outputs:
         raise ValueError("judge needs the port32 subject and the port64 truth")
     producers = blob_producers(netdef)
     sub = outputs[subject]
-    p64 = outputs["port64"]
-    flips = _FlipCache(netdef, outputs, net64, backward_from)
+    p64 = outputs[PORT64]
     keys_all = ordered_keys(netdef, set(sub.blobs))
     fwd_keys = [k for k in keys_all if k.startswith("data/")]
+    bwd_keys = [k for k in keys_all if k.startswith("diff/")]
     builds = [b for b in CAFFE_BUILDS if b in outputs]
-    truth_fwd = outputs.get("numpy64", p64)
+    truth_fwd = outputs.get(NUMPY64, p64)
+    truth_for = {**{k: truth_fwd for k in fwd_keys}, **{k: p64 for k in bwd_keys}}
 
-    # -- noise of this very input: spread between the builds, and Caffe's own error to truth --
-    noise: dict[str, dict[str, float | None]] = {
-        k: {"spread": None, "caffe_own": None} for k in keys_all
-    }
-    info_pairs: list[PairResult] = []
-    if len(builds) == 2:
-        sp = _compare_pair(
-            outputs[builds[0]],
-            outputs[builds[1]],
-            keys_all,
-            producers,
-            flips,
-            lambda k: None,
-            "info",
-        )
-        info_pairs.append(sp)
-        for c in sp.checks:
-            if math.isfinite(c.metrics.max_rel):
-                noise[c.key]["spread"] = c.metrics.max_rel
-    for b in builds:
-        for truth, keys in (
-            (truth_fwd, fwd_keys),
-            (p64, [k for k in keys_all if k.startswith("diff/")]),
-        ):
-            own = _compare_pair(outputs[b], truth, keys, producers, flips, lambda k: None, "info")
-            info_pairs.append(own)
-            for c in own.checks:
-                if math.isfinite(c.metrics.max_rel):
-                    prev = noise[c.key]["caffe_own"]
-                    noise[c.key]["caffe_own"] = max(prev or 0.0, c.metrics.max_rel)
-
+    # Forward noise first: it sets the band within which a gate flip counts as noise, and the
+    # flips then correct the backward noise measurement itself.
+    noise, info_pairs = _measure_noise(outputs, fwd_keys, producers, None, builds, truth_for)
     # Caffe's own error counts towards the float32 noise of rule 1 only where the truth is
     # independent of the port (forward blobs against numpy64): against the float64 port, a wrong
     # port would make Caffe look noisy and widen its own tolerance.
-    independent_truth = "numpy64" in outputs
+    independent_truth = NUMPY64 in outputs
 
     def spread_rule(key: str) -> tolerance.Rule:
         nz = noise.get(key, {})
@@ -256,72 +355,31 @@ def judge(
     def truth_rule(key: str) -> tolerance.Rule:
         return tolerance.truth_rule(noise.get(key, {}).get("caffe_own") if builds else None)
 
-    pairs: list[PairResult] = []
-    for b in builds:
-        ref = outputs[b]
-        keys = [k for k in ordered_keys(netdef, set(ref.blobs) | set(sub.blobs))]
-        pairs.append(_compare_pair(sub, ref, keys, producers, flips, spread_rule, "spread"))
-    for r in FLOAT32_REFERENCES:
-        if r in outputs:
-            ref = outputs[r]
-            keys = ordered_keys(
-                netdef, {k for k in set(ref.blobs) | set(sub.blobs) if k.startswith("data/")}
-            )
-            pairs.append(_compare_pair(sub, ref, keys, producers, None, spread_rule, "spread"))
-    if "numpy64" in outputs:
-        pairs.append(
-            _compare_pair(sub, outputs["numpy64"], fwd_keys, producers, None, truth_rule, "truth")
-        )
-        f64_keys = ordered_keys(netdef, {k for k in set(p64.blobs) if k.startswith("data/")})
-        pairs.append(
-            _compare_pair(
-                p64,
-                outputs["numpy64"],
-                f64_keys,
-                producers,
-                None,
-                lambda k: tolerance.float64_rule(),
-                "float64",
-            )
-        )
-        truth_keys = [k for k in keys_all if k.startswith("diff/")]
-    else:
-        truth_keys = keys_all
-    if truth_keys:
-        pairs.append(_compare_pair(sub, p64, truth_keys, producers, flips, truth_rule, "truth"))
+    band = gates.Band(lambda blob: spread_rule(f"data/{blob}").allowed)
+    flips = FlipAnalysis(netdef, outputs, band, net64, backward_from)
+    bwd_noise, bwd_info = _measure_noise(outputs, bwd_keys, producers, flips, builds, truth_for)
+    noise.update(bwd_noise)
+    info_pairs += bwd_info
 
-    flip_summary = {}
-    for (a, b), (fl, region) in flips._cache.items():
-        if fl:
-            flip_summary[f"{a}|{b}"] = [
-                {
-                    **f.summary(),
-                    "handling": flips.handling(a, b),
-                    "reach": {k: int(v.sum()) for k, v in region.items()},
-                }
-                for f in fl
-            ]
+    pairs = _judged_pairs(netdef, outputs, sub, producers, flips, spread_rule, truth_rule)
     notes = list(notes or [])
     notes += [
-        f"routing-flip correction unavailable for {n} (excused instead): {m}"
+        f"gate-flip correction unavailable for {n} (excused instead): {m}"
         for n, m in flips.failures.items()
     ]
-    first = None
-    if local:
-        for row in local:
-            if row.get("departs"):
-                first = row["layer"]
-                break
-    result = ParityResult(
+    local = local or []
+    first = next((row["layer"] for row in local if row.get("departs")), None)
+    flip_summary = flips.summary()
+    return ParityResult(
         model=model,
         runners={name: o.describe() for name, o in outputs.items()},
         pairs=pairs + info_pairs,
         noise=noise,
         flips=flip_summary,
-        local=local or [],
+        local=local,
         first_departure=first,
         policy=tolerance.policy_json(),
         notes=notes,
+        diagnosis=diagnose(netdef, pairs, flip_summary, local, first),
+        flip_correction=flips.correction,
     )
-    result.flip_correction = flips.correction
-    return result

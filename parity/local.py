@@ -19,11 +19,12 @@ values.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from port.dump import BackwardSeed
 
 from . import numpy_ref, tolerance
 from .compare import metrics
@@ -115,9 +116,9 @@ def local_analysis(
     seed_blob = None
     last = len(netdef.layers) - 1
     if backward_from:
-        seed_blob = backward_from.rpartition(":")[0]
-        writers = [i for i, lay in enumerate(netdef.layers) if seed_blob in lay.tops]
-        last = writers[-1] if writers else last
+        seed_blob = BackwardSeed.parse(backward_from).blob
+        writer = netdef.last_writer(seed_blob)
+        last = last if writer is None else writer
     index = {lay.name: i for i, lay in enumerate(netdef.layers)}
     for unit in units(netdef):
         if index[unit[0].name] > last:
@@ -239,10 +240,3 @@ def _blob_grads(blob, cons, blobs, net32, net64, producer_unit) -> dict:
                 (g_total,) = torch.autograd.grad(out, [v], grad_outputs=g_total)
         grads[dt] = g_total.detach().numpy()
     return grads
-
-
-def clone64(net: Any) -> Any:
-    """A float64 copy of a port net (leaves the original untouched)."""
-    import torch
-
-    return copy.deepcopy(net).to(torch.float64)

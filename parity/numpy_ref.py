@@ -705,3 +705,51 @@ def forward_net(
             first.setdefault(name, val)
     src = blobs if record == "final" else first
     return {f"data/{k}": v for k, v in src.items()}
+
+
+def window_geometry(layer: Any) -> dict:
+    """The sliding-window parameters of a Convolution or Pooling layer, read as Caffe reads them.
+
+    Returns
+    -------
+    dict
+        ``kernel``, ``stride``, ``pad``, ``dilation`` (each ``(h, w)``), ``group`` and, for
+        pooling, ``method`` ("max", "ave" or None for others) and ``global_pooling``.
+    """
+    if layer.type == "Convolution":
+        p = _sub(layer, "convolution_param")
+        return {
+            "kernel": _spatial(p, "kernel_size", 1, "kernel"),
+            "stride": _spatial(p, "stride", 1),
+            "pad": _spatial(p, "pad", 0),
+            "dilation": _spatial(p, "dilation", 1),
+            "group": int(p.group) or 1,
+        }
+    if layer.type == "Pooling":
+        p = _sub(layer, "pooling_param")
+        return {
+            "kernel": _spatial(p, "kernel_size", 1, "kernel"),
+            "stride": _spatial(p, "stride", 1),
+            "pad": _spatial(p, "pad", 0),
+            "dilation": (1, 1),
+            "group": 1,
+            "method": _POOL.get(p.pool),
+            "global_pooling": bool(p.global_pooling),
+        }
+    raise ValueError(f"layer {layer.name}: {layer.type} has no sliding window")
+
+
+def lrn_region(layer: Any) -> str:
+    """``"across"`` or ``"within"`` for an LRN layer."""
+    return _LRN_REGION[_sub(layer, "lrn_param").norm_region]
+
+
+def eltwise_operation(layer: Any) -> str:
+    """``"sum"``, ``"prod"`` or ``"max"`` for an Eltwise layer."""
+    return _ELTWISE[_sub(layer, "eltwise_param").operation]
+
+
+def concat_axis(layer: Any) -> int:
+    """The concatenation axis of a Concat layer (legacy ``concat_dim`` honoured)."""
+    p = _sub(layer, "concat_param")
+    return int(p.concat_dim) if _has(p, "concat_dim") else int(p.axis)

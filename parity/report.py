@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 
 from .compare import BlobCheck, ParityResult
+from .diagnosis import flip_sentence
 
 __all__ = [
     "columns",
@@ -74,8 +75,8 @@ def format_table(result: ParityResult) -> str:
 
     Each cell shows the error relative to the reference's range and, after it, that error as a
     multiple of the blob's noise (the smallest multiple that would have passed; the policy's
-    multiples are in the header). ``*`` marks cells where max-pool routing flips were corrected for
-    (or excused, without a float64 net).
+    multiples are in the header). ``*`` marks cells where gate flips (:mod:`parity.gates`) were
+    corrected for (or excused, without a float64 net).
     """
     cols = columns(result)
     keys = _keys(result, cols)
@@ -97,6 +98,7 @@ def format_table(result: ParityResult) -> str:
         f"parity {result.model}: {verdict}   backward from {result.backward_from}   "
         f"(allowed: {pol['spread_multiple']}x spread vs builds, {pol['truth_multiple']}x Caffe's own vs truth, "
         f"floor {pol['floor_rel32']:.2e}; float64 {pol['floor_rel64']:.0e})"
+        + (f"   INPUT {result.input_source}" if result.input_source.startswith("SYNTHETIC") else "")
     )
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
@@ -105,25 +107,21 @@ def format_table(result: ParityResult) -> str:
             lines.append("  ".join("-" * w for w in widths))
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     lines.append("")
-    for pair, fl in result.flips.items():
-        for f in fl:
-            exc = ", ".join(f"{b}: {n}" for b, n in f["reach"].items())
-            lines.append(
-                f"routing flips {pair}: {f['layer']} {f['count']} window(s), {f['handling']}; "
-                f"diff elements reached: {exc}"
-            )
+    diag = result.diagnosis or {}
+    lines.extend(f"gate flips {line}" for line in diag.get("lines", [])[1 if diag.get("cause") else 0 :])
     if result.local:
-        departing = [r for r in result.local if r.get("departs")]
         worst = max(result.local, key=lambda r: r.get("worst_ratio", 0.0))
         lines.append(
             f"local check ({len(result.local)} layer runs): worst {worst['layer']} "
             f"{worst['worst_ratio']:.2f}x of its local noise; "
             + (
                 f"FIRST LAYER THAT DEPARTS: {result.first_departure}"
-                if departing
-                else "no layer departs"
+                if result.first_departure
+                else "no layer departs when run alone"
             )
         )
+    if diag.get("cause"):
+        lines.append(f"WHY IT FAILS ({diag['cause']}, layer {diag['layer']}): {diag['lines'][0]}")
     fails = [(p, c) for p in result.pairs for c in p.checks if not c.passed]
     for p, c in fails[:20]:
         lines.append(
@@ -166,7 +164,10 @@ def summary_line(result: ParityResult) -> str:
     for name, (r, key) in worst_ratios(result).items():
         parts.append(f"{name} {r:.2f}x ({key})")
     nflips = sum(f["count"] for fl in result.flips.values() for f in fl)
-    parts.append(f"flipped windows (all pairs) {nflips}")
+    parts.append(f"gate flips (all pairs) {nflips}")
+    diag = result.diagnosis or {}
+    if diag.get("cause"):
+        parts.append(f"cause: {diag['cause']} at {diag['layer']}")
     if "total" in result.timings:
         parts.append(f"{result.timings['total']:.1f} s")
     return "  ".join(parts)
@@ -338,7 +339,7 @@ td.bad{background:#fde0e0} td.ok{background:#eef8ee} td.exc{background:#fff6d6}
 
 def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
     """A self-contained HTML page: verdict, per-blob chart (log scale) against the noise floor,
-    the table, a heat map of the worst blob's error, routing flips, the local analysis, notes.
+    the table, a heat map of the worst blob's error, gate flips, the diagnosis, the local analysis, notes.
 
     Parameters
     ----------
@@ -381,7 +382,7 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
         ]
     out.append(
         "<h2>Blob by blob</h2><p class='muted'>cell: relative error, and that error as a multiple of the "
-        "blob's noise (the smallest multiple that would have passed). Yellow: max-pool routing flips corrected for (or excused).</p>"
+        "blob's noise (the smallest multiple that would have passed). Yellow: gate flips (ReLU, MAX pooling, Eltwise MAX decided differently within noise) corrected for (or excused).</p>"
     )
     out.append(
         "<table><tr><th>blob</th><th>layer</th><th>spread</th><th>Caffe own</th>"
@@ -420,20 +421,24 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
             f"<td>{_fmt(nz.get('caffe_own'))}</td>{''.join(cells)}</tr>"
         )
     out.append("</table>")
-    out.append("<h2>Max-pool routing flips</h2>")
+    diag = result.diagnosis or {}
+    if diag.get("cause"):
+        out.append(
+            f"<h2>Why it fails</h2><p class='bad'><b>{esc(diag['cause'])}</b> at layer "
+            f"<b>{esc(str(diag['layer']))}</b>: {esc(diag['lines'][0])}</p>"
+        )
+    out.append("<h2>Gate flips</h2>")
     if result.flips:
         out.append("<ul>")
         for pair, fl in result.flips.items():
             for f in fl:
-                exc = ", ".join(f"{esc(b)}: {n}" for b, n in f["reach"].items())
-                out.append(
-                    f"<li>{esc(pair)}: <b>{esc(f['layer'])}</b> {f['count']} window(s) flipped; "
-                    f"{esc(f['handling'])}; diff elements reached: {exc}</li>"
-                )
+                cls = "" if f["in_band"] else " class='bad'"
+                out.append(f"<li{cls}>{esc(flip_sentence(pair, f))}</li>")
         out.append("</ul>")
     else:
         out.append(
-            "<p>None: every MAX window picked the same element on both sides of every pair.</p>"
+            "<p>None: every ReLU, MAX window and Eltwise MAX decided the same way on both sides of "
+            "every pair.</p>"
         )
     if result.local:
         out.append("<h2>Local check: each layer alone on the reference's own inputs</h2>")

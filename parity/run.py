@@ -11,19 +11,34 @@ from typing import Any
 
 import numpy as np
 
+from port.errors import ToolError
+
 from . import core, local, runners
 from .compare import ParityResult
-from .runners import RunnerOutput
+from .runners import (
+    CAFFE_ATLAS,
+    CAFFE_BUILDS,
+    CAFFE_OPENBLAS,
+    NUMPY32,
+    NUMPY64,
+    ONNX,
+    PORT32,
+    PORT64,
+    RunnerOutput,
+    blas_of,
+    caffe_runner,
+    is_caffe,
+)
 
-__all__ = ["ALL_REFERENCES", "ParityError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
+__all__ = ["ALL_REFERENCES", "ParitySetupError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
 
-ALL_REFERENCES = ("caffe-atlas", "caffe-openblas", "numpy64", "numpy32", "onnx")
+ALL_REFERENCES = (CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY64, NUMPY32, ONNX)
 SYNTHETIC_SEED = 1
 SYNTHETIC_INPUT_SEED = 7
 
 
-class ParityError(RuntimeError):
-    """The run cannot be set up (missing goldens, unknown reference...)."""
+class ParitySetupError(ToolError):
+    """The run cannot be set up (missing goldens, unknown reference, a golden without its input...)."""
 
 
 @dataclass
@@ -50,6 +65,8 @@ class ParitySetup:
         The weights file checked (None for seeded weights).
     seed : int or None
         The ``port.seed_weights`` seed, for seeded weights.
+    input_source : str
+        Where the input batch came from (the report's first line says it).
     """
 
     name: str
@@ -63,6 +80,7 @@ class ParitySetup:
     notes: list[str] = field(default_factory=list)
     caffemodel: Path | None = None
     seed: int | None = None
+    input_source: str = "given"
 
 
 def _default_backward(netdef: Any) -> str | None:
@@ -95,13 +113,128 @@ def _synthetic_input(netdef: Any) -> np.ndarray:
     return rng.uniform(-120.0, 135.0, (1,) + tuple(shape[1:])).astype(np.float32)
 
 
-def _golden_runner(
-    blas: str, arrays: Mapping[str, np.ndarray], source: str
-) -> tuple[RunnerOutput, dict]:
+def _golden_runner(blas: str, arrays: Mapping[str, np.ndarray], source: str) -> RunnerOutput:
     blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
-    inputs = {k[len("input/") :]: v for k, v in arrays.items() if k.startswith("input/")}
     has_diff = any(k.startswith("diff/") for k in blobs)
-    return RunnerOutput(f"caffe-{blas}", blobs, "float32", has_diff, 0.0, source), inputs
+    return RunnerOutput(caffe_runner(blas), blobs, "float32", has_diff, 0.0, source)
+
+
+def golden_inputs(netdef: Any, arrays: Mapping[str, np.ndarray], source: str) -> dict:
+    """The input batch a golden dump was made from, per net input.
+
+    ``input/<name>`` (what ``legacy_caffe goldens`` writes) is taken first, then ``data/<name>``
+    (pycaffe's ``net.blobs[name].data`` and ``python -m port dump``'s naming).
+
+    Raises
+    ------
+    ParitySetupError
+        When the file carries neither for some net input: judging it on any other input would
+        compare two different computations.
+    """
+    out = {}
+    for name in netdef.inputs:
+        for key in (f"input/{name}", f"data/{name}"):
+            if key in arrays:
+                out[name] = np.asarray(arrays[key])
+                break
+        else:
+            raise ParitySetupError(
+                f"{source}: the golden file holds no input for net input {name!r} (neither "
+                f"'input/{name}' nor 'data/{name}'); dump it with its input, e.g. "
+                "`python -m legacy_caffe goldens` or pycaffe's net.blobs"
+            )
+    return out
+
+
+@dataclass
+class _Found:
+    """What a built-in model or a user's files give a run before weights and input are settled."""
+
+    name: str
+    prototxt: Path
+    netdef: Any
+    caffemodel: Path | None = None
+    backward_from: str | None = None
+    goldens: dict[str, RunnerOutput] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _find_builtin(
+    model: str, want_caffe: list[str], input_name: str | None, *, regenerate: bool,
+    allow_missing: bool,
+) -> _Found:
+    """A built-in model's definition, and its goldens, weights and backward seed from the manifest."""
+    import port
+    from port.zoo import zoo_model
+
+    prototxt = Path(zoo_model(model).prototxt)
+    found = _Found(model, prototxt, port.load_prototxt(prototxt))
+    try:
+        from legacy_caffe import goldens as lg
+
+        manifest = lg.load_manifest(model)
+    except Exception as exc:  # no manifest yet, or legacy_caffe not importable
+        if want_caffe and not allow_missing:
+            raise ParitySetupError(
+                f"{model}: no golden manifest ({exc}); generate goldens with "
+                f"`python -m legacy_caffe goldens --model {model}`"
+            ) from None
+        found.notes.append(f"no golden manifest for {model}: {exc}")
+        return found
+    bw = manifest.get("backward", {})
+    found.backward_from = f"{bw['blob']}:{bw['unit']}"
+    input_name = input_name or next(iter(manifest["inputs"]))
+    found.caffemodel = Path(lg.golden_weights(model))
+    for r in want_caffe:
+        blas = blas_of(r)
+        try:
+            arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
+        except Exception as exc:
+            if not allow_missing:
+                raise ParitySetupError(
+                    f"{model}: golden {blas}/{input_name} unavailable: {exc}"
+                ) from None
+            found.notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
+            continue
+        source = f"golden {model} {blas}/{input_name}"
+        found.goldens[r] = _golden_runner(blas, arrays, source)
+        found.inputs = golden_inputs(found.netdef, arrays, source)
+    return found
+
+
+def _find_user(
+    prototxt: Path, golden_files: Mapping[str, str | Path], want_caffe: list[str], *,
+    allow_missing: bool,
+) -> _Found:
+    """A user's definition and golden files; every golden must carry the same input."""
+    import port
+
+    netdef = port.load_prototxt(prototxt)
+    found = _Found(netdef.name or prototxt.stem, prototxt, netdef)
+    for blas, path in golden_files.items():
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        found.goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path))
+        mine = golden_inputs(netdef, arrays, str(path))
+        if found.inputs and any(
+            mine[k].shape != v.shape or not np.array_equal(mine[k], v)
+            for k, v in found.inputs.items()
+        ):
+            raise ParitySetupError(
+                f"{path}: its input differs from the other golden file's; goldens compared "
+                "with each other must come from the same input"
+            )
+        found.inputs = mine
+        found.backward_from = found.backward_from or _manifest_backward(Path(path))
+    missing = [r for r in want_caffe if r not in found.goldens]
+    if missing and not allow_missing:
+        raise ParitySetupError(
+            f"no golden file for {', '.join(missing)}: pass --golden BLAS=FILE.npz "
+            "(made by `python -m legacy_caffe goldens`) or leave them out of --references"
+        )
+    found.notes.extend(f"{r}: no golden given" for r in missing)
+    return found
 
 
 def resolve(
@@ -139,100 +272,56 @@ def resolve(
     """
     import port
 
-    notes: list[str] = []
-    want_caffe = [r for r in references if r.startswith("caffe-")]
-    goldens: dict[str, RunnerOutput] = {}
-    inputs: dict[str, np.ndarray] = {}
+    want_caffe = [r for r in references if is_caffe(r)]
     if model is not None:
-        from port.zoo import zoo_model
-
-        zm = zoo_model(model)
-        prototxt = zm.prototxt
-        netdef = port.load_prototxt(prototxt)
-        manifest = None
-        try:
-            from legacy_caffe import goldens as lg
-
-            manifest = lg.load_manifest(model)
-        except Exception as exc:  # no manifest yet, or legacy_caffe not importable
-            if want_caffe and not allow_missing:
-                raise ParityError(
-                    f"{model}: no golden manifest ({exc}); generate goldens with "
-                    f"`python -m legacy_caffe goldens --model {model}`"
-                ) from None
-            notes.append(f"no golden manifest for {model}: {exc}")
-        if manifest is not None:
-            bw = manifest.get("backward", {})
-            backward_from = backward_from or f"{bw['blob']}:{bw['unit']}"
-            if input_name is None:
-                input_name = next(iter(manifest["inputs"]))
-            if caffemodel is None:
-                caffemodel = lg.golden_weights(model)
-            for r in want_caffe:
-                blas = r.split("-", 1)[1]
-                try:
-                    arrays = lg.load_golden(model, blas, input_name, regenerate=regenerate)
-                except Exception as exc:
-                    if not allow_missing:
-                        raise ParityError(
-                            f"{model}: golden {blas}/{input_name} unavailable: {exc}"
-                        ) from None
-                    notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
-                    continue
-                goldens[r], inputs = _golden_runner(
-                    blas, arrays, f"golden {model} {blas}/{input_name}"
-                )
-        name = model
+        found = _find_builtin(model, want_caffe, input_name, regenerate=regenerate,
+                              allow_missing=allow_missing)  # fmt: skip
+    elif prototxt is not None:
+        found = _find_user(Path(prototxt), golden_files or {}, want_caffe,
+                           allow_missing=allow_missing)  # fmt: skip
     else:
-        if prototxt is None:
-            raise ParityError("give --model NAME or --prototxt P")
-        prototxt = Path(prototxt)
-        netdef = port.load_prototxt(prototxt)
-        name = netdef.name or prototxt.stem
-        for blas, path in (golden_files or {}).items():
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            goldens[f"caffe-{blas}"], inputs = _golden_runner(blas, arrays, str(path))
-            if backward_from is None:
-                backward_from = _manifest_backward(Path(path))
-        missing = [r for r in want_caffe if r not in goldens]
-        if missing and not allow_missing:
-            raise ParityError(
-                f"no golden file for {', '.join(missing)}: pass --golden BLAS=FILE.npz "
-                "(made by `python -m legacy_caffe goldens`) or leave them out of --references"
-            )
-        notes.extend(f"{r}: no golden given" for r in missing)
-
+        raise ParitySetupError("give --model NAME or --prototxt P")
+    caffemodel = Path(caffemodel) if caffemodel is not None else found.caffemodel
     if caffemodel is not None:
         weights = port.read_caffemodel(caffemodel)
         wsrc = str(caffemodel)
     else:
-        weights = port.seed_weights(netdef, SYNTHETIC_SEED)
+        weights = port.seed_weights(found.netdef, SYNTHETIC_SEED)
         wsrc = f"port.seed_weights(seed={SYNTHETIC_SEED})"
-        notes.append(f"weights: {wsrc} (no caffemodel)")
-    if inputs:
+        found.notes.append(f"weights: {wsrc} (no caffemodel)")
+    if found.inputs:
+        inputs = found.inputs
         x: Any = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+        input_source = f"the goldens' own input ({next(iter(found.goldens.values())).source})"
     else:
-        x = _synthetic_input(netdef)
-        notes.append(f"input: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED}")
-    if backward_from is None:
-        from port.zoo import MODELS
-
-        zm = MODELS.get(model or "")
-        backward_from = f"{zm.classifier}:945" if zm else _default_backward(netdef)
+        # Only reached without any golden: a golden always carries its input (golden_inputs).
+        x = _synthetic_input(found.netdef)
+        input_source = (
+            f"SYNTHETIC: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED} (no golden given)"
+        )
     return ParitySetup(
-        name,
-        Path(prototxt),
-        netdef,
+        found.name,
+        found.prototxt,
+        found.netdef,
         weights,
         wsrc,
         x,
-        backward_from,
-        goldens,
-        notes,
-        caffemodel=Path(caffemodel) if caffemodel is not None else None,
+        backward_from or found.backward_from or _default_backward_of(model, found.netdef),
+        found.goldens,
+        found.notes,
+        caffemodel=caffemodel,
         seed=None if caffemodel is not None else SYNTHETIC_SEED,
+        input_source=input_source,
     )
+
+
+def _default_backward_of(model: str | None, netdef: Any) -> str | None:
+    """A built-in model's classifier at unit 945 (the MFV paper's class), else unit 0 of the last
+    non-Softmax blob."""
+    from port.zoo import MODELS
+
+    zm = MODELS.get(model or "")
+    return f"{zm.classifier}:945" if zm else _default_backward(netdef)
 
 
 def run_parity(
@@ -266,7 +355,7 @@ def run_parity(
 
     unknown = [r for r in references if r not in ALL_REFERENCES]
     if unknown:
-        raise ParityError(
+        raise ParitySetupError(
             f"unknown reference(s) {unknown}; choose from {', '.join(ALL_REFERENCES)}"
         )
     timings: dict[str, float] = {}
@@ -281,30 +370,30 @@ def run_parity(
     timings["build"] = time.perf_counter() - t0
     x = setup.x
     outs: dict[str, RunnerOutput] = {}
-    outs["port32"] = runners.run_port(net32, x, backward_from=setup.backward_from)
-    outs["port64"] = runners.run_port(net64, x, backward_from=setup.backward_from)
+    outs[PORT32] = runners.run_port(net32, x, backward_from=setup.backward_from)
+    outs[PORT64] = runners.run_port(net64, x, backward_from=setup.backward_from)
     for r in references:
         t = time.perf_counter()
-        if r.startswith("caffe-"):
+        if is_caffe(r):
             if r in setup.goldens:
                 outs[r] = setup.goldens[r]
-        elif r == "numpy64":
+        elif r == NUMPY64:
             outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float64)
-        elif r == "numpy32":
+        elif r == NUMPY32:
             outs[r] = runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
-        elif r == "onnx":
+        elif r == ONNX:
             if isinstance(x, Mapping):
                 setup.notes.append("onnx: multi-input nets are not exported; skipped")
             else:
                 outs[r] = runners.run_onnx(net32, x)
         timings[r] = time.perf_counter() - t
-    timings["port32"] = outs["port32"].seconds
-    timings["port64"] = outs["port64"].seconds
+    timings[PORT32] = outs[PORT32].seconds
+    timings[PORT64] = outs[PORT64].seconds
     rows: list[dict] = []
     if local_check:
         t = time.perf_counter()
-        refs = [outs[b] for b in core.CAFFE_BUILDS if b in outs] or (
-            [outs["numpy32"]] if "numpy32" in outs else []
+        refs = [outs[b] for b in CAFFE_BUILDS if b in outs] or (
+            [outs[NUMPY32]] if NUMPY32 in outs else []
         )
         for ref in refs:
             rows.extend(
@@ -331,6 +420,7 @@ def run_parity(
     timings["judge"] = time.perf_counter() - t
     result.timings = {k: round(v, 4) for k, v in timings.items()}
     result.backward_from = setup.backward_from
+    result.input_source = setup.input_source
     return result, outs
 
 

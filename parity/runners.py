@@ -1,7 +1,8 @@
 """Runners: each produces named blobs (``data/<blob>``, ``diff/<blob>``) for one input.
 
 * :func:`run_port` -- the PyTorch port (float32 or float64), through ``port.dump_blobs``;
-* :func:`load_golden` -- a real-Caffe golden dump (ATLAS or OpenBLAS build), read from its .npz;
+* real-Caffe golden dumps (ATLAS or OpenBLAS build) are read by :mod:`parity.run` into a
+  :class:`RunnerOutput` each;
 * :func:`run_numpy` -- the independent numpy reference (:mod:`parity.numpy_ref`), forward only;
 * :func:`run_onnx` -- the port exported to ONNX with every blob an output, run by ONNX Runtime on
   the CPU, forward only.
@@ -23,13 +24,48 @@ import numpy as np
 from . import numpy_ref
 
 __all__ = [
+    "PORT32",
+    "PORT64",
+    "NUMPY32",
+    "NUMPY64",
+    "ONNX",
+    "CAFFE_ATLAS",
+    "CAFFE_OPENBLAS",
+    "CAFFE_BUILDS",
+    "caffe_runner",
+    "is_caffe",
+    "blas_of",
     "RunnerOutput",
     "run_port",
-    "load_golden",
     "run_numpy",
     "run_onnx",
-    "parse_backward_from",
 ]
+
+
+# Runner names, as the command line and the reports spell them.
+PORT32 = "port32"  # the subject: the port in float32
+PORT64 = "port64"  # the port in float64: backward truth
+NUMPY32 = "numpy32"
+NUMPY64 = "numpy64"  # forward truth, independent of the port
+ONNX = "onnx"
+CAFFE_ATLAS = "caffe-atlas"
+CAFFE_OPENBLAS = "caffe-openblas"
+CAFFE_BUILDS = (CAFFE_ATLAS, CAFFE_OPENBLAS)
+
+
+def caffe_runner(blas: str) -> str:
+    """The runner name of a real-Caffe golden made with ``blas`` ("atlas" or "openblas")."""
+    return f"caffe-{blas}"
+
+
+def is_caffe(runner: str) -> bool:
+    """True for the runner of a real-Caffe golden."""
+    return runner.startswith("caffe-")
+
+
+def blas_of(runner: str) -> str:
+    """The BLAS of a real-Caffe golden's runner ("caffe-atlas" -> "atlas")."""
+    return runner.removeprefix("caffe-")
 
 
 @dataclass
@@ -77,16 +113,6 @@ class RunnerOutput:
         }
 
 
-def parse_backward_from(spec: str | tuple[str, int] | None) -> tuple[str, int] | None:
-    """``"BLOB:UNIT"`` -> (blob, unit). Blob names may contain ':'; the unit is after the last one."""
-    if spec is None or isinstance(spec, tuple):
-        return spec
-    blob, sep, unit = str(spec).rpartition(":")
-    if not sep or not blob:
-        raise ValueError(f"backward_from must be BLOB:UNIT, got {spec!r}")
-    return blob, int(unit)
-
-
 def run_port(
     net: Any,
     x: np.ndarray | Mapping[str, np.ndarray],
@@ -119,34 +145,17 @@ def run_port(
     else:
         xt = torch.as_tensor(np.asarray(x), dtype=dtype)
     t0 = time.perf_counter()
-    blobs = dump_blobs(net, xt, backward_from=parse_backward_from(backward_from))
+    blobs = dump_blobs(net, xt, backward_from=backward_from)
     secs = time.perf_counter() - t0
     blobs = {k: np.asarray(v) for k, v in blobs.items() if k.startswith(("data/", "diff/"))}
     return RunnerOutput(
-        name or ("port64" if dt == "float64" else "port32"),
+        name or (PORT64 if dt == "float64" else PORT32),
         blobs,
         dt,
         backward=backward_from is not None,
         seconds=secs,
         source="port.dump_blobs",
     )
-
-
-def load_golden(path: str | Path, *, name: str) -> tuple[RunnerOutput, dict[str, np.ndarray]]:
-    """Read a golden dump (.npz with ``data/``, ``diff/`` and ``input/`` keys).
-
-    Returns
-    -------
-    (RunnerOutput, dict)
-        The blobs, and the inputs stored with them (``input/<name>`` -> array, keyed by name).
-    """
-    path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
-    inputs = {k[len("input/") :]: v for k, v in arrays.items() if k.startswith("input/")}
-    has_diff = any(k.startswith("diff/") for k in blobs)
-    return RunnerOutput(name, blobs, "float32", has_diff, 0.0, str(path)), inputs
 
 
 def run_numpy(
@@ -162,7 +171,7 @@ def run_numpy(
     secs = time.perf_counter() - t0
     dt = np.dtype(dtype).name
     return RunnerOutput(
-        "numpy64" if dt == "float64" else "numpy32", blobs, dt, False, secs, "parity.numpy_ref"
+        NUMPY64 if dt == "float64" else NUMPY32, blobs, dt, False, secs, "parity.numpy_ref"
     )
 
 

@@ -10,8 +10,8 @@ For every blob (forward ``data/`` and backward ``diff/``) of the float32 port:
 
 1. **Against each Caffe build** (and against the other float32 implementations: numpy32, ONNX
    Runtime): ``err(port32, build) <= SPREAD_MULTIPLE * max(spread, FLOOR_REL32)`` where ``spread`` is
-   ``err(caffe-atlas, caffe-openblas)`` for that blob, measured on the same input, with max-pool
-   max-pool routing flips between the two builds corrected for (a flip would otherwise inflate the
+   ``err(caffe-atlas, caffe-openblas)`` for that blob, measured on the same input, with gate
+   flips (parity.gates) between the two builds corrected for (a flip would otherwise inflate the
    spread to ~3.5% of the range and hide everything).
 2. **Against float64 truth** (forward: the numpy64 reference; backward: the float64 port):
    ``err(port32, truth) <= TRUTH_MULTIPLE * max(caffe_own, FLOOR_REL32)`` where ``caffe_own`` is the
@@ -24,9 +24,14 @@ When no Caffe golden is available the spread and Caffe's own error cannot be mea
 the rules then use the largest value the spec's table reports (``FALLBACK_SPREAD_REL``,
 ``FALLBACK_CAFFE_TRUTH_REL``) and the result says so (``noise_source: "fallback"``).
 
-Max-pool routing flips are never handled by a tolerance: their exact effect is subtracted (or,
-without a float64 net, the elements they reach are left out and counted; :mod:`parity.routing`), and
-every element must meet the rules above.
+Gate flips (a ReLU input, a MAX window or an Eltwise MAX within noise of its kink, decided
+differently by the two sides; :mod:`parity.gates`) are never handled by a tolerance: their exact
+effect is subtracted (or, without a float64 net, the elements they reach are left out and counted;
+:mod:`parity.routing`), and every element must meet the rules above. Whether a flip is noise at all
+is decided by :func:`gate_band`: the margin by which the two sides disagree about the kink must be
+within the forward tolerance of the gated blob (rule 1) per value involved. Two implementations that
+both pass the forward check of a blob may sit on either side of a kink by that much; a flip with a
+larger margin is a real difference in forward values, is reported as such and is not corrected.
 
 Measurements behind the numbers (CaffeNet, seeded He-normal weights, one uniform random 227x227
 input, backward from fc8 unit 498; from ``shared/spec/caffe-semantics.md``)::
@@ -154,7 +159,7 @@ def spread_rule(spread: float | None, caffe_own: float | None = None) -> Rule:
     Parameters
     ----------
     spread : float or None
-        ``err(caffe-atlas, caffe-openblas)`` for the blob, routing flips corrected; None if unknown.
+        ``err(caffe-atlas, caffe-openblas)`` for the blob, gate flips corrected; None if unknown.
     caffe_own : float or None
         The builds' own error against float64 truth for the blob (the larger one); None if unknown.
         The noise is the larger of the two measurements (see the module notes: correlated builds).
@@ -193,6 +198,17 @@ def local_backward_rule(port_own: float | None) -> Rule:
     return Rule(
         "local-backward", LOCAL_BACKWARD_MULTIPLE, noise, LOCAL_BACKWARD_MULTIPLE * noise, src
     )
+
+
+def gate_band(spread: float | None, caffe_own: float | None = None) -> float:
+    """The relative band around a kink within which a gate flip counts as float noise.
+
+    It is the forward tolerance of rule 1 for the gated blob (:func:`spread_rule` with the blob's
+    measured noise): the largest relative difference two sides may have on that blob and both pass.
+    :mod:`parity.gates` multiplies it by the blob's range and by the number of values involved in a
+    decision (one for a ReLU input, two for a MAX choice between two elements).
+    """
+    return spread_rule(spread, caffe_own).allowed
 
 
 def policy_json() -> dict:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from .command import Tool, device_arg
 from .errors import CaffeError
 
 
@@ -15,20 +15,6 @@ def _dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
-def device_arg(name: str):
-    """argparse type for --device: a torch device that exists on this machine."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available here (no GPU or no driver); "
-                                         "use --device cpu")
-    return device
 
 
 def cmd_seed_weights(args: argparse.Namespace) -> None:
@@ -85,7 +71,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
-    from .dump import dump_blobs, parse_backward_from, save_npz
+    from .dump import BackwardSeed, dump_blobs, save_npz
     from .net import load_caffe
 
     try:
@@ -97,7 +83,7 @@ def cmd_dump(args: argparse.Namespace) -> None:
         raise CaffeError("an .npz archive; give one (N, C, H, W) array as .npy", path=args.input)
     if x.ndim != 4:
         raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=args.input)
-    backward = parse_backward_from(args.backward_from) if args.backward_from else None
+    backward = BackwardSeed.parse(args.backward_from) if args.backward_from else None
     net = load_caffe(args.prototxt, args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
     blobs = dump_blobs(net, x, backward_from=backward)
     save_npz(args.out, blobs)
@@ -105,42 +91,40 @@ def cmd_dump(args: argparse.Namespace) -> None:
           + (f", diffs from {args.backward_from}" if backward else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m port",
-        description="Convert Caffe models (deploy .prototxt + .caffemodel, current or legacy V1 "
-                    "format) to PyTorch and inspect them.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def build_tool() -> Tool:
+    """The ``python -m port`` command line (see :mod:`port.command` for the shared contract)."""
+    tool = Tool("port", "Convert Caffe models (deploy .prototxt + .caffemodel, current or legacy V1 "
+                        "format) to PyTorch and inspect them.")
 
-    p = sub.add_parser("seed-weights", help="write deterministic weights for a definition",
-                       description="Write seeded weights (He-normal weights, small biases, valid "
-                                   "BatchNorm statistics) in a caffemodel that Caffe 1.0 loads.")
+    p = tool.add_command("seed-weights", cmd_seed_weights,
+                         help="write deterministic weights for a definition",
+                         description="Write seeded weights (He-normal weights, small biases, valid "
+                                     "BatchNorm statistics) in a caffemodel that Caffe 1.0 loads.")
     p.add_argument("--prototxt", required=True, help="deploy definition")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--weight-seed", "--seed", dest="seed", type=int, default=0,
+                   help="seed of the weights (default 0; --seed is the older spelling)")
     p.add_argument("--out", required=True, help="caffemodel to write")
     p.add_argument("--format", choices=["v2", "v1"], default="v2",
                    help="v2: current 'layer' entries; v1: legacy 'layers' entries (default v2)")
-    p.set_defaults(func=cmd_seed_weights)
 
-    p = sub.add_parser("inspect", help="table of layers, blobs, shapes and parameter counts",
-                       description="Print each layer's name, type, bottoms, tops, top shapes and "
-                                   "parameter count.")
+    p = tool.add_command("inspect", cmd_inspect,
+                         help="table of layers, blobs, shapes and parameter counts",
+                         description="Print each layer's name, type, bottoms, tops, top shapes and "
+                                     "parameter count.")
     p.add_argument("--prototxt", required=True, help="deploy definition")
     p.add_argument("--caffemodel", help="weights to load and check against the definition")
-    p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("convert", help="convert to a single safetensors artefact",
-                       description="Convert definition + weights into one .safetensors file that "
-                                   "port.load() reads (weights plus the definition text).")
+    p = tool.add_command("convert", cmd_convert, help="convert to a single safetensors artefact",
+                         description="Convert definition + weights into one .safetensors file that "
+                                     "port.load() reads (weights plus the definition text).")
     p.add_argument("--prototxt", required=True, help="deploy definition")
     p.add_argument("--caffemodel", required=True, help="weights")
     p.add_argument("--out", required=True, help="artefact to write (.safetensors)")
-    p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("dump", help="every blob's data (and diff) as pycaffe holds them",
-                       description="Run the port on a preprocessed batch and write data/<blob> "
-                                   "(and diff/<blob>) arrays to an .npz, with pycaffe's meaning.")
+    p = tool.add_command("dump", cmd_dump,
+                         help="every blob's data (and diff) as pycaffe holds them",
+                         description="Run the port on a preprocessed batch and write data/<blob> "
+                                     "(and diff/<blob>) arrays to an .npz, with pycaffe's meaning.")
     p.add_argument("--prototxt", required=True, help="deploy definition")
     p.add_argument("--caffemodel", required=True, help="weights")
     p.add_argument("--input", required=True,
@@ -153,15 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the run (default float32, Caffe's)")
     p.add_argument("--device", type=device_arg, default="cpu",
                    help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)")
-    p.set_defaults(func=cmd_dump)
-    return parser
+    return tool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m port``."""
+    return build_tool().parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except CaffeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return build_tool().main(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,19 +14,43 @@ from .errors import CaffeError
 from .net import CaffeNet
 
 
-def parse_backward_from(spec: str) -> tuple[str, int]:
-    """Split ``BLOB:UNIT`` (the blob name may itself contain ':')."""
-    blob, sep, unit = spec.rpartition(":")
-    if not sep or not blob or not unit.lstrip("-").isdigit():
-        raise CaffeError(f"--backward-from expects BLOB:UNIT, got {spec!r}", field="backward-from")
-    return blob, int(unit)
+class BackwardSeed(NamedTuple):
+    """Where a backward pass starts: a one-hot at flat index ``unit`` of ``blob`` in every sample.
+
+    Written ``BLOB:UNIT`` on command lines and in reports (``str(seed)``); the blob name may itself
+    contain ':', the unit follows the last one. A plain ``(blob, unit)`` tuple is accepted wherever
+    a seed is.
+    """
+
+    blob: str
+    unit: int
+
+    @classmethod
+    def parse(cls, spec: str | tuple[str, int]) -> BackwardSeed:
+        """``"BLOB:UNIT"`` (or a ``(blob, unit)`` pair, or a BackwardSeed) -> BackwardSeed.
+
+        Raises
+        ------
+        CaffeError
+            ``spec`` is not ``BLOB:UNIT`` with an integer unit (field ``backward-from``).
+        """
+        if isinstance(spec, tuple):
+            return cls(*spec)
+        blob, sep, unit = str(spec).rpartition(":")
+        if not sep or not blob or not unit.lstrip("-").isdigit():
+            raise CaffeError(f"--backward-from expects BLOB:UNIT, got {spec!r}",
+                             field="backward-from")
+        return cls(blob, int(unit))
+
+    def __str__(self) -> str:
+        return f"{self.blob}:{self.unit}"
 
 
 def dump_blobs(
     net: CaffeNet,
     x: np.ndarray | torch.Tensor | Mapping[str, np.ndarray | torch.Tensor],
     *,
-    backward_from: tuple[str, int] | None = None,
+    backward_from: BackwardSeed | tuple[str, int] | str | None = None,
 ) -> dict[str, np.ndarray]:
     """Run forward (and optionally backward) and return every blob like pycaffe's ``net.blobs``.
 
@@ -35,7 +60,7 @@ def dump_blobs(
         Its dtype and device decide the precision and where it runs.
     x : array, tensor or mapping
         Preprocessed input batch (N, C, H, W), or input name -> batch.
-    backward_from : (blob, unit), optional
+    backward_from : BackwardSeed, (blob, unit) or "BLOB:UNIT", optional
         Seed a one-hot at flat index ``unit`` of ``blob`` in every sample and backpropagate through
         all layers up to the last one that writes ``blob``.
 
@@ -60,7 +85,7 @@ def dump_blobs(
         out = {f"data/{name}": t.detach().cpu().numpy() for name, t in final.items()}
         if backward_from is None:
             return out
-        blob, unit = backward_from
+        blob, unit = BackwardSeed.parse(backward_from)
         if blob not in final:
             raise CaffeError(f"no blob {blob!r} to start backward from", path=net.netdef.path,
                              field="backward-from")

@@ -482,9 +482,11 @@ class Eltwise(CaffeLayer):
             for x in xs[1:]:
                 y = y * x
         else:
-            # Caffe keeps the earliest bottom on ties; torch.maximum would split the gradient.
-            y = xs[0]
-            for x in xs[1:]:
+            # Caffe routes the gradient to one bottom (torch.maximum would split it on ties):
+            # bottoms 0 and 1 are compared with a strict '>' so a tie goes to bottom 1; a later
+            # bottom takes over only where it is strictly greater.
+            y = torch.where(xs[0] > xs[1], xs[0], xs[1])
+            for x in xs[2:]:
                 y = torch.where(x > y, x, y)
         return [y]
 

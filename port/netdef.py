@@ -10,7 +10,7 @@ layers. Only layers that Caffe would instantiate in the TEST phase are kept.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -58,10 +58,6 @@ class LayerDef:
     param: object
     line: int | None = None
 
-    @property
-    def in_place(self) -> bool:
-        return len(self.tops) == 1 and self.tops == self.bottoms[:1]
-
 
 @dataclass
 class NetDef:
@@ -74,7 +70,6 @@ class NetDef:
     path: str | None = None
     text: str = ""
     legacy_v1: bool = False
-    layer_lines: dict[str, int] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerDef:
         for layer in self.layers:
@@ -82,9 +77,18 @@ class NetDef:
                 return layer
         raise CaffeError("no such layer", path=self.path, layer=name)
 
-    def producers(self, blob: str) -> list[LayerDef]:
-        """Layers whose tops include ``blob``, in order (the producer, then in-place layers)."""
-        return [layer for layer in self.layers if blob in layer.tops]
+    def last_writer(self, blob: str) -> int | None:
+        """Index in ``layers`` of the last layer that writes ``blob``, or None (an input, or no
+        such blob).
+
+        That is the blob's producer or the last in-place layer on it: where its final value (pycaffe's
+        ``.data``) is made, and where a backward pass seeded on the blob starts (pycaffe's
+        ``net.backward(start=...)``).
+        """
+        for i in range(len(self.layers) - 1, -1, -1):
+            if blob in self.layers[i].tops:
+                return i
+        return None
 
     def to_proto(self):
         """The definition as a V2 ``NetParameter`` (inputs as ``input`` + ``input_shape``)."""
@@ -233,15 +237,8 @@ def upgrade_v1_layer(v1, *, path: str | Path | None = None):
     return layer
 
 
-def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") -> NetDef:
-    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin)."""
-    if net.layer and net.layers:
-        raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
-                         path=path, field="layers")
-    lines = _layer_block_lines(text) if text else []
-    legacy = bool(net.layers)
-    raw = [upgrade_v1_layer(v1, path=path) for v1 in net.layers] if legacy else list(net.layer)
-    phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
+def _net_level_inputs(net, path: str | Path | None) -> dict[str, tuple[int, ...]]:
+    """Inputs declared at net level (``input`` + ``input_dim`` or ``input_shape``), in order."""
     inputs: dict[str, tuple[int, ...]] = {}
     for name in net.input:
         inputs[name] = ()
@@ -262,7 +259,19 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
     elif net.input:
         raise CaffeError("inputs are declared without input_dim or input_shape", path=path,
                          field="input")
+    return inputs
 
+
+def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") -> NetDef:
+    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin)."""
+    if net.layer and net.layers:
+        raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
+                         path=path, field="layers")
+    lines = _layer_block_lines(text) if text else []
+    legacy = bool(net.layers)
+    raw = [upgrade_v1_layer(v1, path=path) for v1 in net.layers] if legacy else list(net.layer)
+    phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
+    inputs = _net_level_inputs(net, path)
     layers: list[LayerDef] = []
     names: set[str] = set()
     for i, param in enumerate(raw):
@@ -301,7 +310,6 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
     return NetDef(
         name=net.name, inputs=inputs, layers=layers, force_backward=net.force_backward,
         path=str(path) if path is not None else None, text=text, legacy_v1=legacy,
-        layer_lines={layer.name: layer.line for layer in layers if layer.line is not None},
     )
 
 

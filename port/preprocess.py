@@ -137,14 +137,3 @@ class Transformer:
             x = x[np.argsort(self.channel_swap), :, :]
         return x.transpose(1, 2, 0)
 
-
-def oversample_center(images: list[np.ndarray], image_dims: tuple[int, int],
-                      crop_dims: tuple[int, int]) -> np.ndarray:
-    """``caffe.Classifier`` without oversampling: resize each to ``image_dims``, centre crop."""
-    out = []
-    for img in images:
-        r = resize_image(img, image_dims)
-        top = int(round((image_dims[0] - crop_dims[0]) / 2.0))
-        left = int(round((image_dims[1] - crop_dims[1]) / 2.0))
-        out.append(r[top : top + crop_dims[0], left : left + crop_dims[1]])
-    return np.stack(out)

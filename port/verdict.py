@@ -28,15 +28,26 @@ from pathlib import Path
 
 from .artefact import sha256_file
 from .atomic import write_text_atomic
+from .errors import ToolError
+from .paths import cache_root
 
-__all__ = ["FORMAT", "ParityError", "check_parity", "verdict_path", "write_verdict"]
+__all__ = [
+    "FORMAT", "ParityError", "ParityGateError", "check_parity", "verdict_path", "write_verdict",
+]
 
 FORMAT = "caffe-mfv-parity-verdict/1"
-_REPO = Path(__file__).resolve().parent.parent
 
 
-class ParityError(RuntimeError):
-    """The model has no passing parity verdict for these exact files."""
+class ParityGateError(ToolError, RuntimeError):
+    """The model has no passing parity verdict for these exact files: the gate refuses it.
+
+    A :class:`~port.errors.ToolError` (the user must run parity or pass ``--no-parity-check``); still a
+    RuntimeError for callers that caught it as one.
+    """
+
+
+#: The older name (``mfv.ParityError``), kept for callers; not parity's setup error.
+ParityError = ParityGateError
 
 
 def verdict_path(prototxt: str | Path, caffemodel: str | Path | None, *,
@@ -44,7 +55,7 @@ def verdict_path(prototxt: str | Path, caffemodel: str | Path | None, *,
     """Where the verdict for these weights lives (see the module docstring)."""
     if caffemodel is not None:
         return Path(str(caffemodel) + ".parity.json")
-    return _REPO / "cache" / "parity" / f"{Path(prototxt).stem}.seed{int(seed or 0)}.parity.json"
+    return cache_root() / "parity" / f"{Path(prototxt).stem}.seed{int(seed or 0)}.parity.json"
 
 
 def write_verdict(*, passed: bool, prototxt: str | Path, caffemodel: str | Path | None,
@@ -110,7 +121,7 @@ def check_parity(prototxt: str | Path, caffemodel: str | Path | None, *, seed: i
 
     Raises
     ------
-    ParityError
+    ParityGateError
         When ``required`` and the status is anything but "pass".
     """
     path = Path(verdict_file) if verdict_file is not None else verdict_path(prototxt, caffemodel,
@@ -130,7 +141,7 @@ def check_parity(prototxt: str | Path, caffemodel: str | Path | None, *, seed: i
         info["status_if_checked"] = info["status"]
         info["status"] = "skipped"
     elif info["status"] != "pass":
-        raise ParityError(info["message"]
+        raise ParityGateError(info["message"]
                           + " (pass --no-parity-check to run anyway; outputs will say so)")
     return info
 

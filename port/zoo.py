@@ -7,21 +7,15 @@ the exception: its legacy V1 definition is written by this project and ships in 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CaffeError
+from .paths import shared_root
+
+__all__ = ["MODELS", "ZooModel", "shared_root", "zoo_model"]
 
 _PACKAGE_MODELS = Path(__file__).resolve().parent / "models"
-
-
-def shared_root() -> Path:
-    """Folder holding ``reference/`` and ``spec/`` (``$CAFFE_MFV_SHARED`` or ``../shared``)."""
-    env = os.environ.get("CAFFE_MFV_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared"
 
 
 @dataclass(frozen=True)

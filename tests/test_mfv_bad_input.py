@@ -76,7 +76,6 @@ def test_visualize_page_escapes_every_text(tmp_path):
     (["--layer", "conv1", "--unit", "-1"], "unit -1"),
     (["--layer", "conv1", "--unit", "1", "--x", "6"], "--x 6"),
     (["--layer", "conv1", "--unit", "1", "--y", "-1"], "--y -1"),
-    (["--layer", "nope", "--unit", "1"], "no layer 'nope'"),
 ])
 def test_targets_checked_before_anything_is_created(tiny_prototxt, tmp_path, capsys, args, word):
     out = tmp_path / "out"
@@ -84,6 +83,16 @@ def test_targets_checked_before_anything_is_created(tiny_prototxt, tmp_path, cap
                  "--out", str(out), *args])
     err = capsys.readouterr().err
     assert code == 2 and word in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unknown_layer_is_a_usage_error_before_anything_is_created(tiny_prototxt, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["visualize", *BASE, "--prototxt", str(tiny_prototxt), "--init", "noise", "--out", str(out),
+              "--layer", "nope", "--unit", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no layer 'nope'" in err and "Traceback" not in err
     assert not out.exists()
 
 

@@ -18,7 +18,7 @@ from parity import run as prun  # noqa: E402
 def test_bench_caffenet_full_parity(benchmark):
     try:
         setup = prun.resolve(model="caffenet")
-    except prun.ParityError as exc:
+    except prun.ParitySetupError as exc:
         pytest.skip(str(exc))
 
     def once():

@@ -12,7 +12,7 @@ import pytest
 port = pytest.importorskip("port")
 goldens = pytest.importorskip("legacy_caffe.goldens")
 
-from parity import core, routing  # noqa: E402
+from parity import core, gates, routing, tolerance  # noqa: E402
 from parity import run as prun  # noqa: E402
 from parity.compare import metrics  # noqa: E402
 
@@ -31,12 +31,13 @@ def _caffenet_goldens():
 def test_real_builds_flip_a_pool1_window_and_excusal_restores_the_spread():
     a, b = _caffenet_goldens()
     nd = port.load_prototxt(port.zoo.zoo_model("caffenet").prototxt)
-    flips = routing.find_flips(nd, a, b)
-    assert [f.layer for f in flips] == ["pool1"]
+    band = gates.Band(lambda blob: tolerance.gate_band(None))
+    flips = gates.find_gate_flips(nd, a, b, band)
+    assert [(f.layer, f.in_band) for f in flips] == [("pool1", True)]
     shapes = {k[5:]: v.shape for k, v in a.items() if k.startswith("data/")}
-    region = routing.excused_region(nd, flips, shapes)
+    region = routing.flip_reach(nd, flips, shapes)
     assert set(region) == {"conv1", "data"}
-    assert region["conv1"].sum() == 2 * len(flips[0].windows)
+    assert region["conv1"].sum() == 2 * flips[0].count
     for key in ("diff/conv1", "diff/data"):
         blob = key[5:]
         raw = metrics(a[key], b[key]).max_rel
@@ -166,3 +167,13 @@ def test_caffenet_post_relu_gradients_fail_at_the_in_place_blobs():
     assert failed and failed <= in_place
     # Backward order: fc7 (relu7 + drop7 in place) is the first blob the wrong meaning shows in.
     assert core.ordered_keys(setup.netdef, failed)[0] == "diff/fc7"
+
+
+@pytest.mark.slow
+def test_parity_all_prints_one_summary_line_per_model(capsys):
+    from parity.__main__ import main
+
+    _caffenet_goldens()
+    assert main(["all", "--model", "caffenet", "--no-local", "--no-verdict"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("caffenet")]
+    assert line.startswith("caffenet: PASS") and "gate flips (all pairs)" in line

@@ -290,3 +290,70 @@ def test_cli_run_writes_json_and_html_and_exit_codes(tmp_path, capsys):
     assert info["status"] == "pass" and Path(info["report"]) == js.resolve()
     # A Caffe reference without a golden file cannot be judged: exit 2, not a pass.
     assert main(["run", "--prototxt", str(proto), "--references", "caffe-atlas"]) == 2
+
+
+# -- user goldens carry their input ---------------------------------------------------------------
+
+
+def _dump_goldens(tmp_path, *, drop_input: bool = False):
+    """Two 'builds' as `python -m port dump` writes them: data/<blob> and diff/<blob> only, the
+    input under data/data (pycaffe's naming)."""
+    nd = _netdef()
+    w = _weights(nd)
+    x = _x()
+    files = {}
+    for blas, out in _stand_in_goldens(nd, w, x).items():
+        arrays = dict(out.blobs)
+        if drop_input:
+            arrays.pop("data/data")
+        files[blas.split("-", 1)[1]] = tmp_path / f"{blas}.npz"
+        np.savez(files[blas.split("-", 1)[1]], **arrays)
+    caffemodel = tmp_path / "tiny.caffemodel"
+    port.write_caffemodel(caffemodel, nd, w)
+    return files, caffemodel, x
+
+
+def test_goldens_without_input_keys_are_run_on_their_own_data_blob(tmp_path):
+    files, caffemodel, x = _dump_goldens(tmp_path)
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    setup = prun.resolve(
+        prototxt=proto, caffemodel=caffemodel, golden_files=files, backward_from=BACKWARD
+    )
+    np.testing.assert_array_equal(setup.x, x)
+    assert not setup.input_source.startswith("SYNTHETIC")
+    result, _ = prun.run_parity(setup, references=REFS)
+    assert result, result.diagnosis
+
+
+def test_a_golden_without_any_input_stops_with_a_clear_error(tmp_path, capsys):
+    files, caffemodel, _ = _dump_goldens(tmp_path, drop_input=True)
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    args = ["run", "--prototxt", str(proto), "--caffemodel", str(caffemodel), "--no-verdict"]
+    for blas, f in files.items():
+        args += ["--golden", f"{blas}={f}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds no input for net input 'data'" in err and str(files["atlas"]) in err
+
+
+def test_goldens_from_different_inputs_are_refused(tmp_path):
+    files, caffemodel, _ = _dump_goldens(tmp_path)
+    with np.load(files["openblas"]) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["data/data"] = arrays["data/data"] + 1
+    np.savez(files["openblas"], **arrays)
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    with pytest.raises(prun.ParitySetupError, match="input differs"):
+        prun.resolve(prototxt=proto, caffemodel=caffemodel, golden_files=files)
+
+
+def test_without_goldens_the_first_line_says_the_input_is_synthetic(tmp_path, capsys):
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    rc = main(["run", "--prototxt", str(proto), "--references", "numpy64,numpy32", "--no-verdict",
+               "--backward-from", BACKWARD])  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert rc == 0 and "INPUT SYNTHETIC" in first and "no golden given" in first

@@ -1,4 +1,4 @@
-"""Max-pool routing flips: detection, the excused region, and that nothing else is excused."""
+"""Max-pool routing flips: detection, their reach, correction, and that nothing else is excused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 port = pytest.importorskip("port")
 
-from parity import core, routing  # noqa: E402
+from parity import core, gates, routing, tolerance  # noqa: E402
 from parity.runners import RunnerOutput, run_port  # noqa: E402
 
 NET = """
@@ -47,24 +47,33 @@ def _input(swap: bool) -> np.ndarray:
     return x
 
 
+# The fallback noise (no Caffe golden): the band a flip must fall in to count as noise.
+BAND = gates.Band(lambda blob: tolerance.gate_band(None))
+
+
+def _flips(nd, a, b):
+    # The pool reads conv1 and the ReLU writes it: give both sides the same blobs for each.
+    return gates.find_gate_flips(nd, {"data/pool1": 0, **a}, {"data/pool1": 0, **b}, BAND)
+
+
 def test_find_flips_detects_exactly_the_near_tie_window():
     nd, _, _ = _net()
     a = {"data/conv1": _input(False)}
     b = {"data/conv1": _input(True)}
-    flips = routing.find_flips(nd, a, b)
+    flips = _flips(nd, a, b)
     assert len(flips) == 1
     f = flips[0]
-    assert f.layer == "pool1" and f.bottom == "conv1"
-    assert f.windows.tolist() == [[0, 0, 2, 2]]
-    assert (f.pos_a[0], f.pos_b[0]) == (4 * 8 + 5, 4 * 8 + 4)
-    assert routing.find_flips(nd, a, a) == []
+    assert (f.layer, f.type, f.kind, f.count, f.in_band) == ("pool1", "Pooling", "route", 1, True)
+    assert f.examples[0]["index"] == [0, 0, 2, 2]
+    assert sorted(f.marks["conv1"].tolist()) == [4 * 8 + 4, 4 * 8 + 5]
+    assert _flips(nd, a, a) == []
 
 
 def test_excused_region_is_the_two_positions_then_their_receptive_field():
     nd, _, _ = _net()
-    flips = routing.find_flips(nd, {"data/conv1": _input(False)}, {"data/conv1": _input(True)})
+    flips = _flips(nd, {"data/conv1": _input(False)}, {"data/conv1": _input(True)})
     shapes = {"data": (1, 1, 8, 8), "conv1": (1, 1, 8, 8), "pool1": (1, 1, 4, 4), "fc": (1, 3)}
-    region = routing.excused_region(nd, flips, shapes)
+    region = routing.flip_reach(nd, flips, shapes)
     assert set(region) == {"conv1", "data"}  # nothing downstream of the pool is excused
     assert np.argwhere(region["conv1"][0, 0]).tolist() == [[4, 4], [4, 5]]
     want = np.zeros((8, 8), bool)
@@ -84,8 +93,10 @@ def test_excused_region_through_strided_grouped_conv_and_lrn():
         """
     )
     shapes = {"data": (1, 4, 19, 19), "c": (1, 4, 8, 8), "n": (1, 4, 8, 8), "p": (1, 4, 4, 4)}
-    flip = routing.Flip("p", "n", np.array([[0, 0, 0, 0]]), np.array([0]), np.array([1]))
-    region = routing.excused_region(nd, [flip], shapes)
+    flip = gates.GateFlip(
+        "p", "Pooling", "route", 1, {"n": np.array([0, 1])}, 1.0, True, 0.0
+    )  # window (0, 0, 0, 0) of p: positions (0, 0) and (0, 1) of n's channel 0
+    region = routing.flip_reach(nd, [flip], shapes)
     # LRN across 3 channels: channel 0 of n touches channels 0 and 1 of c.
     assert region["c"][0, :, 0, :2].tolist() == [
         [True, True],

@@ -76,10 +76,10 @@ def atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prototxt", required=True)
-    ap.add_argument("--caffemodel", required=True)
+    ap.add_argument("--prototxt", required=True, help="deploy definition")
+    ap.add_argument("--caffemodel", required=True, help="weights")
     ap.add_argument("--input", required=True, help="(N, C, H, W) float32 .npy")
     ap.add_argument("--input-name", default=None, help="net input to feed (default: the first)")
     ap.add_argument(
@@ -88,11 +88,77 @@ def main(argv=None):
         help="blob the one-hot is seeded on (e.g. fc8), or 'auto': the top of the last "
         "InnerProduct/Convolution/Pooling layer",
     )
-    ap.add_argument("--unit", type=int, default=945)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--unit", type=int, default=945, help="flat index of the one-hot per sample")
+    ap.add_argument("--out", required=True, help=".npz to write")
     ap.add_argument("--meta", default=None, help="JSON with environment and checks")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def seed_blob(net, blob):
+    """The blob to seed: ``blob``, or for 'auto' the last classifier-like output (fc8,
+    loss3/classifier, SqueezeNet's pool10)."""
+    if blob == "auto":
+        scorers = [
+            ln
+            for ln, layer in zip(net._layer_names, net.layers)
+            if layer.type in ("InnerProduct", "Convolution", "Pooling")
+        ]
+        if not scorers:
+            sys.exit("dump_blobs: --blob auto found no InnerProduct/Convolution/Pooling layer")
+        blob = net.top_names[scorers[-1]][0]
+    if blob not in net.blobs:
+        sys.exit(f"dump_blobs: net has no blob {blob!r}")
+    return blob
+
+
+def backward_from(net, blob, unit):
+    """One-hot at flat index ``unit`` of every sample of ``blob``, then backward from the last
+    layer that writes it. Returns (start layer, its index, seconds)."""
+    writers = [ln for ln in net._layer_names if blob in net.top_names[ln]]
+    start = writers[-1]
+    start_idx = list(net._layer_names).index(start)
+    target = net.blobs[blob]
+    per_sample = int(np.prod(target.data.shape[1:]))
+    if not 0 <= unit < per_sample:
+        sys.exit(f"dump_blobs: unit {unit} outside {blob}'s {per_sample} values per sample")
+    onehot = np.zeros(target.diff.shape, dtype=np.float32)
+    onehot.reshape(onehot.shape[0], -1)[:, unit] = 1.0
+    target.diff[...] = onehot
+    t0 = time.time()
+    net.backward(start=start)
+    return start, start_idx, time.time() - t0
+
+
+def downstream_blobs(net, start_idx):
+    """Blobs produced only after the start layer: they never see a gradient."""
+    downstream = set()
+    for ln in list(net._layer_names)[start_idx + 1 :]:
+        downstream.update(net.top_names[ln])
+    for ln in list(net._layer_names)[: start_idx + 1]:
+        downstream.difference_update(net.top_names[ln])
+    return downstream
+
+
+def meta_record(net, names, splits, in_name, backward, checks, timings):
+    """What the host's manifest records of one dump: environment, blobs, backward, checks, times."""
+    return {
+        "environment": caffe_env.environment(),
+        "blobs": names,
+        "shapes": {b: list(net.blobs[b].data.shape) for b in names},
+        "layers": [[ln, net.layers[i].type] for i, ln in enumerate(net._layer_names)],
+        "input_name": in_name,
+        "backward_blob": backward["blob"],
+        "backward_unit": backward["unit"],
+        "backward_start_layer": backward["start"],
+        "force_backward_added": backward["forced"],
+        "auto_split_blobs_excluded": sorted(splits),
+        "checks": checks,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe
 
@@ -110,18 +176,7 @@ def main(argv=None):
     in_name = args.input_name or net.inputs[0]
     if in_name not in net.blobs:
         sys.exit(f"dump_blobs: net has no input {in_name!r} (inputs: {list(net.inputs)})")
-    if args.blob == "auto":
-        # The last classifier-like output: fc8, loss3/classifier, SqueezeNet's pool10.
-        scorers = [
-            ln
-            for ln, layer in zip(net._layer_names, net.layers)
-            if layer.type in ("InnerProduct", "Convolution", "Pooling")
-        ]
-        if not scorers:
-            sys.exit("dump_blobs: --blob auto found no InnerProduct/Convolution/Pooling layer")
-        args.blob = net.top_names[scorers[-1]][0]
-    if args.blob not in net.blobs:
-        sys.exit(f"dump_blobs: net has no blob {args.blob!r}")
+    blob = seed_blob(net, args.blob)
     net.blobs[in_name].reshape(*x.shape)
     net.reshape()
     net.blobs[in_name].data[...] = x
@@ -133,30 +188,9 @@ def main(argv=None):
     splits = auto_split_blobs(net)
     names = [b for b in net.blobs if b not in splits]
     nonzero_before = [b for b in names if np.any(net.blobs[b].diff)]
-
-    writers = [ln for ln in net._layer_names if args.blob in net.top_names[ln]]
-    start = writers[-1]
-    start_idx = list(net._layer_names).index(start)
-    target = net.blobs[args.blob]
-    per_sample = int(np.prod(target.data.shape[1:]))
-    if not 0 <= args.unit < per_sample:
-        sys.exit(
-            f"dump_blobs: unit {args.unit} outside {args.blob}'s {per_sample} values per sample"
-        )
-    onehot = np.zeros(target.diff.shape, dtype=np.float32)
-    onehot.reshape(onehot.shape[0], -1)[:, args.unit] = 1.0
-    target.diff[...] = onehot
-
-    t0 = time.time()
-    net.backward(start=start)
-    backward_s = time.time() - t0
-
-    # Blobs produced only after the start layer never see a gradient: their diff must still be 0.
-    downstream = set()
-    for ln in list(net._layer_names)[start_idx + 1 :]:
-        downstream.update(net.top_names[ln])
-    for ln in list(net._layer_names)[: start_idx + 1]:
-        downstream.difference_update(net.top_names[ln])
+    start, start_idx, backward_s = backward_from(net, blob, args.unit)
+    downstream = downstream_blobs(net, start_idx)
+    # Blobs downstream of the start layer must still have a zero diff.
     downstream_nonzero = [b for b in names if b in downstream and np.any(net.blobs[b].diff)]
 
     arrays = {}
@@ -167,30 +201,16 @@ def main(argv=None):
     atomic_savez(args.out, arrays)
 
     if args.meta:
-        meta = {
-            "environment": caffe_env.environment(),
-            "blobs": names,
-            "shapes": {b: list(net.blobs[b].data.shape) for b in names},
-            "layers": [[ln, net.layers[i].type] for i, ln in enumerate(net._layer_names)],
-            "input_name": in_name,
-            "backward_blob": args.blob,
-            "backward_unit": args.unit,
-            "backward_start_layer": start,
-            "force_backward_added": forced,
-            "auto_split_blobs_excluded": sorted(splits),
-            "checks": {
-                "diffs_zero_before_backward": not nonzero_before,
-                "downstream_blobs": sorted(b for b in names if b in downstream),
-                "downstream_diffs_zero": not downstream_nonzero,
-                "downstream_nonzero": downstream_nonzero,
-            },
-            "timings_s": {
-                "load": round(load_s, 3),
-                "forward": round(forward_s, 3),
-                "backward": round(backward_s, 3),
-            },
+        checks = {
+            "diffs_zero_before_backward": not nonzero_before,
+            "downstream_blobs": sorted(b for b in names if b in downstream),
+            "downstream_diffs_zero": not downstream_nonzero,
+            "downstream_nonzero": downstream_nonzero,
         }
-        atomic_write_json(args.meta, meta)
+        timings = {"load": load_s, "forward": forward_s, "backward": backward_s}
+        backward = {"blob": blob, "unit": args.unit, "start": start, "forced": forced}
+        atomic_write_json(args.meta, meta_record(net, names, splits, in_name, backward, checks,
+                                                 timings))
     if nonzero_before or downstream_nonzero:
         sys.exit(
             f"dump_blobs: diff check failed: nonzero before backward {nonzero_before}, "

@@ -1,0 +1,188 @@
+"""The command-line skeleton every tool of the project shares (``python -m port|parity|mfv|legacy_caffe``).
+
+One contract for all four tools:
+
+- **Dispatch**: a :class:`Tool` holds a registry of subcommands, name -> function of the parsed
+  arguments; :meth:`Tool.add_command` registers one and returns its parser for the options.
+- **Exit status** (:class:`Exit`): 0 done; 1 a check ran and failed (a verdict, a comparison);
+  2 bad input or setup (argparse's usage errors included); 3 the work ran but some items did not
+  finish (a rerun resumes them); 130 interrupted. A command returns its status (``None`` is 0).
+- **Errors**: a command raises a :class:`~port.errors.ToolError` for bad input or setup; the skeleton
+  prints ``tool: error: <message>`` on stderr (one line per line of the message, no traceback; with
+  ``<TOOL>_DEBUG=1`` in the environment the traceback is shown instead) and exits 2.
+  :class:`~port.errors.UsageError` prints the subcommand's usage first, as argparse does for its own
+  errors, whose line carries the same ``tool: error:`` prefix.
+- **Lists**: a list of names is one comma-separated value (``--blas atlas,openblas``, parsed by
+  :func:`comma_list`); a list of files repeats the option (``--input a.jpg --input b.jpg``), since
+  a path may hold a comma.
+- **Option names** mean one thing everywhere: ``--weight-seed`` the seed of seeded weights, ``--seed``
+  the run's own random stream, ``--out`` the file or folder written, ``--device`` a torch device,
+  ``--prototxt``/``--caffemodel`` the Caffe files, ``--model`` a built-in model name.
+
+Example
+-------
+>>> tool = Tool("demo", "A demonstration.")
+>>> p = tool.add_command("hello", lambda args: print("hello", args.name), help="say hello")
+>>> _ = p.add_argument("--name", default="world", help="whom to greet (default world)")
+>>> tool.main(["hello"])
+hello world
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .errors import ToolError, UsageError
+
+__all__ = ["Exit", "Tool", "ToolParser", "comma_list", "device_arg", "error_line"]
+
+
+class Exit(enum.IntEnum):
+    """Exit statuses of every command line of the project."""
+
+    OK = 0
+    CHECK_FAILED = 1
+    BAD_INPUT = 2
+    INCOMPLETE = 3
+    INTERRUPTED = 130
+
+
+def error_line(tool: str, message: object) -> str:
+    """``tool: error: message``, the first line of every error report; continuation lines indented."""
+    first, *rest = str(message).splitlines() or [""]
+    return "\n".join([f"{tool}: error: {first}", *(f"  {line}" for line in rest)])
+
+
+class ToolParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors read ``tool: error: ...`` (after the usage) and exit 2."""
+
+    def __init__(self, *args: Any, tool: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tool = tool
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(Exit.BAD_INPUT, error_line(self.tool, message) + "\n")
+
+
+Command = Callable[[argparse.Namespace], "int | None"]
+
+
+class Tool:
+    """A command line made of subcommands, with the project's errors and exit statuses.
+
+    Parameters
+    ----------
+    name : str
+        The tool's name, the prefix of its error lines (``mfv``); its program is ``python -m name``.
+    description : str
+        The top-level ``--help`` text.
+    bad_input : tuple of exception types
+        Exceptions besides :class:`~port.errors.ToolError` that this tool reports as bad input
+        (exit 2, one line). Keep it to types that only bad input raises here.
+    interrupted : str
+        What ``tool: interrupted`` adds after Ctrl-C, e.g. what is kept and how to resume.
+    **parser_kwargs
+        Passed to the top-level :class:`ToolParser` (``epilog``, ``formatter_class``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        *,
+        bad_input: tuple[type[BaseException], ...] = (),
+        interrupted: str = "",
+        **parser_kwargs: Any,
+    ) -> None:
+        self.name = name
+        self.bad_input = (ToolError, *bad_input)
+        self.interrupted = interrupted
+        self.parser = ToolParser(prog=f"python -m {name}", description=description, tool=name,
+                                 **parser_kwargs)
+        self._subparsers = self.parser.add_subparsers(dest="command", metavar="COMMAND",
+                                                      required=True)
+        self.commands: dict[str, Command] = {}
+        self.parsers: dict[str, ToolParser] = {}
+
+    def add_command(self, name: str, run: Command, *, help: str, description: str | None = None,
+                    **parser_kwargs: Any) -> ToolParser:
+        """Register subcommand ``name``, run by ``run(args)``; returns its parser for the options.
+
+        ``description`` (default: ``help``) is the subcommand's own ``--help`` text.
+        """
+        if name in self.commands:
+            raise ValueError(f"{self.name}: subcommand {name!r} registered twice")
+        parser = self._subparsers.add_parser(name, help=help, description=description or help,
+                                             tool=self.name, **parser_kwargs)
+        self.commands[name] = run
+        self.parsers[name] = parser
+        return parser
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """Parse ``argv``, run the subcommand, and return its exit status (see :class:`Exit`).
+
+        Usage errors raise ``SystemExit(2)`` as argparse does; everything else returns a status.
+        """
+        args = None
+        try:  # an option's type may raise a ToolError too: parsing is inside
+            args = self.parser.parse_args(argv)
+            status = self.commands[args.command](args)
+        except UsageError as exc:
+            (self.parsers[args.command] if args else self.parser).error(str(exc))
+        except self.bad_input as exc:
+            if os.environ.get(f"{self.name.upper()}_DEBUG"):
+                raise
+            print(error_line(self.name, exc), file=sys.stderr)
+            return int(Exit.BAD_INPUT)
+        except KeyboardInterrupt:
+            print(f"{self.name}: interrupted" + (f"; {self.interrupted}" if self.interrupted else ""),
+                  file=sys.stderr)
+            return int(Exit.INTERRUPTED)
+        return int(Exit.OK if status is None else status)
+
+
+def comma_list(choices: Sequence[str] | None = None, *, item: Callable[[str], Any] = str
+               ) -> Callable[[str], list]:
+    """An argparse ``type`` for a comma-separated list: ``"a, b,c"`` -> ``["a", "b", "c"]``.
+
+    Empty items are dropped. ``item`` converts each (``int`` for ``--facets 0,1,2``); with
+    ``choices`` every item must be one of them. Errors name the offending item.
+    """
+
+    def parse(text: str) -> list:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError("empty list")
+        if choices is not None:
+            bad = [n for n in names if n not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice {bad[0]!r} (choose from {', '.join(choices)})")
+        try:
+            return [item(n) for n in names]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "list"  # argparse names the type in "invalid list value"
+    return parse
+
+
+def device_arg(name: str):
+    """An argparse ``type`` for ``--device``: a torch device that exists on this machine."""
+    import torch  # here, not at the top: a tool's --help must not wait for torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available here (no GPU or no driver); "
+                                         "use --device cpu")
+    return device
