@@ -3,7 +3,8 @@
 Caffe checks geometry in each layer's ``Reshape`` and in ``Net::Init`` and stops with a ``CHECK``
 failure; the port checks the same things up front and raises :class:`~port.errors.CaffeError`
 naming the file, the line, the layer and the field. The pass is generic: it builds each layer on
-PyTorch's ``meta`` device (shapes only, no memory), asks it for its ``top_shapes()`` and checks them.
+PyTorch's ``meta`` device (shapes only, no memory; a constructor that needs real tensors is built on
+the CPU instead), asks it for its ``top_shapes()`` and checks them.
 Rules specific to one layer type live in :data:`TYPE_RULES`.
 
 Checks, with Caffe's message where it has one:
@@ -126,15 +127,28 @@ def _memory_bytes() -> int | None:
 
 
 def _build(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
-    """Build one layer; a constructor that fails on a definition it did not foresee still ends in a
-    CaffeError naming the layer, not a traceback."""
+    """Build one layer on the ``meta`` device; a constructor that fails on a definition it did not
+    foresee still ends in a CaffeError naming the layer, not a traceback."""
+    try:
+        with torch.device("meta"):
+            return build_layer(layer, bottom_shapes)
+    except CaffeError:
+        raise
+    except RuntimeError:
+        pass  # a constructor that computes with tensor values cannot run on meta: build it for real
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
+        raise _unforeseen(layer, bottom_shapes, exc) from None
     try:
         return build_layer(layer, bottom_shapes)
     except CaffeError:
         raise
     except (ValueError, TypeError, IndexError, KeyError, ArithmeticError, RuntimeError) as exc:
-        raise CaffeError(f"cannot build this {layer.type} layer on bottoms of shape "
-                         f"{[_fmt(s) for s in bottom_shapes]}: {type(exc).__name__}: {exc}") from None
+        raise _unforeseen(layer, bottom_shapes, exc) from None
+
+
+def _unforeseen(layer: LayerDef, bottom_shapes: list[Shape], exc: Exception) -> CaffeError:
+    return CaffeError(f"cannot build this {layer.type} layer on bottoms of shape "
+                      f"{[_fmt(s) for s in bottom_shapes]}: {type(exc).__name__}: {exc}")
 
 
 def _layer_error(netdef: NetDef, layer: LayerDef, exc: CaffeError) -> CaffeError:
@@ -186,8 +200,7 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
                                  line=layer.line)
         try:
             _check_arity(layer)
-            with torch.device("meta"):
-                module = _build(layer, [shapes[b] for b in layer.bottoms])
+            module = _build(layer, [shapes[b] for b in layer.bottoms])
             rule = TYPE_RULES.get(layer.type)
             if rule is not None:
                 rule(layer, module)

@@ -315,3 +315,28 @@ def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGTERM
     time.sleep(0.1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_validation_builds_layers_that_need_real_tensors(monkeypatch):
+    """A layer whose constructor computes with tensor values cannot be built on the meta device;
+    the pass builds it for real instead of refusing a valid net."""
+    import torch
+
+    from port import layers
+
+    class Doubling(layers.CaffeLayer):
+        caffe_type = "Doubling"
+
+        def __init__(self, layer, bottom_shapes):
+            super().__init__(layer, bottom_shapes)
+            self.factor = float(torch.tensor([1.0, 1.0]).sum().item())  # fails on meta
+
+        def top_shapes(self):
+            return [self.bottom_shapes[0]]
+
+        def forward(self, x):
+            return [x * self.factor]
+
+    monkeypatch.setitem(layers.LAYER_TYPES, "Doubling", Doubling)
+    net = port.CaffeNet(_net('layer { name: "d" type: "Doubling" bottom: "data" top: "d" }\n'))
+    assert net.module("d").factor == 2.0
