@@ -118,6 +118,7 @@ def _run_key(model: Model, objective: Objective, schedule: Schedule, seed: int, 
 #: Default seconds of work between two checkpoints: a kill loses at most about this much.
 CHECKPOINT_SECONDS = 5.0
 _CKPT, _PREV = "checkpoint.npz", "checkpoint.prev.npz"
+_START = (0, 0)  # (octaves done, steps done in the next octave): no checkpoint is ever saved there
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -185,14 +186,16 @@ def _apply_checkpoint(states: list[FacetState], meta: dict, arrays: dict[str, np
 def _resume(runs: list[_Run]) -> None:
     """Put every job of the batch back at the latest point that all of their checkpoints share.
 
-    A missing or damaged state is never taken for a fresh start in silence: when checkpoints exist
-    but give no common point, this raises :class:`MfvError`.
+    A damaged state is never taken for a fresh start in silence: when the only point left in common
+    is the start and some checkpoint could not be read, this raises :class:`MfvError`.
     """
-    found: list[dict[tuple[int, int], tuple[dict, dict, Path]]] = []
+    found: list[dict[tuple[int, int], tuple[dict, dict, Path] | None]] = []
     problems: list[str] = []
     any_state = False
     for r in runs:
-        options = {}
+        # The start is always a point to resume from: when the batch's first save was cut short,
+        # some jobs hold a checkpoint and others none, and the start is what they share.
+        options: dict[tuple[int, int], tuple[dict, dict, Path] | None] = {_START: None}
         folder = r.out / "state"
         legacy = sorted(folder.glob("facet_*.npz"))
         for path in (folder / _CKPT, folder / _PREV):
@@ -212,13 +215,15 @@ def _resume(runs: list[_Run]) -> None:
         found.append(options)
     if not any_state:
         return
-    common = set.intersection(*(set(f) for f in found))
-    if not common:
+    position = max(set.intersection(*(set(f) for f in found)))
+    if position == _START and (problems or all(len(f) > 1 for f in found)):
+        # Never a silent start from step 0 over a damaged state.
         raise MfvError("the saved state gives no point that every facet can resume from ("
                        + ("; ".join(problems) or "checkpoints of different steps")
                        + "); rerun with --restart to start over")
-    position = max(common)
     for r, options in zip(runs, found, strict=True):
+        if options[position] is None:
+            continue  # the start: the states as prepared
         meta, arrays, path = options[position]
         try:
             _apply_checkpoint(r.states, meta, arrays)

@@ -238,7 +238,8 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
         return save
 
     out = tmp_path / "run"
-    for stop in (5, 1):  # job a's third save (b still at its second), then a's first after resuming
+    # Job a's first save (b has none yet), its third (b at its second), and a's first after resuming.
+    for stop in (1, 5, 1):
         monkeypatch.setattr(V, "_save_checkpoint", stopping_after(stop))
         with torch_threads(1), pytest.raises(KeyboardInterrupt):
             visualize_units(model, jobs(out), **kw)
