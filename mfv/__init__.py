@@ -8,6 +8,7 @@ run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` a
 from port.verdict import ParityError, check_parity
 
 from ._io import load_rgb, save_image
+from .errors import MfvError
 from .evaluate import evaluate
 from .means import make_means
 from .models import MODELS, Model, load_model, wrap
@@ -17,7 +18,7 @@ from .pixels import CAFFENET, TORCHVISION, PixelConvention
 from .visualize import visualize
 
 __all__ = [
-    "CAFFENET", "MODELS", "TORCHVISION", "Model", "Objective", "ParityError", "PixelConvention",
+    "CAFFENET", "MODELS", "MfvError", "TORCHVISION", "Model", "Objective", "ParityError", "PixelConvention",
     "Schedule", "channel", "check_parity", "evaluate", "load_model", "load_rgb", "load_schedule",
     "make_means", "save_image", "softmax_unit", "unit", "visualize", "wrap",
 ]

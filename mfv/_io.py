@@ -13,12 +13,14 @@ from PIL import Image
 from port.atomic import write_bytes_atomic as atomic_write_bytes
 from port.atomic import write_text_atomic as atomic_write_text
 
+from .errors import MfvError
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "save_image", "to_uint8",
-           "load_rgb", "png_data_uri", "ImageReadError"]
+           "load_rgb", "png_data_uri", "ImageReadError", "GREY_MODES"]
 
 
-class ImageReadError(ValueError):
-    """A file that is not a readable RGB image."""
+class ImageReadError(MfvError):
+    """A file that is not a readable image (or a greyscale one where colour was asked for)."""
 
 
 def _default(o):
@@ -42,12 +44,24 @@ def to_uint8(image: np.ndarray, *, wrap: bool = False) -> np.ndarray:
 
     ``wrap=True`` is the original's ``np.uint8(image)``: truncation toward zero, then modulo 256
     (what the C cast does on x86; written out because NumPy calls that cast undefined).
-    Otherwise round and clip.
+    Otherwise round and clip. uint8 input is returned as is; others are converted a block of rows
+    at a time, so that a large image needs its uint8 result and one small float64 block, not three
+    float64 copies.
     """
-    image = np.asarray(image, dtype=np.float64)
-    if wrap:
-        return (np.trunc(image).astype(np.int64) % 256).astype(np.uint8)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    out = np.empty(image.shape, dtype=np.uint8)
+    rows = max(1, (1 << 20) // max(1, image[:1].size))
+    for r in range(0, image.shape[0], rows):
+        block = image[r:r + rows].astype(np.float64)
+        if wrap:
+            out[r:r + rows] = np.trunc(block).astype(np.int64) % 256
+        else:
+            np.rint(block, out=block)
+            np.clip(block, 0, 255, out=block)
+            out[r:r + rows] = block
+    return out
 
 
 def save_image(path: str | Path, image_u8: np.ndarray, *, quality: int = 75,
@@ -74,24 +88,65 @@ def save_image(path: str | Path, image_u8: np.ndarray, *, quality: int = 75,
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_rgb(path: str | Path, *, allow_convert: bool = False) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB.
+#: Modes of single-channel images (grey), which Caffe's loader replicates to RGB.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
-    Raises :class:`ImageReadError` for unreadable files and, unless ``allow_convert``, for
-    images that are not RGB (greyscale, CMYK, with alpha...).
+
+def load_rgb(path: str | Path, *, keep_grey: bool = True) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB, converted the way Caffe's ``caffe.io.load_image`` does.
+
+    Caffe read images through scikit-image as floats in [0, 1] and scaled them by 255; the rules
+    follow from that: greyscale is replicated to three channels, CMYK (and other colour spaces) is
+    converted to RGB, an alpha channel is dropped (not composited), and 16-bit images are scaled
+    (value * 255 / 65535, rounded), not clipped. Palette images become RGB.
+
+    Parameters
+    ----------
+    path : str or Path
+    keep_grey : bool
+        ``False`` refuses greyscale images (:class:`ImageReadError`), for callers that want colour
+        images only.
+
+    Raises
+    ------
+    ImageReadError
+        For unreadable files, and for greyscale ones unless ``keep_grey``.
     """
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode != "RGB":
-                if not allow_convert:
-                    raise ImageReadError(f"{path}: not an RGB image (mode {im.mode})")
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
+            grey = im.mode in GREY_MODES
+            if grey and not keep_grey:
+                raise ImageReadError(f"{path}: a greyscale image (mode {im.mode}), skipped")
+            return _caffe_rgb(im)
     except ImageReadError:
         raise
     except Exception as e:  # PIL raises many types for broken files
         raise ImageReadError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _caffe_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(im)
+        if mode == "F":
+            scale = 255.0  # float images are taken to lie in [0, 1], as scikit-image does
+        else:
+            # 16-bit sources (I;16*, and Pillow's "I" for 16-bit PNGs) scale by 65535.
+            scale = 255.0 / (65535.0 if mode.startswith("I;16") or a.max(initial=0) <= 65535
+                             else 2147483647.0)
+        g = np.clip(np.rint(a.astype(np.float32) * np.float32(scale)), 0, 255).astype(np.uint8)
+    elif mode in ("1", "L"):
+        g = np.asarray(im.convert("L"), dtype=np.uint8)
+    else:
+        if mode in ("RGBA", "LA", "La", "PA", "RGBa", "RGBX") or (
+                mode == "P" and "transparency" in im.info):
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+            return np.ascontiguousarray(rgba[:, :, :3])  # alpha dropped, as Caffe's loader did
+        if mode != "RGB":
+            im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, palette
+        return np.asarray(im, dtype=np.uint8).copy()
+    return np.repeat(g[:, :, None], 3, axis=2)
 
 
 def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -124,4 +179,4 @@ def png_data_uri(image_u8: np.ndarray, *, max_side: int | None = None, fmt: str 
 
 
 def file_data_uri(path: str | Path, *, max_side: int | None = 256, fmt: str = "PNG") -> str:
-    return png_data_uri(load_rgb(path, allow_convert=True), max_side=max_side, fmt=fmt)
+    return png_data_uri(load_rgb(path), max_side=max_side, fmt=fmt)

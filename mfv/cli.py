@@ -40,6 +40,15 @@ def _model_args(p: argparse.ArgumentParser, *, device_type=device_arg, device_he
     g.add_argument("--threads", type=int, help=threads_help)
 
 
+def _grey_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--skip-grey", dest="keep_grey", action="store_false",
+                   help="leave greyscale images out (default: replicate them to RGB, as Caffe's loader did)")
+    g.add_argument("--keep-grey", dest="keep_grey", action="store_true",
+                   help="replicate greyscale images to RGB: the default, kept for older command lines")
+    p.set_defaults(keep_grey=True)
+
+
 def _load(a):
     if getattr(a, "threads", None):
         import torch
@@ -98,7 +107,7 @@ def _cmd_visualize(a) -> int:
             names.append("noise")
             clusters.append(None)
             continue
-        inits.append(_io.load_rgb(spec, allow_convert=True))
+        inits.append(_io.load_rgb(spec))
         names.append(str(Path(spec).resolve()))
         mt = re.fullmatch(r"mean_(\d+)", Path(spec).stem)
         clusters.append(int(mt.group(1)) if (mt and a.means) else None)
@@ -106,7 +115,8 @@ def _cmd_visualize(a) -> int:
              "code_layer": m.spec.code_layer if m.spec else None}
     trace = visualize(m, obj, inits, schedule=schedule, seed=a.seed, faithful=a.faithful, out=a.out,
                       resume=not a.restart, progress=not a.quiet, init_names=names, clusters=clusters,
-                      denoiser=a.denoiser, extra=extra)
+                      denoiser=a.denoiser, extra=extra,
+                      **({} if a.checkpoint_seconds is None else {"checkpoint_seconds": a.checkpoint_seconds}))
     for f in trace["facets"]:
         print(f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
               f"({f['seconds']:.1f} s)")
@@ -208,7 +218,8 @@ def _add_means(tool: Tool) -> None:
     s = tool.add_command("means", _cmd_means, help="cluster a class's images and write the mean image of each facet",
                        description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
                        "images nearest each centroid. Images are fitted to the input size (shorter side "
-                       "resized bicubic, centre crop); unreadable or non-RGB files are reported and skipped.")
+                       "resized bicubic, centre crop). Images are read as Caffe's loader read them: greyscale replicated to RGB, "
+                       "CMYK converted, alpha dropped, 16-bit scaled; unreadable files are reported and skipped.")
     _model_args(s)
     s.add_argument("--images", required=True, help="folder of one class's images (searched recursively)")
     s.add_argument("--k", type=int, default=10, help="number of clusters / facets (default 10)")
@@ -216,8 +227,7 @@ def _add_means(tool: Tool) -> None:
     s.add_argument("--layer", help="code layer (default: the model's fc7 equivalent)")
     s.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    s.add_argument("--keep-grey", action="store_true",
-                   help="replicate greyscale images to RGB (as Caffe's loader did) instead of skipping them")
+    _grey_args(s)
     s.add_argument("--exclude", action="append", metavar="GLOB",
                    help="leave out files whose path relative to --images matches GLOB (repeatable), "
                    "e.g. 'mean_*' in the published layout")
@@ -251,6 +261,10 @@ def _add_visualize(tool: Tool) -> None:
                    "original ran); 'skimage' = one scikit-image call per facet on the host (the spec's "
                    "reference); 'auto' (default) = torch, or skimage with --faithful")
     s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
+    s.add_argument("--checkpoint-seconds", type=float, default=None, metavar="S",
+                   help="seconds of work between two saves of the state (default "
+                   "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
+                   "included, resumes from the last save and ends with the same bytes")
     s.add_argument("--out", required=True, help="output folder")
 
 
@@ -317,7 +331,7 @@ def _add_sweep(tool: Tool) -> None:
     s.add_argument("--faithful", action="store_true", help="reproduce the original's arithmetic (see visualize)")
     s.add_argument("--denoiser", choices=("skimage", "torch"),
                    help="TV-Bregman implementation (see visualize; default: torch, or skimage with --faithful)")
-    s.add_argument("--keep-grey", action="store_true", help="replicate greyscale images to RGB instead of skipping them")
+    _grey_args(s)
     s.add_argument("--exclude", action="append", metavar="GLOB",
                    help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)")

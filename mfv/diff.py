@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _io
+
 __all__ = ["image_metrics", "first_divergence", "trace_divergence", "diff_runs", "verdict",
            "write_html", "format_table", "NOISE_RTOL", "DEFAULT_FACTOR", "AMPLIFY"]
 
@@ -153,10 +155,7 @@ def _load_run(folder: Path) -> tuple[dict, dict[int, dict[int, Path]]]:
 
 
 def _read_u8(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return _io.load_rgb(path)
 
 
 def _steps(trace: dict, index: int) -> list[dict]:

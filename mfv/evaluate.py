@@ -58,7 +58,7 @@ def _known():
 
 
 def _as_input(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    img = _io.load_rgb(path, allow_convert=True)
+    img = _io.load_rgb(path)
     if img.shape[:2] != tuple(size):
         from PIL import Image
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from . import _io
@@ -36,21 +35,20 @@ def find_images(folder: str | Path, *, exclude: tuple[str, ...] = ()) -> list[Pa
                   and not any(fnmatch.fnmatch(str(p.relative_to(folder)), g) for g in exclude))
 
 
-def load_images(paths: list[Path], size: tuple[int, int], *, keep_grey: bool = False
+def load_images(paths: list[Path], size: tuple[int, int], *, keep_grey: bool = True
                 ) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Read RGB images and fit them to ``size`` (shorter side resized, bicubic, then centre crop).
+    """Read images the way Caffe's loader did (:func:`mfv._io.load_rgb`) and fit them to ``size``
+    (shorter side resized, bicubic, then centre crop).
 
     Returns the paths kept, an (N, H, W, 3) uint8 array and one message per skipped file
-    (unreadable, or not RGB unless ``keep_grey``: then greyscale images are replicated to RGB as
-    Caffe's loader did; the published mean_5 of class 945 contains such a crop).
+    (unreadable, or greyscale with ``keep_grey=False``). By default greyscale images are
+    replicated to RGB as Caffe's ``caffe.io.load_image`` did; the published mean_5 of class 945
+    contains such a crop.
     """
     kept, arrays, skipped = [], [], []
     for p in paths:
         try:
-            if keep_grey:
-                with Image.open(p) as im:
-                    grey = im.mode in ("L", "I;16", "I")
-            arrays.append(_io.fit_to(_io.load_rgb(p, allow_convert=keep_grey and grey), size))
+            arrays.append(_io.fit_to(_io.load_rgb(p, keep_grey=keep_grey), size))
             kept.append(p)
         except _io.ImageReadError as e:
             skipped.append(str(e))
@@ -133,7 +131,7 @@ class MeansResult:
 
 def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, layer: str | None = None,
                seed: int = 0, out: str | Path | None = None, batch_size: int = 16,
-               keep_grey: bool = False, exclude: tuple[str, ...] = (), progress: bool = True) -> MeansResult:
+               keep_grey: bool = True, exclude: tuple[str, ...] = (), progress: bool = True) -> MeansResult:
     """The whole ``means`` command: codes, clusters, mean images, ``clusters.json``, ``tsne.png``.
 
     Parameters
@@ -152,7 +150,7 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
     batch_size : int
         Images per forward pass.
     keep_grey : bool
-        Replicate greyscale images to RGB instead of skipping them.
+        Replicate greyscale images to RGB as Caffe did (default); ``False`` skips them.
     exclude : tuple of str
         Globs (relative paths) of files to leave out.
     progress : bool

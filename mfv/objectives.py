@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Objective", "unit", "softmax_unit", "channel", "parse_target"]
+from .errors import MfvError
+
+__all__ = ["Objective", "unit", "softmax_unit", "channel", "parse_target", "check_objective"]
 
 Acts = Mapping[str, torch.Tensor]
 
@@ -163,9 +165,69 @@ def parse_target(layer: str, unit_index: int, *, softmax: bool = False, x: int |
     gets :func:`softmax_unit`; anything else :func:`unit`.
     """
     if softmax:
-        return softmax_unit(layer, unit_index)
-    if shape is not None and len(shape) == 3 and (shape[1] > 1 or shape[2] > 1):
-        return channel(layer, unit_index, x=x, y=y)
-    if x is not None or y is not None:
-        raise ValueError(f"--x/--y only apply to conv layers; {layer!r} has shape {shape}")
-    return unit(layer, unit_index)
+        if x is not None or y is not None:
+            raise MfvError("--x/--y do not apply to --softmax (a softmax over the flattened layer)")
+        obj = softmax_unit(layer, unit_index)
+    elif shape is not None and len(shape) == 3 and (shape[1] > 1 or shape[2] > 1):
+        obj = channel(layer, unit_index, x=x, y=y)
+    elif x is not None or y is not None:
+        raise MfvError(f"--x/--y only apply to conv layers; {layer!r} has shape {shape}")
+    else:
+        obj = unit(layer, unit_index)
+    if shape is not None:
+        check_objective(obj, {layer: tuple(shape)})
+    return obj
+
+
+def check_objective(objective: Objective, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Check that a target lies inside its layers, before a run creates anything.
+
+    Parameters
+    ----------
+    objective : Objective
+        Built by :func:`unit`, :func:`softmax_unit`, :func:`channel` or their sums and multiples.
+    shapes : mapping of str to tuple of int
+        Per-image shape of every addressable layer (``Model.layer_shapes()``).
+
+    Raises
+    ------
+    MfvError
+        For an unknown layer, a negative unit, a unit past the layer, a position outside the map.
+    """
+    _check_spec(objective.spec, shapes)
+
+
+def _check_spec(spec: dict, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    kind = spec.get("kind")
+    if kind == "sum":
+        for term in spec["terms"]:
+            _check_spec(term, shapes)
+        return
+    if kind == "scale":
+        _check_spec(spec["term"], shapes)
+        return
+    if kind not in ("unit", "softmax_unit", "channel"):
+        return  # a custom objective checks itself
+    layer, index = spec["layer"], spec["unit"]
+    if layer not in shapes:
+        near = ", ".join(list(shapes)[-8:])
+        raise MfvError(f"no layer {layer!r} in this model (its last layers: {near}; "
+                       "`python -m mfv layers` lists them all)")
+    shape = tuple(shapes[layer])
+    if kind == "channel":
+        if len(shape) != 3:
+            raise MfvError(f"channel targets need a conv layer (C, H, W); {layer!r} has shape {shape}")
+        c, h, w = shape
+        if not 0 <= index < c:
+            raise MfvError(f"unit {index} is outside {layer!r}: channels 0..{c - 1}")
+        x, y = spec.get("x"), spec.get("y")
+        if x is not None and not 0 <= x < w:
+            raise MfvError(f"--x {x} is outside {layer!r}: columns 0..{w - 1}")
+        if y is not None and not 0 <= y < h:
+            raise MfvError(f"--y {y} is outside {layer!r}: rows 0..{h - 1}")
+        return
+    n = 1
+    for d in shape:
+        n *= d
+    if not 0 <= index < n:
+        raise MfvError(f"unit {index} is outside {layer!r}: units 0..{n - 1} (shape {shape})")

@@ -77,7 +77,7 @@ _CSS = ("body{font-family:sans-serif;margin:20px}table{border-collapse:collapse}
 def _img_tag(src: str | None, title: str = "", side: int = 227) -> str:
     if not src:
         return "<i>none</i>"
-    return f"<img src='{src}' width='{side}' title='{html.escape(title)}'>"
+    return f"<img src='{html.escape(src, quote=True)}' width='{int(side)}' title='{html.escape(title, quote=True)}'>"
 
 
 def _provenance(trace: dict) -> str:
@@ -121,20 +121,21 @@ def write_visualize_html(out: Path, trace: dict, *, model=None) -> None:
         near = nearest.get(f["index"], []) if isinstance(nearest, dict) else []
         near_html = " ".join(_img_tag(_io.file_data_uri(p, max_side=128), f"{p} d={d:.4g}", 96)
                              for p, d, _c in near) or "<i>no means folder</i>"
-        status = html.escape(f["status"]) + (f": <span class='warn'>{html.escape(f['message'])}</span>"
+        status = _esc(f["status"]) + (f": <span class='warn'>{_esc(f['message'])}</span>"
                                             if f["message"] else "")
+        e = _esc
         rows.append(
-            f"<tr><td>facet {f['index']}<br>cluster {f.get('cluster')}<br>{status}<br>"
-            f"{f['octaves_done']}/{f['octaves_total']} octaves<br>{f['seconds']:.1f} s</td>"
-            f"<td>{_img_tag(init_src, init)}</td><td>{_img_tag(res_src, str(res), 272)}</td>"
-            f"<td>{near_html}</td><td>{svg_curve(acts, marks=marks)}<br>final: {f['final_activation']}</td></tr>")
+            f"<tr><td>facet {e(f['index'])}<br>cluster {e(f.get('cluster'))}<br>{status}<br>"
+            f"{e(f['octaves_done'])}/{e(f['octaves_total'])} octaves<br>{float(f['seconds']):.1f} s</td>"
+            f"<td>{_img_tag(init_src, str(init))}</td><td>{_img_tag(res_src, str(res), 272)}</td>"
+            f"<td>{near_html}</td><td>{svg_curve(acts, marks=marks)}<br>final: {e(f['final_activation'])}</td></tr>")
     err = nearest.get("error") if isinstance(nearest, dict) else None
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MFV {html.escape(trace['model']['name'])}</title>"
-            f"<style>{_CSS}</style></head><body><h1>MFV: {html.escape(trace['objective']['description'])}</h1>"
-            f"<p>Model <b>{html.escape(trace['model']['name'])}</b>, schedule "
-            f"<b>{html.escape(trace['schedule']['name'])}</b>, seed {trace['seed']}, status {trace['status']}</p>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MFV {_esc(trace['model']['name'])}</title>"
+            f"<style>{_CSS}</style></head><body><h1>MFV: {_esc(trace['objective']['description'])}</h1>"
+            f"<p>Model <b>{_esc(trace['model']['name'])}</b>, schedule "
+            f"<b>{_esc(trace['schedule']['name'])}</b>, seed {_esc(trace['seed'])}, status {_esc(trace['status'])}</p>"
             + _provenance(trace)
-            + (f"<p class='warn'>nearest images unavailable: {html.escape(err)}</p>" if err else "")
+            + (f"<p class='warn'>nearest images unavailable: {_esc(err)}</p>" if err else "")
             + "<table><tr><th>facet</th><th>initial (mean) image</th><th>result</th>"
             "<th>3 nearest training images (code space)</th><th>target activation per step</th></tr>"
             + "".join(rows) + "</table><details><summary>run metadata</summary><pre>"
@@ -160,13 +161,18 @@ def write_evaluate_html(path: Path, result: dict) -> None:
     d = result["diversity"]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MFV evaluation</title><style>{_CSS}</style>"
             f"</head><body><h1>MFV evaluation: {html.escape(str(result['run']))}</h1>" + _provenance(result)
-            + f"<p>Target {html.escape(str(result['objective']))}; code layer {html.escape(result['code_layer'])}.</p>"
-            + f"<p>Diversity (mean pairwise L2 distance of code vectors): facets <b>{_fmt(d.get('facets'))}</b>, "
-            f"mean images {_fmt(d.get('mean_images'))}, real images {_fmt(d.get('real_images'))}.</p>"
-            + f"<p>Facets whose nearest real image lies in their own cluster: <b>{result.get('nearest_in_own_cluster_fraction')}</b></p>"
+            + f"<p>Target {_esc(result['objective'])}; code layer {_esc(result['code_layer'])}.</p>"
+            + f"<p>Diversity (mean pairwise L2 distance of code vectors): facets <b>{_esc(_fmt(d.get('facets')))}</b>, "
+            f"mean images {_esc(_fmt(d.get('mean_images')))}, real images {_esc(_fmt(d.get('real_images')))}.</p>"
+            + f"<p>Facets whose nearest real image lies in their own cluster: <b>{_esc(result.get('nearest_in_own_cluster_fraction'))}</b></p>"
             + "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>" + "".join(rows) + "</table>"
             + "<pre>" + html.escape(json.dumps(result, indent=1, default=str)[:20000]) + "</pre></body></html>")
     _io.atomic_write_text(path, page)
+
+
+def _esc(v) -> str:
+    """Any value as HTML text: every string that reaches a page passes through here."""
+    return html.escape(str(v), quote=True)
 
 
 def _fmt(v) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,12 @@ from scipy import ndimage
 from skimage.restoration import denoise_tv_bregman
 from tqdm.auto import tqdm
 
+from port.atomic import atomic_path, remove_stale_temporaries
+
 from . import _io
+from .errors import MfvError
 from .models import Model
-from .objectives import Objective, softmax_unit, unit
+from .objectives import Objective, check_objective, softmax_unit, unit
 from .octaves import FIXES, Octave, Schedule, step_size, tv_weight
 
 __all__ = ["visualize", "visualize_units", "UnitJob", "FacetState", "denoise", "crop_offset", "zoom_image", "noise_image"]
@@ -41,7 +45,7 @@ TV_EPS = 1e-3
 
 @dataclass
 class FacetState:
-    """One facet's progress: enough to resume at an octave boundary."""
+    """One facet's progress: image, random stream and trace; enough to resume at any step."""
 
     index: int
     init: str
@@ -54,6 +58,8 @@ class FacetState:
     seconds: float = 0.0
     cluster: int | None = None
     job: int = 0  # which UnitJob of a batched run
+    steps_done: int = 0  # steps taken in octave ``octaves_done`` (0: not started, not yet zoomed)
+    fail_octave: int | None = None  # the octave it failed in (it stays frozen in that octave's batch)
 
 
 def noise_image(rng: np.random.RandomState, size: tuple[int, int]) -> np.ndarray:
@@ -94,7 +100,7 @@ def _objective_for(objective: Objective, octave: Octave) -> Objective:
         return unit(octave.layer, objective.spec["unit"])
     if kind == "softmax_unit":
         return softmax_unit(octave.layer, objective.spec["unit"])
-    raise ValueError(f"schedule retargets to {octave.layer!r}, which needs a unit objective")
+    raise MfvError(f"schedule retargets to {octave.layer!r}, which needs a unit objective")
 
 
 def _save_u8(state: FacetState, faithful: bool) -> np.ndarray:
@@ -109,14 +115,10 @@ def _run_key(model: Model, objective: Objective, schedule: Schedule, seed: int, 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_state(out: Path, s: FacetState) -> None:
-    name, keys, pos, has_gauss, cached = s.rng.get_state()
-    buf = _npz_bytes(image=s.image, keys=keys, pos=pos, has_gauss=has_gauss, cached=cached,
-                     octaves_done=s.octaves_done)
-    _io.atomic_write_bytes(out / "state" / f"facet_{s.index}.npz", buf)
-    _io.write_json(out / "state" / f"facet_{s.index}.json",
-                   {"steps": s.steps, "status": s.status, "message": s.message, "seconds": s.seconds,
-                    "octaves_done": s.octaves_done})
+#: Default seconds of work between two checkpoints: a kill loses at most about this much.
+CHECKPOINT_SECONDS = 5.0
+_CKPT, _PREV = "checkpoint.npz", "checkpoint.prev.npz"
+_START = (0, 0)  # (octaves done, steps done in the next octave): no checkpoint is ever saved there
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -127,19 +129,132 @@ def _npz_bytes(**arrays) -> bytes:
     return b.getvalue()
 
 
-def _load_state(out: Path, s: FacetState) -> bool:
-    npz, js = out / "state" / f"facet_{s.index}.npz", out / "state" / f"facet_{s.index}.json"
-    if not (npz.exists() and js.exists()):
-        return False
-    meta = json.loads(js.read_text())
-    with np.load(npz) as z:
-        if int(z["octaves_done"]) != meta["octaves_done"]:
-            return False  # torn between the two writes: redo from the start of the run
-        s.image = z["image"].astype(np.float32)
-        s.rng.set_state(("MT19937", z["keys"], int(z["pos"]), int(z["has_gauss"]), float(z["cached"])))
-    s.octaves_done = meta["octaves_done"]
-    s.steps, s.status, s.message, s.seconds = meta["steps"], meta["status"], meta["message"], meta["seconds"]
-    return True
+def _checkpoint_bytes(states: list[FacetState], position: tuple[int, int], key: str) -> bytes:
+    """Every facet of one job in one file: images, random streams and traces, at ``position``."""
+    arrays: dict[str, np.ndarray] = {}
+    facets = []
+    for s in states:
+        _, keys, pos, has_gauss, cached = s.rng.get_state()
+        arrays[f"image_{s.index}"] = np.ascontiguousarray(s.image, dtype=np.float32)
+        arrays[f"rng_keys_{s.index}"] = np.asarray(keys, dtype=np.uint32)
+        arrays[f"rng_{s.index}"] = np.array([pos, has_gauss, cached], dtype=np.float64)
+        facets.append({"index": s.index, "steps": s.steps, "status": s.status, "message": s.message,
+                       "seconds": s.seconds, "octaves_done": s.octaves_done, "steps_done": s.steps_done,
+                       "fail_octave": s.fail_octave})
+    meta = {"format": "mfv-checkpoint/1", "run_key": key, "position": list(position), "facets": facets}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    return _npz_bytes(**arrays)
+
+
+def _save_checkpoint(out: Path, states: list[FacetState], position: tuple[int, int], key: str) -> None:
+    """Write the job's checkpoint atomically, keeping the one before it.
+
+    The jobs of a batch are saved one after the other; a kill between two of them leaves some jobs
+    one checkpoint ahead, and the previous one is what lets every job resume from the same point.
+    """
+    data = _checkpoint_bytes(states, position, key)
+    cur, prev = out / "state" / _CKPT, out / "state" / _PREV
+    with atomic_path(cur) as tmp:
+        tmp.write_bytes(data)
+        if cur.exists():
+            os.replace(cur, prev)
+
+
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+    if meta.get("format") != "mfv-checkpoint/1":
+        raise ValueError(f"format {meta.get('format')!r}")
+    return meta, arrays
+
+
+def _apply_checkpoint(states: list[FacetState], meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    records = {f["index"]: f for f in meta["facets"]}
+    if sorted(records) != sorted(s.index for s in states):
+        raise ValueError(f"facets {sorted(records)}, the run has {sorted(s.index for s in states)}")
+    for s in states:
+        f = records[s.index]
+        s.image = arrays[f"image_{s.index}"].astype(np.float32)
+        pos, has_gauss, cached = arrays[f"rng_{s.index}"]
+        s.rng.set_state(("MT19937", arrays[f"rng_keys_{s.index}"].astype(np.uint32), int(pos),
+                         int(has_gauss), float(cached)))
+        s.steps, s.status, s.message, s.seconds = f["steps"], f["status"], f["message"], f["seconds"]
+        s.octaves_done, s.steps_done, s.fail_octave = f["octaves_done"], f["steps_done"], f["fail_octave"]
+
+
+def _resume(runs: list[_Run]) -> None:
+    """Put every job of the batch back at the latest point that all of their checkpoints share.
+
+    A damaged state is never taken for a fresh start in silence: when the only point left in common
+    is the start and some checkpoint could not be read, this raises :class:`MfvError`.
+    """
+    found: list[dict[tuple[int, int], tuple[dict, dict, Path] | None]] = []
+    problems: list[str] = []
+    any_state = False
+    for r in runs:
+        # The start is always a point to resume from: when the batch's first save was cut short,
+        # some jobs hold a checkpoint and others none, and the start is what they share.
+        options: dict[tuple[int, int], tuple[dict, dict, Path] | None] = {_START: None}
+        folder = r.out / "state"
+        legacy = sorted(folder.glob("facet_*.npz"))
+        for path in (folder / _CKPT, folder / _PREV):
+            if not path.exists():
+                continue
+            any_state = True
+            try:
+                meta, arrays = _read_checkpoint(path)
+                if meta["run_key"] != r.meta["run_key"]:
+                    raise ValueError("it belongs to another run")
+                options[tuple(meta["position"])] = (meta, arrays, path)
+            except Exception as e:  # a damaged file: reported below if nothing else will do
+                problems.append(f"{path}: {type(e).__name__}: {e}")
+        if legacy and not options:
+            any_state = True
+            problems.append(f"{folder}: per-facet state of an older mfv version")
+        found.append(options)
+    if not any_state:
+        return
+    position = max(set.intersection(*(set(f) for f in found)))
+    if position == _START and (problems or all(len(f) > 1 for f in found)):
+        # Never a silent start from step 0 over a damaged state.
+        raise MfvError("the saved state gives no point that every facet can resume from ("
+                       + ("; ".join(problems) or "checkpoints of different steps")
+                       + "); rerun with --restart to start over")
+    for r, options in zip(runs, found, strict=True):
+        if options[position] is None:
+            continue  # the start: the states as prepared
+        meta, arrays, path = options[position]
+        try:
+            _apply_checkpoint(r.states, meta, arrays)
+        except (KeyError, ValueError) as e:
+            raise MfvError(f"{r.out / 'state'}: damaged checkpoint ({e}); rerun with --restart") from None
+        if path.name == _PREV:
+            # This job was one save ahead of the others: drop that save, so that the next one
+            # keeps this point as the previous checkpoint, which the other jobs may still need.
+            os.replace(path, r.out / "state" / _CKPT)
+
+
+class _Saver:
+    """When to checkpoint (every ``seconds`` of work, or every ``steps`` steps) and how."""
+
+    def __init__(self, runs: list[_Run], seconds: float, steps: int | None) -> None:
+        self.runs, self.seconds, self.steps = runs, seconds, steps
+        self.last = time.perf_counter()
+        self.count = 0
+
+    def due(self) -> bool:
+        self.count += 1
+        if self.steps is not None:
+            return self.count >= self.steps
+        return time.perf_counter() - self.last >= self.seconds
+
+    def save(self, position: tuple[int, int]) -> None:
+        for r in self.runs:
+            if r.out is not None:
+                _save_checkpoint(r.out, r.states, position, r.meta["run_key"])
+        self.last = time.perf_counter()
+        self.count = 0
 
 
 @dataclass
@@ -158,7 +273,8 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
               faithful: bool = False, out: str | Path | None = None, resume: bool = True,
               progress: bool = True, init_names: list[str] | None = None,
               clusters: list[int | None] | None = None, denoiser: str = "auto",
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS,
+              checkpoint_steps: int | None = None) -> dict:
     """Run MFV from one or more initial images, as one batch.
 
     Parameters
@@ -194,6 +310,11 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
         ``"auto"``: torch in the default mode, skimage in faithful mode.
     extra : dict, optional
         More metadata for ``trace.json`` (command line, means folder).
+    checkpoint_seconds : float
+        Seconds of work between two checkpoints in ``out/state`` (default
+        :data:`CHECKPOINT_SECONDS`); octave ends are always saved.
+    checkpoint_steps : int, optional
+        Checkpoint every this many steps instead (tests).
 
     Returns
     -------
@@ -203,17 +324,22 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
     Notes
     -----
     A facet whose image or gradient turns NaN or Inf stops with a message; the others go on.
-    Ctrl-C leaves finished facets and the state at the last octave boundary; the same call with the
-    same ``out`` resumes. :func:`visualize_units` runs several targets in one batch.
+    The state (every facet's image, random stream and trace, in one file per output folder) is
+    saved every few seconds of work and at each octave's end; after an interruption of any kind,
+    ``kill -9`` included, the same call with the same ``out`` resumes from the last save and ends
+    with the same bytes as a run that was never interrupted. :func:`visualize_units` runs several
+    targets in one batch.
     """
     job = UnitJob(objective, inits, out, init_names, clusters, extra)
     return visualize_units(model, [job], schedule=schedule, seed=seed, faithful=faithful, resume=resume,
-                           progress=progress, denoiser=denoiser)[0]
+                           progress=progress, denoiser=denoiser, checkpoint_seconds=checkpoint_seconds,
+                           checkpoint_steps=checkpoint_steps)[0]
 
 
 def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, seed: int = 1,
                     faithful: bool = False, resume: bool = True, progress: bool = True,
-                    denoiser: str = "auto") -> list[dict]:
+                    denoiser: str = "auto", checkpoint_seconds: float = CHECKPOINT_SECONDS,
+                    checkpoint_steps: int | None = None) -> list[dict]:
     """Run MFV for several targets at once: every facet of every job in one forward/backward.
 
     Each job is what one :func:`visualize` call would be (its own target, initial images and
@@ -231,17 +357,28 @@ def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, se
         raise ValueError(f"denoiser must be 'auto', 'skimage' or 'torch', not {denoiser!r}")
     if not jobs:
         return []
+    # Every target is checked before anything is created (no output folder for a bad --unit).
+    shapes = model.layer_shapes()
+    for job in jobs:
+        for octave in (None, *schedule.octaves):
+            check_objective(job.objective if octave is None else _objective_for(job.objective, octave),
+                            shapes)
     runs = [_prepare(model, job, j, schedule=schedule, seed=seed, faithful=faithful, resume=resume,
                      denoiser=denoiser) for j, job in enumerate(jobs)]
+    if resume and all(r.out is not None for r in runs):
+        _resume(runs)
     objectives = [job.objective for job in jobs]
     outs = [r.out for r in runs]
     states = [s for r in runs for s in r.states]
+    saver = _Saver(runs, checkpoint_seconds, checkpoint_steps)
     status = "finished"
     try:
-        for start in sorted({s.octaves_done for s in states if s.status == "running"}):
-            group = [s for s in states if s.status == "running" and s.octaves_done == start]
-            _run_group(model, objectives, schedule, group, start, faithful=faithful, outs=outs,
-                       progress=progress, denoiser=denoiser)
+        running = [s for s in states if s.status == "running"]
+        if running:
+            # Checkpoints hold every job at one point, so all running facets share it.
+            start = min((s.octaves_done, s.steps_done) for s in running)
+            _run_group(model, objectives, schedule, states, start, faithful=faithful, outs=outs,
+                       progress=progress, denoiser=denoiser, saver=saver)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -307,22 +444,37 @@ def _prepare(model: Model, job: UnitJob, j: int, *, schedule: Schedule, seed: in
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         run_file = out / "state" / "run.json"
+        _remove_stale(out)
         if resume and run_file.exists():
-            if json.loads(run_file.read_text()).get("run_key") != key:
-                raise RuntimeError(f"{out} holds a different run; use another --out or --restart")
-            for s in states:
-                _load_state(out, s)
+            try:
+                held = json.loads(run_file.read_text()).get("run_key")
+            except (OSError, ValueError, AttributeError):
+                raise MfvError(f"{run_file} is damaged; rerun with --restart") from None
+            if held != key:
+                raise MfvError(f"{out} holds a different run; use another --out or --restart")
         else:
             # A fresh start: earlier facets and states must not be mistaken for this run's.
-            for old in [*out.glob("facet_*.png"), *out.glob("facet_*.jpg"), *(out / "state").glob("facet_*")]:
+            for old in [*out.glob("facet_*.png"), *out.glob("facet_*.jpg"), *(out / "state").glob("facet_*"),
+                        *(out / "state").glob("checkpoint*.npz")]:
                 old.unlink()
         _io.write_json(run_file, {"run_key": key})
     return _Run(states, meta, out)
 
 
+def _remove_stale(out: Path) -> None:
+    """Temporaries that a killed run left in ``out`` and ``out/state``."""
+    for folder in (out, out / "state"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith("."):
+                    target = folder / p.name[1:].split(".tmp", 1)[0]
+                    remove_stale_temporaries(target)
+
+
 def _finish(model: Model, run: _Run, schedule: Schedule, status: str) -> dict:
     trace = {**run.meta, "status": status, "facets": [_facet_record(s, schedule) for s in run.states]}
     if run.out is not None:
+        _remove_stale(run.out)
         _io.write_json(run.out / "trace.json", trace)
         from .report import write_visualize_html
 
@@ -344,33 +496,49 @@ def _facet_record(s: FacetState, schedule: Schedule) -> dict:
             if s.status == "done" else None, "steps": s.steps}
 
 
-def _fail(s: FacetState, msg: str) -> None:
-    s.status, s.message = "failed", msg
+def _fail(s: FacetState, msg: str, octave: int) -> None:
+    s.status, s.message, s.fail_octave = "failed", msg, octave
     tqdm.write(f"facet {s.index} ({s.init}) stopped: {msg}")
 
 
 def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, group: list[FacetState],
-               start: int, *, faithful: bool, outs: list[Path | None], progress: bool, denoiser: str) -> None:
+               start: tuple[int, int], *, faithful: bool, outs: list[Path | None], progress: bool,
+               denoiser: str, saver: _Saver) -> None:
+    """Run every facet of ``group`` from ``start`` = (octave, step within it) to the end."""
     h, w = model.convention.input_size
     mean_px = model.convention.mean_pixels
     group = sorted(group, key=lambda s: (s.job, s.index))  # each job's facets contiguous in the batch
-    total = sum(o.iter_n for o in schedule.octaves[start:])
+    k0, i0 = start
+    total = sum(o.iter_n for o in schedule.octaves[k0:]) - i0
     bar = tqdm(total=total, desc=f"MFV {len(group)} facet(s)", disable=not progress, unit="step")
     on_device = not faithful and denoiser == "torch"
+
+    def checkpoint(k: int, i: int) -> None:
+        for s in group:
+            if s.status == "running":
+                s.octaves_done, s.steps_done = k, i
+        saver.save((k, i))
+
     try:
-        for k in range(start, len(schedule.octaves)):
+        for k in range(k0, len(schedule.octaves)):
             octave = schedule.octaves[k]
+            first = i0 if k == k0 else 0
             objs = [_objective_for(o, octave) for o in objectives]
-            active = [s for s in group if s.status == "running"]
-            for s in active:
-                if octave.zoom is not None:
-                    s.image = zoom_image(s.image, octave.zoom, mean_px).astype(np.float32)
-                    if not faithful:
-                        np.clip(s.image, 0, 255, out=s.image)
-            if on_device and active:
-                _octave_on_device(model, objs, active, octave, k, size=(h, w), bar=bar)
+            if first == 0 and octave.zoom is not None:
+                for s in group:
+                    if s.status == "running":
+                        s.image = zoom_image(s.image, octave.zoom, mean_px).astype(np.float32)
+                        if not faithful:
+                            np.clip(s.image, 0, 255, out=s.image)
+            if on_device:
+                # The octave's batch is fixed at its start: facets that failed in it stay, frozen,
+                # so that a resumed octave computes on the same batch as an uninterrupted one.
+                active = [s for s in group if s.status == "running" or s.fail_octave == k]
+                if any(s.status == "running" for s in active):
+                    _octave_on_device(model, objs, active, octave, k, size=(h, w), bar=bar, first=first,
+                                      saver=saver, checkpoint=checkpoint)
             else:
-                for i in range(octave.iter_n):
+                for i in range(first, octave.iter_n):
                     active = [s for s in group if s.status == "running"]
                     if not active:
                         break
@@ -382,13 +550,13 @@ def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, gr
                     bar.update(1)
                     if active[0].steps:
                         bar.set_postfix(act=f"{active[0].steps[-1]['activation']:.3g}")
+                    if i + 1 < octave.iter_n and saver.due():
+                        checkpoint(k, i + 1)
             for s in group:
                 out = outs[s.job]
                 if s.status != "running":
-                    if out is not None and s.status == "failed":
-                        _save_state(out, s)
                     continue
-                s.octaves_done = k + 1
+                s.octaves_done, s.steps_done = k + 1, 0
                 if k + 1 == len(schedule.octaves):
                     s.status = "done"
                 if out is not None:
@@ -399,7 +567,7 @@ def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, gr
                         _io.save_image(out / f"facet_{s.index}.png", u8, text=text)
                         if faithful:  # the original also wrote a JPEG
                             _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
-                    _save_state(out, s)
+            saver.save((k + 1, 0))
     finally:
         bar.close()
 
@@ -477,7 +645,7 @@ def _step(model: Model, objs: list[Objective], active: list[FacetState], octave:
         record["mean_abs_grad"] = float(mag)
         problem = _problem(bool(np.isfinite(gj).all()), bool(np.isfinite(values[j])), mag != 0)
         if problem:
-            _fail(s, f"{problem} at octave {k + 1}, step {i}")
+            _fail(s, f"{problem} at octave {k + 1}, step {i}", k)
             continue
         # Python float / float32 scalar was float64 in NumPy 1, then cast to the float32 array's type.
         crop = crops[j] + np.float32(step / float(mag)) * gj
@@ -492,7 +660,7 @@ def _step(model: Model, objs: list[Objective], active: list[FacetState], octave:
     for (s, (ox, oy), _), den in zip(stepped, denoised, strict=True):
         crop = np.asarray(den, dtype=np.float32)
         if not np.isfinite(crop).all():
-            _fail(s, f"NaN/Inf in the image after denoising at octave {k + 1}, step {i}")
+            _fail(s, f"NaN/Inf in the image after denoising at octave {k + 1}, step {i}", k)
             continue
         s.image[:, ox:ox + h, oy:oy + w] = crop
 
@@ -509,12 +677,15 @@ def _problem(grad_finite: bool, value_finite: bool, grad_nonzero: bool) -> str |
 
 
 def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetState], octave: Octave,
-                      k: int, *, size: tuple[int, int], bar) -> None:
-    """One octave of the default mode with the torch denoiser, every step on the model's device.
+                      k: int, *, size: tuple[int, int], bar, first: int = 0, saver: _Saver | None = None,
+                      checkpoint=None) -> None:
+    """One octave (from step ``first``) of the default mode with the torch denoiser, every step on
+    the model's device.
 
     The host draws the crop offsets (each facet's own stream, no device data needed) and reads the
-    trace once, at the end of the octave. A facet that meets NaN/Inf or a zero gradient is frozen
-    on the device from that step on and reported when the octave ends, as the host loop would.
+    trace at the end of the octave and at each checkpoint. A facet that meets NaN/Inf or a zero
+    gradient is frozen on the device from that step on and reported at the next read, as the host
+    loop would; facets that failed earlier in this octave come in frozen.
     """
     from .tv_bregman import denoise_tv_bregman as tv
 
@@ -523,11 +694,39 @@ def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetSta
     t0 = time.perf_counter()
     imgs = torch.from_numpy(np.stack([s.image for s in active])).to(dev)
     n = len(active)
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    alive = torch.tensor([s.status == "running" for s in active], dtype=torch.bool, device=dev)
     mask = _margin_mask(octave, size)
     mask_t = None if mask is None else torch.from_numpy(mask).to(dev)
-    rows = []  # per step: host offsets, device (values, mean |g|, best, grad ok, value ok, nonzero, image ok)
-    for i in range(octave.iter_n):
+    rows = []  # per step: index, host offsets, device (values, mean |g|, ..., alive), best
+
+    def read_back() -> None:
+        """The host read: append the trace rows so far, mark failures, bring the images home."""
+        nonlocal t0
+        stats = torch.stack([r[4] for r in rows]).cpu().numpy() if rows else np.zeros((0, 7, n))
+        bests = None if not rows or rows[0][5] is None else torch.stack([r[5] for r in rows]).cpu().tolist()
+        final = imgs.cpu().numpy()
+        dt = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for j, s in enumerate(active):
+            if s.status == "running":
+                s.seconds += dt
+                for r, (i, offsets, step, weight, _, _) in enumerate(rows):
+                    value, mag, grad_ok, value_ok, nonzero, image_ok, was_alive = stats[r, :, j]
+                    if not was_alive:
+                        break
+                    s.steps.append({"octave": k + 1, "step": i, "activation": float(value),
+                                    "best_unit": None if bests is None else int(bests[r][j]), "step_size": step,
+                                    "tv_weight": weight, "offset": list(offsets[j]), "mean_abs_grad": float(mag)})
+                    problem = _problem(bool(grad_ok), bool(value_ok), bool(nonzero))
+                    if problem is None and not image_ok:
+                        problem = "NaN/Inf in the image after denoising"
+                    if problem:
+                        _fail(s, f"{problem} at octave {k + 1}, step {i}", k)
+                        break
+            s.image = np.ascontiguousarray(final[j], dtype=np.float32)
+        rows.clear()
+
+    for i in range(first, octave.iter_n):
         offsets = _offsets(active, octave, size)
         crops = torch.stack([imgs[j, :, ox:ox + h, oy:oy + w] for j, (ox, oy) in enumerate(offsets)])
         x = crops.to(model.dtype).detach().requires_grad_(True)  # crops itself stays out of the graph
@@ -557,32 +756,15 @@ def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetSta
         else:
             for j, (ox, oy) in enumerate(offsets):
                 imgs[j, :, ox:ox + h, oy:oy + w] = den[j]
-        rows.append((offsets, step, weight, torch.stack([value, mag.double(), grad_ok.double(),
-                                                         value_ok.double(), nonzero.double(),
-                                                         image_ok.double(), alive.double()]), best))
+        rows.append((i, offsets, step, weight, torch.stack([value, mag.double(), grad_ok.double(),
+                                                            value_ok.double(), nonzero.double(),
+                                                            image_ok.double(), alive.double()]), best))
         alive = keep
         bar.update(1)
-    # The one host read of the octave.
-    stats = torch.stack([r[3] for r in rows]).cpu().numpy() if rows else np.zeros((0, 7, n))
-    bests = None if not rows or rows[0][4] is None else torch.stack([r[4] for r in rows]).cpu().tolist()
-    final = imgs.cpu().numpy()
-    dt = (time.perf_counter() - t0) / n
-    for j, s in enumerate(active):
-        s.seconds += dt
-        for i, (offsets, step, weight, _, _) in enumerate(rows):
-            value, mag, grad_ok, value_ok, nonzero, image_ok, was_alive = stats[i, :, j]
-            if not was_alive:
-                break
-            s.steps.append({"octave": k + 1, "step": i, "activation": float(value),
-                            "best_unit": None if bests is None else int(bests[i][j]), "step_size": step,
-                            "tv_weight": weight, "offset": list(offsets[j]), "mean_abs_grad": float(mag)})
-            problem = _problem(bool(grad_ok), bool(value_ok), bool(nonzero))
-            if problem is None and not image_ok:
-                problem = "NaN/Inf in the image after denoising"
-            if problem:
-                _fail(s, f"{problem} at octave {k + 1}, step {i}")
-                break
-        s.image = np.ascontiguousarray(final[j], dtype=np.float32)
+        if saver is not None and i + 1 < octave.iter_n and saver.due():
+            read_back()
+            checkpoint(k, i + 1)
+    read_back()
 
 
 def _denoise_torch(crops: list[np.ndarray], weight: float, *, device) -> list[np.ndarray]:

@@ -130,7 +130,8 @@ def _parse_blob(buf, start: int, stop: int) -> np.ndarray:
     if shape is None:
         dims = [legacy[_B_NUM], legacy[_B_CH], legacy[_B_H], legacy[_B_W]]
         shape = dims if has_legacy else []
-    if double_chunks and not float_chunks:
+    if double_chunks:
+        # Caffe's Blob::FromProto reads double_data whenever it is present, data otherwise.
         data = np.concatenate(double_chunks).astype(np.float32)
     elif len(float_chunks) == 1:
         data = float_chunks[0].astype(np.float32, copy=True)
@@ -197,21 +198,71 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
             buf.close()
 
 
+def _field_end(buf, pos: int, end: int) -> int:
+    """Position after the one field that starts at ``pos``."""
+    key, pos = _varint(buf, pos, end)
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise ValueError("field number 0")
+    if wire == _VARINT:
+        return _varint(buf, pos, end)[1]
+    if wire == _LEN:
+        length, pos = _varint(buf, pos, end)
+        stop = pos + length
+    elif wire == _I64:
+        stop = pos + 8
+    elif wire == _I32:
+        stop = pos + 4
+    else:
+        raise ValueError(f"unsupported wire type {wire}")
+    if stop > end:
+        raise _Truncated
+    return stop
+
+
+def _partial_layer_name(buf, start: int, end: int, layout: dict) -> str | None:
+    """The name of a layer whose bytes stop early, if its name field survived."""
+    pos = start
+    try:
+        while pos < end:
+            key, body = _varint(buf, pos, end)
+            if key >> 3 == layout["name"] and key & 7 == _LEN:
+                length, s = _varint(buf, body, end)
+                if s + length <= end:
+                    return bytes(buf[s:s + length]).decode("utf-8", "replace")
+                return None
+            pos = _field_end(buf, pos, end)
+    except (_Truncated, ValueError):
+        pass
+    return None
+
+
 def _read_layers(buf, size: int, path: Path) -> dict[str, list[np.ndarray]]:
     weights: dict[str, list[np.ndarray]] = {}
     current = None
     seen_layers = False
+    pos = 0
     try:
-        for number, wire, value in _fields(buf, 0, size):
-            if wire != _LEN or number not in (_NET_LAYER, _NET_LAYERS):
-                continue
-            seen_layers = True
-            layout = _V2 if number == _NET_LAYER else _V1
-            current = None
-            name, _, blob_ranges = _parse_layer(buf, value[0], value[1], layout)
-            current = name
-            if blob_ranges:
-                weights[name] = [_parse_blob(buf, *r) for r in blob_ranges]
+        while pos < size:
+            # The top-level fields by hand: a layer cut short by the end of the file is named
+            # from the bytes that remain, not taken for the layer before it.
+            key, body = _varint(buf, pos, size)
+            number, wire = key >> 3, key & 7
+            if wire == _LEN and number in (_NET_LAYER, _NET_LAYERS):
+                length, start = _varint(buf, body, size)
+                layout = _V2 if number == _NET_LAYER else _V1
+                if start + length > size:
+                    current = _partial_layer_name(buf, start, size, layout)
+                    raise _Truncated
+                seen_layers = True
+                current = None
+                name, _, blob_ranges = _parse_layer(buf, start, start + length, layout)
+                current = name
+                if blob_ranges:
+                    weights[name] = [_parse_blob(buf, *r) for r in blob_ranges]
+                pos = start + length
+            else:
+                pos = _field_end(buf, pos, size)
     except _Truncated:
         raise CaffeError("weights file is truncated", path=path, layer=current) from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -306,6 +357,10 @@ def write_caffemodel(
         raise CaffeError(f"unknown caffemodel format {format!r} (v1 or v2)")
     legacy = format == "v1"
     path = Path(path)
+    if not netdef.layers:
+        raise CaffeError("the definition has no layers in the TEST phase (layers included only in "
+                         "TRAIN are left out): a caffemodel of it would hold nothing",
+                         path=netdef.path, field="layer")
     header = schema.NetParameter(name=netdef.name)
     if legacy:
         for name, shape in netdef.inputs.items():

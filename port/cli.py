@@ -76,8 +76,11 @@ def cmd_dump(args: argparse.Namespace) -> None:
 
     try:
         x = np.load(args.input)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise CaffeError(f"cannot read input batch: {exc}", path=args.input) from None
+    if not isinstance(x, np.ndarray):
+        x.close()
+        raise CaffeError("an .npz archive; give one (N, C, H, W) array as .npy", path=args.input)
     if x.ndim != 4:
         raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=args.input)
     backward = BackwardSeed.parse(args.backward_from) if args.backward_from else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CaffeError", "ToolError", "UsageError"]
+__all__ = ["CaffeError", "ToolError", "UsageError", "WriteError"]
 
 
 class ToolError(Exception):
@@ -55,3 +55,15 @@ class CaffeError(ToolError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class WriteError(ToolError):
+    """An output file that cannot be written (a folder in its place, no permission, disk full).
+
+    The message starts with the file; ``path`` keeps it.
+    """
+
+    def __init__(self, message: str, *, path: str | Path) -> None:
+        self.path = str(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}")

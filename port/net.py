@@ -13,11 +13,13 @@ from .caffemodel import read_caffemodel
 from .errors import CaffeError
 from .layers import CaffeLayer, Shape, build_layer
 from .netdef import NetDef, load_prototxt
+from .validate import validate_netdef
 
 
 def _module_key(name: str) -> str:
-    # nn.Module names cannot contain '.'; Caffe layer names can.
-    return name.replace(".", "\u2024")
+    # nn.Module names cannot contain '.'; Caffe layer names can. Percent-escaping keeps the mapping
+    # one-to-one ('a.b' and 'a\u2024b' are different layers and stay different keys).
+    return name.replace("%", "%25").replace(".", "%2E")
 
 
 class CaffeNet(nn.Module):
@@ -39,6 +41,8 @@ class CaffeNet(nn.Module):
 
     def __init__(self, netdef: NetDef, *, zero_init: bool = True) -> None:
         super().__init__()
+        # Every shape is checked before any weight is allocated (Caffe's Reshape checks, up front).
+        validate_netdef(netdef)
         self.netdef = netdef
         self.layer_modules = nn.ModuleDict()
         shapes: dict[str, Shape] = dict(netdef.inputs)
@@ -87,7 +91,7 @@ class CaffeNet(nn.Module):
                    share: bool = False) -> None:
         """Copy Caffe weight blobs (layer name -> arrays) into the net, checking every shape.
 
-        Blobs are matched by layer name. A blob may be stored with a different but equal-sized
+        Blobs are matched by layer name. NaN or infinite weights are an error. A blob may be stored with a different but equal-sized
         shape only when it is the legacy 4-D form of the expected shape (leading 1s), as in V1 files.
         With ``strict``, a learnable layer missing from ``weights`` is an error. Like Caffe,
         blobs of layers that the definition lacks are ignored. With ``share``, float32 arrays become
@@ -115,6 +119,11 @@ class CaffeNet(nn.Module):
                         raise CaffeError(f"blob {i} has shape {tuple(blob.shape)}, the definition "
                                          f"implies {tuple(shape)}", path=source, layer=layer.name,
                                          field=f"blobs[{i}]")
+                if blob.dtype.kind == "f" and not np.isfinite(blob).all():
+                    nan = int(np.isnan(blob).sum())
+                    inf = int(np.isinf(blob).sum())
+                    raise CaffeError(f"blob {i} holds {nan} NaN and {inf} infinite values",
+                                     path=source, layer=layer.name, field=f"blobs[{i}]")
                 param = module.blobs[i]
                 value = torch.from_numpy(np.ascontiguousarray(blob).reshape(shape))
                 if share and value.dtype == param.dtype and param.device.type == "cpu":

@@ -121,7 +121,8 @@ class NetDef:
 
 
 _TEXT_ERROR = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
-_FIELD_IN_ERROR = re.compile(r'field "?([\w.]+)"?|named "?(\w+)"?')
+_FIELD_IN_ERROR = re.compile(r'field named "?(\w+)"?|field "?([\w.]+)"?')
+_FIELD_BEFORE_VALUE = re.compile(r'(\w+)\s*:\s*[^\s:{}]*$')
 
 
 def _layer_block_lines(text: str) -> list[int]:
@@ -174,6 +175,14 @@ def parse_net_text(text: str, *, path: str | Path | None = None):
         reason = m.group(3) if m else msg
         fm = _FIELD_IN_ERROR.search(reason)
         fld = next((g for g in fm.groups() if g), None) if fm else None
+        if fld is None and m and line is not None:
+            # A bad value (an enum name, a number): the field is the name before the colon.
+            lines = text.splitlines()
+            col = int(m.group(2))
+            before = lines[line - 1][:col - 1] if line <= len(lines) else ""
+            fv = _FIELD_BEFORE_VALUE.search(before) or _FIELD_BEFORE_VALUE.search(
+                lines[line - 1][:col + 40] if line <= len(lines) else "")
+            fld = fv.group(1) if fv else None
         layer = _layer_at_line(text, line) if line else None
         raise CaffeError(f"malformed prototxt: {reason}", path=path, line=line, layer=layer,
                          field=fld) from None
@@ -204,9 +213,10 @@ def _rule_met(rule, phase: int, level: int = 0, stages: tuple[str, ...] = ()) ->
     return not any(s in stages for s in rule.not_stage)
 
 
-def _included(param, phase: int) -> bool:
+def _included(param, phase: int, *, path: str | Path | None = None, line: int | None = None) -> bool:
     if param.include and param.exclude:
-        raise CaffeError("layer specifies both include and exclude rules", layer=param.name)
+        raise CaffeError("layer specifies both include and exclude rules", path=path,
+                         layer=param.name, line=line, field="include")
     if param.include:
         return any(_rule_met(r, phase) for r in param.include)
     return not any(_rule_met(r, phase) for r in param.exclude)
@@ -288,7 +298,7 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
         if not param.type:
             raise CaffeError("layer has no type", path=path, layer=param.name, line=line,
                              field="type")
-        if not _included(param, phase):
+        if not _included(param, phase, path=path, line=line):
             continue
         if param.name in names:
             raise CaffeError("duplicate layer name", path=path, layer=param.name, line=line,

@@ -45,7 +45,7 @@ def _means(n: int, size: tuple[int, int]) -> list[np.ndarray]:
     paths = sorted(folder.glob("mean_*.jpg"))
     if not paths:
         raise SystemExit(f"no mean_*.jpg in {folder}")
-    imgs = [_io.fit_to(_io.load_rgb(p, allow_convert=True), size) for p in paths]
+    imgs = [_io.fit_to(_io.load_rgb(p), size) for p in paths]
     return [imgs[i % len(imgs)] for i in range(n)]
 
 

@@ -68,7 +68,10 @@ def test_means_visualize_evaluate(tmp_path, capsys):
 
 
 def test_unknown_layer_and_model_are_one_line_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["visualize", "--model", MODEL, "--layer", "nope", "--unit", "1", "--init", "noise", "--out", str(tmp_path)])
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:  # a usage error: argparse's usage, then the error line
+        main(["visualize", "--model", MODEL, "--layer", "nope", "--unit", "1", "--init", "noise",
+              "--out", str(out)])
+    assert exc.value.code == 2 and "no layer 'nope'" in capsys.readouterr().err and not out.exists()
     assert main(["layers", "--model", "no.such.model"]) == 2
     assert "unknown model" in capsys.readouterr().err

@@ -49,10 +49,11 @@ def test_clusters_recover_groups_and_means_are_pixel_means(tmp_path):
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "imgs" / "grey.png")
     out = tmp_path / "out"
-    r = make_means(_colour_model(), tmp_path / "imgs", k=3, m=5, layer="1", seed=0, out=out, progress=False)
+    r = make_means(_colour_model(), tmp_path / "imgs", k=3, m=5, layer="1", seed=0, out=out, progress=False,
+                   keep_grey=False)
     assert len(r.skipped) == 2
     assert any("broken.jpg" in s and "unreadable" in s for s in r.skipped)
-    assert any("grey.png" in s and "not an RGB" in s for s in r.skipped)
+    assert any("grey.png" in s and "greyscale" in s for s in r.skipped)
     data = json.loads((out / "clusters.json").read_text())
     assert len(data["images"]) == 18 and data["skipped"] == r.skipped
     groups_seen = set()
@@ -122,7 +123,7 @@ def test_reproduces_published_class_945_means(k):
     crops = find_images(root / str(k))
     assert len(crops) == 15
     # Mean 5 includes a greyscale crop (mode L): the authors' pipeline replicated it to RGB.
-    stack = np.stack([_io.load_rgb(p, allow_convert=True) for p in crops])
+    stack = np.stack([_io.load_rgb(p) for p in crops])
     ours = mean_image(stack)
     published = np.asarray(Image.open(root / f"mean_{k}.jpg").convert("RGB")).astype(np.float64)
     # "Within JPEG error" (spec: ~1/255, i.e. one grey level): our mean, JPEG-coded at quality 75 as

@@ -14,6 +14,7 @@ from skimage.restoration import denoise_tv_bregman
 from torch import nn
 
 from mfv import _io
+from mfv.errors import MfvError
 from mfv.evaluate import evaluate
 from mfv.models import wrap
 from mfv.objectives import Objective, unit
@@ -201,7 +202,7 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path):
         assert [s["activation"] for s in a["steps"]] == pytest.approx([s["activation"] for s in b["steps"]], rel=1e-6)
     for i in range(2):
         assert (out / f"facet_{i}.png").read_bytes() == (tmp_path / "ref" / f"facet_{i}.png").read_bytes()
-    with pytest.raises(RuntimeError, match="different run"):
+    with pytest.raises(MfvError, match="different run"):
         visualize(model, unit("8", 4), inits, schedule=TINY, seed=1, out=out, progress=False)
     # --restart: the old run's facets go, the new run writes its own
     visualize(model, unit("8", 4), inits[:1], schedule=TINY, seed=1, out=out, progress=False, resume=False)
