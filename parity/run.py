@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,16 @@ def _find_builtin(
     return found
 
 
+def _read_golden_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a golden .npz; any unreadable file is a setup error that names it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ParitySetupError(f"{path}: not a readable golden .npz ({reason})") from None
+
+
 def _find_user(
     prototxt: Path, golden_files: Mapping[str, str | Path], want_caffe: list[str], *,
     allow_missing: bool,
@@ -216,8 +227,7 @@ def _find_user(
     netdef = port.load_prototxt(prototxt)
     found = _Found(netdef.name or prototxt.stem, prototxt, netdef)
     for blas, path in golden_files.items():
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = _read_golden_file(path)
         found.goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path))
         mine = golden_inputs(netdef, arrays, str(path))
         if found.inputs and any(

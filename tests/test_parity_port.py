@@ -365,3 +365,18 @@ def test_a_port_with_the_wrong_shape_still_writes_valid_json():
     doc = json.loads(result.dumps())
     assert doc["passed"] is False
     assert any(v.get("port") == "inf" for row in doc["local"] for v in row["forward"].values())
+
+
+@pytest.mark.parametrize("content", [None, b"garbage", b"PK\x03\x04 cut short"],
+                         ids=["missing", "not-npz", "truncated-zip"])  # fmt: skip
+def test_an_unreadable_golden_file_is_one_error_line(tmp_path, capsys, content):
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    golden = tmp_path / "g.npz"
+    if content is not None:
+        golden.write_bytes(content)
+    rc = main(["run", "--prototxt", str(proto), "--golden", f"atlas={golden}",
+               "--references", "caffe-atlas", "--no-verdict"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"parity: error: {golden}: not a readable golden .npz")
+    assert "Traceback" not in err
