@@ -45,9 +45,10 @@ import numpy as np
 from port.atomic import write_text_atomic
 
 from . import _io
+from .octaves import Schedule
 
 __all__ = ["sweep", "parse_units", "read_unit_map", "read_classes", "imagenet_folders", "unit_status",
-           "unit_key", "ModelArgs", "UnitTask", "write_index", "DEFAULT_CLASSES"]
+           "unit_key", "ModelArgs", "SweepParams", "UnitTask", "write_index", "DEFAULT_CLASSES"]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,41 @@ class ModelArgs:
 
 
 @dataclass(frozen=True)
+class SweepParams:
+    """What every unit of one sweep shares, as sent to the workers (picklable, hashable).
+
+    :meth:`identity` holds the fields that decide a unit's result: it is ``sweep.json``'s
+    ``params`` and, with the unit's image folder, the unit key. ``device``, ``threads``,
+    ``batch_size`` and ``evaluate`` decide only how and where the result is computed.
+    """
+
+    model: ModelArgs
+    layer: str
+    softmax: bool
+    code_layer: str
+    k: int
+    m: int
+    means_seed: int
+    seed: int
+    schedule: Schedule
+    faithful: bool
+    denoiser: str
+    keep_grey: bool
+    exclude: tuple[str, ...]
+    device: str = "cpu"
+    threads: int = 1
+    batch_size: int = 16
+    evaluate: bool = True
+
+    def identity(self) -> dict:
+        """The JSON-ready parameters that decide each unit's result."""
+        return {"model": asdict(self.model), "layer": self.layer, "softmax": self.softmax,
+                "code_layer": self.code_layer, "k": self.k, "m": self.m, "means_seed": self.means_seed,
+                "seed": self.seed, "schedule": self.schedule.as_dict(), "faithful": self.faithful,
+                "denoiser": self.denoiser, "keep_grey": self.keep_grey, "exclude": list(self.exclude)}
+
+
+@dataclass(frozen=True)
 class UnitTask:
     """One unit's work, as sent to a worker (picklable; no model, no open files)."""
 
@@ -240,23 +276,7 @@ class UnitTask:
     out: str
     key: str
     label: str
-    model: ModelArgs
-    device: str
-    threads: int
-    layer: str
-    softmax: bool
-    code_layer: str
-    k: int
-    m: int
-    means_seed: int
-    seed: int
-    schedule: object  # mfv.octaves.Schedule
-    faithful: bool
-    denoiser: str
-    keep_grey: bool
-    exclude: tuple[str, ...]
-    batch_size: int
-    evaluate: bool
+    params: SweepParams
     hook: Callable[[int, str], None] | None = field(default=None, compare=False)
 
 
@@ -363,7 +383,7 @@ def _run_unit(task: UnitTask) -> dict:
     base = {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key,
             "worker": _worker_name()}
     try:
-        model, load_s = _worker_model(task.model, task.device, task.threads)
+        model, load_s = _worker_model(task.params.model, task.params.device, task.params.threads)
         udir.mkdir(parents=True, exist_ok=True)
         _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
                                              "folder": task.folder, "label": task.label})
@@ -380,7 +400,7 @@ def _run_unit(task: UnitTask) -> dict:
         hook(task.unit, "visualize")
 
         ev = None
-        if task.evaluate:
+        if task.params.evaluate:
             from .evaluate import evaluate
 
             t0 = time.perf_counter()
@@ -420,12 +440,13 @@ def _ensure_means(model, task: UnitTask, udir: Path) -> Path:
     from .means import make_means
 
     means_dir = udir / "means"
+    sp = task.params
     if (means_dir / "clusters.json").is_file():
         return means_dir
     tmp = udir / f".means-{uuid.uuid4().hex[:8]}"
     try:
-        make_means(model, task.folder, k=task.k, m=task.m, layer=task.code_layer, seed=task.means_seed,
-                   out=tmp, batch_size=task.batch_size, keep_grey=task.keep_grey, exclude=task.exclude,
+        make_means(model, task.folder, k=sp.k, m=sp.m, layer=sp.code_layer, seed=sp.means_seed,
+                   out=tmp, batch_size=sp.batch_size, keep_grey=sp.keep_grey, exclude=sp.exclude,
                    progress=False)
         if means_dir.exists():  # emptied by hand, or left by something else: not ours to keep
             shutil.rmtree(means_dir)
@@ -439,17 +460,18 @@ def _visualize_unit(model, task: UnitTask, udir: Path, means_dir: Path) -> dict:
     from .objectives import parse_target
     from .visualize import visualize
 
-    shape = model.layer_shapes()[task.layer]
-    obj = parse_target(task.layer, task.unit, softmax=task.softmax, shape=shape)
+    sp = task.params
+    shape = model.layer_shapes()[sp.layer]
+    obj = parse_target(sp.layer, task.unit, softmax=sp.softmax, shape=shape)
     paths = sorted(means_dir.glob("mean_*.png"), key=lambda p: int(p.stem.split("_")[1]))
-    if len(paths) != task.k:
-        raise ValueError(f"{means_dir} holds {len(paths)} mean images, expected {task.k}")
+    if len(paths) != sp.k:
+        raise ValueError(f"{means_dir} holds {len(paths)} mean images, expected {sp.k}")
     inits = [_io.load_rgb(p) for p in paths]
-    extra = {"means": str(means_dir), "code_layer": task.code_layer,
+    extra = {"means": str(means_dir), "code_layer": sp.code_layer,
              "sweep": {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key}}
-    return visualize(model, obj, inits, schedule=task.schedule, seed=task.seed, faithful=task.faithful,
+    return visualize(model, obj, inits, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful,
                      out=udir, resume=True, progress=False, init_names=[str(p) for p in paths],
-                     clusters=list(range(len(paths))), denoiser=task.denoiser, extra=extra)
+                     clusters=list(range(len(paths))), denoiser=sp.denoiser, extra=extra)
 
 
 def _facet_summary(trace: dict, ev: dict | None) -> list[dict]:
@@ -581,9 +603,9 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         raise ValueError("give images= (an ImageNet-style root) or unit_map=")
     margs = ModelArgs(model, *(None if p is None else str(p) for p in (prototxt, caffemodel, weights)),
                       weight_seed, parity_check, None if parity_file is None else str(parity_file)).resolved()
-    params = {"model": asdict(margs), "layer": layer, "softmax": softmax, "code_layer": code_layer, "k": k,
-              "m": m, "means_seed": means_seed, "seed": seed, "schedule": sched.as_dict(),
-              "faithful": faithful, "denoiser": denoiser, "keep_grey": keep_grey, "exclude": list(exclude)}
+    sp = SweepParams(margs, layer, softmax, code_layer, k, m, means_seed, seed, sched, faithful, denoiser,
+                     keep_grey, tuple(exclude), str(device), threads_per_worker, batch_size, evaluate)
+    params = sp.identity()
     _check_sweep_file(out, params)
     say = tqdm.write if progress else (lambda *_a, **_k: None)
 
@@ -612,8 +634,7 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         todo = [u for u in chosen if status[u] != "done"]
         say(f"mfv sweep: {len(chosen) - len(todo)} of {len(chosen)} unit(s) already done, {len(todo)} to run "
             f"({sum(status[u] == 'partial' for u in todo)} resumed) on {_n_workers(client)} worker(s); out {out}")
-        run = _run(client, out, todo, plan, labels, params, margs, str(device), threads_per_worker, sched,
-                   retries, progress, hook, records, probe, batch_size, evaluate, tuple(exclude))
+        run = _run(client, out, todo, plan, labels, sp, retries, progress, hook, records, probe)
     finally:
         client.close()
         if cluster is not None:
@@ -708,15 +729,13 @@ def _submit_probe(client, margs, device, threads, layer, code_layer, scheduler) 
                            f"this package ({e}); install it on every worker (mfv/SWEEP.md)") from None
 
 
-def _run(client, out: Path, todo: list[int], plan, labels, params, margs, device, threads, sched, retries,
-         progress, hook, records, probe, batch_size, evaluate, exclude) -> dict:
+def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retries, progress, hook, records,
+         probe) -> dict:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    tasks = [UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], margs, device, threads,
-                      params["layer"], params["softmax"], params["code_layer"], params["k"], params["m"],
-                      params["means_seed"], params["seed"], sched, params["faithful"], params["denoiser"],
-                      params["keep_grey"], exclude, batch_size, evaluate, hook) for u in todo]
+    params = sp.identity()
+    tasks = [UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], sp, hook) for u in todo]
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     # Lower units first: priority breaks Dask's ties in the order a person reads the index.
     futures = {client.submit(_run_unit, t, key=f"mfv-unit-{t.unit}-{t.key}", retries=retries, pure=False,
