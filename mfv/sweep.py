@@ -373,55 +373,99 @@ def _read_json(path: Path) -> dict | None:
 
 def _run_unit(task: UnitTask) -> dict:
     """One unit from images to evaluation; returns its summary record (also ``done.json``)."""
+    return _run_units([task])[0]
+
+
+def _run_units(tasks: list[UnitTask]) -> list[dict]:
+    """Several units, their facets in one MFV batch; one summary record per unit (each also its
+    ``done.json``). Each unit's means and evaluation are its own: one unit's bad input fails that
+    unit only. A single unit runs :func:`mfv.visualize.visualize` exactly as before."""
     from port.verdict import ParityError
 
     t_start = time.perf_counter()
-    udir = Path(task.out)
-    hook = task.hook or (lambda unit, stage: None)
-    if unit_status(udir, task.key) == "done":  # another attempt finished it meanwhile
-        return _read_json(udir / "done.json")
-    base = {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key,
-            "worker": _worker_name()}
+    sp = tasks[0].params
+    records: dict[int, dict] = {}
+    for task in tasks:
+        if unit_status(task.out, task.key) == "done":  # another attempt finished it meanwhile
+            records[task.unit] = _read_json(Path(task.out) / "done.json")
+    tasks_left = [t for t in tasks if t.unit not in records]
+    if not tasks_left:
+        return [records[t.unit] for t in tasks]
+    live: list[tuple[UnitTask, dict, dict, Path]] = []  # task, base record, timings, means folder
     try:
-        model, load_s = _worker_model(task.params.model, task.params.device, task.params.threads)
-        udir.mkdir(parents=True, exist_ok=True)
-        _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
-                                             "folder": task.folder, "label": task.label})
-        hook(task.unit, "start")
-        timings = {"model_load": round(load_s, 3)}
-        t0 = time.perf_counter()
-        means_dir = _ensure_means(model, task, udir)
-        timings["means"] = round(time.perf_counter() - t0, 3)
-        hook(task.unit, "means")
-
-        t0 = time.perf_counter()
-        trace = _visualize_unit(model, task, udir, means_dir)
-        timings["visualize"] = round(time.perf_counter() - t0, 3)
-        hook(task.unit, "visualize")
-
-        ev = None
-        if task.params.evaluate:
-            from .evaluate import evaluate
-
-            t0 = time.perf_counter()
-            ev = evaluate(udir, model=model, means=means_dir)
-            timings["evaluate"] = round(time.perf_counter() - t0, 3)
-            hook(task.unit, "evaluate")
+        model, load_s = _worker_model(sp.model, sp.device, sp.threads)
     except (ValueError, FileNotFoundError, ParityError) as e:
-        # Bad input fails the same way on every worker: report it instead of letting Dask retry.
-        return {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
-    timings["total"] = round(time.perf_counter() - t_start, 3)
-    facets_done = sum(f["status"] == "done" for f in trace["facets"])
-    record = {**base, "format": DONE_FORMAT,
-              "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
-              "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
-              "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
-              "evaluation": None if ev is None else {
-                  "diversity": ev.get("diversity"),
-                  "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
-    return record
+        return [records.get(t.unit) or {**_base_record(t), "status": "failed",
+                                        "message": f"unit {t.unit} ({t.folder}): {e}"} for t in tasks]
+    for task in tasks_left:
+        udir, base = Path(task.out), _base_record(task)
+        hook = task.hook or (lambda unit, stage: None)
+        try:
+            udir.mkdir(parents=True, exist_ok=True)
+            _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
+                                                 "folder": task.folder, "label": task.label})
+            hook(task.unit, "start")
+            timings = {"model_load": round(load_s, 3)}
+            load_s = 0.0  # the model loads once per batch; count it on its first unit
+            t0 = time.perf_counter()
+            means_dir = _ensure_means(model, task, udir)
+            timings["means"] = round(time.perf_counter() - t0, 3)
+            hook(task.unit, "means")
+            live.append((task, base, timings, means_dir))
+        except (ValueError, FileNotFoundError, ParityError) as e:
+            # Bad input fails the same way on every worker: report it instead of letting Dask retry.
+            records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+
+    traces: dict[int, dict] = {}
+    if live:
+        t0 = time.perf_counter()
+        try:
+            for (task, *_), trace in zip(live, _visualize_units(model, [(t, d) for t, _, _, d in live]),
+                                         strict=True):
+                traces[task.unit] = trace
+        except (ValueError, FileNotFoundError) as e:
+            for task, base, _, _ in live:
+                records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+            live = []
+        seconds = round(time.perf_counter() - t0, 3)
+        for task, _, timings, _ in live:
+            timings["visualize"] = seconds  # the batch's time, shared by its units
+            if len(live) > 1:
+                timings["units_in_batch"] = len(live)
+            (task.hook or (lambda unit, stage: None))(task.unit, "visualize")
+
+    for task, base, timings, means_dir in live:
+        udir, trace = Path(task.out), traces[task.unit]
+        ev = None
+        try:
+            if sp.evaluate:
+                from .evaluate import evaluate
+
+                t0 = time.perf_counter()
+                ev = evaluate(udir, model=model, means=means_dir)
+                timings["evaluate"] = round(time.perf_counter() - t0, 3)
+                (task.hook or (lambda unit, stage: None))(task.unit, "evaluate")
+        except (ValueError, FileNotFoundError, ParityError) as e:
+            records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+            continue
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        facets_done = sum(f["status"] == "done" for f in trace["facets"])
+        record = {**base, "format": DONE_FORMAT,
+                  "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
+                  "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
+                  "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
+                  "evaluation": None if ev is None else {
+                      "diversity": ev.get("diversity"),
+                      "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
+        records[task.unit] = record
+    return [records[t.unit] for t in tasks]
+
+
+def _base_record(task: UnitTask) -> dict:
+    return {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key,
+            "worker": _worker_name()}
 
 
 def _worker_name() -> str:
@@ -456,9 +500,10 @@ def _ensure_means(model, task: UnitTask, udir: Path) -> Path:
     return means_dir
 
 
-def _visualize_unit(model, task: UnitTask, udir: Path, means_dir: Path) -> dict:
+def _unit_job(model, task: UnitTask, means_dir: Path):
+    """The :class:`mfv.visualize.UnitJob` of one unit: its target and its mean images."""
     from .objectives import parse_target
-    from .visualize import visualize
+    from .visualize import UnitJob
 
     sp = task.params
     shape = model.layer_shapes()[sp.layer]
@@ -466,12 +511,26 @@ def _visualize_unit(model, task: UnitTask, udir: Path, means_dir: Path) -> dict:
     paths = sorted(means_dir.glob("mean_*.png"), key=lambda p: int(p.stem.split("_")[1]))
     if len(paths) != sp.k:
         raise ValueError(f"{means_dir} holds {len(paths)} mean images, expected {sp.k}")
-    inits = [_io.load_rgb(p) for p in paths]
     extra = {"means": str(means_dir), "code_layer": sp.code_layer,
              "sweep": {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key}}
-    return visualize(model, obj, inits, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful,
-                     out=udir, resume=True, progress=False, init_names=[str(p) for p in paths],
-                     clusters=list(range(len(paths))), denoiser=sp.denoiser, extra=extra)
+    return UnitJob(obj, [_io.load_rgb(p) for p in paths], out=task.out, init_names=[str(p) for p in paths],
+                   clusters=list(range(len(paths))), extra=extra)
+
+
+def _visualize_units(model, units: list[tuple[UnitTask, Path]]) -> list[dict]:
+    """MFV for the units' facets: :func:`mfv.visualize.visualize` for one unit, one
+    :func:`mfv.visualize.visualize_units` batch for several."""
+    from .visualize import visualize, visualize_units
+
+    sp = units[0][0].params
+    jobs = [_unit_job(model, task, means_dir) for task, means_dir in units]
+    if len(jobs) == 1:
+        j = jobs[0]
+        return [visualize(model, j.objective, j.inits, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful,
+                          out=j.out, resume=True, progress=False, init_names=j.init_names, clusters=j.clusters,
+                          denoiser=sp.denoiser, extra=j.extra)]
+    return visualize_units(model, jobs, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful, resume=True,
+                           progress=False, denoiser=sp.denoiser)
 
 
 def _facet_summary(trace: dict, ev: dict | None) -> list[dict]:
@@ -499,7 +558,7 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
           faithful: bool = False, denoiser: str | None = None, keep_grey: bool = False,
           exclude: Sequence[str] = (), batch_size: int = 16, evaluate: bool = True,
           scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1,
-          retries: int = 2, progress: bool = True,
+          retries: int = 2, progress: bool = True, units_per_batch: int = 1,
           hook: Callable[[int, str], None] | None = None) -> dict:
     """Mean images, MFV facets and evaluation for many units, one Dask task per unit.
 
@@ -563,6 +622,11 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         images, a missing folder, a refused parity check) fails the unit at once and is reported.
     progress : bool
         Progress bar (units done, rate, ETA) and messages on the terminal.
+    units_per_batch : int
+        Units whose facets share one MFV batch (one Dask task; :func:`mfv.visualize.visualize_units`).
+        Larger batches read the fully connected weights once for more facets, at the price of
+        coarser resumption (a batch's units finish together) and results that equal the one-unit
+        runs up to the float rounding of a larger batch. Default 1.
     hook : callable, optional
         ``hook(unit, stage)`` called on the worker after each stage (``"start"``, ``"means"``,
         ``"visualize"``, ``"evaluate"``) of a unit; must be picklable (tests use it to kill workers).
@@ -597,6 +661,8 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         raise ValueError(f"model {model!r} has no default target/code layer: give layer= and code_layer=")
     sched_path = Path(schedule) if schedule else (spec.schedule_path if spec else MODELS["caffenet"].schedule_path)
     sched = load_schedule(sched_path)
+    if isinstance(units_per_batch, bool) or not isinstance(units_per_batch, int) or units_per_batch < 1:
+        raise ValueError(f"units_per_batch must be a positive int, got {units_per_batch!r}")
     if denoiser is None:
         denoiser = "skimage" if faithful else "torch"
     if images is None and unit_map is None:
@@ -634,7 +700,7 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         todo = [u for u in chosen if status[u] != "done"]
         say(f"mfv sweep: {len(chosen) - len(todo)} of {len(chosen)} unit(s) already done, {len(todo)} to run "
             f"({sum(status[u] == 'partial' for u in todo)} resumed) on {_n_workers(client)} worker(s); out {out}")
-        run = _run(client, out, todo, plan, labels, sp, retries, progress, hook, records, probe)
+        run = _run(client, out, todo, plan, labels, sp, retries, progress, hook, records, probe, units_per_batch)
     finally:
         client.close()
         if cluster is not None:
@@ -730,16 +796,17 @@ def _submit_probe(client, margs, device, threads, layer, code_layer, scheduler) 
 
 
 def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retries, progress, hook, records,
-         probe) -> dict:
+         probe, units_per_batch: int) -> dict:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
     params = sp.identity()
     tasks = [UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], sp, hook) for u in todo]
+    chunks = [tasks[i:i + units_per_batch] for i in range(0, len(tasks), units_per_batch)]
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     # Lower units first: priority breaks Dask's ties in the order a person reads the index.
-    futures = {client.submit(_run_unit, t, key=f"mfv-unit-{t.unit}-{t.key}", retries=retries, pure=False,
-                             priority=-t.unit): t.unit for t in tasks}
+    futures = {client.submit(_run_units, c, key=f"mfv-units-{c[0].unit}-{c[0].key}-{len(c)}", retries=retries,
+                             pure=False, priority=-c[0].unit): [t.unit for t in c] for c in chunks}
     completed = failed = 0
     last_write = 0.0
 
@@ -750,20 +817,21 @@ def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retr
     bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not progress, smoothing=0.1)
     try:
         for fut in as_completed(futures):
-            u = futures[fut]
+            units = futures[fut]
             try:
-                rec = fut.result()
+                recs = fut.result()
             except Exception as e:  # retries spent, or the worker died too often (KilledWorker)
-                rec = {"unit": u, "label": labels[u], "folder": str(plan[u][0]), "status": "failed",
-                       "message": f"unit {u}: {type(e).__name__}: {e}"}
-            records[u] = rec
-            completed += 1
-            if rec.get("status") != "done":
-                failed += 1
-                bar.write(f"unit {u}: {rec.get('status')}: {rec.get('message')}")
+                recs = [{"unit": u, "label": labels[u], "folder": str(plan[u][0]), "status": "failed",
+                         "message": f"unit {u}: {type(e).__name__}: {e}"} for u in units]
+            for u, rec in zip(units, recs, strict=True):
+                records[u] = rec
+                completed += 1
+                if rec.get("status") != "done":
+                    failed += 1
+                    bar.write(f"unit {u}: {rec.get('status')}: {rec.get('message')}")
             hours = (time.perf_counter() - t0) / 3600
             bar.set_postfix(failed=failed, per_hour=f"{completed / hours:.0f}" if hours > 0 else "-")
-            bar.update(1)
+            bar.update(len(units))
             if time.perf_counter() - last_write > 10:  # the summary on disk follows the run
                 _io.write_json(out / "summary.json", summary(False))
                 last_write = time.perf_counter()
