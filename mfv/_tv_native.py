@@ -12,9 +12,14 @@ same size at every step, and fresh buffers cost more in page faults than a conve
 
 The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
 ``$CAFFE_MFV_CACHE/native`` (default ``~/.cache/caffe-mfv/native``), keyed by the source, the
-compiler and this CPU's instruction set, written to a temporary name and renamed into place.
-Without a compiler, or with ``CAFFE_MFV_NATIVE=0``, :func:`available` is False and callers fall
-back to the pure-torch solvers.
+compiler, the flags and this CPU's instruction set, written to a temporary name and renamed into
+place. Without a compiler, or with ``CAFFE_MFV_NATIVE=0``, :func:`available` is False and callers
+fall back to the pure-torch solvers.
+
+``CAFFE_MFV_NATIVE_ISA`` caps the instruction set the kernel is built for: ``native`` (default,
+``-march=native``), ``avx512`` (x86-64-v4), ``avx2`` (x86-64-v3) or ``sse2`` (x86-64), each tuned
+for this CPU. With ``ONEDNN_MAX_CPU_ISA=AVX2`` it shows on an AVX-512 machine how the whole step
+runs on an AVX2-only one. Asking for an instruction set the CPU lacks is an error, not a crash.
 """
 
 from __future__ import annotations
@@ -34,15 +39,21 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "denoise"]
+__all__ = ["available", "denoise", "isa", "vector_bytes"]
 
 _SOURCE = Path(__file__).with_name("_tv_native.c")
-# Lanes per group: a multiple of one AVX vector of float32, at most the kernel's 64.
+# Lanes per group: a multiple of 8 and of the kernel's vector, at most the kernel's 64.
 _LANE_STEP, _MAX_LANES = 8, 64
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as scikit-image's does.
 # -fno-math-errno lets sqrt vectorise; it changes no value.
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-shared",
-          "-fPIC"]
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-shared", "-fPIC"]
+# CAFFE_MFV_NATIVE_ISA -> (compiler flags, /proc/cpuinfo flags the CPU must have).
+_ISAS = {
+    "native": (["-march=native"], ()),
+    "avx512": (["-march=x86-64-v4", "-mtune=native"], ("avx512f", "avx512bw", "avx512dq", "avx512vl")),
+    "avx2": (["-march=x86-64-v3", "-mtune=native"], ("avx2", "fma", "bmi2")),
+    "sse2": (["-march=x86-64", "-mtune=native"], ("sse2",)),
+}
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 
@@ -57,6 +68,21 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def isa() -> str:
+    """The instruction-set cap asked for through ``CAFFE_MFV_NATIVE_ISA`` (validated)."""
+    name = os.environ.get("CAFFE_MFV_NATIVE_ISA", "native").strip().lower() or "native"
+    if name not in _ISAS:
+        raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r}: expected one of {sorted(_ISAS)}")
+    if name != "native":
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r} applies to x86-64 only, not {platform.machine()}")
+        have = set(_cpu_signature().split())
+        missing = [f for f in _ISAS[name][1] if f not in have]
+        if missing:
+            raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r}: this CPU lacks {', '.join(missing)}")
+    return name
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("CAFFE_MFV_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "caffe-mfv") / "native"
@@ -66,20 +92,21 @@ def _cache_dir() -> Path:
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("CAFFE_MFV_NATIVE", "1") == "0" or platform.system() != "Linux":
         return None
+    flags = _FLAGS + _ISAS[isa()][0]
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
         key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, _cpu_signature(),
-                                        " ".join(_FLAGS)]).encode()).hexdigest()[:16]
+                                        " ".join(flags)]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"tv_sweep_{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                run = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"],
+                run = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"],
                                      capture_output=True, text=True, timeout=300)
                 if run.returncode != 0:
                     raise RuntimeError(f"{cc} failed on {_SOURCE}:\n{run.stderr.strip()}")
@@ -92,6 +119,7 @@ def _library() -> ctypes.CDLL | None:
         warnings.warn(f"the compiled TV sweep is unavailable ({e}); using the torch solver", stacklevel=3)
         return None
     for name, ctype in _TYPES.values():
+        getattr(lib, f"tv_vector_lanes_{name}").restype = ctypes.c_int
         fn = getattr(lib, f"tv_sweep_{name}")
         fn.restype = None
         fn.argtypes = ([ctypes.POINTER(ctype)] * 10 + [ctypes.c_int] + [ctypes.c_long] * 5
@@ -108,10 +136,18 @@ def available() -> bool:
     return _library() is not None
 
 
-def _lanes_for(n: int, threads: int) -> int:
-    """Lanes per group: enough groups to keep every thread busy, few padding lanes."""
+def vector_bytes() -> int:
+    """Width in bytes of the vectors the compiled kernel uses (64: AVX-512, 32: AVX2, 16: SSE2),
+    0 when it is unavailable."""
+    lib = _library()
+    return 0 if lib is None else 4 * int(lib.tv_vector_lanes_float())
+
+
+def _lanes_for(n: int, threads: int, step: int = _LANE_STEP) -> int:
+    """Lanes per group, a multiple of ``step``: enough groups to keep every thread busy, few
+    padding lanes."""
     per_thread = math.ceil(n / max(1, threads))
-    return min(_MAX_LANES, _LANE_STEP * math.ceil(per_thread / _LANE_STEP))
+    return min(_MAX_LANES, step * math.ceil(per_thread / step))
 
 
 class _Workspace(threading.local):
@@ -167,7 +203,8 @@ def denoise(f: torch.Tensor, weight: torch.Tensor, *, channels: int, border: str
     if max_num_iter == 0:
         return f.clone(), num_iter
 
-    lanes = _lanes_for(n, threads)
+    step = max(_LANE_STEP, int(getattr(lib, f"tv_vector_lanes_{name}")()))
+    lanes = _lanes_for(n, threads, step)
     groups = math.ceil(n / lanes)
     state, fp = _WORKSPACE.get(f.dtype, groups, h, w, lanes)  # the kernel initialises them
     # Padding lanes: weight 1 on a zero image, never live, so they stay zero.

@@ -184,7 +184,7 @@ def _cmd_sweep(a) -> int:
                    denoiser=a.denoiser, keep_grey=a.keep_grey, exclude=tuple(a.exclude or ()),
                    batch_size=a.batch_size, evaluate=not a.no_evaluate, scheduler=a.scheduler,
                    workers=a.workers, threads_per_worker=a.threads_per_worker or a.threads or 1,
-                   retries=a.retries, progress=not a.quiet)
+                   retries=a.retries, units_per_batch=a.units_per_batch, progress=not a.quiet)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     rate = result["run"]["units_per_hour"]
     print(f"{len(result['units'])} units: {counts}" + (f"; {rate:.0f} units/hour this run" if rate else "")
@@ -336,6 +336,9 @@ def _add_sweep(tool: Tool) -> None:
                    help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)")
     s.add_argument("--no-evaluate", action="store_true", help="skip the evaluation of each unit")
+    s.add_argument("--units-per-batch", type=int, default=1, help="units whose facets share one MFV batch "
+                   "(one Dask task): the fully connected weights are read once for all of them; a batch's "
+                   "units finish together (default 1)")
     s.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 "
                    "(default: start a local cluster of worker processes)")
     s.add_argument("--workers", type=int, help="workers of the local cluster (default: one per GPU with "

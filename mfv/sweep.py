@@ -45,9 +45,10 @@ import numpy as np
 from port.atomic import write_text_atomic
 
 from . import _io
+from .octaves import Schedule
 
 __all__ = ["sweep", "parse_units", "read_unit_map", "read_classes", "imagenet_folders", "unit_status",
-           "unit_key", "ModelArgs", "UnitTask", "write_index", "DEFAULT_CLASSES"]
+           "unit_key", "ModelArgs", "SweepParams", "UnitTask", "write_index", "DEFAULT_CLASSES"]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,41 @@ class ModelArgs:
 
 
 @dataclass(frozen=True)
+class SweepParams:
+    """What every unit of one sweep shares, as sent to the workers (picklable, hashable).
+
+    :meth:`identity` holds the fields that decide a unit's result: it is ``sweep.json``'s
+    ``params`` and, with the unit's image folder, the unit key. ``device``, ``threads``,
+    ``batch_size`` and ``evaluate`` decide only how and where the result is computed.
+    """
+
+    model: ModelArgs
+    layer: str
+    softmax: bool
+    code_layer: str
+    k: int
+    m: int
+    means_seed: int
+    seed: int
+    schedule: Schedule
+    faithful: bool
+    denoiser: str
+    keep_grey: bool
+    exclude: tuple[str, ...]
+    device: str = "cpu"
+    threads: int = 1
+    batch_size: int = 16
+    evaluate: bool = True
+
+    def identity(self) -> dict:
+        """The JSON-ready parameters that decide each unit's result."""
+        return {"model": asdict(self.model), "layer": self.layer, "softmax": self.softmax,
+                "code_layer": self.code_layer, "k": self.k, "m": self.m, "means_seed": self.means_seed,
+                "seed": self.seed, "schedule": self.schedule.as_dict(), "faithful": self.faithful,
+                "denoiser": self.denoiser, "keep_grey": self.keep_grey, "exclude": list(self.exclude)}
+
+
+@dataclass(frozen=True)
 class UnitTask:
     """One unit's work, as sent to a worker (picklable; no model, no open files)."""
 
@@ -240,23 +276,7 @@ class UnitTask:
     out: str
     key: str
     label: str
-    model: ModelArgs
-    device: str
-    threads: int
-    layer: str
-    softmax: bool
-    code_layer: str
-    k: int
-    m: int
-    means_seed: int
-    seed: int
-    schedule: object  # mfv.octaves.Schedule
-    faithful: bool
-    denoiser: str
-    keep_grey: bool
-    exclude: tuple[str, ...]
-    batch_size: int
-    evaluate: bool
+    params: SweepParams
     hook: Callable[[int, str], None] | None = field(default=None, compare=False)
 
 
@@ -353,55 +373,99 @@ def _read_json(path: Path) -> dict | None:
 
 def _run_unit(task: UnitTask) -> dict:
     """One unit from images to evaluation; returns its summary record (also ``done.json``)."""
+    return _run_units([task])[0]
+
+
+def _run_units(tasks: list[UnitTask]) -> list[dict]:
+    """Several units, their facets in one MFV batch; one summary record per unit (each also its
+    ``done.json``). Each unit's means and evaluation are its own: one unit's bad input fails that
+    unit only. A single unit runs :func:`mfv.visualize.visualize` exactly as before."""
     from port.verdict import ParityError
 
     t_start = time.perf_counter()
-    udir = Path(task.out)
-    hook = task.hook or (lambda unit, stage: None)
-    if unit_status(udir, task.key) == "done":  # another attempt finished it meanwhile
-        return _read_json(udir / "done.json")
-    base = {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key,
-            "worker": _worker_name()}
+    sp = tasks[0].params
+    records: dict[int, dict] = {}
+    for task in tasks:
+        if unit_status(task.out, task.key) == "done":  # another attempt finished it meanwhile
+            records[task.unit] = _read_json(Path(task.out) / "done.json")
+    tasks_left = [t for t in tasks if t.unit not in records]
+    if not tasks_left:
+        return [records[t.unit] for t in tasks]
+    live: list[tuple[UnitTask, dict, dict, Path]] = []  # task, base record, timings, means folder
     try:
-        model, load_s = _worker_model(task.model, task.device, task.threads)
-        udir.mkdir(parents=True, exist_ok=True)
-        _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
-                                             "folder": task.folder, "label": task.label})
-        hook(task.unit, "start")
-        timings = {"model_load": round(load_s, 3)}
-        t0 = time.perf_counter()
-        means_dir = _ensure_means(model, task, udir)
-        timings["means"] = round(time.perf_counter() - t0, 3)
-        hook(task.unit, "means")
-
-        t0 = time.perf_counter()
-        trace = _visualize_unit(model, task, udir, means_dir)
-        timings["visualize"] = round(time.perf_counter() - t0, 3)
-        hook(task.unit, "visualize")
-
-        ev = None
-        if task.evaluate:
-            from .evaluate import evaluate
-
-            t0 = time.perf_counter()
-            ev = evaluate(udir, model=model, means=means_dir)
-            timings["evaluate"] = round(time.perf_counter() - t0, 3)
-            hook(task.unit, "evaluate")
+        model, load_s = _worker_model(sp.model, sp.device, sp.threads)
     except (ValueError, FileNotFoundError, ParityError) as e:
-        # Bad input fails the same way on every worker: report it instead of letting Dask retry.
-        return {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
-    timings["total"] = round(time.perf_counter() - t_start, 3)
-    facets_done = sum(f["status"] == "done" for f in trace["facets"])
-    record = {**base, "format": DONE_FORMAT,
-              "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
-              "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
-              "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
-              "evaluation": None if ev is None else {
-                  "diversity": ev.get("diversity"),
-                  "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
-    return record
+        return [records.get(t.unit) or {**_base_record(t), "status": "failed",
+                                        "message": f"unit {t.unit} ({t.folder}): {e}"} for t in tasks]
+    for task in tasks_left:
+        udir, base = Path(task.out), _base_record(task)
+        hook = task.hook or (lambda unit, stage: None)
+        try:
+            udir.mkdir(parents=True, exist_ok=True)
+            _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
+                                                 "folder": task.folder, "label": task.label})
+            hook(task.unit, "start")
+            timings = {"model_load": round(load_s, 3)}
+            load_s = 0.0  # the model loads once per batch; count it on its first unit
+            t0 = time.perf_counter()
+            means_dir = _ensure_means(model, task, udir)
+            timings["means"] = round(time.perf_counter() - t0, 3)
+            hook(task.unit, "means")
+            live.append((task, base, timings, means_dir))
+        except (ValueError, FileNotFoundError, ParityError) as e:
+            # Bad input fails the same way on every worker: report it instead of letting Dask retry.
+            records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+
+    traces: dict[int, dict] = {}
+    if live:
+        t0 = time.perf_counter()
+        try:
+            for (task, *_), trace in zip(live, _visualize_units(model, [(t, d) for t, _, _, d in live]),
+                                         strict=True):
+                traces[task.unit] = trace
+        except (ValueError, FileNotFoundError) as e:
+            for task, base, _, _ in live:
+                records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+            live = []
+        seconds = round(time.perf_counter() - t0, 3)
+        for task, _, timings, _ in live:
+            timings["visualize"] = seconds  # the batch's time, shared by its units
+            if len(live) > 1:
+                timings["units_in_batch"] = len(live)
+            (task.hook or (lambda unit, stage: None))(task.unit, "visualize")
+
+    for task, base, timings, means_dir in live:
+        udir, trace = Path(task.out), traces[task.unit]
+        ev = None
+        try:
+            if sp.evaluate:
+                from .evaluate import evaluate
+
+                t0 = time.perf_counter()
+                ev = evaluate(udir, model=model, means=means_dir)
+                timings["evaluate"] = round(time.perf_counter() - t0, 3)
+                (task.hook or (lambda unit, stage: None))(task.unit, "evaluate")
+        except (ValueError, FileNotFoundError, ParityError) as e:
+            records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+            continue
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        facets_done = sum(f["status"] == "done" for f in trace["facets"])
+        record = {**base, "format": DONE_FORMAT,
+                  "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
+                  "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
+                  "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
+                  "evaluation": None if ev is None else {
+                      "diversity": ev.get("diversity"),
+                      "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
+        records[task.unit] = record
+    return [records[t.unit] for t in tasks]
+
+
+def _base_record(task: UnitTask) -> dict:
+    return {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key,
+            "worker": _worker_name()}
 
 
 def _worker_name() -> str:
@@ -420,12 +484,13 @@ def _ensure_means(model, task: UnitTask, udir: Path) -> Path:
     from .means import make_means
 
     means_dir = udir / "means"
+    sp = task.params
     if (means_dir / "clusters.json").is_file():
         return means_dir
     tmp = udir / f".means-{uuid.uuid4().hex[:8]}"
     try:
-        make_means(model, task.folder, k=task.k, m=task.m, layer=task.code_layer, seed=task.means_seed,
-                   out=tmp, batch_size=task.batch_size, keep_grey=task.keep_grey, exclude=task.exclude,
+        make_means(model, task.folder, k=sp.k, m=sp.m, layer=sp.code_layer, seed=sp.means_seed,
+                   out=tmp, batch_size=sp.batch_size, keep_grey=sp.keep_grey, exclude=sp.exclude,
                    progress=False)
         if means_dir.exists():  # emptied by hand, or left by something else: not ours to keep
             shutil.rmtree(means_dir)
@@ -435,21 +500,37 @@ def _ensure_means(model, task: UnitTask, udir: Path) -> Path:
     return means_dir
 
 
-def _visualize_unit(model, task: UnitTask, udir: Path, means_dir: Path) -> dict:
+def _unit_job(model, task: UnitTask, means_dir: Path):
+    """The :class:`mfv.visualize.UnitJob` of one unit: its target and its mean images."""
     from .objectives import parse_target
-    from .visualize import visualize
+    from .visualize import UnitJob
 
-    shape = model.layer_shapes()[task.layer]
-    obj = parse_target(task.layer, task.unit, softmax=task.softmax, shape=shape)
+    sp = task.params
+    shape = model.layer_shapes()[sp.layer]
+    obj = parse_target(sp.layer, task.unit, softmax=sp.softmax, shape=shape)
     paths = sorted(means_dir.glob("mean_*.png"), key=lambda p: int(p.stem.split("_")[1]))
-    if len(paths) != task.k:
-        raise ValueError(f"{means_dir} holds {len(paths)} mean images, expected {task.k}")
-    inits = [_io.load_rgb(p) for p in paths]
-    extra = {"means": str(means_dir), "code_layer": task.code_layer,
+    if len(paths) != sp.k:
+        raise ValueError(f"{means_dir} holds {len(paths)} mean images, expected {sp.k}")
+    extra = {"means": str(means_dir), "code_layer": sp.code_layer,
              "sweep": {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key}}
-    return visualize(model, obj, inits, schedule=task.schedule, seed=task.seed, faithful=task.faithful,
-                     out=udir, resume=True, progress=False, init_names=[str(p) for p in paths],
-                     clusters=list(range(len(paths))), denoiser=task.denoiser, extra=extra)
+    return UnitJob(obj, [_io.load_rgb(p) for p in paths], out=task.out, init_names=[str(p) for p in paths],
+                   clusters=list(range(len(paths))), extra=extra)
+
+
+def _visualize_units(model, units: list[tuple[UnitTask, Path]]) -> list[dict]:
+    """MFV for the units' facets: :func:`mfv.visualize.visualize` for one unit, one
+    :func:`mfv.visualize.visualize_units` batch for several."""
+    from .visualize import visualize, visualize_units
+
+    sp = units[0][0].params
+    jobs = [_unit_job(model, task, means_dir) for task, means_dir in units]
+    if len(jobs) == 1:
+        j = jobs[0]
+        return [visualize(model, j.objective, j.inits, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful,
+                          out=j.out, resume=True, progress=False, init_names=j.init_names, clusters=j.clusters,
+                          denoiser=sp.denoiser, extra=j.extra)]
+    return visualize_units(model, jobs, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful, resume=True,
+                           progress=False, denoiser=sp.denoiser)
 
 
 def _facet_summary(trace: dict, ev: dict | None) -> list[dict]:
@@ -477,7 +558,7 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
           faithful: bool = False, denoiser: str | None = None, keep_grey: bool = True,
           exclude: Sequence[str] = (), batch_size: int = 16, evaluate: bool = True,
           scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1,
-          retries: int = 2, progress: bool = True,
+          retries: int = 2, progress: bool = True, units_per_batch: int = 1,
           hook: Callable[[int, str], None] | None = None) -> dict:
     """Mean images, MFV facets and evaluation for many units, one Dask task per unit.
 
@@ -541,6 +622,11 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         images, a missing folder, a refused parity check) fails the unit at once and is reported.
     progress : bool
         Progress bar (units done, rate, ETA) and messages on the terminal.
+    units_per_batch : int
+        Units whose facets share one MFV batch (one Dask task; :func:`mfv.visualize.visualize_units`).
+        Larger batches read the fully connected weights once for more facets, at the price of
+        coarser resumption (a batch's units finish together) and results that equal the one-unit
+        runs up to the float rounding of a larger batch. Default 1.
     hook : callable, optional
         ``hook(unit, stage)`` called on the worker after each stage (``"start"``, ``"means"``,
         ``"visualize"``, ``"evaluate"``) of a unit; must be picklable (tests use it to kill workers).
@@ -575,15 +661,17 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         raise ValueError(f"model {model!r} has no default target/code layer: give layer= and code_layer=")
     sched_path = Path(schedule) if schedule else (spec.schedule_path if spec else MODELS["caffenet"].schedule_path)
     sched = load_schedule(sched_path)
+    if isinstance(units_per_batch, bool) or not isinstance(units_per_batch, int) or units_per_batch < 1:
+        raise ValueError(f"units_per_batch must be a positive int, got {units_per_batch!r}")
     if denoiser is None:
         denoiser = "skimage" if faithful else "torch"
     if images is None and unit_map is None:
         raise ValueError("give images= (an ImageNet-style root) or unit_map=")
     margs = ModelArgs(model, *(None if p is None else str(p) for p in (prototxt, caffemodel, weights)),
                       weight_seed, parity_check, None if parity_file is None else str(parity_file)).resolved()
-    params = {"model": asdict(margs), "layer": layer, "softmax": softmax, "code_layer": code_layer, "k": k,
-              "m": m, "means_seed": means_seed, "seed": seed, "schedule": sched.as_dict(),
-              "faithful": faithful, "denoiser": denoiser, "keep_grey": keep_grey, "exclude": list(exclude)}
+    sp = SweepParams(margs, layer, softmax, code_layer, k, m, means_seed, seed, sched, faithful, denoiser,
+                     keep_grey, tuple(exclude), str(device), threads_per_worker, batch_size, evaluate)
+    params = sp.identity()
     _check_sweep_file(out, params)
     say = tqdm.write if progress else (lambda *_a, **_k: None)
 
@@ -612,8 +700,7 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         todo = [u for u in chosen if status[u] != "done"]
         say(f"mfv sweep: {len(chosen) - len(todo)} of {len(chosen)} unit(s) already done, {len(todo)} to run "
             f"({sum(status[u] == 'partial' for u in todo)} resumed) on {_n_workers(client)} worker(s); out {out}")
-        run = _run(client, out, todo, plan, labels, params, margs, str(device), threads_per_worker, sched,
-                   retries, progress, hook, records, probe, batch_size, evaluate, tuple(exclude))
+        run = _run(client, out, todo, plan, labels, sp, retries, progress, hook, records, probe, units_per_batch)
     finally:
         client.close()
         if cluster is not None:
@@ -682,6 +769,10 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
             else:
                 workers = max(1, (os.cpu_count() or 1) // max(1, threads))
         env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        # Idle OpenMP threads sleep instead of spinning: workers share the cores with each other
+        # (and often with other jobs), where spinning threads take the cores from working ones;
+        # measured at load 5-6 on 2 vCPUs, a 2-thread CaffeNet step ran 1.7-2.3x faster.
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         # threads_per_worker=1: one unit at a time per worker; torch gets `threads` inside the task.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
                                silence_logs=logging.ERROR)
@@ -708,19 +799,18 @@ def _submit_probe(client, margs, device, threads, layer, code_layer, scheduler) 
                            f"this package ({e}); install it on every worker (mfv/SWEEP.md)") from None
 
 
-def _run(client, out: Path, todo: list[int], plan, labels, params, margs, device, threads, sched, retries,
-         progress, hook, records, probe, batch_size, evaluate, exclude) -> dict:
+def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retries, progress, hook, records,
+         probe, units_per_batch: int) -> dict:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    tasks = [UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], margs, device, threads,
-                      params["layer"], params["softmax"], params["code_layer"], params["k"], params["m"],
-                      params["means_seed"], params["seed"], sched, params["faithful"], params["denoiser"],
-                      params["keep_grey"], exclude, batch_size, evaluate, hook) for u in todo]
+    params = sp.identity()
+    tasks = [UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], sp, hook) for u in todo]
+    chunks = [tasks[i:i + units_per_batch] for i in range(0, len(tasks), units_per_batch)]
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     # Lower units first: priority breaks Dask's ties in the order a person reads the index.
-    futures = {client.submit(_run_unit, t, key=f"mfv-unit-{t.unit}-{t.key}", retries=retries, pure=False,
-                             priority=-t.unit): t.unit for t in tasks}
+    futures = {client.submit(_run_units, c, key=f"mfv-units-{c[0].unit}-{c[0].key}-{len(c)}", retries=retries,
+                             pure=False, priority=-c[0].unit): [t.unit for t in c] for c in chunks}
     completed = failed = 0
     last_write = 0.0
 
@@ -731,20 +821,21 @@ def _run(client, out: Path, todo: list[int], plan, labels, params, margs, device
     bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not progress, smoothing=0.1)
     try:
         for fut in as_completed(futures):
-            u = futures[fut]
+            units = futures[fut]
             try:
-                rec = fut.result()
+                recs = fut.result()
             except Exception as e:  # retries spent, or the worker died too often (KilledWorker)
-                rec = {"unit": u, "label": labels[u], "folder": str(plan[u][0]), "status": "failed",
-                       "message": f"unit {u}: {type(e).__name__}: {e}"}
-            records[u] = rec
-            completed += 1
-            if rec.get("status") != "done":
-                failed += 1
-                bar.write(f"unit {u}: {rec.get('status')}: {rec.get('message')}")
+                recs = [{"unit": u, "label": labels[u], "folder": str(plan[u][0]), "status": "failed",
+                         "message": f"unit {u}: {type(e).__name__}: {e}"} for u in units]
+            for u, rec in zip(units, recs, strict=True):
+                records[u] = rec
+                completed += 1
+                if rec.get("status") != "done":
+                    failed += 1
+                    bar.write(f"unit {u}: {rec.get('status')}: {rec.get('message')}")
             hours = (time.perf_counter() - t0) / 3600
             bar.set_postfix(failed=failed, per_hour=f"{completed / hours:.0f}" if hours > 0 else "-")
-            bar.update(1)
+            bar.update(len(units))
             if time.perf_counter() - last_write > 10:  # the summary on disk follows the run
                 _io.write_json(out / "summary.json", summary(False))
                 last_write = time.perf_counter()

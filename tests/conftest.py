@@ -39,3 +39,10 @@ def tiny_prototxt(tmp_path: Path) -> Path:
     p = tmp_path / "tiny.prototxt"
     p.write_text(TINY_NET)
     return p
+
+
+def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
+    """Every saved benchmark says which CPU, instruction sets and libraries it ran on."""
+    from mfv.machine import machine_info as project_machine_info
+
+    machine_info["caffe_mfv"] = project_machine_info()

@@ -7,16 +7,21 @@ RSS. Facets per hour are extrapolated from the first ``--steps`` steps of the fi
 step of the schedule costs the same (the network always sees one input-sized crop, TV always
 denoises that crop), so the rate per step carries over; the saved JSON says so.
 
-Cases: ``{caffenet,vgg16}-{default10,faithful1,faithful10,fwdbwd10}``, ``caffenet-original-openblas``
+Cases: ``{caffenet,vgg16,googlenet}-{default,faithful,fwdbwd}N[xU]`` (N facets in one batch; with
+``xU``, U targets of N facets each in one batch through :func:`mfv.visualize.visualize_units`, as
+``mfv sweep --units-per-batch`` runs them; fwdbwd: forward + backward alone on N * U inputs, the
+bound), ``caffenet-original-openblas``
 (the original script on real Caffe + OpenBLAS in the legacy_caffe root, one facet, first octave),
 ``caffenet-fc7-64`` (fc7 codes, images per second at batch 64), ``tv-batch10`` (the default mode's
 float32 TV on ten noisy 227x227 mean images), ``caffenet-parity`` (full parity run).
+Each line carries ``machine``: :func:`mfv.machine.machine_info` of the process that measured it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -27,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 STEPS_PER_FACET = 370  # the published schedule: 190 + 150 + 20 + 10
-MODELS = {"caffenet": "caffenet", "vgg16": "vgg16"}
+MODELS = {"caffenet": "caffenet", "vgg16": "vgg16", "googlenet": "googlenet"}
+CASE = re.compile(r"^(?P<model>[a-z0-9]+)-(?P<mode>default|faithful|fwdbwd)(?P<facets>\d+)(?:x(?P<units>\d+))?$")
 
 
 def _peak_rss_mb() -> float:
@@ -49,21 +55,29 @@ def _means(n: int, size: tuple[int, int]) -> list[np.ndarray]:
     return [imgs[i % len(imgs)] for i in range(n)]
 
 
-def _mfv_case(model_name: str, mode: str, facets: int, steps: int) -> dict:
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _mfv_case(model_name: str, mode: str, facets: int, steps: int, units: int = 1, device: str = "cpu") -> dict:
     import torch
 
     from mfv.models import load_model
     from mfv.objectives import unit
     from mfv.octaves import load_schedule, parse_schedule
-    from mfv.visualize import visualize
+    from mfv.visualize import UnitJob, visualize, visualize_units
 
-    model = load_model(model_name, parity_check=False)
+    model = load_model(model_name, parity_check=False, device=device)
     sched = load_schedule(model.spec.schedule_path).as_dict()
     first = dict(sched["octaves"][0])
     inits = _means(facets, model.convention.input_size)
     obj = unit(model.spec.target_layer, 945)
     if mode == "fwdbwd":
-        x0 = torch.from_numpy(np.stack([np.transpose(i, (2, 0, 1)) for i in inits]).astype(np.float32))
+        x0 = torch.from_numpy(np.stack([np.transpose(i, (2, 0, 1)) for i in inits * units]).astype(np.float32))
+        x0 = x0.to(model.device)
 
         def run(n: int) -> None:
             for _ in range(n):
@@ -72,14 +86,21 @@ def _mfv_case(model_name: str, mode: str, facets: int, steps: int) -> dict:
     else:
         def run(n: int) -> None:
             schedule = parse_schedule({"name": "bench", "octaves": [{**first, "iter_n": n}]})
-            visualize(model, obj, inits, schedule=schedule, seed=1, faithful=mode == "faithful",
-                      progress=False)
+            if units == 1:
+                visualize(model, obj, inits, schedule=schedule, seed=1, faithful=mode == "faithful",
+                          progress=False)
+            else:  # several targets (classes 945, 946, ...) share one batch
+                jobs = [UnitJob(unit(model.spec.target_layer, 945 + u), inits) for u in range(units)]
+                visualize_units(model, jobs, schedule=schedule, seed=1, faithful=mode == "faithful",
+                                progress=False)
     run(2)  # warm-up: first-call allocations, the compiled TV kernel (2: the faithful TV ramp divides by n - 1)
+    _sync(device)
     t = time.perf_counter()
     run(steps)
+    _sync(device)
     wall = time.perf_counter() - t
-    per_step = wall / (steps * facets)
-    return {"facets": facets, "steps": steps, "seconds": round(wall, 3),
+    per_step = wall / (steps * facets * units)
+    return {"facets": facets * units, "units": units, "steps": steps, "seconds": round(wall, 3), "device": device,
             "seconds_per_facet_step": per_step, "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET)}
 
 
@@ -144,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("case", help="e.g. caffenet-default10, vgg16-faithful1, caffenet-original-openblas")
     p.add_argument("--steps", type=int, default=10, help="steps to time (first octave)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--device", default="cpu", help="torch device of the MFV cases (cpu, cuda)")
     a = p.parse_args(argv)
     import torch
 
@@ -160,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     elif a.case == "caffenet-parity":
         result = _parity_case()
     else:
-        model_name, _, kind = a.case.partition("-")
-        modes = {"default10": ("default", 10), "faithful1": ("faithful", 1), "faithful10": ("faithful", 10),
-                 "fwdbwd10": ("fwdbwd", 10)}
-        if model_name not in MODELS or kind not in modes:
+        m = CASE.match(a.case)
+        if m is None or m["model"] not in MODELS:
             raise SystemExit(f"unknown case {a.case!r}")
-        mode, facets = modes[kind]
-        result = _mfv_case(MODELS[model_name], mode, facets, a.steps)
-    result.update(case=a.case, threads=a.threads, peak_rss_mb=round(_peak_rss_mb(), 1))
+        result = _mfv_case(MODELS[m["model"]], m["mode"], int(m["facets"]), a.steps, int(m["units"] or 1),
+                           a.device)
+    from mfv.machine import machine_info
+
+    result.update(case=a.case, threads=a.threads, peak_rss_mb=round(_peak_rss_mb(), 1), machine=machine_info())
     print(json.dumps(result))
     return 0
 

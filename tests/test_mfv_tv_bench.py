@@ -1,6 +1,8 @@
 """TV denoise ms per 227x227 RGB image: torch (batch 10) against scikit-image (one at a time).
 
-Issue 7's target is torch >= 3x scikit-image per image at batch 10 on the 2-core CPU. Run with
+Issue 14's target is the compiled kernel >= 4x scikit-image per image at batch 10 in float32, on
+AVX-512 and AVX2 machines alike (issue 7's was 3x); ``CAFFE_MFV_NATIVE_ISA=avx2`` measures the
+AVX2 build on an AVX-512 machine. Run with
 ``.venv/bin/pytest -m benchmark --benchmark-enable tests/test_mfv_tv_bench.py``; both timings and
 their ratio land in ``extra_info`` of the torch benchmark. The test asserts parity of the timed
 outputs, not the speed target (the machine's load decides the speed; the report says which).
@@ -63,7 +65,7 @@ def test_tv_torch_batch10_vs_skimage(benchmark, batch_hwc: np.ndarray, dtype: to
     max_diff = float(max(np.abs(g - r).max() for g, r in zip(got, sk_outs, strict=True)))
     benchmark.extra_info.update(
         torch_ms_per_image=round(torch_ms, 2), skimage_ms_per_image=round(sk_ms, 2),
-        speedup=round(sk_ms / torch_ms, 3), target_speedup=3.0, batch=BATCH, dtype=str(dtype),
+        speedup=round(sk_ms / torch_ms, 3), target_speedup=4.0 if dtype == torch.float32 else None, batch=BATCH, dtype=str(dtype),
         torch_threads=torch.get_num_threads(), sweeps=n_iter.tolist(), max_abs_diff=max_diff)
     # The issue's parity bound (0.05 grey levels); float64 is measured at ~1e-12.
     assert max_diff < (0.05 if dtype == torch.float32 else 1e-8)
