@@ -19,7 +19,8 @@ knob                          effect on the port's float32 results
 ``MKL_ENABLE_INSTRUCTIONS``   none here (MKL takes its AVX2 path on AMD anyway); included in the
                               ISA settings, since on an Intel CPU it selects the GEMM kernels
 ``torch.backends.mkldnn``     disabled: every convolution through ATen's own im2col + GEMM
-torch threads (1 or 2)        none on this machine; kept, since reductions may split by thread
+torch threads (1 or 2)        none on CaffeNet; GoogLeNet's and SqueezeNet's results change
+                              (the machine matrix shows other flips at 1 and 2 threads)
 ============================  =================================================================
 
 :data:`SETTINGS` therefore emulates an AVX2, an AVX and an SSE4 machine (every library capped
