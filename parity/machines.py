@@ -102,7 +102,8 @@ class Target:
 
     A case folder holds ``deploy.prototxt``, ``goldens/manifest.json`` with ``goldens/<blas>/<set>.npz``
     as ``python -m legacy_caffe goldens --out`` writes them, and its weights as ``weights.caffemodel``
-    or as a ``port.seed_weights`` seed in ``case.json`` (``{"seed": 3}``).
+    or as a ``port.seed_weights`` seed (the manifest's ``weights.seed``, else ``case.json``'s
+    ``{"seed": 3}``).
     """
 
     name: str
@@ -117,12 +118,13 @@ class Target:
 
 
 def default_targets() -> list[Target]:
-    """Every built-in model with a golden plan, and the ResNet-style test net."""
+    """Every built-in model with a golden plan, and every test case with real-Caffe goldens (the
+    ResNet-style net, the layer-family nets)."""
     from legacy_caffe.goldens import PLANS
 
     here = Path(__file__).resolve().parent.parent / "tests" / "data"
     out = [Target(m, model=m) for m in PLANS]
-    for case in sorted(here.glob("*/goldens/manifest.json")):
+    for case in sorted(here.glob("**/goldens/manifest.json")):
         folder = case.parent.parent
         out.append(Target(folder.name, folder=str(folder)))
     return out
@@ -137,7 +139,9 @@ def _case_setup(folder: Path, scratch: Path):
     prototxt = folder / "deploy.prototxt"
     weights = folder / "weights.caffemodel"
     if not weights.is_file():
-        seed = json.loads((folder / "case.json").read_text())["seed"]
+        seed = manifest["weights"].get("seed")
+        if seed is None:
+            seed = json.loads((folder / "case.json").read_text())["seed"]
         netdef = port.load_prototxt(prototxt)
         weights = scratch / "weights.caffemodel"
         port.write_caffemodel(weights, netdef, port.seed_weights(netdef, seed))
