@@ -55,10 +55,12 @@ def test_unknown_setting_is_a_usage_error(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", [s.name for s in machines.SETTINGS])
 def test_the_verdict_holds_under_every_setting(setting, tmp_path):
-    # CaffeNet's goldens and the mini ResNet's are committed; `tox -e machines` runs every model.
+    # Every target whose goldens are committed (CaffeNet, the mini ResNet, the layer-family nets);
+    # `tox -e machines` runs every built-in model too.
+    cases = sorted(str(m.parent.parent) for m in DATA.glob("**/goldens/manifest.json"))
     out = tmp_path / "rows.json"
-    rc = main(["machines", "--settings", setting, "--model",
-               f"caffenet,{DATA / 'mini_resnet'}", "--json", str(out)])  # fmt: skip
+    rc = main(["machines", "--settings", setting, "--model", ",".join(["caffenet", *cases]),
+               "--json", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())
     assert rc == 0, [machines.format_row(r) for r in rows]
-    assert {r["target"] for r in rows} == {"caffenet", "mini_resnet"}
+    assert {"caffenet", "mini_resnet", "activations", "recurrent"} <= {r["target"] for r in rows}
