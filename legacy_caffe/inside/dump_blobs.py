@@ -190,22 +190,20 @@ def meta_record(net, names, splits, in_name, backward, checks, timings):
     }
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    import caffe
+def read_feeds(path):
+    """The arrays to feed: an .npz of input blob name -> array, or one (N, C, H, W) .npy (whose
+    input blob is settled once the net is loaded: None here)."""
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return {k: z[k].astype(np.float32) for k in z.files}
+    x = np.load(path).astype(np.float32)
+    if x.ndim != 4:
+        sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
+    return {None: x}
 
-    caffe.set_mode_cpu()
-    if args.input.endswith(".npz"):
-        with np.load(args.input) as z:
-            feeds = {k: z[k].astype(np.float32) for k in z.files}
-    else:
-        feeds = None
-        x = np.load(args.input).astype(np.float32)
-        if x.ndim != 4:
-            sys.exit(f"dump_blobs: input must be (N, C, H, W), got shape {x.shape}")
 
-    t0 = time.time()
+def load_net(caffe, args):
+    """The net in TEST phase, with force_backward added (or ``--blob`` made a loss)."""
     workdir = tempfile.mkdtemp(prefix="dump_blobs_")
     if args.no_force_backward:
         if args.blob == "auto":
@@ -213,22 +211,48 @@ def main(argv=None):
         proto, forced = with_loss_at(args.prototxt, args.blob, workdir), False
     else:
         proto, forced = with_force_backward(args.prototxt, workdir)
-    net = caffe.Net(proto, caffe.TEST, weights=args.caffemodel)
-    load_s = time.time() - t0
+    return caffe.Net(proto, caffe.TEST, weights=args.caffemodel), forced
 
-    if feeds is None:
-        in_name = args.input_name or net.inputs[0]
-        feeds = {in_name: x}
-    in_name = next(iter(feeds))
+
+def feed(net, feeds, input_name):
+    """Reshape the net to the feeds and copy them in; returns the feeds keyed by blob name."""
+    if None in feeds:
+        feeds = {input_name or net.inputs[0]: feeds[None]}
     for name in feeds:
         if name not in net.blobs:
             sys.exit(f"dump_blobs: net has no input blob {name!r} (inputs: {list(net.inputs)})")
-    blob = seed_blob(net, args.blob)
     for name, arr in feeds.items():
         net.blobs[name].reshape(*arr.shape)
     net.reshape()
     for name, arr in feeds.items():
         net.blobs[name].data[...] = arr
+    return feeds
+
+
+def collect(net, names, feeds):
+    """What pycaffe's blobs hold now, plus the inputs fed: the dump's arrays."""
+    arrays = {}
+    for b in names:
+        arrays["data/" + b] = np.array(net.blobs[b].data, dtype=np.float32, copy=True)
+        arrays["diff/" + b] = np.array(net.blobs[b].diff, dtype=np.float32, copy=True)
+    for name, arr in feeds.items():
+        arrays["input/" + name] = arr
+    return arrays
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import caffe
+
+    caffe.set_mode_cpu()
+    feeds = read_feeds(args.input)
+    t0 = time.time()
+    net, forced = load_net(caffe, args)
+    load_s = time.time() - t0
+    feeds = feed(net, feeds, args.input_name)
+    in_name = next(iter(feeds))
+    blob = seed_blob(net, args.blob)
 
     t0 = time.time()
     net.forward()
@@ -243,14 +267,7 @@ def main(argv=None):
     downstream = downstream_blobs(net, start_idx)
     # Blobs downstream of the start layer must still have a zero diff.
     downstream_nonzero = [b for b in names if b in downstream and np.any(net.blobs[b].diff)]
-
-    arrays = {}
-    for b in names:
-        arrays["data/" + b] = np.array(net.blobs[b].data, dtype=np.float32, copy=True)
-        arrays["diff/" + b] = np.array(net.blobs[b].diff, dtype=np.float32, copy=True)
-    for name, arr in feeds.items():
-        arrays["input/" + name] = arr
-    atomic_savez(args.out, arrays)
+    atomic_savez(args.out, collect(net, names, feeds))
 
     if args.meta:
         checks = {
