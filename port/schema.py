@@ -671,6 +671,18 @@ class Schema:
         self.text = text
         self.added = added
 
+    # A schema never changes once built: copies share it, pickles rebuild it from its text.
+    def __copy__(self) -> Schema:
+        return self
+
+    def __deepcopy__(self, memo) -> Schema:
+        return self
+
+    def __reduce__(self):
+        if self.source is None:
+            return (_caffe_schema, ())
+        return (_fork_schema, (self.text, self.source))
+
     def message(self, name: str):
         return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
 
@@ -688,6 +700,14 @@ class Schema:
 
 
 CAFFE = Schema(_POOL)
+
+
+def _caffe_schema() -> Schema:
+    return CAFFE
+
+
+def _fork_schema(text: str, path: str) -> Schema:
+    return schema_from_proto_text(text, path=path)
 _FORKS: dict[tuple[str, str], Schema] = {}
 
 
