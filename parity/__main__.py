@@ -272,7 +272,8 @@ def _without_unknown_numpy(setup, references: Sequence[str]) -> list[str]:
     if dropped:
         setup.notes.append(
             f"{', '.join(dropped)} not run: the numpy reference has no function for layer(s) "
-            f"{', '.join(missing)} (custom types; see parity.numpy_ref.register)")
+            f"{', '.join(missing)} (custom types; see parity.numpy_ref.register); the local "
+            "check leaves those layers out")
     return [r for r in references if not r.startswith("numpy")]
 
 

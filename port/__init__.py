@@ -54,8 +54,8 @@ if TYPE_CHECKING:
     from .caffemodel import read_caffemodel, write_caffemodel
     from .dump import BackwardSeed, dump_blobs
     from .errors import CaffeError, ToolError, UsageError
+    from .layers import register_layer, unregister_layer
     from .net import CaffeNet, load_caffe
     from .netdef import LayerDef, NetDef, load_prototxt, netdef_from_text
-    from .layers import register_layer, unregister_layer
     from .preprocess import Transformer
     from .seed import seed_weights
