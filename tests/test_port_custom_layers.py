@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +276,54 @@ def test_regenerated_python_layer_goldens_match_the_committed_ones(tmp_path, mon
     for key, entry in committed["sets"].items():
         fresh = load_npz(tmp_path / "g" / entry["file"])
         assert not verify_arrays(fresh, entry["arrays"]), key
+
+
+@pytest.mark.caffe
+def test_the_dumper_runs_standalone_in_a_pycaffe_environment(tmp_path):
+    """dump_blobs.py and caffe_env.py copied out of the project, run by a pycaffe (the root's) with
+    the Python layers on PYTHONPATH, write the committed goldens' arrays: the README's recipe for
+    a fork's own Caffe build."""
+    import shutil
+
+    from legacy_caffe import rootfs
+    from legacy_caffe.manifest import verify_arrays
+
+    rootfs.ensure_built()
+    rootfs.exchange_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="standalone-dumper-", dir=rootfs.exchange_dir()))
+    try:
+        inside = Path(__file__).resolve().parent.parent / "legacy_caffe" / "inside"
+        for name in ("dump_blobs.py", "caffe_env.py"):
+            shutil.copyfile(inside / name, work / name)
+        shutil.copyfile(cc.DATA / "ssd_layers.py", work / "ssd_layers.py")
+        shutil.copyfile(cc.PYTHON_NET, work / "net.prototxt")
+        write_caffemodel(work / "w.caffemodel", port.load_prototxt(cc.PYTHON_NET),
+                         _seeded_python_net_weights())
+        np.savez(work / "x.npz", **cc.inputs())
+        blob, unit = cc.BACKWARD.split(":")
+        rootfs.run_inside(
+            ["python3", rootfs.host_to_inside(work / "dump_blobs.py"),
+             "--prototxt", rootfs.host_to_inside(work / "net.prototxt"),
+             "--caffemodel", rootfs.host_to_inside(work / "w.caffemodel"),
+             "--input", rootfs.host_to_inside(work / "x.npz"), "--blob", blob, "--unit", unit,
+             "--out", rootfs.host_to_inside(work / "g.npz")],
+            blas="openblas",
+            env={"PYTHONPATH": rootfs.host_to_inside(work), "OPENBLAS_CORETYPE": "Prescott"},
+        )
+        with np.load(work / "g.npz") as z:
+            fresh = {k: z[k] for k in z.files}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    committed = json.loads((cc.GOLDENS / "manifest.json").read_text())
+    entry = next(e for e in committed["sets"].values() if "openblas" in e["file"])
+    assert not verify_arrays(fresh, entry["arrays"])
+
+
+def _seeded_python_net_weights():
+    spec = importlib.util.spec_from_file_location("ssd_port_seed", cc.PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return port.seed_weights(port.load_prototxt(cc.PYTHON_NET), cc.SEED)
+    finally:
+        _unregister_all()
