@@ -327,3 +327,71 @@ def _seeded_python_net_weights():
         return port.seed_weights(port.load_prototxt(cc.PYTHON_NET), cc.SEED)
     finally:
         _unregister_all()
+
+
+def _render_proto(fdp) -> str:
+    """proto2 text of a FileDescriptorProto (what a fork's caffe.proto holds, comments aside)."""
+    from google.protobuf import descriptor_pb2
+
+    fd = descriptor_pb2.FieldDescriptorProto
+    scalar = {v: k.lower()[5:] for k, v in fd.Type.items()}
+    label = {fd.LABEL_OPTIONAL: "optional", fd.LABEL_REPEATED: "repeated",
+             fd.LABEL_REQUIRED: "required"}
+    out = ['syntax = "proto2";', f"package {fdp.package};"]
+
+    def enum(e, ind):
+        out.append(f"{ind}enum {e.name} {{")
+        out.extend(f"{ind}  {v.name} = {v.number};" for v in e.value)
+        out.append(f"{ind}}}")
+
+    def message(m, ind):
+        out.append(f"{ind}message {m.name} {{")
+        for e in m.enum_type:
+            enum(e, ind + "  ")
+        for n in m.nested_type:
+            message(n, ind + "  ")
+        for f in m.field:
+            opts = []
+            if f.HasField("default_value"):
+                d = f.default_value
+                opts.append(f'default = "{d}"' if f.type == fd.TYPE_STRING else f"default = {d}")
+            if f.options.HasField("packed"):
+                opts.append(f"packed = {str(f.options.packed).lower()}")
+            tail = f" [{', '.join(opts)}]" if opts else ""
+            out.append(f"{ind}  {label[f.label]} {f.type_name or scalar[f.type]} {f.name} = "
+                       f"{f.number}{tail};")
+        out.append(f"{ind}}}")
+
+    for e in fdp.enum_type:
+        enum(e, "")
+    for m in fdp.message_type:
+        message(m, "")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.caffe
+def test_the_roots_whole_caffe_proto_plus_ssd_additions_reads_as_a_fork_proto(tmp_path):
+    """Caffe's own caffe.proto (rendered from the root's compiled caffe_pb2) with SSD's messages
+    appended, as a fork ships it: merges without conflict and parses the fork definition."""
+    import base64
+    import subprocess
+    import sys
+
+    from google.protobuf import descriptor_pb2
+
+    code = ("import base64, sys; from caffe.proto import caffe_pb2; "
+            "sys.stdout.write(base64.b64encode(caffe_pb2.DESCRIPTOR.serialized_pb).decode())")
+    out = subprocess.run([sys.executable, "-m", "legacy_caffe", "run", "--", "python3", "-c", code],
+                         check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    fdp = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(out.strip()))
+    ssd = parse_proto(cc.FORK_PROTO.read_text(), path=cc.FORK_PROTO)
+    layer = next(m for m in fdp.message_type if m.name == "LayerParameter")
+    for f in next(m for m in ssd.message_type if m.name == "LayerParameter").field:
+        layer.field.add().CopyFrom(f)
+    fdp.message_type.extend(m for m in ssd.message_type if m.name != "LayerParameter")
+    proto = tmp_path / "caffe.proto"
+    proto.write_text(_render_proto(fdp))
+    netdef = port.load_prototxt(cc.FORK_NET, proto=proto)
+    assert list(netdef.layer("perm1").param.permute_param.order) == [0, 2, 3, 1]
+    assert "SolverParameter" in netdef.schema.added
