@@ -1,13 +1,13 @@
 """The custom-layer case: an SSD-style net whose Permute and Normalize real Caffe 1.0 lacks.
 
-``tests/data/custom/python_layers.prototxt`` runs them as pycaffe Python layers
+``tests/data/custom/ssd/python_layers.prototxt`` runs them as pycaffe Python layers
 (``ssd_layers.py``), so any pycaffe built with Python layers makes its goldens; the fork definition
 ``fork.prototxt`` (parsed with ``ssd_fork.proto``) is the same net with the fork's own types and
 parameters, and is judged against the same goldens. Regenerate them (needs the built root)::
 
     PYTHONPATH=$PWD .venv/bin/python -m tests.custom_cases
 
-which runs ``python -m legacy_caffe goldens --prototxt ... --python-path tests/data/custom ...``.
+which runs ``python -m legacy_caffe goldens --prototxt ... --python-path tests/data/custom/ssd ...``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).parent / "data" / "custom"
+DATA = Path(__file__).parent / "data" / "custom" / "ssd"
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_NET = DATA / "python_layers.prototxt"
 FORK_NET = DATA / "fork.prototxt"
@@ -58,7 +58,7 @@ def generate() -> None:
     path = GOLDENS / "manifest.json"
     man = json.loads(path.read_text())
     man["weights"].pop("source", None)
-    man["weights"].update(generator="port seed-weights --plugin tests/data/custom/ssd_port.py",
+    man["weights"].update(generator="port seed-weights --plugin tests/data/custom/ssd/ssd_port.py",
                           seed=SEED, format="v2", made_by="python -m tests.custom_cases")
     man["prototxt"] = str(PYTHON_NET.relative_to(REPO))
     man["model"] = "python_layers"

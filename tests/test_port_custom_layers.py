@@ -1,6 +1,6 @@
 """Custom layers and Caffe forks: the layer registry, ``--proto`` fork schemas, and an SSD-style net
 (Permute, Normalize) proved against goldens made by a pycaffe environment (the Caffe root running
-the layers as Python layers, ``tests/data/custom/ssd_layers.py``)."""
+the layers as Python layers, ``tests/data/custom/ssd/ssd_layers.py``)."""
 
 from __future__ import annotations
 
