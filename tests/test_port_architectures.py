@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import port
 from parity import numpy_ref
@@ -84,6 +85,22 @@ def test_port_inspect_lists_the_architecture(name, capsys):
     out = capsys.readouterr().out
     for layer in port.load_prototxt(case.prototxt).layers:
         assert layer.name in out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_architecture_converts_to_an_artefact_that_runs_the_same(name, tmp_path, capsys):
+    case = ARCHITECTURES[name]
+    _, weights = _weights(case, tmp_path)
+    out = tmp_path / f"{name}.safetensors"
+    assert port.cli.main(["convert", "--prototxt", str(case.prototxt), "--caffemodel", str(weights),
+                          "--out", str(out)]) == 0
+    x = {k: torch.from_numpy(v) for k, v in case.inputs().items()}
+    x = x if len(x) > 1 else next(iter(x.values()))
+    want = port.load_caffe(case.prototxt, weights)(x)
+    got = port.load(out)(x)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
 
 
 @pytest.mark.caffe
