@@ -63,6 +63,9 @@ def _add_goldens(tool: Tool) -> None:
     g.add_argument("--unit", type=int, default=DEFAULT_UNIT,
                    help=f"flat index of the one-hot in --blob (default {DEFAULT_UNIT})")
     g.add_argument("--out", type=Path, help="output folder for a user model")
+    g.add_argument("--python-path", type=Path, metavar="DIR",
+                   help="folder of the Python layers' modules (python_param module) a user model "
+                        "imports; put on the root's PYTHONPATH (with --prototxt)")
     g.add_argument("--no-force-backward", action="store_true",
                    help="user model: make --blob a loss instead of adding force_backward (for "
                    "Embed, Filter, BatchReindex, whose bottoms force_backward makes Caffe abort)")
@@ -199,14 +202,16 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
             blob=args.blob, unit=args.unit, inputs=inputs, blas=tuple(blas),
             caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
             repeat=not args.no_repeat, force_backward=not args.no_force_backward,
+            python_path=args.python_path,
         ))  # fmt: skip
         goldens.write_json(out / "manifest.json", man)
         print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
         return 0
 
-    if args.input or args.out or args.input_arrays:
+    if args.input or args.out or args.input_arrays or args.python_path:
         raise UsageError(
-            "--input, --input-arrays and --out go with --prototxt/--caffemodel (a user's own model)"
+            "--input, --input-arrays, --out and --python-path go with --prototxt/--caffemodel (a "
+            "user's own model)"
         )
     models = args.model or list(goldens.PLANS)
     if args.check:

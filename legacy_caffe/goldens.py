@@ -313,6 +313,9 @@ class GoldenRequest:
     repeat: bool = True
     require_gradient: bool = False
     force_backward: bool = True
+    # A folder of Python-layer modules (python_param module) the net imports; copied next to the
+    # job and put on the root's PYTHONPATH.
+    python_path: Path | None = None
 
     def __post_init__(self) -> None:
         for b in self.blas:
@@ -332,6 +335,7 @@ class _Job:
     prototxt: Path
     weights: Path
     inputs: dict[str, Path]
+    python: Path | None = None
 
 
 @dataclass
@@ -358,7 +362,9 @@ def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int
          "--blob", blob, "--unit", str(unit),
          "--out", rootfs.host_to_inside(out), "--meta", rootfs.host_to_inside(meta)]
         + ([] if force_backward else ["--no-force-backward"]),
-        blas=blas, env=GOLDEN_ENV,
+        blas=blas,
+        env={**GOLDEN_ENV, **({"PYTHONPATH": rootfs.host_to_inside(job.python)} if job.python
+                              else {})},
     )  # fmt: skip
     info = json.loads(meta.read_text())
     env = info["environment"]
@@ -385,6 +391,9 @@ def _generate_in(work: Path, req: GoldenRequest) -> dict:
     t_start = time.monotonic()
     job = _Job(work, work / "net.prototxt", work / "weights.caffemodel", {})
     shutil.copyfile(req.prototxt, job.prototxt)
+    if req.python_path is not None:
+        job.python = work / "python"
+        _copy_python_layers(Path(req.python_path), job.python)
     weights_info = _prepare_weights(req, job)
     batches, inputs_info = _prepare_inputs(req, job)
     results = _Results()
@@ -394,6 +403,17 @@ def _generate_in(work: Path, req: GoldenRequest) -> dict:
             _dump_set(req, job, results, det, b, input_name, _shape_of(batch))
         results.determinism[b] = det
     return _manifest(req, results, batches, weights_info, inputs_info, t_start)
+
+
+def _copy_python_layers(src: Path, dest: Path) -> None:
+    """The .py files of ``src`` (Python layers' modules), where the root can import them."""
+    modules = sorted(src.glob("*.py")) if src.is_dir() else []
+    if not modules:
+        raise GoldenError(f"--python-path {src}: no .py modules there (a folder holding the "
+                          "Python layers' modules is expected)")
+    dest.mkdir()
+    for module in modules:
+        shutil.copyfile(module, dest / module.name)
 
 
 def _shape_of(batch: np.ndarray | Mapping[str, np.ndarray]) -> object:

@@ -13,6 +13,7 @@ from port.atomic import write_text_atomic
 from port.command import Exit, Tool, ToolParser, comma_list
 from port.errors import UsageError
 from port.paths import cache_root
+from port.plugins import add_definition_options, load_plugins
 
 from . import tolerance
 from .report import format_table, render_html
@@ -86,6 +87,7 @@ def _add_run_subject_options(parser: ToolParser) -> None:
         "a folder for <model>.json/.html)",
     )
     parser.add_argument("--prototxt", help="a user's own deploy definition (instead of --model)")
+    add_definition_options(parser)
     parser.add_argument("--caffemodel", help="its weights (default: the goldens' weights, else seeded)")
     parser.add_argument(
         "--references",
@@ -229,6 +231,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     if (args.model is None) == (args.prototxt is None):
         raise UsageError("give exactly one of --model NAME and --prototxt P")
+    if args.model is not None and (args.proto or args.plugin):
+        raise UsageError("--proto and --plugin go with --prototxt (a user's own model)")
+    load_plugins(args.plugin)
     t0 = time.perf_counter()
     setup = resolve(
         model=args.model,
@@ -240,8 +245,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backward_from=args.backward_from,
         regenerate=args.regenerate,
         allow_missing=args.allow_missing,
+        proto=args.proto,
     )
-    result, outputs = run_parity(setup, references=args.references, local_check=not args.no_local)
+    references = _without_unknown_numpy(setup, args.references)
+    result, outputs = run_parity(setup, references=references, local_check=not args.no_local)
     result.timings["total"] = round(time.perf_counter() - t0, 4)
     _save(result, setup, args.json, no_verdict=args.no_verdict, verdict_file=args.verdict_file)
     if args.html:
@@ -251,6 +258,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(format_table(result))
     return Exit.OK if result.passed else Exit.CHECK_FAILED
+
+
+def _without_unknown_numpy(setup, references: Sequence[str]) -> list[str]:
+    """``references`` less the numpy reference where it lacks a layer type of the net (a custom
+    layer nobody gave it with ``parity.numpy_ref.register``); the report's notes say so."""
+    from . import numpy_ref
+
+    missing = numpy_ref.missing_layers(setup.netdef)
+    if not missing:
+        return list(references)
+    dropped = [r for r in references if r.startswith("numpy")]
+    if dropped:
+        setup.notes.append(
+            f"{', '.join(dropped)} not run: the numpy reference has no function for layer(s) "
+            f"{', '.join(missing)} (custom types; see parity.numpy_ref.register); the local "
+            "check leaves those layers out")
+    return [r for r in references if not r.startswith("numpy")]
 
 
 def _run_all(

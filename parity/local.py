@@ -130,6 +130,8 @@ def local_analysis(
         bkeys = [f"data/{b}" for b in layer.bottoms]
         if not all(k in blobs for k in bkeys) or not all(f"data/{t}" in blobs for t in layer.tops):
             continue
+        if any(numpy_ref.layer_function(u) is None for u in (layer, *chain)):
+            continue  # a custom type the numpy reference was not given: no local truth
         row: dict = {
             "layer": layer.name,
             "type": layer.type,

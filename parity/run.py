@@ -219,12 +219,12 @@ def _read_golden_file(path: str | Path) -> dict[str, np.ndarray]:
 
 def _find_user(
     prototxt: Path, golden_files: Mapping[str, str | Path], want_caffe: list[str], *,
-    allow_missing: bool,
+    allow_missing: bool, proto: str | Path | None = None,
 ) -> _Found:
     """A user's definition and golden files; every golden must carry the same input."""
     import port
 
-    netdef = port.load_prototxt(prototxt)
+    netdef = port.load_prototxt(prototxt, proto=proto)
     found = _Found(netdef.name or prototxt.stem, prototxt, netdef)
     for blas, path in golden_files.items():
         arrays = _read_golden_file(path)
@@ -261,6 +261,7 @@ def resolve(
     backward_from: str | None = None,
     regenerate: bool = False,
     allow_missing: bool = False,
+    proto: str | Path | None = None,
 ) -> ParitySetup:
     """Find the definition, weights, input and goldens of a run.
 
@@ -282,6 +283,8 @@ def resolve(
         Regenerate missing cached goldens with real Caffe (needs the legacy root).
     allow_missing : bool
         Drop Caffe references whose goldens are missing instead of failing.
+    proto : path, optional
+        A Caffe fork's caffe.proto that ``prototxt`` needs (``port.load_prototxt(proto=...)``).
     """
     import port
 
@@ -291,7 +294,7 @@ def resolve(
                               allow_missing=allow_missing)  # fmt: skip
     elif prototxt is not None:
         found = _find_user(Path(prototxt), golden_files or {}, want_caffe,
-                           allow_missing=allow_missing)  # fmt: skip
+                           allow_missing=allow_missing, proto=proto)  # fmt: skip
     else:
         raise ParitySetupError("give --model NAME or --prototxt P")
     caffemodel = Path(caffemodel) if caffemodel is not None else found.caffemodel

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "BackwardSeed", "CaffeError", "CaffeNet", "LayerDef", "NetDef", "ToolError", "Transformer",
     "UsageError", "dump_blobs", "load", "load_caffe", "load_prototxt", "netdef_from_text",
-    "read_caffemodel", "read_metadata", "save", "seed_weights", "sha256_file", "write_caffemodel",
+    "read_caffemodel", "read_metadata", "register_layer", "save", "seed_weights", "sha256_file",
+    "unregister_layer", "write_caffemodel",
 ]
 
 # public name -> the submodule that defines it
@@ -25,6 +26,7 @@ _HOME = {
     "CaffeNet": "net", "load_caffe": "net",
     "LayerDef": "netdef", "NetDef": "netdef", "load_prototxt": "netdef", "netdef_from_text": "netdef",
     "Transformer": "preprocess",
+    "register_layer": "layers", "unregister_layer": "layers",
     "seed_weights": "seed",
 }
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from .caffemodel import read_caffemodel, write_caffemodel
     from .dump import BackwardSeed, dump_blobs
     from .errors import CaffeError, ToolError, UsageError
+    from .layers import register_layer, unregister_layer
     from .net import CaffeNet, load_caffe
     from .netdef import LayerDef, NetDef, load_prototxt, netdef_from_text
     from .preprocess import Transformer

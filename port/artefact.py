@@ -50,6 +50,9 @@ def save(net: CaffeNet, path: str | Path, *, metadata: dict[str, str] | None = N
         for i, blob in enumerate(blobs)
     }
     meta = {"format": FORMAT, "prototxt": net.netdef.to_prototxt(), "name": net.netdef.name}
+    if net.netdef.schema.source:  # a fork's caffe.proto: load() needs it to parse the definition
+        meta["proto"] = net.netdef.schema.text
+        meta["proto_source"] = net.netdef.schema.source
     meta.update(metadata or {})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -73,7 +76,12 @@ def load(path: str | Path, *, dtype: torch.dtype = torch.float32,
          device: str | torch.device = "cpu") -> CaffeNet:
     """Load an artefact written by :func:`save` into a :class:`CaffeNet` in eval mode."""
     meta = read_metadata(path)
-    netdef = netdef_from_text(meta["prototxt"], path=f"{path} (embedded definition)")
+    proto = None
+    if "proto" in meta:
+        from .schema import schema_from_proto_text
+
+        proto = schema_from_proto_text(meta["proto"], path=meta.get("proto_source", "<proto>"))
+    netdef = netdef_from_text(meta["prototxt"], path=f"{path} (embedded definition)", proto=proto)
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:

@@ -313,7 +313,7 @@ def _blob_chunks(array: np.ndarray, *, legacy: bool) -> list[bytes | memoryview]
 
 def _layer_message(layer, *, legacy: bool) -> bytes:
     if not legacy:
-        msg = schema.LayerParameter()
+        msg = type(layer.param)()  # Caffe 1.0's class, or a fork schema's
         msg.CopyFrom(layer.param)
         del msg.blobs[:]
         return msg.SerializeToString()
@@ -327,7 +327,8 @@ def _layer_message(layer, *, legacy: bool) -> bytes:
     for f in schema.V1LayerParameter.DESCRIPTOR.fields:
         if f.name.endswith("_param") and f.name in layer.param.DESCRIPTOR.fields_by_name and \
                 layer.param.HasField(f.name):
-            getattr(v1, f.name).CopyFrom(getattr(layer.param, f.name))
+            # by bytes: a fork schema's messages are other classes than Caffe 1.0's
+            getattr(v1, f.name).MergeFromString(getattr(layer.param, f.name).SerializeToString())
     return v1.SerializeToString()
 
 

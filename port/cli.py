@@ -9,6 +9,7 @@ import numpy as np
 
 from .command import Tool, device_arg
 from .errors import CaffeError
+from .plugins import add_definition_options, load_plugins
 
 
 def _dtype(name: str):
@@ -17,12 +18,19 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
+def _netdef(args: argparse.Namespace):
+    """The definition of ``--prototxt``, after ``--plugin`` files ran, parsed with ``--proto``."""
+    from .netdef import load_prototxt
+
+    load_plugins(args.plugin)
+    return load_prototxt(args.prototxt, proto=args.proto)
+
+
 def cmd_seed_weights(args: argparse.Namespace) -> None:
     from .caffemodel import write_caffemodel
-    from .netdef import load_prototxt
     from .seed import seed_weights
 
-    netdef = load_prototxt(args.prototxt)
+    netdef = _netdef(args)
     write_caffemodel(args.out, netdef, seed_weights(netdef, args.seed), format=args.format)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, seed {args.seed}, "
           f"{args.format})")
@@ -31,9 +39,8 @@ def cmd_seed_weights(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .caffemodel import read_caffemodel
     from .net import CaffeNet
-    from .netdef import load_prototxt
 
-    netdef = load_prototxt(args.prototxt)
+    netdef = _netdef(args)
     net = CaffeNet(netdef)
     if args.caffemodel:
         net.load_blobs(read_caffemodel(args.caffemodel), source=args.caffemodel)
@@ -62,7 +69,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .artefact import save, sha256_file
     from .net import load_caffe
 
-    net = load_caffe(args.prototxt, args.caffemodel)
+    net = load_caffe(_netdef(args), args.caffemodel)
     save(net, args.out, metadata={
         "source_prototxt_sha256": sha256_file(args.prototxt),
         "source_caffemodel_sha256": sha256_file(args.caffemodel),
@@ -84,7 +91,7 @@ def cmd_dump(args: argparse.Namespace) -> None:
     if x.ndim != 4:
         raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=args.input)
     backward = BackwardSeed.parse(args.backward_from) if args.backward_from else None
-    net = load_caffe(args.prototxt, args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
+    net = load_caffe(_netdef(args), args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
     blobs = dump_blobs(net, x, backward_from=backward)
     save_npz(args.out, blobs)
     print(f"wrote {args.out}: {sum(k.startswith('data/') for k in blobs)} blobs"
@@ -101,6 +108,7 @@ def build_tool() -> Tool:
                          description="Write seeded weights (He-normal weights, small biases, valid "
                                      "BatchNorm statistics) in a caffemodel that Caffe 1.0 loads.")
     p.add_argument("--prototxt", required=True, help="deploy definition")
+    add_definition_options(p)
     p.add_argument("--weight-seed", "--seed", dest="seed", type=int, default=0,
                    help="seed of the weights (default 0; --seed is the older spelling)")
     p.add_argument("--out", required=True, help="caffemodel to write")
@@ -112,12 +120,14 @@ def build_tool() -> Tool:
                          description="Print each layer's name, type, bottoms, tops, top shapes and "
                                      "parameter count.")
     p.add_argument("--prototxt", required=True, help="deploy definition")
+    add_definition_options(p)
     p.add_argument("--caffemodel", help="weights to load and check against the definition")
 
     p = tool.add_command("convert", cmd_convert, help="convert to a single safetensors artefact",
                          description="Convert definition + weights into one .safetensors file that "
                                      "port.load() reads (weights plus the definition text).")
     p.add_argument("--prototxt", required=True, help="deploy definition")
+    add_definition_options(p)
     p.add_argument("--caffemodel", required=True, help="weights")
     p.add_argument("--out", required=True, help="artefact to write (.safetensors)")
 
@@ -126,6 +136,7 @@ def build_tool() -> Tool:
                          description="Run the port on a preprocessed batch and write data/<blob> "
                                      "(and diff/<blob>) arrays to an .npz, with pycaffe's meaning.")
     p.add_argument("--prototxt", required=True, help="deploy definition")
+    add_definition_options(p)
     p.add_argument("--caffemodel", required=True, help="weights")
     p.add_argument("--input", required=True,
                    help="preprocessed batch (N,C,H,W) .npy; batch and spatial size may differ "

@@ -213,19 +213,21 @@ class CaffeNet(nn.Module):
 
 
 def load_caffe(
-    prototxt: str | Path,
+    prototxt: str | Path | NetDef,
     caffemodel: str | Path | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     strict: bool = True,
+    proto: str | Path | None = None,
 ) -> CaffeNet:
     """Convert a Caffe deploy definition (and optionally its weights) into a :class:`CaffeNet`.
 
     Parameters
     ----------
-    prototxt : str or Path
-        Deploy definition, current or legacy V1 format.
+    prototxt : str, Path or NetDef
+        Deploy definition, current or legacy V1 format (or one already parsed, e.g. with a fork's
+        ``proto``).
     caffemodel : str or Path, optional
         Binary weights, current or legacy V1 format. Without it the weights are zero; use
         :func:`port.seed_weights` for deterministic random ones.
@@ -234,13 +236,16 @@ def load_caffe(
     device : str or torch.device
     strict : bool
         Require weights for every learnable layer.
+    proto : str or Path, optional
+        A Caffe fork's ``caffe.proto`` the definition needs (see :func:`port.load_prototxt`).
 
     Returns
     -------
     CaffeNet
         In eval mode.
     """
-    net = CaffeNet(load_prototxt(prototxt), zero_init=caffemodel is None or not strict)
+    netdef = prototxt if isinstance(prototxt, NetDef) else load_prototxt(prototxt, proto=proto)
+    net = CaffeNet(netdef, zero_init=caffemodel is None or not strict)
     if caffemodel is not None:
         # The arrays just read belong to nobody else: bind them instead of copying, so a 233 MB
         # CaffeNet peaks at the file's mapping plus one copy of the weights.

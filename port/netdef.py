@@ -44,12 +44,23 @@ SKIPPED_TYPES = DATA_TYPES | {
     "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "SoftmaxWithLoss", "HDF5Output",
 }
 
-# Parameter messages that V1 and V2 layers share by name.
-_SHARED_PARAMS = [
-    f.name
-    for f in schema.V1LayerParameter.DESCRIPTOR.fields
-    if f.name.endswith("_param") and f.name in schema.LayerParameter.DESCRIPTOR.fields_by_name
-]
+
+
+def _shared_params(sch: schema.Schema) -> list[str]:
+    """Parameter messages that V1 and V2 layers share by name."""
+    v2 = sch.LayerParameter.DESCRIPTOR.fields_by_name
+    return [f.name for f in sch.V1LayerParameter.DESCRIPTOR.fields
+            if f.name.endswith("_param") and f.name in v2]
+
+
+
+def as_schema(proto: str | Path | schema.Schema | None) -> schema.Schema:
+    """The schema to parse with: Caffe 1.0's (None), a built one, or a fork's .proto path."""
+    if proto is None:
+        return schema.CAFFE
+    if isinstance(proto, schema.Schema):
+        return proto
+    return schema.load_proto(proto)
 
 
 @dataclass
@@ -86,6 +97,8 @@ class NetDef:
     legacy_v1: bool = False
     # Layers left out (data, loss, Accuracy), each {"name", "type", "reason"}.
     skipped: list[dict] = field(default_factory=list)
+    # The schema the text was parsed with: Caffe 1.0's, or extended by a fork's caffe.proto.
+    schema: schema.Schema = field(default=schema.CAFFE, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerDef:
         for layer in self.layers:
@@ -108,7 +121,7 @@ class NetDef:
 
     def to_proto(self):
         """The definition as a V2 ``NetParameter`` (inputs as ``input`` + ``input_shape``)."""
-        net = schema.NetParameter(name=self.name, force_backward=self.force_backward)
+        net = self.schema.NetParameter(name=self.name, force_backward=self.force_backward)
         for name, shape in self.inputs.items():
             net.input.append(name)
             net.input_shape.add().dim.extend(shape)
@@ -123,6 +136,7 @@ class NetDef:
 _TEXT_ERROR = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
 _FIELD_IN_ERROR = re.compile(r'field named "?(\w+)"?|field "?([\w.]+)"?')
 _FIELD_BEFORE_VALUE = re.compile(r'(\w+)\s*:\s*[^\s:{}]*$')
+_UNKNOWN_FIELD = re.compile(r'has no field named "?(\w+)"?')
 
 
 def _layer_block_lines(text: str) -> list[int]:
@@ -163,9 +177,15 @@ def _layer_block_lines(text: str) -> list[int]:
     return lines
 
 
-def parse_net_text(text: str, *, path: str | Path | None = None):
-    """Parse prototxt text into a raw ``NetParameter``; errors carry the line and field."""
-    net = schema.NetParameter()
+def parse_net_text(text: str, *, path: str | Path | None = None,
+                   proto: str | Path | schema.Schema | None = None):
+    """Parse prototxt text into a raw ``NetParameter``; errors carry the line and field.
+
+    ``proto``: a Caffe fork's ``caffe.proto`` (path or :class:`port.schema.Schema`) whose extra
+    fields the text uses; default Caffe 1.0's schema.
+    """
+    sch = as_schema(proto)
+    net = sch.NetParameter()
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as exc:
@@ -184,6 +204,17 @@ def parse_net_text(text: str, *, path: str | Path | None = None):
                 lines[line - 1][:col + 40] if line <= len(lines) else "")
             fld = fv.group(1) if fv else None
         layer = _layer_at_line(text, line) if line else None
+        unknown = _UNKNOWN_FIELD.search(reason)
+        if unknown:
+            where = (f"the fork's {sch.source}" if sch.source
+                     else "Caffe 1.0's caffe.proto")
+            hint = ("add it to that file" if sch.source else
+                    "if the net comes from a Caffe fork (SSD, Faster R-CNN...), pass the fork's "
+                    "caffe.proto with --proto FORK.proto (Python: load_prototxt(path, "
+                    "proto=FORK.proto))")
+            raise CaffeError(f"unknown field {unknown.group(1)!r}: {where} has no such field; "
+                             f"{hint}", path=path, line=line, layer=layer,
+                             field=unknown.group(1)) from None
         raise CaffeError(f"malformed prototxt: {reason}", path=path, line=line, layer=layer,
                          field=fld) from None
     return net
@@ -222,7 +253,8 @@ def _included(param, phase: int, *, path: str | Path | None = None, line: int | 
     return not any(_rule_met(r, phase) for r in param.exclude)
 
 
-def upgrade_v1_layer(v1, *, path: str | Path | None = None):
+def upgrade_v1_layer(v1, *, path: str | Path | None = None,
+                     sch: schema.Schema = schema.CAFFE):
     """Convert one ``V1LayerParameter`` to a ``LayerParameter`` (blobs excluded)."""
     if v1.HasField("layer"):
         raise CaffeError(
@@ -230,18 +262,19 @@ def upgrade_v1_layer(v1, *, path: str | Path | None = None):
             "upgrade_net_proto_text tool first", path=path, layer=v1.layer.name or v1.name,
             field="layer",
         )
-    type_name = schema.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"].values_by_number[
-        v1.type
-    ].name
+    type_name = v1.DESCRIPTOR.enum_types_by_name["LayerType"].values_by_number[v1.type].name
     if type_name == "NONE":
         raise CaffeError("legacy layer has no type", path=path, layer=v1.name, field="type")
-    layer = schema.LayerParameter(name=v1.name, type=V1_TYPES[type_name])
+    if type_name not in V1_TYPES:
+        raise CaffeError(f"legacy layer type {type_name} has no current name", path=path,
+                         layer=v1.name, field="type")
+    layer = sch.LayerParameter(name=v1.name, type=V1_TYPES[type_name])
     layer.bottom.extend(v1.bottom)
     layer.top.extend(v1.top)
     layer.include.extend(v1.include)
     layer.exclude.extend(v1.exclude)
     layer.loss_weight.extend(v1.loss_weight)
-    for name in _SHARED_PARAMS:
+    for name in _shared_params(sch):
         if v1.HasField(name):
             getattr(layer, name).CopyFrom(getattr(v1, name))
     for i, lr in enumerate(v1.blobs_lr):
@@ -278,15 +311,19 @@ def _net_level_inputs(net, path: str | Path | None) -> dict[str, tuple[int, ...]
     return inputs
 
 
-def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") -> NetDef:
-    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin)."""
+def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "",
+                      proto: str | Path | schema.Schema | None = None) -> NetDef:
+    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin) of the schema
+    ``proto`` (default Caffe 1.0's)."""
+    sch = as_schema(proto)
     if net.layer and net.layers:
         raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
                          path=path, field="layers")
     lines = _layer_block_lines(text) if text else []
     legacy = bool(net.layers)
-    raw = [upgrade_v1_layer(v1, path=path) for v1 in net.layers] if legacy else list(net.layer)
-    phase = net.state.phase if net.HasField("state") else schema.NetParameter().state.phase
+    raw = ([upgrade_v1_layer(v1, path=path, sch=sch) for v1 in net.layers] if legacy
+           else list(net.layer))
+    phase = net.state.phase if net.HasField("state") else sch.NetParameter().state.phase
     inputs = _net_level_inputs(net, path)
     layers: list[LayerDef] = []
     skipped: list[dict] = []
@@ -325,7 +362,7 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
             for j, top in enumerate(param.top):
                 inputs[top] = shapes[j if len(shapes) > 1 else 0] if shapes else ()
             continue
-        clean = schema.LayerParameter()
+        clean = sch.LayerParameter()
         clean.CopyFrom(param)
         del clean.blobs[:]
         layers.append(LayerDef(name=param.name, type=param.type, bottoms=list(param.bottom),
@@ -343,7 +380,7 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "") ->
     return NetDef(
         name=net.name, inputs=inputs, layers=layers, force_backward=net.force_backward,
         path=str(path) if path is not None else None, text=text, legacy_v1=legacy,
-        skipped=skipped,
+        skipped=skipped, schema=sch,
     )
 
 
@@ -387,13 +424,16 @@ def _check_skipped_tops(skipped, layers, inputs, path) -> None:
             missing.pop(t, None)
 
 
-def load_prototxt(path: str | Path) -> NetDef:
+def load_prototxt(path: str | Path, *, proto: str | Path | schema.Schema | None = None) -> NetDef:
     """Read a deploy ``.prototxt`` (current or legacy V1 format).
 
     Parameters
     ----------
     path : str or Path
         The text definition.
+    proto : str, Path or port.schema.Schema, optional
+        A Caffe fork's ``caffe.proto`` whose extra messages and fields the definition uses (read
+        without protoc, merged into Caffe 1.0's schema). Default: Caffe 1.0's schema.
 
     Returns
     -------
@@ -410,9 +450,12 @@ def load_prototxt(path: str | Path) -> NetDef:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CaffeError(f"cannot read definition: {exc}", path=path) from None
-    return netdef_from_text(text, path=path)
+    return netdef_from_text(text, path=path, proto=proto)
 
 
-def netdef_from_text(text: str, *, path: str | Path | None = None) -> NetDef:
+def netdef_from_text(text: str, *, path: str | Path | None = None,
+                     proto: str | Path | schema.Schema | None = None) -> NetDef:
     """Parse definition text (see :func:`load_prototxt`)."""
-    return netdef_from_proto(parse_net_text(text, path=path), path=path, text=text)
+    sch = as_schema(proto)
+    return netdef_from_proto(parse_net_text(text, path=path, proto=sch), path=path, text=text,
+                             proto=sch)

@@ -657,6 +657,102 @@ def message_class(name: str):
     return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
 
 
+class Schema:
+    """A Caffe schema: Caffe 1.0's, or Caffe 1.0's plus a fork's ``caffe.proto`` additions.
+
+    ``source`` is the fork's .proto path and ``text`` its content (None / "" for Caffe 1.0's), kept
+    so a converted artefact can rebuild the same schema. ``added`` names the fork's additions.
+    """
+
+    def __init__(self, pool, *, source: str | None = None, text: str = "",
+                 added: tuple[str, ...] = ()) -> None:
+        self.pool = pool
+        self.source = source
+        self.text = text
+        self.added = added
+
+    # A schema never changes once built: copies share it, pickles rebuild it from its text.
+    def __copy__(self) -> Schema:
+        return self
+
+    def __deepcopy__(self, memo) -> Schema:
+        return self
+
+    def __reduce__(self):
+        if self.source is None:
+            return (_caffe_schema, ())
+        return (_fork_schema, (self.text, self.source))
+
+    def message(self, name: str):
+        return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+
+    @property
+    def NetParameter(self):  # noqa: N802 - the protobuf message's name
+        return self.message("NetParameter")
+
+    @property
+    def LayerParameter(self):  # noqa: N802
+        return self.message("LayerParameter")
+
+    @property
+    def V1LayerParameter(self):  # noqa: N802
+        return self.message("V1LayerParameter")
+
+
+CAFFE = Schema(_POOL)
+
+
+def _caffe_schema() -> Schema:
+    return CAFFE
+
+
+def _fork_schema(text: str, path: str) -> Schema:
+    return schema_from_proto_text(text, path=path)
+_FORKS: dict[tuple[str, str], Schema] = {}
+
+
+def schema_from_proto_text(text: str, *, path: str = "<proto>") -> Schema:
+    """Caffe 1.0's schema extended with a fork's ``caffe.proto`` (its text), without protoc.
+
+    Raises
+    ------
+    CaffeError
+        When the file uses what the reader does not support, conflicts with Caffe's field numbers
+        or names an unknown type; the message names the file, line and field.
+    """
+    from .errors import CaffeError
+    from .protofile import merge_into, parse_proto
+
+    key = (path, text)
+    if key in _FORKS:
+        return _FORKS[key]
+    base = _build_file()
+    base.name = "caffe_mfv_port/fork_caffe.proto"
+    added = merge_into(base, parse_proto(text, path=path), path=path)
+    pool = descriptor_pool.DescriptorPool()
+    try:
+        pool.Add(base)
+    except (TypeError, ValueError) as exc:
+        raise CaffeError(f"the fork's schema does not build: {exc}", path=path) from None
+    schema = Schema(pool, source=path, text=text, added=tuple(added))
+    _FORKS[key] = schema
+    return schema
+
+
+def load_proto(path) -> Schema:
+    """Caffe 1.0's schema extended with the fork ``caffe.proto`` at ``path`` (see
+    :func:`schema_from_proto_text`)."""
+    from pathlib import Path
+
+    from .errors import CaffeError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaffeError(f"cannot read the fork's proto: {exc}", path=path) from None
+    return schema_from_proto_text(text, path=str(path))
+
+
 NetParameter = message_class("NetParameter")
 LayerParameter = message_class("LayerParameter")
 V1LayerParameter = message_class("V1LayerParameter")

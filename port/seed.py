@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from .errors import CaffeError
 from .layers import BatchNorm, Convolution, InnerProduct, Scale
 from .net import CaffeNet
 from .netdef import NetDef
@@ -65,6 +66,8 @@ def seed_weights(netdef: NetDef, seed: int) -> dict[str, list[np.ndarray]]:
             # Layers added after the rules above carry their own distribution (see the class).
             blobs = module.seed_blobs(rng)
         else:  # a learnable layer type added later must choose its distribution explicitly
-            raise NotImplementedError(f"no seeding rule for layer type {layer.type}")
+            raise CaffeError(f"no seeding rule for layer type {layer.type}: give its module a "
+                             "seed_blobs(rng) method returning its blobs", path=netdef.path,
+                             layer=layer.name, field="type")
         weights[layer.name] = [b.astype(np.float32) for b in blobs]
     return weights

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).parent / "data" / "layers"
+ARCH_DATA = Path(__file__).parent / "data" / "architectures"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -35,14 +36,15 @@ class LayerCase:
     # False where Caffe aborts under force_backward (Embed, Filter, BatchReindex bottoms): the
     # goldens then make the backward blob a loss instead (``--no-force-backward``).
     force_backward: bool = True
+    folder: Path = DATA
 
     @property
     def prototxt(self) -> Path:
-        return DATA / self.name / "deploy.prototxt"
+        return self.folder / self.name / "deploy.prototxt"
 
     @property
     def goldens(self) -> Path:
-        return DATA / self.name / "goldens"
+        return self.folder / self.name / "goldens"
 
     def golden(self, blas: str) -> Path:
         return self.goldens / blas / f"{self.name}.npz"
@@ -73,6 +75,23 @@ CASES: dict[str, LayerCase] = {
             "xs": rng.normal(0.0, 1.0, (2, 5)),
             "h0": rng.normal(0.0, 0.5, (1, 2, 3)),
             "c0": rng.normal(0.0, 0.5, (1, 2, 3))}),
+    )
+}
+
+
+# Real architectures written from their papers, reduced for fast tests (each deploy.prototxt says
+# how); tests/data/architectures/<name>/.
+ARCHITECTURES: dict[str, LayerCase] = {
+    c.name: c
+    for c in (
+        LayerCase("fcn8s", "score:392", _normal((1, 3, 16, 16), 50.0), folder=ARCH_DATA),
+        LayerCase("hed", "sigmoid-fuse:136", _normal((2, 3, 16, 16), 1.0), folder=ARCH_DATA),
+        LayerCase("sphereface", "fc5:3", _normal((2, 3, 24, 20), 1.0), folder=ARCH_DATA),
+        LayerCase("lrcn", "predict:3", lambda rng: {
+            "input_sentence": rng.integers(0, 10, (4, 2)),
+            "cont_sentence": np.array([[0, 0], [1, 1], [1, 0], [1, 1]]),
+            "image_features": rng.normal(0.0, 1.0, (2, 8))}, force_backward=False,
+            folder=ARCH_DATA),
     )
 }
 
@@ -108,6 +127,7 @@ def record_weights(case: LayerCase) -> None:
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(CASES)
+    every = {**CASES, **ARCHITECTURES}
+    names = sys.argv[1:] or list(every)
     for n in names:
-        generate(CASES[n])
+        generate(every[n])

@@ -57,7 +57,7 @@ def test_unknown_setting_is_a_usage_error(capsys):
 def test_the_verdict_holds_under_every_setting(setting, tmp_path):
     # Every target whose goldens are committed (CaffeNet, the mini ResNet, the layer-family nets);
     # `tox -e machines` runs every built-in model too.
-    cases = sorted(str(m.parent.parent) for m in DATA.glob("**/goldens/manifest.json"))
+    cases = sorted(t.folder for t in machines.default_targets() if t.folder)
     out = tmp_path / "rows.json"
     rc = main(["machines", "--settings", setting, "--model", ",".join(["caffenet", *cases]),
                "--json", str(out)])  # fmt: skip

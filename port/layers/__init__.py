@@ -11,6 +11,10 @@ The classes live in family modules (:mod:`.vision`, :mod:`.activations`, :mod:`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torch import nn
+
 from ..errors import CaffeError
 from ..netdef import LayerDef
 from .activations import (
@@ -66,6 +70,7 @@ __all__ = [
     "MVN", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape", "SPP",
     "Scale", "Shape", "Sigmoid", "Silence", "Slice", "Softmax", "Split", "StochasticPooling",
     "Swish", "TanH", "Threshold", "Tile", "build_layer", "pooled_size",
+    "Builder", "CUSTOM_LAYERS", "custom_builder", "register_layer", "unregister_layer",
     "_canonical_axis", "_enum_name", "_opt", "_pair",
 ]
 
@@ -89,17 +94,112 @@ IN_PLACE_TYPES = {"ReLU", "Dropout", "BatchNorm", "Scale", "Sigmoid", "TanH", "B
 TOP_READING_TYPES = {"Sigmoid", "TanH", "ELU", "Exp", "Swish", "MVN", "Softmax", "LRN"}
 
 
-def _layer_class(layer: LayerDef) -> type[CaffeLayer] | None:
+#: A custom layer's builder: a CaffeLayer subclass, or any callable ``(layer, bottom_shapes)`` that
+#: returns a module with the same contract (``blobs``, ``blob_shapes()``, ``top_shapes()``,
+#: ``forward(*bottoms) -> list of tops``).
+Builder = Callable[[LayerDef, list[Shape]], nn.Module]
+# (type, python module, python layer) -> builder; module and layer are None for a plain type.
+CUSTOM_LAYERS: dict[tuple[str, str | None, str | None], Builder] = {}
+_CONTRACT = ("blobs", "blob_shapes", "top_shapes")
+
+
+def _python_key(layer_type: str, module: str | None, layer: str | None):
+    if (module is None) != (layer is None):
+        raise ValueError("give both module and layer (a Python layer's python_param), or neither")
+    if module is not None and layer_type != "Python":
+        raise ValueError(f"module/layer match Python layers only, not type {layer_type!r}")
+    return (layer_type, module, layer)
+
+
+def register_layer(layer_type: str, builder: Builder, *, module: str | None = None,
+                   layer: str | None = None, replace: bool = False) -> None:
+    """Map a layer type that Caffe 1.0 lacks (a fork's, or a Python layer) to a torch module.
+
+    Parameters
+    ----------
+    layer_type : str
+        The definition's ``type`` (``"Permute"``), or ``"Python"`` with ``module`` and ``layer``.
+    builder : CaffeLayer subclass or callable
+        Called as ``builder(layer_def, bottom_shapes)``; the module it returns must hold its weight
+        blobs in ``blobs`` (an ``nn.ParameterList``, Caffe layout), and answer ``blob_shapes()``,
+        ``top_shapes()`` and ``forward(*bottoms) -> list of tops`` as :class:`CaffeLayer` does.
+    module, layer : str, optional
+        For ``"Python"``: the ``python_param`` module and layer this builder stands for.
+    replace : bool
+        Allow replacing a built-in type or an earlier registration.
+
+    Examples
+    --------
+    >>> import port
+    >>> port.register_layer("Permute", MyPermute)  # doctest: +SKIP
+    >>> port.register_layer("Python", MyNorm, module="ssd_layers", layer="Normalize")  # doctest: +SKIP
+    """
+    key = _python_key(layer_type, module, layer)
+    if not callable(builder):
+        raise TypeError(f"builder for {layer_type!r} is not callable: {builder!r}")
+    if not replace and (key in CUSTOM_LAYERS or (module is None and layer_type in LAYER_TYPES)):
+        raise ValueError(f"layer type {_describe(key)} is already registered; pass replace=True "
+                         "to replace it")
+    CUSTOM_LAYERS[key] = builder
+
+
+def unregister_layer(layer_type: str, *, module: str | None = None,
+                     layer: str | None = None) -> None:
+    """Remove a registration made by :func:`register_layer` (no error when there is none)."""
+    CUSTOM_LAYERS.pop(_python_key(layer_type, module, layer), None)
+
+
+def _describe(key) -> str:
+    t, module, layer = key
+    return f"{t!r}" if module is None else f"Python {module}.{layer}"
+
+
+def custom_builder(layer: LayerDef) -> Builder | None:
+    """The registered builder of a layer, if any (a Python layer matches by module and layer
+    first, then by type alone)."""
+    if layer.type == "Python":
+        p = layer.param.python_param
+        found = CUSTOM_LAYERS.get(("Python", p.module, p.layer))
+        if found is not None:
+            return found
+    return CUSTOM_LAYERS.get((layer.type, None, None))
+
+
+def _layer_class(layer: LayerDef) -> Builder | None:
+    custom = custom_builder(layer)
+    if custom is not None:
+        return custom
     # Pooling's STOCHASTIC method has its own TEST-phase rule and module.
     if layer.type == "Pooling" and _enum_name(layer.param.pooling_param, "pool") == "STOCHASTIC":
         return StochasticPooling
     return LAYER_TYPES.get(layer.type)
 
 
+def _unsupported(layer: LayerDef) -> CaffeError:
+    if layer.type == "Python":
+        p = layer.param.python_param
+        what = f"Python layer {p.module}.{p.layer}"
+        call = (f'port.register_layer("Python", MyLayer, module={p.module!r}, '
+                f"layer={p.layer!r})")
+    else:
+        what = f"layer type {layer.type!r}"
+        call = f"port.register_layer({layer.type!r}, MyLayer)"
+    return CaffeError(
+        f"{what} is not supported: register a torch module for it before loading, e.g. {call} "
+        "with MyLayer a port.layers.CaffeLayer subclass (see README, 'Custom layers'); on the "
+        "command line, --plugin FILE.py runs the file that registers it. Built-in types: "
+        f"{', '.join(sorted(LAYER_TYPES))}", layer=layer.name, field="type")
+
+
 def build_layer(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
     """Instantiate the module for one layer; unknown types raise :class:`CaffeError`."""
     cls = _layer_class(layer)
     if cls is None:
-        raise CaffeError(f"layer type {layer.type!r} is not supported (supported: "
-                         f"{', '.join(sorted(LAYER_TYPES))})", layer=layer.name, field="type")
-    return cls(layer, bottom_shapes)
+        raise _unsupported(layer)
+    module = cls(layer, bottom_shapes)
+    missing = [name for name in _CONTRACT if not hasattr(module, name)]
+    if missing or not isinstance(module, nn.Module):
+        raise CaffeError(f"the module registered for {layer.type!r} ({cls!r}) lacks "
+                         f"{', '.join(missing) or 'nn.Module'}: a custom layer follows "
+                         "port.layers.CaffeLayer's contract", layer=layer.name, field="type")
+    return module

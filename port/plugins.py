@@ -1,0 +1,59 @@
+"""Command-line options shared by every command that reads a definition: ``--proto`` (a Caffe
+fork's caffe.proto) and ``--plugin`` (Python files that register custom layers)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ToolError
+
+__all__ = ["add_definition_options", "load_plugin", "load_plugins"]
+
+
+def add_definition_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--proto FORK.proto`` and ``--plugin FILE.py`` (repeatable) to a subcommand."""
+    parser.add_argument("--proto", type=Path, metavar="FORK.proto",
+                        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
+                             "messages and fields the definition uses (e.g. SSD's permute_param); "
+                             "read without protoc")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                        help="Python file or module run first; it registers custom layer types "
+                             "with port.register_layer (and parity.numpy_ref.register); repeatable")
+
+
+def load_plugin(spec: str) -> None:
+    """Run a plugin: a ``.py`` file path, or an importable module name."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise ToolError(f"plugin {spec}: no such file")
+            digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+            name = f"_caffe_port_plugin_{path.stem}_{digest}"
+            if name in sys.modules:
+                return
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        else:
+            importlib.import_module(spec)
+    except ToolError:
+        raise
+    except Exception as exc:  # a user's file: say which one failed, and how
+        raise ToolError(f"plugin {spec} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def load_plugins(specs: Sequence[str]) -> None:
+    for spec in specs:
+        load_plugin(spec)
