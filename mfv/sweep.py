@@ -376,6 +376,16 @@ def _run_unit(task: UnitTask) -> dict:
     return _run_units([task])[0]
 
 
+@dataclass
+class _LiveUnit:
+    """A unit whose means are ready, on its way through the MFV batch and its evaluation."""
+
+    task: UnitTask
+    base: dict  # the summary record's common fields (:func:`_base_record`)
+    timings: dict[str, float | int]  # the record's "seconds", in the order the stages ran
+    means_dir: Path
+
+
 def _run_units(tasks: list[UnitTask]) -> list[dict]:
     """Several units, their facets in one MFV batch; one summary record per unit (each also its
     ``done.json``). Each unit's means and evaluation are its own: one unit's bad input fails that
@@ -384,22 +394,48 @@ def _run_units(tasks: list[UnitTask]) -> list[dict]:
 
     t_start = time.perf_counter()
     sp = tasks[0].params
-    records: dict[int, dict] = {}
-    for task in tasks:
-        if unit_status(task.out, task.key) == "done":  # another attempt finished it meanwhile
-            records[task.unit] = _read_json(Path(task.out) / "done.json")
+    records = _finished_meanwhile(tasks)
     tasks_left = [t for t in tasks if t.unit not in records]
     if not tasks_left:
         return [records[t.unit] for t in tasks]
-    live: list[tuple[UnitTask, dict, dict, Path]] = []  # task, base record, timings, means folder
     try:
         model, load_s = _worker_model(sp.model, sp.device, sp.threads)
     except (ValueError, FileNotFoundError, ParityError) as e:
-        return [records.get(t.unit) or {**_base_record(t), "status": "failed",
-                                        "message": f"unit {t.unit} ({t.folder}): {e}"} for t in tasks]
-    for task in tasks_left:
+        return [records.get(t.unit) or _failed(_base_record(t), t, e) for t in tasks]
+    live = _start_units(model, tasks_left, load_s, records)
+    for unit, trace in _visualize_batch(model, live, records):
+        records[unit.task.unit] = _complete_unit(model, unit, trace, evaluate=sp.evaluate, t_start=t_start)
+    return [records[t.unit] for t in tasks]
+
+
+def _failed(base: dict, task: UnitTask, error: Exception) -> dict:
+    """The summary record of a unit that failed (not written to ``done.json``: a rerun redoes it)."""
+    return {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {error}"}
+
+
+def _stage_hook(task: UnitTask) -> Callable[[int, str], None]:
+    return task.hook or (lambda unit, stage: None)
+
+
+def _finished_meanwhile(tasks: list[UnitTask]) -> dict[int, dict]:
+    """The records of the units that another attempt finished meanwhile, by unit."""
+    records: dict[int, dict] = {}
+    for task in tasks:
+        if unit_status(task.out, task.key) == "done":
+            records[task.unit] = _read_json(Path(task.out) / "done.json")
+    return records
+
+
+def _start_units(model, tasks: list[UnitTask], load_s: float, records: dict[int, dict]) -> list[_LiveUnit]:
+    """Mark each unit started (``unit.json``) and make or reuse its means; a unit whose input is bad
+    gets its failed record in ``records`` and drops out. ``load_s`` (the model's load time) is
+    counted on the first unit that gets as far as its timings."""
+    from port.verdict import ParityError
+
+    live = []
+    for task in tasks:
         udir, base = Path(task.out), _base_record(task)
-        hook = task.hook or (lambda unit, stage: None)
+        hook = _stage_hook(task)
         try:
             udir.mkdir(parents=True, exist_ok=True)
             _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
@@ -411,56 +447,65 @@ def _run_units(tasks: list[UnitTask]) -> list[dict]:
             means_dir = _ensure_means(model, task, udir)
             timings["means"] = round(time.perf_counter() - t0, 3)
             hook(task.unit, "means")
-            live.append((task, base, timings, means_dir))
+            live.append(_LiveUnit(task, base, timings, means_dir))
         except (ValueError, FileNotFoundError, ParityError) as e:
             # Bad input fails the same way on every worker: report it instead of letting Dask retry.
-            records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
+            records[task.unit] = _failed(base, task, e)
+    return live
 
-    traces: dict[int, dict] = {}
-    if live:
-        t0 = time.perf_counter()
-        try:
-            for (task, *_), trace in zip(live, _visualize_units(model, [(t, d) for t, _, _, d in live]),
-                                         strict=True):
-                traces[task.unit] = trace
-        except (ValueError, FileNotFoundError) as e:
-            for task, base, _, _ in live:
-                records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
-            live = []
-        seconds = round(time.perf_counter() - t0, 3)
-        for task, _, timings, _ in live:
-            timings["visualize"] = seconds  # the batch's time, shared by its units
-            if len(live) > 1:
-                timings["units_in_batch"] = len(live)
-            (task.hook or (lambda unit, stage: None))(task.unit, "visualize")
 
-    for task, base, timings, means_dir in live:
-        udir, trace = Path(task.out), traces[task.unit]
-        ev = None
-        try:
-            if sp.evaluate:
-                from .evaluate import evaluate
+def _visualize_batch(model, live: list[_LiveUnit], records: dict[int, dict]) -> list[tuple[_LiveUnit, dict]]:
+    """The facets of every live unit in one MFV batch; each unit with its trace. If the batch fails,
+    every unit of it gets its failed record in ``records`` and none is returned."""
+    if not live:
+        return []
+    t0 = time.perf_counter()
+    try:
+        traces = _visualize_units(model, [(u.task, u.means_dir) for u in live])
+        done = list(zip(live, traces, strict=True))
+    except (ValueError, FileNotFoundError) as e:
+        for u in live:
+            records[u.task.unit] = _failed(u.base, u.task, e)
+        done = []
+    seconds = round(time.perf_counter() - t0, 3)
+    for u, _ in done:
+        u.timings["visualize"] = seconds  # the batch's time, shared by its units
+        if len(done) > 1:
+            u.timings["units_in_batch"] = len(done)
+        _stage_hook(u.task)(u.task.unit, "visualize")
+    return done
 
-                t0 = time.perf_counter()
-                ev = evaluate(udir, model=model, means=means_dir)
-                timings["evaluate"] = round(time.perf_counter() - t0, 3)
-                (task.hook or (lambda unit, stage: None))(task.unit, "evaluate")
-        except (ValueError, FileNotFoundError, ParityError) as e:
-            records[task.unit] = {**base, "status": "failed", "message": f"unit {task.unit} ({task.folder}): {e}"}
-            continue
-        timings["total"] = round(time.perf_counter() - t_start, 3)
-        facets_done = sum(f["status"] == "done" for f in trace["facets"])
-        record = {**base, "format": DONE_FORMAT,
-                  "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
-                  "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
-                  "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
-                  "evaluation": None if ev is None else {
-                      "diversity": ev.get("diversity"),
-                      "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
-        records[task.unit] = record
-    return [records[t.unit] for t in tasks]
+
+def _complete_unit(model, unit: _LiveUnit, trace: dict, *, evaluate: bool, t_start: float) -> dict:
+    """Evaluate the unit (if asked) and write its ``done.json``; its summary record (failed, and no
+    ``done.json``, when the evaluation meets bad input)."""
+    from port.verdict import ParityError
+
+    task, timings = unit.task, unit.timings
+    udir = Path(task.out)
+    ev = None
+    try:
+        if evaluate:
+            from .evaluate import evaluate as evaluate_unit
+
+            t0 = time.perf_counter()
+            ev = evaluate_unit(udir, model=model, means=unit.means_dir)
+            timings["evaluate"] = round(time.perf_counter() - t0, 3)
+            _stage_hook(task)(task.unit, "evaluate")
+    except (ValueError, FileNotFoundError, ParityError) as e:
+        return _failed(unit.base, task, e)
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    facets_done = sum(f["status"] == "done" for f in trace["facets"])
+    record = {**unit.base, "format": DONE_FORMAT,
+              "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
+              "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
+              "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
+              "evaluation": None if ev is None else {
+                  "diversity": ev.get("diversity"),
+                  "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
+    return record
 
 
 def _base_record(task: UnitTask) -> dict:

@@ -30,6 +30,7 @@ pixels in scikit-image's own order, which no tensor formulation matches in speed
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -336,66 +337,115 @@ def denoise_tv_bregman(
     f = images.unsqueeze(0) if single else images
     dtype = f.dtype if f.dtype in (torch.float32, torch.float64) else torch.float32
     f = f.detach().to(dtype).contiguous()
-    b, c, h, w = f.shape
-    dev = f.device
-    weights = _as_weights(weight, b, dev)
-    if solver == "auto":
-        solver = "jacobi" if dev.type != "cpu" else "native" if _tv_native.available() else "wavefront"
+    weights = _as_weights(weight, f.shape[0], f.device)
+    solver = _resolve_solver(solver, f.device)
     if solver == "native":
-        if dev.type != "cpu" or not _tv_native.available():
-            raise ValueError("solver 'native' needs CPU tensors and a C compiler (see mfv._tv_native)")
+        b, c, h, w = f.shape
         res, num_iter = _tv_native.denoise(f.reshape(b * c, h, w), weights, channels=c, border=border,
                                            max_num_iter=max_num_iter, eps=eps, isotropic=isotropic,
                                            per_image_stop=per_image_stop)
-        result = res.view(b, c, h, w).to(images.dtype)
-        result = result.squeeze(0) if single else result
-        return (result, num_iter) if return_num_iter else result
-    lam = (2.0 * weights).to(dtype).view(b, 1, 1, 1)
-    if check_every is None:
-        check_every = 1 if dev.type == "cpu" else 8
-    steps = jacobi_steps(dtype, h, w)
-
-    out = f.clone()
-    num_iter = torch.zeros(b, dtype=torch.int64, device=dev)
-    st = _State(f.permute(2, 3, 0, 1).contiguous(), lam.view(1, 1, b, 1), border, solver)
-    alive = torch.arange(b, device=dev)  # original index of each active row
-    done = torch.zeros(b, dtype=torch.bool, device=dev)  # converged since the last host read
-    count = torch.zeros(b, dtype=torch.int64, device=dev)
-    thresh = eps * eps * (c * h * w)  # rmse <= eps  <=>  sum of squares <= eps^2 * total
-    frozen_possible = False
-    sweep = 0
-    while alive.numel() and sweep < max_num_iter:
-        if frozen_possible:
-            u_before = st.u.clone()  # only between host reads (not on CPU by default)
-        ss = _sweep(st, isotropic, steps)
-        sweep += 1
-        if not per_image_stop:
-            ss = ss.sum().expand_as(ss) / alive.numel()
-        if frozen_possible:
-            # Undo the sweep on images that converged earlier: they must keep their final u.
-            st.u.copy_(torch.where(done.view(1, 1, -1, 1), u_before, st.u))
-        count += (~done).long()
-        done |= ss <= thresh
-        last = sweep == max_num_iter
-        if sweep % check_every and not last:
-            frozen_possible = True
-            continue
-        frozen_possible = False
-        finished = done | last
-        if bool(finished.all()):
-            out[alive] = st.u.permute(2, 3, 0, 1)
-            num_iter[alive] = count
-            break
-        if bool(finished.any()):
-            idx = finished.nonzero().squeeze(1)
-            out[alive[idx]] = st.u.index_select(2, idx).permute(2, 3, 0, 1)
-            num_iter[alive[idx]] = count[idx]
-            keep = (~finished).nonzero().squeeze(1)
-            st.keep(keep)
-            alive, count, done = alive[keep], count[keep], done[keep]
+        out = res.view(b, c, h, w)
+    else:
+        if check_every is None:
+            check_every = 1 if f.device.type == "cpu" else 8
+        stop = _Stop(max_num_iter, eps, per_image_stop, check_every)
+        out, num_iter = _denoise_sweeps(f, weights, border=border, solver=solver, isotropic=isotropic, stop=stop)
     result = out.to(images.dtype)
     if single:
         result = result.squeeze(0)
     if return_num_iter:
         return result, num_iter.cpu()
     return result
+
+
+def _resolve_solver(solver: str, device: torch.device) -> str:
+    """The solver ``"auto"`` stands for on ``device``; ``"native"`` checked to be possible."""
+    if solver == "auto":
+        solver = "jacobi" if device.type != "cpu" else "native" if _tv_native.available() else "wavefront"
+    if solver == "native" and (device.type != "cpu" or not _tv_native.available()):
+        raise ValueError("solver 'native' needs CPU tensors and a C compiler (see mfv._tv_native)")
+    return solver
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """When the torch sweeps stop (parameters as in :func:`denoise_tv_bregman`)."""
+
+    max_num_iter: int
+    eps: float
+    per_image_stop: bool
+    check_every: int  # sweeps between host reads of the convergence flags
+
+
+@dataclass
+class _Active:
+    """The images still iterating, by row of the :class:`_State` buffers."""
+
+    index: torch.Tensor  # (A,) original index of each row
+    done: torch.Tensor  # (A,) bool: converged since the last host read (frozen until then)
+    count: torch.Tensor  # (A,) int64: sweeps run
+
+
+def _denoise_sweeps(f: torch.Tensor, weights: torch.Tensor, *, border: str, solver: str, isotropic: bool,
+                   stop: _Stop) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"wavefront"`` and ``"jacobi"`` solvers: sweeps over the batch until every image has
+    stopped; the (B, C, H, W) result and the sweeps per image (on ``f``'s device)."""
+    b, c, h, w = f.shape
+    dev = f.device
+    lam = (2.0 * weights).to(f.dtype).view(b, 1, 1, 1)
+    steps = jacobi_steps(f.dtype, h, w)
+    out = f.clone()
+    num_iter = torch.zeros(b, dtype=torch.int64, device=dev)
+    st = _State(f.permute(2, 3, 0, 1).contiguous(), lam.view(1, 1, b, 1), border, solver)
+    act = _Active(torch.arange(b, device=dev), torch.zeros(b, dtype=torch.bool, device=dev),
+                  torch.zeros(b, dtype=torch.int64, device=dev))
+    thresh = stop.eps * stop.eps * (c * h * w)  # rmse <= eps  <=>  sum of squares <= eps^2 * total
+    frozen_possible = False
+    sweep = 0
+    while act.index.numel() and sweep < stop.max_num_iter:
+        ss = _sweep_active(st, act, isotropic, steps, per_image_stop=stop.per_image_stop,
+                           keep_done=frozen_possible)
+        sweep += 1
+        act.count += (~act.done).long()
+        act.done |= ss <= thresh
+        last = sweep == stop.max_num_iter
+        if sweep % stop.check_every and not last:
+            frozen_possible = True
+            continue
+        frozen_possible = False
+        if _retire(st, act, act.done | last, out, num_iter):
+            break
+    return out, num_iter
+
+
+def _sweep_active(st: _State, act: _Active, isotropic: bool, steps: int, *, per_image_stop: bool,
+                  keep_done: bool) -> torch.Tensor:
+    """One sweep over the active images; each one's sum of squared changes (shared by the batch
+    unless ``per_image_stop``). With ``keep_done``, images that converged since the last host read
+    keep their final u."""
+    if keep_done:
+        u_before = st.u.clone()  # only between host reads (not on CPU by default)
+    ss = _sweep(st, isotropic, steps)
+    if not per_image_stop:
+        ss = ss.sum().expand_as(ss) / act.index.numel()
+    if keep_done:
+        # Undo the sweep on images that converged earlier: they must keep their final u.
+        st.u.copy_(torch.where(act.done.view(1, 1, -1, 1), u_before, st.u))
+    return ss
+
+
+def _retire(st: _State, act: _Active, finished: torch.Tensor, out: torch.Tensor, num_iter: torch.Tensor) -> bool:
+    """At a host read: the ``finished`` images' results go to ``out`` and ``num_iter`` and they leave
+    the batch. True when none is left."""
+    if bool(finished.all()):
+        out[act.index] = st.u.permute(2, 3, 0, 1)
+        num_iter[act.index] = act.count
+        return True
+    if bool(finished.any()):
+        idx = finished.nonzero().squeeze(1)
+        out[act.index[idx]] = st.u.index_select(2, idx).permute(2, 3, 0, 1)
+        num_iter[act.index[idx]] = act.count[idx]
+        keep = (~finished).nonzero().squeeze(1)
+        st.keep(keep)
+        act.index, act.count, act.done = act.index[keep], act.count[keep], act.done[keep]
+    return False

@@ -18,7 +18,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -512,24 +514,14 @@ def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, gr
     total = sum(o.iter_n for o in schedule.octaves[k0:]) - i0
     bar = tqdm(total=total, desc=f"MFV {len(group)} facet(s)", disable=not progress, unit="step")
     on_device = not faithful and denoiser == "torch"
-
-    def checkpoint(k: int, i: int) -> None:
-        for s in group:
-            if s.status == "running":
-                s.octaves_done, s.steps_done = k, i
-        saver.save((k, i))
-
+    checkpoint = partial(_checkpoint, group, saver)
     try:
         for k in range(k0, len(schedule.octaves)):
             octave = schedule.octaves[k]
             first = i0 if k == k0 else 0
             objs = [_objective_for(o, octave) for o in objectives]
             if first == 0 and octave.zoom is not None:
-                for s in group:
-                    if s.status == "running":
-                        s.image = zoom_image(s.image, octave.zoom, mean_px).astype(np.float32)
-                        if not faithful:
-                            np.clip(s.image, 0, 255, out=s.image)
+                _zoom_running(group, octave.zoom, mean_px, faithful=faithful)
             if on_device:
                 # The octave's batch is fixed at its start: facets that failed in it stay, frozen,
                 # so that a resumed octave computes on the same batch as an uninterrupted one.
@@ -538,38 +530,71 @@ def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, gr
                     _octave_on_device(model, objs, active, octave, k, size=(h, w), bar=bar, first=first,
                                       saver=saver, checkpoint=checkpoint)
             else:
-                for i in range(first, octave.iter_n):
-                    active = [s for s in group if s.status == "running"]
-                    if not active:
-                        break
-                    t0 = time.perf_counter()
-                    _step(model, objs, active, octave, k, i, faithful=faithful, size=(h, w), denoiser=denoiser)
-                    dt = (time.perf_counter() - t0) / len(active)
-                    for s in active:
-                        s.seconds += dt
-                    bar.update(1)
-                    if active[0].steps:
-                        bar.set_postfix(act=f"{active[0].steps[-1]['activation']:.3g}")
-                    if i + 1 < octave.iter_n and saver.due():
-                        checkpoint(k, i + 1)
-            for s in group:
-                out = outs[s.job]
-                if s.status != "running":
-                    continue
-                s.octaves_done, s.steps_done = k + 1, 0
-                if k + 1 == len(schedule.octaves):
-                    s.status = "done"
-                if out is not None:
-                    u8 = _save_u8(s, faithful)
-                    text = _io.provenance_text(model.info.get("parity"))
-                    _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8, text=text)
-                    if s.status == "done":
-                        _io.save_image(out / f"facet_{s.index}.png", u8, text=text)
-                        if faithful:  # the original also wrote a JPEG
-                            _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
+                _octave_on_host(model, objs, group, octave, k, size=(h, w), bar=bar, first=first,
+                                faithful=faithful, denoiser=denoiser, saver=saver, checkpoint=checkpoint)
+            _end_octave(model, group, outs, k, last=k + 1 == len(schedule.octaves), faithful=faithful)
             saver.save((k + 1, 0))
     finally:
         bar.close()
+
+
+def _checkpoint(group: list[FacetState], saver: _Saver, k: int, i: int) -> None:
+    """Save the batch at step ``i`` of octave ``k`` (the running facets' position first)."""
+    for s in group:
+        if s.status == "running":
+            s.octaves_done, s.steps_done = k, i
+    saver.save((k, i))
+
+
+def _zoom_running(group: list[FacetState], zoom: float, mean_px: np.ndarray, *, faithful: bool) -> None:
+    """The start of a zooming octave: every running facet's image grows (clipped, unless faithful)."""
+    for s in group:
+        if s.status == "running":
+            s.image = zoom_image(s.image, zoom, mean_px).astype(np.float32)
+            if not faithful:
+                np.clip(s.image, 0, 255, out=s.image)
+
+
+def _octave_on_host(model: Model, objs: list[Objective], group: list[FacetState], octave: Octave, k: int, *,
+                    size: tuple[int, int], bar, first: int, faithful: bool, denoiser: str, saver: _Saver,
+                    checkpoint: Callable[[int, int], None]) -> None:
+    """One octave (from step ``first``) on the host, step by step (:func:`_step`); the batch is the
+    facets still running at each step."""
+    for i in range(first, octave.iter_n):
+        active = [s for s in group if s.status == "running"]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        _step(model, objs, active, octave, k, i, faithful=faithful, size=size, denoiser=denoiser)
+        dt = (time.perf_counter() - t0) / len(active)
+        for s in active:
+            s.seconds += dt
+        bar.update(1)
+        if active[0].steps:
+            bar.set_postfix(act=f"{active[0].steps[-1]['activation']:.3g}")
+        if i + 1 < octave.iter_n and saver.due():
+            checkpoint(k, i + 1)
+
+
+def _end_octave(model: Model, group: list[FacetState], outs: list[Path | None], k: int, *, last: bool,
+                faithful: bool) -> None:
+    """Octave ``k`` is over: the running facets move on (or are done, after the ``last`` octave) and
+    their images are saved, the octave's and, when done, the final one."""
+    for s in group:
+        out = outs[s.job]
+        if s.status != "running":
+            continue
+        s.octaves_done, s.steps_done = k + 1, 0
+        if last:
+            s.status = "done"
+        if out is not None:
+            u8 = _save_u8(s, faithful)
+            text = _io.provenance_text(model.info.get("parity"))
+            _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8, text=text)
+            if s.status == "done":
+                _io.save_image(out / f"facet_{s.index}.png", u8, text=text)
+                if faithful:  # the original also wrote a JPEG
+                    _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
 
 
 def _offsets(active: list[FacetState], octave: Octave, size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -676,9 +701,36 @@ def _problem(grad_finite: bool, value_finite: bool, grad_nonzero: bool) -> str |
     return None
 
 
+@dataclass
+class _DeviceRow:
+    """One device step's trace, left on the device until the next host read."""
+
+    step: int
+    offsets: list[tuple[int, int]]  # each facet's crop offsets (drawn on the host)
+    step_size: float
+    tv_weight: float
+    # (7, N) float64: value, mean |g|, gradient finite, value finite, gradient nonzero, image
+    # finite after denoising, alive before the step.
+    stats: torch.Tensor
+    best: torch.Tensor | None  # (N,) best unit per facet, or None
+
+
+@dataclass
+class _DeviceOctave:
+    """One octave's batch on the device, and the trace rows not yet read by the host."""
+
+    active: list[FacetState]
+    k: int  # the octave's index
+    imgs: torch.Tensor  # (N, 3, H', W') the facets' images
+    alive: torch.Tensor  # (N,) bool: not frozen
+    mask: torch.Tensor | None  # the octave's margin mask (H, W)
+    t0: float  # when the facets' time was last counted
+    rows: list[_DeviceRow] = field(default_factory=list)
+
+
 def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetState], octave: Octave,
                       k: int, *, size: tuple[int, int], bar, first: int = 0, saver: _Saver | None = None,
-                      checkpoint=None) -> None:
+                      checkpoint: Callable[[int, int], None] | None = None) -> None:
     """One octave (from step ``first``) of the default mode with the torch denoiser, every step on
     the model's device.
 
@@ -689,82 +741,98 @@ def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetSta
     """
     from .tv_bregman import denoise_tv_bregman as tv
 
-    h, w = size
     dev = model.device
     t0 = time.perf_counter()
     imgs = torch.from_numpy(np.stack([s.image for s in active])).to(dev)
-    n = len(active)
     alive = torch.tensor([s.status == "running" for s in active], dtype=torch.bool, device=dev)
     mask = _margin_mask(octave, size)
-    mask_t = None if mask is None else torch.from_numpy(mask).to(dev)
-    rows = []  # per step: index, host offsets, device (values, mean |g|, ..., alive), best
-
-    def read_back() -> None:
-        """The host read: append the trace rows so far, mark failures, bring the images home."""
-        nonlocal t0
-        stats = torch.stack([r[4] for r in rows]).cpu().numpy() if rows else np.zeros((0, 7, n))
-        bests = None if not rows or rows[0][5] is None else torch.stack([r[5] for r in rows]).cpu().tolist()
-        final = imgs.cpu().numpy()
-        dt = (time.perf_counter() - t0) / n
-        t0 = time.perf_counter()
-        for j, s in enumerate(active):
-            if s.status == "running":
-                s.seconds += dt
-                for r, (i, offsets, step, weight, _, _) in enumerate(rows):
-                    value, mag, grad_ok, value_ok, nonzero, image_ok, was_alive = stats[r, :, j]
-                    if not was_alive:
-                        break
-                    s.steps.append({"octave": k + 1, "step": i, "activation": float(value),
-                                    "best_unit": None if bests is None else int(bests[r][j]), "step_size": step,
-                                    "tv_weight": weight, "offset": list(offsets[j]), "mean_abs_grad": float(mag)})
-                    problem = _problem(bool(grad_ok), bool(value_ok), bool(nonzero))
-                    if problem is None and not image_ok:
-                        problem = "NaN/Inf in the image after denoising"
-                    if problem:
-                        _fail(s, f"{problem} at octave {k + 1}, step {i}", k)
-                        break
-            s.image = np.ascontiguousarray(final[j], dtype=np.float32)
-        rows.clear()
-
+    run = _DeviceOctave(active, k, imgs, alive, None if mask is None else torch.from_numpy(mask).to(dev), t0)
     for i in range(first, octave.iter_n):
-        offsets = _offsets(active, octave, size)
-        crops = torch.stack([imgs[j, :, ox:ox + h, oy:oy + w] for j, (ox, oy) in enumerate(offsets)])
-        x = crops.to(model.dtype).detach().requires_grad_(True)  # crops itself stays out of the graph
-        value, best = _evaluate(model, objs, active, x)
-        value.sum().backward()
-        g = x.grad.detach().float()
-        if mask_t is not None:
-            g = g * mask_t
-        # mean |g| in one pass (an L1 norm); same value as abs().mean() up to summation order.
-        mag = torch.linalg.vector_norm(g, ord=1, dim=(1, 2, 3)) / g[0].numel()
-        grad_ok = torch.isfinite(g).all(dim=(1, 2, 3))
-        value = value.detach().double()
-        value_ok = torch.isfinite(value)
-        nonzero = mag != 0
-        ok = alive & grad_ok & value_ok & nonzero
-        step = step_size(octave, i, faithful=False)
-        weight = tv_weight(octave, i, faithful=False)
-        ok4 = ok.view(-1, 1, 1, 1)
-        moved = torch.addcmul(crops, (step / torch.where(ok, mag, 1.0)).view(-1, 1, 1, 1), g).clamp_(0, 255)
-        moved = torch.where(ok4, moved, crops)
-        den = tv(moved, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="current")
-        image_ok = torch.isfinite(den).all(dim=(1, 2, 3))
-        keep = ok & image_ok
-        den = torch.where(keep.view(-1, 1, 1, 1), den, crops)
-        if imgs.shape[-2:] == (h, w):  # no jitter yet: the crops are the images
-            imgs = den
-        else:
-            for j, (ox, oy) in enumerate(offsets):
-                imgs[j, :, ox:ox + h, oy:oy + w] = den[j]
-        rows.append((i, offsets, step, weight, torch.stack([value, mag.double(), grad_ok.double(),
-                                                            value_ok.double(), nonzero.double(),
-                                                            image_ok.double(), alive.double()]), best))
-        alive = keep
+        _device_step(model, objs, run, octave, i, size=size, tv=tv)
         bar.update(1)
         if saver is not None and i + 1 < octave.iter_n and saver.due():
-            read_back()
+            _read_back(run)
             checkpoint(k, i + 1)
-    read_back()
+    _read_back(run)
+
+
+def _device_step(model: Model, objs: list[Objective], run: _DeviceOctave, octave: Octave, i: int, *,
+                 size: tuple[int, int], tv: Callable[..., torch.Tensor]) -> None:
+    """Step ``i`` of every facet of ``run`` on the device; its trace row joins ``run.rows``.
+
+    One piece: the gradient, its checks, the move and the denoising share the step's tensors.
+    """
+    h, w = size
+    offsets = _offsets(run.active, octave, size)
+    crops = torch.stack([run.imgs[j, :, ox:ox + h, oy:oy + w] for j, (ox, oy) in enumerate(offsets)])
+    x = crops.to(model.dtype).detach().requires_grad_(True)  # crops itself stays out of the graph
+    value, best = _evaluate(model, objs, run.active, x)
+    value.sum().backward()
+    g = x.grad.detach().float()
+    if run.mask is not None:
+        g = g * run.mask
+    # mean |g| in one pass (an L1 norm); same value as abs().mean() up to summation order.
+    mag = torch.linalg.vector_norm(g, ord=1, dim=(1, 2, 3)) / g[0].numel()
+    grad_ok = torch.isfinite(g).all(dim=(1, 2, 3))
+    value = value.detach().double()
+    value_ok = torch.isfinite(value)
+    nonzero = mag != 0
+    ok = run.alive & grad_ok & value_ok & nonzero
+    step = step_size(octave, i, faithful=False)
+    weight = tv_weight(octave, i, faithful=False)
+    ok4 = ok.view(-1, 1, 1, 1)
+    moved = torch.addcmul(crops, (step / torch.where(ok, mag, 1.0)).view(-1, 1, 1, 1), g).clamp_(0, 255)
+    moved = torch.where(ok4, moved, crops)
+    den = tv(moved, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="current")
+    image_ok = torch.isfinite(den).all(dim=(1, 2, 3))
+    keep = ok & image_ok
+    den = torch.where(keep.view(-1, 1, 1, 1), den, crops)
+    if run.imgs.shape[-2:] == (h, w):  # no jitter yet: the crops are the images
+        run.imgs = den
+    else:
+        for j, (ox, oy) in enumerate(offsets):
+            run.imgs[j, :, ox:ox + h, oy:oy + w] = den[j]
+    run.rows.append(_DeviceRow(i, offsets, step, weight, torch.stack([value, mag.double(), grad_ok.double(),
+                                                                      value_ok.double(), nonzero.double(),
+                                                                      image_ok.double(), run.alive.double()]),
+                               best))
+    run.alive = keep
+
+
+def _read_back(run: _DeviceOctave) -> None:
+    """The host read: append the trace rows so far, mark failures, bring the images home."""
+    n = len(run.active)
+    rows = run.rows
+    stats = torch.stack([r.stats for r in rows]).cpu().numpy() if rows else np.zeros((0, 7, n))
+    bests = None if not rows or rows[0].best is None else torch.stack([r.best for r in rows]).cpu().tolist()
+    final = run.imgs.cpu().numpy()
+    dt = (time.perf_counter() - run.t0) / n
+    run.t0 = time.perf_counter()
+    for j, s in enumerate(run.active):
+        if s.status == "running":
+            s.seconds += dt
+            _trace_device_rows(s, j, rows, stats, bests, run.k)
+        s.image = np.ascontiguousarray(final[j], dtype=np.float32)
+    rows.clear()
+
+
+def _trace_device_rows(s: FacetState, j: int, rows: list[_DeviceRow], stats: np.ndarray,
+                       bests: list[list[int]] | None, k: int) -> None:
+    """Facet ``s`` (column ``j`` of the batch) gets a trace step per row it was alive in; the first
+    problem fails it."""
+    for r, row in enumerate(rows):
+        value, mag, grad_ok, value_ok, nonzero, image_ok, was_alive = stats[r, :, j]
+        if not was_alive:
+            break
+        s.steps.append({"octave": k + 1, "step": row.step, "activation": float(value),
+                        "best_unit": None if bests is None else int(bests[r][j]), "step_size": row.step_size,
+                        "tv_weight": row.tv_weight, "offset": list(row.offsets[j]), "mean_abs_grad": float(mag)})
+        problem = _problem(bool(grad_ok), bool(value_ok), bool(nonzero))
+        if problem is None and not image_ok:
+            problem = "NaN/Inf in the image after denoising"
+        if problem:
+            _fail(s, f"{problem} at octave {k + 1}, step {row.step}", k)
+            break
 
 
 def _denoise_torch(crops: list[np.ndarray], weight: float, *, device) -> list[np.ndarray]:

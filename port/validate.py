@@ -175,6 +175,25 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
     CaffeError
         At the first problem, naming file, line, layer and field.
     """
+    shapes = _input_shapes(netdef)
+    weight_values = 0
+    for layer in netdef.layers:
+        _check_bottoms_and_tops(netdef, layer, shapes)
+        try:
+            module, tops, count = _build_and_check(layer, [shapes[b] for b in layer.bottoms])
+        except CaffeError as exc:
+            raise _layer_error(netdef, layer, exc) from None
+        weight_values += count
+        shapes.update(_checked_tops(netdef, layer, module, tops))
+    limit = _memory_bytes() if memory_bytes is None else memory_bytes
+    if limit is not None and 4 * weight_values > limit:
+        raise CaffeError(f"the weights need {4 * weight_values / 1e9:.1f} GB as float32; this "
+                         f"machine has {limit / 1e9:.1f} GB", path=netdef.path)
+    return shapes
+
+
+def _input_shapes(netdef: NetDef) -> dict[str, Shape]:
+    """The net's input shapes, each checked (positive, within Caffe's blob size limit)."""
     shapes: dict[str, Shape] = {}
     for name, shape in netdef.inputs.items():
         if any(d < 1 for d in shape):
@@ -185,62 +204,74 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
                              f"limit (INT_MAX = {MAX_BLOB_COUNT} values)", path=netdef.path,
                              field="input_shape")
         shapes[name] = shape
-    weight_values = 0
-    for layer in netdef.layers:
-        missing = [b for b in layer.bottoms if b not in shapes]
-        if missing:
-            raise CaffeError(f"bottom blob {missing[0]!r} is not produced by any earlier layer",
-                             path=netdef.path, layer=layer.name, field="bottom", line=layer.line)
-        for i, top in enumerate(layer.tops):
-            in_place = i < len(layer.bottoms) and layer.bottoms[i] == top
-            if top in shapes and not in_place:
-                raise CaffeError(f"top blob {top!r} is produced by multiple sources (an earlier "
-                                 "layer or input already produces it, and this layer does not work "
-                                 "in place)", path=netdef.path, layer=layer.name, field="top",
-                                 line=layer.line)
-        try:
-            _check_arity(layer)
-            module = _build(layer, [shapes[b] for b in layer.bottoms])
-            rule = TYPE_RULES.get(layer.type)
-            if rule is not None:
-                rule(layer, module)
-            for blob_shape in module.blob_shapes():
-                count = math.prod(blob_shape)
-                if any(d < 1 for d in blob_shape):
-                    fld = _num_output_field(layer)
-                    if fld is not None:
-                        raise CaffeError("num_output must be positive (Caffe: num_output should "
-                                         "be > 0)", field=fld)
-                    raise CaffeError(f"weight blob of shape {_fmt(blob_shape)}: every dimension "
-                                     "must be positive", field="blobs")
-                if count > MAX_BLOB_COUNT:
-                    raise CaffeError(f"weight blob of shape {_fmt(blob_shape)} exceeds Caffe's blob "
-                                     f"size limit (INT_MAX = {MAX_BLOB_COUNT} values)",
-                                     field="blobs")
-                weight_values += count
-            try:
-                tops = module.top_shapes()
-            except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
-                raise CaffeError(f"cannot compute the top shapes: {type(exc).__name__}: {exc}") \
-                    from None
-        except CaffeError as exc:
-            raise _layer_error(netdef, layer, exc) from None
-        if len(tops) != len(layer.tops):
-            raise CaffeError(f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
-                             path=netdef.path, layer=layer.name, field="top", line=layer.line)
-        for name, top in zip(layer.tops, tops, strict=True):
-            top = tuple(int(d) for d in top)
-            if any(d < 1 for d in top):
-                reason, fld = _why_not_positive(layer, module, top)
-                raise CaffeError(f"top {name!r}: {reason}", path=netdef.path, layer=layer.name,
-                                 field=fld, line=layer.line)
-            if math.prod(top) > MAX_BLOB_COUNT:
-                raise CaffeError(f"top {name!r} of shape {_fmt(top)} exceeds Caffe's blob size "
-                                 f"limit (INT_MAX = {MAX_BLOB_COUNT} values)", path=netdef.path,
-                                 layer=layer.name, line=layer.line)
-            shapes[name] = top
-    limit = _memory_bytes() if memory_bytes is None else memory_bytes
-    if limit is not None and 4 * weight_values > limit:
-        raise CaffeError(f"the weights need {4 * weight_values / 1e9:.1f} GB as float32; this "
-                         f"machine has {limit / 1e9:.1f} GB", path=netdef.path)
     return shapes
+
+
+def _check_bottoms_and_tops(netdef: NetDef, layer: LayerDef, shapes: dict[str, Shape]) -> None:
+    """Every bottom already exists; no top exists already unless the layer writes it in place."""
+    missing = [b for b in layer.bottoms if b not in shapes]
+    if missing:
+        raise CaffeError(f"bottom blob {missing[0]!r} is not produced by any earlier layer",
+                         path=netdef.path, layer=layer.name, field="bottom", line=layer.line)
+    for i, top in enumerate(layer.tops):
+        in_place = i < len(layer.bottoms) and layer.bottoms[i] == top
+        if top in shapes and not in_place:
+            raise CaffeError(f"top blob {top!r} is produced by multiple sources (an earlier "
+                             "layer or input already produces it, and this layer does not work "
+                             "in place)", path=netdef.path, layer=layer.name, field="top",
+                             line=layer.line)
+
+
+def _build_and_check(layer: LayerDef, bottom_shapes: list[Shape]) -> tuple[CaffeLayer, list[Shape], int]:
+    """Build ``layer`` on the meta device and check its type's rules and its weight blobs; the
+    module, its top shapes and its number of weight values. Errors name the field only (the
+    caller adds file, line and layer)."""
+    _check_arity(layer)
+    module = _build(layer, bottom_shapes)
+    rule = TYPE_RULES.get(layer.type)
+    if rule is not None:
+        rule(layer, module)
+    weight_values = sum(_weight_blob_count(layer, blob_shape) for blob_shape in module.blob_shapes())
+    try:
+        tops = module.top_shapes()
+    except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
+        raise CaffeError(f"cannot compute the top shapes: {type(exc).__name__}: {exc}") from None
+    return module, tops, weight_values
+
+
+def _weight_blob_count(layer: LayerDef, blob_shape: Shape) -> int:
+    """The number of values of one weight blob, checked (positive dimensions, Caffe's limit)."""
+    count = math.prod(blob_shape)
+    if any(d < 1 for d in blob_shape):
+        fld = _num_output_field(layer)
+        if fld is not None:
+            raise CaffeError("num_output must be positive (Caffe: num_output should "
+                             "be > 0)", field=fld)
+        raise CaffeError(f"weight blob of shape {_fmt(blob_shape)}: every dimension "
+                         "must be positive", field="blobs")
+    if count > MAX_BLOB_COUNT:
+        raise CaffeError(f"weight blob of shape {_fmt(blob_shape)} exceeds Caffe's blob "
+                         f"size limit (INT_MAX = {MAX_BLOB_COUNT} values)",
+                         field="blobs")
+    return count
+
+
+def _checked_tops(netdef: NetDef, layer: LayerDef, module: CaffeLayer, tops: list[Shape]) -> dict[str, Shape]:
+    """The layer's tops by name, as int tuples, each checked (one per name, positive, within
+    Caffe's blob size limit)."""
+    if len(tops) != len(layer.tops):
+        raise CaffeError(f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
+                         path=netdef.path, layer=layer.name, field="top", line=layer.line)
+    checked: dict[str, Shape] = {}
+    for name, top in zip(layer.tops, tops, strict=True):
+        top = tuple(int(d) for d in top)
+        if any(d < 1 for d in top):
+            reason, fld = _why_not_positive(layer, module, top)
+            raise CaffeError(f"top {name!r}: {reason}", path=netdef.path, layer=layer.name,
+                             field=fld, line=layer.line)
+        if math.prod(top) > MAX_BLOB_COUNT:
+            raise CaffeError(f"top {name!r} of shape {_fmt(top)} exceeds Caffe's blob size "
+                             f"limit (INT_MAX = {MAX_BLOB_COUNT} values)", path=netdef.path,
+                             layer=layer.name, line=layer.line)
+        checked[name] = top
+    return checked
