@@ -311,6 +311,39 @@ def _net_level_inputs(net, path: str | Path | None) -> dict[str, tuple[int, ...]
     return inputs
 
 
+def _sort_layer(param, line: int | None, path, sch: schema.Schema,
+                inputs: dict[str, tuple[int, ...]], skipped: list[dict]) -> LayerDef | None:
+    """One TEST-phase layer: a :class:`LayerDef` the port runs, or None for a layer whose tops
+    become inputs (Input, DummyData, added to ``inputs``) or that deploy nets run without (data,
+    loss, Accuracy, added to ``skipped``)."""
+    if param.type in SKIPPED_TYPES:
+        kind = "reads a file or database" if param.type in DATA_TYPES else "needs labels"
+        skipped.append({"name": param.name, "type": param.type, "line": line,
+                        "tops": list(param.top),
+                        "reason": f"{param.type} {kind}; deploy nets run without it"})
+        return None
+    if param.type == "DummyData":
+        # Its tops are inputs: pycaffe users feed them by writing .data, which a constant
+        # filler (the default) leaves in place.
+        for top, shape in zip(param.top, _dummy_shapes(param, path, line), strict=True):
+            inputs[top] = shape
+        return None
+    if param.type == "Input":
+        shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
+        if shapes and len(shapes) not in (1, len(param.top)):
+            raise CaffeError(
+                f"{len(shapes)} shapes for {len(param.top)} tops", path=path,
+                layer=param.name, line=line, field="input_param.shape")
+        for j, top in enumerate(param.top):
+            inputs[top] = shapes[j if len(shapes) > 1 else 0] if shapes else ()
+        return None
+    clean = sch.LayerParameter()
+    clean.CopyFrom(param)
+    del clean.blobs[:]
+    return LayerDef(name=param.name, type=param.type, bottoms=list(param.bottom),
+                    tops=list(param.top), param=clean, line=line)
+
+
 def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "",
                       proto: str | Path | schema.Schema | None = None) -> NetDef:
     """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin) of the schema
@@ -341,32 +374,9 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "",
             raise CaffeError("duplicate layer name", path=path, layer=param.name, line=line,
                              field="name")
         names.add(param.name)
-        if param.type in SKIPPED_TYPES:
-            kind = "reads a file or database" if param.type in DATA_TYPES else "needs labels"
-            skipped.append({"name": param.name, "type": param.type, "line": line,
-                            "tops": list(param.top),
-                            "reason": f"{param.type} {kind}; deploy nets run without it"})
-            continue
-        if param.type == "DummyData":
-            # Its tops are inputs: pycaffe users feed them by writing .data, which a constant
-            # filler (the default) leaves in place.
-            for top, shape in zip(param.top, _dummy_shapes(param, path, line), strict=True):
-                inputs[top] = shape
-            continue
-        if param.type == "Input":
-            shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
-            if shapes and len(shapes) not in (1, len(param.top)):
-                raise CaffeError(
-                    f"{len(shapes)} shapes for {len(param.top)} tops", path=path,
-                    layer=param.name, line=line, field="input_param.shape")
-            for j, top in enumerate(param.top):
-                inputs[top] = shapes[j if len(shapes) > 1 else 0] if shapes else ()
-            continue
-        clean = sch.LayerParameter()
-        clean.CopyFrom(param)
-        del clean.blobs[:]
-        layers.append(LayerDef(name=param.name, type=param.type, bottoms=list(param.bottom),
-                               tops=list(param.top), param=clean, line=line))
+        layer = _sort_layer(param, line, path, sch, inputs, skipped)
+        if layer is not None:
+            layers.append(layer)
     _check_skipped_tops(skipped, layers, inputs, path)
     if not inputs:
         data = [s for s in skipped if s["type"] in DATA_TYPES]
