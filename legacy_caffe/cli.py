@@ -38,37 +38,77 @@ def _add_goldens(tool: Tool) -> None:
         "Caffe with each BLAS on skimage photos, write golden/<model>/manifest.json and the dumps. "
         "With --prototxt/--caffemodel: the same for a user's own model into --out.",
     )  # fmt: skip
-    g.add_argument("--model", type=comma_list(sorted(PLANS)), metavar="NAME[,NAME...]",
-                   help=f"built-in models, comma-separated, of {', '.join(PLANS)} (default: all)")
-    g.add_argument("--blas", type=comma_list(rootfs.BLAS_CHOICES), default=list(rootfs.BLAS_CHOICES),
-                   metavar="BLAS[,BLAS]", help="comma-separated (default: atlas,openblas)")
+    g.add_argument(
+        "--model",
+        type=comma_list(sorted(PLANS)),
+        metavar="NAME[,NAME...]",
+        help=f"built-in models, comma-separated, of {', '.join(PLANS)} (default: all)",
+    )
+    g.add_argument(
+        "--blas",
+        type=comma_list(rootfs.BLAS_CHOICES),
+        default=list(rootfs.BLAS_CHOICES),
+        metavar="BLAS[,BLAS]",
+        help="comma-separated (default: atlas,openblas)",
+    )
     g.add_argument("--check", action="store_true", help="regenerate and compare with golden/")
-    g.add_argument("--fill-cache", action="store_true",
-                   help="regenerate missing cache dumps and verify them against the manifests")
-    g.add_argument("--weight-seed", "--seed", dest="seed", type=int, default=None,
-                   help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for "
-                   "most; --seed is the older spelling)")
+    g.add_argument(
+        "--fill-cache",
+        action="store_true",
+        help="regenerate missing cache dumps and verify them against the manifests",
+    )
+    g.add_argument(
+        "--weight-seed",
+        "--seed",
+        dest="seed",
+        type=int,
+        default=None,
+        help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for "
+        "most; --seed is the older spelling)",
+    )
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
     g.add_argument("--prototxt", type=Path, help="a user's own net definition")
     g.add_argument("--caffemodel", type=Path, help="the user's weights (with --prototxt)")
-    g.add_argument("--input", action="append", metavar="IMAGE",
-                   help="image file for a user model (repeatable: one batch of all of them; "
-                   "default: skimage's astronaut)")
-    g.add_argument("--input-arrays", type=Path, metavar="NPZ",
-                   help="instead of images: an .npz of input blob name -> array (any shape), "
-                   "fed as they are (nets with several or non-image inputs)")
-    g.add_argument("--blob", default="auto",
-                   help="blob the one-hot is seeded on for a user model (default: auto, the last "
-                   "blob no layer consumes)")
-    g.add_argument("--unit", type=int, default=DEFAULT_UNIT,
-                   help=f"flat index of the one-hot in --blob (default {DEFAULT_UNIT})")
+    g.add_argument(
+        "--input",
+        action="append",
+        metavar="IMAGE",
+        help="image file for a user model (repeatable: one batch of all of them; "
+        "default: skimage's astronaut)",
+    )
+    g.add_argument(
+        "--input-arrays",
+        type=Path,
+        metavar="NPZ",
+        help="instead of images: an .npz of input blob name -> array (any shape), "
+        "fed as they are (nets with several or non-image inputs)",
+    )
+    g.add_argument(
+        "--blob",
+        default="auto",
+        help="blob the one-hot is seeded on for a user model (default: auto, the last "
+        "blob no layer consumes)",
+    )
+    g.add_argument(
+        "--unit",
+        type=int,
+        default=DEFAULT_UNIT,
+        help=f"flat index of the one-hot in --blob (default {DEFAULT_UNIT})",
+    )
     g.add_argument("--out", type=Path, help="output folder for a user model")
-    g.add_argument("--python-path", type=Path, metavar="DIR",
-                   help="folder of the Python layers' modules (python_param module) a user model "
-                        "imports; put on the root's PYTHONPATH (with --prototxt)")
-    g.add_argument("--no-force-backward", action="store_true",
-                   help="user model: make --blob a loss instead of adding force_backward (for "
-                   "Embed, Filter, BatchReindex, whose bottoms force_backward makes Caffe abort)")
+    g.add_argument(
+        "--python-path",
+        type=Path,
+        metavar="DIR",
+        help="folder of the Python layers' modules (python_param module) a user model "
+        "imports; put on the root's PYTHONPATH (with --prototxt)",
+    )
+    g.add_argument(
+        "--no-force-backward",
+        action="store_true",
+        help="user model: make --blob a loss instead of adding force_backward (for "
+        "Embed, Filter, BatchReindex, whose bottoms force_backward makes Caffe abort)",
+    )
 
 
 def _add_mfv_reference(tool: Tool) -> None:
@@ -81,17 +121,31 @@ def _add_mfv_reference(tool: Tool) -> None:
         "with --update-golden, into golden/mfv/<blas>/ and refreshes golden/mfv/manifest.json.",
     )  # fmt: skip
     m.add_argument("--blas", choices=rootfs.BLAS_CHOICES, required=True, help="the Caffe build")
-    m.add_argument("--facets", type=comma_list(item=int), default=[0, 1, 2], metavar="K[,K...]",
-                   help="mean images to start from, comma-separated (default 0,1,2)")
+    m.add_argument(
+        "--facets",
+        type=comma_list(item=int),
+        default=[0, 1, 2],
+        metavar="K[,K...]",
+        help="mean images to start from, comma-separated (default 0,1,2)",
+    )
     m.add_argument("--unit", type=int, default=945, help="target unit of fc8 (default 945)")
-    m.add_argument("--seed", type=int, default=1, help="seed of the global NumPy stream (default 1)")
-    m.add_argument("--caffemodel", type=Path, help="weights (default: the goldens' seeded CaffeNet)")
+    m.add_argument(
+        "--seed", type=int, default=1, help="seed of the global NumPy stream (default 1)"
+    )
+    m.add_argument(
+        "--caffemodel", type=Path, help="weights (default: the goldens' seeded CaffeNet)"
+    )
     m.add_argument("--max-octaves", type=int, help="stop after this many octaves (tests)")
     dest = m.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", type=Path, help="output folder")
-    dest.add_argument("--update-golden", "--golden", dest="golden", action="store_true",
-                      help="write golden/mfv/<blas>/ and refresh golden/mfv/manifest.json (--golden "
-                      "is the older spelling)")
+    dest.add_argument(
+        "--update-golden",
+        "--golden",
+        dest="golden",
+        action="store_true",
+        help="write golden/mfv/<blas>/ and refresh golden/mfv/manifest.json (--golden "
+        "is the older spelling)",
+    )
 
 
 def build_tool() -> Tool:
@@ -113,15 +167,21 @@ def build_tool() -> Tool:
         description="Run CMD inside the root. The project's exchange folder is at /exchange and "
         "legacy_caffe/inside/ at /opt/legacy_caffe/inside (read-only).",
     )  # fmt: skip
-    r.add_argument("--blas", choices=rootfs.BLAS_CHOICES, default="openblas",
-                   help="the Caffe build (default openblas)")
+    r.add_argument(
+        "--blas",
+        choices=rootfs.BLAS_CHOICES,
+        default="openblas",
+        help="the Caffe build (default openblas)",
+    )
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
-    tool.add_command("doctor", _cmd_doctor,
-                     help="report Caffe version, BLAS in use and package versions")
+    tool.add_command(
+        "doctor", _cmd_doctor, help="report Caffe version, BLAS in use and package versions"
+    )
     _add_goldens(tool)
-    tool.add_command("list", _cmd_list,
-                     help="list the golden sets the manifests describe, and which are on disk")
+    tool.add_command(
+        "list", _cmd_list, help="list the golden sets the manifests describe, and which are on disk"
+    )
     _add_mfv_reference(tool)
     return tool
 

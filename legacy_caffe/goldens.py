@@ -4,8 +4,10 @@ Reading, for the parity harness::
 
     from legacy_caffe.goldens import list_goldens, load_golden, load_manifest, golden_weights
 
-    for g in list_goldens("caffenet"):          # GoldenSet(model, blas, input, path, committed, ...)
-        arrays = load_golden(g.model, g.blas, g.input)   # {"data/conv1": ..., "diff/data": ..., "input/data": ...}
+    for g in list_goldens("caffenet"):  # GoldenSet(model, blas, input, path, committed, ...)
+        arrays = load_golden(
+            g.model, g.blas, g.input
+        )  # {"data/conv1": ..., "diff/data": ..., "input/data": ...}
 
 Layout: ``golden/<model>/manifest.json`` always in git; ``golden/<model>/<blas>/<input>.npz`` for the
 sets the plan commits (CaffeNet); every other set lives in ``cache/golden/<model>/<blas>/<input>.npz``
@@ -141,8 +143,12 @@ def list_goldens(
     model: str | None = None, *, golden_dir: Path = GOLDEN_DIR, cache_dir: Path = CACHE_DIR
 ) -> list[GoldenSet]:
     """Every golden set the manifests describe (optionally of one model), with availability."""
-    models = [model] if model else sorted(
-        p.parent.name for p in golden_dir.glob("*/manifest.json") if _is_blob_manifest(p)
+    models = (
+        [model]
+        if model
+        else sorted(
+            p.parent.name for p in golden_dir.glob("*/manifest.json") if _is_blob_manifest(p)
+        )
     )
     out = []
     for m in models:
@@ -350,8 +356,15 @@ class _Results:
     last_meta: dict = field(default_factory=dict)  # backward start (the same in every run)
 
 
-def _dump(job: _Job, input_name: str, blas: str, out: Path, blob: str, unit: int,
-          force_backward: bool = True) -> dict:
+def _dump(
+    job: _Job,
+    input_name: str,
+    blas: str,
+    out: Path,
+    blob: str,
+    unit: int,
+    force_backward: bool = True,
+) -> dict:
     """Run dump_blobs.py inside the root; returns its meta (environment, blobs, checks)."""
     meta = out.with_suffix(".json")
     rootfs.run_inside(
@@ -409,8 +422,10 @@ def _copy_python_layers(src: Path, dest: Path) -> None:
     """The .py files of ``src`` (Python layers' modules), where the root can import them."""
     modules = sorted(src.glob("*.py")) if src.is_dir() else []
     if not modules:
-        raise GoldenError(f"--python-path {src}: no .py modules there (a folder holding the "
-                          "Python layers' modules is expected)")
+        raise GoldenError(
+            f"--python-path {src}: no .py modules there (a folder holding the "
+            "Python layers' modules is expected)"
+        )
     dest.mkdir()
     for module in modules:
         shutil.copyfile(module, dest / module.name)
@@ -432,8 +447,10 @@ def _prepare_weights(req: GoldenRequest, job: _Job) -> dict:
         shutil.copyfile(req.caffemodel, job.weights)
         weights_info = {"generator": "user file", "source": str(req.caffemodel)}
     elif port_seed_available():
-        _say(f"{req.name}: python -m port seed-weights --weight-seed {req.seed} "
-             f"--format {req.weight_format}")
+        _say(
+            f"{req.name}: python -m port seed-weights --weight-seed {req.seed} "
+            f"--format {req.weight_format}"
+        )
         seed_weights(req.prototxt, req.seed, job.weights, req.weight_format)
         weights_info = {"generator": "port seed-weights", "seed": req.seed,
                         "format": req.weight_format}  # fmt: skip
@@ -449,7 +466,6 @@ def _prepare_weights(req: GoldenRequest, job: _Job) -> dict:
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(job.weights, keep)
     return weights_info
-
 
 
 def _prepare_inputs(req: GoldenRequest, job: _Job) -> tuple[dict, dict[str, dict]]:
@@ -493,7 +509,6 @@ def _prepare_inputs(req: GoldenRequest, job: _Job) -> tuple[dict, dict[str, dict
                            "raw_scale": RAW_SCALE, "mean_bgr": list(BGR_MEAN)},
         )  # fmt: skip
     return batches, inputs_info
-
 
 
 def _dump_set(

@@ -39,7 +39,11 @@ GOLDEN_MFV = repo_root() / "golden" / "mfv"
 #: OpenBLAS on its baseline kernel, one thread, as for the blob goldens: the kernel choice (and so
 #: the rounding) would otherwise depend on the CPU; one thread keeps timings comparable with ATLAS
 #: (Debian's ATLAS is single-threaded) and leaves the second core to other work.
-REFERENCE_ENV = {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+REFERENCE_ENV = {
+    "OPENBLAS_CORETYPE": "Prescott",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def _stage(src: Path, dst: Path) -> None:
@@ -119,8 +123,9 @@ def generate_reference(
     env = info["environment"]
     if env.get("blas") != blas:
         raise rootfs.LegacyCaffeError(f"asked for {blas} but Caffe loaded {env.get('blas_loaded')}")
-    trace = _trace(info, blas=blas, seed=seed, unit=unit, caffemodel=caffemodel, wall=wall,
-                   inits=inits)
+    trace = _trace(
+        info, blas=blas, seed=seed, unit=unit, caffemodel=caffemodel, wall=wall, inits=inits
+    )
     write_text_atomic(out / "trace.json", json.dumps(trace, indent=1) + "\n")
     return trace
 
@@ -137,8 +142,11 @@ def _stage_means(work: Path, means_dir: Path, facets: list[int], argv: list[str]
         jpg = means_dir / f"mean_{k}.jpg"
         img = load_rgb(jpg)
         np.save(work / f"mean_{k}.npy", img)
-        inits[k] = {"file": jpg.name, "sha256": file_sha256(jpg),
-                    "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest()}
+        inits[k] = {
+            "file": jpg.name,
+            "sha256": file_sha256(jpg),
+            "decoded_sha256": hashlib.sha256(img.tobytes()).hexdigest(),
+        }
         argv += ["--init", rootfs.host_to_inside(work / f"mean_{k}.npy"), "--index", str(k)]
     return inits
 
@@ -157,8 +165,9 @@ def _write_images(result: Path, info: dict, out: Path) -> None:
                 save_image(out / f"facet_{k}.png", z[f"facet_{k}_octave{f['octaves_done']}"])
 
 
-def _trace(info: dict, *, blas: str, seed: int, unit: int, caffemodel: Path, wall: float,
-           inits: dict) -> dict:
+def _trace(
+    info: dict, *, blas: str, seed: int, unit: int, caffemodel: Path, wall: float, inits: dict
+) -> dict:
     """The run in ``mfv visualize``'s trace format (mfv-trace/1), from the script's own record."""
     return {
         "format": "mfv-trace/1",
@@ -175,11 +184,18 @@ def _trace(info: dict, *, blas: str, seed: int, unit: int, caffemodel: Path, wal
         "environment": info["environment"],
         "wall_seconds": round(wall, 1),
         "facets": [
-            {"index": f["index"], "init": inits[f["index"]]["file"], "init_sha256": inits[f["index"]],
-             "status": "done" if f["octaves_done"] == len(info["octaves"]) else "partial",
-             "octaves_done": f["octaves_done"], "octaves_total": len(info["octaves"]),
-             "seconds": f["seconds"], "final_activation": f["steps"][-1]["activation"],
-             "image": f"facet_{f['index']}.png", "steps": f["steps"]}
+            {
+                "index": f["index"],
+                "init": inits[f["index"]]["file"],
+                "init_sha256": inits[f["index"]],
+                "status": "done" if f["octaves_done"] == len(info["octaves"]) else "partial",
+                "octaves_done": f["octaves_done"],
+                "octaves_total": len(info["octaves"]),
+                "seconds": f["seconds"],
+                "final_activation": f["steps"][-1]["activation"],
+                "image": f"facet_{f['index']}.png",
+                "steps": f["steps"],
+            }
             for f in info["facets"]
         ],
     }

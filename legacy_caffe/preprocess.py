@@ -69,8 +69,12 @@ def caffe_preprocess(
     """RGB [0, 1] HxWx3 -> the (3, H, W) float32 BGR array Caffe's input blob expects."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {img.shape}")
-    transformer = Transformer((3, *size), channel_swap=(2, 1, 0), raw_scale=RAW_SCALE,
-                              mean=np.asarray(mean, dtype=np.float32))
+    transformer = Transformer(
+        (3, *size),
+        channel_swap=(2, 1, 0),
+        raw_scale=RAW_SCALE,
+        mean=np.asarray(mean, dtype=np.float32),
+    )
     return transformer.preprocess(img)
 
 

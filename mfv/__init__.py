@@ -18,7 +18,25 @@ from .pixels import CAFFENET, TORCHVISION, PixelConvention
 from .visualize import visualize
 
 __all__ = [
-    "CAFFENET", "MODELS", "MfvError", "TORCHVISION", "Model", "Objective", "ParityError", "PixelConvention",
-    "Schedule", "channel", "check_parity", "evaluate", "load_model", "load_rgb", "load_schedule",
-    "make_means", "save_image", "softmax_unit", "unit", "visualize", "wrap",
+    "CAFFENET",
+    "MODELS",
+    "MfvError",
+    "TORCHVISION",
+    "Model",
+    "Objective",
+    "ParityError",
+    "PixelConvention",
+    "Schedule",
+    "channel",
+    "check_parity",
+    "evaluate",
+    "load_model",
+    "load_rgb",
+    "load_schedule",
+    "make_means",
+    "save_image",
+    "softmax_unit",
+    "unit",
+    "visualize",
+    "wrap",
 ]

@@ -15,8 +15,17 @@ from port.atomic import write_text_atomic as atomic_write_text
 
 from .errors import MfvError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "save_image", "to_uint8",
-           "load_rgb", "png_data_uri", "ImageReadError", "GREY_MODES"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+    "save_image",
+    "to_uint8",
+    "load_rgb",
+    "png_data_uri",
+    "ImageReadError",
+    "GREY_MODES",
+]
 
 
 class ImageReadError(MfvError):
@@ -54,18 +63,19 @@ def to_uint8(image: np.ndarray, *, wrap: bool = False) -> np.ndarray:
     out = np.empty(image.shape, dtype=np.uint8)
     rows = max(1, (1 << 20) // max(1, image[:1].size))
     for r in range(0, image.shape[0], rows):
-        block = image[r:r + rows].astype(np.float64)
+        block = image[r : r + rows].astype(np.float64)
         if wrap:
-            out[r:r + rows] = np.trunc(block).astype(np.int64) % 256
+            out[r : r + rows] = np.trunc(block).astype(np.int64) % 256
         else:
             np.rint(block, out=block)
             np.clip(block, 0, 255, out=block)
-            out[r:r + rows] = block
+            out[r : r + rows] = block
     return out
 
 
-def save_image(path: str | Path, image_u8: np.ndarray, *, quality: int = 75,
-               text: dict[str, str] | None = None) -> None:
+def save_image(
+    path: str | Path, image_u8: np.ndarray, *, quality: int = 75, text: dict[str, str] | None = None
+) -> None:
     """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save.
 
     ``text`` goes into PNG text chunks (JPEG: a comment), so that an image carries its provenance
@@ -133,14 +143,16 @@ def _caffe_rgb(im: Image.Image) -> np.ndarray:
             scale = 255.0  # float images are taken to lie in [0, 1], as scikit-image does
         else:
             # 16-bit sources (I;16*, and Pillow's "I" for 16-bit PNGs) scale by 65535.
-            scale = 255.0 / (65535.0 if mode.startswith("I;16") or a.max(initial=0) <= 65535
-                             else 2147483647.0)
+            scale = 255.0 / (
+                65535.0 if mode.startswith("I;16") or a.max(initial=0) <= 65535 else 2147483647.0
+            )
         g = np.clip(np.rint(a.astype(np.float32) * np.float32(scale)), 0, 255).astype(np.uint8)
     elif mode in ("1", "L"):
         g = np.asarray(im.convert("L"), dtype=np.uint8)
     else:
         if mode in ("RGBA", "LA", "La", "PA", "RGBa", "RGBX") or (
-                mode == "P" and "transparency" in im.info):
+            mode == "P" and "transparency" in im.info
+        ):
             rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
             return np.ascontiguousarray(rgba[:, :, :3])  # alpha dropped, as Caffe's loader did
         if mode != "RGB":
@@ -159,13 +171,15 @@ def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     nh, nw = max(th, round(h * s)), max(tw, round(w * s))
     im = Image.fromarray(image).resize((nw, nh), Image.BICUBIC)
     top, left = (nh - th) // 2, (nw - tw) // 2
-    return np.asarray(im)[top:top + th, left:left + tw].copy()
+    return np.asarray(im)[top : top + th, left : left + tw].copy()
 
 
 def provenance_text(parity: dict | None) -> dict[str, str]:
     """The text every image carries: which parity verdict (and report) the run relied on."""
     p = parity or {}
-    return {"mfv-parity": f"{p.get('status', 'n/a')}; report: {p.get('report')}; {p.get('message', '')}"}
+    return {
+        "mfv-parity": f"{p.get('status', 'n/a')}; report: {p.get('report')}; {p.get('message', '')}"
+    }
 
 
 def png_data_uri(image_u8: np.ndarray, *, max_side: int | None = None, fmt: str = "PNG") -> str:

@@ -50,7 +50,10 @@ _FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-shared", 
 # CAFFE_MFV_NATIVE_ISA -> (compiler flags, /proc/cpuinfo flags the CPU must have).
 _ISAS = {
     "native": (["-march=native"], ()),
-    "avx512": (["-march=x86-64-v4", "-mtune=native"], ("avx512f", "avx512bw", "avx512dq", "avx512vl")),
+    "avx512": (
+        ["-march=x86-64-v4", "-mtune=native"],
+        ("avx512f", "avx512bw", "avx512dq", "avx512vl"),
+    ),
     "avx2": (["-march=x86-64-v3", "-mtune=native"], ("avx2", "fma", "bmi2")),
     "sse2": (["-march=x86-64", "-mtune=native"], ("sse2",)),
 }
@@ -75,7 +78,9 @@ def isa() -> str:
         raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r}: expected one of {sorted(_ISAS)}")
     if name != "native":
         if platform.machine() not in ("x86_64", "AMD64"):
-            raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r} applies to x86-64 only, not {platform.machine()}")
+            raise ValueError(
+                f"CAFFE_MFV_NATIVE_ISA={name!r} applies to x86-64 only, not {platform.machine()}"
+            )
         have = set(_cpu_signature().split())
         missing = [f for f in _ISAS[name][1] if f not in have]
         if missing:
@@ -97,17 +102,24 @@ def _library() -> ctypes.CDLL | None:
     if cc is None:
         return None
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, _cpu_signature(),
-                                        " ".join(flags)]).encode()).hexdigest()[:16]
+        version = subprocess.run(
+            [cc, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+        key = hashlib.sha256(
+            "\0".join([_SOURCE.read_text(), version, _cpu_signature(), " ".join(flags)]).encode()
+        ).hexdigest()[:16]
         target = _cache_dir() / f"tv_sweep_{key}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                run = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"],
-                                     capture_output=True, text=True, timeout=300)
+                run = subprocess.run(
+                    [cc, *flags, "-o", tmp, str(_SOURCE), "-lm"],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 if run.returncode != 0:
                     raise RuntimeError(f"{cc} failed on {_SOURCE}:\n{run.stderr.strip()}")
                 os.replace(tmp, target)
@@ -116,18 +128,28 @@ def _library() -> ctypes.CDLL | None:
                     os.unlink(tmp)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(f"the compiled TV sweep is unavailable ({e}); using the torch solver", stacklevel=3)
+        warnings.warn(
+            f"the compiled TV sweep is unavailable ({e}); using the torch solver", stacklevel=3
+        )
         return None
     for name, ctype in _TYPES.values():
         getattr(lib, f"tv_vector_lanes_{name}").restype = ctypes.c_int
         fn = getattr(lib, f"tv_sweep_{name}")
         fn.restype = None
-        fn.argtypes = ([ctypes.POINTER(ctype)] * 10 + [ctypes.c_int] + [ctypes.c_long] * 5
-                       + [ctypes.POINTER(ctypes.c_double)])
+        fn.argtypes = (
+            [ctypes.POINTER(ctype)] * 10
+            + [ctypes.c_int]
+            + [ctypes.c_long] * 5
+            + [ctypes.POINTER(ctypes.c_double)]
+        )
         fn = getattr(lib, f"tv_denoise_{name}")
         fn.restype = None
-        fn.argtypes = ([ctypes.POINTER(ctype)] * 12 + [ctypes.c_int] * 2 + [ctypes.c_long] * 7
-                       + [ctypes.c_double, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_long)])
+        fn.argtypes = (
+            [ctypes.POINTER(ctype)] * 12
+            + [ctypes.c_int] * 2
+            + [ctypes.c_long] * 7
+            + [ctypes.c_double, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_long)]
+        )
     return lib
 
 
@@ -157,13 +179,16 @@ class _Workspace(threading.local):
     key: tuple | None = None
     buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def get(self, dtype: torch.dtype, groups: int, h: int, w: int, lanes: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(
+        self, dtype: torch.dtype, groups: int, h: int, w: int, lanes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         key = (dtype, groups, h, w, lanes)
         if self.key != key:
             self.buffers = None  # release the old ones first
-            self.buffers = (torch.empty((5, groups, h + 2, w + 2, lanes), dtype=dtype),
-                            torch.empty((groups, h, w, lanes), dtype=dtype))
+            self.buffers = (
+                torch.empty((5, groups, h + 2, w + 2, lanes), dtype=dtype),
+                torch.empty((groups, h, w, lanes), dtype=dtype),
+            )
             self.key = key
         return self.buffers
 
@@ -182,8 +207,17 @@ def _pointer(t: torch.Tensor, ctype) -> ctypes.POINTER:
     return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctype))
 
 
-def denoise(f: torch.Tensor, weight: torch.Tensor, *, channels: int, border: str, max_num_iter: int,
-            eps: float, isotropic: bool, per_image_stop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def denoise(
+    f: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    channels: int,
+    border: str,
+    max_num_iter: int,
+    eps: float,
+    isotropic: bool,
+    per_image_stop: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the sweeps to each image's stop; scikit-image's loop for every image of the batch.
 
     ``f``: (B * C, H, W) contiguous float32/float64 CPU lanes (image b's channels are lanes
@@ -218,7 +252,20 @@ def denoise(f: torch.Tensor, weight: torch.Tensor, *, channels: int, border: str
     ptrs = [_pointer(t, ctype) for t in (f, out, *state, fp, wl, lam, norm, live)]
     # One call does it all: its threads load, sweep and write out their groups; thread 0 applies
     # the stopping tests between sweeps (ctypes releases the GIL for the call's duration).
-    fn(*ptrs, int(isotropic), int(border == "0.13"), n, groups, h, w, lanes, channels, max_num_iter,
-       thresh, int(per_image_stop), min(threads, groups),
-       ctypes.cast(num_iter.data_ptr(), ctypes.POINTER(ctypes.c_long)))
+    fn(
+        *ptrs,
+        int(isotropic),
+        int(border == "0.13"),
+        n,
+        groups,
+        h,
+        w,
+        lanes,
+        channels,
+        max_num_iter,
+        thresh,
+        int(per_image_stop),
+        min(threads, groups),
+        ctypes.cast(num_iter.data_ptr(), ctypes.POINTER(ctypes.c_long)),
+    )
     return out, num_iter

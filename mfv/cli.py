@@ -13,39 +13,63 @@ from port.errors import UsageError
 from . import _io
 from .models import MODELS, load_model
 
-MODEL_HELP = (f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
-              "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "
-              "seeded (--weight-seed), so every model runs here without downloads")
+MODEL_HELP = (
+    f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
+    "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "
+    "seeded (--weight-seed), so every model runs here without downloads"
+)
 
 
 _DEVICE_HELP = "torch device, e.g. cpu or cuda (default cpu)"
-_THREADS_HELP = ("torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
-                 "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores")
+_THREADS_HELP = (
+    "torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
+    "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores"
+)
 
 
-def _model_args(p: argparse.ArgumentParser, *, device_type=device_arg, device_help: str = _DEVICE_HELP,
-                threads_help: str = _THREADS_HELP) -> None:
+def _model_args(
+    p: argparse.ArgumentParser,
+    *,
+    device_type=device_arg,
+    device_help: str = _DEVICE_HELP,
+    threads_help: str = _THREADS_HELP,
+) -> None:
     """The options that pick and load a model; sweep passes its own --device check and help."""
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help=MODEL_HELP)
     g.add_argument("--prototxt", help="Caffe definition (default: the zoo's for --model)")
     g.add_argument("--caffemodel", help="Caffe weights (default: seeded weights)")
-    g.add_argument("--weights", help="torchvision state_dict file (torch.save) for torchvision.* models")
+    g.add_argument(
+        "--weights", help="torchvision state_dict file (torch.save) for torchvision.* models"
+    )
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
     g.add_argument("--device", type=device_type, default="cpu", help=device_help)
-    g.add_argument("--no-parity-check", action="store_true",
-                   help="run a Caffe model even without a passing parity verdict (every output says so)")
-    g.add_argument("--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json")
+    g.add_argument(
+        "--no-parity-check",
+        action="store_true",
+        help="run a Caffe model even without a passing parity verdict (every output says so)",
+    )
+    g.add_argument(
+        "--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--threads", type=int, help=threads_help)
 
 
 def _grey_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--skip-grey", dest="keep_grey", action="store_false",
-                   help="leave greyscale images out (default: replicate them to RGB, as Caffe's loader did)")
-    g.add_argument("--keep-grey", dest="keep_grey", action="store_true",
-                   help="replicate greyscale images to RGB: the default, kept for older command lines")
+    g.add_argument(
+        "--skip-grey",
+        dest="keep_grey",
+        action="store_false",
+        help="leave greyscale images out (default: replicate them to RGB, as Caffe's loader did)",
+    )
+    g.add_argument(
+        "--keep-grey",
+        dest="keep_grey",
+        action="store_true",
+        help="replicate greyscale images to RGB: the default, kept for older command lines",
+    )
     p.set_defaults(keep_grey=True)
 
 
@@ -54,9 +78,16 @@ def _load(a):
         import torch
 
         torch.set_num_threads(a.threads)
-    return load_model(a.model, prototxt=a.prototxt, caffemodel=a.caffemodel, weights=a.weights,
-                      weight_seed=a.weight_seed, device=a.device, parity_check=not a.no_parity_check,
-                      parity_file=a.parity_file)
+    return load_model(
+        a.model,
+        prototxt=a.prototxt,
+        caffemodel=a.caffemodel,
+        weights=a.weights,
+        weight_seed=a.weight_seed,
+        device=a.device,
+        parity_check=not a.no_parity_check,
+        parity_file=a.parity_file,
+    )
 
 
 def _cmd_layers(a) -> int:
@@ -71,11 +102,23 @@ def _cmd_means(a) -> int:
     from .means import make_means
 
     m = _load(a)
-    r = make_means(m, a.images, k=a.k, m=a.m, layer=a.layer, seed=a.seed, out=a.out,
-                   batch_size=a.batch_size, keep_grey=a.keep_grey,
-                   exclude=tuple(a.exclude or ()), progress=not a.quiet)
-    print(f"{len(r.paths)} images, {len(r.skipped)} skipped; wrote {a.out}/mean_0..{a.k - 1}.png/.jpg, "
-          "clusters.json, tsne.png")
+    r = make_means(
+        m,
+        a.images,
+        k=a.k,
+        m=a.m,
+        layer=a.layer,
+        seed=a.seed,
+        out=a.out,
+        batch_size=a.batch_size,
+        keep_grey=a.keep_grey,
+        exclude=tuple(a.exclude or ()),
+        progress=not a.quiet,
+    )
+    print(
+        f"{len(r.paths)} images, {len(r.skipped)} skipped; wrote {a.out}/mean_0..{a.k - 1}.png/.jpg, "
+        "clusters.json, tsne.png"
+    )
     return 0
 
 
@@ -90,15 +133,21 @@ def _cmd_visualize(a) -> int:
         raise UsageError("--layer is required for this model")
     shapes = m.layer_shapes()
     if layer not in shapes:
-        raise UsageError(f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them")
+        raise UsageError(
+            f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them"
+        )
     obj = parse_target(layer, a.unit, softmax=a.softmax, x=a.x, y=a.y, shape=shapes[layer])
-    sched_path = a.schedule or (m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path)
+    sched_path = a.schedule or (
+        m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path
+    )
     schedule = load_schedule(sched_path)
     inits, names, clusters = [], [], []
     init_args = list(a.init or [])
     if not init_args and a.means:
         found = sorted(Path(a.means).glob("mean_*.png")) or sorted(Path(a.means).glob("mean_*.jpg"))
-        init_args = [str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))]
+        init_args = [
+            str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+        ]
     if not init_args:
         raise UsageError("give --init IMG (repeatable), --init noise, or --means DIR")
     for spec in init_args:
@@ -111,15 +160,32 @@ def _cmd_visualize(a) -> int:
         names.append(str(Path(spec).resolve()))
         mt = re.fullmatch(r"mean_(\d+)", Path(spec).stem)
         clusters.append(int(mt.group(1)) if (mt and a.means) else None)
-    extra = {"command": " ".join(sys.argv), "means": str(Path(a.means).resolve()) if a.means else None,
-             "code_layer": m.spec.code_layer if m.spec else None}
-    trace = visualize(m, obj, inits, schedule=schedule, seed=a.seed, faithful=a.faithful, out=a.out,
-                      resume=not a.restart, progress=not a.quiet, init_names=names, clusters=clusters,
-                      denoiser=a.denoiser, extra=extra,
-                      **({} if a.checkpoint_seconds is None else {"checkpoint_seconds": a.checkpoint_seconds}))
+    extra = {
+        "command": " ".join(sys.argv),
+        "means": str(Path(a.means).resolve()) if a.means else None,
+        "code_layer": m.spec.code_layer if m.spec else None,
+    }
+    trace = visualize(
+        m,
+        obj,
+        inits,
+        schedule=schedule,
+        seed=a.seed,
+        faithful=a.faithful,
+        out=a.out,
+        resume=not a.restart,
+        progress=not a.quiet,
+        init_names=names,
+        clusters=clusters,
+        denoiser=a.denoiser,
+        extra=extra,
+        **({} if a.checkpoint_seconds is None else {"checkpoint_seconds": a.checkpoint_seconds}),
+    )
     for f in trace["facets"]:
-        print(f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
-              f"({f['seconds']:.1f} s)")
+        print(
+            f"facet {f['index']}: {f['status']} {f['message']} final activation {f['final_activation']} "
+            f"({f['seconds']:.1f} s)"
+        )
     return Exit.OK if all(f["status"] == "done" for f in trace["facets"]) else Exit.INCOMPLETE
 
 
@@ -140,9 +206,25 @@ def _cmd_evaluate(a) -> int:
         trace_model = model_from_trace(trace, device=a.device)
     r = evaluate(a.out, model=trace_model, means=a.means)
     for f in r["facets"]:
-        print({k: f.get(k) for k in ("index", "cluster", "activation", "softmax_rank",
-                                      "cluster_activation_mean", "nearest_in_own_cluster")})
-    print("diversity:", r["diversity"], "nearest in own cluster:", r["nearest_in_own_cluster_fraction"])
+        print(
+            {
+                k: f.get(k)
+                for k in (
+                    "index",
+                    "cluster",
+                    "activation",
+                    "softmax_rank",
+                    "cluster_activation_mean",
+                    "nearest_in_own_cluster",
+                )
+            }
+        )
+    print(
+        "diversity:",
+        r["diversity"],
+        "nearest in own cluster:",
+        r["nearest_in_own_cluster_fraction"],
+    )
     print(f"wrote {a.out}/evaluation.json and evaluation.html")
     return 0
 
@@ -176,19 +258,48 @@ def _sweep_device(name: str) -> str:
 def _cmd_sweep(a) -> int:
     from .sweep import sweep
 
-    result = sweep(model=a.model, out=a.out, units=a.units, images=a.images, unit_map=a.unit_map,
-                   classes=a.classes, prototxt=a.prototxt, caffemodel=a.caffemodel, weights=a.weights,
-                   weight_seed=a.weight_seed, parity_check=not a.no_parity_check, parity_file=a.parity_file,
-                   device=a.device, layer=a.layer, softmax=a.softmax, code_layer=a.code_layer, k=a.k, m=a.m,
-                   means_seed=a.means_seed, seed=a.seed, schedule=a.schedule, faithful=a.faithful,
-                   denoiser=a.denoiser, keep_grey=a.keep_grey, exclude=tuple(a.exclude or ()),
-                   batch_size=a.batch_size, evaluate=not a.no_evaluate, scheduler=a.scheduler,
-                   workers=a.workers, threads_per_worker=a.threads_per_worker or a.threads or 1,
-                   retries=a.retries, units_per_batch=a.units_per_batch, progress=not a.quiet)
+    result = sweep(
+        model=a.model,
+        out=a.out,
+        units=a.units,
+        images=a.images,
+        unit_map=a.unit_map,
+        classes=a.classes,
+        prototxt=a.prototxt,
+        caffemodel=a.caffemodel,
+        weights=a.weights,
+        weight_seed=a.weight_seed,
+        parity_check=not a.no_parity_check,
+        parity_file=a.parity_file,
+        device=a.device,
+        layer=a.layer,
+        softmax=a.softmax,
+        code_layer=a.code_layer,
+        k=a.k,
+        m=a.m,
+        means_seed=a.means_seed,
+        seed=a.seed,
+        schedule=a.schedule,
+        faithful=a.faithful,
+        denoiser=a.denoiser,
+        keep_grey=a.keep_grey,
+        exclude=tuple(a.exclude or ()),
+        batch_size=a.batch_size,
+        evaluate=not a.no_evaluate,
+        scheduler=a.scheduler,
+        workers=a.workers,
+        threads_per_worker=a.threads_per_worker or a.threads or 1,
+        retries=a.retries,
+        units_per_batch=a.units_per_batch,
+        progress=not a.quiet,
+    )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     rate = result["run"]["units_per_hour"]
-    print(f"{len(result['units'])} units: {counts}" + (f"; {rate:.0f} units/hour this run" if rate else "")
-          + f"; wrote {a.out}/index.html and summary.json")
+    print(
+        f"{len(result['units'])} units: {counts}"
+        + (f"; {rate:.0f} units/hour this run" if rate else "")
+        + f"; wrote {a.out}/index.html and summary.json"
+    )
     return Exit.OK if all(r.get("status") == "done" for r in result["units"]) else Exit.INCOMPLETE
 
 
@@ -196,9 +307,13 @@ def build_tool() -> Tool:
     """The ``python -m mfv`` command line (see :mod:`port.command` for the shared contract)."""
     # ValueError, FileNotFoundError, KeyError and RuntimeError are what bad input (an unreadable
     # image, a missing folder, an unknown name, a missing driver) raises from the libraries mfv uses.
-    tool = Tool("mfv", "Multifaceted Feature Visualization (Nguyen et al. 2016) on Caffe ports and "
-                "torchvision models.", bad_input=(ValueError, FileNotFoundError, KeyError, RuntimeError),
-                interrupted="finished facets and the state are kept (rerun to resume)")
+    tool = Tool(
+        "mfv",
+        "Multifaceted Feature Visualization (Nguyen et al. 2016) on Caffe ports and "
+        "torchvision models.",
+        bad_input=(ValueError, FileNotFoundError, KeyError, RuntimeError),
+        interrupted="finished facets and the state are kept (rerun to resume)",
+    )
 
     _add_layers(tool)
     _add_means(tool)
@@ -215,138 +330,279 @@ def _add_layers(tool: Tool) -> None:
 
 
 def _add_means(tool: Tool) -> None:
-    s = tool.add_command("means", _cmd_means, help="cluster a class's images and write the mean image of each facet",
-                       description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
-                       "images nearest each centroid. Images are fitted to the input size (shorter side "
-                       "resized bicubic, centre crop). Images are read as Caffe's loader read them: greyscale replicated to RGB, "
-                       "CMYK converted, alpha dropped, 16-bit scaled; unreadable files are reported and skipped.")
+    s = tool.add_command(
+        "means",
+        _cmd_means,
+        help="cluster a class's images and write the mean image of each facet",
+        description="codes (--layer) -> PCA 50 -> t-SNE 2-D -> k-means (k) -> mean of the m "
+        "images nearest each centroid. Images are fitted to the input size (shorter side "
+        "resized bicubic, centre crop). Images are read as Caffe's loader read them: greyscale replicated to RGB, "
+        "CMYK converted, alpha dropped, 16-bit scaled; unreadable files are reported and skipped.",
+    )
     _model_args(s)
-    s.add_argument("--images", required=True, help="folder of one class's images (searched recursively)")
+    s.add_argument(
+        "--images", required=True, help="folder of one class's images (searched recursively)"
+    )
     s.add_argument("--k", type=int, default=10, help="number of clusters / facets (default 10)")
     s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
     s.add_argument("--layer", help="code layer (default: the model's fc7 equivalent)")
     s.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
-    s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    s.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass (default 16)"
+    )
     _grey_args(s)
-    s.add_argument("--exclude", action="append", metavar="GLOB",
-                   help="leave out files whose path relative to --images matches GLOB (repeatable), "
-                   "e.g. 'mean_*' in the published layout")
+    s.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave out files whose path relative to --images matches GLOB (repeatable), "
+        "e.g. 'mean_*' in the published layout",
+    )
     s.add_argument("--out", required=True, help="output folder")
 
 
 def _add_visualize(tool: Tool) -> None:
-    s = tool.add_command("visualize", _cmd_visualize, help="activation maximisation from mean images (MFV)",
-                       description="Runs the MFV loop from each --init image, all as one batch. Writes "
-                       "facet_<i>.png, facet_<i>_octave<k>.png, trace.json, index.html and state/ (resume: "
-                       "rerun the same command).")
+    s = tool.add_command(
+        "visualize",
+        _cmd_visualize,
+        help="activation maximisation from mean images (MFV)",
+        description="Runs the MFV loop from each --init image, all as one batch. Writes "
+        "facet_<i>.png, facet_<i>_octave<k>.png, trace.json, index.html and state/ (resume: "
+        "rerun the same command).",
+    )
     _model_args(s)
     s.add_argument("--layer", help="target layer (default: the model's logits, e.g. fc8)")
-    s.add_argument("--unit", type=int, required=True, help="target unit (class index, or channel of a conv layer)")
+    s.add_argument(
+        "--unit",
+        type=int,
+        required=True,
+        help="target unit (class index, or channel of a conv layer)",
+    )
     s.add_argument("--x", type=int, help="column of the target in a conv layer (default: centre)")
     s.add_argument("--y", type=int, help="row of the target in a conv layer (default: centre)")
-    s.add_argument("--softmax", action="store_true", help="maximise the softmax of --layer at --unit")
-    s.add_argument("--init", action="append",
-                   help="initial image (repeatable: one facet each), or 'noise' for N(175, 8) grey noise")
-    s.add_argument("--means", help="a means output folder (or the published layout): default inits "
-                   "mean_<i>, and the report shows each facet's nearest training images")
-    s.add_argument("--seed", type=int, default=1, help="seed of each facet's random stream (default 1, as published)")
+    s.add_argument(
+        "--softmax", action="store_true", help="maximise the softmax of --layer at --unit"
+    )
+    s.add_argument(
+        "--init",
+        action="append",
+        help="initial image (repeatable: one facet each), or 'noise' for N(175, 8) grey noise",
+    )
+    s.add_argument(
+        "--means",
+        help="a means output folder (or the published layout): default inits "
+        "mean_<i>, and the report shows each facet's nearest training images",
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of each facet's random stream (default 1, as published)",
+    )
     s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
-    s.add_argument("--faithful", action="store_true",
-                   help="reproduce the original's arithmetic (Python 2 division, TV formula as written, "
-                   "uint8 wraparound) instead of fixing it")
-    s.add_argument("--denoiser", choices=("auto", "skimage", "torch"), default="auto",
-                   help="TV-Bregman implementation: 'torch' = mfv.tv_bregman, all facets in one batched call "
-                   "on --device (scikit-image's semantics; float32 in the default mode, where the whole step "
-                   "then stays on the device; with --faithful float64 with scikit-image 0.13's border, as the "
-                   "original ran); 'skimage' = one scikit-image call per facet on the host (the spec's "
-                   "reference); 'auto' (default) = torch, or skimage with --faithful")
-    s.add_argument("--restart", action="store_true", help="ignore a saved state in --out and start over")
-    s.add_argument("--checkpoint-seconds", type=float, default=None, metavar="S",
-                   help="seconds of work between two saves of the state (default "
-                   "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
-                   "included, resumes from the last save and ends with the same bytes")
+    s.add_argument(
+        "--faithful",
+        action="store_true",
+        help="reproduce the original's arithmetic (Python 2 division, TV formula as written, "
+        "uint8 wraparound) instead of fixing it",
+    )
+    s.add_argument(
+        "--denoiser",
+        choices=("auto", "skimage", "torch"),
+        default="auto",
+        help="TV-Bregman implementation: 'torch' = mfv.tv_bregman, all facets in one batched call "
+        "on --device (scikit-image's semantics; float32 in the default mode, where the whole step "
+        "then stays on the device; with --faithful float64 with scikit-image 0.13's border, as the "
+        "original ran); 'skimage' = one scikit-image call per facet on the host (the spec's "
+        "reference); 'auto' (default) = torch, or skimage with --faithful",
+    )
+    s.add_argument(
+        "--restart", action="store_true", help="ignore a saved state in --out and start over"
+    )
+    s.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds of work between two saves of the state (default "
+        "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
+        "included, resumes from the last save and ends with the same bytes",
+    )
     s.add_argument("--out", required=True, help="output folder")
 
 
 def _add_evaluate(tool: Tool) -> None:
-    s = tool.add_command("evaluate", _cmd_evaluate, help="measure a visualize output: activation, rank, diversity, nearest images")
+    s = tool.add_command(
+        "evaluate",
+        _cmd_evaluate,
+        help="measure a visualize output: activation, rank, diversity, nearest images",
+    )
     s.add_argument("out", help="a visualize output folder")
     s.add_argument("--means", help="means folder (default: the one the run used)")
-    s.add_argument("--model", help="override the model recorded in the trace (with the model options)")
+    s.add_argument(
+        "--model", help="override the model recorded in the trace (with the model options)"
+    )
     s.add_argument("--prototxt", help="with --model: Caffe definition")
     s.add_argument("--caffemodel", help="with --model: Caffe weights")
     s.add_argument("--weights", help="with --model: torchvision state_dict file")
-    s.add_argument("--weight-seed", type=int, default=0, help="with --model: seed of seeded weights (default 0)")
-    s.add_argument("--no-parity-check", action="store_true",
-                   help="with --model: run a Caffe model without a passing parity verdict")
+    s.add_argument(
+        "--weight-seed",
+        type=int,
+        default=0,
+        help="with --model: seed of seeded weights (default 0)",
+    )
+    s.add_argument(
+        "--no-parity-check",
+        action="store_true",
+        help="with --model: run a Caffe model without a passing parity verdict",
+    )
     s.add_argument("--parity-file", help="with --model: parity verdict file to use")
     s.add_argument("--device", type=device_arg, default="cpu", help="torch device (default cpu)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
 def _add_diff(tool: Tool) -> None:
-    s = tool.add_command("diff", _cmd_diff, help="compare a run with a reference, octave by octave, against a floor",
-                       description="Per facet and octave: max / mean / p99 |ref - out| (grey levels), PSNR, "
-                       "SSIM; the first trace step beyond float noise, the first offset or schedule "
-                       "mismatch. --floor (the other Caffe build's reference) gives the same figures "
-                       "between the two references and a verdict: out's mean and p99 within --factor x "
-                       "the floor's in every octave. Exit status 1 when the verdict fails.")
+    s = tool.add_command(
+        "diff",
+        _cmd_diff,
+        help="compare a run with a reference, octave by octave, against a floor",
+        description="Per facet and octave: max / mean / p99 |ref - out| (grey levels), PSNR, "
+        "SSIM; the first trace step beyond float noise, the first offset or schedule "
+        "mismatch. --floor (the other Caffe build's reference) gives the same figures "
+        "between the two references and a verdict: out's mean and p99 within --factor x "
+        "the floor's in every octave. Exit status 1 when the verdict fails.",
+    )
     s.add_argument("reference", help="reference folder (e.g. golden/mfv/atlas)")
     s.add_argument("out", help="folder to compare (mfv visualize --faithful output)")
     s.add_argument("--floor", help="second reference (e.g. golden/mfv/openblas)")
-    s.add_argument("--factor", type=float, help="pass factor over the floor (default: mfv.diff.DEFAULT_FACTOR)")
-    s.add_argument("--rtol", type=float, help="float-noise threshold of the trace comparison "
-                   "(default: mfv.diff.NOISE_RTOL)")
+    s.add_argument(
+        "--factor", type=float, help="pass factor over the floor (default: mfv.diff.DEFAULT_FACTOR)"
+    )
+    s.add_argument(
+        "--rtol",
+        type=float,
+        help="float-noise threshold of the trace comparison (default: mfv.diff.NOISE_RTOL)",
+    )
     s.add_argument("--html", help="write a self-contained HTML view here")
     s.add_argument("--json", help="write the figures as JSON here")
 
 
 def _add_sweep(tool: Tool) -> None:
-    s = tool.add_command("sweep", _cmd_sweep, help="means, facets and evaluation for many units on Dask (resumable)",
-                       description="One Dask task per unit: mean images (as `means`), all its facets in one "
-                       "batch (as `visualize`), evaluation (as `evaluate`), into OUT/<unit>/, finished by an "
-                       "atomic done.json. A rerun skips finished units and resumes the others. Writes "
-                       "OUT/index.html (every unit's facets) and OUT/summary.json (timings, figures). "
-                       "See mfv/SWEEP.md.")
-    _model_args(s, device_type=_sweep_device, threads_help="same as --threads-per-worker",
-                device_help="torch device of the workers: cpu, cuda (a local cluster spreads its workers "
-                "over the GPUs) or cuda:<i> (default cpu)")
-    s.add_argument("--images", help="ImageNet-style root: unit i uses ROOT/<wnid of class i>/ (class list: "
-                   "--classes); with --unit-map, the folder relative map entries are resolved against")
-    s.add_argument("--unit-map", help="JSON ({\"945\": \"folder\", ...} or a list of folders) or TSV "
-                   "(unit<TAB>folder) file mapping units to image folders, for layers that are not ImageNet classes")
-    s.add_argument("--classes", help="class list, 'wnid name' per line in unit order (default: "
-                   "synset_words.txt of the shared reference folder)")
-    s.add_argument("--units", default="all", help="units to visualise: all, 0-999, 3,7,10-12, or a file "
-                   "of such lists (default all)")
-    s.add_argument("--layer", help="target layer (default: the model's logits, e.g. fc8; a conv layer's "
-                   "units are its channels, targeted at the centre)")
-    s.add_argument("--softmax", action="store_true", help="maximise the softmax of --layer at each unit")
-    s.add_argument("--code-layer", help="layer whose codes the mean images cluster (default: the model's fc7 equivalent)")
+    s = tool.add_command(
+        "sweep",
+        _cmd_sweep,
+        help="means, facets and evaluation for many units on Dask (resumable)",
+        description="One Dask task per unit: mean images (as `means`), all its facets in one "
+        "batch (as `visualize`), evaluation (as `evaluate`), into OUT/<unit>/, finished by an "
+        "atomic done.json. A rerun skips finished units and resumes the others. Writes "
+        "OUT/index.html (every unit's facets) and OUT/summary.json (timings, figures). "
+        "See mfv/SWEEP.md.",
+    )
+    _model_args(
+        s,
+        device_type=_sweep_device,
+        threads_help="same as --threads-per-worker",
+        device_help="torch device of the workers: cpu, cuda (a local cluster spreads its workers "
+        "over the GPUs) or cuda:<i> (default cpu)",
+    )
+    s.add_argument(
+        "--images",
+        help="ImageNet-style root: unit i uses ROOT/<wnid of class i>/ (class list: "
+        "--classes); with --unit-map, the folder relative map entries are resolved against",
+    )
+    s.add_argument(
+        "--unit-map",
+        help='JSON ({"945": "folder", ...} or a list of folders) or TSV '
+        "(unit<TAB>folder) file mapping units to image folders, for layers that are not ImageNet classes",
+    )
+    s.add_argument(
+        "--classes",
+        help="class list, 'wnid name' per line in unit order (default: "
+        "synset_words.txt of the shared reference folder)",
+    )
+    s.add_argument(
+        "--units",
+        default="all",
+        help="units to visualise: all, 0-999, 3,7,10-12, or a file of such lists (default all)",
+    )
+    s.add_argument(
+        "--layer",
+        help="target layer (default: the model's logits, e.g. fc8; a conv layer's "
+        "units are its channels, targeted at the centre)",
+    )
+    s.add_argument(
+        "--softmax", action="store_true", help="maximise the softmax of --layer at each unit"
+    )
+    s.add_argument(
+        "--code-layer",
+        help="layer whose codes the mean images cluster (default: the model's fc7 equivalent)",
+    )
     s.add_argument("--k", type=int, default=10, help="facets (clusters) per unit (default 10)")
     s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
-    s.add_argument("--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
-    s.add_argument("--seed", type=int, default=1, help="seed of each facet's random stream (default 1, as published)")
+    s.add_argument(
+        "--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)"
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of each facet's random stream (default 1, as published)",
+    )
     s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
-    s.add_argument("--faithful", action="store_true", help="reproduce the original's arithmetic (see visualize)")
-    s.add_argument("--denoiser", choices=("skimage", "torch"),
-                   help="TV-Bregman implementation (see visualize; default: torch, or skimage with --faithful)")
+    s.add_argument(
+        "--faithful",
+        action="store_true",
+        help="reproduce the original's arithmetic (see visualize)",
+    )
+    s.add_argument(
+        "--denoiser",
+        choices=("skimage", "torch"),
+        help="TV-Bregman implementation (see visualize; default: torch, or skimage with --faithful)",
+    )
     _grey_args(s)
-    s.add_argument("--exclude", action="append", metavar="GLOB",
-                   help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)")
-    s.add_argument("--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)")
+    s.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)",
+    )
+    s.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)"
+    )
     s.add_argument("--no-evaluate", action="store_true", help="skip the evaluation of each unit")
-    s.add_argument("--units-per-batch", type=int, default=1, help="units whose facets share one MFV batch "
-                   "(one Dask task): the fully connected weights are read once for all of them; a batch's "
-                   "units finish together (default 1)")
-    s.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 "
-                   "(default: start a local cluster of worker processes)")
-    s.add_argument("--workers", type=int, help="workers of the local cluster (default: one per GPU with "
-                   "--device cuda, else CPU cores / --threads-per-worker)")
-    s.add_argument("--threads-per-worker", type=int, help="CPU threads per worker for torch and OpenMP; "
-                   "each worker runs one unit at a time (default 1)")
-    s.add_argument("--retries", type=int, default=2, help="Dask retries of a unit that raised an unexpected "
-                   "error (default 2; a dead worker's unit is rerun by Dask in any case)")
+    s.add_argument(
+        "--units-per-batch",
+        type=int,
+        default=1,
+        help="units whose facets share one MFV batch "
+        "(one Dask task): the fully connected weights are read once for all of them; a batch's "
+        "units finish together (default 1)",
+    )
+    s.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a running Dask scheduler, e.g. tcp://host:8786 "
+        "(default: start a local cluster of worker processes)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="workers of the local cluster (default: one per GPU with "
+        "--device cuda, else CPU cores / --threads-per-worker)",
+    )
+    s.add_argument(
+        "--threads-per-worker",
+        type=int,
+        help="CPU threads per worker for torch and OpenMP; "
+        "each worker runs one unit at a time (default 1)",
+    )
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="Dask retries of a unit that raised an unexpected "
+        "error (default 2; a dead worker's unit is rerun by Dask in any case)",
+    )
     s.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
 
 

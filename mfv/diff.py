@@ -31,8 +31,18 @@ import numpy as np
 
 from . import _io
 
-__all__ = ["image_metrics", "first_divergence", "trace_divergence", "diff_runs", "verdict",
-           "write_html", "format_table", "NOISE_RTOL", "DEFAULT_FACTOR", "AMPLIFY"]
+__all__ = [
+    "image_metrics",
+    "first_divergence",
+    "trace_divergence",
+    "diff_runs",
+    "verdict",
+    "write_html",
+    "format_table",
+    "NOISE_RTOL",
+    "DEFAULT_FACTOR",
+    "AMPLIFY",
+]
 
 #: Float noise of one step, relative. One forward/backward of CaffeNet differs between two real Caffe
 #: builds by up to 1.8e-6 of a blob's range (legacy_caffe README, goldens); a trace value differing
@@ -114,7 +124,9 @@ def trace_divergence(ref_steps: list[dict], out_steps: list[dict]) -> dict:
     return cur
 
 
-def first_divergence(ref_steps: list[dict], out_steps: list[dict], *, rtol: float = NOISE_RTOL) -> dict:
+def first_divergence(
+    ref_steps: list[dict], out_steps: list[dict], *, rtol: float = NOISE_RTOL
+) -> dict:
     """The first step at which two traces differ by more than float noise.
 
     A step diverges when its target activation differs by more than ``rtol`` times the reference
@@ -179,8 +191,14 @@ def _seconds(trace: dict, index: int) -> float | None:
     return None
 
 
-def diff_runs(reference: str | Path, out: str | Path, *, floor: str | Path | None = None,
-              rtol: float = NOISE_RTOL, factor: float = DEFAULT_FACTOR) -> dict:
+def diff_runs(
+    reference: str | Path,
+    out: str | Path,
+    *,
+    floor: str | Path | None = None,
+    rtol: float = NOISE_RTOL,
+    factor: float = DEFAULT_FACTOR,
+) -> dict:
     """Compare ``out`` with ``reference`` (and ``floor`` with ``reference``), facet by facet.
 
     Parameters
@@ -224,7 +242,9 @@ def diff_runs(reference: str | Path, out: str | Path, *, floor: str | Path | Non
             row: dict = {"out": image_metrics(a, _read_u8(out_imgs[k][j]))}
             if k in fl_imgs and j in fl_imgs[k]:
                 row["floor"] = image_metrics(a, _read_u8(fl_imgs[k][j]))
-                row["ratio"] = {m: _ratio(row["out"][m], row["floor"][m]) for m in ("mean", "p99", "max")}
+                row["ratio"] = {
+                    m: _ratio(row["out"][m], row["floor"][m]) for m in ("mean", "p99", "max")
+                }
             fr["octaves"][str(j)] = row
         if fr["octaves"]:
             last = max(fr["octaves"], key=int)
@@ -299,8 +319,11 @@ def _exact_text(div: dict) -> str:
     parts = []
     for key, what in (("offset", "crop offsets"), ("schedule", "step sizes and TV weights")):
         at = div[key]["index"]
-        parts.append(f"{what} identical at every step" if at is None
-                     else f"{what} differ from step index {at}")
+        parts.append(
+            f"{what} identical at every step"
+            if at is None
+            else f"{what} differ from step index {at}"
+        )
     return "; ".join(parts)
 
 
@@ -316,30 +339,48 @@ def write_html(result: dict, path: str | Path) -> None:
     floor = Path(result["floor"]) if result.get("floor") else None
     ref_trace, out_trace = (json.loads((p / "trace.json").read_text()) for p in (ref, out))
     fl_trace = json.loads((floor / "trace.json").read_text()) if floor else None
-    h = ["<!doctype html><meta charset='utf-8'><title>mfv diff</title><style>body{font:13px sans-serif}"
-         "td{vertical-align:top;padding:3px}img{image-rendering:pixelated}table.m td{text-align:right}"
-         "</style>",
-         f"<h1>mfv diff</h1><p>reference <code>{html.escape(str(ref))}</code><br>candidate "
-         f"<code>{html.escape(str(out))}</code><br>floor <code>{html.escape(str(floor))}</code></p>"]
+    h = [
+        "<!doctype html><meta charset='utf-8'><title>mfv diff</title><style>body{font:13px sans-serif}"
+        "td{vertical-align:top;padding:3px}img{image-rendering:pixelated}table.m td{text-align:right}"
+        "</style>",
+        f"<h1>mfv diff</h1><p>reference <code>{html.escape(str(ref))}</code><br>candidate "
+        f"<code>{html.escape(str(out))}</code><br>floor <code>{html.escape(str(floor))}</code></p>",
+    ]
     if "verdict" in result:
         v = result["verdict"]
-        h.append(f"<p><b>{'PASS' if v['passed'] else 'FAIL'}</b> (factor {v['factor']})</p><ul>"
-                 + "".join(f"<li>{html.escape(p)}</li>" for p in v["problems"]) + "</ul>")
+        h.append(
+            f"<p><b>{'PASS' if v['passed'] else 'FAIL'}</b> (factor {v['factor']})</p><ul>"
+            + "".join(f"<li>{html.escape(p)}</li>" for p in v["problems"])
+            + "</ul>"
+        )
     for fr in result["facets"]:
         k = fr["index"]
         h.append(f"<h2>facet {k}</h2>")
         if "missing" in fr:
             h.append(f"<p>{html.escape(fr['missing'])}</p>")
             continue
-        h.append("<table class='m'><tr><th>octave</th><th>mean</th><th>p99</th><th>max</th>"
-                 "<th>PSNR</th><th>SSIM</th><th>floor mean</th><th>floor p99</th><th>floor max</th>"
-                 "<th>mean ratio</th></tr>")
+        h.append(
+            "<table class='m'><tr><th>octave</th><th>mean</th><th>p99</th><th>max</th>"
+            "<th>PSNR</th><th>SSIM</th><th>floor mean</th><th>floor p99</th><th>floor max</th>"
+            "<th>mean ratio</th></tr>"
+        )
         for j, row in fr["octaves"].items():
             o, f = row["out"], row.get("floor")
-            cells = [j, f"{o['mean']:.2f}", f"{o['p99']:.1f}", f"{o['max']:.0f}", f"{o['psnr']:.1f}",
-                     f"{o['ssim']:.3f}"]
+            cells = [
+                j,
+                f"{o['mean']:.2f}",
+                f"{o['p99']:.1f}",
+                f"{o['max']:.0f}",
+                f"{o['psnr']:.1f}",
+                f"{o['ssim']:.3f}",
+            ]
             if f:
-                cells += [f"{f['mean']:.2f}", f"{f['p99']:.1f}", f"{f['max']:.0f}", f"{row['ratio']['mean']:.2f}"]
+                cells += [
+                    f"{f['mean']:.2f}",
+                    f"{f['p99']:.1f}",
+                    f"{f['max']:.0f}",
+                    f"{row['ratio']['mean']:.2f}",
+                ]
             h.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         h.append("</table>")
         for who, tr in (("candidate", out_trace), ("floor", fl_trace)):
@@ -347,12 +388,15 @@ def write_html(result: dict, path: str | Path) -> None:
                 continue
             div = fr["divergence"]["out" if who == "candidate" else "floor"]
             cur = trace_divergence(_steps(ref_trace, k), _steps(tr, k))
-            h.append(f"<p>{who}: first divergence beyond {result['rtol']:g} at step index "
-                     f"{div['index']} (octave {div['octave']}, step {div['step']}); "
-                     f"{_exact_text(div)}</p>"
-                     + _sparkline(cur["activation"], result["rtol"]))
-        h.append("<table><tr><th></th><th>reference</th><th>candidate</th>"
-                 f"<th>|ref - cand| x{AMPLIFY}</th><th>floor</th><th>|ref - floor| x{AMPLIFY}</th></tr>")
+            h.append(
+                f"<p>{who}: first divergence beyond {result['rtol']:g} at step index "
+                f"{div['index']} (octave {div['octave']}, step {div['step']}); "
+                f"{_exact_text(div)}</p>" + _sparkline(cur["activation"], result["rtol"])
+            )
+        h.append(
+            "<table><tr><th></th><th>reference</th><th>candidate</th>"
+            f"<th>|ref - cand| x{AMPLIFY}</th><th>floor</th><th>|ref - floor| x{AMPLIFY}</th></tr>"
+        )
         for j in fr["octaves"]:
             a = _read_u8(ref / f"facet_{k}_octave{j}.png")
             b = _read_u8(out / f"facet_{k}_octave{j}.png")
@@ -360,15 +404,20 @@ def write_html(result: dict, path: str | Path) -> None:
             if floor and (floor / f"facet_{k}_octave{j}.png").exists():
                 c = _read_u8(floor / f"facet_{k}_octave{j}.png")
                 cells += [png_data_uri(c), png_data_uri(_amplified(a, c))]
-            h.append(f"<tr><td>octave {j}</td>"
-                     + "".join(f"<td><img src='{u}'></td>" for u in cells) + "</tr>")
+            h.append(
+                f"<tr><td>octave {j}</td>"
+                + "".join(f"<td><img src='{u}'></td>" for u in cells)
+                + "</tr>"
+            )
         h.append("</table>")
     write_text_atomic(path, "\n".join(h) + "\n")
 
 
 def format_table(result: dict) -> str:
     """Plain-text summary: one line per facet and octave."""
-    lines = ["facet octave | out mean   p99   max  PSNR   SSIM | floor mean   p99   max | ratio mean p99"]
+    lines = [
+        "facet octave | out mean   p99   max  PSNR   SSIM | floor mean   p99   max | ratio mean p99"
+    ]
     for fr in result["facets"]:
         if "missing" in fr:
             lines.append(f"{fr['index']:5d} {fr['missing']}")
@@ -385,7 +434,9 @@ def format_table(result: dict) -> str:
             lines.append(f"      {who}: first divergence (rtol {d['rtol']:g}) at index {d['index']} "
                          f"(octave {d['octave']} step {d['step']}); {_exact_text(d)}")  # fmt: skip
         secs = fr["seconds"]
-        lines.append(f"      seconds: reference {secs['reference']}, out {secs['out']}, floor {secs['floor']}")
+        lines.append(
+            f"      seconds: reference {secs['reference']}, out {secs['out']}, floor {secs['floor']}"
+        )
     if "verdict" in result:
         v = result["verdict"]
         lines.append(("PASS" if v["passed"] else "FAIL") + f" (factor {v['factor']})")

@@ -44,8 +44,11 @@ def model_from_trace(trace: dict, *, device: str = "cpu") -> Model:
     parity = m.get("parity") or {}
     return load_model(
         m["name"] if m["name"] in _known() else "caffe",
-        prototxt=m.get("prototxt"), caffemodel=m.get("caffemodel"), weights=m.get("weights"),
-        weight_seed=m.get("weight_seed") or 0, device=device,
+        prototxt=m.get("prototxt"),
+        caffemodel=m.get("caffemodel"),
+        weights=m.get("weights"),
+        weight_seed=m.get("weight_seed") or 0,
+        device=device,
         parity_check=parity.get("status") != "skipped" and m.get("source") == "caffe",
         parity_file=parity.get("verdict_file") if m.get("source") == "caffe" else None,
     )
@@ -66,11 +69,15 @@ def _as_input(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return img
 
 
-def _forward(model: Model, images: list[np.ndarray], layers: list[str], batch: int = 16) -> dict[str, np.ndarray]:
+def _forward(
+    model: Model, images: list[np.ndarray], layers: list[str], batch: int = 16
+) -> dict[str, np.ndarray]:
     out: dict[str, list] = {k: [] for k in layers}
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.stack(images[i:i + batch]).transpose(0, 3, 1, 2).astype(np.float32))
+            x = torch.from_numpy(
+                np.stack(images[i : i + batch]).transpose(0, 3, 1, 2).astype(np.float32)
+            )
             acts = model.activations(x, layers)
             for k in layers:
                 out[k].append(acts[k].reshape(acts[k].shape[0], -1).double().cpu().numpy())
@@ -156,8 +163,14 @@ def _probe_of(trace: dict, model: Model) -> _Probe:
     prob_layer = spec.prob_layer if spec else "prob"
     target_unit = trace["objective"].get("unit")
     ranked = trace["objective"].get("kind") in ("unit", "softmax_unit")
-    return _Probe(model, obj, list(dict.fromkeys([*obj.layers, code_layer, prob_layer])), code_layer,
-                  prob_layer, target_unit if ranked else None)
+    return _Probe(
+        model,
+        obj,
+        list(dict.fromkeys([*obj.layers, code_layer, prob_layer])),
+        code_layer,
+        prob_layer,
+        target_unit if ranked else None,
+    )
 
 
 def _measure(probe: _Probe, images: list[np.ndarray]) -> _Measures:
@@ -186,28 +199,57 @@ def _measure_real(probe: _Probe, paths: list[str], size: tuple[int, int]) -> _Me
     """The real images, 16 at a time (None when there are none); ``prob`` is not kept."""
     if not paths:
         return None
-    chunks = [_measure(probe, [_as_input(p, size) for p in paths[i:i + 16]]) for i in range(0, len(paths), 16)]
-    return _Measures(np.concatenate([c.value for c in chunks]),
-                     None if chunks[0].rank is None else np.concatenate([c.rank for c in chunks]),
-                     None, np.concatenate([c.code for c in chunks]))
+    chunks = [
+        _measure(probe, [_as_input(p, size) for p in paths[i : i + 16]])
+        for i in range(0, len(paths), 16)
+    ]
+    return _Measures(
+        np.concatenate([c.value for c in chunks]),
+        None if chunks[0].rank is None else np.concatenate([c.rank for c in chunks]),
+        None,
+        np.concatenate([c.code for c in chunks]),
+    )
 
 
-def _provenance(out: Path, trace: dict, probe: _Probe, means: str | Path | None, size: tuple[int, int]) -> dict:
+def _provenance(
+    out: Path, trace: dict, probe: _Probe, means: str | Path | None, size: tuple[int, int]
+) -> dict:
     """The evaluation's header: what was evaluated, with which model, layers and means."""
-    return {"format": "mfv-evaluation/1", "run": str(out), "objective": trace["objective"]["description"],
-            "code_layer": probe.code_layer, "prob_layer": probe.prob_layer, "model": trace["model"]["name"],
-            "parity": trace.get("parity"), "mode": trace.get("mode"), "fixes": trace.get("fixes", []),
-            "means": None if means is None else str(means), "resize": f"facets resized to {size} (bicubic)",
-            "facets": []}
+    return {
+        "format": "mfv-evaluation/1",
+        "run": str(out),
+        "objective": trace["objective"]["description"],
+        "code_layer": probe.code_layer,
+        "prob_layer": probe.prob_layer,
+        "model": trace["model"]["name"],
+        "parity": trace.get("parity"),
+        "mode": trace.get("mode"),
+        "fixes": trace.get("fixes", []),
+        "means": None if means is None else str(means),
+        "resize": f"facets resized to {size} (bicubic)",
+        "facets": [],
+    }
 
 
-def _facet_record(f: dict, path: Path, j: int, facets: _Measures, real: _Measures | None,
-                  real_paths: list[str], labels: np.ndarray) -> dict:
+def _facet_record(
+    f: dict,
+    path: Path,
+    j: int,
+    facets: _Measures,
+    real: _Measures | None,
+    real_paths: list[str],
+    labels: np.ndarray,
+) -> dict:
     """Facet ``j``'s numbers: its own, against its cluster's real images, and its nearest real image."""
-    rec = {"index": f["index"], "cluster": f.get("cluster"), "status": f["status"], "image": str(path),
-           "activation": float(facets.value[j]),
-           "softmax_rank": None if facets.rank is None else int(facets.rank[j]),
-           "softmax_prob": None if facets.prob is None else float(facets.prob[j])}
+    rec = {
+        "index": f["index"],
+        "cluster": f.get("cluster"),
+        "status": f["status"],
+        "image": str(path),
+        "activation": float(facets.value[j]),
+        "softmax_rank": None if facets.rank is None else int(facets.rank[j]),
+        "softmax_prob": None if facets.prob is None else float(facets.prob[j]),
+    }
     c = f.get("cluster")
     if real is not None and c is not None and (labels == c).any():
         cv = real.value[labels == c]
@@ -227,8 +269,13 @@ def _facet_record(f: dict, path: Path, j: int, facets: _Measures, real: _Measure
     return rec
 
 
-def _diversity(probe: _Probe, facets: _Measures, real: _Measures | None, mean_paths: list[str | None],
-               size: tuple[int, int]) -> dict:
+def _diversity(
+    probe: _Probe,
+    facets: _Measures,
+    real: _Measures | None,
+    mean_paths: list[str | None],
+    size: tuple[int, int],
+) -> dict:
     """Mean pairwise code distance among the facets, the real images (at most ~200 of them, evenly
     spaced) and the mean images."""
     div = {"facets": _mean_pairwise(facets.code)}
@@ -240,8 +287,14 @@ def _diversity(probe: _Probe, facets: _Measures, real: _Measures | None, mean_pa
     return div
 
 
-def evaluate(out: str | Path, *, model: Model | None = None, means: str | Path | None = None,
-             device: str = "cpu", write: bool = True) -> dict:
+def evaluate(
+    out: str | Path,
+    *,
+    model: Model | None = None,
+    means: str | Path | None = None,
+    device: str = "cpu",
+    write: bool = True,
+) -> dict:
     """Evaluate a ``visualize`` output folder.
 
     Parameters
@@ -277,9 +330,15 @@ def evaluate(out: str | Path, *, model: Model | None = None, means: str | Path |
         real_paths, real_labels, mean_paths = _real_images(means)
     real = _measure_real(probe, real_paths, size)
     labels = np.asarray(real_labels)
-    result["facets"] = [_facet_record(f, p, j, fm, real, real_paths, labels) for j, (f, p) in enumerate(facets)]
+    result["facets"] = [
+        _facet_record(f, p, j, fm, real, real_paths, labels) for j, (f, p) in enumerate(facets)
+    ]
     result["diversity"] = _diversity(probe, fm, real, mean_paths, size)
-    own = [r["nearest_in_own_cluster"] for r in result["facets"] if r.get("nearest_in_own_cluster") is not None]
+    own = [
+        r["nearest_in_own_cluster"]
+        for r in result["facets"]
+        if r.get("nearest_in_own_cluster") is not None
+    ]
     result["nearest_in_own_cluster_fraction"] = None if not own else f"{sum(own)}/{len(own)}"
     if write:
         _io.write_json(out / "evaluation.json", result)

@@ -22,12 +22,32 @@ from pathlib import Path
 __all__ = ["machine_info", "isa_class", "AVX2_CAPS", "CAP_VARIABLES"]
 
 # The environment that caps every library this project's speed depends on at AVX2.
-AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-             "CAFFE_MFV_NATIVE_ISA": "avx2"}
+AVX2_CAPS = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "CAFFE_MFV_NATIVE_ISA": "avx2",
+}
 CAP_VARIABLES = (*AVX2_CAPS, "OMP_NUM_THREADS", "CAFFE_MFV_NATIVE")
 # The instruction-set flags that decide which code paths the libraries take.
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -62,7 +82,8 @@ def _torch_info() -> dict:
         "mkl": mkl.group(1) if mkl else None,
         "onednn": onednn.group(1) if onednn and torch.backends.mkldnn.is_available() else None,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
+        if torch.cuda.is_available()
+        else [],
     }
     return info
 
@@ -83,7 +104,10 @@ def isa_class(flags: set[str] | list[str], caps: dict[str, str] | None = None) -
     ``"AVX-512"``, ``"AVX2"``, ``"SSE"`` or the architecture's own name elsewhere."""
     flags = set(flags)
     caps = dict(os.environ if caps is None else caps)
-    capped = any(caps.get(k, "").upper().startswith("AVX2") for k in ("ONEDNN_MAX_CPU_ISA", "CAFFE_MFV_NATIVE_ISA"))
+    capped = any(
+        caps.get(k, "").upper().startswith("AVX2")
+        for k in ("ONEDNN_MAX_CPU_ISA", "CAFFE_MFV_NATIVE_ISA")
+    )
     if "avx512f" in flags and not capped:
         return "AVX-512"
     if "avx2" in flags:
@@ -114,13 +138,17 @@ def machine_info(tv_kernel: bool = True) -> dict:
     info = {
         "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
         "cpu_vendor": cpu.get("vendor_id"),
-        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}" if cpu else None,
+        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}"
+        if cpu
+        else None,
         "isa_flags": sorted(f for f in _ISA_FLAGS if f in flags),
         "isa_class": isa_class(flags),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": affinity,
         "memory_gib": mem_gib,
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
         "python": platform.python_version(),
         "caps": {k: os.environ[k] for k in CAP_VARIABLES if k in os.environ},
     }

@@ -19,8 +19,17 @@ from tqdm.auto import tqdm
 from . import _io
 from .models import Model
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "load_images", "compute_codes", "cluster_codes",
-           "mean_image", "make_means", "MeansResult", "read_clusters"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "find_images",
+    "load_images",
+    "compute_codes",
+    "cluster_codes",
+    "mean_image",
+    "make_means",
+    "MeansResult",
+    "read_clusters",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -31,12 +40,18 @@ def find_images(folder: str | Path, *, exclude: tuple[str, ...] = ()) -> list[Pa
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(fnmatch.fnmatch(str(p.relative_to(folder)), g) for g in exclude))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(fnmatch.fnmatch(str(p.relative_to(folder)), g) for g in exclude)
+    )
 
 
-def load_images(paths: list[Path], size: tuple[int, int], *, keep_grey: bool = True
-                ) -> tuple[list[Path], np.ndarray, list[str]]:
+def load_images(
+    paths: list[Path], size: tuple[int, int], *, keep_grey: bool = True
+) -> tuple[list[Path], np.ndarray, list[str]]:
     """Read images the way Caffe's loader did (:func:`mfv._io.load_rgb`) and fit them to ``size``
     (shorter side resized, bicubic, then centre crop).
 
@@ -56,21 +71,35 @@ def load_images(paths: list[Path], size: tuple[int, int], *, keep_grey: bool = T
     return kept, stack, skipped
 
 
-def compute_codes(model: Model, images: np.ndarray, layer: str, *, batch_size: int = 16,
-                  progress: bool = True) -> np.ndarray:
+def compute_codes(
+    model: Model, images: np.ndarray, layer: str, *, batch_size: int = 16, progress: bool = True
+) -> np.ndarray:
     """Activations of ``layer`` for (N, H, W, 3) images, flattened: (N, D) float64."""
     out = []
     with torch.no_grad():
-        for i in tqdm(range(0, len(images), batch_size), desc=f"codes at {layer}", disable=not progress,
-                      unit="batch"):
-            x = torch.from_numpy(np.ascontiguousarray(np.transpose(images[i:i + batch_size], (0, 3, 1, 2))))
+        for i in tqdm(
+            range(0, len(images), batch_size),
+            desc=f"codes at {layer}",
+            disable=not progress,
+            unit="batch",
+        ):
+            x = torch.from_numpy(
+                np.ascontiguousarray(np.transpose(images[i : i + batch_size], (0, 3, 1, 2)))
+            )
             a = model.activations(x.float(), [layer])[layer]
             out.append(a.reshape(a.shape[0], -1).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def cluster_codes(codes: np.ndarray, *, k: int, m: int, seed: int = 0, pca_dims: int = 50,
-                  perplexity: float = 30.0) -> dict:
+def cluster_codes(
+    codes: np.ndarray,
+    *,
+    k: int,
+    m: int,
+    seed: int = 0,
+    pca_dims: int = 50,
+    perplexity: float = 30.0,
+) -> dict:
     """PCA -> t-SNE -> k-means; the m members nearest each centroid.
 
     Parameters
@@ -105,20 +134,30 @@ def cluster_codes(codes: np.ndarray, *, k: int, m: int, seed: int = 0, pca_dims:
     # spinning threads made t-SNE of 150 points take 50 s instead of 2 s (measured).
     with threadpool_limits(limits=1):
         reduced = PCA(n_components=dims, random_state=seed).fit_transform(codes)
-        emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
+        emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(
+            reduced
+        )
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(emb)
     members = []
     for c in range(k):
         d = np.linalg.norm(emb - km.cluster_centers_[c], axis=1)
         # Nearest to the centroid, from anywhere: the paper averages the m images closest to it.
         members.append([int(i) for i in np.argsort(d, kind="stable")[:m]])
-    return {"embedding": emb, "labels": km.labels_.astype(int), "centroids": km.cluster_centers_,
-            "members": members, "pca_dims": dims, "perplexity": perp}
+    return {
+        "embedding": emb,
+        "labels": km.labels_.astype(int),
+        "centroids": km.cluster_centers_,
+        "members": members,
+        "pca_dims": dims,
+        "perplexity": perp,
+    }
 
 
 def mean_image(images: np.ndarray) -> np.ndarray:
     """Pixel mean of (N, H, W, 3) uint8 images, rounded to uint8 (as the published means were)."""
-    return np.clip(np.rint(np.asarray(images, dtype=np.float64).mean(axis=0)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.asarray(images, dtype=np.float64).mean(axis=0)), 0, 255).astype(
+        np.uint8
+    )
 
 
 @dataclass
@@ -129,9 +168,20 @@ class MeansResult:
     skipped: list[str]
 
 
-def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, layer: str | None = None,
-               seed: int = 0, out: str | Path | None = None, batch_size: int = 16,
-               keep_grey: bool = True, exclude: tuple[str, ...] = (), progress: bool = True) -> MeansResult:
+def make_means(
+    model: Model,
+    folder: str | Path,
+    *,
+    k: int = 10,
+    m: int = 15,
+    layer: str | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    batch_size: int = 16,
+    keep_grey: bool = True,
+    exclude: tuple[str, ...] = (),
+    progress: bool = True,
+) -> MeansResult:
     """The whole ``means`` command: codes, clusters, mean images, ``clusters.json``, ``tsne.png``.
 
     Parameters
@@ -159,11 +209,17 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
     layer = layer or (model.spec.code_layer if model.spec else None)
     if layer is None:
         raise ValueError("no code layer given and the model has no default")
-    paths, images, skipped = load_images(find_images(folder, exclude=tuple(exclude)), model.convention.input_size, keep_grey=keep_grey)
+    paths, images, skipped = load_images(
+        find_images(folder, exclude=tuple(exclude)),
+        model.convention.input_size,
+        keep_grey=keep_grey,
+    )
     for msg in skipped:
         tqdm.write(f"skipped: {msg}")
     if len(paths) < k * m:
-        raise ValueError(f"only {len(paths)} usable images in {folder} ({len(skipped)} skipped); need k * m = {k * m}")
+        raise ValueError(
+            f"only {len(paths)} usable images in {folder} ({len(skipped)} skipped); need k * m = {k * m}"
+        )
     codes = compute_codes(model, images, layer, batch_size=batch_size, progress=progress)
     cl = cluster_codes(codes, k=k, m=m, seed=seed)
     means = [mean_image(images[idx]) for idx in cl["members"]]
@@ -179,22 +235,43 @@ def make_means(model: Model, folder: str | Path, *, k: int = 10, m: int = 15, la
             "images_root": str(root.resolve()),
             "model": {"name": model.name, "convention": model.convention.as_dict(), **model.info},
             "parity": model.info.get("parity"),
-            "layer": layer, "k": k, "m": m, "seed": seed,
-            "pca_dims": cl["pca_dims"], "tsne_perplexity": cl["perplexity"],
+            "layer": layer,
+            "k": k,
+            "m": m,
+            "seed": seed,
+            "pca_dims": cl["pca_dims"],
+            "tsne_perplexity": cl["perplexity"],
             "preprocessing": f"shorter side resized to {model.convention.input_size} (bicubic), centre crop",
-            "skipped": skipped, "exclude": list(exclude), "keep_grey": keep_grey,
-            "images": [{"path": str(p.relative_to(root)), "x": float(e[0]), "y": float(e[1]), "cluster": int(c)}
-                       for p, e, c in zip(paths, cl["embedding"], cl["labels"], strict=True)],
-            "clusters": [{"index": i, "centroid": [float(v) for v in cl["centroids"][i]],
-                          "mean_image": f"mean_{i}.png",
-                          "members": [str(paths[j].relative_to(root)) for j in cl["members"][i]]}
-                         for i in range(k)],
+            "skipped": skipped,
+            "exclude": list(exclude),
+            "keep_grey": keep_grey,
+            "images": [
+                {
+                    "path": str(p.relative_to(root)),
+                    "x": float(e[0]),
+                    "y": float(e[1]),
+                    "cluster": int(c),
+                }
+                for p, e, c in zip(paths, cl["embedding"], cl["labels"], strict=True)
+            ],
+            "clusters": [
+                {
+                    "index": i,
+                    "centroid": [float(v) for v in cl["centroids"][i]],
+                    "mean_image": f"mean_{i}.png",
+                    "members": [str(paths[j].relative_to(root)) for j in cl["members"][i]],
+                }
+                for i in range(k)
+            ],
         }
         _io.write_json(out / "clusters.json", record)
         from .report import draw_tsne
 
-        _io.save_image(out / "tsne.png", draw_tsne(cl["embedding"], cl["labels"], cl["centroids"], means),
-                       text=text)
+        _io.save_image(
+            out / "tsne.png",
+            draw_tsne(cl["embedding"], cl["labels"], cl["centroids"], means),
+            text=text,
+        )
     return MeansResult(paths, cl, means, skipped)
 
 
@@ -216,10 +293,24 @@ def read_clusters(folder: str | Path) -> dict:
     clusters = []
     i = 0
     while (folder / str(i)).is_dir():
-        mean = next((folder / f"mean_{i}{s}" for s in (".png", ".jpg") if (folder / f"mean_{i}{s}").exists()), None)
-        clusters.append({"index": i, "mean_image": None if mean is None else str(mean),
-                         "members": [str(p) for p in find_images(folder / str(i))]})
+        mean = next(
+            (
+                folder / f"mean_{i}{s}"
+                for s in (".png", ".jpg")
+                if (folder / f"mean_{i}{s}").exists()
+            ),
+            None,
+        )
+        clusters.append(
+            {
+                "index": i,
+                "mean_image": None if mean is None else str(mean),
+                "members": [str(p) for p in find_images(folder / str(i))],
+            }
+        )
         i += 1
     if not clusters:
-        raise FileNotFoundError(f"{folder}: neither clusters.json nor folders 0/, 1/, ... of a published layout")
+        raise FileNotFoundError(
+            f"{folder}: neither clusters.json nor folders 0/, 1/, ... of a published layout"
+        )
     return {"format": "published-layout", "clusters": clusters}

@@ -46,7 +46,9 @@ class ModelSpec:
 
 def _caffe(name: str, convention: px.PixelConvention, code_layer: str, schedule: str) -> ModelSpec:
     # The target (logits) blob is the zoo's classifier blob: one place knows it.
-    return ModelSpec(name, "caffe", name, convention, zoo_model(name).classifier, code_layer, schedule)
+    return ModelSpec(
+        name, "caffe", name, convention, zoo_model(name).classifier, code_layer, schedule
+    )
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -59,11 +61,51 @@ MODELS: dict[str, ModelSpec] = {
         _caffe("googlenet", px.CAFFE_224, "pool5/7x7_s1", "googlenet.json"),
         _caffe("squeezenet1.0", px.CAFFENET, "fire9/concat", "squeezenet.json"),
         _caffe("squeezenet1.1", px.CAFFENET, "fire9/concat", "squeezenet.json"),
-        ModelSpec("torchvision.alexnet", "torchvision", "alexnet", px.TORCHVISION, "classifier.6", "classifier.5", "alexnet224.json"),
-        ModelSpec("torchvision.vgg16", "torchvision", "vgg16", px.TORCHVISION, "classifier.6", "classifier.4", "vgg16.json"),
-        ModelSpec("torchvision.googlenet", "torchvision", "googlenet", px.TORCHVISION, "fc", "avgpool", "googlenet.json"),
-        ModelSpec("torchvision.squeezenet1_0", "torchvision", "squeezenet1_0", px.TORCHVISION, "output", "features", "squeezenet224.json"),
-        ModelSpec("torchvision.squeezenet1_1", "torchvision", "squeezenet1_1", px.TORCHVISION, "output", "features", "squeezenet224.json"),
+        ModelSpec(
+            "torchvision.alexnet",
+            "torchvision",
+            "alexnet",
+            px.TORCHVISION,
+            "classifier.6",
+            "classifier.5",
+            "alexnet224.json",
+        ),
+        ModelSpec(
+            "torchvision.vgg16",
+            "torchvision",
+            "vgg16",
+            px.TORCHVISION,
+            "classifier.6",
+            "classifier.4",
+            "vgg16.json",
+        ),
+        ModelSpec(
+            "torchvision.googlenet",
+            "torchvision",
+            "googlenet",
+            px.TORCHVISION,
+            "fc",
+            "avgpool",
+            "googlenet.json",
+        ),
+        ModelSpec(
+            "torchvision.squeezenet1_0",
+            "torchvision",
+            "squeezenet1_0",
+            px.TORCHVISION,
+            "output",
+            "features",
+            "squeezenet224.json",
+        ),
+        ModelSpec(
+            "torchvision.squeezenet1_1",
+            "torchvision",
+            "squeezenet1_1",
+            px.TORCHVISION,
+            "output",
+            "features",
+            "squeezenet224.json",
+        ),
     )
 }
 
@@ -167,8 +209,14 @@ def _hook_forward(module: nn.Module, x: torch.Tensor, layers) -> dict[str, torch
     return acts
 
 
-def wrap(module: nn.Module, convention: px.PixelConvention, *, name: str = "model",
-         spec: ModelSpec | None = None, info: dict | None = None) -> Model:
+def wrap(
+    module: nn.Module,
+    convention: px.PixelConvention,
+    *,
+    name: str = "model",
+    spec: ModelSpec | None = None,
+    info: dict | None = None,
+) -> Model:
     """Make any module usable by MFV.
 
     Puts the module in eval mode, freezes its parameters, and turns off in-place ReLUs, because an in-place ReLU would
@@ -186,9 +234,17 @@ def wrap(module: nn.Module, convention: px.PixelConvention, *, name: str = "mode
     return Model(module, convention, name=name, spec=spec, info=dict(info or {}))
 
 
-def load_model(name: str, *, prototxt: str | Path | None = None, caffemodel: str | Path | None = None,
-               weights: str | Path | None = None, weight_seed: int = 0, device: str = "cpu",
-               parity_check: bool = True, parity_file: str | Path | None = None) -> Model:
+def load_model(
+    name: str,
+    *,
+    prototxt: str | Path | None = None,
+    caffemodel: str | Path | None = None,
+    weights: str | Path | None = None,
+    weight_seed: int = 0,
+    device: str = "cpu",
+    parity_check: bool = True,
+    parity_file: str | Path | None = None,
+) -> Model:
     """Load a named model (see ``MODELS``), seeded when no weights are given.
 
     Parameters
@@ -213,7 +269,9 @@ def load_model(name: str, *, prototxt: str | Path | None = None, caffemodel: str
     if spec is None and name != "caffe":
         raise ValueError(f"unknown model {name!r}; known: caffe, {', '.join(MODELS)}")
     if name == "caffe" or spec.source == "caffe":
-        return _load_caffe(spec, prototxt, caffemodel, weight_seed, device, parity_check, parity_file)
+        return _load_caffe(
+            spec, prototxt, caffemodel, weight_seed, device, parity_check, parity_file
+        )
     return _load_torchvision(spec, weights, weight_seed, device)
 
 
@@ -235,7 +293,9 @@ def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model
         _he_seed(module, seed)
         info["weights"] = None
         info["weight_seed"] = seed
-        info["weight_init"] = "He-normal N(0, 2/fan_in) weights, N(0, 0.01^2) biases (as port.seed_weights)"
+        info["weight_init"] = (
+            "He-normal N(0, 2/fan_in) weights, N(0, 0.01^2) biases (as port.seed_weights)"
+        )
     info["parity"] = {"checked": False, "status": "not applicable", "message": "not a Caffe port"}
     module.to(device)
     return wrap(module, spec.convention, name=spec.name, spec=spec, info=info)
@@ -265,8 +325,13 @@ def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_f
             raise ValueError("model 'caffe' needs --prototxt")
         prototxt = zoo_model(spec.zoo).prototxt
     # Read the verdict before the expensive load: refusing early is the point of the gate.
-    parity = check_parity(prototxt, caffemodel, seed=None if caffemodel else seed,
-                          verdict_file=parity_file, required=parity_check)
+    parity = check_parity(
+        prototxt,
+        caffemodel,
+        seed=None if caffemodel else seed,
+        verdict_file=parity_file,
+        required=parity_check,
+    )
     net = port.load_caffe(str(prototxt), None if caffemodel is None else str(caffemodel))
     if caffemodel is None:
         net.load_blobs(port.seed_weights(net.netdef, seed))
@@ -274,7 +339,11 @@ def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_f
     conv = spec.convention if spec is not None else px.CAFFENET
     shape = next(iter(net.netdef.inputs.values()))
     conv = px.convention_for(conv, input_size=(int(shape[-2]), int(shape[-1])))
-    info = {"source": "caffe", "prototxt": str(prototxt),
-            "caffemodel": None if caffemodel is None else str(caffemodel),
-            "weight_seed": None if caffemodel else seed, "parity": parity}
+    info = {
+        "source": "caffe",
+        "prototxt": str(prototxt),
+        "caffemodel": None if caffemodel is None else str(caffemodel),
+        "weight_seed": None if caffemodel else seed,
+        "parity": parity,
+    }
     return wrap(net, conv, name=spec.name if spec else Path(prototxt).stem, spec=spec, info=info)

@@ -69,7 +69,10 @@ class Objective:
     def __mul__(self, k: float) -> Objective:
         k = float(k)
         return Objective(
-            lambda a: k * self.fn(a), self.layers, f"{k:g} * {self.description}", self.best,
+            lambda a: k * self.fn(a),
+            self.layers,
+            f"{k:g} * {self.description}",
+            self.best,
             {"kind": "scale", "factor": k, "term": self.spec},
         )
 
@@ -97,13 +100,17 @@ def unit(layer: str, index: int) -> Objective:
     def fn(a: Acts) -> torch.Tensor:
         t = _flat(a[layer])
         if not 0 <= index < t.shape[1]:
-            raise IndexError(f"unit {index} out of range for layer {layer!r} with {t.shape[1]} units")
+            raise IndexError(
+                f"unit {index} out of range for layer {layer!r} with {t.shape[1]} units"
+            )
         return t[:, index]
 
     def best(a: Acts) -> torch.Tensor:
         return _flat(a[layer]).argmax(1)
 
-    return Objective(fn, (layer,), f"{layer}[{index}]", best, {"kind": "unit", "layer": layer, "unit": index})
+    return Objective(
+        fn, (layer,), f"{layer}[{index}]", best, {"kind": "unit", "layer": layer, "unit": index}
+    )
 
 
 def softmax_unit(layer: str, index: int) -> Objective:
@@ -117,7 +124,10 @@ def softmax_unit(layer: str, index: int) -> Objective:
         return _flat(a[layer]).argmax(1)
 
     return Objective(
-        fn, (layer,), f"softmax({layer})[{index}]", best,
+        fn,
+        (layer,),
+        f"softmax({layer})[{index}]",
+        best,
         {"kind": "softmax_unit", "layer": layer, "unit": index},
     )
 
@@ -132,7 +142,9 @@ def channel(layer: str, index: int, *, x: int | None = None, y: int | None = Non
 
     def where(t: torch.Tensor) -> tuple[int, int]:
         if t.ndim != 4:
-            raise ValueError(f"channel() needs a conv layer (N, C, H, W); {layer!r} has shape {tuple(t.shape)}")
+            raise ValueError(
+                f"channel() needs a conv layer (N, C, H, W); {layer!r} has shape {tuple(t.shape)}"
+            )
         h, w = t.shape[2], t.shape[3]
         yy = h // 2 if y is None else int(y)
         xx = w // 2 if x is None else int(x)
@@ -152,13 +164,23 @@ def channel(layer: str, index: int, *, x: int | None = None, y: int | None = Non
 
     pos = "centre" if x is None and y is None else f"x={x}, y={y}"
     return Objective(
-        fn, (layer,), f"{layer}[channel {index} at {pos}]", best,
+        fn,
+        (layer,),
+        f"{layer}[channel {index} at {pos}]",
+        best,
         {"kind": "channel", "layer": layer, "unit": index, "x": x, "y": y},
     )
 
 
-def parse_target(layer: str, unit_index: int, *, softmax: bool = False, x: int | None = None,
-                 y: int | None = None, shape: tuple[int, ...] | None = None) -> Objective:
+def parse_target(
+    layer: str,
+    unit_index: int,
+    *,
+    softmax: bool = False,
+    x: int | None = None,
+    y: int | None = None,
+    shape: tuple[int, ...] | None = None,
+) -> Objective:
     """Build the objective the command line asks for.
 
     A conv layer (``shape`` of length 3, C x H x W) gets :func:`channel` at (x, y); ``softmax=True``
@@ -211,12 +233,16 @@ def _check_spec(spec: dict, shapes: Mapping[str, tuple[int, ...]]) -> None:
     layer, index = spec["layer"], spec["unit"]
     if layer not in shapes:
         near = ", ".join(list(shapes)[-8:])
-        raise MfvError(f"no layer {layer!r} in this model (its last layers: {near}; "
-                       "`python -m mfv layers` lists them all)")
+        raise MfvError(
+            f"no layer {layer!r} in this model (its last layers: {near}; "
+            "`python -m mfv layers` lists them all)"
+        )
     shape = tuple(shapes[layer])
     if kind == "channel":
         if len(shape) != 3:
-            raise MfvError(f"channel targets need a conv layer (C, H, W); {layer!r} has shape {shape}")
+            raise MfvError(
+                f"channel targets need a conv layer (C, H, W); {layer!r} has shape {shape}"
+            )
         c, h, w = shape
         if not 0 <= index < c:
             raise MfvError(f"unit {index} is outside {layer!r}: channels 0..{c - 1}")

@@ -2,9 +2,23 @@
 
 A schedule is JSON (see ``mfv/schedules/``)::
 
-    {"name": ..., "description": ..., "input_size": [227, 227],
-     "octaves": [{"iter_n": 190, "zoom": null, "margin": 0, "window": 0.3,
-                  "step_size": [1, 2], "tv_weight": [0.4, 0.4], "layer": "prob" (optional)}, ...]}
+    {
+        "name": ...,
+        "description": ...,
+        "input_size": [227, 227],
+        "octaves": [
+            {
+                "iter_n": 190,
+                "zoom": null,
+                "margin": 0,
+                "window": 0.3,
+                "step_size": [1, 2],
+                "tv_weight": [0.4, 0.4],
+                "layer": "prob"(optional),
+            },
+            ...,
+        ],
+    }
 
 JSON keeps the difference between ``1`` and ``1.0``, and so does this module: in faithful mode an
 all-int ramp is evaluated with Python 2 integer division, as the original did.
@@ -47,8 +61,15 @@ class Octave:
     layer: str | None = None
 
     def as_dict(self) -> dict:
-        return {"iter_n": self.iter_n, "zoom": self.zoom, "margin": self.margin, "window": self.window,
-                "step_size": list(self.step_size), "tv_weight": list(self.tv_weight), "layer": self.layer}
+        return {
+            "iter_n": self.iter_n,
+            "zoom": self.zoom,
+            "margin": self.margin,
+            "window": self.window,
+            "step_size": list(self.step_size),
+            "tv_weight": list(self.tv_weight),
+            "layer": self.layer,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,9 +85,13 @@ class Schedule:
         return sum(o.iter_n for o in self.octaves)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "path": self.path,
-                "input_size": list(self.input_size) if self.input_size else None,
-                "octaves": [o.as_dict() for o in self.octaves]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": self.path,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "octaves": [o.as_dict() for o in self.octaves],
+        }
 
 
 def _pair(v, what: str, i: int) -> tuple[Number, Number]:
@@ -92,11 +117,25 @@ def parse_schedule(data: dict, *, path: str | None = None) -> Schedule:
         window = float(o.get("window", 0.3))
         if margin < 0 or window < 0:
             raise ValueError(f"octave {i}: margin and window must be >= 0")
-        out.append(Octave(n, zoom, margin, window, _pair(o.get("step_size"), "step_size", i),
-                          _pair(o.get("tv_weight"), "tv_weight", i), o.get("layer")))
+        out.append(
+            Octave(
+                n,
+                zoom,
+                margin,
+                window,
+                _pair(o.get("step_size"), "step_size", i),
+                _pair(o.get("tv_weight"), "tv_weight", i),
+                o.get("layer"),
+            )
+        )
     size = data.get("input_size")
-    return Schedule(str(data.get("name", Path(path).stem if path else "schedule")), tuple(out),
-                    tuple(size) if size else None, str(data.get("description", "")), path)
+    return Schedule(
+        str(data.get("name", Path(path).stem if path else "schedule")),
+        tuple(out),
+        tuple(size) if size else None,
+        str(data.get("description", "")),
+        path,
+    )
 
 
 def load_schedule(path: str | Path) -> Schedule:

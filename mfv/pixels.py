@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-__all__ = ["PixelConvention", "CAFFENET", "CAFFE_VGG16", "CAFFE_224", "TORCHVISION", "convention_for"]
+__all__ = [
+    "PixelConvention",
+    "CAFFENET",
+    "CAFFE_VGG16",
+    "CAFFE_224",
+    "TORCHVISION",
+    "convention_for",
+]
 
 
 @dataclass(frozen=True)
@@ -130,9 +137,13 @@ class PixelConvention:
 
 
 #: CaffeNet as MFV used it (deploy_alexnet_updated.prototxt): BGR, mean (104, 117, 123), no std.
-CAFFENET = PixelConvention("BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), (0.0, 255.0), (227, 227), "caffe-227")
+CAFFENET = PixelConvention(
+    "BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), (0.0, 255.0), (227, 227), "caffe-227"
+)
 #: Caffe model-zoo nets at 224 (GoogLeNet): same mean as CaffeNet.
-CAFFE_224 = PixelConvention("BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), (0.0, 255.0), (224, 224), "caffe-224")
+CAFFE_224 = PixelConvention(
+    "BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), (0.0, 255.0), (224, 224), "caffe-224"
+)
 #: VGG16 (Simonyan & Zisserman's Caffe release): the ImageNet mean pixel.
 CAFFE_VGG16 = PixelConvention(
     "BGR", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), (0.0, 255.0), (224, 224), "caffe-vgg16"

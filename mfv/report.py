@@ -17,11 +17,20 @@ __all__ = ["draw_tsne", "svg_curve", "write_visualize_html", "write_evaluate_htm
 
 def palette(n: int) -> list[tuple[int, int, int]]:
     """n distinct colours (evenly spaced hues)."""
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 0.9)) for i in range(n)]
+    return [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 0.9)) for i in range(n)
+    ]
 
 
-def draw_tsne(embedding: np.ndarray, labels: np.ndarray, centroids: np.ndarray,
-              means: list[np.ndarray], *, size: int = 1000, thumb: int = 110) -> np.ndarray:
+def draw_tsne(
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    means: list[np.ndarray],
+    *,
+    size: int = 1000,
+    thumb: int = 110,
+) -> np.ndarray:
     """The paper's figure 4: points coloured by cluster, each cluster's mean image at its centroid."""
     img = Image.new("RGB", (size, size), "white")
     d = ImageDraw.Draw(img)
@@ -47,7 +56,9 @@ def draw_tsne(embedding: np.ndarray, labels: np.ndarray, centroids: np.ndarray,
     return np.asarray(img)
 
 
-def svg_curve(values: list[float], *, width: int = 360, height: int = 140, marks: list[int] | None = None) -> str:
+def svg_curve(
+    values: list[float], *, width: int = 360, height: int = 140, marks: list[int] | None = None
+) -> str:
     """An inline SVG line chart of ``values`` (octave boundaries as vertical lines)."""
     vals = [v for v in values if v is not None and np.isfinite(v)]
     if not vals:
@@ -55,23 +66,33 @@ def svg_curve(values: list[float], *, width: int = 360, height: int = 140, marks
     lo, hi = min(vals), max(vals)
     span = hi - lo or 1.0
     n = max(len(values) - 1, 1)
-    pts = " ".join(f"{30 + i * (width - 40) / n:.1f},{height - 20 - (v - lo) / span * (height - 30):.1f}"
-                   for i, v in enumerate(values) if v is not None and np.isfinite(v))
-    lines = "".join(f"<line x1='{30 + m * (width - 40) / n:.1f}' y1='5' x2='{30 + m * (width - 40) / n:.1f}' "
-                    f"y2='{height - 20}' stroke='#ccc'/>" for m in (marks or []))
+    pts = " ".join(
+        f"{30 + i * (width - 40) / n:.1f},{height - 20 - (v - lo) / span * (height - 30):.1f}"
+        for i, v in enumerate(values)
+        if v is not None and np.isfinite(v)
+    )
+    lines = "".join(
+        f"<line x1='{30 + m * (width - 40) / n:.1f}' y1='5' x2='{30 + m * (width - 40) / n:.1f}' "
+        f"y2='{height - 20}' stroke='#ccc'/>"
+        for m in (marks or [])
+    )
     # Inline SVG in HTML5 needs no xmlns, and the page then names no URL at all.
-    return (f"<svg width='{width}' height='{height}'>"
-            f"<rect width='100%' height='100%' fill='white' stroke='#ddd'/>{lines}"
-            f"<polyline fill='none' stroke='#c22' stroke-width='1.5' points='{pts}'/>"
-            f"<text x='2' y='12' font-size='10'>{hi:.4g}</text>"
-            f"<text x='2' y='{height - 22}' font-size='10'>{lo:.4g}</text>"
-            f"<text x='30' y='{height - 5}' font-size='10'>step 0</text>"
-            f"<text x='{width - 60}' y='{height - 5}' font-size='10'>step {len(values) - 1}</text></svg>")
+    return (
+        f"<svg width='{width}' height='{height}'>"
+        f"<rect width='100%' height='100%' fill='white' stroke='#ddd'/>{lines}"
+        f"<polyline fill='none' stroke='#c22' stroke-width='1.5' points='{pts}'/>"
+        f"<text x='2' y='12' font-size='10'>{hi:.4g}</text>"
+        f"<text x='2' y='{height - 22}' font-size='10'>{lo:.4g}</text>"
+        f"<text x='30' y='{height - 5}' font-size='10'>step 0</text>"
+        f"<text x='{width - 60}' y='{height - 5}' font-size='10'>step {len(values) - 1}</text></svg>"
+    )
 
 
-_CSS = ("body{font-family:sans-serif;margin:20px}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;font-size:13px}"
-        "img{image-rendering:pixelated}.warn{color:#b00;font-weight:bold}pre{font-size:12px}")
+_CSS = (
+    "body{font-family:sans-serif;margin:20px}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;font-size:13px}"
+    "img{image-rendering:pixelated}.warn{color:#b00;font-weight:bold}pre{font-size:12px}"
+)
 
 
 def _img_tag(src: str | None, title: str = "", side: int = 227) -> str:
@@ -87,9 +108,12 @@ def _provenance(trace: dict) -> str:
     msg = html.escape(str(parity.get("message", "")))
     report = html.escape(str(parity.get("report")))
     fixes = "".join(f"<li>{html.escape(f)}</li>" for f in trace.get("fixes", []))
-    return (f"<p{cls}>Parity: <b>{html.escape(status)}</b> - {msg} (report: {report})</p>"
-            f"<p>Mode: <b>{html.escape(str(trace.get('mode')))}</b>"
-            + (f"; fixed relative to the original:<ul>{fixes}</ul>" if fixes else "") + "</p>")
+    return (
+        f"<p{cls}>Parity: <b>{html.escape(status)}</b> - {msg} (report: {report})</p>"
+        f"<p>Mode: <b>{html.escape(str(trace.get('mode')))}</b>"
+        + (f"; fixed relative to the original:<ul>{fixes}</ul>" if fixes else "")
+        + "</p>"
+    )
 
 
 def write_visualize_html(out: Path, trace: dict, *, model=None) -> None:
@@ -119,28 +143,40 @@ def write_visualize_html(out: Path, trace: dict, *, model=None) -> None:
                 marks.append(j)
             seen = s["octave"]
         near = nearest.get(f["index"], []) if isinstance(nearest, dict) else []
-        near_html = " ".join(_img_tag(_io.file_data_uri(p, max_side=128), f"{p} d={d:.4g}", 96)
-                             for p, d, _c in near) or "<i>no means folder</i>"
-        status = _esc(f["status"]) + (f": <span class='warn'>{_esc(f['message'])}</span>"
-                                            if f["message"] else "")
+        near_html = (
+            " ".join(
+                _img_tag(_io.file_data_uri(p, max_side=128), f"{p} d={d:.4g}", 96)
+                for p, d, _c in near
+            )
+            or "<i>no means folder</i>"
+        )
+        status = _esc(f["status"]) + (
+            f": <span class='warn'>{_esc(f['message'])}</span>" if f["message"] else ""
+        )
         e = _esc
         rows.append(
             f"<tr><td>facet {e(f['index'])}<br>cluster {e(f.get('cluster'))}<br>{status}<br>"
             f"{e(f['octaves_done'])}/{e(f['octaves_total'])} octaves<br>{float(f['seconds']):.1f} s</td>"
             f"<td>{_img_tag(init_src, str(init))}</td><td>{_img_tag(res_src, str(res), 272)}</td>"
-            f"<td>{near_html}</td><td>{svg_curve(acts, marks=marks)}<br>final: {e(f['final_activation'])}</td></tr>")
+            f"<td>{near_html}</td><td>{svg_curve(acts, marks=marks)}<br>final: {e(f['final_activation'])}</td></tr>"
+        )
     err = nearest.get("error") if isinstance(nearest, dict) else None
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MFV {_esc(trace['model']['name'])}</title>"
-            f"<style>{_CSS}</style></head><body><h1>MFV: {_esc(trace['objective']['description'])}</h1>"
-            f"<p>Model <b>{_esc(trace['model']['name'])}</b>, schedule "
-            f"<b>{_esc(trace['schedule']['name'])}</b>, seed {_esc(trace['seed'])}, status {_esc(trace['status'])}</p>"
-            + _provenance(trace)
-            + (f"<p class='warn'>nearest images unavailable: {_esc(err)}</p>" if err else "")
-            + "<table><tr><th>facet</th><th>initial (mean) image</th><th>result</th>"
-            "<th>3 nearest training images (code space)</th><th>target activation per step</th></tr>"
-            + "".join(rows) + "</table><details><summary>run metadata</summary><pre>"
-            + html.escape(json.dumps({k: v for k, v in trace.items() if k != "facets"}, indent=1, default=str))
-            + "</pre></details></body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>MFV {_esc(trace['model']['name'])}</title>"
+        f"<style>{_CSS}</style></head><body><h1>MFV: {_esc(trace['objective']['description'])}</h1>"
+        f"<p>Model <b>{_esc(trace['model']['name'])}</b>, schedule "
+        f"<b>{_esc(trace['schedule']['name'])}</b>, seed {_esc(trace['seed'])}, status {_esc(trace['status'])}</p>"
+        + _provenance(trace)
+        + (f"<p class='warn'>nearest images unavailable: {_esc(err)}</p>" if err else "")
+        + "<table><tr><th>facet</th><th>initial (mean) image</th><th>result</th>"
+        "<th>3 nearest training images (code space)</th><th>target activation per step</th></tr>"
+        + "".join(rows)
+        + "</table><details><summary>run metadata</summary><pre>"
+        + html.escape(
+            json.dumps({k: v for k, v in trace.items() if k != "facets"}, indent=1, default=str)
+        )
+        + "</pre></details></body></html>"
+    )
     _io.atomic_write_text(out / "index.html", page)
 
 
@@ -149,24 +185,60 @@ def write_evaluate_html(path: Path, result: dict) -> None:
     rows = []
     for f in result["facets"]:
         rows.append(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                f["index"], f.get("cluster"), f.get("status"), _fmt(f.get("activation")),
-                f.get("softmax_rank"), _fmt(f.get("softmax_prob")),
-                _fmt(f.get("cluster_activation_mean")), _fmt(f.get("cluster_activation_max")),
-                _fmt(f.get("cluster_rank_median")), f.get("activation_percentile_in_cluster"),
-                f.get("nearest_image"), f.get("nearest_cluster"), f.get("nearest_in_own_cluster"))) + "</tr>")
-    heads = ["facet", "cluster", "status", "activation", "softmax rank", "softmax p", "cluster act. mean",
-             "cluster act. max", "cluster rank median", "act. percentile in cluster", "nearest real image",
-             "its cluster", "in own cluster"]
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (
+                    f["index"],
+                    f.get("cluster"),
+                    f.get("status"),
+                    _fmt(f.get("activation")),
+                    f.get("softmax_rank"),
+                    _fmt(f.get("softmax_prob")),
+                    _fmt(f.get("cluster_activation_mean")),
+                    _fmt(f.get("cluster_activation_max")),
+                    _fmt(f.get("cluster_rank_median")),
+                    f.get("activation_percentile_in_cluster"),
+                    f.get("nearest_image"),
+                    f.get("nearest_cluster"),
+                    f.get("nearest_in_own_cluster"),
+                )
+            )
+            + "</tr>"
+        )
+    heads = [
+        "facet",
+        "cluster",
+        "status",
+        "activation",
+        "softmax rank",
+        "softmax p",
+        "cluster act. mean",
+        "cluster act. max",
+        "cluster rank median",
+        "act. percentile in cluster",
+        "nearest real image",
+        "its cluster",
+        "in own cluster",
+    ]
     d = result["diversity"]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MFV evaluation</title><style>{_CSS}</style>"
-            f"</head><body><h1>MFV evaluation: {html.escape(str(result['run']))}</h1>" + _provenance(result)
-            + f"<p>Target {_esc(result['objective'])}; code layer {_esc(result['code_layer'])}.</p>"
-            + f"<p>Diversity (mean pairwise L2 distance of code vectors): facets <b>{_esc(_fmt(d.get('facets')))}</b>, "
-            f"mean images {_esc(_fmt(d.get('mean_images')))}, real images {_esc(_fmt(d.get('real_images')))}.</p>"
-            + f"<p>Facets whose nearest real image lies in their own cluster: <b>{_esc(result.get('nearest_in_own_cluster_fraction'))}</b></p>"
-            + "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>" + "".join(rows) + "</table>"
-            + "<pre>" + html.escape(json.dumps(result, indent=1, default=str)[:20000]) + "</pre></body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>MFV evaluation</title><style>{_CSS}</style>"
+        f"</head><body><h1>MFV evaluation: {html.escape(str(result['run']))}</h1>"
+        + _provenance(result)
+        + f"<p>Target {_esc(result['objective'])}; code layer {_esc(result['code_layer'])}.</p>"
+        + f"<p>Diversity (mean pairwise L2 distance of code vectors): facets <b>{_esc(_fmt(d.get('facets')))}</b>, "
+        f"mean images {_esc(_fmt(d.get('mean_images')))}, real images {_esc(_fmt(d.get('real_images')))}.</p>"
+        + f"<p>Facets whose nearest real image lies in their own cluster: <b>{_esc(result.get('nearest_in_own_cluster_fraction'))}</b></p>"
+        + "<table><tr>"
+        + "".join(f"<th>{h}</th>" for h in heads)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+        + "<pre>"
+        + html.escape(json.dumps(result, indent=1, default=str)[:20000])
+        + "</pre></body></html>"
+    )
     _io.atomic_write_text(path, page)
 
 

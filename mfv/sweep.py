@@ -47,8 +47,20 @@ from port.atomic import write_text_atomic
 from . import _io
 from .octaves import Schedule
 
-__all__ = ["sweep", "parse_units", "read_unit_map", "read_classes", "imagenet_folders", "unit_status",
-           "unit_key", "ModelArgs", "SweepParams", "UnitTask", "write_index", "DEFAULT_CLASSES"]
+__all__ = [
+    "sweep",
+    "parse_units",
+    "read_unit_map",
+    "read_classes",
+    "imagenet_folders",
+    "unit_status",
+    "unit_key",
+    "ModelArgs",
+    "SweepParams",
+    "UnitTask",
+    "write_index",
+    "DEFAULT_CLASSES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,7 @@ DONE_FORMAT = "mfv-sweep-unit/1"
 
 
 # -- units and their images ----------------------------------------------------------------------
+
 
 def parse_units(spec: str | int | Sequence[int], n_units: int | None = None) -> list[int]:
     """The units a sweep covers, sorted, without duplicates.
@@ -106,7 +119,9 @@ def parse_units(spec: str | int | Sequence[int], n_units: int | None = None) -> 
     if n_units is not None:
         bad = [u for u in units if not 0 <= u < n_units]
         if bad:
-            raise ValueError(f"{where}: unit {bad[0]} is out of range: the layer has {n_units} units (0-{n_units - 1})")
+            raise ValueError(
+                f"{where}: unit {bad[0]} is out of range: the layer has {n_units} units (0-{n_units - 1})"
+            )
     return sorted(set(units))
 
 
@@ -146,7 +161,9 @@ def read_classes(path: str | Path | None = None) -> list[tuple[str, str]]:
             continue
         wnid, _, name = line.strip().partition(" ")
         if not re.fullmatch(r"n\d{8}", wnid):
-            raise ValueError(f"{path}:{lineno}: expected 'nXXXXXXXX class name', got {line.strip()[:60]!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected 'nXXXXXXXX class name', got {line.strip()[:60]!r}"
+            )
         classes.append((wnid, name.strip()))
     return classes
 
@@ -180,7 +197,13 @@ def read_unit_map(path: str | Path, root: str | Path | None = None) -> dict[int,
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
-        items = enumerate(data) if isinstance(data, list) else data.items() if isinstance(data, dict) else None
+        items = (
+            enumerate(data)
+            if isinstance(data, list)
+            else data.items()
+            if isinstance(data, dict)
+            else None
+        )
         if items is None:
             raise ValueError(f"{path}: expected a JSON object unit -> folder or a list of folders")
         for k, v in items:
@@ -191,9 +214,13 @@ def read_unit_map(path: str | Path, root: str | Path | None = None) -> dict[int,
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            parts = line.rstrip("\n").split("\t", 1) if "\t" in line else line.strip().split(None, 1)
+            parts = (
+                line.rstrip("\n").split("\t", 1) if "\t" in line else line.strip().split(None, 1)
+            )
             if len(parts) != 2 or not parts[0].strip().isdigit() or not parts[1].strip():
-                raise ValueError(f"{path}:{lineno}: expected 'unit<TAB>folder', got {line.strip()[:60]!r}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'unit<TAB>folder', got {line.strip()[:60]!r}"
+                )
             u = int(parts[0])
             if u in raw:
                 raise ValueError(f"{path}:{lineno}: unit {u} is mapped twice")
@@ -208,6 +235,7 @@ def imagenet_folders(root: str | Path, classes: list[tuple[str, str]]) -> dict[i
 
 
 # -- what a worker runs --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -228,8 +256,13 @@ class ModelArgs:
         def absolute(p):
             return None if p is None else str(Path(p).resolve())
 
-        return replace(self, prototxt=absolute(self.prototxt), caffemodel=absolute(self.caffemodel),
-                       weights=absolute(self.weights), parity_file=absolute(self.parity_file))
+        return replace(
+            self,
+            prototxt=absolute(self.prototxt),
+            caffemodel=absolute(self.caffemodel),
+            weights=absolute(self.weights),
+            parity_file=absolute(self.parity_file),
+        )
 
 
 @dataclass(frozen=True)
@@ -261,10 +294,21 @@ class SweepParams:
 
     def identity(self) -> dict:
         """The JSON-ready parameters that decide each unit's result."""
-        return {"model": asdict(self.model), "layer": self.layer, "softmax": self.softmax,
-                "code_layer": self.code_layer, "k": self.k, "m": self.m, "means_seed": self.means_seed,
-                "seed": self.seed, "schedule": self.schedule.as_dict(), "faithful": self.faithful,
-                "denoiser": self.denoiser, "keep_grey": self.keep_grey, "exclude": list(self.exclude)}
+        return {
+            "model": asdict(self.model),
+            "layer": self.layer,
+            "softmax": self.softmax,
+            "code_layer": self.code_layer,
+            "k": self.k,
+            "m": self.m,
+            "means_seed": self.means_seed,
+            "seed": self.seed,
+            "schedule": self.schedule.as_dict(),
+            "faithful": self.faithful,
+            "denoiser": self.denoiser,
+            "keep_grey": self.keep_grey,
+            "exclude": list(self.exclude),
+        }
 
 
 @dataclass(frozen=True)
@@ -294,7 +338,9 @@ def _worker_device(device: str) -> str:
     if not device.startswith("cuda"):
         return device
     if not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on worker host {socket.gethostname()}")
+        raise RuntimeError(
+            f"--device {device}: CUDA is not available on worker host {socket.gethostname()}"
+        )
     if device != "cuda" or torch.cuda.device_count() < 2:
         return device
     try:
@@ -304,7 +350,9 @@ def _worker_device(device: str) -> str:
     except (ImportError, ValueError):
         return device
     digits = re.search(r"(\d+)$", str(name))  # 0, 1 ... of a LocalCluster; gpu1, worker-3 by hand
-    index = int(digits.group(1)) if digits else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+    index = (
+        int(digits.group(1)) if digits else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+    )
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
@@ -325,9 +373,16 @@ def _worker_model(args: ModelArgs, device: str, threads: int):
             return model, 0.0
         _MODEL_CACHE.clear()  # a second model spec on the same worker would double its memory
         t0 = time.perf_counter()
-        model = load_model(args.name, prototxt=args.prototxt, caffemodel=args.caffemodel,
-                           weights=args.weights, weight_seed=args.weight_seed, device=dev,
-                           parity_check=args.parity_check, parity_file=args.parity_file)
+        model = load_model(
+            args.name,
+            prototxt=args.prototxt,
+            caffemodel=args.caffemodel,
+            weights=args.weights,
+            weight_seed=args.weight_seed,
+            device=dev,
+            parity_check=args.parity_check,
+            parity_file=args.parity_file,
+        )
         _MODEL_CACHE[(args, dev)] = model
         return model, time.perf_counter() - t0
 
@@ -338,10 +393,16 @@ def _probe(args: ModelArgs, device: str, threads: int, layer: str, code_layer: s
     shapes = model.layer_shapes()
     for what, name in (("target layer", layer), ("code layer", code_layer)):
         if name not in shapes:
-            raise ValueError(f"no {what} {name!r} in {model.name}; `python -m mfv layers --model "
-                             f"{args.name}` lists them")
-    return {"name": model.name, "layer_shape": list(shapes[layer]), "parity": model.info.get("parity"),
-            "input_size": list(model.convention.input_size)}
+            raise ValueError(
+                f"no {what} {name!r} in {model.name}; `python -m mfv layers --model "
+                f"{args.name}` lists them"
+            )
+    return {
+        "name": model.name,
+        "layer_shape": list(shapes[layer]),
+        "parity": model.info.get("parity"),
+        "input_size": list(model.convention.input_size),
+    }
 
 
 def unit_key(params: dict, folder: str | Path) -> str:
@@ -404,7 +465,9 @@ def _run_units(tasks: list[UnitTask]) -> list[dict]:
         return [records.get(t.unit) or _failed(_base_record(t), t, e) for t in tasks]
     live = _start_units(model, tasks_left, load_s, records)
     for unit, trace in _visualize_batch(model, live, records):
-        records[unit.task.unit] = _complete_unit(model, unit, trace, evaluate=sp.evaluate, t_start=t_start)
+        records[unit.task.unit] = _complete_unit(
+            model, unit, trace, evaluate=sp.evaluate, t_start=t_start
+        )
     return [records[t.unit] for t in tasks]
 
 
@@ -426,7 +489,9 @@ def _finished_meanwhile(tasks: list[UnitTask]) -> dict[int, dict]:
     return records
 
 
-def _start_units(model, tasks: list[UnitTask], load_s: float, records: dict[int, dict]) -> list[_LiveUnit]:
+def _start_units(
+    model, tasks: list[UnitTask], load_s: float, records: dict[int, dict]
+) -> list[_LiveUnit]:
     """Mark each unit started (``unit.json``) and make or reuse its means; a unit whose input is bad
     gets its failed record in ``records`` and drops out. ``load_s`` (the model's load time) is
     counted on the first unit that gets as far as its timings."""
@@ -438,8 +503,16 @@ def _start_units(model, tasks: list[UnitTask], load_s: float, records: dict[int,
         hook = _stage_hook(task)
         try:
             udir.mkdir(parents=True, exist_ok=True)
-            _io.write_json(udir / "unit.json", {"format": DONE_FORMAT, "unit": task.unit, "key": task.key,
-                                                 "folder": task.folder, "label": task.label})
+            _io.write_json(
+                udir / "unit.json",
+                {
+                    "format": DONE_FORMAT,
+                    "unit": task.unit,
+                    "key": task.key,
+                    "folder": task.folder,
+                    "label": task.label,
+                },
+            )
             hook(task.unit, "start")
             timings = {"model_load": round(load_s, 3)}
             load_s = 0.0  # the model loads once per batch; count it on its first unit
@@ -454,7 +527,9 @@ def _start_units(model, tasks: list[UnitTask], load_s: float, records: dict[int,
     return live
 
 
-def _visualize_batch(model, live: list[_LiveUnit], records: dict[int, dict]) -> list[tuple[_LiveUnit, dict]]:
+def _visualize_batch(
+    model, live: list[_LiveUnit], records: dict[int, dict]
+) -> list[tuple[_LiveUnit, dict]]:
     """The facets of every live unit in one MFV batch; each unit with its trace. If the batch fails,
     every unit of it gets its failed record in ``records`` and none is returned."""
     if not live:
@@ -496,21 +571,36 @@ def _complete_unit(model, unit: _LiveUnit, trace: dict, *, evaluate: bool, t_sta
         return _failed(unit.base, task, e)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     facets_done = sum(f["status"] == "done" for f in trace["facets"])
-    record = {**unit.base, "format": DONE_FORMAT,
-              "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
-              "message": "; ".join(f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]),
-              "device": str(model.device), "seconds": timings, "facets": _facet_summary(trace, ev),
-              "evaluation": None if ev is None else {
-                  "diversity": ev.get("diversity"),
-                  "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction")},
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        **unit.base,
+        "format": DONE_FORMAT,
+        "status": "done" if facets_done == len(trace["facets"]) else "facets failed",
+        "message": "; ".join(
+            f"facet {f['index']}: {f['message']}" for f in trace["facets"] if f["message"]
+        ),
+        "device": str(model.device),
+        "seconds": timings,
+        "facets": _facet_summary(trace, ev),
+        "evaluation": None
+        if ev is None
+        else {
+            "diversity": ev.get("diversity"),
+            "nearest_in_own_cluster_fraction": ev.get("nearest_in_own_cluster_fraction"),
+        },
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     _io.write_json(udir / "done.json", record)  # last, atomically: the unit is complete
     return record
 
 
 def _base_record(task: UnitTask) -> dict:
-    return {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key,
-            "worker": _worker_name()}
+    return {
+        "unit": task.unit,
+        "label": task.label,
+        "folder": task.folder,
+        "key": task.key,
+        "worker": _worker_name(),
+    }
 
 
 def _worker_name() -> str:
@@ -534,9 +624,19 @@ def _ensure_means(model, task: UnitTask, udir: Path) -> Path:
         return means_dir
     tmp = udir / f".means-{uuid.uuid4().hex[:8]}"
     try:
-        make_means(model, task.folder, k=sp.k, m=sp.m, layer=sp.code_layer, seed=sp.means_seed,
-                   out=tmp, batch_size=sp.batch_size, keep_grey=sp.keep_grey, exclude=sp.exclude,
-                   progress=False)
+        make_means(
+            model,
+            task.folder,
+            k=sp.k,
+            m=sp.m,
+            layer=sp.code_layer,
+            seed=sp.means_seed,
+            out=tmp,
+            batch_size=sp.batch_size,
+            keep_grey=sp.keep_grey,
+            exclude=sp.exclude,
+            progress=False,
+        )
         if means_dir.exists():  # emptied by hand, or left by something else: not ours to keep
             shutil.rmtree(means_dir)
         os.replace(tmp, means_dir)
@@ -556,10 +656,19 @@ def _unit_job(model, task: UnitTask, means_dir: Path):
     paths = sorted(means_dir.glob("mean_*.png"), key=lambda p: int(p.stem.split("_")[1]))
     if len(paths) != sp.k:
         raise ValueError(f"{means_dir} holds {len(paths)} mean images, expected {sp.k}")
-    extra = {"means": str(means_dir), "code_layer": sp.code_layer,
-             "sweep": {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key}}
-    return UnitJob(obj, [_io.load_rgb(p) for p in paths], out=task.out, init_names=[str(p) for p in paths],
-                   clusters=list(range(len(paths))), extra=extra)
+    extra = {
+        "means": str(means_dir),
+        "code_layer": sp.code_layer,
+        "sweep": {"unit": task.unit, "label": task.label, "folder": task.folder, "key": task.key},
+    }
+    return UnitJob(
+        obj,
+        [_io.load_rgb(p) for p in paths],
+        out=task.out,
+        init_names=[str(p) for p in paths],
+        clusters=list(range(len(paths))),
+        extra=extra,
+    )
 
 
 def _visualize_units(model, units: list[tuple[UnitTask, Path]]) -> list[dict]:
@@ -571,11 +680,33 @@ def _visualize_units(model, units: list[tuple[UnitTask, Path]]) -> list[dict]:
     jobs = [_unit_job(model, task, means_dir) for task, means_dir in units]
     if len(jobs) == 1:
         j = jobs[0]
-        return [visualize(model, j.objective, j.inits, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful,
-                          out=j.out, resume=True, progress=False, init_names=j.init_names, clusters=j.clusters,
-                          denoiser=sp.denoiser, extra=j.extra)]
-    return visualize_units(model, jobs, schedule=sp.schedule, seed=sp.seed, faithful=sp.faithful, resume=True,
-                           progress=False, denoiser=sp.denoiser)
+        return [
+            visualize(
+                model,
+                j.objective,
+                j.inits,
+                schedule=sp.schedule,
+                seed=sp.seed,
+                faithful=sp.faithful,
+                out=j.out,
+                resume=True,
+                progress=False,
+                init_names=j.init_names,
+                clusters=j.clusters,
+                denoiser=sp.denoiser,
+                extra=j.extra,
+            )
+        ]
+    return visualize_units(
+        model,
+        jobs,
+        schedule=sp.schedule,
+        seed=sp.seed,
+        faithful=sp.faithful,
+        resume=True,
+        progress=False,
+        denoiser=sp.denoiser,
+    )
 
 
 def _facet_summary(trace: dict, ev: dict | None) -> list[dict]:
@@ -583,28 +714,69 @@ def _facet_summary(trace: dict, ev: dict | None) -> list[dict]:
     out = []
     for f in trace["facets"]:
         e = by_index.get(f["index"], {})
-        out.append({"index": f["index"], "status": f["status"], "image": f["image"],
-                    "final_activation": f["final_activation"], "seconds": f["seconds"],
-                    **{k: e.get(k) for k in ("activation", "softmax_rank", "softmax_prob",
-                                             "cluster_activation_mean", "activation_percentile_in_cluster",
-                                             "nearest_in_own_cluster")}})
+        out.append(
+            {
+                "index": f["index"],
+                "status": f["status"],
+                "image": f["image"],
+                "final_activation": f["final_activation"],
+                "seconds": f["seconds"],
+                **{
+                    k: e.get(k)
+                    for k in (
+                        "activation",
+                        "softmax_rank",
+                        "softmax_prob",
+                        "cluster_activation_mean",
+                        "activation_percentile_in_cluster",
+                        "nearest_in_own_cluster",
+                    )
+                },
+            }
+        )
     return out
 
 
 # -- the sweep -----------------------------------------------------------------------------------
 
-def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
-          images: str | Path | None = None, unit_map: str | Path | None = None,
-          classes: str | Path | None = None, prototxt: str | Path | None = None,
-          caffemodel: str | Path | None = None, weights: str | Path | None = None, weight_seed: int = 0,
-          parity_check: bool = True, parity_file: str | Path | None = None, device: str = "cpu",
-          layer: str | None = None, softmax: bool = False, code_layer: str | None = None, k: int = 10,
-          m: int = 15, means_seed: int = 0, seed: int = 1, schedule: str | Path | None = None,
-          faithful: bool = False, denoiser: str | None = None, keep_grey: bool = True,
-          exclude: Sequence[str] = (), batch_size: int = 16, evaluate: bool = True,
-          scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1,
-          retries: int = 2, progress: bool = True, units_per_batch: int = 1,
-          hook: Callable[[int, str], None] | None = None) -> dict:
+
+def sweep(
+    *,
+    model: str,
+    out: str | Path,
+    units: str | Sequence[int] = "all",
+    images: str | Path | None = None,
+    unit_map: str | Path | None = None,
+    classes: str | Path | None = None,
+    prototxt: str | Path | None = None,
+    caffemodel: str | Path | None = None,
+    weights: str | Path | None = None,
+    weight_seed: int = 0,
+    parity_check: bool = True,
+    parity_file: str | Path | None = None,
+    device: str = "cpu",
+    layer: str | None = None,
+    softmax: bool = False,
+    code_layer: str | None = None,
+    k: int = 10,
+    m: int = 15,
+    means_seed: int = 0,
+    seed: int = 1,
+    schedule: str | Path | None = None,
+    faithful: bool = False,
+    denoiser: str | None = None,
+    keep_grey: bool = True,
+    exclude: Sequence[str] = (),
+    batch_size: int = 16,
+    evaluate: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    retries: int = 2,
+    progress: bool = True,
+    units_per_batch: int = 1,
+    hook: Callable[[int, str], None] | None = None,
+) -> dict:
     """Mean images, MFV facets and evaluation for many units, one Dask task per unit.
 
     Parameters
@@ -703,26 +875,60 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
     layer = layer or (spec.target_layer if spec else None)
     code_layer = code_layer or (spec.code_layer if spec else None)
     if layer is None or code_layer is None:
-        raise ValueError(f"model {model!r} has no default target/code layer: give layer= and code_layer=")
-    sched_path = Path(schedule) if schedule else (spec.schedule_path if spec else MODELS["caffenet"].schedule_path)
+        raise ValueError(
+            f"model {model!r} has no default target/code layer: give layer= and code_layer="
+        )
+    sched_path = (
+        Path(schedule)
+        if schedule
+        else (spec.schedule_path if spec else MODELS["caffenet"].schedule_path)
+    )
     sched = load_schedule(sched_path)
-    if isinstance(units_per_batch, bool) or not isinstance(units_per_batch, int) or units_per_batch < 1:
+    if (
+        isinstance(units_per_batch, bool)
+        or not isinstance(units_per_batch, int)
+        or units_per_batch < 1
+    ):
         raise ValueError(f"units_per_batch must be a positive int, got {units_per_batch!r}")
     if denoiser is None:
         denoiser = "skimage" if faithful else "torch"
     if images is None and unit_map is None:
         raise ValueError("give images= (an ImageNet-style root) or unit_map=")
-    margs = ModelArgs(model, *(None if p is None else str(p) for p in (prototxt, caffemodel, weights)),
-                      weight_seed, parity_check, None if parity_file is None else str(parity_file)).resolved()
-    sp = SweepParams(margs, layer, softmax, code_layer, k, m, means_seed, seed, sched, faithful, denoiser,
-                     keep_grey, tuple(exclude), str(device), threads_per_worker, batch_size, evaluate)
+    margs = ModelArgs(
+        model,
+        *(None if p is None else str(p) for p in (prototxt, caffemodel, weights)),
+        weight_seed,
+        parity_check,
+        None if parity_file is None else str(parity_file),
+    ).resolved()
+    sp = SweepParams(
+        margs,
+        layer,
+        softmax,
+        code_layer,
+        k,
+        m,
+        means_seed,
+        seed,
+        sched,
+        faithful,
+        denoiser,
+        keep_grey,
+        tuple(exclude),
+        str(device),
+        threads_per_worker,
+        batch_size,
+        evaluate,
+    )
     params = sp.identity()
     _check_sweep_file(out, params)
     say = tqdm.write if progress else (lambda *_a, **_k: None)
 
     client, cluster = _connect(scheduler, workers, threads_per_worker, device, say)
     try:
-        probe = _submit_probe(client, margs, str(device), threads_per_worker, layer, code_layer, scheduler)
+        probe = _submit_probe(
+            client, margs, str(device), threads_per_worker, layer, code_layer, scheduler
+        )
         n_units = probe["layer_shape"][0]
         chosen = parse_units(units, n_units)
         folders, labels = _folders(chosen, n_units, images, unit_map, classes)
@@ -730,22 +936,51 @@ def sweep(*, model: str, out: str | Path, units: str | Sequence[int] = "all",
         status = {u: unit_status(out / str(u), key) for u, (_, key) in plan.items()}
         other = [u for u, s in status.items() if s == "other"]
         if other:
-            raise ValueError(f"{out}: unit(s) {_short(other)} were made by a sweep with other parameters "
-                             "(their unit.json keys differ); use another out folder")
+            raise ValueError(
+                f"{out}: unit(s) {_short(other)} were made by a sweep with other parameters "
+                "(their unit.json keys differ); use another out folder"
+            )
         out.mkdir(parents=True, exist_ok=True)
-        _io.write_json(out / "sweep.json", {"format": SWEEP_FORMAT, "params": params,
-                                            "model_name": probe["name"], "layer_shape": probe["layer_shape"],
-                                            "parity": probe["parity"]})
+        _io.write_json(
+            out / "sweep.json",
+            {
+                "format": SWEEP_FORMAT,
+                "params": params,
+                "model_name": probe["name"],
+                "layer_shape": probe["layer_shape"],
+                "parity": probe["parity"],
+            },
+        )
         records: dict[int, dict] = {}
         for u, s in status.items():
             if s == "done":
                 records[u] = _read_json(out / str(u) / "done.json")
             else:
-                records[u] = {"unit": u, "label": labels[u], "folder": str(folders[u]), "status": "pending"}
+                records[u] = {
+                    "unit": u,
+                    "label": labels[u],
+                    "folder": str(folders[u]),
+                    "status": "pending",
+                }
         todo = [u for u in chosen if status[u] != "done"]
-        say(f"mfv sweep: {len(chosen) - len(todo)} of {len(chosen)} unit(s) already done, {len(todo)} to run "
-            f"({sum(status[u] == 'partial' for u in todo)} resumed) on {_n_workers(client)} worker(s); out {out}")
-        run = _run(client, out, todo, plan, labels, sp, retries, progress, hook, records, probe, units_per_batch)
+        say(
+            f"mfv sweep: {len(chosen) - len(todo)} of {len(chosen)} unit(s) already done, {len(todo)} to run "
+            f"({sum(status[u] == 'partial' for u in todo)} resumed) on {_n_workers(client)} worker(s); out {out}"
+        )
+        run = _run(
+            client,
+            out,
+            todo,
+            plan,
+            labels,
+            sp,
+            retries,
+            progress,
+            hook,
+            records,
+            probe,
+            units_per_batch,
+        )
     finally:
         client.close()
         if cluster is not None:
@@ -757,17 +992,26 @@ def _check_sweep_file(out: Path, params: dict) -> None:
     old = _read_json(out / "sweep.json")
     if old is None or old.get("params") == params:
         return
-    differ = sorted(k for k in set(params) | set(old.get("params", {}))
-                    if params.get(k) != old.get("params", {}).get(k))
-    raise ValueError(f"{out} holds a sweep with other parameters (differ: {', '.join(differ)}); "
-                     "use another out folder")
+    differ = sorted(
+        k
+        for k in set(params) | set(old.get("params", {}))
+        if params.get(k) != old.get("params", {}).get(k)
+    )
+    raise ValueError(
+        f"{out} holds a sweep with other parameters (differ: {', '.join(differ)}); "
+        "use another out folder"
+    )
 
 
 def _short(units: list[int], n: int = 8) -> str:
-    return ", ".join(map(str, units[:n])) + (f" and {len(units) - n} more" if len(units) > n else "")
+    return ", ".join(map(str, units[:n])) + (
+        f" and {len(units) - n} more" if len(units) > n else ""
+    )
 
 
-def _folders(chosen: list[int], n_units: int, images, unit_map, classes) -> tuple[dict[int, Path], dict[int, str]]:
+def _folders(
+    chosen: list[int], n_units: int, images, unit_map, classes
+) -> tuple[dict[int, Path], dict[int, str]]:
     if unit_map is not None:
         mapping = read_unit_map(unit_map, images)
         unmapped = [u for u in chosen if u not in mapping]
@@ -777,14 +1021,18 @@ def _folders(chosen: list[int], n_units: int, images, unit_map, classes) -> tupl
     else:
         cls = read_classes(classes)
         if len(cls) != n_units:
-            raise ValueError(f"the target layer has {n_units} units but the class list has {len(cls)} "
-                             "classes: give a unit map (--unit-map FILE)")
+            raise ValueError(
+                f"the target layer has {n_units} units but the class list has {len(cls)} "
+                "classes: give a unit map (--unit-map FILE)"
+            )
         mapping = imagenet_folders(images, cls)
         labels = {u: f"{cls[u][0]} {cls[u][1]}" for u in chosen}
     missing = [u for u in chosen if not mapping[u].is_dir()]
     if missing:
-        raise FileNotFoundError(f"no image folder for unit(s) {_short(missing)}: "
-                                + ", ".join(str(mapping[u]) for u in missing[:3]))
+        raise FileNotFoundError(
+            f"no image folder for unit(s) {_short(missing)}: "
+            + ", ".join(str(mapping[u]) for u in missing[:3])
+        )
     return {u: mapping[u] for u in chosen}, labels
 
 
@@ -792,8 +1040,10 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
     try:
         from distributed import Client, LocalCluster
     except ImportError as e:
-        raise RuntimeError(f"mfv sweep runs on Dask distributed, which is not installed ({e}): "
-                           "pip install 'dask[distributed]' (or the project's [sweep] extra)") from None
+        raise RuntimeError(
+            f"mfv sweep runs on Dask distributed, which is not installed ({e}): "
+            "pip install 'dask[distributed]' (or the project's [sweep] extra)"
+        ) from None
 
     if scheduler:
         if workers is not None:
@@ -813,20 +1063,31 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
                 workers = torch.cuda.device_count()
             else:
                 workers = max(1, (os.cpu_count() or 1) // max(1, threads))
-        env = {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        env = {
+            v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        }
         # Idle OpenMP threads sleep instead of spinning: workers share the cores with each other
         # (and often with other jobs), where spinning threads take the cores from working ones;
         # measured at load 5-6 on 2 vCPUs, a 2-thread CaffeNet step ran 1.7-2.3x faster.
         env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         # threads_per_worker=1: one unit at a time per worker; torch gets `threads` inside the task.
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
-                               silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            env=env,
+            silence_logs=logging.ERROR,
+        )
         client = Client(cluster)
     if "dashboard" in client.scheduler_info().get("services", {}):
         import importlib.util
 
         # Without bokeh on the scheduler's machine the link serves only a notice saying so.
-        hint = "" if importlib.util.find_spec("bokeh") else " (the pages need bokeh: pip install bokeh)"
+        hint = (
+            ""
+            if importlib.util.find_spec("bokeh")
+            else " (the pages need bokeh: pip install bokeh)"
+        )
         say(f"Dask dashboard: {client.dashboard_link}{hint}")
     return client, cluster
 
@@ -840,22 +1101,48 @@ def _submit_probe(client, margs, device, threads, layer, code_layer, scheduler) 
     try:
         return fut.result()
     except ModuleNotFoundError as e:
-        raise RuntimeError(f"the Dask workers{' at ' + scheduler if scheduler else ''} cannot import "
-                           f"this package ({e}); install it on every worker (mfv/SWEEP.md)") from None
+        raise RuntimeError(
+            f"the Dask workers{' at ' + scheduler if scheduler else ''} cannot import "
+            f"this package ({e}); install it on every worker (mfv/SWEEP.md)"
+        ) from None
 
 
-def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retries, progress, hook, records,
-         probe, units_per_batch: int) -> dict:
+def _run(
+    client,
+    out: Path,
+    todo: list[int],
+    plan,
+    labels,
+    sp: SweepParams,
+    retries,
+    progress,
+    hook,
+    records,
+    probe,
+    units_per_batch: int,
+) -> dict:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
     params = sp.identity()
-    tasks = [UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], sp, hook) for u in todo]
-    chunks = [tasks[i:i + units_per_batch] for i in range(0, len(tasks), units_per_batch)]
+    tasks = [
+        UnitTask(u, str(plan[u][0]), str(out / str(u)), plan[u][1], labels[u], sp, hook)
+        for u in todo
+    ]
+    chunks = [tasks[i : i + units_per_batch] for i in range(0, len(tasks), units_per_batch)]
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     # Lower units first: priority breaks Dask's ties in the order a person reads the index.
-    futures = {client.submit(_run_units, c, key=f"mfv-units-{c[0].unit}-{c[0].key}-{len(c)}", retries=retries,
-                             pure=False, priority=-c[0].unit): [t.unit for t in c] for c in chunks}
+    futures = {
+        client.submit(
+            _run_units,
+            c,
+            key=f"mfv-units-{c[0].unit}-{c[0].key}-{len(c)}",
+            retries=retries,
+            pure=False,
+            priority=-c[0].unit,
+        ): [t.unit for t in c]
+        for c in chunks
+    }
     completed = failed = 0
     last_write = 0.0
 
@@ -870,8 +1157,16 @@ def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retr
             try:
                 recs = fut.result()
             except Exception as e:  # retries spent, or the worker died too often (KilledWorker)
-                recs = [{"unit": u, "label": labels[u], "folder": str(plan[u][0]), "status": "failed",
-                         "message": f"unit {u}: {type(e).__name__}: {e}"} for u in units]
+                recs = [
+                    {
+                        "unit": u,
+                        "label": labels[u],
+                        "folder": str(plan[u][0]),
+                        "status": "failed",
+                        "message": f"unit {u}: {type(e).__name__}: {e}",
+                    }
+                    for u in units
+                ]
             for u, rec in zip(units, recs, strict=True):
                 records[u] = rec
                 completed += 1
@@ -879,7 +1174,9 @@ def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retr
                     failed += 1
                     bar.write(f"unit {u}: {rec.get('status')}: {rec.get('message')}")
             hours = (time.perf_counter() - t0) / 3600
-            bar.set_postfix(failed=failed, per_hour=f"{completed / hours:.0f}" if hours > 0 else "-")
+            bar.set_postfix(
+                failed=failed, per_hour=f"{completed / hours:.0f}" if hours > 0 else "-"
+            )
             bar.update(len(units))
             if time.perf_counter() - last_write > 10:  # the summary on disk follows the run
                 _io.write_json(out / "summary.json", summary(False))
@@ -898,28 +1195,54 @@ def _run(client, out: Path, todo: list[int], plan, labels, sp: SweepParams, retr
     return result
 
 
-def _summary(out: Path, records: dict[int, dict], params: dict, probe: dict, started: str, wall: float,
-             completed: int, todo: int, final: bool) -> dict:
+def _summary(
+    out: Path,
+    records: dict[int, dict],
+    params: dict,
+    probe: dict,
+    started: str,
+    wall: float,
+    completed: int,
+    todo: int,
+    final: bool,
+) -> dict:
     recs = [records[u] for u in sorted(records)]
     counts: dict[str, int] = {}
     for r in recs:
         counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-    done_secs = [r["seconds"]["total"] for r in recs if r.get("status") == "done" and r.get("seconds")]
-    return {"format": SUMMARY_FORMAT, "out": str(out), "model": probe["name"], "parity": probe["parity"],
-            "params": {k: v for k, v in params.items() if k != "schedule"},
-            "schedule": params["schedule"].get("name"), "finished": final, "counts": counts,
-            "run": {"started": started, "wall_seconds": round(wall, 3), "units_run": todo,
-                    "units_completed": completed,
-                    "units_per_hour": round(completed / (wall / 3600), 2) if wall > 0 and completed else None},
-            "unit_seconds_mean": round(float(np.mean(done_secs)), 3) if done_secs else None,
-            "units": recs}
+    done_secs = [
+        r["seconds"]["total"] for r in recs if r.get("status") == "done" and r.get("seconds")
+    ]
+    return {
+        "format": SUMMARY_FORMAT,
+        "out": str(out),
+        "model": probe["name"],
+        "parity": probe["parity"],
+        "params": {k: v for k, v in params.items() if k != "schedule"},
+        "schedule": params["schedule"].get("name"),
+        "finished": final,
+        "counts": counts,
+        "run": {
+            "started": started,
+            "wall_seconds": round(wall, 3),
+            "units_run": todo,
+            "units_completed": completed,
+            "units_per_hour": round(completed / (wall / 3600), 2)
+            if wall > 0 and completed
+            else None,
+        },
+        "unit_seconds_mean": round(float(np.mean(done_secs)), 3) if done_secs else None,
+        "units": recs,
+    }
 
 
 # -- the overview page ---------------------------------------------------------------------------
 
-_CSS = ("body{font-family:sans-serif;margin:1em}.u{display:inline-block;vertical-align:top;margin:4px;"
-        "padding:4px;border:1px solid #ccc;width:%dpx}.u img{margin:1px}.u p{margin:2px;font-size:12px}"
-        ".bad{color:#b00}.pending{color:#888}a{text-decoration:none}")
+_CSS = (
+    "body{font-family:sans-serif;margin:1em}.u{display:inline-block;vertical-align:top;margin:4px;"
+    "padding:4px;border:1px solid #ccc;width:%dpx}.u img{margin:1px}.u p{margin:2px;font-size:12px}"
+    ".bad{color:#b00}.pending{color:#888}a{text-decoration:none}"
+)
 
 
 def _thumb_uri(path: Path, side: int) -> str | None:
@@ -929,7 +1252,9 @@ def _thumb_uri(path: Path, side: int) -> str | None:
         return None
 
 
-def write_index(out: str | Path, records: list[dict], params: dict | None = None, *, side: int = 64) -> Path:
+def write_index(
+    out: str | Path, records: list[dict], params: dict | None = None, *, side: int = 64
+) -> Path:
     """Write ``out/index.html``: every unit's facet thumbnails (inline), linking to its own page.
 
     Parameters
@@ -959,29 +1284,49 @@ def write_index(out: str | Path, records: list[dict], params: dict | None = None
             if re.fullmatch(r"facet_\d+\.png", f.name):
                 uri = _thumb_uri(f, side)
                 if uri:
-                    thumbs.append(f"<img src='{uri}' width='{side}' height='{side}' alt='{html.escape(f.stem)}'>")
+                    thumbs.append(
+                        f"<img src='{uri}' width='{side}' height='{side}' alt='{html.escape(f.stem)}'>"
+                    )
         secs = (r.get("seconds") or {}).get("total")
         ev = r.get("evaluation") or {}
         acts = [f.get("activation") for f in r.get("facets", []) if f.get("activation") is not None]
-        lines = [f"<b>{u}</b> {html.escape(str(r.get('label', '')))}",
-                 f"<span class='{'' if status == 'done' else 'pending' if status == 'pending' else 'bad'}'>"
-                 f"{html.escape(status)}</span>" + (f", {secs:.0f} s" if secs is not None else "")]
+        lines = [
+            f"<b>{u}</b> {html.escape(str(r.get('label', '')))}",
+            f"<span class='{'' if status == 'done' else 'pending' if status == 'pending' else 'bad'}'>"
+            f"{html.escape(status)}</span>" + (f", {secs:.0f} s" if secs is not None else ""),
+        ]
         if acts:
-            lines.append(f"activation mean {np.mean(acts):.3g}, nearest own {ev.get('nearest_in_own_cluster_fraction')}")
+            lines.append(
+                f"activation mean {np.mean(acts):.3g}, nearest own {ev.get('nearest_in_own_cluster_fraction')}"
+            )
         if r.get("message") and status != "done":
             lines.append(f"<span class='bad'>{html.escape(str(r['message'])[:200])}</span>")
         body = "".join(f"<p>{x}</p>" for x in lines) + "".join(thumbs)
         link = (udir / "index.html").is_file()
-        cells.append("<div class='u'>" + (f"<a href='{u}/index.html'>{body}</a>" if link else body) + "</div>")
+        cells.append(
+            "<div class='u'>"
+            + (f"<a href='{u}/index.html'>{body}</a>" if link else body)
+            + "</div>"
+        )
     width = max(200, 5 * (side + 4))
     head = ", ".join(f"{n} {html.escape(s)}" for s, n in sorted(counts.items()))
-    meta = "" if params is None else ("<details><summary>parameters</summary><pre>"
-                                      + html.escape(json.dumps(params, indent=1, default=str)) + "</pre></details>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MFV sweep {html.escape(out.name)}</title>"
-            f"<style>{_CSS % width}</style></head><body><h1>MFV sweep: {len(records)} units</h1>"
-            f"<p>{head}. Each unit links to its own page (mean images, facets, nearest images, "
-            f"activation curves); figures in <a href='summary.json'>summary.json</a>.</p>{meta}"
-            + "".join(cells) + "</body></html>")
+    meta = (
+        ""
+        if params is None
+        else (
+            "<details><summary>parameters</summary><pre>"
+            + html.escape(json.dumps(params, indent=1, default=str))
+            + "</pre></details>"
+        )
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>MFV sweep {html.escape(out.name)}</title>"
+        f"<style>{_CSS % width}</style></head><body><h1>MFV sweep: {len(records)} units</h1>"
+        f"<p>{head}. Each unit links to its own page (mean images, facets, nearest images, "
+        f"activation curves); figures in <a href='summary.json'>summary.json</a>.</p>{meta}"
+        + "".join(cells)
+        + "</body></html>"
+    )
     path = out / "index.html"
     write_text_atomic(path, page)
     return path

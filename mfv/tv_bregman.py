@@ -65,18 +65,28 @@ def _as_weights(weight: float | torch.Tensor, batch: int, device: torch.device) 
         if w.dim() == 0:
             w = w.expand(batch)
         if w.shape != (batch,):
-            raise ValueError(f"weight tensor must have shape ({batch},) or be a scalar, got {tuple(weight.shape)}")
+            raise ValueError(
+                f"weight tensor must have shape ({batch},) or be a scalar, got {tuple(weight.shape)}"
+            )
     elif isinstance(weight, (int, float)) and not isinstance(weight, bool):
         w = torch.full((batch,), float(weight), dtype=torch.float64, device=device)
     else:
         raise TypeError(f"weight must be a float or a tensor, got {type(weight).__name__}")
     if not bool(torch.isfinite(w).all()) or not bool((w > 0).all()):
-        raise ValueError("weight must be positive and finite (weight 0 divides by zero in the update)")
+        raise ValueError(
+            "weight must be positive and finite (weight 0 divides by zero in the update)"
+        )
     return w
 
 
-def _validate(images: torch.Tensor, max_num_iter: int, eps: float, border: str, solver: str,
-              check_every: int | None) -> None:
+def _validate(
+    images: torch.Tensor,
+    max_num_iter: int,
+    eps: float,
+    border: str,
+    solver: str,
+    check_every: int | None,
+) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
@@ -84,7 +94,9 @@ def _validate(images: torch.Tensor, max_num_iter: int, eps: float, border: str, 
         # integer tensor is more likely a mistake than a request for that rescaling.
         raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
     if images.dim() not in (3, 4):
-        raise ValueError(f"images must be (C, H, W) or (B, C, H, W), got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be (C, H, W) or (B, C, H, W), got shape {tuple(images.shape)}"
+        )
     h, w = images.shape[-2:]
     if h < 2 or w < 2:
         # The reflected top/left ghost cells read row/column 1 (out of bounds in scikit-image).
@@ -93,14 +105,20 @@ def _validate(images: torch.Tensor, max_num_iter: int, eps: float, border: str, 
         raise ValueError("images must have at least one channel")
     if isinstance(max_num_iter, bool) or not isinstance(max_num_iter, int) or max_num_iter < 0:
         raise ValueError(f"max_num_iter must be a non-negative int, got {max_num_iter!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or math.isinf(eps):
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, (int, float))
+        or not eps >= 0
+        or math.isinf(eps)
+    ):
         raise ValueError(f"eps must be a finite non-negative float, got {eps!r}")
     if border not in _BORDERS:
         raise ValueError(f"border must be one of {_BORDERS}, got {border!r}")
     if solver not in _SOLVERS:
         raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
-    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)
-                                    or check_every < 1):
+    if check_every is not None and (
+        isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1
+    ):
         raise ValueError(f"check_every must be a positive int or None, got {check_every!r}")
 
 
@@ -140,9 +158,13 @@ def _diagonals(u_pad: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, to
         i0, i1 = max(0, d - (w - 1)), min(d, h - 1)
         shape, stride = (i1 - i0 + 1, pix), (row - pix, 1)
         off = base + (i0 + 1) * row + (d - i0 + 1) * pix
-        views.append((u_pad.as_strided(shape, stride, off),
-                      u_pad.as_strided(shape, stride, off - row),
-                      u_pad.as_strided(shape, stride, off - pix)))
+        views.append(
+            (
+                u_pad.as_strided(shape, stride, off),
+                u_pad.as_strided(shape, stride, off - row),
+                u_pad.as_strided(shape, stride, off - pix),
+            )
+        )
     return views
 
 
@@ -150,8 +172,22 @@ class _State:
     """Buffers of the images still iterating, laid out (H, W, N, C); images are dropped (dim 2)
     as they converge. Temporaries are kept: fresh large tensors cost page faults every sweep."""
 
-    _BATCHED = ("u_pad", "fb", "lam", "inv_lam", "bx", "by", "ex", "ey", "spare",
-                "tx", "ty", "m", "x", "u_old")
+    _BATCHED = (
+        "u_pad",
+        "fb",
+        "lam",
+        "inv_lam",
+        "bx",
+        "by",
+        "ex",
+        "ey",
+        "spare",
+        "tx",
+        "ty",
+        "m",
+        "x",
+        "u_old",
+    )
 
     def __init__(self, f: torch.Tensor, lam: torch.Tensor, border: str, solver: str) -> None:
         self.u_pad = _padded(f, border)
@@ -185,8 +221,8 @@ class _State:
 
 def _elementwise(st: _State, isotropic: bool, u_pad: torch.Tensor, r0: int, r1: int) -> None:
     """Rows r0:r1 of the d/b update and of the u update's right-hand side (x, into ``st.x``)."""
-    u = u_pad[1 + r0:1 + r1, 1:-1]
-    right, below = u_pad[1 + r0:1 + r1, 2:], u_pad[2 + r0:2 + r1, 1:-1]
+    u = u_pad[1 + r0 : 1 + r1, 1:-1]
+    right, below = u_pad[1 + r0 : 1 + r1, 2:], u_pad[2 + r0 : 2 + r1, 1:-1]
     bx, by = st.bx[r0:r1], st.by[r0:r1]
     # d/b subproblem from the previous sweep's u: t = grad(u) + b.
     tx = torch.sub(right, u, out=st.tx[r0:r1]).add_(bx)
@@ -208,7 +244,7 @@ def _elementwise(st: _State, isotropic: bool, u_pad: torch.Tensor, r0: int, r1: 
     x.sub_(st.ex[r0:r1]).sub_(st.ey[r0:r1])
     x[:, 1:].add_(tx[:, :-1])
     if r0 > 0:
-        x.add_(st.ty[r0 - 1:r1 - 1])
+        x.add_(st.ty[r0 - 1 : r1 - 1])
     else:
         x[1:].add_(ty[:-1])
     st.u_old[r0:r1].copy_(u)
@@ -341,15 +377,24 @@ def denoise_tv_bregman(
     solver = _resolve_solver(solver, f.device)
     if solver == "native":
         b, c, h, w = f.shape
-        res, num_iter = _tv_native.denoise(f.reshape(b * c, h, w), weights, channels=c, border=border,
-                                           max_num_iter=max_num_iter, eps=eps, isotropic=isotropic,
-                                           per_image_stop=per_image_stop)
+        res, num_iter = _tv_native.denoise(
+            f.reshape(b * c, h, w),
+            weights,
+            channels=c,
+            border=border,
+            max_num_iter=max_num_iter,
+            eps=eps,
+            isotropic=isotropic,
+            per_image_stop=per_image_stop,
+        )
         out = res.view(b, c, h, w)
     else:
         if check_every is None:
             check_every = 1 if f.device.type == "cpu" else 8
         stop = _Stop(max_num_iter, eps, per_image_stop, check_every)
-        out, num_iter = _denoise_sweeps(f, weights, border=border, solver=solver, isotropic=isotropic, stop=stop)
+        out, num_iter = _denoise_sweeps(
+            f, weights, border=border, solver=solver, isotropic=isotropic, stop=stop
+        )
     result = out.to(images.dtype)
     if single:
         result = result.squeeze(0)
@@ -361,7 +406,13 @@ def denoise_tv_bregman(
 def _resolve_solver(solver: str, device: torch.device) -> str:
     """The solver ``"auto"`` stands for on ``device``; ``"native"`` checked to be possible."""
     if solver == "auto":
-        solver = "jacobi" if device.type != "cpu" else "native" if _tv_native.available() else "wavefront"
+        solver = (
+            "jacobi"
+            if device.type != "cpu"
+            else "native"
+            if _tv_native.available()
+            else "wavefront"
+        )
     if solver == "native" and (device.type != "cpu" or not _tv_native.available()):
         raise ValueError("solver 'native' needs CPU tensors and a C compiler (see mfv._tv_native)")
     return solver
@@ -386,8 +437,15 @@ class _Active:
     count: torch.Tensor  # (A,) int64: sweeps run
 
 
-def _denoise_sweeps(f: torch.Tensor, weights: torch.Tensor, *, border: str, solver: str, isotropic: bool,
-                   stop: _Stop) -> tuple[torch.Tensor, torch.Tensor]:
+def _denoise_sweeps(
+    f: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    border: str,
+    solver: str,
+    isotropic: bool,
+    stop: _Stop,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``"wavefront"`` and ``"jacobi"`` solvers: sweeps over the batch until every image has
     stopped; the (B, C, H, W) result and the sweeps per image (on ``f``'s device)."""
     b, c, h, w = f.shape
@@ -397,14 +455,18 @@ def _denoise_sweeps(f: torch.Tensor, weights: torch.Tensor, *, border: str, solv
     out = f.clone()
     num_iter = torch.zeros(b, dtype=torch.int64, device=dev)
     st = _State(f.permute(2, 3, 0, 1).contiguous(), lam.view(1, 1, b, 1), border, solver)
-    act = _Active(torch.arange(b, device=dev), torch.zeros(b, dtype=torch.bool, device=dev),
-                  torch.zeros(b, dtype=torch.int64, device=dev))
+    act = _Active(
+        torch.arange(b, device=dev),
+        torch.zeros(b, dtype=torch.bool, device=dev),
+        torch.zeros(b, dtype=torch.int64, device=dev),
+    )
     thresh = stop.eps * stop.eps * (c * h * w)  # rmse <= eps  <=>  sum of squares <= eps^2 * total
     frozen_possible = False
     sweep = 0
     while act.index.numel() and sweep < stop.max_num_iter:
-        ss = _sweep_active(st, act, isotropic, steps, per_image_stop=stop.per_image_stop,
-                           keep_done=frozen_possible)
+        ss = _sweep_active(
+            st, act, isotropic, steps, per_image_stop=stop.per_image_stop, keep_done=frozen_possible
+        )
         sweep += 1
         act.count += (~act.done).long()
         act.done |= ss <= thresh
@@ -418,8 +480,9 @@ def _denoise_sweeps(f: torch.Tensor, weights: torch.Tensor, *, border: str, solv
     return out, num_iter
 
 
-def _sweep_active(st: _State, act: _Active, isotropic: bool, steps: int, *, per_image_stop: bool,
-                  keep_done: bool) -> torch.Tensor:
+def _sweep_active(
+    st: _State, act: _Active, isotropic: bool, steps: int, *, per_image_stop: bool, keep_done: bool
+) -> torch.Tensor:
     """One sweep over the active images; each one's sum of squared changes (shared by the batch
     unless ``per_image_stop``). With ``keep_done``, images that converged since the last host read
     keep their final u."""
@@ -434,7 +497,9 @@ def _sweep_active(st: _State, act: _Active, isotropic: bool, steps: int, *, per_
     return ss
 
 
-def _retire(st: _State, act: _Active, finished: torch.Tensor, out: torch.Tensor, num_iter: torch.Tensor) -> bool:
+def _retire(
+    st: _State, act: _Active, finished: torch.Tensor, out: torch.Tensor, num_iter: torch.Tensor
+) -> bool:
     """At a host read: the ``finished`` images' results go to ``out`` and ``num_iter`` and they leave
     the batch. True when none is left."""
     if bool(finished.all()):

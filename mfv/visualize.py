@@ -37,7 +37,16 @@ from .models import Model
 from .objectives import Objective, check_objective, softmax_unit, unit
 from .octaves import FIXES, Octave, Schedule, step_size, tv_weight
 
-__all__ = ["visualize", "visualize_units", "UnitJob", "FacetState", "denoise", "crop_offset", "zoom_image", "noise_image"]
+__all__ = [
+    "visualize",
+    "visualize_units",
+    "UnitJob",
+    "FacetState",
+    "denoise",
+    "crop_offset",
+    "zoom_image",
+    "noise_image",
+]
 
 #: The faithful denoiser call: scikit-image 0.13's defaults (max_iter=100, eps=1e-3, isotropic) on
 #: the whole HxWx3 image at once, one joint stopping test (channel_axis=None; see the spec).
@@ -61,7 +70,9 @@ class FacetState:
     cluster: int | None = None
     job: int = 0  # which UnitJob of a batched run
     steps_done: int = 0  # steps taken in octave ``octaves_done`` (0: not started, not yet zoomed)
-    fail_octave: int | None = None  # the octave it failed in (it stays frozen in that octave's batch)
+    fail_octave: int | None = (
+        None  # the octave it failed in (it stays frozen in that octave's batch)
+    )
 
 
 def noise_image(rng: np.random.RandomState, size: tuple[int, int]) -> np.ndarray:
@@ -81,9 +92,14 @@ def crop_offset(rng: np.random.RandomState, span: int, window: float) -> int:
 
 def denoise(image_hwc: np.ndarray, weight: float) -> np.ndarray:
     """TV-Bregman as the original called it (float64 in, float64 out, HxWx3, grey levels)."""
-    return denoise_tv_bregman(np.asarray(image_hwc, dtype=np.float64), weight=weight,
-                              max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True,
-                              channel_axis=None)
+    return denoise_tv_bregman(
+        np.asarray(image_hwc, dtype=np.float64),
+        weight=weight,
+        max_num_iter=TV_MAX_ITER,
+        eps=TV_EPS,
+        isotropic=True,
+        channel_axis=None,
+    )
 
 
 def zoom_image(image: np.ndarray, factor: float, mean_pixels: np.ndarray) -> np.ndarray:
@@ -109,11 +125,31 @@ def _save_u8(state: FacetState, faithful: bool) -> np.ndarray:
     return _io.to_uint8(np.transpose(state.image, (1, 2, 0)), wrap=faithful)
 
 
-def _run_key(model: Model, objective: Objective, schedule: Schedule, seed: int, faithful: bool,
-             inits: list[str], denoiser: str) -> str:
-    blob = json.dumps([model.name, model.info.get("weight_seed"), model.info.get("caffemodel"),
-                       model.info.get("weights"), objective.spec, schedule.as_dict()["octaves"],
-                       seed, faithful, inits, denoiser], sort_keys=True, default=str)
+def _run_key(
+    model: Model,
+    objective: Objective,
+    schedule: Schedule,
+    seed: int,
+    faithful: bool,
+    inits: list[str],
+    denoiser: str,
+) -> str:
+    blob = json.dumps(
+        [
+            model.name,
+            model.info.get("weight_seed"),
+            model.info.get("caffemodel"),
+            model.info.get("weights"),
+            objective.spec,
+            schedule.as_dict()["octaves"],
+            seed,
+            faithful,
+            inits,
+            denoiser,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -140,15 +176,31 @@ def _checkpoint_bytes(states: list[FacetState], position: tuple[int, int], key: 
         arrays[f"image_{s.index}"] = np.ascontiguousarray(s.image, dtype=np.float32)
         arrays[f"rng_keys_{s.index}"] = np.asarray(keys, dtype=np.uint32)
         arrays[f"rng_{s.index}"] = np.array([pos, has_gauss, cached], dtype=np.float64)
-        facets.append({"index": s.index, "steps": s.steps, "status": s.status, "message": s.message,
-                       "seconds": s.seconds, "octaves_done": s.octaves_done, "steps_done": s.steps_done,
-                       "fail_octave": s.fail_octave})
-    meta = {"format": "mfv-checkpoint/1", "run_key": key, "position": list(position), "facets": facets}
+        facets.append(
+            {
+                "index": s.index,
+                "steps": s.steps,
+                "status": s.status,
+                "message": s.message,
+                "seconds": s.seconds,
+                "octaves_done": s.octaves_done,
+                "steps_done": s.steps_done,
+                "fail_octave": s.fail_octave,
+            }
+        )
+    meta = {
+        "format": "mfv-checkpoint/1",
+        "run_key": key,
+        "position": list(position),
+        "facets": facets,
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     return _npz_bytes(**arrays)
 
 
-def _save_checkpoint(out: Path, states: list[FacetState], position: tuple[int, int], key: str) -> None:
+def _save_checkpoint(
+    out: Path, states: list[FacetState], position: tuple[int, int], key: str
+) -> None:
     """Write the job's checkpoint atomically, keeping the one before it.
 
     The jobs of a batch are saved one after the other; a kill between two of them leaves some jobs
@@ -179,10 +231,26 @@ def _apply_checkpoint(states: list[FacetState], meta: dict, arrays: dict[str, np
         f = records[s.index]
         s.image = arrays[f"image_{s.index}"].astype(np.float32)
         pos, has_gauss, cached = arrays[f"rng_{s.index}"]
-        s.rng.set_state(("MT19937", arrays[f"rng_keys_{s.index}"].astype(np.uint32), int(pos),
-                         int(has_gauss), float(cached)))
-        s.steps, s.status, s.message, s.seconds = f["steps"], f["status"], f["message"], f["seconds"]
-        s.octaves_done, s.steps_done, s.fail_octave = f["octaves_done"], f["steps_done"], f["fail_octave"]
+        s.rng.set_state(
+            (
+                "MT19937",
+                arrays[f"rng_keys_{s.index}"].astype(np.uint32),
+                int(pos),
+                int(has_gauss),
+                float(cached),
+            )
+        )
+        s.steps, s.status, s.message, s.seconds = (
+            f["steps"],
+            f["status"],
+            f["message"],
+            f["seconds"],
+        )
+        s.octaves_done, s.steps_done, s.fail_octave = (
+            f["octaves_done"],
+            f["steps_done"],
+            f["fail_octave"],
+        )
 
 
 def _resume(runs: list[_Run]) -> None:
@@ -220,9 +288,11 @@ def _resume(runs: list[_Run]) -> None:
     position = max(set.intersection(*(set(f) for f in found)))
     if position == _START and (problems or all(len(f) > 1 for f in found)):
         # Never a silent start from step 0 over a damaged state.
-        raise MfvError("the saved state gives no point that every facet can resume from ("
-                       + ("; ".join(problems) or "checkpoints of different steps")
-                       + "); rerun with --restart to start over")
+        raise MfvError(
+            "the saved state gives no point that every facet can resume from ("
+            + ("; ".join(problems) or "checkpoints of different steps")
+            + "); rerun with --restart to start over"
+        )
     for r, options in zip(runs, found, strict=True):
         if options[position] is None:
             continue  # the start: the states as prepared
@@ -230,7 +300,9 @@ def _resume(runs: list[_Run]) -> None:
         try:
             _apply_checkpoint(r.states, meta, arrays)
         except (KeyError, ValueError) as e:
-            raise MfvError(f"{r.out / 'state'}: damaged checkpoint ({e}); rerun with --restart") from None
+            raise MfvError(
+                f"{r.out / 'state'}: damaged checkpoint ({e}); rerun with --restart"
+            ) from None
         if path.name == _PREV:
             # This job was one save ahead of the others: drop that save, so that the next one
             # keeps this point as the previous checkpoint, which the other jobs may still need.
@@ -271,12 +343,24 @@ class UnitJob:
     extra: dict | None = None
 
 
-def visualize(model: Model, objective: Objective, inits: list, *, schedule: Schedule, seed: int = 1,
-              faithful: bool = False, out: str | Path | None = None, resume: bool = True,
-              progress: bool = True, init_names: list[str] | None = None,
-              clusters: list[int | None] | None = None, denoiser: str = "auto",
-              extra: dict | None = None, checkpoint_seconds: float = CHECKPOINT_SECONDS,
-              checkpoint_steps: int | None = None) -> dict:
+def visualize(
+    model: Model,
+    objective: Objective,
+    inits: list,
+    *,
+    schedule: Schedule,
+    seed: int = 1,
+    faithful: bool = False,
+    out: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    init_names: list[str] | None = None,
+    clusters: list[int | None] | None = None,
+    denoiser: str = "auto",
+    extra: dict | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    checkpoint_steps: int | None = None,
+) -> dict:
     """Run MFV from one or more initial images, as one batch.
 
     Parameters
@@ -333,15 +417,33 @@ def visualize(model: Model, objective: Objective, inits: list, *, schedule: Sche
     targets in one batch.
     """
     job = UnitJob(objective, inits, out, init_names, clusters, extra)
-    return visualize_units(model, [job], schedule=schedule, seed=seed, faithful=faithful, resume=resume,
-                           progress=progress, denoiser=denoiser, checkpoint_seconds=checkpoint_seconds,
-                           checkpoint_steps=checkpoint_steps)[0]
+    return visualize_units(
+        model,
+        [job],
+        schedule=schedule,
+        seed=seed,
+        faithful=faithful,
+        resume=resume,
+        progress=progress,
+        denoiser=denoiser,
+        checkpoint_seconds=checkpoint_seconds,
+        checkpoint_steps=checkpoint_steps,
+    )[0]
 
 
-def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, seed: int = 1,
-                    faithful: bool = False, resume: bool = True, progress: bool = True,
-                    denoiser: str = "auto", checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                    checkpoint_steps: int | None = None) -> list[dict]:
+def visualize_units(
+    model: Model,
+    jobs: list[UnitJob],
+    *,
+    schedule: Schedule,
+    seed: int = 1,
+    faithful: bool = False,
+    resume: bool = True,
+    progress: bool = True,
+    denoiser: str = "auto",
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    checkpoint_steps: int | None = None,
+) -> list[dict]:
     """Run MFV for several targets at once: every facet of every job in one forward/backward.
 
     Each job is what one :func:`visualize` call would be (its own target, initial images and
@@ -363,10 +465,22 @@ def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, se
     shapes = model.layer_shapes()
     for job in jobs:
         for octave in (None, *schedule.octaves):
-            check_objective(job.objective if octave is None else _objective_for(job.objective, octave),
-                            shapes)
-    runs = [_prepare(model, job, j, schedule=schedule, seed=seed, faithful=faithful, resume=resume,
-                     denoiser=denoiser) for j, job in enumerate(jobs)]
+            check_objective(
+                job.objective if octave is None else _objective_for(job.objective, octave), shapes
+            )
+    runs = [
+        _prepare(
+            model,
+            job,
+            j,
+            schedule=schedule,
+            seed=seed,
+            faithful=faithful,
+            resume=resume,
+            denoiser=denoiser,
+        )
+        for j, job in enumerate(jobs)
+    ]
     if resume and all(r.out is not None for r in runs):
         _resume(runs)
     objectives = [job.objective for job in jobs]
@@ -379,8 +493,18 @@ def visualize_units(model: Model, jobs: list[UnitJob], *, schedule: Schedule, se
         if running:
             # Checkpoints hold every job at one point, so all running facets share it.
             start = min((s.octaves_done, s.steps_done) for s in running)
-            _run_group(model, objectives, schedule, states, start, faithful=faithful, outs=outs,
-                       progress=progress, denoiser=denoiser, saver=saver)
+            _run_group(
+                model,
+                objectives,
+                schedule,
+                states,
+                start,
+                faithful=faithful,
+                outs=outs,
+                progress=progress,
+                denoiser=denoiser,
+                saver=saver,
+            )
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -401,11 +525,22 @@ class _Run:
     out: Path | None
 
 
-def _prepare(model: Model, job: UnitJob, j: int, *, schedule: Schedule, seed: int, faithful: bool,
-             resume: bool, denoiser: str) -> _Run:
+def _prepare(
+    model: Model,
+    job: UnitJob,
+    j: int,
+    *,
+    schedule: Schedule,
+    seed: int,
+    faithful: bool,
+    resume: bool,
+    denoiser: str,
+) -> _Run:
     h, w = model.convention.input_size
     inits = job.inits
-    names = list(job.init_names or [i if isinstance(i, str) else f"init {k}" for k, i in enumerate(inits)])
+    names = list(
+        job.init_names or [i if isinstance(i, str) else f"init {k}" for k, i in enumerate(inits)]
+    )
     out = Path(job.out) if job.out is not None else None
     states = []
     for i, init in enumerate(inits):
@@ -417,7 +552,9 @@ def _prepare(model: Model, job: UnitJob, j: int, *, schedule: Schedule, seed: in
             img = np.asarray(init)
             if img.shape[:2] != (h, w):
                 img = _io.fit_to(_io.to_uint8(img), (h, w))
-        s = FacetState(i, names[i], np.ascontiguousarray(np.transpose(img, (2, 0, 1)), dtype=np.float32), rng)
+        s = FacetState(
+            i, names[i], np.ascontiguousarray(np.transpose(img, (2, 0, 1)), dtype=np.float32), rng
+        )
         s.cluster = None if job.clusters is None else job.clusters[i]
         s.job = j
         states.append(s)
@@ -433,14 +570,18 @@ def _prepare(model: Model, job: UnitJob, j: int, *, schedule: Schedule, seed: in
         "seed": seed,
         "mode": "faithful" if faithful else "default",
         "fixes": [] if faithful else list(FIXES),
-        "denoiser": {"skimage": "skimage.restoration.denoise_tv_bregman (current border)",
-                     "torch": "mfv.tv_bregman " + ("float64, scikit-image 0.13 border" if faithful
-                                                   else "float32, current border")}[denoiser],
+        "denoiser": {
+            "skimage": "skimage.restoration.denoise_tv_bregman (current border)",
+            "torch": "mfv.tv_bregman "
+            + ("float64, scikit-image 0.13 border" if faithful else "float32, current border"),
+        }[denoiser],
         "faithful_notes": [
             "each facet replays the original's per-run legacy NumPy stream (RandomState(seed)); noise image drawn first",
             "crop offsets: x is the row offset, y the column offset; centre (size - input) / 2",
             "state kept in RGB pixel space (float32); the original kept BGR minus mean, which differs by float32 rounding only",
-        ] if faithful else [],
+        ]
+        if faithful
+        else [],
         **(job.extra or {}),
     }
     if out is not None:
@@ -456,8 +597,12 @@ def _prepare(model: Model, job: UnitJob, j: int, *, schedule: Schedule, seed: in
                 raise MfvError(f"{out} holds a different run; use another --out or --restart")
         else:
             # A fresh start: earlier facets and states must not be mistaken for this run's.
-            for old in [*out.glob("facet_*.png"), *out.glob("facet_*.jpg"), *(out / "state").glob("facet_*"),
-                        *(out / "state").glob("checkpoint*.npz")]:
+            for old in [
+                *out.glob("facet_*.png"),
+                *out.glob("facet_*.jpg"),
+                *(out / "state").glob("facet_*"),
+                *(out / "state").glob("checkpoint*.npz"),
+            ]:
                 old.unlink()
         _io.write_json(run_file, {"run_key": key})
     return _Run(states, meta, out)
@@ -474,7 +619,11 @@ def _remove_stale(out: Path) -> None:
 
 
 def _finish(model: Model, run: _Run, schedule: Schedule, status: str) -> dict:
-    trace = {**run.meta, "status": status, "facets": [_facet_record(s, schedule) for s in run.states]}
+    trace = {
+        **run.meta,
+        "status": status,
+        "facets": [_facet_record(s, schedule) for s in run.states],
+    }
     if run.out is not None:
         _remove_stale(run.out)
         _io.write_json(run.out / "trace.json", trace)
@@ -491,11 +640,19 @@ def _finish(model: Model, run: _Run, schedule: Schedule, status: str) -> dict:
 
 def _facet_record(s: FacetState, schedule: Schedule) -> dict:
     acts = [st["activation"] for st in s.steps]
-    return {"index": s.index, "init": s.init, "cluster": s.cluster, "status": s.status,
-            "message": s.message, "octaves_done": s.octaves_done,
-            "octaves_total": len(schedule.octaves), "seconds": round(s.seconds, 3),
-            "final_activation": acts[-1] if acts else None, "image": f"facet_{s.index}.png"
-            if s.status == "done" else None, "steps": s.steps}
+    return {
+        "index": s.index,
+        "init": s.init,
+        "cluster": s.cluster,
+        "status": s.status,
+        "message": s.message,
+        "octaves_done": s.octaves_done,
+        "octaves_total": len(schedule.octaves),
+        "seconds": round(s.seconds, 3),
+        "final_activation": acts[-1] if acts else None,
+        "image": f"facet_{s.index}.png" if s.status == "done" else None,
+        "steps": s.steps,
+    }
 
 
 def _fail(s: FacetState, msg: str, octave: int) -> None:
@@ -503,13 +660,25 @@ def _fail(s: FacetState, msg: str, octave: int) -> None:
     tqdm.write(f"facet {s.index} ({s.init}) stopped: {msg}")
 
 
-def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, group: list[FacetState],
-               start: tuple[int, int], *, faithful: bool, outs: list[Path | None], progress: bool,
-               denoiser: str, saver: _Saver) -> None:
+def _run_group(
+    model: Model,
+    objectives: list[Objective],
+    schedule: Schedule,
+    group: list[FacetState],
+    start: tuple[int, int],
+    *,
+    faithful: bool,
+    outs: list[Path | None],
+    progress: bool,
+    denoiser: str,
+    saver: _Saver,
+) -> None:
     """Run every facet of ``group`` from ``start`` = (octave, step within it) to the end."""
     h, w = model.convention.input_size
     mean_px = model.convention.mean_pixels
-    group = sorted(group, key=lambda s: (s.job, s.index))  # each job's facets contiguous in the batch
+    group = sorted(
+        group, key=lambda s: (s.job, s.index)
+    )  # each job's facets contiguous in the batch
     k0, i0 = start
     total = sum(o.iter_n for o in schedule.octaves[k0:]) - i0
     bar = tqdm(total=total, desc=f"MFV {len(group)} facet(s)", disable=not progress, unit="step")
@@ -527,12 +696,36 @@ def _run_group(model: Model, objectives: list[Objective], schedule: Schedule, gr
                 # so that a resumed octave computes on the same batch as an uninterrupted one.
                 active = [s for s in group if s.status == "running" or s.fail_octave == k]
                 if any(s.status == "running" for s in active):
-                    _octave_on_device(model, objs, active, octave, k, size=(h, w), bar=bar, first=first,
-                                      saver=saver, checkpoint=checkpoint)
+                    _octave_on_device(
+                        model,
+                        objs,
+                        active,
+                        octave,
+                        k,
+                        size=(h, w),
+                        bar=bar,
+                        first=first,
+                        saver=saver,
+                        checkpoint=checkpoint,
+                    )
             else:
-                _octave_on_host(model, objs, group, octave, k, size=(h, w), bar=bar, first=first,
-                                faithful=faithful, denoiser=denoiser, saver=saver, checkpoint=checkpoint)
-            _end_octave(model, group, outs, k, last=k + 1 == len(schedule.octaves), faithful=faithful)
+                _octave_on_host(
+                    model,
+                    objs,
+                    group,
+                    octave,
+                    k,
+                    size=(h, w),
+                    bar=bar,
+                    first=first,
+                    faithful=faithful,
+                    denoiser=denoiser,
+                    saver=saver,
+                    checkpoint=checkpoint,
+                )
+            _end_octave(
+                model, group, outs, k, last=k + 1 == len(schedule.octaves), faithful=faithful
+            )
             saver.save((k + 1, 0))
     finally:
         bar.close()
@@ -546,7 +739,9 @@ def _checkpoint(group: list[FacetState], saver: _Saver, k: int, i: int) -> None:
     saver.save((k, i))
 
 
-def _zoom_running(group: list[FacetState], zoom: float, mean_px: np.ndarray, *, faithful: bool) -> None:
+def _zoom_running(
+    group: list[FacetState], zoom: float, mean_px: np.ndarray, *, faithful: bool
+) -> None:
     """The start of a zooming octave: every running facet's image grows (clipped, unless faithful)."""
     for s in group:
         if s.status == "running":
@@ -555,9 +750,21 @@ def _zoom_running(group: list[FacetState], zoom: float, mean_px: np.ndarray, *, 
                 np.clip(s.image, 0, 255, out=s.image)
 
 
-def _octave_on_host(model: Model, objs: list[Objective], group: list[FacetState], octave: Octave, k: int, *,
-                    size: tuple[int, int], bar, first: int, faithful: bool, denoiser: str, saver: _Saver,
-                    checkpoint: Callable[[int, int], None]) -> None:
+def _octave_on_host(
+    model: Model,
+    objs: list[Objective],
+    group: list[FacetState],
+    octave: Octave,
+    k: int,
+    *,
+    size: tuple[int, int],
+    bar,
+    first: int,
+    faithful: bool,
+    denoiser: str,
+    saver: _Saver,
+    checkpoint: Callable[[int, int], None],
+) -> None:
     """One octave (from step ``first``) on the host, step by step (:func:`_step`); the batch is the
     facets still running at each step."""
     for i in range(first, octave.iter_n):
@@ -576,8 +783,15 @@ def _octave_on_host(model: Model, objs: list[Objective], group: list[FacetState]
             checkpoint(k, i + 1)
 
 
-def _end_octave(model: Model, group: list[FacetState], outs: list[Path | None], k: int, *, last: bool,
-                faithful: bool) -> None:
+def _end_octave(
+    model: Model,
+    group: list[FacetState],
+    outs: list[Path | None],
+    k: int,
+    *,
+    last: bool,
+    faithful: bool,
+) -> None:
     """Octave ``k`` is over: the running facets move on (or are done, after the ``last`` octave) and
     their images are saved, the octave's and, when done, the final one."""
     for s in group:
@@ -597,21 +811,29 @@ def _end_octave(model: Model, group: list[FacetState], outs: list[Path | None], 
                     _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
 
 
-def _offsets(active: list[FacetState], octave: Octave, size: tuple[int, int]) -> list[tuple[int, int]]:
+def _offsets(
+    active: list[FacetState], octave: Octave, size: tuple[int, int]
+) -> list[tuple[int, int]]:
     """Each facet's crop offsets for this step, drawn from its own stream (x, then y)."""
     h, w = size
     offsets = []
     for s in active:
         span_x, span_y = s.image.shape[-2] - h, s.image.shape[-1] - w
         if span_x > 0 or span_y > 0:  # the image outgrew the input: jitter
-            offsets.append((crop_offset(s.rng, span_x, octave.window), crop_offset(s.rng, span_y, octave.window)))
+            offsets.append(
+                (
+                    crop_offset(s.rng, span_x, octave.window),
+                    crop_offset(s.rng, span_y, octave.window),
+                )
+            )
         else:
             offsets.append((0, 0))
     return offsets
 
 
-def _evaluate(model: Model, objs: list[Objective], active: list[FacetState], x: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _evaluate(
+    model: Model, objs: list[Objective], active: list[FacetState], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward for the whole batch; each job's objective on its own (contiguous) facets.
 
     Returns the target values (N,) and the best unit per facet ((N,) long, or None when some
@@ -624,7 +846,7 @@ def _evaluate(model: Model, objs: list[Objective], active: list[FacetState], x: 
     start = 0
     for j in dict.fromkeys(jobs):
         n = jobs.count(j)
-        part = {name: a[start:start + n] for name, a in acts.items()}
+        part = {name: a[start : start + n] for name, a in acts.items()}
         values.append(objs[j](part))
         best = objs[j].best_units({name: a.detach() for name, a in part.items()})
         bests.append(best)
@@ -639,16 +861,28 @@ def _margin_mask(octave: Octave, size: tuple[int, int]) -> np.ndarray | None:
     h, w = size
     m = octave.margin
     mask = np.zeros((h, w), dtype=bool)
-    mask[m:h - m, m:w - m] = True
+    mask[m : h - m, m : w - m] = True
     return mask
 
 
-def _step(model: Model, objs: list[Objective], active: list[FacetState], octave: Octave, k: int, i: int,
-          *, faithful: bool, size: tuple[int, int], denoiser: str = "skimage") -> None:
+def _step(
+    model: Model,
+    objs: list[Objective],
+    active: list[FacetState],
+    octave: Octave,
+    k: int,
+    i: int,
+    *,
+    faithful: bool,
+    size: tuple[int, int],
+    denoiser: str = "skimage",
+) -> None:
     """One step on the host, numpy arithmetic (faithful mode, and the scikit-image denoiser)."""
     h, w = size
     offsets = _offsets(active, octave, size)
-    crops = np.stack([s.image[:, ox:ox + h, oy:oy + w] for s, (ox, oy) in zip(active, offsets, strict=True)])
+    crops = np.stack(
+        [s.image[:, ox : ox + h, oy : oy + w] for s, (ox, oy) in zip(active, offsets, strict=True)]
+    )
     x = torch.from_numpy(crops).to(device=model.device, dtype=model.dtype).requires_grad_(True)
     value, best_t = _evaluate(model, objs, active, x)
     value.sum().backward()
@@ -662,8 +896,15 @@ def _step(model: Model, objs: list[Objective], active: list[FacetState], octave:
     weight = tv_weight(octave, i, faithful=faithful)
     stepped = []  # (facet, offsets, crop after step and clip)
     for j, (s, (ox, oy)) in enumerate(zip(active, offsets, strict=True)):
-        record = {"octave": k + 1, "step": i, "activation": float(values[j]), "best_unit": best[j],
-                  "step_size": step, "tv_weight": weight, "offset": [ox, oy]}
+        record = {
+            "octave": k + 1,
+            "step": i,
+            "activation": float(values[j]),
+            "best_unit": best[j],
+            "step_size": step,
+            "tv_weight": weight,
+            "offset": [ox, oy],
+        }
         s.steps.append(record)
         gj = g[j]
         mag = np.abs(gj).mean()  # float32 mean, as numpy computed it on the float32 diff
@@ -681,13 +922,16 @@ def _step(model: Model, objs: list[Objective], active: list[FacetState], octave:
     if denoiser == "torch":
         denoised = _denoise_torch([c for _, _, c in stepped], weight, device=model.device)
     else:
-        denoised = [np.transpose(denoise(np.transpose(c, (1, 2, 0)), weight), (2, 0, 1)) for _, _, c in stepped]
+        denoised = [
+            np.transpose(denoise(np.transpose(c, (1, 2, 0)), weight), (2, 0, 1))
+            for _, _, c in stepped
+        ]
     for (s, (ox, oy), _), den in zip(stepped, denoised, strict=True):
         crop = np.asarray(den, dtype=np.float32)
         if not np.isfinite(crop).all():
             _fail(s, f"NaN/Inf in the image after denoising at octave {k + 1}, step {i}", k)
             continue
-        s.image[:, ox:ox + h, oy:oy + w] = crop
+        s.image[:, ox : ox + h, oy : oy + w] = crop
 
 
 def _problem(grad_finite: bool, value_finite: bool, grad_nonzero: bool) -> str | None:
@@ -728,9 +972,19 @@ class _DeviceOctave:
     rows: list[_DeviceRow] = field(default_factory=list)
 
 
-def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetState], octave: Octave,
-                      k: int, *, size: tuple[int, int], bar, first: int = 0, saver: _Saver | None = None,
-                      checkpoint: Callable[[int, int], None] | None = None) -> None:
+def _octave_on_device(
+    model: Model,
+    objs: list[Objective],
+    active: list[FacetState],
+    octave: Octave,
+    k: int,
+    *,
+    size: tuple[int, int],
+    bar,
+    first: int = 0,
+    saver: _Saver | None = None,
+    checkpoint: Callable[[int, int], None] | None = None,
+) -> None:
     """One octave (from step ``first``) of the default mode with the torch denoiser, every step on
     the model's device.
 
@@ -746,7 +1000,9 @@ def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetSta
     imgs = torch.from_numpy(np.stack([s.image for s in active])).to(dev)
     alive = torch.tensor([s.status == "running" for s in active], dtype=torch.bool, device=dev)
     mask = _margin_mask(octave, size)
-    run = _DeviceOctave(active, k, imgs, alive, None if mask is None else torch.from_numpy(mask).to(dev), t0)
+    run = _DeviceOctave(
+        active, k, imgs, alive, None if mask is None else torch.from_numpy(mask).to(dev), t0
+    )
     for i in range(first, octave.iter_n):
         _device_step(model, objs, run, octave, i, size=size, tv=tv)
         bar.update(1)
@@ -756,15 +1012,25 @@ def _octave_on_device(model: Model, objs: list[Objective], active: list[FacetSta
     _read_back(run)
 
 
-def _device_step(model: Model, objs: list[Objective], run: _DeviceOctave, octave: Octave, i: int, *,
-                 size: tuple[int, int], tv: Callable[..., torch.Tensor]) -> None:
+def _device_step(
+    model: Model,
+    objs: list[Objective],
+    run: _DeviceOctave,
+    octave: Octave,
+    i: int,
+    *,
+    size: tuple[int, int],
+    tv: Callable[..., torch.Tensor],
+) -> None:
     """Step ``i`` of every facet of ``run`` on the device; its trace row joins ``run.rows``.
 
     One piece: the gradient, its checks, the move and the denoising share the step's tensors.
     """
     h, w = size
     offsets = _offsets(run.active, octave, size)
-    crops = torch.stack([run.imgs[j, :, ox:ox + h, oy:oy + w] for j, (ox, oy) in enumerate(offsets)])
+    crops = torch.stack(
+        [run.imgs[j, :, ox : ox + h, oy : oy + w] for j, (ox, oy) in enumerate(offsets)]
+    )
     x = crops.to(model.dtype).detach().requires_grad_(True)  # crops itself stays out of the graph
     value, best = _evaluate(model, objs, run.active, x)
     value.sum().backward()
@@ -781,9 +1047,13 @@ def _device_step(model: Model, objs: list[Objective], run: _DeviceOctave, octave
     step = step_size(octave, i, faithful=False)
     weight = tv_weight(octave, i, faithful=False)
     ok4 = ok.view(-1, 1, 1, 1)
-    moved = torch.addcmul(crops, (step / torch.where(ok, mag, 1.0)).view(-1, 1, 1, 1), g).clamp_(0, 255)
+    moved = torch.addcmul(crops, (step / torch.where(ok, mag, 1.0)).view(-1, 1, 1, 1), g).clamp_(
+        0, 255
+    )
     moved = torch.where(ok4, moved, crops)
-    den = tv(moved, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="current")
+    den = tv(
+        moved, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="current"
+    )
     image_ok = torch.isfinite(den).all(dim=(1, 2, 3))
     keep = ok & image_ok
     den = torch.where(keep.view(-1, 1, 1, 1), den, crops)
@@ -791,11 +1061,27 @@ def _device_step(model: Model, objs: list[Objective], run: _DeviceOctave, octave
         run.imgs = den
     else:
         for j, (ox, oy) in enumerate(offsets):
-            run.imgs[j, :, ox:ox + h, oy:oy + w] = den[j]
-    run.rows.append(_DeviceRow(i, offsets, step, weight, torch.stack([value, mag.double(), grad_ok.double(),
-                                                                      value_ok.double(), nonzero.double(),
-                                                                      image_ok.double(), run.alive.double()]),
-                               best))
+            run.imgs[j, :, ox : ox + h, oy : oy + w] = den[j]
+    run.rows.append(
+        _DeviceRow(
+            i,
+            offsets,
+            step,
+            weight,
+            torch.stack(
+                [
+                    value,
+                    mag.double(),
+                    grad_ok.double(),
+                    value_ok.double(),
+                    nonzero.double(),
+                    image_ok.double(),
+                    run.alive.double(),
+                ]
+            ),
+            best,
+        )
+    )
     run.alive = keep
 
 
@@ -804,7 +1090,11 @@ def _read_back(run: _DeviceOctave) -> None:
     n = len(run.active)
     rows = run.rows
     stats = torch.stack([r.stats for r in rows]).cpu().numpy() if rows else np.zeros((0, 7, n))
-    bests = None if not rows or rows[0].best is None else torch.stack([r.best for r in rows]).cpu().tolist()
+    bests = (
+        None
+        if not rows or rows[0].best is None
+        else torch.stack([r.best for r in rows]).cpu().tolist()
+    )
     final = run.imgs.cpu().numpy()
     dt = (time.perf_counter() - run.t0) / n
     run.t0 = time.perf_counter()
@@ -816,17 +1106,32 @@ def _read_back(run: _DeviceOctave) -> None:
     rows.clear()
 
 
-def _trace_device_rows(s: FacetState, j: int, rows: list[_DeviceRow], stats: np.ndarray,
-                       bests: list[list[int]] | None, k: int) -> None:
+def _trace_device_rows(
+    s: FacetState,
+    j: int,
+    rows: list[_DeviceRow],
+    stats: np.ndarray,
+    bests: list[list[int]] | None,
+    k: int,
+) -> None:
     """Facet ``s`` (column ``j`` of the batch) gets a trace step per row it was alive in; the first
     problem fails it."""
     for r, row in enumerate(rows):
         value, mag, grad_ok, value_ok, nonzero, image_ok, was_alive = stats[r, :, j]
         if not was_alive:
             break
-        s.steps.append({"octave": k + 1, "step": row.step, "activation": float(value),
-                        "best_unit": None if bests is None else int(bests[r][j]), "step_size": row.step_size,
-                        "tv_weight": row.tv_weight, "offset": list(row.offsets[j]), "mean_abs_grad": float(mag)})
+        s.steps.append(
+            {
+                "octave": k + 1,
+                "step": row.step,
+                "activation": float(value),
+                "best_unit": None if bests is None else int(bests[r][j]),
+                "step_size": row.step_size,
+                "tv_weight": row.tv_weight,
+                "offset": list(row.offsets[j]),
+                "mean_abs_grad": float(mag),
+            }
+        )
         problem = _problem(bool(grad_ok), bool(value_ok), bool(nonzero))
         if problem is None and not image_ok:
             problem = "NaN/Inf in the image after denoising"

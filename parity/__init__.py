@@ -4,9 +4,10 @@ ONNX Runtime.
 Function-first API::
 
     from parity import resolve, run_parity
-    setup = resolve(model="caffenet")            # definition, weights, input and goldens
-    result, outputs = run_parity(setup)          # runners -> comparisons -> verdict
-    bool(result), result.dumps()                 # True only if every blob passed; JSON (SCHEMA.md)
+
+    setup = resolve(model="caffenet")  # definition, weights, input and goldens
+    result, outputs = run_parity(setup)  # runners -> comparisons -> verdict
+    bool(result), result.dumps()  # True only if every blob passed; JSON (SCHEMA.md)
 
 Modules: :mod:`parity.numpy_ref` (independent numpy layers), :mod:`parity.runners` (named blobs per
 runner), :mod:`parity.compare` (metrics and result objects), :mod:`parity.tolerance` (the policy,

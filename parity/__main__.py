@@ -62,7 +62,9 @@ def _add_run_command(tool: Tool) -> None:
         action="store_true",
         help="drop Caffe references whose goldens are missing (the report says so) instead of failing",
     )
-    parser.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
+    parser.add_argument(
+        "--no-local", action="store_true", help="skip the layer-alone (local) analysis"
+    )
     parser.add_argument("--json", help="write the JSON result here (schema: parity/SCHEMA.md)")
     parser.add_argument("--html", help="write the self-contained HTML report here")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
@@ -88,7 +90,9 @@ def _add_run_subject_options(parser: ToolParser) -> None:
     )
     parser.add_argument("--prototxt", help="a user's own deploy definition (instead of --model)")
     add_definition_options(parser)
-    parser.add_argument("--caffemodel", help="its weights (default: the goldens' weights, else seeded)")
+    parser.add_argument(
+        "--caffemodel", help="its weights (default: the goldens' weights, else seeded)"
+    )
     parser.add_argument(
         "--references",
         type=comma_list(ALL_REFERENCES),
@@ -137,8 +141,12 @@ def _add_all_command(tool: Tool) -> None:
         "--allow-missing", action="store_true", help="drop Caffe builds whose goldens are missing"
     )
     parser.add_argument("--out", help="folder for <model>.json and <model>.html")
-    parser.add_argument("--no-local", action="store_true", help="skip the layer-alone (local) analysis")
-    parser.add_argument("--no-verdict", action="store_true", help="do not write MFV's verdict files")
+    parser.add_argument(
+        "--no-local", action="store_true", help="skip the layer-alone (local) analysis"
+    )
+    parser.add_argument(
+        "--no-verdict", action="store_true", help="do not write MFV's verdict files"
+    )
 
 
 def _add_machines_command(tool: Tool) -> None:
@@ -273,7 +281,8 @@ def _without_unknown_numpy(setup, references: Sequence[str]) -> list[str]:
         setup.notes.append(
             f"{', '.join(dropped)} not run: the numpy reference has no function for layer(s) "
             f"{', '.join(missing)} (custom types; see parity.numpy_ref.register); the local "
-            "check leaves those layers out")
+            "check leaves those layers out"
+        )
     return [r for r in references if not r.startswith("numpy")]
 
 
@@ -311,7 +320,9 @@ def _run_all(
         folder = Path(out) if out else None
         _save(result, setup, str(folder / f"{m}.json") if folder else None, no_verdict=no_verdict)
         if folder:
-            write_text_atomic(folder / f"{m}.html", render_html(result, worst_heatmap(result, outputs)))
+            write_text_atomic(
+                folder / f"{m}.html", render_html(result, worst_heatmap(result, outputs))
+            )
         print(summary_line(result), flush=True)
     return 0 if ok else 1
 

@@ -137,7 +137,10 @@ class FlipAnalysis:
                     **f.summary(),
                     "handling": handled if f.in_band else "not corrected",
                     "reach": (
-                        {k: int(v.sum()) for k, v in flip_reach(self.netdef, [f], self.shapes).items()}
+                        {
+                            k: int(v.sum())
+                            for k, v in flip_reach(self.netdef, [f], self.shapes).items()
+                        }
                     ),
                 }
                 for f in fl
@@ -175,8 +178,12 @@ def _compare_pair(
         is_diff = key.startswith("diff/")
         if a is None or b is None or a.shape != b.shape:
             m = _missing()
-        elif is_diff and blob in region and flips is not None and flips.corrects and (
-            (corr := flips.correction(subject.name, reference.name, blob)) is not None
+        elif (
+            is_diff
+            and blob in region
+            and flips is not None
+            and flips.corrects
+            and ((corr := flips.correction(subject.name, reference.name, blob)) is not None)
         ):
             m = metrics(a.astype(np.float64) - corr, b)
             m.n_corrected = int(region[blob].sum())
@@ -186,8 +193,12 @@ def _compare_pair(
         else:
             m = metrics(a, b, excuse=region.get(blob) if is_diff else None)
         if rule is not None and m.max_rel > rule.allowed and a is not None and b is not None:
-            m.n_over = _count_over(a, b, rule.allowed * m.ref_range, region.get(blob) if is_diff else None)
-        pair.checks.append(BlobCheck(key, producers.get(blob, ""), m, rule, nflips if is_diff else 0))
+            m.n_over = _count_over(
+                a, b, rule.allowed * m.ref_range, region.get(blob) if is_diff else None
+            )
+        pair.checks.append(
+            BlobCheck(key, producers.get(blob, ""), m, rule, nflips if is_diff else 0)
+        )
     return pair
 
 
@@ -263,20 +274,25 @@ def _judged_pairs(
     for b in CAFFE_BUILDS:
         if b in outputs:
             keys = ordered_keys(netdef, set(outputs[b].blobs) | set(sub.blobs))
-            pairs.append(_compare_pair(sub, outputs[b], keys, producers, flips, spread_rule, "spread"))
+            pairs.append(
+                _compare_pair(sub, outputs[b], keys, producers, flips, spread_rule, "spread")
+            )
     for r in FLOAT32_REFERENCES:
         if r in outputs:
             both = set(outputs[r].blobs) | set(sub.blobs)
             keys = ordered_keys(netdef, {k for k in both if k.startswith("data/")})
-            pairs.append(_compare_pair(sub, outputs[r], keys, producers, None, spread_rule, "spread"))
+            pairs.append(
+                _compare_pair(sub, outputs[r], keys, producers, None, spread_rule, "spread")
+            )
     truth_keys = keys_all
     if NUMPY64 in outputs:
         n64 = outputs[NUMPY64]
         pairs.append(_compare_pair(sub, n64, fwd_keys, producers, None, truth_rule, "truth"))
         f64_keys = ordered_keys(netdef, {k for k in p64.blobs if k.startswith("data/")})
         pairs.append(
-            _compare_pair(p64, n64, f64_keys, producers, None,
-                          lambda k: tolerance.float64_rule(), "float64")  # fmt: skip
+            _compare_pair(
+                p64, n64, f64_keys, producers, None, lambda k: tolerance.float64_rule(), "float64"
+            )  # fmt: skip
         )
         truth_keys = [k for k in keys_all if k.startswith("diff/")]
     if truth_keys:

@@ -54,9 +54,7 @@ def flip_sentence(pair: str, flip: Mapping[str, Any]) -> str:
     )
 
 
-def _first_failure(
-    netdef: Any, pairs: Sequence[PairResult]
-) -> tuple[PairResult, BlobCheck] | None:
+def _first_failure(netdef: Any, pairs: Sequence[PairResult]) -> tuple[PairResult, BlobCheck] | None:
     from .core import ordered_keys
 
     failing = [(p, c) for p in pairs if p.rule != "info" for c in p.checks if not c.passed]
@@ -123,11 +121,7 @@ def diagnose(
         ``n_over``, ``needed_multiple``) and ``lines`` (sentences, the cause first, then every gate
         flip of every pair of runners).
     """
-    flip_lines = [
-        flip_sentence(pair, f)
-        for pair, fl in flips.items()
-        for f in fl
-    ]
+    flip_lines = [flip_sentence(pair, f) for pair, fl in flips.items() for f in fl]
     first = _first_failure(netdef, pairs)
     out: dict[str, Any] = {"cause": None, "layer": None, "start": None, "lines": []}
     if first is not None:

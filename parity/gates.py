@@ -50,8 +50,9 @@ __all__ = [
 ]
 
 # A detector: (layer, data_a, data_b, band, netdef) -> flips of that layer.
-Detector = Callable[[Any, Mapping[str, np.ndarray], Mapping[str, np.ndarray], "Band", Any],
-                    list["GateFlip"]]
+Detector = Callable[
+    [Any, Mapping[str, np.ndarray], Mapping[str, np.ndarray], "Band", Any], list["GateFlip"]
+]
 GATES: dict[str, Detector] = {}
 
 EXAMPLES = 5
@@ -79,8 +80,9 @@ class Band:
     rel: Callable[[str], float]
 
     def absolute(self, blob: str, a: np.ndarray, b: np.ndarray) -> float:
-        rng = max(float(np.max(np.abs(a))) if a.size else 0.0,
-                  float(np.max(np.abs(b))) if b.size else 0.0)
+        rng = max(
+            float(np.max(np.abs(a))) if a.size else 0.0, float(np.max(np.abs(b))) if b.size else 0.0
+        )
         return self.rel(blob) * rng
 
 

@@ -23,29 +23,62 @@ END = "<!-- layer-table:end -->"
 
 # The parameter message each type reads (None: it has none).
 PARAMS = {
-    "AbsVal": None, "ArgMax": "argmax_param", "BNLL": None, "BatchNorm": "batch_norm_param",
-    "BatchReindex": None, "Bias": "bias_param", "Clip": "clip_param", "Concat": "concat_param",
-    "Convolution": "convolution_param", "Crop": "crop_param", "Deconvolution": "convolution_param",
-    "Dropout": "dropout_param", "ELU": "elu_param", "Eltwise": "eltwise_param",
-    "Embed": "embed_param", "Exp": "exp_param", "Filter": None, "Flatten": "flatten_param",
-    "Im2col": "convolution_param", "InnerProduct": "inner_product_param", "LRN": "lrn_param",
-    "LSTM": "recurrent_param", "LSTMUnit": None, "Log": "log_param", "MVN": "mvn_param",
-    "PReLU": "prelu_param", "Parameter": "parameter_param", "Pooling": "pooling_param",
-    "Power": "power_param", "RNN": "recurrent_param", "ReLU": "relu_param",
-    "Reduction": "reduction_param", "Reshape": "reshape_param", "SPP": "spp_param",
-    "Scale": "scale_param", "Sigmoid": None, "Silence": None, "Slice": "slice_param",
-    "Softmax": "softmax_param", "Split": None, "Swish": "swish_param", "TanH": None,
-    "Threshold": "threshold_param", "Tile": "tile_param",
+    "AbsVal": None,
+    "ArgMax": "argmax_param",
+    "BNLL": None,
+    "BatchNorm": "batch_norm_param",
+    "BatchReindex": None,
+    "Bias": "bias_param",
+    "Clip": "clip_param",
+    "Concat": "concat_param",
+    "Convolution": "convolution_param",
+    "Crop": "crop_param",
+    "Deconvolution": "convolution_param",
+    "Dropout": "dropout_param",
+    "ELU": "elu_param",
+    "Eltwise": "eltwise_param",
+    "Embed": "embed_param",
+    "Exp": "exp_param",
+    "Filter": None,
+    "Flatten": "flatten_param",
+    "Im2col": "convolution_param",
+    "InnerProduct": "inner_product_param",
+    "LRN": "lrn_param",
+    "LSTM": "recurrent_param",
+    "LSTMUnit": None,
+    "Log": "log_param",
+    "MVN": "mvn_param",
+    "PReLU": "prelu_param",
+    "Parameter": "parameter_param",
+    "Pooling": "pooling_param",
+    "Power": "power_param",
+    "RNN": "recurrent_param",
+    "ReLU": "relu_param",
+    "Reduction": "reduction_param",
+    "Reshape": "reshape_param",
+    "SPP": "spp_param",
+    "Scale": "scale_param",
+    "Sigmoid": None,
+    "Silence": None,
+    "Slice": "slice_param",
+    "Softmax": "softmax_param",
+    "Split": None,
+    "Swish": "swish_param",
+    "TanH": None,
+    "Threshold": "threshold_param",
+    "Tile": "tile_param",
 }
 _TRAINING_ONLY = re.compile(
-    r"engine|filler$|^debug_info$|^moving_average_fraction$|^stable_prod_grad$|^force_nd_im2col$")
+    r"engine|filler$|^debug_info$|^moving_average_fraction$|^stable_prod_grad$|^force_nd_im2col$"
+)
 # Fields the port reads as Caffe does but which change nothing at inference.
 _NOTES = {
     "Dropout": "TEST: identity (scale_train false: times 1 - ratio)",
 }
 _INPUT_TYPES = {
-    "Input": "input_param: shape", "DummyData": "dummy_data_param: shape or num/channels/height/width"
-                                                " (its tops are the net's inputs)",
+    "Input": "input_param: shape",
+    "DummyData": "dummy_data_param: shape or num/channels/height/width"
+    " (its tops are the net's inputs)",
 }
 
 
@@ -104,18 +137,39 @@ def rows() -> list[list[str]]:
         out.append([t, params, _backward(cls), numpy, onnx, nets])
     from port.layers import StochasticPooling
 
-    out.append(["Pooling (STOCHASTIC)", "`pooling_param` as above; TEST rule sum(x^2) / sum(x)",
-                _backward(StochasticPooling), "yes", "yes",
-                "none: Caffe's CPU build has no STOCHASTIC pooling (NOT_IMPLEMENTED)"])
+    out.append(
+        [
+            "Pooling (STOCHASTIC)",
+            "`pooling_param` as above; TEST rule sum(x^2) / sum(x)",
+            _backward(StochasticPooling),
+            "yes",
+            "yes",
+            "none: Caffe's CPU build has no STOCHASTIC pooling (NOT_IMPLEMENTED)",
+        ]
+    )
     for t, desc in _INPUT_TYPES.items():
-        out.append([t, desc, "inputs get diffs", "-", "yes", "layers: shape" if t == "DummyData"
-                    else "every net"])
+        out.append(
+            [
+                t,
+                desc,
+                "inputs get diffs",
+                "-",
+                "yes",
+                "layers: shape" if t == "DummyData" else "every net",
+            ]
+        )
     return out
 
 
 def markdown() -> str:
-    head = ["type", "parameters (engine, fillers and training-only fields left out)", "backward (as Caffe)", "numpy reference", "ONNX",
-            "proved against real Caffe by"]
+    head = [
+        "type",
+        "parameters (engine, fillers and training-only fields left out)",
+        "backward (as Caffe)",
+        "numpy reference",
+        "ONNX",
+        "proved against real Caffe by",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows()]
     return "\n".join(lines) + "\n"
@@ -131,13 +185,23 @@ def current(readme: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.layer_table",
-                                 description="Print, write or check README's supported-layer table.")
+    ap = argparse.ArgumentParser(
+        prog="python -m parity.layer_table",
+        description="Print, write or check README's supported-layer table.",
+    )
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--write", type=Path, metavar="README",
-                   help="replace the table between its markers in this file")
-    g.add_argument("--check", type=Path, metavar="README",
-                   help="exit 1 when the file's table differs from the generated one")
+    g.add_argument(
+        "--write",
+        type=Path,
+        metavar="README",
+        help="replace the table between its markers in this file",
+    )
+    g.add_argument(
+        "--check",
+        type=Path,
+        metavar="README",
+        help="exit 1 when the file's table differs from the generated one",
+    )
     args = ap.parse_args(argv)
     if args.write is None and args.check is None:
         sys.stdout.write(markdown())
@@ -150,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         if old != _block():
-            print(f"{path}: the layer table is out of date; run python -m parity.layer_table "
-                  f"--write {path}", file=sys.stderr)
+            print(
+                f"{path}: the layer table is out of date; run python -m parity.layer_table "
+                f"--write {path}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     from port.atomic import atomic_path

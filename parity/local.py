@@ -232,8 +232,12 @@ def _blob_grads(blob, cons, blobs, net32, net64, producer_unit) -> dict:
                 live = [(o, g) for o, g in zip(outs, gouts, strict=True) if o.requires_grad]
                 if not live:
                     continue
-                gs = torch.autograd.grad([o for o, _ in live], targets,
-                                         grad_outputs=[g for _, g in live], allow_unused=True)
+                gs = torch.autograd.grad(
+                    [o for o, _ in live],
+                    targets,
+                    grad_outputs=[g for _, g in live],
+                    allow_unused=True,
+                )
             for g in gs:
                 if g is not None:
                     g_total = g if g_total is None else g_total + g

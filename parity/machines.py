@@ -72,15 +72,27 @@ class Setting:
 _ISA = {
     "default": ({}, "this machine's own kernels"),
     "avx2": (
-        {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+        {
+            "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "ATEN_CPU_CAPABILITY": "avx2",
+        },
         "an AVX2 CPU without AVX-512 (e.g. AMD EPYC Zen 2/3)",
     ),
     "avx": (
-        {"ONEDNN_MAX_CPU_ISA": "AVX", "MKL_ENABLE_INSTRUCTIONS": "AVX", "ATEN_CPU_CAPABILITY": "default"},
+        {
+            "ONEDNN_MAX_CPU_ISA": "AVX",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX",
+            "ATEN_CPU_CAPABILITY": "default",
+        },
         "an AVX-only CPU (Sandy Bridge)",
     ),
     "sse41": (
-        {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
+        {
+            "ONEDNN_MAX_CPU_ISA": "SSE41",
+            "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+            "ATEN_CPU_CAPABILITY": "default",
+        },
         "an SSE4 CPU",
     ),
 }
@@ -90,8 +102,13 @@ SETTINGS: tuple[Setting, ...] = tuple(
     for isa, (env, what) in _ISA.items()
     for t in (1, 2)
 ) + (
-    Setting("mkl-compatible", {"MKL_CBWR": "COMPATIBLE"}, 2, True, "MKL's conditional-numerical-"
-            "reproducibility GEMM (another fully connected kernel)"),
+    Setting(
+        "mkl-compatible",
+        {"MKL_CBWR": "COMPATIBLE"},
+        2,
+        True,
+        "MKL's conditional-numerical-reproducibility GEMM (another fully connected kernel)",
+    ),
     Setting("no-mkldnn", {}, 2, False, "convolutions through ATen's im2col + GEMM, not oneDNN"),
 )
 
@@ -226,7 +243,9 @@ def run_matrix(
         got: list[dict] = []
         with tempfile.TemporaryFile("w+") as err:
             # Rows arrive as each target finishes, so a long matrix shows its progress.
-            with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            with subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True
+            ) as proc:
                 for line in proc.stdout:
                     if line.startswith(MARK):
                         got.append(json.loads(line[len(MARK) :]))

@@ -13,9 +13,30 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "absval", "bnll", "elu", "exp", "log", "power", "prelu", "clip", "swish", "threshold",
-    "bias", "mvn", "reduction", "argmax", "embed", "deconv2d", "im2col", "spp_levels",
-    "stochastic_pool_test", "crop", "reshape_shape", "slice_sizes", "tile", "batch_reindex",
+    "absval",
+    "bnll",
+    "elu",
+    "exp",
+    "log",
+    "power",
+    "prelu",
+    "clip",
+    "swish",
+    "threshold",
+    "bias",
+    "mvn",
+    "reduction",
+    "argmax",
+    "embed",
+    "deconv2d",
+    "im2col",
+    "spp_levels",
+    "stochastic_pool_test",
+    "crop",
+    "reshape_shape",
+    "slice_sizes",
+    "tile",
+    "batch_reindex",
     "filter_rows",
 ]
 
@@ -59,12 +80,14 @@ def log(x: np.ndarray, *, base: float = -1.0, scale: float = 1.0, shift: float =
     return y if base == -1 else y / _t(x, math.log(base))
 
 
-def power(x: np.ndarray, *, power: float = 1.0, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
+def power(
+    x: np.ndarray, *, power: float = 1.0, scale: float = 1.0, shift: float = 0.0
+) -> np.ndarray:
     """``(shift + scale x)^power``; a constant when ``power * scale == 0`` (0^0 = 1)."""
     if power == 0:
         return np.ones_like(x)
     if scale == 0:
-        return np.full_like(x, shift ** power)
+        return np.full_like(x, shift**power)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.power(_t(x, shift) + _t(x, scale) * x, _t(x, power))
 
@@ -102,8 +125,13 @@ def bias(x: np.ndarray, b: np.ndarray, *, axis: int) -> np.ndarray:
     return x + b.reshape((1,) * axis + b.shape + (1,) * (x.ndim - axis - b.ndim))
 
 
-def mvn(x: np.ndarray, *, normalize_variance: bool = True, across_channels: bool = False,
-        eps: float = 1e-9) -> np.ndarray:
+def mvn(
+    x: np.ndarray,
+    *,
+    normalize_variance: bool = True,
+    across_channels: bool = False,
+    eps: float = 1e-9,
+) -> np.ndarray:
     """Mean-variance normalisation per sample (and per channel unless ``across_channels``).
 
     ``y = (x - mean) / (sqrt(mean((x - mean)^2)) + eps)``: eps is added to the standard deviation.
@@ -117,8 +145,9 @@ def mvn(x: np.ndarray, *, normalize_variance: bool = True, across_channels: bool
     return centred.reshape(x.shape)
 
 
-def reduction(x: np.ndarray, *, operation: str = "SUM", axis: int = 0,
-              coeff: float = 1.0) -> np.ndarray:
+def reduction(
+    x: np.ndarray, *, operation: str = "SUM", axis: int = 0, coeff: float = 1.0
+) -> np.ndarray:
     """Reduce all axes from ``axis`` on (SUM, ASUM, SUMSQ or MEAN), times ``coeff``."""
     axis %= x.ndim
     flat = x.reshape(x.shape[:axis] + (-1,))
@@ -131,14 +160,16 @@ def reduction(x: np.ndarray, *, operation: str = "SUM", axis: int = 0,
     return np.asarray(y * _t(x, coeff), dtype=x.dtype)
 
 
-def argmax(x: np.ndarray, *, top_k: int = 1, out_max_val: bool = False,
-           axis: int | None = None) -> np.ndarray:
+def argmax(
+    x: np.ndarray, *, top_k: int = 1, out_max_val: bool = False, axis: int | None = None
+) -> np.ndarray:
     """Caffe ArgMax: indices (or values) of the ``top_k`` largest, ties to the larger index.
 
     Without ``axis`` each sample is flattened and the top is (N, 1 or 2, top_k, 1...): indices, then
     (``out_max_val``) values. With ``axis`` the top keeps x's shape with ``top_k`` along it, holding
     values if ``out_max_val`` else indices.
     """
+
     def top(a: np.ndarray, ax: int) -> tuple[np.ndarray, np.ndarray]:
         moved = np.moveaxis(a, ax, -1)
         n = moved.shape[-1]
@@ -148,8 +179,7 @@ def argmax(x: np.ndarray, *, top_k: int = 1, out_max_val: bool = False,
         order = np.lexsort((pos, rows), axis=-1)[:, ::-1][:, :top_k]
         vals = np.take_along_axis(rows, order, axis=-1)
         shape = moved.shape[:-1] + (top_k,)
-        return (np.moveaxis(order.reshape(shape), -1, ax),
-                np.moveaxis(vals.reshape(shape), -1, ax))
+        return (np.moveaxis(order.reshape(shape), -1, ax), np.moveaxis(vals.reshape(shape), -1, ax))
 
     if axis is not None:
         idx, val = top(x, axis % x.ndim)
@@ -172,9 +202,16 @@ def embed(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarr
 # --- spatial ------------------------------------------------------------------------------------
 
 
-def deconv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
-             stride: Sequence[int] = (1, 1), pad: Sequence[int] = (0, 0),
-             dilation: Sequence[int] = (1, 1), group: int = 1) -> np.ndarray:
+def deconv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    stride: Sequence[int] = (1, 1),
+    pad: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> np.ndarray:
     """Caffe Deconvolution: every input pixel adds ``x * w`` at ``i * stride + k * dilation - pad``.
 
     ``w`` is (C, O / group, KH, KW). Output size ``stride (H - 1) + dilation (K - 1) + 1 - 2 pad``.
@@ -187,33 +224,47 @@ def deconv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     full = np.zeros((n, og * group, full_h, full_w), dtype=x.dtype)
     cg = c // group
     for g in range(group):
-        xs = x[:, g * cg:(g + 1) * cg]
+        xs = x[:, g * cg : (g + 1) * cg]
         for i in range(kh):
             for j in range(kw):
                 # (N, Cg, H, W) x (Cg, Og) -> (N, Og, H, W), placed on the strided grid.
-                contrib = np.einsum("nchw,co->nohw", xs, w[g * cg:(g + 1) * cg, :, i, j])
-                full[:, g * og:(g + 1) * og, i * dh: i * dh + sh * (h - 1) + 1: sh,
-                     j * dw: j * dw + sw * (wd - 1) + 1: sw] += contrib
-    out = full[:, :, ph: full_h - ph, pw: full_w - pw]
+                contrib = np.einsum("nchw,co->nohw", xs, w[g * cg : (g + 1) * cg, :, i, j])
+                full[
+                    :,
+                    g * og : (g + 1) * og,
+                    i * dh : i * dh + sh * (h - 1) + 1 : sh,
+                    j * dw : j * dw + sw * (wd - 1) + 1 : sw,
+                ] += contrib
+    out = full[:, :, ph : full_h - ph, pw : full_w - pw]
     if b is not None:
         out = out + np.asarray(b, dtype=x.dtype).reshape(1, -1, 1, 1)
     return np.ascontiguousarray(out)
 
 
-def im2col(x: np.ndarray, *, kernel: Sequence[int], stride: Sequence[int] = (1, 1),
-           pad: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1)) -> np.ndarray:
+def im2col(
+    x: np.ndarray,
+    *,
+    kernel: Sequence[int],
+    stride: Sequence[int] = (1, 1),
+    pad: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+) -> np.ndarray:
     """Caffe Im2col: (N, C * KH * KW, OH, OW), rows ordered channel, kernel row, kernel column."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, pad, dilation
     oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    xp[:, :, ph:ph + h, pw:pw + w] = x
+    xp[:, :, ph : ph + h, pw : pw + w] = x
     out = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            out[:, :, i, j] = xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
-                                 j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            out[:, :, i, j] = xp[
+                :,
+                :,
+                i * dh : i * dh + sh * (oh - 1) + 1 : sh,
+                j * dw : j * dw + sw * (ow - 1) + 1 : sw,
+            ]
     return out.reshape(n, c * kh * kw, oh, ow)
 
 
@@ -221,15 +272,21 @@ def spp_levels(h: int, w: int, pyramid_height: int) -> list[dict]:
     """Pooling kernel, stride and pad of each SPP level: 2^l bins covering the whole image."""
     levels = []
     for level in range(pyramid_height):
-        bins = 2 ** level
+        bins = 2**level
         kh, kw = math.ceil(h / bins), math.ceil(w / bins)
-        levels.append({"kernel": (kh, kw), "stride": (kh, kw),
-                       "pad": ((kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2)})
+        levels.append(
+            {
+                "kernel": (kh, kw),
+                "stride": (kh, kw),
+                "pad": ((kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2),
+            }
+        )
     return levels
 
 
-def stochastic_pool_test(x: np.ndarray, *, kernel: Sequence[int],
-                         stride: Sequence[int]) -> np.ndarray:
+def stochastic_pool_test(
+    x: np.ndarray, *, kernel: Sequence[int], stride: Sequence[int]
+) -> np.ndarray:
     """STOCHASTIC pooling at TEST: ``sum(x^2) / sum(x)`` per window (0 where the sum is <= 0).
 
     Windows start at ``o * stride``, are clipped to the image, and the output size is Caffe's
@@ -242,7 +299,7 @@ def stochastic_pool_test(x: np.ndarray, *, kernel: Sequence[int],
     tiny = _t(x, np.finfo(np.float32).tiny)
     for i in range(oh):
         for j in range(ow):
-            win = x[:, :, i * sh: min(i * sh + kh, h), j * sw: min(j * sw + kw, w)]
+            win = x[:, :, i * sh : min(i * sh + kh, h), j * sw : min(j * sw + kw, w)]
             total = tiny + win.sum(axis=(2, 3))
             sq = (win * win).sum(axis=(2, 3))
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -253,19 +310,22 @@ def stochastic_pool_test(x: np.ndarray, *, kernel: Sequence[int],
 # --- moving values ------------------------------------------------------------------------------
 
 
-def crop(x: np.ndarray, ref_shape: Sequence[int], *, axis: int = 2,
-         offset: Sequence[int] = ()) -> np.ndarray:
+def crop(
+    x: np.ndarray, ref_shape: Sequence[int], *, axis: int = 2, offset: Sequence[int] = ()
+) -> np.ndarray:
     """Crop axes from ``axis`` on to ``ref_shape``, starting at ``offset`` (none, one or per axis)."""
     axis %= x.ndim
     n = x.ndim - axis
     off = list(offset) * n if len(offset) == 1 else (list(offset) or [0] * n)
-    index = [slice(None)] * axis + [slice(o, o + s) for o, s in zip(off, ref_shape[axis:],
-                                                                    strict=True)]
+    index = [slice(None)] * axis + [
+        slice(o, o + s) for o, s in zip(off, ref_shape[axis:], strict=True)
+    ]
     return x[tuple(index)]
 
 
-def reshape_shape(shape: Sequence[int], dims: Sequence[int], *, axis: int = 0,
-                  num_axes: int = -1) -> tuple[int, ...]:
+def reshape_shape(
+    shape: Sequence[int], dims: Sequence[int], *, axis: int = 0, num_axes: int = -1
+) -> tuple[int, ...]:
     """Caffe Reshape's top shape: ``dims`` replace axes [axis, axis + num_axes); 0 copies, -1 infers."""
     ndim = len(shape)
     start = axis if axis >= 0 else ndim + axis + 1
@@ -310,25 +370,36 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return _t(x, 1) / (_t(x, 1) + np.exp(-x))
 
 
-def lstm_unit(c_prev: np.ndarray, gates: np.ndarray, cont: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+def lstm_unit(
+    c_prev: np.ndarray, gates: np.ndarray, cont: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One LSTMUnit step: gates (..., 4H) = [i', f', o', g']; ``f = cont sigmoid(f')``.
 
     ``c = f c_prev + sigmoid(i') tanh(g')``, ``h = sigmoid(o') tanh(c)``.
     """
     hd = c_prev.shape[-1]
     i = _sigmoid(gates[..., :hd])
-    f = np.where(cont[..., None] == 0, _t(c_prev, 0),
-                 cont[..., None] * _sigmoid(gates[..., hd:2 * hd]))
-    o = _sigmoid(gates[..., 2 * hd:3 * hd])
-    g = np.tanh(gates[..., 3 * hd:])
+    f = np.where(
+        cont[..., None] == 0, _t(c_prev, 0), cont[..., None] * _sigmoid(gates[..., hd : 2 * hd])
+    )
+    o = _sigmoid(gates[..., 2 * hd : 3 * hd])
+    g = np.tanh(gates[..., 3 * hd :])
     c = f * c_prev + i * g
     return c, o * np.tanh(c)
 
 
-def lstm(x: np.ndarray, cont: np.ndarray, w_x: np.ndarray, b_x: np.ndarray, w_h: np.ndarray, *,
-         static: np.ndarray | None = None, w_s: np.ndarray | None = None,
-         h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> list[np.ndarray]:
+def lstm(
+    x: np.ndarray,
+    cont: np.ndarray,
+    w_x: np.ndarray,
+    b_x: np.ndarray,
+    w_h: np.ndarray,
+    *,
+    static: np.ndarray | None = None,
+    w_s: np.ndarray | None = None,
+    h0: np.ndarray | None = None,
+    c0: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Caffe's unrolled LSTM: returns [h (T, N, H), h_T (1, N, H), c_T (1, N, H)].
 
     Per step: ``gates = W_hc (cont_t h_{t-1}) + (W_xc x_t + b_c) [+ W_xc_static x_static]``, then
@@ -350,9 +421,19 @@ def lstm(x: np.ndarray, cont: np.ndarray, w_x: np.ndarray, b_x: np.ndarray, w_h:
     return [np.stack(hs), h[None], c[None]]
 
 
-def rnn(x: np.ndarray, cont: np.ndarray, w_x: np.ndarray, b_x: np.ndarray, w_h: np.ndarray,
-        w_o: np.ndarray, b_o: np.ndarray, *, static: np.ndarray | None = None,
-        w_s: np.ndarray | None = None, h0: np.ndarray | None = None) -> list[np.ndarray]:
+def rnn(
+    x: np.ndarray,
+    cont: np.ndarray,
+    w_x: np.ndarray,
+    b_x: np.ndarray,
+    w_h: np.ndarray,
+    w_o: np.ndarray,
+    b_o: np.ndarray,
+    *,
+    static: np.ndarray | None = None,
+    w_s: np.ndarray | None = None,
+    h0: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Caffe's unrolled RNN: returns [o (T, N, H), h_T (1, N, H)].
 
     ``h_t = tanh(W_hh (cont_t h_{t-1}) + W_xh x_t + b_h [+ W_xh_static x_static])``,

@@ -563,11 +563,16 @@ def forward_layer(
     """
     fn = layer_function(layer)
     if fn is None:
-        hint = (f'parity.numpy_ref.register("Python", fn, module={layer.param.python_param.module!r}, '
-                f"layer={layer.param.python_param.layer!r})" if layer.type == "Python"
-                else f"parity.numpy_ref.register({layer.type!r}, fn)")
-        raise UnknownLayerError(f"layer {layer.name!r}: numpy reference has no layer type "
-                                f"{layer.type!r}; register one with {hint}")
+        hint = (
+            f'parity.numpy_ref.register("Python", fn, module={layer.param.python_param.module!r}, '
+            f"layer={layer.param.python_param.layer!r})"
+            if layer.type == "Python"
+            else f"parity.numpy_ref.register({layer.type!r}, fn)"
+        )
+        raise UnknownLayerError(
+            f"layer {layer.name!r}: numpy reference has no layer type "
+            f"{layer.type!r}; register one with {hint}"
+        )
     return fn(layer, bottoms, weights)
 
 
@@ -579,8 +584,9 @@ class UnknownLayerError(ValueError):
 PYTHON_LAYERS: dict[tuple[str, str], LayerFn] = {}
 
 
-def register(layer_type: str, fn: LayerFn, *, module: str | None = None,
-             layer: str | None = None) -> None:
+def register(
+    layer_type: str, fn: LayerFn, *, module: str | None = None, layer: str | None = None
+) -> None:
     """Give the numpy reference a custom layer: ``fn(layer, bottoms, weights) -> list of tops``.
 
     The counterpart of :func:`port.register_layer` for the independent reference; ``fn`` should be
@@ -644,8 +650,7 @@ def _convolution(layer, bottoms, weights):
 def _pooling(layer, bottoms, weights):
     p = _sub(layer, "pooling_param")
     if p.pool == 2:  # STOCHASTIC: its TEST-phase rule
-        k = (bottoms[0].shape[2:] if p.global_pooling
-             else _spatial(p, "kernel_size", 1, "kernel"))
+        k = bottoms[0].shape[2:] if p.global_pooling else _spatial(p, "kernel_size", 1, "kernel")
         return [nl.stochastic_pool_test(bottoms[0], kernel=k, stride=_spatial(p, "stride", 1))]
     method = _POOL.get(p.pool)
     if method is None:
@@ -681,8 +686,7 @@ def _lrn(layer, bottoms, weights):
 def _inner_product(layer, bottoms, weights):
     p = _sub(layer, "inner_product_param")
     b = weights[1] if (p.bias_term and len(weights) > 1) else None
-    return [inner_product(bottoms[0], weights[0], b, axis=int(p.axis),
-                          transpose=bool(p.transpose))]
+    return [inner_product(bottoms[0], weights[0], b, axis=int(p.axis), transpose=bool(p.transpose))]
 
 
 @_registers("ReLU")
@@ -800,8 +804,7 @@ def _log(layer, bottoms, weights):
 @_registers("Power")
 def _power(layer, bottoms, weights):
     p = _sub(layer, "power_param")
-    return [nl.power(bottoms[0], power=float(p.power), scale=float(p.scale),
-                     shift=float(p.shift))]
+    return [nl.power(bottoms[0], power=float(p.power), scale=float(p.scale), shift=float(p.shift))]
 
 
 @_registers("PReLU")
@@ -842,22 +845,37 @@ def _bias(layer, bottoms, weights):
 @_registers("MVN")
 def _mvn(layer, bottoms, weights):
     p = _sub(layer, "mvn_param")
-    return [nl.mvn(bottoms[0], normalize_variance=bool(p.normalize_variance),
-                   across_channels=bool(p.across_channels), eps=float(p.eps))]
+    return [
+        nl.mvn(
+            bottoms[0],
+            normalize_variance=bool(p.normalize_variance),
+            across_channels=bool(p.across_channels),
+            eps=float(p.eps),
+        )
+    ]
 
 
 @_registers("Reduction")
 def _reduction(layer, bottoms, weights):
     p = _sub(layer, "reduction_param")
-    return [nl.reduction(bottoms[0], operation=_enum(p, "operation"), axis=int(p.axis),
-                         coeff=float(p.coeff))]
+    return [
+        nl.reduction(
+            bottoms[0], operation=_enum(p, "operation"), axis=int(p.axis), coeff=float(p.coeff)
+        )
+    ]
 
 
 @_registers("ArgMax")
 def _argmax(layer, bottoms, weights):
     p = _sub(layer, "argmax_param")
-    return [nl.argmax(bottoms[0], top_k=int(p.top_k), out_max_val=bool(p.out_max_val),
-                      axis=int(p.axis) if _has(p, "axis") else None)]
+    return [
+        nl.argmax(
+            bottoms[0],
+            top_k=int(p.top_k),
+            out_max_val=bool(p.out_max_val),
+            axis=int(p.axis) if _has(p, "axis") else None,
+        )
+    ]
 
 
 @_registers("Embed")
@@ -868,8 +886,12 @@ def _embed(layer, bottoms, weights):
 
 
 def _conv_fields(p: Any) -> dict:
-    return {"kernel": _spatial(p, "kernel_size", 1, "kernel"), "stride": _spatial(p, "stride", 1),
-            "pad": _spatial(p, "pad", 0), "dilation": _spatial(p, "dilation", 1)}
+    return {
+        "kernel": _spatial(p, "kernel_size", 1, "kernel"),
+        "stride": _spatial(p, "stride", 1),
+        "pad": _spatial(p, "pad", 0),
+        "dilation": _spatial(p, "dilation", 1),
+    }
 
 
 @_registers("Deconvolution")
@@ -880,8 +902,9 @@ def _deconvolution(layer, bottoms, weights):
     group = int(p.group) or 1
     w = np.asarray(weights[0]).reshape(x.shape[1], int(p.num_output) // group, *f["kernel"])
     b = weights[1] if (p.bias_term and len(weights) > 1) else None
-    return [nl.deconv2d(x, w, b, stride=f["stride"], pad=f["pad"], dilation=f["dilation"],
-                        group=group)]
+    return [
+        nl.deconv2d(x, w, b, stride=f["stride"], pad=f["pad"], dilation=f["dilation"], group=group)
+    ]
 
 
 @_registers("Im2col")
@@ -909,16 +932,22 @@ def _spp(layer, bottoms, weights):
 @_registers("Crop")
 def _crop(layer, bottoms, weights):
     p = _sub(layer, "crop_param")
-    return [nl.crop(bottoms[0], bottoms[1].shape, axis=int(p.axis),
-                    offset=[int(o) for o in p.offset])]
+    return [
+        nl.crop(bottoms[0], bottoms[1].shape, axis=int(p.axis), offset=[int(o) for o in p.offset])
+    ]
 
 
 @_registers("Reshape")
 def _reshape(layer, bottoms, weights):
     p = _sub(layer, "reshape_param")
     x = bottoms[0]
-    return [x.reshape(nl.reshape_shape(x.shape, [int(d) for d in p.shape.dim],
-                                       axis=int(p.axis), num_axes=int(p.num_axes)))]
+    return [
+        x.reshape(
+            nl.reshape_shape(
+                x.shape, [int(d) for d in p.shape.dim], axis=int(p.axis), num_axes=int(p.num_axes)
+            )
+        )
+    ]
 
 
 @_registers("Slice")
@@ -967,7 +996,7 @@ def _recurrent_bottoms(layer, bottoms, n_states):
     p = _sub(layer, "recurrent_param")
     exposed = n_states if p.expose_hidden else 0
     static = bottoms[2] if len(bottoms) - 2 - exposed == 1 else None
-    states = list(bottoms[2 + (static is not None):])
+    states = list(bottoms[2 + (static is not None) :])
     return bool(p.expose_hidden), static, states
 
 
@@ -977,8 +1006,9 @@ def _lstm(layer, bottoms, weights):
     w = list(weights)
     w_s = w.pop(2) if static is not None else None
     h0, c0 = states if states else (None, None)
-    h, h_t, c_t = nl.lstm(bottoms[0], bottoms[1], w[0], w[1], w[2], static=static, w_s=w_s,
-                          h0=h0, c0=c0)
+    h, h_t, c_t = nl.lstm(
+        bottoms[0], bottoms[1], w[0], w[1], w[2], static=static, w_s=w_s, h0=h0, c0=c0
+    )
     return [h, h_t, c_t] if expose else [h]
 
 
@@ -987,8 +1017,9 @@ def _rnn(layer, bottoms, weights):
     expose, static, states = _recurrent_bottoms(layer, bottoms, 1)
     w = list(weights)
     w_s = w.pop(2) if static is not None else None
-    o, h_t = nl.rnn(bottoms[0], bottoms[1], *w, static=static, w_s=w_s,
-                    h0=states[0] if states else None)
+    o, h_t = nl.rnn(
+        bottoms[0], bottoms[1], *w, static=static, w_s=w_s, h0=states[0] if states else None
+    )
     return [o, h_t] if expose else [o]
 
 

@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 
-
 def columns(result: ParityResult) -> dict[str, dict[str, BlobCheck]]:
     """Judged checks arranged by column (reference name; "truth"; "float64") then blob key."""
     cols: dict[str, dict[str, BlobCheck]] = {}
@@ -316,7 +315,9 @@ def _svg_chart(result: ParityResult) -> str:
     ]
     parts += _svg_axes(frame, keys)
     legend: list[tuple[str, str]] = []
-    parts += _svg_series(frame, keys, _allowed_per_blob(cols, keys), "#888", dash="6 4", width=2, dots=False)
+    parts += _svg_series(
+        frame, keys, _allowed_per_blob(cols, keys), "#888", dash="6 4", width=2, dots=False
+    )
     legend.append(("#888", "allowed vs builds (noise floor x multiple)"))
     spread = [result.noise.get(k, {}).get("spread") for k in keys]
     if any(v is not None for v in spread):
@@ -324,7 +325,9 @@ def _svg_chart(result: ParityResult) -> str:
         legend.append(("#000", "ATLAS vs OpenBLAS spread"))
     for j, (name, col) in enumerate(cols.items()):
         color = _PALETTE[j % len(_PALETTE)]
-        parts += _svg_series(frame, keys, [col[k].metrics.max_rel if k in col else None for k in keys], color)
+        parts += _svg_series(
+            frame, keys, [col[k].metrics.max_rel if k in col else None for k in keys], color
+        )
         legend.append(
             (color, f"port32 vs {name}" if not name.startswith("f64") else "port64 vs numpy64")
         )
@@ -416,8 +419,12 @@ def _svg_legend(frame: _ChartFrame, legend: list[tuple[str, str]]) -> list[str]:
     parts = []
     for j, (color, label) in enumerate(legend):
         yy = frame.mt + 14 * j
-        parts.append(f'<rect x="{frame.w - frame.mr + 8}" y="{yy}" width="10" height="10" fill="{color}"/>')
-        parts.append(f'<text x="{frame.w - frame.mr + 22}" y="{yy + 9}">{html.escape(label)}</text>')
+        parts.append(
+            f'<rect x="{frame.w - frame.mr + 8}" y="{yy}" width="10" height="10" fill="{color}"/>'
+        )
+        parts.append(
+            f'<text x="{frame.w - frame.mr + 22}" y="{yy + 9}">{html.escape(label)}</text>'
+        )
     return parts
 
 

@@ -233,8 +233,9 @@ def flip_reach(
             continue
         tops = [marks.get(t, np.zeros(shapes[t], bool)) for t in layer.tops]
         rule = REACH.get(layer.type, _whole)
-        for b, m in zip(layer.bottoms, rule(layer, tops, [shapes[b] for b in layer.bottoms]),
-                        strict=True):
+        for b, m in zip(
+            layer.bottoms, rule(layer, tops, [shapes[b] for b in layer.bottoms]), strict=True
+        ):
             marks[b] = marks[b] | m if b in marks else np.array(m, bool)
     return {k: v for k, v in marks.items() if v.any()}
 

@@ -34,7 +34,14 @@ from .runners import (
 if TYPE_CHECKING:
     from port import CaffeNet
 
-__all__ = ["ALL_REFERENCES", "ParitySetupError", "ParitySetup", "resolve", "run_parity", "worst_heatmap"]
+__all__ = [
+    "ALL_REFERENCES",
+    "ParitySetupError",
+    "ParitySetup",
+    "resolve",
+    "run_parity",
+    "worst_heatmap",
+]
 
 ALL_REFERENCES = (CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY64, NUMPY32, ONNX)
 SYNTHETIC_SEED = 1
@@ -165,7 +172,11 @@ class _Found:
 
 
 def _find_builtin(
-    model: str, want_caffe: list[str], input_name: str | None, *, regenerate: bool,
+    model: str,
+    want_caffe: list[str],
+    input_name: str | None,
+    *,
+    regenerate: bool,
     allow_missing: bool,
 ) -> _Found:
     """A built-in model's definition, and its goldens, weights and backward seed from the manifest."""
@@ -218,8 +229,12 @@ def _read_golden_file(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _find_user(
-    prototxt: Path, golden_files: Mapping[str, str | Path], want_caffe: list[str], *,
-    allow_missing: bool, proto: str | Path | None = None,
+    prototxt: Path,
+    golden_files: Mapping[str, str | Path],
+    want_caffe: list[str],
+    *,
+    allow_missing: bool,
+    proto: str | Path | None = None,
 ) -> _Found:
     """A user's definition and golden files; every golden must carry the same input."""
     import port
@@ -315,9 +330,7 @@ def resolve(
     else:
         # Only reached without any golden: a golden always carries its input (golden_inputs).
         x = _synthetic_input(found.netdef)
-        input_source = (
-            f"SYNTHETIC: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED} (no golden given)"
-        )
+        input_source = f"SYNTHETIC: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED} (no golden given)"
     return ParitySetup(
         found.name,
         found.prototxt,

@@ -262,8 +262,9 @@ def run_onnx(
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         # The exporter drops inputs no output depends on (a Silence-only input).
-        feed = {i.name: xts[inputs.index(i.name[len("input:"):])].numpy()
-                for i in sess.get_inputs()}
+        feed = {
+            i.name: xts[inputs.index(i.name[len("input:") :])].numpy() for i in sess.get_inputs()
+        }
         outs = sess.run(None, feed)
         got = [o.name for o in sess.get_outputs()]
     t2 = time.perf_counter()

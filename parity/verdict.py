@@ -23,5 +23,12 @@ def write_verdict(
     path: str | Path | None = None,
 ) -> Path:
     """Write the verdict of a finished run, atomically (see :func:`port.verdict.write_verdict`)."""
-    return _write(passed=bool(result.passed), prototxt=prototxt, caffemodel=caffemodel, seed=seed,
-                  report=report, summary=summary_line(result), path=path)
+    return _write(
+        passed=bool(result.passed),
+        prototxt=prototxt,
+        caffemodel=caffemodel,
+        seed=seed,
+        report=report,
+        summary=summary_line(result),
+        path=path,
+    )

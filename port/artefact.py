@@ -72,8 +72,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-def load(path: str | Path, *, dtype: torch.dtype = torch.float32,
-         device: str | torch.device = "cpu") -> CaffeNet:
+def load(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> CaffeNet:
     """Load an artefact written by :func:`save` into a :class:`CaffeNet` in eval mode."""
     meta = read_metadata(path)
     proto = None

@@ -121,8 +121,14 @@ def _parse_blob(buf, start: int, stop: int) -> np.ndarray:
             dtype = "<f4" if number == _B_DATA else "<f8"
             chunks = float_chunks if number == _B_DATA else double_chunks
             if wire == _LEN:
-                chunks.append(np.frombuffer(buf, dtype=dtype, count=(value[1] - value[0]) //
-                                            np.dtype(dtype).itemsize, offset=value[0]))
+                chunks.append(
+                    np.frombuffer(
+                        buf,
+                        dtype=dtype,
+                        count=(value[1] - value[0]) // np.dtype(dtype).itemsize,
+                        offset=value[0],
+                    )
+                )
             elif wire in (_I32, _I64):
                 # Unpacked repeated floats: rare, element by element.
                 chunks.append(np.frombuffer(buf, dtype=dtype, count=1, offset=value[0]))
@@ -137,10 +143,13 @@ def _parse_blob(buf, start: int, stop: int) -> np.ndarray:
         data = float_chunks[0].astype(np.float32, copy=True)
     else:
         data = (np.concatenate(float_chunks) if float_chunks else np.zeros(0, np.float32)).astype(
-            np.float32)
+            np.float32
+        )
     count = int(np.prod(shape)) if shape or zero_axes else 0
     if data.size != count:
-        raise ValueError(f"blob holds {data.size} values but its shape {tuple(shape)} needs {count}")
+        raise ValueError(
+            f"blob holds {data.size} values but its shape {tuple(shape)} needs {count}"
+        )
     return data.reshape(shape)
 
 
@@ -148,9 +157,9 @@ def _parse_layer(buf, start: int, stop: int, layout: dict) -> tuple[str, str | i
     name, ltype, blobs = "", "", []
     for number, wire, value in _fields(buf, start, stop):
         if number == layout["name"] and wire == _LEN:
-            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == layout["type"]:
-            ltype = bytes(buf[value[0]:value[1]]).decode() if wire == _LEN else value
+            ltype = bytes(buf[value[0] : value[1]]).decode() if wire == _LEN else value
         elif number == layout["blobs"] and wire == _LEN:
             blobs.append(value)
         elif layout is _V1 and number == _V1["v0"] and wire == _LEN:
@@ -229,7 +238,7 @@ def _partial_layer_name(buf, start: int, end: int, layout: dict) -> str | None:
             if key >> 3 == layout["name"] and key & 7 == _LEN:
                 length, s = _varint(buf, body, end)
                 if s + length <= end:
-                    return bytes(buf[s:s + length]).decode("utf-8", "replace")
+                    return bytes(buf[s : s + length]).decode("utf-8", "replace")
                 return None
             pos = _field_end(buf, pos, end)
     except (_Truncated, ValueError):
@@ -320,13 +329,19 @@ def _layer_message(layer, *, legacy: bool) -> bytes:
     v1 = schema.V1LayerParameter(name=layer.name)
     if layer.type not in V2_TO_V1_TYPES:
         raise CaffeError(f"layer type {layer.type!r} has no legacy V1 equivalent", layer=layer.name)
-    v1.type = schema.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"].values_by_name[
-        V2_TO_V1_TYPES[layer.type]].number
+    v1.type = (
+        schema.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"]
+        .values_by_name[V2_TO_V1_TYPES[layer.type]]
+        .number
+    )
     v1.bottom.extend(layer.bottoms)
     v1.top.extend(layer.tops)
     for f in schema.V1LayerParameter.DESCRIPTOR.fields:
-        if f.name.endswith("_param") and f.name in layer.param.DESCRIPTOR.fields_by_name and \
-                layer.param.HasField(f.name):
+        if (
+            f.name.endswith("_param")
+            and f.name in layer.param.DESCRIPTOR.fields_by_name
+            and layer.param.HasField(f.name)
+        ):
             # by bytes: a fork schema's messages are other classes than Caffe 1.0's
             getattr(v1, f.name).MergeFromString(getattr(layer.param, f.name).SerializeToString())
     return v1.SerializeToString()
@@ -359,9 +374,12 @@ def write_caffemodel(
     legacy = format == "v1"
     path = Path(path)
     if not netdef.layers:
-        raise CaffeError("the definition has no layers in the TEST phase (layers included only in "
-                         "TRAIN are left out): a caffemodel of it would hold nothing",
-                         path=netdef.path, field="layer")
+        raise CaffeError(
+            "the definition has no layers in the TEST phase (layers included only in "
+            "TRAIN are left out): a caffemodel of it would hold nothing",
+            path=netdef.path,
+            field="layer",
+        )
     header = schema.NetParameter(name=netdef.name)
     if legacy:
         for name, shape in netdef.inputs.items():

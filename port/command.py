@@ -104,23 +104,33 @@ class Tool:
         self.name = name
         self.bad_input = (ToolError, *bad_input)
         self.interrupted = interrupted
-        self.parser = ToolParser(prog=f"python -m {name}", description=description, tool=name,
-                                 **parser_kwargs)
-        self._subparsers = self.parser.add_subparsers(dest="command", metavar="COMMAND",
-                                                      required=True)
+        self.parser = ToolParser(
+            prog=f"python -m {name}", description=description, tool=name, **parser_kwargs
+        )
+        self._subparsers = self.parser.add_subparsers(
+            dest="command", metavar="COMMAND", required=True
+        )
         self.commands: dict[str, Command] = {}
         self.parsers: dict[str, ToolParser] = {}
 
-    def add_command(self, name: str, run: Command, *, help: str, description: str | None = None,
-                    **parser_kwargs: Any) -> ToolParser:
+    def add_command(
+        self,
+        name: str,
+        run: Command,
+        *,
+        help: str,
+        description: str | None = None,
+        **parser_kwargs: Any,
+    ) -> ToolParser:
         """Register subcommand ``name``, run by ``run(args)``; returns its parser for the options.
 
         ``description`` (default: ``help``) is the subcommand's own ``--help`` text.
         """
         if name in self.commands:
             raise ValueError(f"{self.name}: subcommand {name!r} registered twice")
-        parser = self._subparsers.add_parser(name, help=help, description=description or help,
-                                             tool=self.name, **parser_kwargs)
+        parser = self._subparsers.add_parser(
+            name, help=help, description=description or help, tool=self.name, **parser_kwargs
+        )
         self.commands[name] = run
         self.parsers[name] = parser
         return parser
@@ -142,14 +152,17 @@ class Tool:
             print(error_line(self.name, exc), file=sys.stderr)
             return int(Exit.BAD_INPUT)
         except KeyboardInterrupt:
-            print(f"{self.name}: interrupted" + (f"; {self.interrupted}" if self.interrupted else ""),
-                  file=sys.stderr)
+            print(
+                f"{self.name}: interrupted" + (f"; {self.interrupted}" if self.interrupted else ""),
+                file=sys.stderr,
+            )
             return int(Exit.INTERRUPTED)
         return int(Exit.OK if status is None else status)
 
 
-def comma_list(choices: Sequence[str] | None = None, *, item: Callable[[str], Any] = str
-               ) -> Callable[[str], list]:
+def comma_list(
+    choices: Sequence[str] | None = None, *, item: Callable[[str], Any] = str
+) -> Callable[[str], list]:
     """An argparse ``type`` for a comma-separated list: ``"a, b,c"`` -> ``["a", "b", "c"]``.
 
     Empty items are dropped. ``item`` converts each (``int`` for ``--facets 0,1,2``); with
@@ -164,7 +177,8 @@ def comma_list(choices: Sequence[str] | None = None, *, item: Callable[[str], An
             bad = [n for n in names if n not in choices]
             if bad:
                 raise argparse.ArgumentTypeError(
-                    f"invalid choice {bad[0]!r} (choose from {', '.join(choices)})")
+                    f"invalid choice {bad[0]!r} (choose from {', '.join(choices)})"
+                )
         try:
             return [item(n) for n in names]
         except ValueError as exc:
@@ -183,6 +197,7 @@ def device_arg(name: str):
     except RuntimeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available here (no GPU or no driver); "
-                                         "use --device cpu")
+        raise argparse.ArgumentTypeError(
+            "CUDA is not available here (no GPU or no driver); use --device cpu"
+        )
     return device

@@ -38,8 +38,9 @@ class BackwardSeed(NamedTuple):
             return cls(*spec)
         blob, sep, unit = str(spec).rpartition(":")
         if not sep or not blob or not unit.lstrip("-").isdigit():
-            raise CaffeError(f"--backward-from expects BLOB:UNIT, got {spec!r}",
-                             field="backward-from")
+            raise CaffeError(
+                f"--backward-from expects BLOB:UNIT, got {spec!r}", field="backward-from"
+            )
         return cls(blob, int(unit))
 
     def __str__(self) -> str:
@@ -92,20 +93,35 @@ def dump_blobs(
             return out
         blob, unit = BackwardSeed.parse(backward_from)
         if blob not in final:
-            raise CaffeError(f"no blob {blob!r} to start backward from", path=net.netdef.path,
-                             field="backward-from")
+            raise CaffeError(
+                f"no blob {blob!r} to start backward from",
+                path=net.netdef.path,
+                field="backward-from",
+            )
         target = final[blob]
         per_sample = target[0].numel() if target.dim() else 1
         if not 0 <= unit < per_sample:
-            raise CaffeError(f"unit {unit} is outside blob {blob!r} ({per_sample} values per "
-                             "sample)", path=net.netdef.path, field="backward-from")
+            raise CaffeError(
+                f"unit {unit} is outside blob {blob!r} ({per_sample} values per sample)",
+                path=net.netdef.path,
+                field="backward-from",
+            )
         seed = torch.zeros_like(target).reshape(target.shape[0], -1)
         seed[:, unit] = 1
         # Tops of layers without a backward (ArgMax, Threshold...) are outside the graph.
-        live = [name for name, t in first.items() if t.requires_grad] if target.requires_grad else []
-        found = torch.autograd.grad(target, [first[n] for n in live],
-                                    grad_outputs=seed.reshape(target.shape),
-                                    allow_unused=True) if live else ()
+        live = (
+            [name for name, t in first.items() if t.requires_grad] if target.requires_grad else []
+        )
+        found = (
+            torch.autograd.grad(
+                target,
+                [first[n] for n in live],
+                grad_outputs=seed.reshape(target.shape),
+                allow_unused=True,
+            )
+            if live
+            else ()
+        )
         by_name = dict(zip(live, found, strict=True))
         grads = [by_name.get(name) for name in first]
     for (name, t), g in zip(first.items(), grads, strict=True):
@@ -132,13 +148,16 @@ def inexact_in_place_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
         if layer.in_place and layer.type not in IN_PLACE_TYPES:
             why.append(f"{layer.type}'s backward reads its bottom, which in place holds its top")
         if layer.type in TOP_READING_TYPES:
-            later = [m.name for m in layers[i + 1:] if m.in_place and m.tops[0] in layer.tops]
+            later = [m.name for m in layers[i + 1 :] if m.in_place and m.tops[0] in layer.tops]
             if later:
-                why.append(f"{layer.type}'s backward reads its top, which in-place layer "
-                           f"{later[0]!r} rewrites")
+                why.append(
+                    f"{layer.type}'s backward reads its top, which in-place layer "
+                    f"{later[0]!r} rewrites"
+                )
         if why:
             notes[f"inexact/{layer.name}"] = np.array(
-                "; ".join(why) + ": Caffe's diff differs from this (true) gradient")
+                "; ".join(why) + ": Caffe's diff differs from this (true) gradient"
+            )
     return notes
 
 
@@ -152,11 +171,14 @@ def no_gradient_notes(net: CaffeNet, blob: str) -> dict[str, np.ndarray]:
     for layer in net.netdef.layers[: writers[-1] + 1]:
         module = net.module(layer.name)
         # Modules that are not CaffeLayers (a caller's replacement) state nothing.
-        reasons = ([] if getattr(module, "backward", True)
-                   else [f"{layer.type} has no backward in Caffe"])
-        reasons += [f"bottom {i} ({layer.bottoms[i]!r}): {why}"
-                    for i, why in sorted(getattr(module, "no_gradient", {}).items())
-                    if i < len(layer.bottoms)]
+        reasons = (
+            [] if getattr(module, "backward", True) else [f"{layer.type} has no backward in Caffe"]
+        )
+        reasons += [
+            f"bottom {i} ({layer.bottoms[i]!r}): {why}"
+            for i, why in sorted(getattr(module, "no_gradient", {}).items())
+            if i < len(layer.bottoms)
+        ]
         if reasons:
             notes[f"nograd/{layer.name}"] = np.array("; ".join(reasons))
     return notes

@@ -51,14 +51,23 @@ class CaffeNet(nn.Module):
         for layer in netdef.layers:
             for b in layer.bottoms:
                 if b not in shapes:
-                    raise CaffeError(f"bottom blob {b!r} is not produced by any earlier layer",
-                                     path=netdef.path, layer=layer.name, field="bottom",
-                                     line=layer.line)
+                    raise CaffeError(
+                        f"bottom blob {b!r} is not produced by any earlier layer",
+                        path=netdef.path,
+                        layer=layer.name,
+                        field="bottom",
+                        line=layer.line,
+                    )
             module = self._build(layer, [shapes[b] for b in layer.bottoms])
             tops = module.top_shapes()
             if len(tops) != len(layer.tops):
-                raise CaffeError(f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
-                                 path=netdef.path, layer=layer.name, field="top", line=layer.line)
+                raise CaffeError(
+                    f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
+                    path=netdef.path,
+                    layer=layer.name,
+                    field="top",
+                    line=layer.line,
+                )
             consumed.update(b for b in layer.bottoms if b not in layer.tops)
             for name, shape in zip(layer.tops, tops, strict=True):
                 if name not in shapes:
@@ -77,8 +86,13 @@ class CaffeNet(nn.Module):
         try:
             return build_layer(layer, bottom_shapes)
         except CaffeError as exc:
-            raise CaffeError(exc.reason, path=self.netdef.path, layer=layer.name,
-                             field=exc.field, line=layer.line) from None
+            raise CaffeError(
+                exc.reason,
+                path=self.netdef.path,
+                layer=layer.name,
+                field=exc.field,
+                line=layer.line,
+            ) from None
 
     def module(self, layer_name: str) -> CaffeLayer:
         """The module of one layer, by its Caffe name."""
@@ -86,9 +100,14 @@ class CaffeNet(nn.Module):
 
     # -- weights --------------------------------------------------------------------------------
 
-    def load_blobs(self, weights: Mapping[str, Sequence[np.ndarray]], *,
-                   source: str | Path | None = None, strict: bool = True,
-                   share: bool = False) -> None:
+    def load_blobs(
+        self,
+        weights: Mapping[str, Sequence[np.ndarray]],
+        *,
+        source: str | Path | None = None,
+        strict: bool = True,
+        share: bool = False,
+    ) -> None:
         """Copy Caffe weight blobs (layer name -> arrays) into the net, checking every shape.
 
         Blobs are matched by layer name. NaN or infinite weights are an error. A blob may be stored with a different but equal-sized
@@ -103,12 +122,20 @@ class CaffeNet(nn.Module):
             blobs = weights.get(layer.name)
             if blobs is None:
                 if expected and strict:
-                    raise CaffeError("the weights file has no blobs for this learnable layer",
-                                     path=source, layer=layer.name, field="blobs")
+                    raise CaffeError(
+                        "the weights file has no blobs for this learnable layer",
+                        path=source,
+                        layer=layer.name,
+                        field="blobs",
+                    )
                 continue
             if len(blobs) != len(expected):
-                raise CaffeError(f"{len(blobs)} weight blobs, the definition implies "
-                                 f"{len(expected)}", path=source, layer=layer.name, field="blobs")
+                raise CaffeError(
+                    f"{len(blobs)} weight blobs, the definition implies {len(expected)}",
+                    path=source,
+                    layer=layer.name,
+                    field="blobs",
+                )
             for i, (blob, shape) in enumerate(zip(blobs, expected, strict=True)):
                 blob = np.asarray(blob)
                 if tuple(blob.shape) != tuple(shape):
@@ -116,14 +143,22 @@ class CaffeNet(nn.Module):
                     while len(squeezed) > len(shape) and squeezed[0] == 1:
                         squeezed = squeezed[1:]
                     if squeezed != tuple(shape):
-                        raise CaffeError(f"blob {i} has shape {tuple(blob.shape)}, the definition "
-                                         f"implies {tuple(shape)}", path=source, layer=layer.name,
-                                         field=f"blobs[{i}]")
+                        raise CaffeError(
+                            f"blob {i} has shape {tuple(blob.shape)}, the definition "
+                            f"implies {tuple(shape)}",
+                            path=source,
+                            layer=layer.name,
+                            field=f"blobs[{i}]",
+                        )
                 if blob.dtype.kind == "f" and not np.isfinite(blob).all():
                     nan = int(np.isnan(blob).sum())
                     inf = int(np.isinf(blob).sum())
-                    raise CaffeError(f"blob {i} holds {nan} NaN and {inf} infinite values",
-                                     path=source, layer=layer.name, field=f"blobs[{i}]")
+                    raise CaffeError(
+                        f"blob {i} holds {nan} NaN and {inf} infinite values",
+                        path=source,
+                        layer=layer.name,
+                        field=f"blobs[{i}]",
+                    )
                 param = module.blobs[i]
                 value = torch.from_numpy(np.ascontiguousarray(blob).reshape(shape))
                 if share and value.dtype == param.dtype and param.device.type == "cpu":
@@ -147,20 +182,29 @@ class CaffeNet(nn.Module):
         if isinstance(x, Mapping):
             missing = [n for n in names if n not in x]
             if missing:
-                raise CaffeError(f"missing input blob(s) {missing}; the net takes {names}",
-                                 path=self.netdef.path, field="input")
+                raise CaffeError(
+                    f"missing input blob(s) {missing}; the net takes {names}",
+                    path=self.netdef.path,
+                    field="input",
+                )
             inputs = {n: x[n] for n in names}
         else:
             if len(names) != 1:
-                raise CaffeError(f"the net takes {len(names)} inputs {names}: pass a dict",
-                                 path=self.netdef.path, field="input")
+                raise CaffeError(
+                    f"the net takes {len(names)} inputs {names}: pass a dict",
+                    path=self.netdef.path,
+                    field="input",
+                )
             inputs = {names[0]: x}
         for name, t in inputs.items():
             declared = self.netdef.inputs[name]
             if t.dim() != len(declared) or (t.dim() > 1 and t.shape[1] != declared[1]):
-                raise CaffeError(f"input {name!r} has shape {tuple(t.shape)}; the definition "
-                                 f"declares {declared} (batch and spatial size may differ)",
-                                 path=self.netdef.path, field="input")
+                raise CaffeError(
+                    f"input {name!r} has shape {tuple(t.shape)}; the definition "
+                    f"declares {declared} (batch and spatial size may differ)",
+                    path=self.netdef.path,
+                    field="input",
+                )
         return inputs
 
     def run(self, x, *, keep_first: bool = False):
@@ -177,8 +221,11 @@ class CaffeNet(nn.Module):
                 tops = module(*[blobs[b] for b in layer.bottoms])
             except RuntimeError as exc:
                 shapes = [tuple(blobs[b].shape) for b in layer.bottoms]
-                raise CaffeError(f"cannot run on bottoms of shape {shapes}: {exc}",
-                                 path=self.netdef.path, layer=layer.name) from None
+                raise CaffeError(
+                    f"cannot run on bottoms of shape {shapes}: {exc}",
+                    path=self.netdef.path,
+                    layer=layer.name,
+                ) from None
             for name, t in zip(layer.tops, tops, strict=True):
                 blobs[name] = t
                 if keep_first and name not in first:

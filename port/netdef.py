@@ -20,18 +20,45 @@ from .errors import CaffeError
 
 # V1 enum name -> V2 type string (Caffe's UpgradeV1LayerType).
 V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
-    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
-    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
-    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
-    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
-    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
 V2_TO_V1_TYPES = {v: k for k, v in V1_TYPES.items()}
 
@@ -40,18 +67,26 @@ V2_TO_V1_TYPES = {v: k for k, v in V1_TYPES.items()}
 # ``NetDef.skipped``); a kept layer that reads one of their tops is an error.
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData"}
 SKIPPED_TYPES = DATA_TYPES | {
-    "Accuracy", "ContrastiveLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
-    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "SoftmaxWithLoss", "HDF5Output",
+    "Accuracy",
+    "ContrastiveLoss",
+    "EuclideanLoss",
+    "HingeLoss",
+    "InfogainLoss",
+    "MultinomialLogisticLoss",
+    "SigmoidCrossEntropyLoss",
+    "SoftmaxWithLoss",
+    "HDF5Output",
 }
-
 
 
 def _shared_params(sch: schema.Schema) -> list[str]:
     """Parameter messages that V1 and V2 layers share by name."""
     v2 = sch.LayerParameter.DESCRIPTOR.fields_by_name
-    return [f.name for f in sch.V1LayerParameter.DESCRIPTOR.fields
-            if f.name.endswith("_param") and f.name in v2]
-
+    return [
+        f.name
+        for f in sch.V1LayerParameter.DESCRIPTOR.fields
+        if f.name.endswith("_param") and f.name in v2
+    ]
 
 
 def as_schema(proto: str | Path | schema.Schema | None) -> schema.Schema:
@@ -135,7 +170,7 @@ class NetDef:
 
 _TEXT_ERROR = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
 _FIELD_IN_ERROR = re.compile(r'field named "?(\w+)"?|field "?([\w.]+)"?')
-_FIELD_BEFORE_VALUE = re.compile(r'(\w+)\s*:\s*[^\s:{}]*$')
+_FIELD_BEFORE_VALUE = re.compile(r"(\w+)\s*:\s*[^\s:{}]*$")
 _UNKNOWN_FIELD = re.compile(r'has no field named "?(\w+)"?')
 
 
@@ -177,8 +212,9 @@ def _layer_block_lines(text: str) -> list[int]:
     return lines
 
 
-def parse_net_text(text: str, *, path: str | Path | None = None,
-                   proto: str | Path | schema.Schema | None = None):
+def parse_net_text(
+    text: str, *, path: str | Path | None = None, proto: str | Path | schema.Schema | None = None
+):
     """Parse prototxt text into a raw ``NetParameter``; errors carry the line and field.
 
     ``proto``: a Caffe fork's ``caffe.proto`` (path or :class:`port.schema.Schema`) whose extra
@@ -199,24 +235,32 @@ def parse_net_text(text: str, *, path: str | Path | None = None,
             # A bad value (an enum name, a number): the field is the name before the colon.
             lines = text.splitlines()
             col = int(m.group(2))
-            before = lines[line - 1][:col - 1] if line <= len(lines) else ""
+            before = lines[line - 1][: col - 1] if line <= len(lines) else ""
             fv = _FIELD_BEFORE_VALUE.search(before) or _FIELD_BEFORE_VALUE.search(
-                lines[line - 1][:col + 40] if line <= len(lines) else "")
+                lines[line - 1][: col + 40] if line <= len(lines) else ""
+            )
             fld = fv.group(1) if fv else None
         layer = _layer_at_line(text, line) if line else None
         unknown = _UNKNOWN_FIELD.search(reason)
         if unknown:
-            where = (f"the fork's {sch.source}" if sch.source
-                     else "Caffe 1.0's caffe.proto")
-            hint = ("add it to that file" if sch.source else
-                    "if the net comes from a Caffe fork (SSD, Faster R-CNN...), pass the fork's "
-                    "caffe.proto with --proto FORK.proto (Python: load_prototxt(path, "
-                    "proto=FORK.proto))")
-            raise CaffeError(f"unknown field {unknown.group(1)!r}: {where} has no such field; "
-                             f"{hint}", path=path, line=line, layer=layer,
-                             field=unknown.group(1)) from None
-        raise CaffeError(f"malformed prototxt: {reason}", path=path, line=line, layer=layer,
-                         field=fld) from None
+            where = f"the fork's {sch.source}" if sch.source else "Caffe 1.0's caffe.proto"
+            hint = (
+                "add it to that file"
+                if sch.source
+                else "if the net comes from a Caffe fork (SSD, Faster R-CNN...), pass the fork's "
+                "caffe.proto with --proto FORK.proto (Python: load_prototxt(path, "
+                "proto=FORK.proto))"
+            )
+            raise CaffeError(
+                f"unknown field {unknown.group(1)!r}: {where} has no such field; {hint}",
+                path=path,
+                line=line,
+                layer=layer,
+                field=unknown.group(1),
+            ) from None
+        raise CaffeError(
+            f"malformed prototxt: {reason}", path=path, line=line, layer=layer, field=fld
+        ) from None
     return net
 
 
@@ -244,30 +288,42 @@ def _rule_met(rule, phase: int, level: int = 0, stages: tuple[str, ...] = ()) ->
     return not any(s in stages for s in rule.not_stage)
 
 
-def _included(param, phase: int, *, path: str | Path | None = None, line: int | None = None) -> bool:
+def _included(
+    param, phase: int, *, path: str | Path | None = None, line: int | None = None
+) -> bool:
     if param.include and param.exclude:
-        raise CaffeError("layer specifies both include and exclude rules", path=path,
-                         layer=param.name, line=line, field="include")
+        raise CaffeError(
+            "layer specifies both include and exclude rules",
+            path=path,
+            layer=param.name,
+            line=line,
+            field="include",
+        )
     if param.include:
         return any(_rule_met(r, phase) for r in param.include)
     return not any(_rule_met(r, phase) for r in param.exclude)
 
 
-def upgrade_v1_layer(v1, *, path: str | Path | None = None,
-                     sch: schema.Schema = schema.CAFFE):
+def upgrade_v1_layer(v1, *, path: str | Path | None = None, sch: schema.Schema = schema.CAFFE):
     """Convert one ``V1LayerParameter`` to a ``LayerParameter`` (blobs excluded)."""
     if v1.HasField("layer"):
         raise CaffeError(
             "V0 layer definitions (2013) are not supported; upgrade the net with Caffe's "
-            "upgrade_net_proto_text tool first", path=path, layer=v1.layer.name or v1.name,
+            "upgrade_net_proto_text tool first",
+            path=path,
+            layer=v1.layer.name or v1.name,
             field="layer",
         )
     type_name = v1.DESCRIPTOR.enum_types_by_name["LayerType"].values_by_number[v1.type].name
     if type_name == "NONE":
         raise CaffeError("legacy layer has no type", path=path, layer=v1.name, field="type")
     if type_name not in V1_TYPES:
-        raise CaffeError(f"legacy layer type {type_name} has no current name", path=path,
-                         layer=v1.name, field="type")
+        raise CaffeError(
+            f"legacy layer type {type_name} has no current name",
+            path=path,
+            layer=v1.name,
+            field="type",
+        )
     layer = sch.LayerParameter(name=v1.name, type=V1_TYPES[type_name])
     layer.bottom.extend(v1.bottom)
     layer.top.extend(v1.top)
@@ -295,32 +351,50 @@ def _net_level_inputs(net, path: str | Path | None) -> dict[str, tuple[int, ...]
         if len(net.input_dim) != 4 * len(net.input):
             raise CaffeError(
                 f"{len(net.input_dim)} input_dim values for {len(net.input)} inputs "
-                "(4 per input expected)", path=path, field="input_dim")
+                "(4 per input expected)",
+                path=path,
+                field="input_dim",
+            )
         for i, name in enumerate(net.input):
             inputs[name] = tuple(int(d) for d in net.input_dim[4 * i : 4 * i + 4])
     elif net.input_shape:
         if len(net.input_shape) != len(net.input):
             raise CaffeError(
                 f"{len(net.input_shape)} input_shape blocks for {len(net.input)} inputs",
-                path=path, field="input_shape")
+                path=path,
+                field="input_shape",
+            )
         for name, shape in zip(net.input, net.input_shape, strict=True):
             inputs[name] = tuple(int(d) for d in shape.dim)
     elif net.input:
-        raise CaffeError("inputs are declared without input_dim or input_shape", path=path,
-                         field="input")
+        raise CaffeError(
+            "inputs are declared without input_dim or input_shape", path=path, field="input"
+        )
     return inputs
 
 
-def _sort_layer(param, line: int | None, path, sch: schema.Schema,
-                inputs: dict[str, tuple[int, ...]], skipped: list[dict]) -> LayerDef | None:
+def _sort_layer(
+    param,
+    line: int | None,
+    path,
+    sch: schema.Schema,
+    inputs: dict[str, tuple[int, ...]],
+    skipped: list[dict],
+) -> LayerDef | None:
     """One TEST-phase layer: a :class:`LayerDef` the port runs, or None for a layer whose tops
     become inputs (Input, DummyData, added to ``inputs``) or that deploy nets run without (data,
     loss, Accuracy, added to ``skipped``)."""
     if param.type in SKIPPED_TYPES:
         kind = "reads a file or database" if param.type in DATA_TYPES else "needs labels"
-        skipped.append({"name": param.name, "type": param.type, "line": line,
-                        "tops": list(param.top),
-                        "reason": f"{param.type} {kind}; deploy nets run without it"})
+        skipped.append(
+            {
+                "name": param.name,
+                "type": param.type,
+                "line": line,
+                "tops": list(param.top),
+                "reason": f"{param.type} {kind}; deploy nets run without it",
+            }
+        )
         return None
     if param.type == "DummyData":
         # Its tops are inputs: pycaffe users feed them by writing .data, which a constant
@@ -332,30 +406,51 @@ def _sort_layer(param, line: int | None, path, sch: schema.Schema,
         shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
         if shapes and len(shapes) not in (1, len(param.top)):
             raise CaffeError(
-                f"{len(shapes)} shapes for {len(param.top)} tops", path=path,
-                layer=param.name, line=line, field="input_param.shape")
+                f"{len(shapes)} shapes for {len(param.top)} tops",
+                path=path,
+                layer=param.name,
+                line=line,
+                field="input_param.shape",
+            )
         for j, top in enumerate(param.top):
             inputs[top] = shapes[j if len(shapes) > 1 else 0] if shapes else ()
         return None
     clean = sch.LayerParameter()
     clean.CopyFrom(param)
     del clean.blobs[:]
-    return LayerDef(name=param.name, type=param.type, bottoms=list(param.bottom),
-                    tops=list(param.top), param=clean, line=line)
+    return LayerDef(
+        name=param.name,
+        type=param.type,
+        bottoms=list(param.bottom),
+        tops=list(param.top),
+        param=clean,
+        line=line,
+    )
 
 
-def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "",
-                      proto: str | Path | schema.Schema | None = None) -> NetDef:
+def netdef_from_proto(
+    net,
+    *,
+    path: str | Path | None = None,
+    text: str = "",
+    proto: str | Path | schema.Schema | None = None,
+) -> NetDef:
     """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin) of the schema
     ``proto`` (default Caffe 1.0's)."""
     sch = as_schema(proto)
     if net.layer and net.layers:
-        raise CaffeError("definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
-                         path=path, field="layers")
+        raise CaffeError(
+            "definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
+            path=path,
+            field="layers",
+        )
     lines = _layer_block_lines(text) if text else []
     legacy = bool(net.layers)
-    raw = ([upgrade_v1_layer(v1, path=path, sch=sch) for v1 in net.layers] if legacy
-           else list(net.layer))
+    raw = (
+        [upgrade_v1_layer(v1, path=path, sch=sch) for v1 in net.layers]
+        if legacy
+        else list(net.layer)
+    )
     phase = net.state.phase if net.HasField("state") else sch.NetParameter().state.phase
     inputs = _net_level_inputs(net, path)
     layers: list[LayerDef] = []
@@ -366,13 +461,15 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "",
         if not param.name:
             raise CaffeError("layer has no name", path=path, line=line, field="name")
         if not param.type:
-            raise CaffeError("layer has no type", path=path, layer=param.name, line=line,
-                             field="type")
+            raise CaffeError(
+                "layer has no type", path=path, layer=param.name, line=line, field="type"
+            )
         if not _included(param, phase, path=path, line=line):
             continue
         if param.name in names:
-            raise CaffeError("duplicate layer name", path=path, layer=param.name, line=line,
-                             field="name")
+            raise CaffeError(
+                "duplicate layer name", path=path, layer=param.name, line=line, field="name"
+            )
         names.add(param.name)
         layer = _sort_layer(param, line, path, sch, inputs, skipped)
         if layer is not None:
@@ -380,17 +477,30 @@ def netdef_from_proto(net, *, path: str | Path | None = None, text: str = "",
     _check_skipped_tops(skipped, layers, inputs, path)
     if not inputs:
         data = [s for s in skipped if s["type"] in DATA_TYPES]
-        hint = (f"; its data layer {data[0]['name']!r} ({data[0]['type']}) is not run by the port"
-                if data else "")
-        raise CaffeError("the net declares no input (input/input_dim, input_shape, an Input or "
-                         f"DummyData layer){hint}", path=path, field="input")
+        hint = (
+            f"; its data layer {data[0]['name']!r} ({data[0]['type']}) is not run by the port"
+            if data
+            else ""
+        )
+        raise CaffeError(
+            "the net declares no input (input/input_dim, input_shape, an Input or "
+            f"DummyData layer){hint}",
+            path=path,
+            field="input",
+        )
     for name, shape in inputs.items():
         if not shape:
             raise CaffeError(f"input {name!r} has no shape", path=path, field="input_shape")
     return NetDef(
-        name=net.name, inputs=inputs, layers=layers, force_backward=net.force_backward,
-        path=str(path) if path is not None else None, text=text, legacy_v1=legacy,
-        skipped=skipped, schema=sch,
+        name=net.name,
+        inputs=inputs,
+        layers=layers,
+        force_backward=net.force_backward,
+        path=str(path) if path is not None else None,
+        text=text,
+        legacy_v1=legacy,
+        skipped=skipped,
+        schema=sch,
     )
 
 
@@ -401,20 +511,40 @@ def _dummy_shapes(param, path, line) -> list[tuple[int, ...]]:
     legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
     if p.shape:
         if any(legacy):
-            raise CaffeError("give shape or num/channels/height/width, not both", path=path,
-                             layer=param.name, line=line, field="dummy_data_param.shape")
+            raise CaffeError(
+                "give shape or num/channels/height/width, not both",
+                path=path,
+                layer=param.name,
+                line=line,
+                field="dummy_data_param.shape",
+            )
         shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
     elif any(legacy):
         if any(len(v) not in (1, n) for v in legacy):
-            raise CaffeError(f"num, channels, height and width each need 1 or {n} values",
-                             path=path, layer=param.name, line=line, field="dummy_data_param")
+            raise CaffeError(
+                f"num, channels, height and width each need 1 or {n} values",
+                path=path,
+                layer=param.name,
+                line=line,
+                field="dummy_data_param",
+            )
         shapes = [tuple(int(v[i if len(v) > 1 else 0]) for v in legacy) for i in range(n)]
     else:
-        raise CaffeError("DummyData needs a shape", path=path, layer=param.name, line=line,
-                         field="dummy_data_param.shape")
+        raise CaffeError(
+            "DummyData needs a shape",
+            path=path,
+            layer=param.name,
+            line=line,
+            field="dummy_data_param.shape",
+        )
     if len(shapes) not in (1, n):
-        raise CaffeError(f"{len(shapes)} shapes for {n} tops", path=path, layer=param.name,
-                         line=line, field="dummy_data_param.shape")
+        raise CaffeError(
+            f"{len(shapes)} shapes for {n} tops",
+            path=path,
+            layer=param.name,
+            line=line,
+            field="dummy_data_param.shape",
+        )
     return shapes * n if len(shapes) == 1 else shapes
 
 
@@ -428,8 +558,12 @@ def _check_skipped_tops(skipped, layers, inputs, path) -> None:
                 raise CaffeError(
                     f"bottom {b!r} comes from the {s['type']} layer {s['name']!r}, which the port "
                     f"does not run ({s['reason']}); declare {b!r} as an input (input_shape or an "
-                    "Input layer) instead", path=path, layer=layer.name, line=layer.line,
-                    field="bottom")
+                    "Input layer) instead",
+                    path=path,
+                    layer=layer.name,
+                    line=layer.line,
+                    field="bottom",
+                )
         for t in layer.tops:
             missing.pop(t, None)
 
@@ -463,9 +597,11 @@ def load_prototxt(path: str | Path, *, proto: str | Path | schema.Schema | None 
     return netdef_from_text(text, path=path, proto=proto)
 
 
-def netdef_from_text(text: str, *, path: str | Path | None = None,
-                     proto: str | Path | schema.Schema | None = None) -> NetDef:
+def netdef_from_text(
+    text: str, *, path: str | Path | None = None, proto: str | Path | schema.Schema | None = None
+) -> NetDef:
     """Parse definition text (see :func:`load_prototxt`)."""
     sch = as_schema(proto)
-    return netdef_from_proto(parse_net_text(text, path=path, proto=sch), path=path, text=text,
-                             proto=sch)
+    return netdef_from_proto(
+        parse_net_text(text, path=path, proto=sch), path=path, text=text, proto=sch
+    )

@@ -18,13 +18,22 @@ __all__ = ["add_definition_options", "load_plugin", "load_plugins"]
 
 def add_definition_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--proto FORK.proto`` and ``--plugin FILE.py`` (repeatable) to a subcommand."""
-    parser.add_argument("--proto", type=Path, metavar="FORK.proto",
-                        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
-                             "messages and fields the definition uses (e.g. SSD's permute_param); "
-                             "read without protoc")
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
-                        help="Python file or module run first; it registers custom layer types "
-                             "with port.register_layer (and parity.numpy_ref.register); repeatable")
+    parser.add_argument(
+        "--proto",
+        type=Path,
+        metavar="FORK.proto",
+        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
+        "messages and fields the definition uses (e.g. SSD's permute_param); "
+        "read without protoc",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="Python file or module run first; it registers custom layer types "
+        "with port.register_layer (and parity.numpy_ref.register); repeatable",
+    )
 
 
 def load_plugin(spec: str) -> None:

@@ -136,4 +136,3 @@ class Transformer:
         if self.channel_swap is not None:
             x = x[np.argsort(self.channel_swap), :, :]
         return x.transpose(1, 2, 0)
-

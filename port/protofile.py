@@ -23,24 +23,40 @@ from .errors import CaffeError
 
 _FDP = descriptor_pb2.FieldDescriptorProto
 _SCALARS = {
-    "double": _FDP.TYPE_DOUBLE, "float": _FDP.TYPE_FLOAT, "int64": _FDP.TYPE_INT64,
-    "uint64": _FDP.TYPE_UINT64, "int32": _FDP.TYPE_INT32, "fixed64": _FDP.TYPE_FIXED64,
-    "fixed32": _FDP.TYPE_FIXED32, "bool": _FDP.TYPE_BOOL, "string": _FDP.TYPE_STRING,
-    "bytes": _FDP.TYPE_BYTES, "uint32": _FDP.TYPE_UINT32, "sfixed32": _FDP.TYPE_SFIXED32,
-    "sfixed64": _FDP.TYPE_SFIXED64, "sint32": _FDP.TYPE_SINT32, "sint64": _FDP.TYPE_SINT64,
+    "double": _FDP.TYPE_DOUBLE,
+    "float": _FDP.TYPE_FLOAT,
+    "int64": _FDP.TYPE_INT64,
+    "uint64": _FDP.TYPE_UINT64,
+    "int32": _FDP.TYPE_INT32,
+    "fixed64": _FDP.TYPE_FIXED64,
+    "fixed32": _FDP.TYPE_FIXED32,
+    "bool": _FDP.TYPE_BOOL,
+    "string": _FDP.TYPE_STRING,
+    "bytes": _FDP.TYPE_BYTES,
+    "uint32": _FDP.TYPE_UINT32,
+    "sfixed32": _FDP.TYPE_SFIXED32,
+    "sfixed64": _FDP.TYPE_SFIXED64,
+    "sint32": _FDP.TYPE_SINT32,
+    "sint64": _FDP.TYPE_SINT64,
 }
-_LABELS = {"optional": _FDP.LABEL_OPTIONAL, "repeated": _FDP.LABEL_REPEATED,
-           "required": _FDP.LABEL_REQUIRED}
+_LABELS = {
+    "optional": _FDP.LABEL_OPTIONAL,
+    "repeated": _FDP.LABEL_REPEATED,
+    "required": _FDP.LABEL_REQUIRED,
+}
 _UNSUPPORTED = {"oneof", "map", "group", "extend", "service", "import"}
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<space>\s+)
   | (?P<comment>//[^\n]*|/\*.*?\*/)
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<number>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|0[xX][0-9a-fA-F]+|\d+))
   | (?P<ident>\.?[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)
   | (?P<symbol>[{}\[\]();=<>,-])
-""", re.X | re.S)
+""",
+    re.X | re.S,
+)
 
 
 @dataclass
@@ -56,7 +72,7 @@ def _tokens(text: str, path: str) -> list[_Tok]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise CaffeError(f"cannot read {text[pos:pos + 20]!r}", path=path, line=line)
+            raise CaffeError(f"cannot read {text[pos : pos + 20]!r}", path=path, line=line)
         kind = m.lastgroup
         if kind not in ("space", "comment"):
             out.append(_Tok(kind, m.group(), line))
@@ -123,8 +139,9 @@ class _Parser:
                 self._expect("=")
                 value = self._next().text.strip("\"'")
                 if value != "proto2":
-                    self._fail(f"syntax {value!r} is not supported (Caffe's files are proto2)",
-                               tok.line)
+                    self._fail(
+                        f"syntax {value!r} is not supported (Caffe's files are proto2)", tok.line
+                    )
                 self._expect(";")
             elif tok.text == "package":
                 fdp.package = self._ident().text
@@ -171,14 +188,18 @@ class _Parser:
             elif tok.text in _UNSUPPORTED:
                 self._fail(f"'{tok.text}' is not supported by the port's proto reader", tok.line)
             else:
-                self._fail(f"expected a field with optional/repeated/required in message "
-                           f"{msg.name}, found {tok.text!r}", tok.line)
+                self._fail(
+                    f"expected a field with optional/repeated/required in message "
+                    f"{msg.name}, found {tok.text!r}",
+                    tok.line,
+                )
 
     def _field(self, field, label: int) -> None:
         type_tok = self._ident()
         if type_tok.text in _UNSUPPORTED:
-            self._fail(f"'{type_tok.text}' is not supported by the port's proto reader",
-                       type_tok.line)
+            self._fail(
+                f"'{type_tok.text}' is not supported by the port's proto reader", type_tok.line
+            )
         field.label = label
         if type_tok.text in _SCALARS:
             field.type = _SCALARS[type_tok.text]
@@ -282,8 +303,12 @@ def _merge_enum(base, extra, where: str, path: str) -> None:
     for value in extra.value:
         if value.name in have:
             if have[value.name] != value.number:
-                raise CaffeError(f"enum value {where}.{value.name} = {value.number} conflicts with "
-                                 f"Caffe's {have[value.name]}", path=path, field=value.name)
+                raise CaffeError(
+                    f"enum value {where}.{value.name} = {value.number} conflicts with "
+                    f"Caffe's {have[value.name]}",
+                    path=path,
+                    field=value.name,
+                )
             continue
         base.value.add().CopyFrom(value)
 
@@ -295,12 +320,19 @@ def _merge_message(base, extra, where: str, path: str, added: list[str]) -> None
         old = by_name.get(fld.name)
         if old is not None:
             if old.number != fld.number:
-                raise CaffeError(f"{where}.{fld.name} = {fld.number} conflicts with Caffe's "
-                                 f"number {old.number}", path=path, field=fld.name)
+                raise CaffeError(
+                    f"{where}.{fld.name} = {fld.number} conflicts with Caffe's number {old.number}",
+                    path=path,
+                    field=fld.name,
+                )
             continue
         if fld.number in by_number:
-            raise CaffeError(f"{where}.{fld.name} = {fld.number} reuses the number of Caffe's "
-                             f"field {by_number[fld.number].name!r}", path=path, field=fld.name)
+            raise CaffeError(
+                f"{where}.{fld.name} = {fld.number} reuses the number of Caffe's "
+                f"field {by_number[fld.number].name!r}",
+                path=path,
+                field=fld.name,
+            )
         base.field.add().CopyFrom(fld)
         added.append(f"{where}.{fld.name}")
     _merge_types(base, extra, where, path, added, nested=True)
@@ -336,15 +368,22 @@ def _resolve_fields(container, scope: str, known: dict[str, str], path: str) -> 
                 continue
             resolved = _resolve(fld.type_name, full, known)
             if resolved is None:
-                raise CaffeError(f"unknown type {fld.type_name!r} of field {full[1:]}.{fld.name}",
-                                 path=path, field=fld.name)
+                raise CaffeError(
+                    f"unknown type {fld.type_name!r} of field {full[1:]}.{fld.name}",
+                    path=path,
+                    field=fld.name,
+                )
             fld.type_name = resolved
             fld.type = _FDP.TYPE_ENUM if known[resolved] == "enum" else _FDP.TYPE_MESSAGE
         _resolve_fields(msg, full, known, path)
 
 
-def merge_into(base: descriptor_pb2.FileDescriptorProto, extra: descriptor_pb2.FileDescriptorProto,
-               *, path: str | Path) -> list[str]:
+def merge_into(
+    base: descriptor_pb2.FileDescriptorProto,
+    extra: descriptor_pb2.FileDescriptorProto,
+    *,
+    path: str | Path,
+) -> list[str]:
     """Add ``extra``'s messages, fields and enum values to ``base`` (in place).
 
     Fields Caffe already has must keep their numbers; new fields must not reuse a number. Returns the
@@ -352,8 +391,11 @@ def merge_into(base: descriptor_pb2.FileDescriptorProto, extra: descriptor_pb2.F
     """
     path = str(path)
     if extra.package and extra.package != base.package:
-        raise CaffeError(f"package {extra.package!r}: a Caffe fork's proto declares "
-                         f"'package {base.package};'", path=path, field="package")
+        raise CaffeError(
+            f"package {extra.package!r}: a Caffe fork's proto declares 'package {base.package};'",
+            path=path,
+            field="package",
+        )
     added: list[str] = []
     _merge_types(base, extra, "", path, added, nested=False)
     known: dict[str, str] = {}

@@ -374,7 +374,10 @@ SCHEMA: dict[str, dict] = {
     },
     "ParameterParameter": {"fields": [("shape", 1, "BlobShape", "o", None, False)]},
     "PoolingParameter": {
-        "enums": {"PoolMethod": ["MAX", "AVE", "STOCHASTIC"], "Engine": ["DEFAULT", "CAFFE", "CUDNN"]},
+        "enums": {
+            "PoolMethod": ["MAX", "AVE", "STOCHASTIC"],
+            "Engine": ["DEFAULT", "CAFFE", "CUDNN"],
+        },
         "fields": [
             ("pool", 1, "PoolingParameter.PoolMethod", "o", "MAX", False),
             ("pad", 4, "uint32", "o", 0, False),
@@ -495,7 +498,10 @@ SCHEMA: dict[str, dict] = {
         ]
     },
     "SPPParameter": {
-        "enums": {"PoolMethod": ["MAX", "AVE", "STOCHASTIC"], "Engine": ["DEFAULT", "CAFFE", "CUDNN"]},
+        "enums": {
+            "PoolMethod": ["MAX", "AVE", "STOCHASTIC"],
+            "Engine": ["DEFAULT", "CAFFE", "CUDNN"],
+        },
         "fields": [
             ("pyramid_height", 1, "uint32", "o", None, False),
             ("pool", 2, "SPPParameter.PoolMethod", "o", "MAX", False),
@@ -505,15 +511,46 @@ SCHEMA: dict[str, dict] = {
     "V1LayerParameter": {
         "enums": {
             "LayerType": {
-                "NONE": 0, "ABSVAL": 35, "ACCURACY": 1, "ARGMAX": 30, "BNLL": 2, "CONCAT": 3,
-                "CONTRASTIVE_LOSS": 37, "CONVOLUTION": 4, "DATA": 5, "DECONVOLUTION": 39,
-                "DROPOUT": 6, "DUMMY_DATA": 32, "EUCLIDEAN_LOSS": 7, "ELTWISE": 25, "EXP": 38,
-                "FLATTEN": 8, "HDF5_DATA": 9, "HDF5_OUTPUT": 10, "HINGE_LOSS": 28, "IM2COL": 11,
-                "IMAGE_DATA": 12, "INFOGAIN_LOSS": 13, "INNER_PRODUCT": 14, "LRN": 15,
-                "MEMORY_DATA": 29, "MULTINOMIAL_LOGISTIC_LOSS": 16, "MVN": 34, "POOLING": 17,
-                "POWER": 26, "RELU": 18, "SIGMOID": 19, "SIGMOID_CROSS_ENTROPY_LOSS": 27,
-                "SILENCE": 36, "SOFTMAX": 20, "SOFTMAX_LOSS": 21, "SPLIT": 22, "SLICE": 33,
-                "TANH": 23, "WINDOW_DATA": 24, "THRESHOLD": 31,
+                "NONE": 0,
+                "ABSVAL": 35,
+                "ACCURACY": 1,
+                "ARGMAX": 30,
+                "BNLL": 2,
+                "CONCAT": 3,
+                "CONTRASTIVE_LOSS": 37,
+                "CONVOLUTION": 4,
+                "DATA": 5,
+                "DECONVOLUTION": 39,
+                "DROPOUT": 6,
+                "DUMMY_DATA": 32,
+                "EUCLIDEAN_LOSS": 7,
+                "ELTWISE": 25,
+                "EXP": 38,
+                "FLATTEN": 8,
+                "HDF5_DATA": 9,
+                "HDF5_OUTPUT": 10,
+                "HINGE_LOSS": 28,
+                "IM2COL": 11,
+                "IMAGE_DATA": 12,
+                "INFOGAIN_LOSS": 13,
+                "INNER_PRODUCT": 14,
+                "LRN": 15,
+                "MEMORY_DATA": 29,
+                "MULTINOMIAL_LOGISTIC_LOSS": 16,
+                "MVN": 34,
+                "POOLING": 17,
+                "POWER": 26,
+                "RELU": 18,
+                "SIGMOID": 19,
+                "SIGMOID_CROSS_ENTROPY_LOSS": 27,
+                "SILENCE": 36,
+                "SOFTMAX": 20,
+                "SOFTMAX_LOSS": 21,
+                "SPLIT": 22,
+                "SLICE": 33,
+                "TANH": 23,
+                "WINDOW_DATA": 24,
+                "THRESHOLD": 31,
             },
             "DimCheckMode": {"STRICT": 0, "PERMISSIVE": 1},
         },
@@ -664,8 +701,9 @@ class Schema:
     so a converted artefact can rebuild the same schema. ``added`` names the fork's additions.
     """
 
-    def __init__(self, pool, *, source: str | None = None, text: str = "",
-                 added: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, pool, *, source: str | None = None, text: str = "", added: tuple[str, ...] = ()
+    ) -> None:
         self.pool = pool
         self.source = source
         self.text = text
@@ -684,7 +722,9 @@ class Schema:
         return (_fork_schema, (self.text, self.source))
 
     def message(self, name: str):
-        return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        return message_factory.GetMessageClass(
+            self.pool.FindMessageTypeByName(f"{_PACKAGE}.{name}")
+        )
 
     @property
     def NetParameter(self):  # noqa: N802 - the protobuf message's name
@@ -708,6 +748,8 @@ def _caffe_schema() -> Schema:
 
 def _fork_schema(text: str, path: str) -> Schema:
     return schema_from_proto_text(text, path=path)
+
+
 _FORKS: dict[tuple[str, str], Schema] = {}
 
 

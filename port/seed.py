@@ -66,8 +66,12 @@ def seed_weights(netdef: NetDef, seed: int) -> dict[str, list[np.ndarray]]:
             # Layers added after the rules above carry their own distribution (see the class).
             blobs = module.seed_blobs(rng)
         else:  # a learnable layer type added later must choose its distribution explicitly
-            raise CaffeError(f"no seeding rule for layer type {layer.type}: give its module a "
-                             "seed_blobs(rng) method returning its blobs", path=netdef.path,
-                             layer=layer.name, field="type")
+            raise CaffeError(
+                f"no seeding rule for layer type {layer.type}: give its module a "
+                "seed_blobs(rng) method returning its blobs",
+                path=netdef.path,
+                layer=layer.name,
+                field="type",
+            )
         weights[layer.name] = [b.astype(np.float32) for b in blobs]
     return weights

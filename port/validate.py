@@ -45,17 +45,33 @@ def _check_flatten(layer: LayerDef, module: CaffeLayer) -> None:
     start, end = getattr(module, "start", None), getattr(module, "end", None)
     if start is not None and end is not None and start > end:
         p = layer.param.flatten_param
-        raise CaffeError(f"axis {p.axis} comes after end_axis {p.end_axis} (Caffe: start_axis must "
-                         "not be larger than end_axis)", field="flatten_param.axis")
+        raise CaffeError(
+            f"axis {p.axis} comes after end_axis {p.end_axis} (Caffe: start_axis must "
+            "not be larger than end_axis)",
+            field="flatten_param.axis",
+        )
 
 
 #: How many bottoms and tops a layer type takes (min, max; None: no limit), as Caffe's
 #: ``ExactNumBottomBlobs`` and friends declare them, for the layers the port implements. Types not
 #: listed are checked by their own constructors.
 ARITY: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
-    **{t: ((1, 1), (1, 1)) for t in ("Convolution", "Pooling", "LRN", "InnerProduct", "ReLU",
-                                     "Dropout", "Softmax", "BatchNorm", "Flatten", "Sigmoid",
-                                     "TanH")},
+    **{
+        t: ((1, 1), (1, 1))
+        for t in (
+            "Convolution",
+            "Pooling",
+            "LRN",
+            "InnerProduct",
+            "ReLU",
+            "Dropout",
+            "Softmax",
+            "BatchNorm",
+            "Flatten",
+            "Sigmoid",
+            "TanH",
+        )
+    },
     "Scale": ((1, 2), (1, 1)),
     "Eltwise": ((2, None), (1, 1)),
     "Concat": ((1, None), (1, 1)),
@@ -66,8 +82,7 @@ ARITY: dict[str, tuple[tuple[int, int | None], tuple[int, int | None]]] = {
 def _count(n: int, limits: tuple[int, int | None]) -> str | None:
     lo, hi = limits
     if n < lo or (hi is not None and n > hi):
-        return (f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None
-                else f"{lo} to {hi}")
+        return f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
     return None
 
 
@@ -75,8 +90,10 @@ def _check_arity(layer: LayerDef) -> None:
     limits = ARITY.get(layer.type)
     if limits is None:
         return
-    for what, n, lim in (("bottom", len(layer.bottoms), limits[0]),
-                         ("top", len(layer.tops), limits[1])):
+    for what, n, lim in (
+        ("bottom", len(layer.bottoms), limits[0]),
+        ("top", len(layer.tops), limits[1]),
+    ):
         want = _count(n, lim)
         if want is not None:
             raise CaffeError(f"{layer.type} takes {want} {what} blob(s), {n} given", field=what)
@@ -113,9 +130,12 @@ def _why_not_positive(layer: LayerDef, module: CaffeLayer, top: Shape) -> tuple[
         padded = [s + 2 * p for s, p in zip(bottom[2:], pad, strict=True)]
         if any(e > p for e, p in zip(extent, padded, strict=True)):
             param = "pooling_param" if layer.type == "Pooling" else "convolution_param"
-            return (f"the {'pooling window' if layer.type == 'Pooling' else 'kernel'} "
-                    f"({_fmt(tuple(extent))}) is larger than the padded input ({_fmt(tuple(padded))}); "
-                    f"the top would have shape {_fmt(top)}", f"{param}.kernel_size")
+            return (
+                f"the {'pooling window' if layer.type == 'Pooling' else 'kernel'} "
+                f"({_fmt(tuple(extent))}) is larger than the padded input ({_fmt(tuple(padded))}); "
+                f"the top would have shape {_fmt(top)}",
+                f"{param}.kernel_size",
+            )
     return f"the top would have shape {_fmt(top)}: every dimension must be positive", None
 
 
@@ -147,13 +167,16 @@ def _build(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
 
 
 def _unforeseen(layer: LayerDef, bottom_shapes: list[Shape], exc: Exception) -> CaffeError:
-    return CaffeError(f"cannot build this {layer.type} layer on bottoms of shape "
-                      f"{[_fmt(s) for s in bottom_shapes]}: {type(exc).__name__}: {exc}")
+    return CaffeError(
+        f"cannot build this {layer.type} layer on bottoms of shape "
+        f"{[_fmt(s) for s in bottom_shapes]}: {type(exc).__name__}: {exc}"
+    )
 
 
 def _layer_error(netdef: NetDef, layer: LayerDef, exc: CaffeError) -> CaffeError:
-    return CaffeError(exc.reason, path=netdef.path, layer=layer.name, field=exc.field,
-                      line=layer.line)
+    return CaffeError(
+        exc.reason, path=netdef.path, layer=layer.name, field=exc.field, line=layer.line
+    )
 
 
 def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[str, Shape]:
@@ -187,8 +210,11 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
         shapes.update(_checked_tops(netdef, layer, module, tops))
     limit = _memory_bytes() if memory_bytes is None else memory_bytes
     if limit is not None and 4 * weight_values > limit:
-        raise CaffeError(f"the weights need {4 * weight_values / 1e9:.1f} GB as float32; this "
-                         f"machine has {limit / 1e9:.1f} GB", path=netdef.path)
+        raise CaffeError(
+            f"the weights need {4 * weight_values / 1e9:.1f} GB as float32; this "
+            f"machine has {limit / 1e9:.1f} GB",
+            path=netdef.path,
+        )
     return shapes
 
 
@@ -197,12 +223,18 @@ def _input_shapes(netdef: NetDef) -> dict[str, Shape]:
     shapes: dict[str, Shape] = {}
     for name, shape in netdef.inputs.items():
         if any(d < 1 for d in shape):
-            raise CaffeError(f"input {name!r} has shape {_fmt(shape)}: every dimension must be "
-                             "positive", path=netdef.path, field="input_shape")
+            raise CaffeError(
+                f"input {name!r} has shape {_fmt(shape)}: every dimension must be positive",
+                path=netdef.path,
+                field="input_shape",
+            )
         if math.prod(shape) > MAX_BLOB_COUNT:
-            raise CaffeError(f"input {name!r} of shape {_fmt(shape)} exceeds Caffe's blob size "
-                             f"limit (INT_MAX = {MAX_BLOB_COUNT} values)", path=netdef.path,
-                             field="input_shape")
+            raise CaffeError(
+                f"input {name!r} of shape {_fmt(shape)} exceeds Caffe's blob size "
+                f"limit (INT_MAX = {MAX_BLOB_COUNT} values)",
+                path=netdef.path,
+                field="input_shape",
+            )
         shapes[name] = shape
     return shapes
 
@@ -211,18 +243,30 @@ def _check_bottoms_and_tops(netdef: NetDef, layer: LayerDef, shapes: dict[str, S
     """Every bottom already exists; no top exists already unless the layer writes it in place."""
     missing = [b for b in layer.bottoms if b not in shapes]
     if missing:
-        raise CaffeError(f"bottom blob {missing[0]!r} is not produced by any earlier layer",
-                         path=netdef.path, layer=layer.name, field="bottom", line=layer.line)
+        raise CaffeError(
+            f"bottom blob {missing[0]!r} is not produced by any earlier layer",
+            path=netdef.path,
+            layer=layer.name,
+            field="bottom",
+            line=layer.line,
+        )
     for i, top in enumerate(layer.tops):
         in_place = i < len(layer.bottoms) and layer.bottoms[i] == top
         if top in shapes and not in_place:
-            raise CaffeError(f"top blob {top!r} is produced by multiple sources (an earlier "
-                             "layer or input already produces it, and this layer does not work "
-                             "in place)", path=netdef.path, layer=layer.name, field="top",
-                             line=layer.line)
+            raise CaffeError(
+                f"top blob {top!r} is produced by multiple sources (an earlier "
+                "layer or input already produces it, and this layer does not work "
+                "in place)",
+                path=netdef.path,
+                layer=layer.name,
+                field="top",
+                line=layer.line,
+            )
 
 
-def _build_and_check(layer: LayerDef, bottom_shapes: list[Shape]) -> tuple[CaffeLayer, list[Shape], int]:
+def _build_and_check(
+    layer: LayerDef, bottom_shapes: list[Shape]
+) -> tuple[CaffeLayer, list[Shape], int]:
     """Build ``layer`` on the meta device and check its type's rules and its weight blobs; the
     module, its top shapes and its number of weight values. Errors name the field only (the
     caller adds file, line and layer)."""
@@ -231,7 +275,9 @@ def _build_and_check(layer: LayerDef, bottom_shapes: list[Shape]) -> tuple[Caffe
     rule = TYPE_RULES.get(layer.type)
     if rule is not None:
         rule(layer, module)
-    weight_values = sum(_weight_blob_count(layer, blob_shape) for blob_shape in module.blob_shapes())
+    weight_values = sum(
+        _weight_blob_count(layer, blob_shape) for blob_shape in module.blob_shapes()
+    )
     try:
         tops = module.top_shapes()
     except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
@@ -245,33 +291,54 @@ def _weight_blob_count(layer: LayerDef, blob_shape: Shape) -> int:
     if any(d < 1 for d in blob_shape):
         fld = _num_output_field(layer)
         if fld is not None:
-            raise CaffeError("num_output must be positive (Caffe: num_output should "
-                             "be > 0)", field=fld)
-        raise CaffeError(f"weight blob of shape {_fmt(blob_shape)}: every dimension "
-                         "must be positive", field="blobs")
+            raise CaffeError(
+                "num_output must be positive (Caffe: num_output should be > 0)", field=fld
+            )
+        raise CaffeError(
+            f"weight blob of shape {_fmt(blob_shape)}: every dimension must be positive",
+            field="blobs",
+        )
     if count > MAX_BLOB_COUNT:
-        raise CaffeError(f"weight blob of shape {_fmt(blob_shape)} exceeds Caffe's blob "
-                         f"size limit (INT_MAX = {MAX_BLOB_COUNT} values)",
-                         field="blobs")
+        raise CaffeError(
+            f"weight blob of shape {_fmt(blob_shape)} exceeds Caffe's blob "
+            f"size limit (INT_MAX = {MAX_BLOB_COUNT} values)",
+            field="blobs",
+        )
     return count
 
 
-def _checked_tops(netdef: NetDef, layer: LayerDef, module: CaffeLayer, tops: list[Shape]) -> dict[str, Shape]:
+def _checked_tops(
+    netdef: NetDef, layer: LayerDef, module: CaffeLayer, tops: list[Shape]
+) -> dict[str, Shape]:
     """The layer's tops by name, as int tuples, each checked (one per name, positive, within
     Caffe's blob size limit)."""
     if len(tops) != len(layer.tops):
-        raise CaffeError(f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
-                         path=netdef.path, layer=layer.name, field="top", line=layer.line)
+        raise CaffeError(
+            f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
+            path=netdef.path,
+            layer=layer.name,
+            field="top",
+            line=layer.line,
+        )
     checked: dict[str, Shape] = {}
     for name, top in zip(layer.tops, tops, strict=True):
         top = tuple(int(d) for d in top)
         if any(d < 1 for d in top):
             reason, fld = _why_not_positive(layer, module, top)
-            raise CaffeError(f"top {name!r}: {reason}", path=netdef.path, layer=layer.name,
-                             field=fld, line=layer.line)
+            raise CaffeError(
+                f"top {name!r}: {reason}",
+                path=netdef.path,
+                layer=layer.name,
+                field=fld,
+                line=layer.line,
+            )
         if math.prod(top) > MAX_BLOB_COUNT:
-            raise CaffeError(f"top {name!r} of shape {_fmt(top)} exceeds Caffe's blob size "
-                             f"limit (INT_MAX = {MAX_BLOB_COUNT} values)", path=netdef.path,
-                             layer=layer.name, line=layer.line)
+            raise CaffeError(
+                f"top {name!r} of shape {_fmt(top)} exceeds Caffe's blob size "
+                f"limit (INT_MAX = {MAX_BLOB_COUNT} values)",
+                path=netdef.path,
+                layer=layer.name,
+                line=layer.line,
+            )
         checked[name] = top
     return checked

@@ -6,14 +6,14 @@ missing, failed or stale. The file sits beside the weights that were checked
 ``cache/parity/<prototxt stem>.seed<N>.parity.json`` under the repository root::
 
     {
-      "format": "caffe-mfv-parity-verdict/1",
-      "verdict": "pass",                       # or "fail"
-      "report": "../../parity/caffenet.json",  # the parity report (relative to this file, or absolute)
-      "prototxt_sha256": "<hex>",              # sha256 of the definition file's bytes
-      "caffemodel_sha256": "<hex>" | null,     # null for seeded weights
-      "seed": null | 1,                        # the seed_weights seed; required for seeded weights
-      "created": "2026-11-25T18:00:00Z",
-      "summary": "..."                         # one line
+        "format": "caffe-mfv-parity-verdict/1",
+        "verdict": "pass",  # or "fail"
+        "report": "../../parity/caffenet.json",  # the parity report (relative to this file, or absolute)
+        "prototxt_sha256": "<hex>",  # sha256 of the definition file's bytes
+        "caffemodel_sha256": "<hex>" | null,  # null for seeded weights
+        "seed": null | 1,  # the seed_weights seed; required for seeded weights
+        "created": "2026-11-25T18:00:00Z",
+        "summary": "...",  # one line
     }
 
 A verdict only counts for the exact files it was computed on: the checksums must match.
@@ -32,7 +32,12 @@ from .errors import ToolError
 from .paths import cache_root
 
 __all__ = [
-    "FORMAT", "ParityError", "ParityGateError", "check_parity", "verdict_path", "write_verdict",
+    "FORMAT",
+    "ParityError",
+    "ParityGateError",
+    "check_parity",
+    "verdict_path",
+    "write_verdict",
 ]
 
 FORMAT = "caffe-mfv-parity-verdict/1"
@@ -50,17 +55,25 @@ class ParityGateError(ToolError, RuntimeError):
 ParityError = ParityGateError
 
 
-def verdict_path(prototxt: str | Path, caffemodel: str | Path | None, *,
-                 seed: int | None = None) -> Path:
+def verdict_path(
+    prototxt: str | Path, caffemodel: str | Path | None, *, seed: int | None = None
+) -> Path:
     """Where the verdict for these weights lives (see the module docstring)."""
     if caffemodel is not None:
         return Path(str(caffemodel) + ".parity.json")
     return cache_root() / "parity" / f"{Path(prototxt).stem}.seed{int(seed or 0)}.parity.json"
 
 
-def write_verdict(*, passed: bool, prototxt: str | Path, caffemodel: str | Path | None,
-                  seed: int | None, report: str | Path, summary: str,
-                  path: str | Path | None = None) -> Path:
+def write_verdict(
+    *,
+    passed: bool,
+    prototxt: str | Path,
+    caffemodel: str | Path | None,
+    seed: int | None,
+    report: str | Path,
+    summary: str,
+    path: str | Path | None = None,
+) -> Path:
     """Write a verdict atomically and return its path.
 
     Parameters
@@ -98,8 +111,14 @@ def write_verdict(*, passed: bool, prototxt: str | Path, caffemodel: str | Path 
     return out
 
 
-def check_parity(prototxt: str | Path, caffemodel: str | Path | None, *, seed: int | None = None,
-                 verdict_file: str | Path | None = None, required: bool = True) -> dict:
+def check_parity(
+    prototxt: str | Path,
+    caffemodel: str | Path | None,
+    *,
+    seed: int | None = None,
+    verdict_file: str | Path | None = None,
+    required: bool = True,
+) -> dict:
     """Read and validate the parity verdict for a converted Caffe model.
 
     Parameters
@@ -124,14 +143,18 @@ def check_parity(prototxt: str | Path, caffemodel: str | Path | None, *, seed: i
     ParityGateError
         When ``required`` and the status is anything but "pass".
     """
-    path = Path(verdict_file) if verdict_file is not None else verdict_path(prototxt, caffemodel,
-                                                                             seed=seed)
+    path = (
+        Path(verdict_file)
+        if verdict_file is not None
+        else verdict_path(prototxt, caffemodel, seed=seed)
+    )
     info: dict = {"checked": required, "verdict_file": str(path), "report": None}
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        info.update(status="missing",
-                    message=f"no parity verdict at {path}: run parity on this model first")
+        info.update(
+            status="missing", message=f"no parity verdict at {path}: run parity on this model first"
+        )
     except (OSError, ValueError) as e:
         info.update(status="invalid", message=f"unreadable parity verdict {path}: {e}")
     else:
@@ -141,8 +164,9 @@ def check_parity(prototxt: str | Path, caffemodel: str | Path | None, *, seed: i
         info["status_if_checked"] = info["status"]
         info["status"] = "skipped"
     elif info["status"] != "pass":
-        raise ParityGateError(info["message"]
-                          + " (pass --no-parity-check to run anyway; outputs will say so)")
+        raise ParityGateError(
+            info["message"] + " (pass --no-parity-check to run anyway; outputs will say so)"
+        )
     return info
 
 
@@ -154,17 +178,29 @@ def _validate(data: dict, path: Path, prototxt, caffemodel, seed) -> dict:
         report = str((path.parent / report).resolve())
     out = {"report": report}
     if data.get("prototxt_sha256") != sha256_file(prototxt):
-        return {**out, "status": "stale",
-                "message": f"{path}: verdict was for another prototxt (sha256 differs)"}
+        return {
+            **out,
+            "status": "stale",
+            "message": f"{path}: verdict was for another prototxt (sha256 differs)",
+        }
     want_w = None if caffemodel is None else sha256_file(caffemodel)
     if data.get("caffemodel_sha256") != want_w:
-        return {**out, "status": "stale",
-                "message": f"{path}: verdict was for other weights (sha256 differs)"}
+        return {
+            **out,
+            "status": "stale",
+            "message": f"{path}: verdict was for other weights (sha256 differs)",
+        }
     if caffemodel is None and data.get("seed") != seed:
         # Seeded weights are named by their seed alone: a verdict without one cannot vouch for them.
-        return {**out, "status": "stale",
-                "message": f"{path}: verdict was for weight seed {data.get('seed')}, not {seed}"}
+        return {
+            **out,
+            "status": "stale",
+            "message": f"{path}: verdict was for weight seed {data.get('seed')}, not {seed}",
+        }
     if data["verdict"] == "fail":
-        return {**out, "status": "fail",
-                "message": f"parity FAILED for this model (report: {report})"}
+        return {
+            **out,
+            "status": "fail",
+            "message": f"parity FAILED for this model (report: {report})",
+        }
     return {**out, "status": "pass", "message": f"parity passed (report: {report})"}

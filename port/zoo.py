@@ -38,7 +38,9 @@ MODELS: dict[str, ZooModel] = {
     m.name: m
     for m in (
         ZooModel("caffenet", "mfv-original/deploy_alexnet_updated.prototxt", "fc8"),
-        ZooModel("bvlc_reference_caffenet", "model-zoo/bvlc_reference_caffenet/deploy.prototxt", "fc8"),
+        ZooModel(
+            "bvlc_reference_caffenet", "model-zoo/bvlc_reference_caffenet/deploy.prototxt", "fc8"
+        ),
         ZooModel("alexnet", "model-zoo/bvlc_alexnet/deploy.prototxt", "fc8"),
         ZooModel("vgg16", "vgg16_v1.prototxt", "fc8", bundled=True),
         ZooModel("googlenet", "model-zoo/bvlc_googlenet/deploy.prototxt", "loss3/classifier"),

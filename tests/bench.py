@@ -58,11 +58,18 @@ def versus_original(repeat: int, steps: int, avx2: bool, threads: int, facets: i
     from mfv.machine import AVX2_CAPS, machine_info
 
     if not rootfs.is_complete():
-        print(f"no complete legacy Caffe root at {rootfs.root_dir()}: run `python -m legacy_caffe build` "
-              "first (root, ~95 s, 0.8 GB)", file=sys.stderr)
+        print(
+            f"no complete legacy Caffe root at {rootfs.root_dir()}: run `python -m legacy_caffe build` "
+            "first (root, ~95 s, 0.8 GB)",
+            file=sys.stderr,
+        )
         return 2
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     if avx2:
         env.update(AVX2_CAPS, OPENBLAS_CORETYPE="Haswell")
         os.environ.update(AVX2_CAPS)  # so that machine_info() below reports the caps
@@ -73,26 +80,36 @@ def versus_original(repeat: int, steps: int, avx2: bool, threads: int, facets: i
         for case in runs:
             res = _case(case, 0 if case.endswith("openblas") else steps, env, threads)
             runs[case].append(res)
-            print(f"[{r + 1}/{repeat}] {case:28s} {res['seconds_per_facet_step']:.4f} s/facet-step "
-                  f"{res['facets_per_hour']:8.1f} facets/h  load {res['load_average'][0]:.2f}", flush=True)
+            print(
+                f"[{r + 1}/{repeat}] {case:28s} {res['seconds_per_facet_step']:.4f} s/facet-step "
+                f"{res['facets_per_hour']:8.1f} facets/h  load {res['load_average'][0]:.2f}",
+                flush=True,
+            )
 
     def med(case: str) -> float:
         return statistics.median(x["facets_per_hour"] for x in runs[case])
 
-    per_run = [d["facets_per_hour"] / o["facets_per_hour"]
-               for d, o in zip(runs[default], runs["caffenet-original-openblas"], strict=True)]
+    per_run = [
+        d["facets_per_hour"] / o["facets_per_hour"]
+        for d, o in zip(runs[default], runs["caffenet-original-openblas"], strict=True)
+    ]
     summary = {
         "default_over_original": round(med(default) / med("caffenet-original-openblas"), 2),
         "default_over_original_per_repeat": [round(x, 2) for x in per_run],
         "bound_over_default": round(med(bound) / med(default), 3),
-        "target_default_over_original": 5.0, "target_bound_over_default": 1.2,
+        "target_default_over_original": 5.0,
+        "target_bound_over_default": 1.2,
     }
     machine = machine_info()
-    print(f"\nmachine: {machine['cpu_model']} ({machine['isa_class']}), {machine['usable_cpus']} CPUs, "
-          f"torch {machine.get('torch')}, TV kernel {machine.get('tv_kernel')}")
-    print(f"default mode ({facets} facets/batch) vs the original on Caffe + OpenBLAS: "
-          f"{summary['default_over_original']}x facets per hour (median of {repeat}; per repeat "
-          f"{summary['default_over_original_per_repeat']}; goal >= 5x)")
+    print(
+        f"\nmachine: {machine['cpu_model']} ({machine['isa_class']}), {machine['usable_cpus']} CPUs, "
+        f"torch {machine.get('torch')}, TV kernel {machine.get('tv_kernel')}"
+    )
+    print(
+        f"default mode ({facets} facets/batch) vs the original on Caffe + OpenBLAS: "
+        f"{summary['default_over_original']}x facets per hour (median of {repeat}; per repeat "
+        f"{summary['default_over_original_per_repeat']}; goal >= 5x)"
+    )
     print(f"forward+backward bound / default: {summary['bound_over_default']}x (goal <= 1.2x)")
     out = ROOT / ".benchmarks" / "versus-original"
     out.mkdir(parents=True, exist_ok=True)
@@ -105,15 +122,31 @@ def versus_original(repeat: int, steps: int, avx2: bool, threads: int, facets: i
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Any other argument goes to pytest.")
-    p.add_argument("--versus-original", action="store_true",
-                   help="run the original on Caffe + OpenBLAS and the default mode side by side, print the ratio")
-    p.add_argument("--repeat", type=int, default=2, help="interleaved repeats of --versus-original (default 2)")
-    p.add_argument("--steps", type=int, default=20, help="steps timed per default-mode case (default 20)")
-    p.add_argument("--facets", type=int, default=10, help="facets per batch of the default mode (default 10)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads (default: all CPUs)")
-    p.add_argument("--avx2", action="store_true", help="cap every library at AVX2 (an AVX2 machine's run)")
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other argument goes to pytest.",
+    )
+    p.add_argument(
+        "--versus-original",
+        action="store_true",
+        help="run the original on Caffe + OpenBLAS and the default mode side by side, print the ratio",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=2, help="interleaved repeats of --versus-original (default 2)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=20, help="steps timed per default-mode case (default 20)"
+    )
+    p.add_argument(
+        "--facets", type=int, default=10, help="facets per batch of the default mode (default 10)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads (default: all CPUs)"
+    )
+    p.add_argument(
+        "--avx2", action="store_true", help="cap every library at AVX2 (an AVX2 machine's run)"
+    )
     a, rest = p.parse_known_args(argv)
     if a.versus_original:
         return versus_original(a.repeat, a.steps, a.avx2, a.threads, a.facets)

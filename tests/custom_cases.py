@@ -47,19 +47,58 @@ def generate() -> None:
         arrays = Path(tmp) / "python_layers.npz"
         np.savez(arrays, **inputs())
         py = sys.executable
-        subprocess.run([py, "-m", "port", "seed-weights", "--prototxt", str(PYTHON_NET),
-                        "--plugin", str(PLUGIN), "--weight-seed", str(SEED), "--out",
-                        str(weights)], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "port",
+                "seed-weights",
+                "--prototxt",
+                str(PYTHON_NET),
+                "--plugin",
+                str(PLUGIN),
+                "--weight-seed",
+                str(SEED),
+                "--out",
+                str(weights),
+            ],
+            check=True,
+            cwd=REPO,
+        )
         blob, unit = BACKWARD.rsplit(":", 1)
-        subprocess.run([py, "-m", "legacy_caffe", "goldens", "--prototxt", str(PYTHON_NET),
-                        "--caffemodel", str(weights), "--input-arrays", str(arrays),
-                        "--python-path", str(DATA), "--blob", blob, "--unit", unit,
-                        "--out", str(GOLDENS)], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "legacy_caffe",
+                "goldens",
+                "--prototxt",
+                str(PYTHON_NET),
+                "--caffemodel",
+                str(weights),
+                "--input-arrays",
+                str(arrays),
+                "--python-path",
+                str(DATA),
+                "--blob",
+                blob,
+                "--unit",
+                unit,
+                "--out",
+                str(GOLDENS),
+            ],
+            check=True,
+            cwd=REPO,
+        )
     path = GOLDENS / "manifest.json"
     man = json.loads(path.read_text())
     man["weights"].pop("source", None)
-    man["weights"].update(generator="port seed-weights --plugin tests/data/custom/ssd/ssd_port.py",
-                          seed=SEED, format="v2", made_by="python -m tests.custom_cases")
+    man["weights"].update(
+        generator="port seed-weights --plugin tests/data/custom/ssd/ssd_port.py",
+        seed=SEED,
+        format="v2",
+        made_by="python -m tests.custom_cases",
+    )
     man["prototxt"] = str(PYTHON_NET.relative_to(REPO))
     man["model"] = "python_layers"
     path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")

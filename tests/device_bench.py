@@ -26,17 +26,37 @@ sys.path.insert(1, str(HERE.parent))
 
 import speed_cases  # noqa: E402  (tests/ is not a package on sys.path when run as a script)
 
-CASES = ["caffenet-fwdbwd10", "caffenet-default10", "caffenet-fwdbwd100", "caffenet-default100",
-         "caffenet-default10x10", "caffenet-default10x30", "caffenet-fwdbwd300", "vgg16-fwdbwd10",
-         "vgg16-default10", "vgg16-default10x10", "googlenet-default10", "googlenet-default10x10"]
+CASES = [
+    "caffenet-fwdbwd10",
+    "caffenet-default10",
+    "caffenet-fwdbwd100",
+    "caffenet-default100",
+    "caffenet-default10x10",
+    "caffenet-default10x30",
+    "caffenet-fwdbwd300",
+    "vgg16-fwdbwd10",
+    "vgg16-default10",
+    "vgg16-default10x10",
+    "googlenet-default10",
+    "googlenet-default10x10",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda", help="torch device (default cuda)")
     p.add_argument("--out", type=Path, required=True, help="folder for device_bench.json")
-    p.add_argument("--steps", type=int, default=30, help="steps timed per case (first octave; default 30)")
-    p.add_argument("--budget", type=float, default=300.0, help="seconds after which no case starts (default 300)")
+    p.add_argument(
+        "--steps", type=int, default=30, help="steps timed per case (first octave; default 30)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="seconds after which no case starts (default 300)",
+    )
     p.add_argument("--cases", nargs="*", default=CASES, help="cases to run (speed_cases grammar)")
     a = p.parse_args(argv)
     import torch
@@ -66,8 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         if a.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         try:
-            res = speed_cases._mfv_case(speed_cases.MODELS[m["model"]], m["mode"], int(m["facets"]), a.steps,
-                                        int(m["units"] or 1), a.device)
+            res = speed_cases._mfv_case(
+                speed_cases.MODELS[m["model"]],
+                m["mode"],
+                int(m["facets"]),
+                a.steps,
+                int(m["units"] or 1),
+                a.device,
+            )
         except Exception as e:  # one failing case must not lose the others' figures
             res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
         if a.device.startswith("cuda"):
@@ -78,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in res:
             print(f"{case:26s} ERROR {res['error']}", flush=True)
         else:
-            print(f"{case:26s} {res['seconds_per_facet_step']:.5f} s/facet-step {res['facets_per_hour']:10.1f} "
-                  f"facets/h  peak {res.get('peak_device_mb', '-')} MB  ({time.perf_counter() - t_start:.0f} s)",
-                  flush=True)
+            print(
+                f"{case:26s} {res['seconds_per_facet_step']:.5f} s/facet-step {res['facets_per_hour']:10.1f} "
+                f"facets/h  peak {res.get('peak_device_mb', '-')} MB  ({time.perf_counter() - t_start:.0f} s)",
+                flush=True,
+            )
     return 0
 
 

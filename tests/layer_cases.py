@@ -63,18 +63,35 @@ CASES: dict[str, LayerCase] = {
     for c in (
         LayerCase("activations", "score:2", _normal((2, 3, 5, 5), 1.5)),
         LayerCase("vision", "score:1", _normal((2, 3, 7, 7))),
-        LayerCase("shape", "score:0", lambda rng: {"data": rng.normal(0.0, 1.0, (2, 3, 4, 5)),
-                                                    "aux": rng.normal(0.0, 1.0, (3, 4))}),
-        LayerCase("indexing", "score:1", lambda rng: {
-            "idx": rng.integers(0, 6, (4, 3)),
-            "perm": np.array([3, 0, 0, 2, 1]),
-            "sel": np.array([1, 0, 1, 1, 0])}, force_backward=False),
-        LayerCase("recurrent", "score:1", lambda rng: {
-            "x": rng.normal(0.0, 1.0, (4, 2, 3)),
-            "cont": np.array([[1, 0], [1, 1], [1, 0], [1, 1]]),
-            "xs": rng.normal(0.0, 1.0, (2, 5)),
-            "h0": rng.normal(0.0, 0.5, (1, 2, 3)),
-            "c0": rng.normal(0.0, 0.5, (1, 2, 3))}),
+        LayerCase(
+            "shape",
+            "score:0",
+            lambda rng: {
+                "data": rng.normal(0.0, 1.0, (2, 3, 4, 5)),
+                "aux": rng.normal(0.0, 1.0, (3, 4)),
+            },
+        ),
+        LayerCase(
+            "indexing",
+            "score:1",
+            lambda rng: {
+                "idx": rng.integers(0, 6, (4, 3)),
+                "perm": np.array([3, 0, 0, 2, 1]),
+                "sel": np.array([1, 0, 1, 1, 0]),
+            },
+            force_backward=False,
+        ),
+        LayerCase(
+            "recurrent",
+            "score:1",
+            lambda rng: {
+                "x": rng.normal(0.0, 1.0, (4, 2, 3)),
+                "cont": np.array([[1, 0], [1, 1], [1, 0], [1, 1]]),
+                "xs": rng.normal(0.0, 1.0, (2, 5)),
+                "h0": rng.normal(0.0, 0.5, (1, 2, 3)),
+                "c0": rng.normal(0.0, 0.5, (1, 2, 3)),
+            },
+        ),
     )
 }
 
@@ -87,11 +104,17 @@ ARCHITECTURES: dict[str, LayerCase] = {
         LayerCase("fcn8s", "score:392", _normal((1, 3, 16, 16), 50.0), folder=ARCH_DATA),
         LayerCase("hed", "sigmoid-fuse:136", _normal((2, 3, 16, 16), 1.0), folder=ARCH_DATA),
         LayerCase("sphereface", "fc5:3", _normal((2, 3, 24, 20), 1.0), folder=ARCH_DATA),
-        LayerCase("lrcn", "predict:3", lambda rng: {
-            "input_sentence": rng.integers(0, 10, (4, 2)),
-            "cont_sentence": np.array([[0, 0], [1, 1], [1, 0], [1, 1]]),
-            "image_features": rng.normal(0.0, 1.0, (2, 8))}, force_backward=False,
-            folder=ARCH_DATA),
+        LayerCase(
+            "lrcn",
+            "predict:3",
+            lambda rng: {
+                "input_sentence": rng.integers(0, 10, (4, 2)),
+                "cont_sentence": np.array([[0, 0], [1, 1], [1, 0], [1, 1]]),
+                "image_features": rng.normal(0.0, 1.0, (2, 8)),
+            },
+            force_backward=False,
+            folder=ARCH_DATA,
+        ),
     )
 }
 
@@ -103,14 +126,46 @@ def generate(case: LayerCase) -> None:
         arrays = Path(tmp) / f"{case.name}.npz"
         np.savez(arrays, **case.inputs())
         py = sys.executable
-        subprocess.run([py, "-m", "port", "seed-weights", "--prototxt", str(case.prototxt),
-                        "--weight-seed", str(case.seed), "--out", str(weights)], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "port",
+                "seed-weights",
+                "--prototxt",
+                str(case.prototxt),
+                "--weight-seed",
+                str(case.seed),
+                "--out",
+                str(weights),
+            ],
+            check=True,
+            cwd=REPO,
+        )
         blob, unit = case.backward.rsplit(":", 1)
-        subprocess.run([py, "-m", "legacy_caffe", "goldens", "--prototxt", str(case.prototxt),
-                        "--caffemodel", str(weights), "--input-arrays", str(arrays),
-                        "--blob", blob, "--unit", unit, "--out", str(case.goldens)]
-                       + ([] if case.force_backward else ["--no-force-backward"]),
-                       check=True, cwd=REPO)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "legacy_caffe",
+                "goldens",
+                "--prototxt",
+                str(case.prototxt),
+                "--caffemodel",
+                str(weights),
+                "--input-arrays",
+                str(arrays),
+                "--blob",
+                blob,
+                "--unit",
+                unit,
+                "--out",
+                str(case.goldens),
+            ]
+            + ([] if case.force_backward else ["--no-force-backward"]),
+            check=True,
+            cwd=REPO,
+        )
     record_weights(case)
 
 
@@ -119,8 +174,12 @@ def record_weights(case: LayerCase) -> None:
     path = case.goldens / "manifest.json"
     man = json.loads(path.read_text())
     man["weights"].pop("source", None)
-    man["weights"].update(generator="port seed-weights", seed=case.seed, format="v2",
-                          made_by="python -m tests.layer_cases " + case.name)
+    man["weights"].update(
+        generator="port seed-weights",
+        seed=case.seed,
+        format="v2",
+        made_by="python -m tests.layer_cases " + case.name,
+    )
     man["prototxt"] = str(case.prototxt.relative_to(REPO))
     man["model"] = case.name
     path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")

@@ -25,11 +25,19 @@ from mfv.visualize import UnitJob, visualize_units  # noqa: E402
 
 SIZE = 32
 KEYS = ("iter_n", "zoom", "margin", "window", "step_size", "tv_weight")
-SCHEDULE = parse_schedule({"name": "kill", "octaves": [dict(zip(KEYS, o, strict=True)) for o in (
-    (7, None, 0, 0.3, [1, 2], [0.4, 0.4]),
-    (6, 1.25, 0, 0.3, [1.0, 1.0], [0.01, 2]),
-    (5, 1.1, 4, 0.2, [2.0, 2.0], [0.1, 2]),
-)]})
+SCHEDULE = parse_schedule(
+    {
+        "name": "kill",
+        "octaves": [
+            dict(zip(KEYS, o, strict=True))
+            for o in (
+                (7, None, 0, 0.3, [1, 2], [0.4, 0.4]),
+                (6, 1.25, 0, 0.3, [1.0, 1.0], [0.01, 2]),
+                (5, 1.1, 4, 0.2, [2.0, 2.0], [0.1, 2]),
+            )
+        ],
+    }
+)
 
 
 def _init(seed: int) -> np.ndarray:
@@ -39,11 +47,21 @@ def _init(seed: int) -> np.ndarray:
 def run(mode: str, out: Path) -> None:
     model = tiny_model()
     # Two targets in one batch (two output folders), three facets: the multi-facet, multi-job case.
-    jobs = [UnitJob(unit("8", 3), [_init(0), _init(1)], out / "u3"),
-            UnitJob(unit("8", 5), [_init(2)], out / "u5")]
+    jobs = [
+        UnitJob(unit("8", 3), [_init(0), _init(1)], out / "u3"),
+        UnitJob(unit("8", 5), [_init(2)], out / "u5"),
+    ]
     faithful = mode == "faithful"
-    visualize_units(model, jobs, schedule=SCHEDULE, seed=1, faithful=faithful, progress=False,
-                    denoiser="skimage" if faithful else "torch", checkpoint_steps=2)
+    visualize_units(
+        model,
+        jobs,
+        schedule=SCHEDULE,
+        seed=1,
+        faithful=faithful,
+        progress=False,
+        denoiser="skimage" if faithful else "torch",
+        checkpoint_steps=2,
+    )
 
 
 def main() -> None:

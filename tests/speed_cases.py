@@ -33,7 +33,9 @@ import numpy as np
 
 STEPS_PER_FACET = 370  # the published schedule: 190 + 150 + 20 + 10
 MODELS = {"caffenet": "caffenet", "vgg16": "vgg16", "googlenet": "googlenet"}
-CASE = re.compile(r"^(?P<model>[a-z0-9]+)-(?P<mode>default|faithful|fwdbwd)(?P<facets>\d+)(?:x(?P<units>\d+))?$")
+CASE = re.compile(
+    r"^(?P<model>[a-z0-9]+)-(?P<mode>default|faithful|fwdbwd)(?P<facets>\d+)(?:x(?P<units>\d+))?$"
+)
 
 
 def _peak_rss_mb() -> float:
@@ -62,7 +64,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _mfv_case(model_name: str, mode: str, facets: int, steps: int, units: int = 1, device: str = "cpu") -> dict:
+def _mfv_case(
+    model_name: str, mode: str, facets: int, steps: int, units: int = 1, device: str = "cpu"
+) -> dict:
     import torch
 
     from mfv.models import load_model
@@ -76,7 +80,9 @@ def _mfv_case(model_name: str, mode: str, facets: int, steps: int, units: int = 
     inits = _means(facets, model.convention.input_size)
     obj = unit(model.spec.target_layer, 945)
     if mode == "fwdbwd":
-        x0 = torch.from_numpy(np.stack([np.transpose(i, (2, 0, 1)) for i in inits * units]).astype(np.float32))
+        x0 = torch.from_numpy(
+            np.stack([np.transpose(i, (2, 0, 1)) for i in inits * units]).astype(np.float32)
+        )
         x0 = x0.to(model.device)
 
         def run(n: int) -> None:
@@ -84,24 +90,50 @@ def _mfv_case(model_name: str, mode: str, facets: int, steps: int, units: int = 
                 x = x0.clone().requires_grad_(True)
                 obj(model.activations(x, obj.layers)).sum().backward()
     else:
+
         def run(n: int) -> None:
             schedule = parse_schedule({"name": "bench", "octaves": [{**first, "iter_n": n}]})
             if units == 1:
-                visualize(model, obj, inits, schedule=schedule, seed=1, faithful=mode == "faithful",
-                          progress=False)
+                visualize(
+                    model,
+                    obj,
+                    inits,
+                    schedule=schedule,
+                    seed=1,
+                    faithful=mode == "faithful",
+                    progress=False,
+                )
             else:  # several targets (classes 945, 946, ...) share one batch
-                jobs = [UnitJob(unit(model.spec.target_layer, 945 + u), inits) for u in range(units)]
-                visualize_units(model, jobs, schedule=schedule, seed=1, faithful=mode == "faithful",
-                                progress=False)
-    run(2)  # warm-up: first-call allocations, the compiled TV kernel (2: the faithful TV ramp divides by n - 1)
+                jobs = [
+                    UnitJob(unit(model.spec.target_layer, 945 + u), inits) for u in range(units)
+                ]
+                visualize_units(
+                    model,
+                    jobs,
+                    schedule=schedule,
+                    seed=1,
+                    faithful=mode == "faithful",
+                    progress=False,
+                )
+
+    run(
+        2
+    )  # warm-up: first-call allocations, the compiled TV kernel (2: the faithful TV ramp divides by n - 1)
     _sync(device)
     t = time.perf_counter()
     run(steps)
     _sync(device)
     wall = time.perf_counter() - t
     per_step = wall / (steps * facets * units)
-    return {"facets": facets * units, "units": units, "steps": steps, "seconds": round(wall, 3), "device": device,
-            "seconds_per_facet_step": per_step, "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET)}
+    return {
+        "facets": facets * units,
+        "units": units,
+        "steps": steps,
+        "seconds": round(wall, 3),
+        "device": device,
+        "seconds_per_facet_step": per_step,
+        "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET),
+    }
 
 
 def _original_case() -> dict:
@@ -109,19 +141,42 @@ def _original_case() -> dict:
     from legacy_caffe import rootfs
 
     if not rootfs.is_complete():
-        raise SystemExit(f"no complete legacy Caffe root at {rootfs.root_dir()}: python -m legacy_caffe build")
+        raise SystemExit(
+            f"no complete legacy Caffe root at {rootfs.root_dir()}: python -m legacy_caffe build"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "legacy_caffe", "mfv-reference", "--blas", "openblas",
-                        "--facets", "0", "--max-octaves", "1", "--out", tmp], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "legacy_caffe",
+                "mfv-reference",
+                "--blas",
+                "openblas",
+                "--facets",
+                "0",
+                "--max-octaves",
+                "1",
+                "--out",
+                tmp,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - t
         trace = json.loads((Path(tmp) / "trace.json").read_text())
     facet = trace["facets"][0]
     steps = len(facet["steps"])
     per_step = facet["seconds"] / steps
-    return {"facets": 1, "steps": steps, "seconds": round(facet["seconds"], 3), "process_seconds": round(wall, 3),
-            "seconds_per_facet_step": per_step, "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET)}
+    return {
+        "facets": 1,
+        "steps": steps,
+        "seconds": round(facet["seconds"], 3),
+        "process_seconds": round(wall, 3),
+        "seconds_per_facet_step": per_step,
+        "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET),
+    }
 
 
 def _fc7_case(batch: int) -> dict:
@@ -142,8 +197,12 @@ def _tv_case(batch: int) -> dict:
 
     from mfv.tv_bregman import denoise_tv_bregman
 
-    imgs = np.stack([np.transpose(i, (2, 0, 1)) for i in _means(batch, (227, 227))]).astype(np.float32)
-    x = torch.from_numpy(imgs) + torch.from_numpy(np.random.default_rng(0).normal(0, 8, imgs.shape).astype(np.float32))
+    imgs = np.stack([np.transpose(i, (2, 0, 1)) for i in _means(batch, (227, 227))]).astype(
+        np.float32
+    )
+    x = torch.from_numpy(imgs) + torch.from_numpy(
+        np.random.default_rng(0).normal(0, 8, imgs.shape).astype(np.float32)
+    )
     denoise_tv_bregman(x, weight=0.4)  # compiles the kernel on a first run on this machine
     t = time.perf_counter()
     denoise_tv_bregman(x, weight=0.4)
@@ -161,8 +220,12 @@ def _parity_case() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("case", help="e.g. caffenet-default10, vgg16-faithful1, caffenet-original-openblas")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "case", help="e.g. caffenet-default10, vgg16-faithful1, caffenet-original-openblas"
+    )
     p.add_argument("--steps", type=int, default=10, help="steps to time (first octave)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--device", default="cpu", help="torch device of the MFV cases (cpu, cuda)")
@@ -185,11 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         m = CASE.match(a.case)
         if m is None or m["model"] not in MODELS:
             raise SystemExit(f"unknown case {a.case!r}")
-        result = _mfv_case(MODELS[m["model"]], m["mode"], int(m["facets"]), a.steps, int(m["units"] or 1),
-                           a.device)
+        result = _mfv_case(
+            MODELS[m["model"]], m["mode"], int(m["facets"]), a.steps, int(m["units"] or 1), a.device
+        )
     from mfv.machine import machine_info
 
-    result.update(case=a.case, threads=a.threads, peak_rss_mb=round(_peak_rss_mb(), 1), machine=machine_info())
+    result.update(
+        case=a.case, threads=a.threads, peak_rss_mb=round(_peak_rss_mb(), 1), machine=machine_info()
+    )
     print(json.dumps(result))
     return 0
 

@@ -59,8 +59,10 @@ def test_package_imports_only_what_the_architecture_allows(package):
             top = module.split(".")[0]
             if top in PACKAGES and top != package and top not in ALLOWED[package]:
                 wrong.append(f"{_where(path, line)} imports {module}")
-    assert not wrong, f"{package} may import only {sorted(ALLOWED[package]) or 'none of ours'}:\n" \
+    assert not wrong, (
+        f"{package} may import only {sorted(ALLOWED[package]) or 'none of ours'}:\n"
         + "\n".join(wrong)
+    )
 
 
 def test_scripts_inside_the_caffe_root_import_no_torch_and_nothing_of_ours():
@@ -85,8 +87,9 @@ def test_no_package_imports_another_packages_private_names():
                     continue
                 private = [p for p in [*parts[1:], name or ""] if p.startswith("_")]
                 if private and private != ["__version__"]:
-                    wrong.append(f"{_where(path, line)} imports {module}"
-                                 + (f".{name}" if name else ""))
+                    wrong.append(
+                        f"{_where(path, line)} imports {module}" + (f".{name}" if name else "")
+                    )
     assert not wrong, "give the name a public home instead:\n" + "\n".join(wrong)
 
 
@@ -103,12 +106,15 @@ def test_the_checker_sees_relative_and_lazy_imports():
 def test_architecture_doc_lists_the_allowed_dependencies():
     doc = (REPO / "docs" / "architecture.md").read_text()
     for package, allowed in ALLOWED.items():
-        row = next((line for line in doc.splitlines() if line.startswith(f"| `{package}/` |")), None)
+        row = next(
+            (line for line in doc.splitlines() if line.startswith(f"| `{package}/` |")), None
+        )
         assert row is not None, f"docs/architecture.md has no row for {package}/"
         knows = row.split("|")[2]
         for other in PACKAGES:
             if other == package:
                 continue
             listed = f"`{other}`" in knows.replace(f"never `{other}`", "")
-            assert listed == (other in allowed), \
+            assert listed == (other in allowed), (
                 f"docs/architecture.md row {package}/ and ALLOWED disagree about {other}"
+            )

@@ -15,8 +15,12 @@ from port.command import Exit, Tool, comma_list, error_line
 from port.errors import CaffeError, ToolError, UsageError
 
 TOOLS = ["port", "mfv", "legacy_caffe", "parity"]
-CLI_MODULE = {"port": "port.cli", "mfv": "mfv.cli", "legacy_caffe": "legacy_caffe.cli",
-              "parity": "parity.__main__"}
+CLI_MODULE = {
+    "port": "port.cli",
+    "mfv": "mfv.cli",
+    "legacy_caffe": "legacy_caffe.cli",
+    "parity": "parity.__main__",
+}
 
 #: Per tool, a command line that is bad input found only when the command runs (not by argparse).
 BAD_INPUT = {
@@ -137,8 +141,10 @@ def test_comma_lists(capsys):
     assert capsys.readouterr().out.strip() == "['b', 'a']"
     with pytest.raises(SystemExit):
         tool.main(["list", "--names", "a,c"])
-    assert "demo: error: argument --names: invalid choice 'c' (choose from a, b)" in \
-        capsys.readouterr().err
+    assert (
+        "demo: error: argument --names: invalid choice 'c' (choose from a, b)"
+        in capsys.readouterr().err
+    )
     assert comma_list(item=int)("0,1,2") == [0, 1, 2]
     with pytest.raises(argparse.ArgumentTypeError):
         comma_list(item=int)("0,x")

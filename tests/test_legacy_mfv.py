@@ -147,7 +147,9 @@ def test_reference_regenerates_byte_identically(tmp_path: Path):
     from legacy_caffe.mfv_reference import generate_reference
 
     tr = generate_reference(tmp_path, blas="atlas", facets=[0], max_octaves=1)
-    committed = json.loads((GOLDEN / "atlas" / "trace.json").read_text())["facets"][0]["steps"][:190]
+    committed = json.loads((GOLDEN / "atlas" / "trace.json").read_text())["facets"][0]["steps"][
+        :190
+    ]
     assert tr["facets"][0]["steps"] == committed
     a = _io.load_rgb(tmp_path / "facet_0_octave1.png")
     b = _io.load_rgb(GOLDEN / "atlas" / "facet_0_octave1.png")

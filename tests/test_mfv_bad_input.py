@@ -34,16 +34,20 @@ def test_bad_definitions_and_weights_are_one_line_errors(tiny_prototxt, tmp_path
     garbage = tmp_path / "garbage.prototxt"
     garbage.write_text("garbage {\n")
     unknown = tmp_path / "unknown.prototxt"
-    unknown.write_text('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
-                       'layer { name: "w" type: "Frobnicate" bottom: "data" top: "w" }\n')
+    unknown.write_text(
+        'input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+        'layer { name: "w" type: "Frobnicate" bottom: "data" top: "w" }\n'
+    )
     netdef = port.load_prototxt(tiny_prototxt)
     weights = tmp_path / "w.caffemodel"
     port.write_caffemodel(weights, netdef, port.seed_weights(netdef, 0))
     cut = tmp_path / "cut.caffemodel"
     cut.write_bytes(weights.read_bytes()[:300])
-    for argv, word in ((["--prototxt", str(garbage)], "garbage"),
-                       (["--prototxt", str(unknown)], "Frobnicate"),
-                       (["--prototxt", str(tiny_prototxt), "--caffemodel", str(cut)], "truncated")):
+    for argv, word in (
+        (["--prototxt", str(garbage)], "garbage"),
+        (["--prototxt", str(unknown)], "Frobnicate"),
+        (["--prototxt", str(tiny_prototxt), "--caffemodel", str(cut)], "truncated"),
+    ):
         assert main(["layers", *BASE, *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mfv: error: ") and err.count("\n") == 1 and word in err
@@ -54,12 +58,30 @@ def test_bad_definitions_and_weights_are_one_line_errors(tiny_prototxt, tmp_path
 
 def test_visualize_page_escapes_every_text(tmp_path):
     evil = "<script>alert(1)</script>"
-    trace = {"model": {"name": evil}, "objective": {"description": evil}, "schedule": {"name": evil},
-             "seed": evil, "status": f"crashed: KeyError: {evil}", "mode": evil, "fixes": [evil],
-             "parity": {"status": evil, "message": evil, "report": evil},
-             "facets": [{"index": 0, "init": evil, "cluster": evil, "status": evil, "message": evil,
-                         "octaves_done": 0, "octaves_total": evil, "seconds": 1.0,
-                         "final_activation": evil, "steps": []}]}
+    trace = {
+        "model": {"name": evil},
+        "objective": {"description": evil},
+        "schedule": {"name": evil},
+        "seed": evil,
+        "status": f"crashed: KeyError: {evil}",
+        "mode": evil,
+        "fixes": [evil],
+        "parity": {"status": evil, "message": evil, "report": evil},
+        "facets": [
+            {
+                "index": 0,
+                "init": evil,
+                "cluster": evil,
+                "status": evil,
+                "message": evil,
+                "octaves_done": 0,
+                "octaves_total": evil,
+                "seconds": 1.0,
+                "final_activation": evil,
+                "steps": [],
+            }
+        ],
+    }
     write_visualize_html(tmp_path, trace)
     page = (tmp_path / "index.html").read_text()
     assert "<script" not in page and "&lt;script&gt;" in page
@@ -68,19 +90,33 @@ def test_visualize_page_escapes_every_text(tmp_path):
 # --- case 3: targets --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, word", [
-    (["--layer", "fc", "--unit", "5"], "unit 5"),
-    (["--layer", "fc", "--unit", "-1"], "unit -1"),
-    (["--layer", "fc", "--unit", "10", "--softmax"], "unit 10"),
-    (["--layer", "fc", "--unit", "-1", "--softmax"], "unit -1"),
-    (["--layer", "conv1", "--unit", "-1"], "unit -1"),
-    (["--layer", "conv1", "--unit", "1", "--x", "6"], "--x 6"),
-    (["--layer", "conv1", "--unit", "1", "--y", "-1"], "--y -1"),
-])
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--layer", "fc", "--unit", "5"], "unit 5"),
+        (["--layer", "fc", "--unit", "-1"], "unit -1"),
+        (["--layer", "fc", "--unit", "10", "--softmax"], "unit 10"),
+        (["--layer", "fc", "--unit", "-1", "--softmax"], "unit -1"),
+        (["--layer", "conv1", "--unit", "-1"], "unit -1"),
+        (["--layer", "conv1", "--unit", "1", "--x", "6"], "--x 6"),
+        (["--layer", "conv1", "--unit", "1", "--y", "-1"], "--y -1"),
+    ],
+)
 def test_targets_checked_before_anything_is_created(tiny_prototxt, tmp_path, capsys, args, word):
     out = tmp_path / "out"
-    code = main(["visualize", *BASE, "--prototxt", str(tiny_prototxt), "--init", "noise",
-                 "--out", str(out), *args])
+    code = main(
+        [
+            "visualize",
+            *BASE,
+            "--prototxt",
+            str(tiny_prototxt),
+            "--init",
+            "noise",
+            "--out",
+            str(out),
+            *args,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and word in err and err.count("\n") == 1
     assert not out.exists()
@@ -89,8 +125,22 @@ def test_targets_checked_before_anything_is_created(tiny_prototxt, tmp_path, cap
 def test_unknown_layer_is_a_usage_error_before_anything_is_created(tiny_prototxt, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(["visualize", *BASE, "--prototxt", str(tiny_prototxt), "--init", "noise", "--out", str(out),
-              "--layer", "nope", "--unit", "1"])
+        main(
+            [
+                "visualize",
+                *BASE,
+                "--prototxt",
+                str(tiny_prototxt),
+                "--init",
+                "noise",
+                "--out",
+                str(out),
+                "--layer",
+                "nope",
+                "--unit",
+                "1",
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "no layer 'nope'" in err and "Traceback" not in err
     assert not out.exists()
@@ -98,7 +148,9 @@ def test_unknown_layer_is_a_usage_error_before_anything_is_created(tiny_prototxt
 
 def test_check_objective_walks_composite_targets():
     shapes = {"fc": (5,), "conv": (4, 3, 3)}
-    check_objective(unit("fc", 4) - 0.5 * softmax_unit("fc", 0) + channel("conv", 3, x=2, y=0), shapes)
+    check_objective(
+        unit("fc", 4) - 0.5 * softmax_unit("fc", 0) + channel("conv", 3, x=2, y=0), shapes
+    )
     with pytest.raises(MfvError, match="unit 7"):
         check_objective(unit("fc", 1) + 2.0 * unit("fc", 7), shapes)
     with pytest.raises(MfvError, match="--x/--y"):
@@ -113,7 +165,14 @@ def test_library_run_refuses_a_bad_target_before_creating_its_folder(tmp_path):
 
     sched = load_schedule(MODELS["caffenet"].schedule_path)
     with pytest.raises(MfvError, match="unit 10"):
-        visualize(tiny_model(), unit("8", 10), ["noise"], schedule=sched, out=tmp_path / "o", progress=False)
+        visualize(
+            tiny_model(),
+            unit("8", 10),
+            ["noise"],
+            schedule=sched,
+            out=tmp_path / "o",
+            progress=False,
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -179,4 +238,6 @@ def test_to_uint8_of_a_large_image_needs_little_memory():
     assert peak < out.nbytes + 20e6, peak
     u8 = out
     assert _io.to_uint8(u8) is u8
-    assert np.array_equal(_io.to_uint8(np.array([-3.2, 300.7, 255.9, 12.5]), wrap=True), [253, 44, 255, 12])
+    assert np.array_equal(
+        _io.to_uint8(np.array([-3.2, 300.7, 255.9, 12.5]), wrap=True), [253, 44, 255, 12]
+    )

@@ -42,18 +42,74 @@ def test_means_visualize_evaluate(tmp_path, capsys):
         Image.fromarray(img).save(imgs / f"{j}.jpg")
     (imgs / "notes.png").write_bytes(b"garbage")
     means = tmp_path / "means"
-    assert main(["means", "--model", MODEL, "--images", str(imgs), "--k", "2", "--m", "3",
-                 "--out", str(means), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "means",
+                "--model",
+                MODEL,
+                "--images",
+                str(imgs),
+                "--k",
+                "2",
+                "--m",
+                "3",
+                "--out",
+                str(means),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads((means / "clusters.json").read_text())
     assert len(data["images"]) == 8 and len(data["skipped"]) == 1
     assert Image.open(means / "mean_0.png").size == (224, 224)
     sched = tmp_path / "s.json"
-    sched.write_text(json.dumps({"name": "t", "octaves": [
-        {"iter_n": 2, "zoom": None, "margin": 0, "window": 0.3, "step_size": [1.0, 2.0], "tv_weight": [0.4, 0.8]},
-        {"iter_n": 2, "zoom": 1.2, "margin": 0, "window": 0.3, "step_size": [1.0, 1.0], "tv_weight": [0.5, 2.0]}]}))
+    sched.write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "octaves": [
+                    {
+                        "iter_n": 2,
+                        "zoom": None,
+                        "margin": 0,
+                        "window": 0.3,
+                        "step_size": [1.0, 2.0],
+                        "tv_weight": [0.4, 0.8],
+                    },
+                    {
+                        "iter_n": 2,
+                        "zoom": 1.2,
+                        "margin": 0,
+                        "window": 0.3,
+                        "step_size": [1.0, 1.0],
+                        "tv_weight": [0.5, 2.0],
+                    },
+                ],
+            }
+        )
+    )
     run = tmp_path / "run"
-    assert main(["visualize", "--model", MODEL, "--unit", "945", "--means", str(means), "--schedule", str(sched),
-                 "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                "--model",
+                MODEL,
+                "--unit",
+                "945",
+                "--means",
+                str(means),
+                "--schedule",
+                str(sched),
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     trace = json.loads((run / "trace.json").read_text())
     assert [f["cluster"] for f in trace["facets"]] == [0, 1]
     assert trace["parity"]["status"] == "not applicable"
@@ -62,16 +118,46 @@ def test_means_visualize_evaluate(tmp_path, capsys):
     assert all(f["cluster_size"] >= 1 for f in ev["facets"])
     # a rerun resumes: nothing left to do, same result
     before = (run / "facet_0.png").read_bytes()
-    assert main(["visualize", "--model", MODEL, "--unit", "945", "--means", str(means), "--schedule", str(sched),
-                 "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                "--model",
+                MODEL,
+                "--unit",
+                "945",
+                "--means",
+                str(means),
+                "--schedule",
+                str(sched),
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (run / "facet_0.png").read_bytes() == before
 
 
 def test_unknown_layer_and_model_are_one_line_errors(tmp_path, capsys):
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as exc:  # a usage error: argparse's usage, then the error line
-        main(["visualize", "--model", MODEL, "--layer", "nope", "--unit", "1", "--init", "noise",
-              "--out", str(out)])
+        main(
+            [
+                "visualize",
+                "--model",
+                MODEL,
+                "--layer",
+                "nope",
+                "--unit",
+                "1",
+                "--init",
+                "noise",
+                "--out",
+                str(out),
+            ]
+        )
     assert exc.value.code == 2 and "no layer 'nope'" in capsys.readouterr().err and not out.exists()
     assert main(["layers", "--model", "no.such.model"]) == 2
     assert "unknown model" in capsys.readouterr().err

@@ -107,8 +107,11 @@ def _write_run(folder: Path, images: dict[tuple[int, int], np.ndarray], steps: l
     folder.mkdir(parents=True)
     for (k, j), im in images.items():
         _io.save_image(folder / f"facet_{k}_octave{j}.png", im)
-    (folder / "trace.json").write_text(json.dumps(
-        {"format": "mfv-trace/1", "facets": [{"index": 0, "steps": steps, "seconds": 1.0}]}))
+    (folder / "trace.json").write_text(
+        json.dumps(
+            {"format": "mfv-trace/1", "facets": [{"index": 0, "steps": steps, "seconds": 1.0}]}
+        )
+    )
 
 
 def _noisy(base: np.ndarray, amount: int, seed: int) -> np.ndarray:
@@ -138,8 +141,10 @@ def test_diff_runs_verdict_against_the_floor(tmp_path: Path):
     tr["facets"][0]["init"] = "mean_0.jpg"
     (tmp_path / "ref" / "trace.json").write_text(json.dumps(tr))
     r2 = diff_runs(tmp_path / "ref", tmp_path / "close", floor=tmp_path / "floor", factor=1.5)
-    assert r2["verdict"]["problems"] == ["facet 0: started from mean_1.jpg, the reference from "
-                                         "mean_0.jpg (give --init in the reference's facet order)"]
+    assert r2["verdict"]["problems"] == [
+        "facet 0: started from mean_1.jpg, the reference from "
+        "mean_0.jpg (give --init in the reference's facet order)"
+    ]
 
     html_path = tmp_path / "v.html"
     write_html(r, html_path)
@@ -213,7 +218,9 @@ def test_port_is_as_close_to_atlas_as_openblas_is(tmp_path: Path):
     for k in facets:
         cmd += ["--init", str(means / f"mean_{k}.jpg")]
     subprocess.run(cmd, cwd=REPO, check=True)
-    r = diff_runs(GOLDEN / "atlas", tmp_path / "port", floor=GOLDEN / "openblas", factor=PORT_FACTOR)
+    r = diff_runs(
+        GOLDEN / "atlas", tmp_path / "port", floor=GOLDEN / "openblas", factor=PORT_FACTOR
+    )
     write_html(r, tmp_path / "diff.html")
     assert r["verdict"]["passed"], r["verdict"]["problems"]
     for fr in r["facets"]:

@@ -28,7 +28,9 @@ COLOURS = [(220, 30, 30), (30, 200, 40), (40, 50, 210)]
 
 def _colour_model():
     # Codes = each image's mean colour (in network terms): clusters are the colour groups.
-    return wrap(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), tiny_convention(16), name="colour")
+    return wrap(
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), tiny_convention(16), name="colour"
+    )
 
 
 def _make_set(root: Path, per_group: int = 6, seed: int = 0) -> dict[str, int]:
@@ -49,8 +51,17 @@ def test_clusters_recover_groups_and_means_are_pixel_means(tmp_path):
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "imgs" / "grey.png")
     out = tmp_path / "out"
-    r = make_means(_colour_model(), tmp_path / "imgs", k=3, m=5, layer="1", seed=0, out=out, progress=False,
-                   keep_grey=False)
+    r = make_means(
+        _colour_model(),
+        tmp_path / "imgs",
+        k=3,
+        m=5,
+        layer="1",
+        seed=0,
+        out=out,
+        progress=False,
+        keep_grey=False,
+    )
     assert len(r.skipped) == 2
     assert any("broken.jpg" in s and "unreadable" in s for s in r.skipped)
     assert any("grey.png" in s and "greyscale" in s for s in r.skipped)
@@ -64,7 +75,9 @@ def test_clusters_recover_groups_and_means_are_pixel_means(tmp_path):
         assert len(groups) == 1  # a cluster's m nearest images all come from one colour group
         groups_seen |= groups
         # mean_<i>.png is the rounded pixel mean of exactly those members
-        stack = np.stack([np.asarray(Image.open(tmp_path / "imgs" / p)) for p in members]).astype(np.float64)
+        stack = np.stack([np.asarray(Image.open(tmp_path / "imgs" / p)) for p in members]).astype(
+            np.float64
+        )
         png = np.asarray(Image.open(out / c["mean_image"]))
         np.testing.assert_array_equal(png, np.clip(np.rint(stack.mean(0)), 0, 255).astype(np.uint8))
         assert (out / c["mean_image"].replace(".png", ".jpg")).exists()
@@ -75,8 +88,26 @@ def test_clusters_recover_groups_and_means_are_pixel_means(tmp_path):
 
 def test_means_deterministic_for_a_seed(tmp_path):
     _make_set(tmp_path / "imgs")
-    a = make_means(_colour_model(), tmp_path / "imgs", k=3, m=5, layer="1", seed=3, out=tmp_path / "a", progress=False)
-    b = make_means(_colour_model(), tmp_path / "imgs", k=3, m=5, layer="1", seed=3, out=tmp_path / "b", progress=False)
+    a = make_means(
+        _colour_model(),
+        tmp_path / "imgs",
+        k=3,
+        m=5,
+        layer="1",
+        seed=3,
+        out=tmp_path / "a",
+        progress=False,
+    )
+    b = make_means(
+        _colour_model(),
+        tmp_path / "imgs",
+        k=3,
+        m=5,
+        layer="1",
+        seed=3,
+        out=tmp_path / "b",
+        progress=False,
+    )
     np.testing.assert_array_equal(a.clusters["embedding"], b.clusters["embedding"])
     assert a.clusters["members"] == b.clusters["members"]
     assert (tmp_path / "a" / "tsne.png").read_bytes() == (tmp_path / "b" / "tsne.png").read_bytes()
@@ -102,6 +133,7 @@ def test_fit_to_resizes_shorter_side_and_centre_crops():
 
 
 # -- the published mean images of class 945 ------------------------------------------------------------
+
 
 def _published_root() -> Path:
     from port.zoo import shared_root
@@ -142,5 +174,7 @@ def test_read_clusters_published_layout():
         pytest.skip("reference data not found")
     data = read_clusters(root)
     assert len(data["clusters"]) == 10
-    assert all(len(c["members"]) == 15 and c["mean_image"].endswith(f"mean_{c['index']}.jpg")
-               for c in data["clusters"])
+    assert all(
+        len(c["members"]) == 15 and c["mean_image"].endswith(f"mean_{c['index']}.jpg")
+        for c in data["clusters"]
+    )

@@ -63,5 +63,8 @@ def test_seeded_torchvision_googlenet_depends_on_its_input():
     # torchvision's own init gave identical outputs for any input (differences ~1e-11)
     assert (out[0] - out[1]).abs().mean() > 1e-2
     m2 = load_model("torchvision.googlenet", weight_seed=0)
-    assert all(torch.equal(p, q) for p, q in zip(m.module.parameters(), m2.module.parameters(), strict=True))
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(m.module.parameters(), m2.module.parameters(), strict=True)
+    )
     assert m.info["parity"]["status"] == "not applicable"

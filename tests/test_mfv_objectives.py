@@ -15,7 +15,6 @@ def _one_thread():
         yield
 
 
-
 def test_unit_is_flat_index_per_sample():
     a = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     o = unit("c", 7)
@@ -37,7 +36,9 @@ def test_channel_at_position_and_centre():
     a = torch.randn(2, 4, 5, 7)
     assert torch.equal(channel("c", 2, x=6, y=1)({"c": a}), a[:, 2, 1, 6])
     assert torch.equal(channel("c", 2)({"c": a}), a[:, 2, 2, 3])
-    assert channel("c", 0, x=1, y=4).best_unit({"c": a}) == [int(i) for i in a[:, :, 4, 1].argmax(1)]
+    assert channel("c", 0, x=1, y=4).best_unit({"c": a}) == [
+        int(i) for i in a[:, :, 4, 1].argmax(1)
+    ]
     with pytest.raises(IndexError):
         channel("c", 0, x=7, y=0)({"c": a})
     with pytest.raises(ValueError):
@@ -59,8 +60,13 @@ def test_composition():
 
 def test_parse_target_picks_by_shape():
     assert parse_target("fc8", 3, shape=(1000,)).spec["kind"] == "unit"
-    assert parse_target("conv5", 3, shape=(256, 13, 13), x=2, y=3).spec == \
-        {"kind": "channel", "layer": "conv5", "unit": 3, "x": 2, "y": 3}
+    assert parse_target("conv5", 3, shape=(256, 13, 13), x=2, y=3).spec == {
+        "kind": "channel",
+        "layer": "conv5",
+        "unit": 3,
+        "x": 2,
+        "y": 3,
+    }
     assert parse_target("fc8", 3, softmax=True).spec["kind"] == "softmax_unit"
     with pytest.raises(ValueError):
         parse_target("fc8", 3, shape=(1000,), x=1)
@@ -68,11 +74,18 @@ def test_parse_target_picks_by_shape():
 
 def test_conv_target_through_a_model_reaches_the_input():
     m = tiny_model()
-    x = (torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).requires_grad_(True)
+    x = (torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).requires_grad_(
+        True
+    )
     o = channel("2", 1, x=2, y=3)
     o(m.activations(x, o.layers)).sum().backward()
     g = x.grad[0].abs().sum(0)
     # conv 5x5 stride 2 then 3x3: output (3, 2) of layer "2" sees input rows 2*3..2*5+4, cols 4..12
     assert g.sum() > 0
     nz = torch.nonzero(g)
-    assert nz[:, 0].min() >= 6 and nz[:, 0].max() <= 14 and nz[:, 1].min() >= 4 and nz[:, 1].max() <= 12
+    assert (
+        nz[:, 0].min() >= 6
+        and nz[:, 0].max() <= 14
+        and nz[:, 1].min() >= 4
+        and nz[:, 1].max() <= 12
+    )

@@ -69,7 +69,9 @@ def test_faithful_tv_weight_formula_as_written(k):
         expected = start - (start - end * i) / n  # all floats here: Python 3 division is Python 2's
         assert tv_weight(o, i, faithful=True) == pytest.approx(expected, rel=1e-15)
     # "ramps from about start to start + end"
-    assert tv_weight(o, n - 1, faithful=True) == pytest.approx(start + end * (n - 1) / n - start / n)
+    assert tv_weight(o, n - 1, faithful=True) == pytest.approx(
+        start + end * (n - 1) / n - start / n
+    )
 
 
 def test_octave1_tv_weight_values():
@@ -80,8 +82,20 @@ def test_octave1_tv_weight_values():
 
 
 def test_all_int_tv_ramp_uses_floor_division():
-    o = parse_schedule({"octaves": [{"iter_n": 4, "zoom": None, "margin": 0, "window": 0.3,
-                                     "step_size": [1, 3], "tv_weight": [3, 1]}]}).octaves[0]
+    o = parse_schedule(
+        {
+            "octaves": [
+                {
+                    "iter_n": 4,
+                    "zoom": None,
+                    "margin": 0,
+                    "window": 0.3,
+                    "step_size": [1, 3],
+                    "tv_weight": [3, 1],
+                }
+            ]
+        }
+    ).octaves[0]
     for i in range(4):
         assert tv_weight(o, i, faithful=True) == 3 - _py2_int_div(3 - 1 * i, 4)
         assert step_size(o, i, faithful=True) == 1 + _py2_int_div(2 * i, 4)
@@ -93,11 +107,22 @@ def test_bad_schedules_rejected(tmp_path):
     with pytest.raises(ValueError):
         parse_schedule({"octaves": [{"iter_n": 1, "step_size": [1], "tv_weight": [1, 1]}]})
     with pytest.raises(ValueError):
-        parse_schedule({"octaves": [{"iter_n": 1, "zoom": -1, "step_size": [1, 1], "tv_weight": [1, 1]}]})
+        parse_schedule(
+            {"octaves": [{"iter_n": 1, "zoom": -1, "step_size": [1, 1], "tv_weight": [1, 1]}]}
+        )
 
 
-@pytest.mark.parametrize("name", ["vgg16.json", "googlenet.json", "squeezenet.json", "squeezenet224.json",
-                                  "alexnet224.json", "caffenet_center_bias.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vgg16.json",
+        "googlenet.json",
+        "squeezenet.json",
+        "squeezenet224.json",
+        "alexnet224.json",
+        "caffenet_center_bias.json",
+    ],
+)
 def test_shipped_schedules_load_and_are_documented(name):
     path = PUBLISHED.parent / name
     s = load_schedule(path)

@@ -19,9 +19,14 @@ def files(tmp_path):
 
 
 def _verdict(proto, weights, verdict="pass", **over):
-    data = {"format": FORMAT, "verdict": verdict, "report": "report.json",
-            "prototxt_sha256": hashlib.sha256(proto.read_bytes()).hexdigest(),
-            "caffemodel_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), **over}
+    data = {
+        "format": FORMAT,
+        "verdict": verdict,
+        "report": "report.json",
+        "prototxt_sha256": hashlib.sha256(proto.read_bytes()).hexdigest(),
+        "caffemodel_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        **over,
+    }
     path = verdict_path(proto, weights)
     path.write_text(json.dumps(data))
     return path
@@ -68,12 +73,23 @@ def test_no_parity_check_records_instead_of_raising(files):
 def test_explicit_verdict_file_for_seeded_weights(files, tmp_path):
     proto, _ = files
     path = tmp_path / "v.json"
-    path.write_text(json.dumps({"verdict": "pass", "report": "/abs/r.json", "seed": 0, "caffemodel_sha256": None,
-                                "prototxt_sha256": hashlib.sha256(proto.read_bytes()).hexdigest()}))
+    path.write_text(
+        json.dumps(
+            {
+                "verdict": "pass",
+                "report": "/abs/r.json",
+                "seed": 0,
+                "caffemodel_sha256": None,
+                "prototxt_sha256": hashlib.sha256(proto.read_bytes()).hexdigest(),
+            }
+        )
+    )
     assert check_parity(proto, None, seed=0, verdict_file=path)["report"] == "/abs/r.json"
     with pytest.raises(ParityError, match="weight seed"):
         check_parity(proto, None, seed=1, verdict_file=path)
     data = json.loads(path.read_text())
-    path.write_text(json.dumps({**data, "seed": None}))  # which seeded weights? cannot tell: refused
+    path.write_text(
+        json.dumps({**data, "seed": None})
+    )  # which seeded weights? cannot tell: refused
     with pytest.raises(ParityError, match="weight seed None"):
         check_parity(proto, None, seed=0, verdict_file=path)

@@ -15,8 +15,9 @@ CONVENTIONS = [CAFFENET, CAFFE_VGG16, TORCHVISION]
 
 
 @settings(max_examples=30, deadline=None)
-@given(img=arrays(np.float64, (5, 4, 3), elements=st.floats(0, 255)),
-       conv=st.sampled_from(CONVENTIONS))
+@given(
+    img=arrays(np.float64, (5, 4, 3), elements=st.floats(0, 255)), conv=st.sampled_from(CONVENTIONS)
+)
 def test_round_trip(img, conv):
     back = conv.deprocess(conv.preprocess(img))
     assert back.shape == img.shape

@@ -35,8 +35,14 @@ class Forker:
 
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, str(CHILD)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
 
     def start(self, mode: str, out: Path) -> int:
         self.proc.stdin.write(f"run {mode} {out}\n")
@@ -70,8 +76,9 @@ def _digest(out: Path) -> dict:
             found[f"{job.name}/{img.name}"] = img.read_bytes()
         trace = json.loads((job / "trace.json").read_text())
         assert trace["status"] == "finished"
-        found[f"{job.name}/trace"] = [{k: v for k, v in f.items() if k != "seconds"}
-                                      for f in trace["facets"]]
+        found[f"{job.name}/trace"] = [
+            {k: v for k, v in f.items() if k != "seconds"} for f in trace["facets"]
+        ]
     return found
 
 
@@ -79,8 +86,9 @@ def _temporaries(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob(".*"))
 
 
-def _kill_until_done(forker: Forker, mode: str, out: Path, rng, *, duration: float, kills: int
-                     ) -> int:
+def _kill_until_done(
+    forker: Forker, mode: str, out: Path, rng, *, duration: float, kills: int
+) -> int:
     """Run, killing after random delays, until a run ends by itself; the number of kills made."""
     made = 0
     while True:
@@ -112,8 +120,9 @@ def _kill_test(forker: Forker, tmp_path: Path, mode: str, kills_wanted: int, see
     total = chain = 0
     while total < kills_wanted:
         out = tmp_path / f"{mode}_{chain}"
-        total += _kill_until_done(forker, mode, out, rng, duration=duration,
-                                  kills=min(4, kills_wanted - total))
+        total += _kill_until_done(
+            forker, mode, out, rng, duration=duration, kills=min(4, kills_wanted - total)
+        )
         got = _digest(out)
         assert got.keys() == expected.keys()
         for key in expected:
@@ -136,16 +145,29 @@ def test_kill_9_at_50_random_instants_is_byte_identical(forker, tmp_path, mode):
 
 # -- in-process checks of the state files -------------------------------------------------------------
 
+
 def _sched():
     from mfv.octaves import parse_schedule
 
     keys = ("iter_n", "zoom", "margin", "window", "step_size", "tv_weight")
-    return parse_schedule({"name": "t", "octaves": [dict(zip(keys, o, strict=True)) for o in (
-        (6, None, 0, 0.3, [1, 2], [0.4, 0.4]), (3, 1.2, 0, 0.3, [1.0, 1.0], [0.01, 2]))]})
+    return parse_schedule(
+        {
+            "name": "t",
+            "octaves": [
+                dict(zip(keys, o, strict=True))
+                for o in (
+                    (6, None, 0, 0.3, [1, 2], [0.4, 0.4]),
+                    (3, 1.2, 0, 0.3, [1.0, 1.0], [0.01, 2]),
+                )
+            ],
+        }
+    )
 
 
 def _inits():
-    return [np.random.default_rng(i).integers(40, 215, (32, 32, 3)).astype(np.uint8) for i in range(2)]
+    return [
+        np.random.default_rng(i).integers(40, 215, (32, 32, 3)).astype(np.uint8) for i in range(2)
+    ]
 
 
 def _interrupted(out: Path, at_call: int, **kw):
@@ -162,7 +184,9 @@ def _interrupted(out: Path, at_call: int, **kw):
 
     obj = Objective(fn, base.layers, base.description, base.best, base.spec)
     with torch_threads(1), pytest.raises(KeyboardInterrupt):
-        visualize(tiny_model(), obj, _inits(), schedule=_sched(), seed=1, out=out, progress=False, **kw)
+        visualize(
+            tiny_model(), obj, _inits(), schedule=_sched(), seed=1, out=out, progress=False, **kw
+        )
 
 
 def test_state_is_saved_inside_the_first_octave(tmp_path):
@@ -189,22 +213,30 @@ def test_damaged_state_is_an_error_not_a_silent_restart(tmp_path):
     for name in ("checkpoint.npz", "checkpoint.prev.npz"):
         p = out / "state" / name
         data = bytearray(p.read_bytes())
-        data[len(data) // 2:] = b"\0" * (len(data) - len(data) // 2)
+        data[len(data) // 2 :] = b"\0" * (len(data) - len(data) // 2)
         p.write_bytes(bytes(data))
     with torch_threads(1), pytest.raises(MfvError, match="--restart"):
-        visualize(tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False)
+        visualize(
+            tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False
+        )
 
 
 def test_finished_run_leaves_no_temporaries(tmp_path):
     out = tmp_path / "run"
     _interrupted(out, 5, checkpoint_steps=1)
     # What kill -9 of an earlier run leaves: temporaries of a process that is gone.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (out / f".facet_0.png.tmp{dead}-abcdefgh").write_bytes(b"x")
     (out / "state" / f".checkpoint.npz.tmp{dead}-abcdefgh").write_bytes(b"x")
     with torch_threads(1):
-        visualize(tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False)
+        visualize(
+            tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False
+        )
     assert _temporaries(out) == []
 
 
@@ -218,7 +250,10 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
     V = importlib.import_module("mfv.visualize")  # the package's `visualize` is the function
 
     def jobs(out):
-        return [UnitJob(unit("8", 3), _inits(), out / "a"), UnitJob(unit("8", 5), _inits()[:1], out / "b")]
+        return [
+            UnitJob(unit("8", 3), _inits(), out / "a"),
+            UnitJob(unit("8", 5), _inits()[:1], out / "b"),
+        ]
 
     model = tiny_model()
     kw = {"schedule": _sched(), "seed": 1, "progress": False, "checkpoint_steps": 1}
@@ -249,4 +284,5 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
     for job in ("a", "b"):
         ref = sorted((tmp_path / "ref" / job).glob("facet_*.png"))
         assert ref and [p.read_bytes() for p in ref] == [
-            (out / job / p.name).read_bytes() for p in ref]
+            (out / job / p.name).read_bytes() for p in ref
+        ]

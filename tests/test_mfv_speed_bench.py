@@ -28,12 +28,21 @@ pytestmark = pytest.mark.benchmark
 HERE = Path(__file__).resolve().parent
 # (case, steps timed). VGG16 costs ~25x CaffeNet per step, so it times fewer steps.
 CASES = [
-    ("caffenet-fwdbwd10", 20), ("caffenet-default10", 20), ("caffenet-faithful1", 20),
-    ("caffenet-faithful10", 10), ("caffenet-original-openblas", 0), ("caffenet-fc7-64", 0),
-    ("tv-batch10", 0), ("caffenet-parity", 0),
-    ("vgg16-fwdbwd10", 3), ("vgg16-default10", 3), ("vgg16-faithful1", 3),
-    ("caffenet-fwdbwd30", 10), ("caffenet-default10x3", 10),  # three units' facets in one batch
-    ("googlenet-fwdbwd10", 3), ("googlenet-default10", 3),
+    ("caffenet-fwdbwd10", 20),
+    ("caffenet-default10", 20),
+    ("caffenet-faithful1", 20),
+    ("caffenet-faithful10", 10),
+    ("caffenet-original-openblas", 0),
+    ("caffenet-fc7-64", 0),
+    ("tv-batch10", 0),
+    ("caffenet-parity", 0),
+    ("vgg16-fwdbwd10", 3),
+    ("vgg16-default10", 3),
+    ("vgg16-faithful1", 3),
+    ("caffenet-fwdbwd30", 10),
+    ("caffenet-default10x3", 10),  # three units' facets in one batch
+    ("googlenet-fwdbwd10", 3),
+    ("googlenet-default10", 3),
 ]
 RESULTS: dict[str, dict] = {}
 
@@ -78,20 +87,29 @@ def test_speed_ratios(benchmark) -> None:
         default = fph(f"{net}-default10")
         if default is None:
             continue
-        for other, key, target in ((f"{net}-faithful1", "vs_faithful_port", 2.5),
-                                   (f"{net}-original-openblas", "vs_original_caffe_openblas", 5.0)):
+        for other, key, target in (
+            (f"{net}-faithful1", "vs_faithful_port", 2.5),
+            (f"{net}-original-openblas", "vs_original_caffe_openblas", 5.0),
+        ):
             if fph(other):
                 ratios[f"{net}_{key}"] = {"ratio": round(default / fph(other), 2), "target": target}
         if fph(f"{net}-fwdbwd10"):
-            ratios[f"{net}_bound_over_default"] = {"ratio": round(fph(f"{net}-fwdbwd10") / default, 2),
-                                                   "target_at_most": 1.2}
+            ratios[f"{net}_bound_over_default"] = {
+                "ratio": round(fph(f"{net}-fwdbwd10") / default, 2),
+                "target_at_most": 1.2,
+            }
     if fph("caffenet-default10x3") and fph("caffenet-fwdbwd30"):
         ratios["caffenet_3_units_per_batch_over_default10"] = {
-            "ratio": round(fph("caffenet-default10x3") / fph("caffenet-default10"), 2)}
+            "ratio": round(fph("caffenet-default10x3") / fph("caffenet-default10"), 2)
+        }
         ratios["caffenet_bound30_over_3_units_per_batch"] = {
-            "ratio": round(fph("caffenet-fwdbwd30") / fph("caffenet-default10x3"), 2), "target_at_most": 1.2}
-    ratios["caffenet_10_facets_peak_rss_mb"] = {"value": RESULTS["caffenet-default10"]["peak_rss_mb"],
-                                                "target_at_most": 3072}
+            "ratio": round(fph("caffenet-fwdbwd30") / fph("caffenet-default10x3"), 2),
+            "target_at_most": 1.2,
+        }
+    ratios["caffenet_10_facets_peak_rss_mb"] = {
+        "value": RESULTS["caffenet-default10"]["peak_rss_mb"],
+        "target_at_most": 3072,
+    }
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(ratios)
     assert all(v.get("ratio", v.get("value", 0)) > 0 for v in ratios.values())

@@ -22,12 +22,31 @@ distributed = pytest.importorskip("distributed")
 UNITS = [0, 1, 2, 3]
 TOO_FEW = 4  # a class with fewer images than k * m: fails alone, the sweep goes on
 # Two octaves of two steps: every code path of the loop (zoom, jitter) in ~1 s per unit on CaffeNet.
-TINY_SCHEDULE = {"name": "tiny", "octaves": [
-    {"iter_n": 2, "zoom": None, "margin": 0, "window": 0.3, "step_size": [1.0, 2.0], "tv_weight": [0.4, 0.8]},
-    {"iter_n": 2, "zoom": 1.2, "margin": 0, "window": 0.3, "step_size": [1.0, 1.0], "tv_weight": [0.5, 2.0]}]}
+TINY_SCHEDULE = {
+    "name": "tiny",
+    "octaves": [
+        {
+            "iter_n": 2,
+            "zoom": None,
+            "margin": 0,
+            "window": 0.3,
+            "step_size": [1.0, 2.0],
+            "tv_weight": [0.4, 0.8],
+        },
+        {
+            "iter_n": 2,
+            "zoom": 1.2,
+            "margin": 0,
+            "window": 0.3,
+            "step_size": [1.0, 1.0],
+            "tv_weight": [0.5, 2.0],
+        },
+    ],
+}
 
 
 # -- parse_units ---------------------------------------------------------------------------------
+
 
 def test_parse_units_ranges_lists_and_all():
     assert sw.parse_units("0-3") == [0, 1, 2, 3]
@@ -51,20 +70,24 @@ def test_parse_units_file(tmp_path):
         sw.parse_units(str(f))
 
 
-@pytest.mark.parametrize("spec, n, message", [
-    ("5-3", None, "runs backwards"),
-    ("a", None, "'a' is not a unit"),
-    ("-1", None, "not a unit"),
-    ("0-1000", 1000, "unit 1000 is out of range: the layer has 1000 units"),
-    ("all", None, "needs the number of units"),
-    ("", None, "no units selected"),
-])
+@pytest.mark.parametrize(
+    "spec, n, message",
+    [
+        ("5-3", None, "runs backwards"),
+        ("a", None, "'a' is not a unit"),
+        ("-1", None, "not a unit"),
+        ("0-1000", 1000, "unit 1000 is out of range: the layer has 1000 units"),
+        ("all", None, "needs the number of units"),
+        ("", None, "no units selected"),
+    ],
+)
 def test_parse_units_errors(spec, n, message):
     with pytest.raises(ValueError, match=message):
         sw.parse_units(spec, n)
 
 
 # -- unit -> folder ------------------------------------------------------------------------------
+
 
 def test_unit_map_json_object_and_list(tmp_path):
     root = tmp_path / "imgs"
@@ -128,10 +151,13 @@ def test_missing_folders_and_class_count_are_named(tmp_path):
 
 # -- skip / redo ---------------------------------------------------------------------------------
 
+
 def test_unit_status(tmp_path):
     params = {"k": 2, "m": 2}
     key = sw.unit_key(params, tmp_path / "a")
-    assert key != sw.unit_key({"k": 3, "m": 2}, tmp_path / "a") != sw.unit_key(params, tmp_path / "b")
+    assert (
+        key != sw.unit_key({"k": 3, "m": 2}, tmp_path / "a") != sw.unit_key(params, tmp_path / "b")
+    )
     u = tmp_path / "0"
     assert sw.unit_status(u, key) == "new"
     u.mkdir()
@@ -160,9 +186,17 @@ def test_index_page_links_units_and_inlines_thumbnails(tmp_path):
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "4" / "facet_0.png")
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "4" / "facet_0_octave1.png")
     (tmp_path / "4" / "index.html").write_text("<html></html>")
-    records = [{"unit": 4, "label": "n0 four", "status": "done", "seconds": {"total": 3.0},
-                "facets": [{"activation": 2.0}], "evaluation": {"nearest_in_own_cluster_fraction": "1/1"}},
-               {"unit": 1, "label": "<one>", "status": "failed", "message": "unit 1: too few images"}]
+    records = [
+        {
+            "unit": 4,
+            "label": "n0 four",
+            "status": "done",
+            "seconds": {"total": 3.0},
+            "facets": [{"activation": 2.0}],
+            "evaluation": {"nearest_in_own_cluster_fraction": "1/1"},
+        },
+        {"unit": 1, "label": "<one>", "status": "failed", "message": "unit 1: too few images"},
+    ]
     page = sw.write_index(tmp_path, records, {"k": 1}).read_text()
     assert page.count("data:image/jpeg;base64,") == 1  # the facet, not its octave snapshot
     assert "href='4/index.html'" in page and "href='1/index.html'" not in page
@@ -171,6 +205,7 @@ def test_index_page_links_units_and_inlines_thumbnails(tmp_path):
 
 
 # -- the sweep on a local Dask cluster -----------------------------------------------------------
+
 
 def _kill_once(marker: str, unit: int, stage: str, u: int, s: str) -> None:
     """A sweep hook: the first time ``unit`` reaches ``stage``, its worker process dies (SIGKILL)."""
@@ -194,12 +229,18 @@ def image_tree(shared, tmp_path) -> Path:
         p = photos[u % len(photos)]
         for j in range(5 if u != TOO_FEW else 3):  # k * m = 4 are needed
             y, x = rng.integers(0, p.shape[0] - 120), rng.integers(0, p.shape[1] - 120)
-            Image.fromarray(p[y:y + 120, x:x + 120]).save(d / f"{classes[u][0]}_{j}.JPEG", quality=90)
+            Image.fromarray(p[y : y + 120, x : x + 120]).save(
+                d / f"{classes[u][0]}_{j}.JPEG", quality=90
+            )
     return root
 
 
 def _bytes(out: Path) -> dict[str, bytes]:
-    files = [*out.glob("*/facet_?.png"), *out.glob("*/means/mean_*.png"), *out.glob("*/means/mean_*.jpg")]
+    files = [
+        *out.glob("*/facet_?.png"),
+        *out.glob("*/means/mean_*.png"),
+        *out.glob("*/means/mean_*.jpg"),
+    ]
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(files)}
 
 
@@ -214,9 +255,20 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
     schedule = tmp_path / "tiny.json"
     schedule.write_text(json.dumps(TINY_SCHEDULE))
     out, marker = tmp_path / "out", tmp_path / "killed"
-    summary = sw.sweep(model="caffenet", parity_check=False, images=image_tree, units="0-4", k=2, m=2,
-                       schedule=schedule, workers=2, threads_per_worker=1, out=out, progress=False,
-                       hook=functools.partial(_kill_once, str(marker), 1, "means"))
+    summary = sw.sweep(
+        model="caffenet",
+        parity_check=False,
+        images=image_tree,
+        units="0-4",
+        k=2,
+        m=2,
+        schedule=schedule,
+        workers=2,
+        threads_per_worker=1,
+        out=out,
+        progress=False,
+        hook=functools.partial(_kill_once, str(marker), 1, "means"),
+    )
     assert marker.exists(), "the hook did not kill a worker"
     assert [r["unit"] for r in summary["units"]] == [*UNITS, TOO_FEW]
     assert summary["counts"] == {"done": 4, "failed": 1}, summary["units"]
@@ -229,7 +281,9 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
         assert rec["status"] == "done" and len(rec["facets"]) == 2
         assert all(f["softmax_rank"] is not None for f in rec["facets"])
         assert set(rec["seconds"]) >= {"means", "visualize", "evaluate", "total"}
-        assert (out / str(u) / "index.html").is_file() and (out / str(u) / "evaluation.json").is_file()
+        assert (out / str(u) / "index.html").is_file() and (
+            out / str(u) / "evaluation.json"
+        ).is_file()
     assert json.loads((out / "summary.json").read_text())["counts"] == {"done": 4, "failed": 1}
     page = (out / "index.html").read_text()
     assert page.count("data:image/jpeg") == 8 and "href='3/index.html'" in page
@@ -246,13 +300,47 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
     capsys.readouterr()
     # The rerun goes through the command line to a cluster that was already running (--scheduler).
     env = {"OMP_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, env=env, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
-        assert main(["sweep", "--model", "caffenet", "--no-parity-check", "--images", str(image_tree),
-                     "--units", "0-4", "--k", "2", "--m", "2", "--schedule", str(schedule),
-                     "--scheduler", cluster.scheduler_address, "--threads-per-worker", "1",
-                     "--out", str(out)]) == 3  # unit 4 fails again
-        assert len(client.scheduler_info()["workers"]) == 2  # the sweep leaves a cluster it did not start
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            env=env,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert (
+            main(
+                [
+                    "sweep",
+                    "--model",
+                    "caffenet",
+                    "--no-parity-check",
+                    "--images",
+                    str(image_tree),
+                    "--units",
+                    "0-4",
+                    "--k",
+                    "2",
+                    "--m",
+                    "2",
+                    "--schedule",
+                    str(schedule),
+                    "--scheduler",
+                    cluster.scheduler_address,
+                    "--threads-per-worker",
+                    "1",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 3
+        )  # unit 4 fails again
+        assert (
+            len(client.scheduler_info()["workers"]) == 2
+        )  # the sweep leaves a cluster it did not start
     printed = capsys.readouterr()
     assert "2 of 5 unit(s) already done, 3 to run (2 resumed)" in printed.err + printed.out
     assert "5 units: 4 done, 1 failed" in printed.out
@@ -269,13 +357,35 @@ def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp
 
     classes = sw.read_classes()
     margs = sw.ModelArgs("caffenet", parity_check=False)
-    sp = sw.SweepParams(margs, "fc8", False, "fc7", 2, 2, 0, 1, parse_schedule(TINY_SCHEDULE), False, "torch",
-                        False, (), evaluate=False)
+    sp = sw.SweepParams(
+        margs,
+        "fc8",
+        False,
+        "fc7",
+        2,
+        2,
+        0,
+        1,
+        parse_schedule(TINY_SCHEDULE),
+        False,
+        "torch",
+        False,
+        (),
+        evaluate=False,
+    )
 
     def tasks(out: Path, units: list[int]) -> list[sw.UnitTask]:
-        return [sw.UnitTask(u, str(image_tree / classes[u][0]), str(out / str(u)),
-                            sw.unit_key(sp.identity(), image_tree / classes[u][0]), classes[u][0], sp)
-                for u in units]
+        return [
+            sw.UnitTask(
+                u,
+                str(image_tree / classes[u][0]),
+                str(out / str(u)),
+                sw.unit_key(sp.identity(), image_tree / classes[u][0]),
+                classes[u][0],
+                sp,
+            )
+            for u in units
+        ]
 
     batched = sw._run_units(tasks(tmp_path / "b", [0, 1, TOO_FEW]))
     single = [sw._run_units(t)[0] for t in ([x] for x in tasks(tmp_path / "s", [0, 1]))]

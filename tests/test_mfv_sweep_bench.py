@@ -24,9 +24,27 @@ pytestmark = pytest.mark.benchmark
 pytest.importorskip("distributed")
 
 UNITS = 6
-SCHEDULE = {"name": "tiny", "octaves": [
-    {"iter_n": 2, "zoom": None, "margin": 0, "window": 0.3, "step_size": [1.0, 2.0], "tv_weight": [0.4, 0.8]},
-    {"iter_n": 2, "zoom": 1.2, "margin": 0, "window": 0.3, "step_size": [1.0, 1.0], "tv_weight": [0.5, 2.0]}]}
+SCHEDULE = {
+    "name": "tiny",
+    "octaves": [
+        {
+            "iter_n": 2,
+            "zoom": None,
+            "margin": 0,
+            "window": 0.3,
+            "step_size": [1.0, 2.0],
+            "tv_weight": [0.4, 0.8],
+        },
+        {
+            "iter_n": 2,
+            "zoom": 1.2,
+            "margin": 0,
+            "window": 0.3,
+            "step_size": [1.0, 1.0],
+            "tv_weight": [0.5, 2.0],
+        },
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +63,7 @@ def tree(shared, tmp_path_factory):
         p = photos[u % len(photos)]
         for j in range(5):
             y, x = rng.integers(0, p.shape[0] - 120), rng.integers(0, p.shape[1] - 120)
-            Image.fromarray(p[y:y + 120, x:x + 120]).save(d / f"{j}.JPEG", quality=90)
+            Image.fromarray(p[y : y + 120, x : x + 120]).save(d / f"{j}.JPEG", quality=90)
     (root / "tiny.json").write_text(json.dumps(SCHEDULE))
     return root
 
@@ -58,9 +76,19 @@ def test_sweep_units_per_hour(benchmark, tree, workers):
     def run():
         out = tree / f"out-{workers}-{next(counter)}"
         t0 = time.perf_counter()
-        s = sw.sweep(model="caffenet", parity_check=False, images=tree / "imagenet", units=f"0-{UNITS - 1}",
-                     k=2, m=2, schedule=tree / "tiny.json", workers=workers, threads_per_worker=1, out=out,
-                     progress=False)
+        s = sw.sweep(
+            model="caffenet",
+            parity_check=False,
+            images=tree / "imagenet",
+            units=f"0-{UNITS - 1}",
+            k=2,
+            m=2,
+            schedule=tree / "tiny.json",
+            workers=workers,
+            threads_per_worker=1,
+            out=out,
+            progress=False,
+        )
         results.append((s, time.perf_counter() - t0))
         return s
 
@@ -68,10 +96,16 @@ def test_sweep_units_per_hour(benchmark, tree, workers):
     s, wall = results[-1]
     assert s["counts"] == {"done": UNITS}
     benchmark.extra_info.update(
-        workers=workers, units=UNITS, facets_per_unit=2, steps_per_facet=4,
+        workers=workers,
+        units=UNITS,
+        facets_per_unit=2,
+        steps_per_facet=4,
         units_per_hour=s["run"]["units_per_hour"],
         units_per_hour_with_startup=round(UNITS / (wall / 3600), 1),
-        sweep_seconds=round(s["run"]["wall_seconds"], 2), call_seconds=round(wall, 2),
+        sweep_seconds=round(s["run"]["wall_seconds"], 2),
+        call_seconds=round(wall, 2),
         unit_seconds_mean=s["unit_seconds_mean"],
-        model_load_seconds=[r["seconds"]["model_load"] for r in s["units"] if r["seconds"]["model_load"]],
+        model_load_seconds=[
+            r["seconds"]["model_load"] for r in s["units"] if r["seconds"]["model_load"]
+        ],
     )

@@ -25,16 +25,24 @@ TIGHT = 1e-8  # float64: measured ~1e-12 (rounding order only)
 ISSUE_BOUND = 0.05  # grey levels, the parity bound of issue 7
 
 
-def sk_ref(img_hwc: np.ndarray, weight: float, *, max_num_iter: int = 100, eps: float = 1e-3,
-           isotropic: bool = True) -> tuple[np.ndarray, int]:
+def sk_ref(
+    img_hwc: np.ndarray,
+    weight: float,
+    *,
+    max_num_iter: int = 100,
+    eps: float = 1e-3,
+    isotropic: bool = True,
+) -> tuple[np.ndarray, int]:
     """scikit-image's result and the number of sweeps it ran.
 
     scikit-image does not report the count; the result with ``max_num_iter = m`` equals the full
     result exactly iff ``m`` is at least the count, so bisect on that.
     """
+
     def run(m: int) -> np.ndarray:
-        return sk_denoise(img_hwc, weight=weight, max_num_iter=m, eps=eps, isotropic=isotropic,
-                          channel_axis=None)
+        return sk_denoise(
+            img_hwc, weight=weight, max_num_iter=m, eps=eps, isotropic=isotropic, channel_axis=None
+        )
 
     full = run(max_num_iter)
     lo, hi = 0, max_num_iter
@@ -47,14 +55,22 @@ def sk_ref(img_hwc: np.ndarray, weight: float, *, max_num_iter: int = 100, eps: 
     # Bisection finds the last sweep that changed anything. scikit-image always runs the first
     # sweep, and when sweep `lo` still failed the test (rms change > eps), it ran one more sweep
     # that changed nothing exactly (a fixed point) and stopped there.
-    if max_num_iter and (lo == 0 or (lo < max_num_iter
-                                     and np.sqrt(np.mean((run(lo) - run(lo - 1)) ** 2)) > eps)):
+    if max_num_iter and (
+        lo == 0 or (lo < max_num_iter and np.sqrt(np.mean((run(lo) - run(lo - 1)) ** 2)) > eps)
+    ):
         lo += 1
     return full.reshape(img_hwc.shape), lo
 
 
-def loop_ref(img_hwc: np.ndarray, weight: float, *, max_num_iter: int = 100, eps: float = 1e-3,
-             isotropic: bool = True, border: str = "current") -> tuple[np.ndarray, int]:
+def loop_ref(
+    img_hwc: np.ndarray,
+    weight: float,
+    *,
+    max_num_iter: int = 100,
+    eps: float = 1e-3,
+    isotropic: bool = True,
+    border: str = "current",
+) -> tuple[np.ndarray, int]:
     """scikit-image's raster Gauss-Seidel loop, pixel by pixel, with either border (small images)."""
     rows, cols, dims = img_hwc.shape
     f = img_hwc.astype(np.float64)
@@ -74,10 +90,24 @@ def loop_ref(img_hwc: np.ndarray, weight: float, *, max_num_iter: int = 100, eps
                 for k in range(dims):
                     prev = out[r, c, k]
                     ux, uy = out[r, c + 1, k] - prev, out[r + 1, c, k] - prev
-                    new = (lam * (out[r + 1, c, k] + out[r - 1, c, k] + out[r, c + 1, k]
-                                  + out[r, c - 1, k] + dx[r, c - 1, k] - dx[r, c, k]
-                                  + dy[r - 1, c, k] - dy[r, c, k] - bx[r, c - 1, k] + bx[r, c, k]
-                                  - by[r - 1, c, k] + by[r, c, k]) + weight * f[r - 1, c - 1, k]) / norm
+                    new = (
+                        lam
+                        * (
+                            out[r + 1, c, k]
+                            + out[r - 1, c, k]
+                            + out[r, c + 1, k]
+                            + out[r, c - 1, k]
+                            + dx[r, c - 1, k]
+                            - dx[r, c, k]
+                            + dy[r - 1, c, k]
+                            - dy[r, c, k]
+                            - bx[r, c - 1, k]
+                            + bx[r, c, k]
+                            - by[r - 1, c, k]
+                            + by[r, c, k]
+                        )
+                        + weight * f[r - 1, c - 1, k]
+                    ) / norm
                     out[r, c, k] = new
                     acc += (new - prev) ** 2
                     tx, ty = ux + bx[r, c, k], uy + by[r, c, k]
@@ -116,6 +146,7 @@ def photos() -> dict[str, np.ndarray]:
 
 # -- photographs at the network's size ----------------------------------------------------------
 
+
 @pytest.mark.parametrize(("name", "weight"), [("astronaut", 0.4), ("coffee", 2.4)])
 def test_photographs_227_match_skimage(photos: dict, name: str, weight: float) -> None:
     img = photos[name]
@@ -132,8 +163,9 @@ def test_mfv_call_on_mid_optimisation_batch(photos: dict) -> None:
     imgs = [np.clip(i + rng.normal(0, 25, i.shape), -40, 300) for i in imgs]
     weights = [0.41, 0.01 + 2 * 37 / 150, 2.1]  # octave-1, mid octave-2 and octave-3 weights
     batch = torch.stack([to_chw(i) for i in imgs])
-    out, n_iter = denoise_tv_bregman(batch, weight=torch.tensor(weights, dtype=torch.float64),
-                                     return_num_iter=True)
+    out, n_iter = denoise_tv_bregman(
+        batch, weight=torch.tensor(weights, dtype=torch.float64), return_num_iter=True
+    )
     for k, (img, w) in enumerate(zip(imgs, weights, strict=True)):
         ref, n = sk_ref(img, w)
         assert np.abs(to_hwc(out[k]) - ref).max() < TIGHT
@@ -142,12 +174,13 @@ def test_mfv_call_on_mid_optimisation_batch(photos: dict) -> None:
 
 # -- hypothesis over weights, sizes, channel counts, content -------------------------------------
 
+
 def _content(kind: str, h: int, w: int, c: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "photo":
         base = photo("astronaut", 64)
         y, x = rng.integers(0, 64 - h + 1), rng.integers(0, 64 - w + 1)
-        img = base[y:y + h, x:x + w, rng.integers(0, 3, c)]
+        img = base[y : y + h, x : x + w, rng.integers(0, 3, c)]
     elif kind == "noisy":  # mid-optimisation: out of range, not yet clipped
         img = rng.normal(128, 90, (h, w, c))
     else:  # high-frequency pattern plus noise
@@ -157,32 +190,53 @@ def _content(kind: str, h: int, w: int, c: int, seed: int) -> np.ndarray:
 
 
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(2, 11), w=st.integers(2, 11), c=st.integers(1, 4),
-       weight=st.floats(0.01, 5.0), kind=st.sampled_from(["photo", "noisy", "pattern"]),
-       isotropic=st.booleans(), seed=st.integers(0, 2**16),
-       solver=st.sampled_from(["native", "wavefront"]))
-def test_hypothesis_matches_skimage(h: int, w: int, c: int, weight: float, kind: str,
-                                    isotropic: bool, seed: int, solver: str) -> None:
+@given(
+    h=st.integers(2, 11),
+    w=st.integers(2, 11),
+    c=st.integers(1, 4),
+    weight=st.floats(0.01, 5.0),
+    kind=st.sampled_from(["photo", "noisy", "pattern"]),
+    isotropic=st.booleans(),
+    seed=st.integers(0, 2**16),
+    solver=st.sampled_from(["native", "wavefront"]),
+)
+def test_hypothesis_matches_skimage(
+    h: int, w: int, c: int, weight: float, kind: str, isotropic: bool, seed: int, solver: str
+) -> None:
     img = _content(kind, h, w, c, seed)
     ref, n = sk_ref(img, weight, isotropic=isotropic)
-    out, n_iter = denoise_tv_bregman(to_chw(img), weight=weight, isotropic=isotropic,
-                                     return_num_iter=True, solver=solver)
+    out, n_iter = denoise_tv_bregman(
+        to_chw(img), weight=weight, isotropic=isotropic, return_num_iter=True, solver=solver
+    )
     assert np.abs(to_hwc(out) - ref).max() < TIGHT
     assert int(n_iter[0]) == n
 
 
 @settings(max_examples=15, deadline=None)
-@given(h=st.integers(2, 7), w=st.integers(2, 7), c=st.integers(1, 3), weight=st.floats(0.01, 5.0),
-       isotropic=st.booleans(), border=st.sampled_from(["current", "0.13"]), seed=st.integers(0, 99),
-       solver=st.sampled_from(["native", "wavefront"]))
-def test_hypothesis_matches_loop_transcription(h: int, w: int, c: int, weight: float,
-                                               isotropic: bool, border: str, seed: int,
-                                               solver: str) -> None:
+@given(
+    h=st.integers(2, 7),
+    w=st.integers(2, 7),
+    c=st.integers(1, 3),
+    weight=st.floats(0.01, 5.0),
+    isotropic=st.booleans(),
+    border=st.sampled_from(["current", "0.13"]),
+    seed=st.integers(0, 99),
+    solver=st.sampled_from(["native", "wavefront"]),
+)
+def test_hypothesis_matches_loop_transcription(
+    h: int, w: int, c: int, weight: float, isotropic: bool, border: str, seed: int, solver: str
+) -> None:
     img = _content("noisy", h, w, c, seed)
     ref, n = loop_ref(img, weight, isotropic=isotropic, border=border, max_num_iter=40)
-    out, n_iter = denoise_tv_bregman(to_chw(img), weight=weight, isotropic=isotropic,
-                                     border=border, max_num_iter=40, return_num_iter=True,
-                                     solver=solver)
+    out, n_iter = denoise_tv_bregman(
+        to_chw(img),
+        weight=weight,
+        isotropic=isotropic,
+        border=border,
+        max_num_iter=40,
+        return_num_iter=True,
+        solver=solver,
+    )
     assert np.abs(to_hwc(out) - ref).max() < TIGHT
     assert int(n_iter[0]) == n
 
@@ -211,9 +265,14 @@ def test_border_013_differs_only_through_bottom_right_ghosts() -> None:
 
 # -- batching and per-image stopping ---------------------------------------------------------------
 
+
 def test_batch_with_different_weights_equals_single_calls() -> None:
-    imgs = torch.stack([to_chw(_content(k, 12, 10, 3, s)) for k, s in
-                        [("photo", 1), ("noisy", 2), ("pattern", 3), ("photo", 4)]])
+    imgs = torch.stack(
+        [
+            to_chw(_content(k, 12, 10, 3, s))
+            for k, s in [("photo", 1), ("noisy", 2), ("pattern", 3), ("photo", 4)]
+        ]
+    )
     weights = torch.tensor([0.05, 0.4, 1.5, 5.0], dtype=torch.float64)
     out, n_iter = denoise_tv_bregman(imgs, weight=weights, return_num_iter=True)
     for k in range(4):
@@ -257,9 +316,13 @@ def test_deferred_checks_and_solvers_agree(solver: str, check_every: int) -> Non
     device meanwhile), run on the CPU, give the same images and counts as skimage."""
     imgs = [_content(k, 9, 13, 3, s) for k, s in [("photo", 5), ("noisy", 6), ("photo", 8)]]
     weights = [0.1, 0.7, 3.0]
-    out, n_iter = denoise_tv_bregman(torch.stack([to_chw(i) for i in imgs]),
-                                     weight=torch.tensor(weights, dtype=torch.float64), solver=solver,
-                                     check_every=check_every, return_num_iter=True)
+    out, n_iter = denoise_tv_bregman(
+        torch.stack([to_chw(i) for i in imgs]),
+        weight=torch.tensor(weights, dtype=torch.float64),
+        solver=solver,
+        check_every=check_every,
+        return_num_iter=True,
+    )
     for k, (img, w) in enumerate(zip(imgs, weights, strict=True)):
         ref, n = sk_ref(img, w)
         assert np.abs(to_hwc(out[k]) - ref).max() < TIGHT
@@ -270,8 +333,12 @@ def test_joint_stop_equals_skimage_on_stacked_channels() -> None:
     imgs = [_content("photo", 10, 8, 3, s) for s in (11, 12)]
     stacked = np.concatenate(imgs, axis=2)
     ref, n = sk_ref(stacked, 0.6)
-    out, n_iter = denoise_tv_bregman(torch.stack([to_chw(i) for i in imgs]), weight=0.6,
-                                     per_image_stop=False, return_num_iter=True)
+    out, n_iter = denoise_tv_bregman(
+        torch.stack([to_chw(i) for i in imgs]),
+        weight=0.6,
+        per_image_stop=False,
+        return_num_iter=True,
+    )
     got = np.concatenate([to_hwc(o) for o in out], axis=2)
     assert np.abs(got - ref).max() < TIGHT
     assert n_iter.tolist() == [n, n]
@@ -285,6 +352,7 @@ def test_jacobi_steps_bound() -> None:
 
 
 # -- dtypes, shapes, inputs ------------------------------------------------------------------------
+
 
 def test_float32_close_to_skimage_float32(photos: dict) -> None:
     img = photos["chelsea"][50:114, 70:134].astype(np.float32)
@@ -311,33 +379,41 @@ def test_zero_iterations_returns_input() -> None:
 
 def test_larger_weight_smooths_less() -> None:
     img = to_chw(_content("noisy", 16, 16, 3, 4))
-    tv = [float(denoise_tv_bregman(img, weight=w).diff(dim=-1).abs().sum()) for w in (0.05, 0.5, 5.0)]
+    tv = [
+        float(denoise_tv_bregman(img, weight=w).diff(dim=-1).abs().sum()) for w in (0.05, 0.5, 5.0)
+    ]
     assert tv[0] < tv[1] < tv[2]
 
 
-@pytest.mark.parametrize(("kwargs", "exc"), [
-    ({"weight": 0.0}, ValueError),
-    ({"weight": -1.0}, ValueError),
-    ({"weight": float("nan")}, ValueError),
-    ({"weight": torch.ones(3)}, ValueError),
-    ({"weight": "1"}, TypeError),
-    ({"weight": 1.0, "max_num_iter": -1}, ValueError),
-    ({"weight": 1.0, "eps": -1e-3}, ValueError),
-    ({"weight": 1.0, "border": "reflect"}, ValueError),
-    ({"weight": 1.0, "solver": "cg"}, ValueError),
-    ({"weight": 1.0, "check_every": 0}, ValueError),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"weight": 0.0}, ValueError),
+        ({"weight": -1.0}, ValueError),
+        ({"weight": float("nan")}, ValueError),
+        ({"weight": torch.ones(3)}, ValueError),
+        ({"weight": "1"}, TypeError),
+        ({"weight": 1.0, "max_num_iter": -1}, ValueError),
+        ({"weight": 1.0, "eps": -1e-3}, ValueError),
+        ({"weight": 1.0, "border": "reflect"}, ValueError),
+        ({"weight": 1.0, "solver": "cg"}, ValueError),
+        ({"weight": 1.0, "check_every": 0}, ValueError),
+    ],
+)
 def test_bad_arguments_raise(kwargs: dict, exc: type) -> None:
     with pytest.raises(exc):
         denoise_tv_bregman(torch.rand(2, 3, 4, 4), **kwargs)
 
 
-@pytest.mark.parametrize(("images", "exc"), [
-    (np.zeros((3, 4, 4)), TypeError),
-    (torch.zeros(3, 4, 4, dtype=torch.uint8), TypeError),
-    (torch.zeros(4, 4), ValueError),
-    (torch.zeros(3, 1, 4), ValueError),
-])
+@pytest.mark.parametrize(
+    ("images", "exc"),
+    [
+        (np.zeros((3, 4, 4)), TypeError),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), TypeError),
+        (torch.zeros(4, 4), ValueError),
+        (torch.zeros(3, 1, 4), ValueError),
+    ],
+)
 def test_bad_images_raise(images: object, exc: type) -> None:
     with pytest.raises(exc):
         denoise_tv_bregman(images, weight=1.0)  # type: ignore[arg-type]

@@ -30,8 +30,10 @@ WEIGHTS = [0.4, 0.41, 0.6, 1.0, 1.5, 2.0, 2.4, 0.1, 0.8, 1.2]  # a spread of MFV
 def batch_hwc() -> np.ndarray:
     """Ten 227x227 RGB float64 0..255 images: photographs plus mid-optimisation noise."""
     rng = np.random.default_rng(0)
-    photos = [transform.resize(getattr(data, n)(), (227, 227), anti_aliasing=True) * 255.0
-              for n in ("astronaut", "chelsea", "coffee")]
+    photos = [
+        transform.resize(getattr(data, n)(), (227, 227), anti_aliasing=True) * 255.0
+        for n in ("astronaut", "chelsea", "coffee")
+    ]
     return np.stack([photos[i % 3] + rng.normal(0, 8, photos[0].shape) for i in range(BATCH)])
 
 
@@ -40,8 +42,10 @@ def _skimage_ms_per_image(batch_hwc: np.ndarray, rounds: int) -> tuple[float, li
     outs: list[np.ndarray] = []
     for _ in range(rounds):
         t = time.perf_counter()
-        outs = [sk_denoise(img, weight=w, max_num_iter=100, eps=1e-3, channel_axis=None)
-                for img, w in zip(batch_hwc, WEIGHTS, strict=True)]
+        outs = [
+            sk_denoise(img, weight=w, max_num_iter=100, eps=1e-3, channel_axis=None)
+            for img, w in zip(batch_hwc, WEIGHTS, strict=True)
+        ]
         best = min(best, time.perf_counter() - t)
     return best / BATCH * 1e3, outs
 
@@ -64,9 +68,16 @@ def test_tv_torch_batch10_vs_skimage(benchmark, batch_hwc: np.ndarray, dtype: to
     got = out.permute(0, 2, 3, 1).double().numpy()
     max_diff = float(max(np.abs(g - r).max() for g, r in zip(got, sk_outs, strict=True)))
     benchmark.extra_info.update(
-        torch_ms_per_image=round(torch_ms, 2), skimage_ms_per_image=round(sk_ms, 2),
-        speedup=round(sk_ms / torch_ms, 3), target_speedup=4.0 if dtype == torch.float32 else None, batch=BATCH, dtype=str(dtype),
-        torch_threads=torch.get_num_threads(), sweeps=n_iter.tolist(), max_abs_diff=max_diff)
+        torch_ms_per_image=round(torch_ms, 2),
+        skimage_ms_per_image=round(sk_ms, 2),
+        speedup=round(sk_ms / torch_ms, 3),
+        target_speedup=4.0 if dtype == torch.float32 else None,
+        batch=BATCH,
+        dtype=str(dtype),
+        torch_threads=torch.get_num_threads(),
+        sweeps=n_iter.tolist(),
+        max_abs_diff=max_diff,
+    )
     # The issue's parity bound (0.05 grey levels); float64 is measured at ~1e-12.
     assert max_diff < (0.05 if dtype == torch.float32 else 1e-8)
 
@@ -74,6 +85,11 @@ def test_tv_torch_batch10_vs_skimage(benchmark, batch_hwc: np.ndarray, dtype: to
 def test_tv_skimage_one_image(benchmark, batch_hwc: np.ndarray) -> None:
     """scikit-image alone, one image per call, for the saved JSON's own row."""
     img = batch_hwc[0]
-    benchmark.pedantic(sk_denoise, args=(img,), kwargs={"weight": 0.4, "channel_axis": None},
-                       rounds=3, iterations=1)
+    benchmark.pedantic(
+        sk_denoise,
+        args=(img,),
+        kwargs={"weight": 0.4, "channel_axis": None},
+        rounds=3,
+        iterations=1,
+    )
     benchmark.extra_info.update(per="image")

@@ -32,13 +32,20 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("isa", ["avx2", "sse2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("isotropic", [True, False], ids=["iso", "aniso"])
-def test_capped_isa_gives_the_native_bytes(fresh_library, isa: str, dtype: torch.dtype,
-                                           isotropic: bool) -> None:
+def test_capped_isa_gives_the_native_bytes(
+    fresh_library, isa: str, dtype: torch.dtype, isotropic: bool
+) -> None:
     if not _tv_native.available():
         pytest.skip("no C compiler")
     imgs, weights = _batch()
     imgs = imgs.to(dtype)
-    kw = {"weight": weights, "eps": 1e-3, "isotropic": isotropic, "return_num_iter": True, "solver": "native"}
+    kw = {
+        "weight": weights,
+        "eps": 1e-3,
+        "isotropic": isotropic,
+        "return_num_iter": True,
+        "solver": "native",
+    }
     ref, n_ref = denoise_tv_bregman(imgs, **kw)
     native_bytes = _tv_native.vector_bytes()
     fresh_library.setenv("CAFFE_MFV_NATIVE_ISA", isa)

@@ -87,8 +87,9 @@ def _judge(nd, net32, net64, x_port, ref_blobs, *, local_rows=True):
     for name in core.CAFFE_BUILDS:
         outs[name] = RunnerOutput(name, dict(ref_blobs), "float32", True)
     rows = (
-        local.local_analysis(nd, net32, net64, _weights_of(nd), outs["caffe-atlas"],
-                             backward_from=BACKWARD)
+        local.local_analysis(
+            nd, net32, net64, _weights_of(nd), outs["caffe-atlas"], backward_from=BACKWARD
+        )
         if local_rows
         else None
     )

@@ -42,7 +42,9 @@ def test_markdown_table_shows_verdict_worst_and_flips_per_cell():
     ]  # fmt: skip
     table = machines.markdown(rows).splitlines()
     assert table[0] == "| model | default-t2 | avx2-t2 |"
-    assert table[2] == "| caffenet | pass 1.91x (pool1 1) | FAIL 60000.00x (relu4 (OUT OF BAND) 1) |"
+    assert (
+        table[2] == "| caffenet | pass 1.91x (pool1 1) | FAIL 60000.00x (relu4 (OUT OF BAND) 1) |"
+    )
 
 
 def test_unknown_setting_is_a_usage_error(capsys):

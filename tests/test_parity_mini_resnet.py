@@ -24,10 +24,27 @@ def test_mini_resnet_passes_against_both_caffe_builds(tmp_path, capsys):
     netdef = port.load_prototxt(prototxt)
     write_caffemodel(weights, netdef, port.seed_weights(netdef, 3))
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    goldens = [f"{blas}={DATA / 'goldens' / blas / 'a_and_1.npz'}" for blas in ("atlas", "openblas")]
-    code = main(["run", "--prototxt", str(prototxt), "--caffemodel", str(weights),
-                 "--golden", goldens[0], "--golden", goldens[1], "--backward-from", "fc:3",
-                 "--no-verdict", "--json", str(tmp_path / "r.json")])
+    goldens = [
+        f"{blas}={DATA / 'goldens' / blas / 'a_and_1.npz'}" for blas in ("atlas", "openblas")
+    ]
+    code = main(
+        [
+            "run",
+            "--prototxt",
+            str(prototxt),
+            "--caffemodel",
+            str(weights),
+            "--golden",
+            goldens[0],
+            "--golden",
+            goldens[1],
+            "--backward-from",
+            "fc:3",
+            "--no-verdict",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((tmp_path / "r.json").read_text())

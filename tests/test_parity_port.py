@@ -361,7 +361,9 @@ def test_without_goldens_the_first_line_says_the_input_is_synthetic(tmp_path, ca
 
 def test_a_port_with_the_wrong_shape_still_writes_valid_json():
     # Shape mismatches give infinite errors deep inside the local analysis; JSON has no inf.
-    result, _ = prun.run_parity(_setup(), references=REFS, port_factory=_broken("pool1", FloorMaxPool))
+    result, _ = prun.run_parity(
+        _setup(), references=REFS, port_factory=_broken("pool1", FloorMaxPool)
+    )
     doc = json.loads(result.dumps())
     assert doc["passed"] is False
     assert any(v.get("port") == "inf" for row in doc["local"] for v in row["forward"].values())

@@ -37,10 +37,24 @@ def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, ca
     assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
     netdef, weights = _weights(case, tmp_path)
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    code = main(["run", "--prototxt", str(case.prototxt), "--caffemodel", str(weights),
-                 "--golden", f"atlas={case.golden('atlas')}",
-                 "--golden", f"openblas={case.golden('openblas')}",
-                 "--backward-from", case.backward, "--no-verdict", "--json", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "run",
+            "--prototxt",
+            str(case.prototxt),
+            "--caffemodel",
+            str(weights),
+            "--golden",
+            f"atlas={case.golden('atlas')}",
+            "--golden",
+            f"openblas={case.golden('openblas')}",
+            "--backward-from",
+            case.backward,
+            "--no-verdict",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((tmp_path / "r.json").read_text())
@@ -92,8 +106,20 @@ def test_architecture_converts_to_an_artefact_that_runs_the_same(name, tmp_path,
     case = ARCHITECTURES[name]
     _, weights = _weights(case, tmp_path)
     out = tmp_path / f"{name}.safetensors"
-    assert port.cli.main(["convert", "--prototxt", str(case.prototxt), "--caffemodel", str(weights),
-                          "--out", str(out)]) == 0
+    assert (
+        port.cli.main(
+            [
+                "convert",
+                "--prototxt",
+                str(case.prototxt),
+                "--caffemodel",
+                str(weights),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     x = {k: torch.from_numpy(v) for k, v in case.inputs().items()}
     x = x if len(x) > 1 else next(iter(x.values()))
     want = port.load_caffe(case.prototxt, weights)(x)

@@ -44,56 +44,83 @@ def _raises(body: str, dims: str = "1 dim: 3 dim: 4 dim: 4", **expect) -> port.C
 
 
 def test_kernel_larger_than_padded_input():
-    e = _raises('layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
-                '  convolution_param { num_output: 4 kernel_size: 15 } }\n',
-                layer="c", field="convolution_param.kernel_size", line=4)
+    e = _raises(
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+        "  convolution_param { num_output: 4 kernel_size: 15 } }\n",
+        layer="c",
+        field="convolution_param.kernel_size",
+        line=4,
+    )
     assert "15x15" in str(e) and "4x4" in str(e)
 
 
 def test_pooling_window_larger_than_padded_input():
-    e = _raises('layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
-                '  pooling_param { pool: MAX kernel_size: 9 stride: 2 } }\n',
-                layer="p", field="pooling_param.kernel_size")
+    e = _raises(
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p"\n'
+        "  pooling_param { pool: MAX kernel_size: 9 stride: 2 } }\n",
+        layer="p",
+        field="pooling_param.kernel_size",
+    )
     assert "pooling window" in str(e)
 
 
 def test_flatten_axis_after_end_axis():
-    _raises('layer { name: "f" type: "Flatten" bottom: "data" top: "f"\n'
-            '  flatten_param { axis: 3 end_axis: 1 } }\n', layer="f", field="flatten_param.axis")
+    _raises(
+        'layer { name: "f" type: "Flatten" bottom: "data" top: "f"\n'
+        "  flatten_param { axis: 3 end_axis: 1 } }\n",
+        layer="f",
+        field="flatten_param.axis",
+    )
 
 
 @pytest.mark.parametrize("kind", ["Convolution", "InnerProduct"])
 def test_num_output_zero(kind):
     param = "convolution_param" if kind == "Convolution" else "inner_product_param"
     extra = " kernel_size: 1" if kind == "Convolution" else ""
-    _raises(f'layer {{ name: "l" type: "{kind}" bottom: "data" top: "l"\n'
-            f'  {param} {{ num_output: 0{extra} }} }}\n', layer="l", field=f"{param}.num_output")
+    _raises(
+        f'layer {{ name: "l" type: "{kind}" bottom: "data" top: "l"\n'
+        f"  {param} {{ num_output: 0{extra} }} }}\n",
+        layer="l",
+        field=f"{param}.num_output",
+    )
 
 
 def test_blob_produced_twice():
-    e = _raises('layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
-                'layer { name: "b" type: "Sigmoid" bottom: "data" top: "x" }\n', layer="b",
-                field="top")
+    e = _raises(
+        'layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
+        'layer { name: "b" type: "Sigmoid" bottom: "data" top: "x" }\n',
+        layer="b",
+        field="top",
+    )
     assert "multiple sources" in str(e)
     # in place is fine
-    port.CaffeNet(_net('layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
-                       'layer { name: "b" type: "Sigmoid" bottom: "x" top: "x" }\n'))
+    port.CaffeNet(
+        _net(
+            'layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
+            'layer { name: "b" type: "Sigmoid" bottom: "x" top: "x" }\n'
+        )
+    )
 
 
 @pytest.mark.parametrize("dims", ["1 dim: 0 dim: 4 dim: 4", "1 dim: 3 dim: -2 dim: 4"])
 def test_zero_or_negative_input_dims(dims):
-    _raises('layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n', dims,
-            field="input_shape")
+    _raises('layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n', dims, field="input_shape")
 
 
 def test_absurd_shape_is_refused_before_allocation():
-    e = _raises('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
-                '  inner_product_param { num_output: 10 } }\n', "1 dim: 3 dim: 100000 dim: 100000",
-                field="input_shape")
+    e = _raises(
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
+        "  inner_product_param { num_output: 10 } }\n",
+        "1 dim: 3 dim: 100000 dim: 100000",
+        field="input_shape",
+    )
     assert "INT_MAX" in str(e)
     # A weight blob past Caffe's limit is refused too, and named.
-    netdef = _net('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
-                  '  inner_product_param { num_output: 1000000 } }\n', "1 dim: 3 dim: 1000 dim: 1000")
+    netdef = _net(
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
+        "  inner_product_param { num_output: 1000000 } }\n",
+        "1 dim: 3 dim: 1000 dim: 1000",
+    )
     with pytest.raises(port.CaffeError, match="INT_MAX") as err:
         validate_netdef(netdef)
     assert err.value.layer == "fc" and err.value.field == "blobs"
@@ -101,16 +128,20 @@ def test_absurd_shape_is_refused_before_allocation():
 
 
 def test_weights_larger_than_memory_refused():
-    netdef = _net('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
-                  '  inner_product_param { num_output: 1000 } }\n')
+    netdef = _net(
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"\n'
+        "  inner_product_param { num_output: 1000 } }\n"
+    )
     with pytest.raises(port.CaffeError, match="GB"):
         validate_netdef(netdef, memory_bytes=1000)
 
 
 def test_seed_weights_cli_refuses_bad_geometry(tmp_path, capsys):
     p = tmp_path / "n.prototxt"
-    p.write_text(HEAD % "1 dim: 3 dim: 4 dim: 4" + 'layer { name: "c" type: "Convolution" '
-                 'bottom: "data" top: "c" convolution_param { num_output: 0 kernel_size: 1 } }\n')
+    p.write_text(
+        HEAD % "1 dim: 3 dim: 4 dim: 4" + 'layer { name: "c" type: "Convolution" '
+        'bottom: "data" top: "c" convolution_param { num_output: 0 kernel_size: 1 } }\n'
+    )
     out = tmp_path / "w.caffemodel"
     assert main(["seed-weights", "--prototxt", str(p), "--out", str(out)]) == 2
     assert not out.exists() and "num_output" in capsys.readouterr().err
@@ -177,11 +208,29 @@ def test_nonfinite_weights_refused_by_convert_inspect_dump(tiny_prototxt, tmp_pa
     write_caffemodel(w, netdef, weights)
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 3, 13, 11), np.float32))
-    for argv in (["inspect", "--prototxt", str(tiny_prototxt), "--caffemodel", str(w)],
-                 ["convert", "--prototxt", str(tiny_prototxt), "--caffemodel", str(w), "--out",
-                  str(tmp_path / "o.safetensors")],
-                 ["dump", "--prototxt", str(tiny_prototxt), "--caffemodel", str(w), "--input", str(x),
-                  "--out", str(tmp_path / "d.npz")]):
+    for argv in (
+        ["inspect", "--prototxt", str(tiny_prototxt), "--caffemodel", str(w)],
+        [
+            "convert",
+            "--prototxt",
+            str(tiny_prototxt),
+            "--caffemodel",
+            str(w),
+            "--out",
+            str(tmp_path / "o.safetensors"),
+        ],
+        [
+            "dump",
+            "--prototxt",
+            str(tiny_prototxt),
+            "--caffemodel",
+            str(w),
+            "--input",
+            str(x),
+            "--out",
+            str(tmp_path / "d.npz"),
+        ],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "layer 'fc'" in err and "blobs[0]" in err and ("NaN" in err or "infinite" in err)
@@ -192,11 +241,15 @@ def test_nonfinite_weights_refused_by_convert_inspect_dump(tiny_prototxt, tmp_pa
 
 
 def test_unknown_field_and_bad_enum_name_the_field(tmp_path):
-    for text, fld in (('pooling_param { pool: MAX kernel_sizee: 3 }', "kernel_sizee"),
-                      ('pooling_param { pool: MAXX kernel_size: 3 }', "pool")):
+    for text, fld in (
+        ("pooling_param { pool: MAX kernel_sizee: 3 }", "kernel_sizee"),
+        ("pooling_param { pool: MAXX kernel_size: 3 }", "pool"),
+    ):
         p = tmp_path / "e.prototxt"
-        p.write_text(HEAD % "1 dim: 3 dim: 8 dim: 8" + 'layer { name: "p" type: "Pooling" '
-                     'bottom: "data" top: "p"\n  ' + text + " }\n")
+        p.write_text(
+            HEAD % "1 dim: 3 dim: 8 dim: 8" + 'layer { name: "p" type: "Pooling" '
+            'bottom: "data" top: "p"\n  ' + text + " }\n"
+        )
         with pytest.raises(port.CaffeError) as err:
             port.load_prototxt(p)
         assert err.value.field == fld and err.value.line == 5 and err.value.layer == "p"
@@ -204,8 +257,10 @@ def test_unknown_field_and_bad_enum_name_the_field(tmp_path):
 
 def test_include_exclude_error_has_file_and_line(tmp_path):
     p = tmp_path / "i.prototxt"
-    p.write_text(HEAD % "1 dim: 3 dim: 8 dim: 8" + 'layer { name: "r" type: "ReLU" bottom: "data" '
-                 'top: "r"\n include { phase: TEST } exclude { phase: TRAIN } }\n')
+    p.write_text(
+        HEAD % "1 dim: 3 dim: 8 dim: 8" + 'layer { name: "r" type: "ReLU" bottom: "data" '
+        'top: "r"\n include { phase: TEST } exclude { phase: TRAIN } }\n'
+    )
     with pytest.raises(port.CaffeError) as err:
         port.load_prototxt(p)
     assert err.value.path == str(p) and err.value.line == 4 and err.value.layer == "r"
@@ -213,17 +268,21 @@ def test_include_exclude_error_has_file_and_line(tmp_path):
 
 def test_seed_weights_on_train_only_definition(tmp_path, capsys):
     p = tmp_path / "t.prototxt"
-    p.write_text(HEAD % "1 dim: 3 dim: 8 dim: 8" + 'layer { name: "c" type: "Convolution" '
-                 'bottom: "data" top: "c" include { phase: TRAIN }\n'
-                 ' convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    p.write_text(
+        HEAD % "1 dim: 3 dim: 8 dim: 8" + 'layer { name: "c" type: "Convolution" '
+        'bottom: "data" top: "c" include { phase: TRAIN }\n'
+        " convolution_param { num_output: 2 kernel_size: 3 } }\n"
+    )
     out = tmp_path / "w.caffemodel"
     assert main(["seed-weights", "--prototxt", str(p), "--out", str(out)]) == 2
     assert not out.exists() and "TEST phase" in capsys.readouterr().err
 
 
 def test_dotted_layer_names_do_not_collide():
-    netdef = _net('layer { name: "a.b" type: "ReLU" bottom: "data" top: "x" }\n'
-                  'layer { name: "a\u2024b" type: "Sigmoid" bottom: "x" top: "y" }\n')
+    netdef = _net(
+        'layer { name: "a.b" type: "ReLU" bottom: "data" top: "x" }\n'
+        'layer { name: "a\u2024b" type: "Sigmoid" bottom: "x" top: "y" }\n'
+    )
     net = port.CaffeNet(netdef)
     assert net.module("a.b").caffe_type == "ReLU" and net.module("a\u2024b").caffe_type == "Sigmoid"
 
@@ -236,12 +295,27 @@ def test_cli_bad_outputs_and_npz_input(tiny_prototxt, tmp_path, capsys):
     (tmp_path / "adir").mkdir()
     base = ["--prototxt", str(tiny_prototxt), "--caffemodel", str(w)]
     cases = [
-        (["dump", *base, "--input", str(tmp_path / "x.npz"), "--out", str(tmp_path / "d.npz")], ".npz"),
+        (
+            ["dump", *base, "--input", str(tmp_path / "x.npz"), "--out", str(tmp_path / "d.npz")],
+            ".npz",
+        ),
         (["convert", *base, "--out", str(tmp_path / "adir")], "folder"),
         (["convert", *base, "--out", str(tmp_path / "afile" / "o.safetensors")], "afile"),
-        (["dump", *base, "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "afile" / "d")],
-         "afile"),
-        (["seed-weights", "--prototxt", str(tiny_prototxt), "--out", str(tmp_path / "adir")], "folder"),
+        (
+            [
+                "dump",
+                *base,
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(tmp_path / "afile" / "d"),
+            ],
+            "afile",
+        ),
+        (
+            ["seed-weights", "--prototxt", str(tiny_prototxt), "--out", str(tmp_path / "adir")],
+            "folder",
+        ),
     ]
     for argv, word in cases:
         assert main(argv) == 2, argv
@@ -255,8 +329,12 @@ def test_cli_bad_outputs_and_npz_input(tiny_prototxt, tmp_path, capsys):
 
 def test_atomic_path_removes_temporaries_of_dead_processes(tmp_path):
     target = tmp_path / "w.bin"
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead = int(child.stdout)
     stale = tmp_path / f".w.bin.tmp{dead}-abcdefgh"
     stale.write_bytes(b"x" * 100)
@@ -273,8 +351,12 @@ def test_safetensors_temporaries_live_inside_ours(tiny_prototxt, tmp_path):
     """safetensors writes its own .tmpXXXXXX beside the path it is given; after kill -9 that file
     (244 MB for CaffeNet) sat beside the artefact for good. It now lives in our private folder, which
     the next write removes once its process is gone."""
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = tmp_path / f".net.safetensors.tmp{int(child.stdout)}-abcdefgh"
     stale.mkdir()
     (stale / ".tmpQJuJBK").write_bytes(b"x" * 1000)  # what safetensors leaves when killed
@@ -305,10 +387,12 @@ def test_atomic_path_is_not_a_folder(tmp_path):
 
 
 def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from port.atomic import atomic_path\n"
-            f"with atomic_path({str(tmp_path / 'big.bin')!r}) as tmp:\n"
-            "    tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n")
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from port.atomic import atomic_path\n"
+        f"with atomic_path({str(tmp_path / 'big.bin')!r}) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGTERM)

@@ -41,8 +41,12 @@ def test_convert_caffenet_peak_memory(benchmark, caffenet_weights):
     prototxt, weights = caffenet_weights
 
     def probe():
-        out = subprocess.run([sys.executable, "-c", _PROBE, str(prototxt), str(weights)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(prototxt), str(weights)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return json.loads(out)
 
     result = benchmark.pedantic(probe, rounds=3, iterations=1)

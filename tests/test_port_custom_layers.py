@@ -23,8 +23,12 @@ from port.schema import schema_from_proto_text
 
 from . import custom_cases as cc
 
-REGISTERED = [("Permute", None, None), ("Normalize", None, None),
-              ("Python", "ssd_layers", "Permute"), ("Python", "ssd_layers", "Normalize")]
+REGISTERED = [
+    ("Permute", None, None),
+    ("Normalize", None, None),
+    ("Python", "ssd_layers", "Permute"),
+    ("Python", "ssd_layers", "Normalize"),
+]
 
 
 @pytest.fixture
@@ -56,8 +60,12 @@ def _weights(tmp_path, netdef):
 
 def test_fork_proto_adds_ssd_messages_and_fields_with_their_defaults():
     sch = port.schema.load_proto(cc.FORK_PROTO)
-    assert {"LayerParameter.permute_param", "LayerParameter.norm_param",
-            "LayerParameter.prior_box_param", "PriorBoxParameter"} <= set(sch.added)
+    assert {
+        "LayerParameter.permute_param",
+        "LayerParameter.norm_param",
+        "LayerParameter.prior_box_param",
+        "PriorBoxParameter",
+    } <= set(sch.added)
     layer = sch.LayerParameter()
     assert layer.norm_param.eps == pytest.approx(1e-10)
     assert layer.norm_param.across_spatial is True and layer.norm_param.channel_shared is True
@@ -99,14 +107,17 @@ def test_a_whole_fork_proto_that_repeats_caffe_fields_merges():
     assert sch.added == ("LayerParameter.permute_param", "PermuteParameter")
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ('syntax = "proto3";', 1, "proto3"),
-    ("package caffe;\nmessage A {\n  oneof x { int32 a = 1; }\n}", 3, "oneof"),
-    ("message A {\n  map<string, int32> m = 1;\n}", 2, "map"),
-    ('import "other.proto";', 1, "import"),
-    ("message A {\n  int32 a = 1;\n}", 2, "optional/repeated/required"),
-    ("message A {\n  optional int32 a = 1 [ctype = CORD];\n}", 2, "ctype"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ('syntax = "proto3";', 1, "proto3"),
+        ("package caffe;\nmessage A {\n  oneof x { int32 a = 1; }\n}", 3, "oneof"),
+        ("message A {\n  map<string, int32> m = 1;\n}", 2, "map"),
+        ('import "other.proto";', 1, "import"),
+        ("message A {\n  int32 a = 1;\n}", 2, "optional/repeated/required"),
+        ("message A {\n  optional int32 a = 1 [ctype = CORD];\n}", 2, "ctype"),
+    ],
+)
 def test_unsupported_proto_syntax_names_the_file_and_line(text, line, words):
     with pytest.raises(port.CaffeError) as exc:
         parse_proto(text, path="fork.proto")
@@ -114,11 +125,17 @@ def test_unsupported_proto_syntax_names_the_file_and_line(text, line, words):
     assert words in str(exc.value)
 
 
-@pytest.mark.parametrize("body, words", [
-    ("message LayerParameter { optional float foo = 100; }", "reuses the number of Caffe's field"),
-    ("message LayerParameter { optional string name = 9; }", "conflicts with Caffe's number 1"),
-    ("message LayerParameter { optional NoSuch x = 300; }", "unknown type 'NoSuch'"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (
+            "message LayerParameter { optional float foo = 100; }",
+            "reuses the number of Caffe's field",
+        ),
+        ("message LayerParameter { optional string name = 9; }", "conflicts with Caffe's number 1"),
+        ("message LayerParameter { optional NoSuch x = 300; }", "unknown type 'NoSuch'"),
+    ],
+)
 def test_fork_fields_that_clash_with_caffe_are_refused(body, words):
     with pytest.raises(port.CaffeError, match=words) as exc:
         schema_from_proto_text("package caffe;\n" + body, path="bad.proto")
@@ -147,8 +164,10 @@ def test_unregistered_types_name_the_layer_and_how_to_register():
     assert "port.register_layer('Normalize', MyLayer)" in str(exc.value)
     with pytest.raises(port.CaffeError) as exc:
         port.CaffeNet(port.load_prototxt(cc.PYTHON_NET))
-    assert ('port.register_layer("Python", MyLayer, module=\'ssd_layers\', layer=\'Normalize\')'
-            in str(exc.value))
+    assert (
+        "port.register_layer(\"Python\", MyLayer, module='ssd_layers', layer='Normalize')"
+        in str(exc.value)
+    )
 
 
 def test_register_layer_guards_against_mistakes():
@@ -161,8 +180,10 @@ def test_register_layer_guards_against_mistakes():
 
 
 def test_a_factory_builder_and_the_contract_check(tmp_path):
-    text = ('input: "x" input_shape { dim: 2 dim: 3 }\n'
-            'layer { name: "twice" type: "Twice" bottom: "x" top: "y" }')
+    text = (
+        'input: "x" input_shape { dim: 2 dim: 3 }\n'
+        'layer { name: "twice" type: "Twice" bottom: "x" top: "y" }'
+    )
 
     class Twice(CaffeLayer):
         def top_shapes(self):
@@ -195,8 +216,18 @@ def test_custom_net_passes_parity_against_pycaffe_goldens(plugin, net, proto, tm
     assert port.sha256_file(cc.PYTHON_NET) == manifest["prototxt_sha256"], "regenerate the goldens"
     weights = _weights(tmp_path, port.load_prototxt(cc.PYTHON_NET))
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    args = ["run", "--prototxt", str(net), "--caffemodel", str(weights), "--backward-from",
-            cc.BACKWARD, "--no-verdict", "--json", str(tmp_path / "r.json")]
+    args = [
+        "run",
+        "--prototxt",
+        str(net),
+        "--caffemodel",
+        str(weights),
+        "--backward-from",
+        cc.BACKWARD,
+        "--no-verdict",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     args += ["--golden", _goldens()[0], "--golden", _goldens()[1]]
     if proto:
         args += ["--proto", str(proto)]
@@ -226,23 +257,55 @@ def test_numpy_reference_of_the_custom_layers_matches_the_goldens(plugin, tmp_pa
 def test_parity_without_a_numpy_function_runs_the_rest_and_says_so(plugin, tmp_path, capsys):
     numpy_ref.unregister("Normalize")
     weights = _weights(tmp_path, port.load_prototxt(cc.PYTHON_NET))
-    code = parity_main(["run", "--prototxt", str(cc.FORK_NET), "--proto", str(cc.FORK_PROTO),
-                        "--caffemodel", str(weights), "--golden", _goldens()[0], "--golden",
-                        _goldens()[1], "--no-verdict", "--json", str(tmp_path / "r.json")])
+    code = parity_main(
+        [
+            "run",
+            "--prototxt",
+            str(cc.FORK_NET),
+            "--proto",
+            str(cc.FORK_PROTO),
+            "--caffemodel",
+            str(weights),
+            "--golden",
+            _goldens()[0],
+            "--golden",
+            _goldens()[1],
+            "--no-verdict",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert any("numpy64, numpy32 not run" in n and "norm1" in n for n in report["notes"])
     assert not {"numpy32", "numpy64"} & {p["reference"] for p in report["pairs"]}
     with pytest.raises(numpy_ref.UnknownLayerError, match=r"numpy_ref.register\('Normalize'"):
-        numpy_ref.forward_net(port.load_prototxt(cc.FORK_NET, proto=cc.FORK_PROTO),
-                              port.read_caffemodel(weights), cc.inputs())
+        numpy_ref.forward_net(
+            port.load_prototxt(cc.FORK_NET, proto=cc.FORK_PROTO),
+            port.read_caffemodel(weights),
+            cc.inputs(),
+        )
 
 
 def test_fork_artefact_keeps_its_proto(plugin, tmp_path, capsys):
     weights = _weights(tmp_path, port.load_prototxt(cc.PYTHON_NET))
     out = tmp_path / "fork.safetensors"
-    assert port.cli.main(["convert", "--prototxt", str(cc.FORK_NET), "--proto", str(cc.FORK_PROTO),
-                          "--caffemodel", str(weights), "--out", str(out)]) == 0
+    assert (
+        port.cli.main(
+            [
+                "convert",
+                "--prototxt",
+                str(cc.FORK_NET),
+                "--proto",
+                str(cc.FORK_PROTO),
+                "--caffemodel",
+                str(weights),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     net = port.load(out)
     assert net.netdef.schema.source == str(cc.FORK_PROTO)
     x = torch.from_numpy(cc.inputs()["data"])
@@ -254,14 +317,32 @@ def test_plugin_option_registers_layers_for_the_command_line(tmp_path, capsys):
     _unregister_all()
     out = tmp_path / "w.caffemodel"
     try:
-        assert port.cli.main(["seed-weights", "--prototxt", str(cc.PYTHON_NET), "--plugin",
-                              str(cc.PLUGIN), "--seed", str(cc.SEED), "--out", str(out)]) == 0
+        assert (
+            port.cli.main(
+                [
+                    "seed-weights",
+                    "--prototxt",
+                    str(cc.PYTHON_NET),
+                    "--plugin",
+                    str(cc.PLUGIN),
+                    "--seed",
+                    str(cc.SEED),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         _unregister_all()
     manifest = json.loads((cc.GOLDENS / "manifest.json").read_text())
     assert port.sha256_file(out) == manifest["weights"]["sha256"]
-    assert port.cli.main(["inspect", "--prototxt", str(cc.PYTHON_NET), "--plugin",
-                          str(tmp_path / "missing.py")]) == 2
+    assert (
+        port.cli.main(
+            ["inspect", "--prototxt", str(cc.PYTHON_NET), "--plugin", str(tmp_path / "missing.py")]
+        )
+        == 2
+    )
     assert "plugin" in capsys.readouterr().err
 
 
@@ -269,10 +350,28 @@ def test_dump_of_a_fork_definition_matches_the_pycaffe_golden(plugin, tmp_path, 
     weights = _weights(tmp_path, port.load_prototxt(cc.PYTHON_NET))
     np.save(tmp_path / "x.npy", cc.inputs()["data"])
     out = tmp_path / "d.npz"
-    assert port.cli.main(["dump", "--prototxt", str(cc.FORK_NET), "--proto", str(cc.FORK_PROTO),
-                          "--plugin", str(cc.PLUGIN), "--caffemodel", str(weights), "--input",
-                          str(tmp_path / "x.npy"), "--backward-from", cc.BACKWARD,
-                          "--out", str(out)]) == 0
+    assert (
+        port.cli.main(
+            [
+                "dump",
+                "--prototxt",
+                str(cc.FORK_NET),
+                "--proto",
+                str(cc.FORK_PROTO),
+                "--plugin",
+                str(cc.PLUGIN),
+                "--caffemodel",
+                str(weights),
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--backward-from",
+                cc.BACKWARD,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with np.load(out) as mine, np.load(cc.golden("openblas")) as caffe:
         # measured: at most 5.2e-7 of the blob's scale (float32 sums in another order); parity's
         # noise-floor judgement of the same net is test_custom_net_passes_parity_...
@@ -313,16 +412,28 @@ def test_the_dumper_runs_standalone_in_a_pycaffe_environment(tmp_path):
             shutil.copyfile(inside / name, work / name)
         shutil.copyfile(cc.DATA / "ssd_layers.py", work / "ssd_layers.py")
         shutil.copyfile(cc.PYTHON_NET, work / "net.prototxt")
-        write_caffemodel(work / "w.caffemodel", port.load_prototxt(cc.PYTHON_NET),
-                         _seeded_python_net_weights())
+        write_caffemodel(
+            work / "w.caffemodel", port.load_prototxt(cc.PYTHON_NET), _seeded_python_net_weights()
+        )
         np.savez(work / "x.npz", **cc.inputs())
         blob, unit = cc.BACKWARD.split(":")
         rootfs.run_inside(
-            ["python3", rootfs.host_to_inside(work / "dump_blobs.py"),
-             "--prototxt", rootfs.host_to_inside(work / "net.prototxt"),
-             "--caffemodel", rootfs.host_to_inside(work / "w.caffemodel"),
-             "--input", rootfs.host_to_inside(work / "x.npz"), "--blob", blob, "--unit", unit,
-             "--out", rootfs.host_to_inside(work / "g.npz")],
+            [
+                "python3",
+                rootfs.host_to_inside(work / "dump_blobs.py"),
+                "--prototxt",
+                rootfs.host_to_inside(work / "net.prototxt"),
+                "--caffemodel",
+                rootfs.host_to_inside(work / "w.caffemodel"),
+                "--input",
+                rootfs.host_to_inside(work / "x.npz"),
+                "--blob",
+                blob,
+                "--unit",
+                unit,
+                "--out",
+                rootfs.host_to_inside(work / "g.npz"),
+            ],
             blas="openblas",
             env={"PYTHONPATH": rootfs.host_to_inside(work), "OPENBLAS_CORETYPE": "Prescott"},
         )
@@ -351,8 +462,11 @@ def _render_proto(fdp) -> str:
 
     fd = descriptor_pb2.FieldDescriptorProto
     scalar = {v: k.lower()[5:] for k, v in fd.Type.items()}
-    label = {fd.LABEL_OPTIONAL: "optional", fd.LABEL_REPEATED: "repeated",
-             fd.LABEL_REQUIRED: "required"}
+    label = {
+        fd.LABEL_OPTIONAL: "optional",
+        fd.LABEL_REPEATED: "repeated",
+        fd.LABEL_REQUIRED: "required",
+    }
     out = ['syntax = "proto2";', f"package {fdp.package};"]
 
     def enum(e, ind):
@@ -374,8 +488,10 @@ def _render_proto(fdp) -> str:
             if f.options.HasField("packed"):
                 opts.append(f"packed = {str(f.options.packed).lower()}")
             tail = f" [{', '.join(opts)}]" if opts else ""
-            out.append(f"{ind}  {label[f.label]} {f.type_name or scalar[f.type]} {f.name} = "
-                       f"{f.number}{tail};")
+            out.append(
+                f"{ind}  {label[f.label]} {f.type_name or scalar[f.type]} {f.name} = "
+                f"{f.number}{tail};"
+            )
         out.append(f"{ind}}}")
 
     for e in fdp.enum_type:
@@ -395,11 +511,17 @@ def test_the_roots_whole_caffe_proto_plus_ssd_additions_reads_as_a_fork_proto(tm
 
     from google.protobuf import descriptor_pb2
 
-    code = ("import base64, sys; from caffe.proto import caffe_pb2; "
-            "sys.stdout.write(base64.b64encode(caffe_pb2.DESCRIPTOR.serialized_pb).decode())")
-    out = subprocess.run([sys.executable, "-m", "legacy_caffe", "run", "--", "python3", "-c", code],
-                         check=True, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent).stdout
+    code = (
+        "import base64, sys; from caffe.proto import caffe_pb2; "
+        "sys.stdout.write(base64.b64encode(caffe_pb2.DESCRIPTOR.serialized_pb).decode())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "legacy_caffe", "run", "--", "python3", "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
     fdp = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(out.strip()))
     ssd = parse_proto(cc.FORK_PROTO.read_text(), path=cc.FORK_PROTO)
     layer = next(m for m in fdp.message_type if m.name == "LayerParameter")

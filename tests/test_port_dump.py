@@ -24,17 +24,22 @@ def _net(text: str, tmp_path, name: str):
 def test_in_place_diff_is_gradient_of_the_pre_activation(tmp_path):
     in_place = _net(TINY_NET, tmp_path, "a")
     # The same net with the ReLU writing a separate blob: its diff is the post-ReLU gradient.
-    separate = _net(TINY_NET.replace('bottom: "conv1" top: "conv1" }', 'bottom: "conv1" top: "r1" }')
-                    .replace('bottom: "conv1" top: "pool1"', 'bottom: "r1" top: "pool1"'),
-                    tmp_path, "b")
+    separate = _net(
+        TINY_NET.replace('bottom: "conv1" top: "conv1" }', 'bottom: "conv1" top: "r1" }').replace(
+            'bottom: "conv1" top: "pool1"', 'bottom: "r1" top: "pool1"'
+        ),
+        tmp_path,
+        "b",
+    )
     x = np.random.default_rng(0).normal(0, 1, (2, 3, 13, 11))
     a = port.dump_blobs(in_place, x, backward_from=("fc", 3))
     b = port.dump_blobs(separate, x, backward_from=("fc", 3))
     np.testing.assert_array_equal(a["data/conv1"], b["data/r1"])  # data: after the ReLU
     assert (a["data/conv1"] >= 0).all() and (b["data/conv1"] < 0).any()
     # diff: gradient with respect to the pre-ReLU values
-    np.testing.assert_allclose(a["diff/conv1"], b["diff/r1"] * (b["data/conv1"] > 0), rtol=0,
-                               atol=1e-15)
+    np.testing.assert_allclose(
+        a["diff/conv1"], b["diff/r1"] * (b["data/conv1"] > 0), rtol=0, atol=1e-15
+    )
     assert np.abs(a["diff/conv1"]).max() > 0
     # one-hot seeded on fc in every sample; blobs downstream of it get no diff
     expect = np.zeros((2, 5))
@@ -69,11 +74,29 @@ def test_dump_cli_float64_and_other_batch_size(tmp_path):
     x = np.random.default_rng(0).normal(0, 1, (3, 3, 13, 11)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "d.npz"
-    assert main(["dump", "--prototxt", str(proto), "--caffemodel", str(weights), "--input",
-                 str(tmp_path / "x.npy"), "--out", str(out), "--backward-from", "prob:1",
-                 "--dtype", "float64"]) == 0
+    assert (
+        main(
+            [
+                "dump",
+                "--prototxt",
+                str(proto),
+                "--caffemodel",
+                str(weights),
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+                "--backward-from",
+                "prob:1",
+                "--dtype",
+                "float64",
+            ]
+        )
+        == 0
+    )
     with np.load(out) as d:
         assert d["data/prob"].shape == (3, 5) and d["data/prob"].dtype == np.float64
-        assert set(k for k in d.files if k.startswith("diff/")) == \
-            {f"diff/{b}" for b in ("data", "conv1", "pool1", "norm1", "fc", "prob")}
+        assert set(k for k in d.files if k.startswith("diff/")) == {
+            f"diff/{b}" for b in ("data", "conv1", "pool1", "norm1", "fc", "prob")
+        }
         np.testing.assert_allclose(d["data/prob"].sum(axis=1), 1, rtol=1e-12)

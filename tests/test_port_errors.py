@@ -17,9 +17,11 @@ from port.netdef import netdef_from_text
 
 def test_malformed_prototxt_names_line_and_layer(tmp_path):
     p = tmp_path / "bad.prototxt"
-    p.write_text('input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
-                 'layer {\n  name: "conv1"\n  type: "Convolution"\n'
-                 '  convolution_param { num_outptu: 3 }\n}\n')
+    p.write_text(
+        'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+        'layer {\n  name: "conv1"\n  type: "Convolution"\n'
+        "  convolution_param { num_outptu: 3 }\n}\n"
+    )
     with pytest.raises(port.CaffeError) as err:
         port.load_prototxt(p)
     e = err.value
@@ -29,8 +31,10 @@ def test_malformed_prototxt_names_line_and_layer(tmp_path):
 
 def test_unknown_layer_type(tmp_path):
     p = tmp_path / "u.prototxt"
-    p.write_text('input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
-                 'layer { name: "weird" type: "Frobnicate" bottom: "data" top: "x" }\n')
+    p.write_text(
+        'input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
+        'layer { name: "weird" type: "Frobnicate" bottom: "data" top: "x" }\n'
+    )
     with pytest.raises(port.CaffeError) as err:
         port.load_caffe(p)
     assert err.value.layer == "weird" and err.value.field == "type" and err.value.line == 2
@@ -38,8 +42,10 @@ def test_unknown_layer_type(tmp_path):
 
 def test_missing_bottom(tmp_path):
     p = tmp_path / "m.prototxt"
-    p.write_text('input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
-                 'layer { name: "r" type: "ReLU" bottom: "nope" top: "x" }\n')
+    p.write_text(
+        'input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
+        'layer { name: "r" type: "ReLU" bottom: "nope" top: "x" }\n'
+    )
     with pytest.raises(port.CaffeError, match="nope") as err:
         port.load_caffe(p)
     assert err.value.layer == "r"
@@ -103,16 +109,70 @@ def test_cli_failures_leave_no_output(tiny_prototxt, tmp_path, capsys):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 3, 13, 11), np.float32))
     out = tmp_path / "out"
-    assert main(["convert", "--prototxt", str(tiny_prototxt), "--caffemodel", str(bad),
-                 "--out", str(out / "a.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "--prototxt",
+                str(tiny_prototxt),
+                "--caffemodel",
+                str(bad),
+                "--out",
+                str(out / "a.safetensors"),
+            ]
+        )
+        == 2
+    )
     out.mkdir()
-    assert main(["convert", "--prototxt", str(tiny_prototxt), "--caffemodel", str(bad),
-                 "--out", str(out / "a.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "--prototxt",
+                str(tiny_prototxt),
+                "--caffemodel",
+                str(bad),
+                "--out",
+                str(out / "a.safetensors"),
+            ]
+        )
+        == 2
+    )
     np.save(tmp_path / "wrong.npy", np.zeros((1, 5, 13, 11), np.float32))
-    assert main(["dump", "--prototxt", str(tiny_prototxt), "--caffemodel", str(path), "--input",
-                 str(tmp_path / "wrong.npy"), "--out", str(out / "d.npz")]) == 2
-    assert main(["dump", "--prototxt", str(tiny_prototxt), "--caffemodel", str(path), "--input",
-                 str(x), "--out", str(out / "d.npz"), "--backward-from", "fc:99"]) == 2
+    assert (
+        main(
+            [
+                "dump",
+                "--prototxt",
+                str(tiny_prototxt),
+                "--caffemodel",
+                str(path),
+                "--input",
+                str(tmp_path / "wrong.npy"),
+                "--out",
+                str(out / "d.npz"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "dump",
+                "--prototxt",
+                str(tiny_prototxt),
+                "--caffemodel",
+                str(path),
+                "--input",
+                str(x),
+                "--out",
+                str(out / "d.npz"),
+                "--backward-from",
+                "fc:99",
+            ]
+        )
+        == 2
+    )
     assert list(out.iterdir()) == []
     assert "error:" in capsys.readouterr().err
 
@@ -121,8 +181,11 @@ _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 
 @_FUZZ
-@given(st.text(alphabet=st.sampled_from(list('layer{}:"name typebottomp_0123 \n#input_dim')),
-               max_size=300))
+@given(
+    st.text(
+        alphabet=st.sampled_from(list('layer{}:"name typebottomp_0123 \n#input_dim')), max_size=300
+    )
+)
 def test_fuzz_prototxt_parser_only_raises_caffe_error(text):
     try:
         netdef = netdef_from_text(text, path="fuzz.prototxt")

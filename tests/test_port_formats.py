@@ -38,7 +38,9 @@ def _as_v1_text(netdef: port.NetDef) -> str:
             if field.name.endswith("_param"):
                 from google.protobuf import text_format
 
-                body.append(f"{field.name} {{ {text_format.MessageToString(value, as_one_line=True)} }}")
+                body.append(
+                    f"{field.name} {{ {text_format.MessageToString(value, as_one_line=True)} }}"
+                )
         lines.append("layers { " + " ".join(body) + " }")
     return "\n".join(lines)
 
@@ -50,14 +52,18 @@ def test_v1_and_current_encodings_give_identical_modules(shared, tmp_path):
     v1_path.write_text(_as_v1_text(v2))
     v1 = port.load_prototxt(v1_path)
     assert v1.legacy_v1 and not v2.legacy_v1
-    assert [(layer.name, layer.type, layer.bottoms, layer.tops) for layer in v1.layers] == \
-        [(layer.name, layer.type, layer.bottoms, layer.tops) for layer in v2.layers]
+    assert [(layer.name, layer.type, layer.bottoms, layer.tops) for layer in v1.layers] == [
+        (layer.name, layer.type, layer.bottoms, layer.tops) for layer in v2.layers
+    ]
     assert [str(a.param) for a in v1.layers] == [str(b.param) for b in v2.layers]
 
     weights = port.seed_weights(v2, 3)
     write_caffemodel(tmp_path / "w2.caffemodel", v2, weights, format="v2")
     write_caffemodel(tmp_path / "w1.caffemodel", v1, weights, format="v1")
-    r1, r2 = read_caffemodel(tmp_path / "w1.caffemodel"), read_caffemodel(tmp_path / "w2.caffemodel")
+    r1, r2 = (
+        read_caffemodel(tmp_path / "w1.caffemodel"),
+        read_caffemodel(tmp_path / "w2.caffemodel"),
+    )
     assert r1.keys() == r2.keys() == weights.keys()
     net1 = port.load_caffe(v1_path, tmp_path / "w1.caffemodel")
     net2 = port.load_caffe(v2_path, tmp_path / "w2.caffemodel")
@@ -84,8 +90,9 @@ def test_caffemodel_roundtrip_is_exact_and_matches_protobuf(tiny_prototxt, tmp_p
     msg.ParseFromString(path.read_bytes())
     conv = next(layer for layer in msg.layer if layer.name == "conv1")
     assert list(conv.blobs[0].shape.dim) == list(weights["conv1"][0].shape)
-    np.testing.assert_array_equal(np.array(conv.blobs[0].data, np.float32),
-                                  weights["conv1"][0].ravel())
+    np.testing.assert_array_equal(
+        np.array(conv.blobs[0].data, np.float32), weights["conv1"][0].ravel()
+    )
 
 
 def test_reader_handles_legacy_dims_unpacked_and_double_data(tmp_path):
@@ -110,7 +117,7 @@ def test_three_input_styles_agree(tmp_path):
         'input: "data" input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 4',
         'input: "data" input_shape { dim: 1 dim: 2 dim: 3 dim: 4 }',
         'layer { name: "data" type: "Input" top: "data" '
-        'input_param { shape { dim: 1 dim: 2 dim: 3 dim: 4 } } }',
+        "input_param { shape { dim: 1 dim: 2 dim: 3 dim: 4 } } }",
     ]
     for i, head in enumerate(styles):
         p = tmp_path / f"s{i}.prototxt"
@@ -145,7 +152,11 @@ def test_artefact_roundtrip(tiny_prototxt, tmp_path):
 
 def test_seed_weights_are_deterministic(tiny_prototxt):
     netdef = port.load_prototxt(tiny_prototxt)
-    a, b, c = port.seed_weights(netdef, 5), port.seed_weights(netdef, 5), port.seed_weights(netdef, 6)
+    a, b, c = (
+        port.seed_weights(netdef, 5),
+        port.seed_weights(netdef, 5),
+        port.seed_weights(netdef, 6),
+    )
     assert all(np.array_equal(x, y) for k in a for x, y in zip(a[k], b[k], strict=True))
     assert not np.array_equal(a["conv1"][0], c["conv1"][0])
     # He-normal: std of conv weights close to sqrt(2 / fan_in), fan_in = 3 * 3 * 3

@@ -37,10 +37,17 @@ DEFINITIONS = {
     **{p.parent.name: p.read_text() for p in sorted(_REF.glob("*/deploy.prototxt"))},
 }
 
-QUICK = settings(max_examples=120, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-LONG = settings(max_examples=3000, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+QUICK = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+LONG = settings(
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 _INTS = [0, -1, 1, 2, 3, 7, 64, 100000, 2**31 - 1, -(2**31)]
 _FLOATS = [0.0, -1.0, 1e-30, 1e30, math.nan, math.inf, -math.inf]

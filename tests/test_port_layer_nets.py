@@ -39,9 +39,24 @@ def test_layer_net_passes_parity_against_both_caffe_builds(name, tmp_path, capsy
     netdef, weights = _weights(case, tmp_path)
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
     goldens = [f"{b}={case.golden(b)}" for b in ("atlas", "openblas")]
-    code = main(["run", "--prototxt", str(case.prototxt), "--caffemodel", str(weights),
-                 "--golden", goldens[0], "--golden", goldens[1], "--backward-from",
-                 case.backward, "--no-verdict", "--json", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "run",
+            "--prototxt",
+            str(case.prototxt),
+            "--caffemodel",
+            str(weights),
+            "--golden",
+            goldens[0],
+            "--golden",
+            goldens[1],
+            "--backward-from",
+            case.backward,
+            "--no-verdict",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((tmp_path / "r.json").read_text())

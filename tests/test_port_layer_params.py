@@ -35,8 +35,15 @@ def _x(rng, *shape):
 
 
 @settings(max_examples=30, deadline=None)
-@given(k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2), d=st.integers(1, 2),
-       g=st.sampled_from([1, 2]), hw=st.integers(2, 6), bias=st.booleans())
+@given(
+    k=st.integers(1, 4),
+    s=st.integers(1, 3),
+    p=st.integers(0, 2),
+    d=st.integers(1, 2),
+    g=st.sampled_from([1, 2]),
+    hw=st.integers(2, 6),
+    bias=st.booleans(),
+)
 def test_deconvolution_geometry(k, s, p, d, g, hw, bias):
     if s * (hw - 1) + d * (k - 1) + 1 - 2 * p < 1:
         return
@@ -48,8 +55,13 @@ layer {{ name: "dc" type: "Deconvolution" bottom: "x" top: "y" convolution_param
 
 
 @settings(max_examples=30, deadline=None)
-@given(k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 2), d=st.integers(1, 2),
-       hw=st.integers(4, 7))
+@given(
+    k=st.integers(1, 3),
+    s=st.integers(1, 3),
+    p=st.integers(0, 2),
+    d=st.integers(1, 2),
+    hw=st.integers(4, 7),
+)
 def test_im2col_geometry(k, s, p, d, hw):
     if hw + 2 * p < d * (k - 1) + 1:
         return
@@ -68,8 +80,11 @@ def test_crop_axis_and_offsets(axis, data):
     offsets = data.draw(st.sampled_from(["none", "one", "each"]))
     if offsets == "one":
         per_axis = [min(a[i] - b[i] for i in range(axis, 4))] * (4 - axis)
-    off = {"none": "", "one": f"offset: {per_axis[0]}",
-           "each": " ".join(f"offset: {o}" for o in per_axis)}[offsets]
+    off = {
+        "none": "",
+        "one": f"offset: {per_axis[0]}",
+        "each": " ".join(f"offset: {o}" for o in per_axis),
+    }[offsets]
     shape = lambda s: " ".join(f"dim: {n}" for n in s)  # noqa: E731
     text = f"""input: "a" input_shape {{ {shape(a)} }}
 input: "b" input_shape {{ {shape(b)} }}
@@ -80,8 +95,11 @@ layer {{ name: "c" type: "Crop" bottom: "a" bottom: "b" top: "y"
 
 
 @settings(max_examples=40, deadline=None)
-@given(op=st.sampled_from(["SUM", "ASUM", "SUMSQ", "MEAN"]), axis=st.integers(-4, 3),
-       coeff=st.sampled_from([1.0, -0.5, 3.0]))
+@given(
+    op=st.sampled_from(["SUM", "ASUM", "SUMSQ", "MEAN"]),
+    axis=st.integers(-4, 3),
+    coeff=st.sampled_from([1.0, -0.5, 3.0]),
+)
 def test_reduction(op, axis, coeff):
     text = f"""input: "x" input_shape {{ dim: 2 dim: 3 dim: 4 dim: 5 }}
 layer {{ name: "r" type: "Reduction" bottom: "x" top: "y"
@@ -90,8 +108,12 @@ layer {{ name: "r" type: "Reduction" bottom: "x" top: "y"
 
 
 @settings(max_examples=40, deadline=None)
-@given(top_k=st.integers(1, 4), out_max_val=st.booleans(),
-       axis=st.sampled_from([None, 0, 1, 2, 3, -1]), ties=st.booleans())
+@given(
+    top_k=st.integers(1, 4),
+    out_max_val=st.booleans(),
+    axis=st.sampled_from([None, 0, 1, 2, 3, -1]),
+    ties=st.booleans(),
+)
 def test_argmax(top_k, out_max_val, axis, ties):
     ax = "" if axis is None else f"axis: {axis}"
     text = f"""input: "x" input_shape {{ dim: 2 dim: 4 dim: 5 dim: 4 }}
@@ -115,8 +137,12 @@ layer {{ name: "m" type: "MVN" bottom: "x" top: "y" mvn_param {{
 
 
 @settings(max_examples=30, deadline=None)
-@given(height=st.integers(1, 4), pool=st.sampled_from(["MAX", "AVE"]), h=st.integers(6, 13),
-       w=st.integers(6, 13))
+@given(
+    height=st.integers(1, 4),
+    pool=st.sampled_from(["MAX", "AVE"]),
+    h=st.integers(6, 13),
+    w=st.integers(6, 13),
+)
 def test_spp(height, pool, h, w):
     text = f"""input: "x" input_shape {{ dim: 2 dim: 3 dim: {h} dim: {w} }}
 layer {{ name: "s" type: "SPP" bottom: "x" top: "y"
@@ -130,8 +156,11 @@ layer {{ name: "s" type: "SPP" bottom: "x" top: "y"
 
 
 @settings(max_examples=30, deadline=None)
-@given(dims=st.lists(st.sampled_from([0, -1, 1, 2, 3, 4, 6, 12]), min_size=1, max_size=4),
-       axis=st.integers(-5, 4), num_axes=st.integers(-1, 4))
+@given(
+    dims=st.lists(st.sampled_from([0, -1, 1, 2, 3, 4, 6, 12]), min_size=1, max_size=4),
+    axis=st.integers(-5, 4),
+    num_axes=st.integers(-1, 4),
+)
 def test_reshape(dims, axis, num_axes):
     text = f"""input: "x" input_shape {{ dim: 2 dim: 3 dim: 4 }}
 layer {{ name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param {{
@@ -144,13 +173,17 @@ layer {{ name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param {{
 
 
 @settings(max_examples=30, deadline=None)
-@given(axis=st.integers(-3, 2), tiles=st.integers(1, 3), n_tops=st.integers(1, 3),
-       data=st.data())
+@given(axis=st.integers(-3, 2), tiles=st.integers(1, 3), n_tops=st.integers(1, 3), data=st.data())
 def test_slice_and_tile(axis, tiles, n_tops, data):
     shape = (6, 4, 6)
     size = shape[axis]
-    points = sorted(data.draw(st.sets(st.integers(1, size - 1), min_size=n_tops - 1,
-                                      max_size=n_tops - 1))) if size > n_tops - 1 else []
+    points = (
+        sorted(
+            data.draw(st.sets(st.integers(1, size - 1), min_size=n_tops - 1, max_size=n_tops - 1))
+        )
+        if size > n_tops - 1
+        else []
+    )
     if len(points) != n_tops - 1:
         return
     use_points = data.draw(st.booleans()) or size % n_tops

@@ -24,7 +24,8 @@ def _net(text: str) -> port.CaffeNet:
 
 def test_readme_layer_table_is_up_to_date():
     assert layer_table.main(["--check", str(README)]) == 0, (
-        "run: python -m parity.layer_table --write README.md")
+        "run: python -m parity.layer_table --write README.md"
+    )
 
 
 def test_every_port_layer_type_has_a_numpy_reference_and_a_table_row():
@@ -51,7 +52,10 @@ def test_data_loss_and_accuracy_layers_are_skipped_and_listed():
     nd = port.netdef_from_text(TRAIN_VAL)
     assert [layer.name for layer in nd.layers] == ["fc"]
     assert [(s["name"], s["type"]) for s in nd.skipped] == [
-        ("data", "Data"), ("loss", "SoftmaxWithLoss"), ("acc", "Accuracy")]
+        ("data", "Data"),
+        ("loss", "SoftmaxWithLoss"),
+        ("acc", "Accuracy"),
+    ]
     assert port.CaffeNet(nd).output_names == ["fc"]
 
 
@@ -64,8 +68,10 @@ def test_a_layer_reading_a_data_layer_top_is_an_error_naming_both():
 
 
 def test_a_net_with_only_a_data_layer_says_the_data_layer_is_not_run():
-    text = 'layer { name: "d" type: "ImageData" top: "x" }\nlayer { name: "r" type: "ReLU" ' \
-           'bottom: "x" top: "y" }'
+    text = (
+        'layer { name: "d" type: "ImageData" top: "x" }\nlayer { name: "r" type: "ReLU" '
+        'bottom: "x" top: "y" }'
+    )
     with pytest.raises(port.CaffeError, match="ImageData"):
         port.netdef_from_text(text)
 
@@ -82,25 +88,37 @@ layer { name: "e" type: "DummyData" top: "c" dummy_data_param { shape { dim: 7 }
         port.netdef_from_text('layer { name: "d" type: "DummyData" top: "a" }')
 
 
-@pytest.mark.parametrize("layer, message", [
-    ('type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 0 dim: 7 } }',
-     "holds 14 values"),
-    ('type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: -1 dim: -1 } }',
-     "at most one"),
-    ('type: "Slice" bottom: "x" top: "y" top: "z" slice_param { slice_point: 2 slice_point: 3 }',
-     "2 slice points for 2 tops"),
-    ('type: "Slice" bottom: "x" top: "y" top: "z" top: "w"', "3 equal parts"),
-    ('type: "Clip" bottom: "x" top: "y" clip_param { min: 0 }', "min and max"),
-    ('type: "Tile" bottom: "x" top: "y"', "tiles"),
-    ('type: "Embed" bottom: "x" top: "y" embed_param { num_output: 3 }', "input_dim"),
-    ('type: "ArgMax" bottom: "x" top: "y" argmax_param { top_k: 9 }', "top_k 9"),
-    ('type: "Deconvolution" bottom: "x" top: "y" convolution_param { kernel_size: 2 }',
-     "num_output"),
-    ('type: "Exp" bottom: "x" top: "y" exp_param { base: -2 }', "base"),
-])
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (
+            'type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 0 dim: 7 } }',
+            "holds 14 values",
+        ),
+        (
+            'type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: -1 dim: -1 } }',
+            "at most one",
+        ),
+        (
+            'type: "Slice" bottom: "x" top: "y" top: "z" slice_param { slice_point: 2 slice_point: 3 }',
+            "2 slice points for 2 tops",
+        ),
+        ('type: "Slice" bottom: "x" top: "y" top: "z" top: "w"', "3 equal parts"),
+        ('type: "Clip" bottom: "x" top: "y" clip_param { min: 0 }', "min and max"),
+        ('type: "Tile" bottom: "x" top: "y"', "tiles"),
+        ('type: "Embed" bottom: "x" top: "y" embed_param { num_output: 3 }', "input_dim"),
+        ('type: "ArgMax" bottom: "x" top: "y" argmax_param { top_k: 9 }', "top_k 9"),
+        (
+            'type: "Deconvolution" bottom: "x" top: "y" convolution_param { kernel_size: 2 }',
+            "num_output",
+        ),
+        ('type: "Exp" bottom: "x" top: "y" exp_param { base: -2 }', "base"),
+    ],
+)
 def test_bad_parameters_name_the_layer_and_field(layer, message):
-    text = (f'input: "x" input_shape {{ dim: 2 dim: 4 dim: 1 dim: 1 }}\n'
-            f'layer {{ name: "bad" {layer} }}')
+    text = (
+        f'input: "x" input_shape {{ dim: 2 dim: 4 dim: 1 dim: 1 }}\nlayer {{ name: "bad" {layer} }}'
+    )
     with pytest.raises(port.CaffeError, match=message) as exc:
         _net(text)
     assert "layer 'bad'" in str(exc.value)
@@ -116,9 +134,11 @@ layer { name: "c" type: "Crop" bottom: "a" bottom: "b" top: "c" crop_param { off
 
 def test_zero_axis_blob_round_trips_through_a_caffemodel(tmp_path):
     """PReLU's shared slope is a 0-axis blob in Caffe: one value, no dims."""
-    nd = port.netdef_from_text('input: "x" input_shape { dim: 1 dim: 2 }\nlayer { name: "p" '
-                               'type: "PReLU" bottom: "x" top: "y" prelu_param { '
-                               'channel_shared: true } }')
+    nd = port.netdef_from_text(
+        'input: "x" input_shape { dim: 1 dim: 2 }\nlayer { name: "p" '
+        'type: "PReLU" bottom: "x" top: "y" prelu_param { '
+        "channel_shared: true } }"
+    )
     w = {"p": [np.array(0.3, dtype=np.float32)]}
     write_caffemodel(tmp_path / "w.caffemodel", nd, w)
     back = read_caffemodel(tmp_path / "w.caffemodel")
@@ -169,7 +189,7 @@ layer {{ name: "p" type: "Pooling" bottom: "x" top: "p"
     # windows by hand: sum of squares over sum, 0 where the sum is not positive
     for c in range(3):
         win = x[0, c, :kernel, :kernel]
-        want = (win ** 2).sum() / win.sum() if win.sum() > 0 else 0.0
+        want = (win**2).sum() / win.sum() if win.sum() > 0 else 0.0
         assert ref[0, c, 0, 0] == pytest.approx(want)
 
 
@@ -226,8 +246,7 @@ layers { name: "loss" type: SOFTMAX_LOSS bottom: "am" bottom: "label" top: "loss
     got = net(torch.as_tensor(x), blobs="all")
     ref = numpy_ref.forward_net(nd, port.seed_weights(nd, 0), x, dtype=np.float64)
     for k, v in ref.items():
-        np.testing.assert_allclose(got[k[5:]].detach().numpy(), v, rtol=1e-4, atol=1e-5,
-                                   err_msg=k)
+        np.testing.assert_allclose(got[k[5:]].detach().numpy(), v, rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 def test_in_place_layers_whose_caffe_backward_reads_overwritten_data_are_noted():
@@ -239,8 +258,13 @@ layer { name: "e" type: "ELU" bottom: "s" top: "s" }
 layer { name: "r" type: "ReLU" bottom: "s" top: "s" }""")
     out = port.dump_blobs(net, np.ones((1, 4), np.float32), backward_from=("s", 0))
     assert sorted(k for k in out if k.startswith("inexact/")) == [
-        "inexact/c2", "inexact/e", "inexact/s"]
+        "inexact/c2",
+        "inexact/e",
+        "inexact/s",
+    ]
     assert "'e' rewrites" in str(out["inexact/s"])
     with pytest.raises(port.CaffeError, match="in-place"):
-        _net('input: "x" input_shape { dim: 1 dim: 4 }\n'
-             'layer { name: "a" type: "AbsVal" bottom: "x" top: "x" }')
+        _net(
+            'input: "x" input_shape { dim: 1 dim: 4 }\n'
+            'layer { name: "a" type: "AbsVal" bottom: "x" top: "x" }'
+        )

@@ -20,12 +20,18 @@ SETTINGS = settings(max_examples=40, deadline=None)
 RTOL = 1e-10  # float64 vs float64: only summation order differs
 
 
-def run_layer(tmp_path_factory, layer_text: str, shapes: list[tuple[int, ...]], seed: int = 0,
-              blobs_seed: int = 1):
+def run_layer(
+    tmp_path_factory,
+    layer_text: str,
+    shapes: list[tuple[int, ...]],
+    seed: int = 0,
+    blobs_seed: int = 1,
+):
     names = [f"in{i}" for i in range(len(shapes))]
     head = "\n".join(
         f'input: "{n}" input_shape {{ {" ".join(f"dim: {d}" for d in s)} }}'
-        for n, s in zip(names, shapes, strict=True))
+        for n, s in zip(names, shapes, strict=True)
+    )
     path = tmp_path_factory.mktemp("layer") / "net.prototxt"
     path.write_text(head + "\n" + layer_text)
     netdef = port.load_prototxt(path)
@@ -48,28 +54,57 @@ def close(a, b):
 
 
 @SETTINGS
-@given(n=st.integers(1, 2), c_per_g=st.integers(1, 3), group=st.integers(1, 3),
-       o_per_g=st.integers(1, 3), h=st.integers(5, 12), w=st.integers(5, 12),
-       kh=st.integers(1, 4), kw=st.integers(1, 4), stride=st.integers(1, 3), sw=st.integers(1, 3),
-       pad=st.integers(0, 2), pw=st.integers(0, 2), dil=st.integers(1, 2), bias=st.booleans())
-def test_convolution(tmp_path_factory, n, c_per_g, group, o_per_g, h, w, kh, kw, stride, sw, pad,
-                     pw, dil, bias):
+@given(
+    n=st.integers(1, 2),
+    c_per_g=st.integers(1, 3),
+    group=st.integers(1, 3),
+    o_per_g=st.integers(1, 3),
+    h=st.integers(5, 12),
+    w=st.integers(5, 12),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    pw=st.integers(0, 2),
+    dil=st.integers(1, 2),
+    bias=st.booleans(),
+)
+def test_convolution(
+    tmp_path_factory, n, c_per_g, group, o_per_g, h, w, kh, kw, stride, sw, pad, pw, dil, bias
+):
     c, o = c_per_g * group, o_per_g * group
     if (h + 2 * pad - dil * (kh - 1) - 1) < 0 or (w + 2 * pw - dil * (kw - 1) - 1) < 0:
         return
-    text = (f'layer {{ name: "conv" type: "Convolution" bottom: "in0" top: "y" convolution_param {{'
-            f' num_output: {o} kernel_h: {kh} kernel_w: {kw} stride_h: {stride} stride_w: {sw}'
-            f' pad_h: {pad} pad_w: {pw} dilation: {dil} group: {group}'
-            f' bias_term: {str(bias).lower()} }} }}')
+    text = (
+        f'layer {{ name: "conv" type: "Convolution" bottom: "in0" top: "y" convolution_param {{'
+        f" num_output: {o} kernel_h: {kh} kernel_w: {kw} stride_h: {stride} stride_w: {sw}"
+        f" pad_h: {pad} pad_w: {pw} dilation: {dil} group: {group}"
+        f" bias_term: {str(bias).lower()} }} }}"
+    )
     (x,), wb, out = run_layer(tmp_path_factory, text, [(n, c, h, w)])
-    expect = ref.conv2d(x, wb[0], wb[1] if bias else None, stride=(stride, sw), pad=(pad, pw),
-                        dilation=dil, group=group)
+    expect = ref.conv2d(
+        x,
+        wb[0],
+        wb[1] if bias else None,
+        stride=(stride, sw),
+        pad=(pad, pw),
+        dilation=dil,
+        group=group,
+    )
     close(out["y"], expect)
 
 
 @SETTINGS
-@given(h=st.integers(3, 40), w=st.integers(3, 40), k=st.integers(1, 5), s=st.integers(1, 4),
-       p=st.integers(0, 2), method=st.sampled_from(["MAX", "AVE"]), glob=st.booleans())
+@given(
+    h=st.integers(3, 40),
+    w=st.integers(3, 40),
+    k=st.integers(1, 5),
+    s=st.integers(1, 4),
+    p=st.integers(0, 2),
+    method=st.sampled_from(["MAX", "AVE"]),
+    glob=st.booleans(),
+)
 def test_pooling(tmp_path_factory, h, w, k, s, p, method, glob):
     if glob:
         params = f"pool: {method} global_pooling: true"
@@ -91,35 +126,54 @@ def test_pooling(tmp_path_factory, h, w, k, s, p, method, glob):
 def test_pooling_ceil_rule_at_network_sizes(tmp_path_factory, size):
     """CaffeNet's and GoogLeNet's pooling geometries at sizes where ceil and floor differ."""
     for k, s, p in [(3, 2, 0), (3, 2, 1), (2, 2, 0), (3, 1, 1), (7, 1, 0), (5, 3, 0)]:
-        text = (f'layer {{ name: "pool" type: "Pooling" bottom: "in0" top: "y" '
-                f'pooling_param {{ pool: AVE kernel_size: {k} stride: {s} pad: {p} }} }}')
+        text = (
+            f'layer {{ name: "pool" type: "Pooling" bottom: "in0" top: "y" '
+            f"pooling_param {{ pool: AVE kernel_size: {k} stride: {s} pad: {p} }} }}"
+        )
         (x,), _, out = run_layer(tmp_path_factory, text, [(1, 1, size, size)])
         expect = ref.pool2d(x, method="ave", kernel=k, stride=s, pad=p)
         close(out["y"], expect)
 
 
 @SETTINGS
-@given(c=st.integers(1, 9), n=st.sampled_from([1, 3, 5, 7]), alpha=st.floats(1e-4, 2.0),
-       beta=st.floats(0.1, 1.5), k=st.floats(0.5, 3.0), within=st.booleans())
+@given(
+    c=st.integers(1, 9),
+    n=st.sampled_from([1, 3, 5, 7]),
+    alpha=st.floats(1e-4, 2.0),
+    beta=st.floats(0.1, 1.5),
+    k=st.floats(0.5, 3.0),
+    within=st.booleans(),
+)
 def test_lrn(tmp_path_factory, c, n, alpha, beta, k, within):
     region = "WITHIN_CHANNEL" if within else "ACROSS_CHANNELS"
-    text = (f'layer {{ name: "lrn" type: "LRN" bottom: "in0" top: "y" lrn_param {{ local_size: {n}'
-            f' alpha: {alpha!r} beta: {beta!r} k: {k!r} norm_region: {region} }} }}')
+    text = (
+        f'layer {{ name: "lrn" type: "LRN" bottom: "in0" top: "y" lrn_param {{ local_size: {n}'
+        f" alpha: {alpha!r} beta: {beta!r} k: {k!r} norm_region: {region} }} }}"
+    )
     (x,), _, out = run_layer(tmp_path_factory, text, [(2, c, 6, 5)])
     # the definition stores float32; the reference gets exactly those values
     a, b, kk = (float(np.float32(v)) for v in (alpha, beta, k))
-    expect = ref.lrn(x, local_size=n, alpha=a, beta=b, k=kk, region="within" if within else "across")
+    expect = ref.lrn(
+        x, local_size=n, alpha=a, beta=b, k=kk, region="within" if within else "across"
+    )
     close(out["y"], expect)
 
 
 @SETTINGS
-@given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=4), axis=st.integers(1, 3),
-       nout=st.integers(1, 6), transpose=st.booleans(), bias=st.booleans())
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=2, max_size=4),
+    axis=st.integers(1, 3),
+    nout=st.integers(1, 6),
+    transpose=st.booleans(),
+    bias=st.booleans(),
+)
 def test_inner_product(tmp_path_factory, shape, axis, nout, transpose, bias):
     axis = min(axis, len(shape) - 1)
-    text = (f'layer {{ name: "ip" type: "InnerProduct" bottom: "in0" top: "y" inner_product_param {{'
-            f' num_output: {nout} axis: {axis} transpose: {str(transpose).lower()}'
-            f' bias_term: {str(bias).lower()} }} }}')
+    text = (
+        f'layer {{ name: "ip" type: "InnerProduct" bottom: "in0" top: "y" inner_product_param {{'
+        f" num_output: {nout} axis: {axis} transpose: {str(transpose).lower()}"
+        f" bias_term: {str(bias).lower()} }} }}"
+    )
     (x,), wb, out = run_layer(tmp_path_factory, text, [tuple(shape)])
     expect = ref.inner_product(x, wb[0], wb[1] if bias else None, axis=axis, transpose=transpose)
     close(out["y"], expect)
@@ -128,15 +182,17 @@ def test_inner_product(tmp_path_factory, shape, axis, nout, transpose, bias):
 @SETTINGS
 @given(slope=st.sampled_from([0.0, 0.1, 0.5]), axis=st.integers(-3, 2))
 def test_elementwise_layers(tmp_path_factory, slope, axis):
-    text = "\n".join([
-        f'layer {{ name: "relu" type: "ReLU" bottom: "in0" top: "r" relu_param {{ negative_slope: {slope} }} }}',
-        'layer { name: "drop" type: "Dropout" bottom: "r" top: "d" }',
-        f'layer {{ name: "sm" type: "Softmax" bottom: "d" top: "s" softmax_param {{ axis: {axis} }} }}',
-        'layer { name: "sig" type: "Sigmoid" bottom: "in0" top: "g" }',
-        'layer { name: "th" type: "TanH" bottom: "in0" top: "t" }',
-        'layer { name: "fl" type: "Flatten" bottom: "in0" top: "f" flatten_param { axis: 1 end_axis: 2 } }',
-        'layer { name: "sp" type: "Split" bottom: "in0" top: "a" top: "b" }',
-    ])
+    text = "\n".join(
+        [
+            f'layer {{ name: "relu" type: "ReLU" bottom: "in0" top: "r" relu_param {{ negative_slope: {slope} }} }}',
+            'layer { name: "drop" type: "Dropout" bottom: "r" top: "d" }',
+            f'layer {{ name: "sm" type: "Softmax" bottom: "d" top: "s" softmax_param {{ axis: {axis} }} }}',
+            'layer { name: "sig" type: "Sigmoid" bottom: "in0" top: "g" }',
+            'layer { name: "th" type: "TanH" bottom: "in0" top: "t" }',
+            'layer { name: "fl" type: "Flatten" bottom: "in0" top: "f" flatten_param { axis: 1 end_axis: 2 } }',
+            'layer { name: "sp" type: "Split" bottom: "in0" top: "a" top: "b" }',
+        ]
+    )
     (x,), _, out = run_layer(tmp_path_factory, text, [(2, 3, 4, 5)])
     slope = float(np.float32(slope))  # as the definition stores it
     close(out["r"], ref.relu(x, negative_slope=slope))
@@ -150,31 +206,44 @@ def test_elementwise_layers(tmp_path_factory, slope, axis):
 
 
 @SETTINGS
-@given(n_in=st.integers(2, 4), axis=st.integers(0, 3), op=st.sampled_from(["SUM", "PROD", "MAX"]),
-       coeffs=st.booleans())
+@given(
+    n_in=st.integers(2, 4),
+    axis=st.integers(0, 3),
+    op=st.sampled_from(["SUM", "PROD", "MAX"]),
+    coeffs=st.booleans(),
+)
 def test_concat_and_eltwise(tmp_path_factory, n_in, axis, op, coeffs):
     shape = (2, 3, 4, 2)
     bottoms = " ".join(f'bottom: "in{i}"' for i in range(n_in))
     coeff = [0.5 + i for i in range(n_in)] if coeffs and op == "SUM" else []
     coeff_text = " ".join(f"coeff: {c}" for c in coeff)
-    text = "\n".join([
-        f'layer {{ name: "cat" type: "Concat" {bottoms} top: "c" concat_param {{ axis: {axis} }} }}',
-        f'layer {{ name: "elt" type: "Eltwise" {bottoms} top: "e" eltwise_param {{ operation: {op} {coeff_text} }} }}',
-    ])
+    text = "\n".join(
+        [
+            f'layer {{ name: "cat" type: "Concat" {bottoms} top: "c" concat_param {{ axis: {axis} }} }}',
+            f'layer {{ name: "elt" type: "Eltwise" {bottoms} top: "e" eltwise_param {{ operation: {op} {coeff_text} }} }}',
+        ]
+    )
     xs, _, out = run_layer(tmp_path_factory, text, [shape] * n_in)
     close(out["c"], ref.concat(xs, axis=axis))
     close(out["e"], ref.eltwise(xs, operation=op.lower(), coeff=coeff or None))
 
 
 @SETTINGS
-@given(c=st.integers(1, 5), bias=st.booleans(), axis=st.integers(1, 2), num_axes=st.integers(1, 2),
-       eps=st.sampled_from([1e-5, 1e-3]))
+@given(
+    c=st.integers(1, 5),
+    bias=st.booleans(),
+    axis=st.integers(1, 2),
+    num_axes=st.integers(1, 2),
+    eps=st.sampled_from([1e-5, 1e-3]),
+)
 def test_batchnorm_and_scale(tmp_path_factory, c, bias, axis, num_axes, eps):
-    text = "\n".join([
-        f'layer {{ name: "bn" type: "BatchNorm" bottom: "in0" top: "bn" batch_norm_param {{ eps: {eps} }} }}',
-        f'layer {{ name: "sc" type: "Scale" bottom: "bn" top: "sc" scale_param {{ axis: {axis} '
-        f'num_axes: {num_axes} bias_term: {str(bias).lower()} }} }}',
-    ])
+    text = "\n".join(
+        [
+            f'layer {{ name: "bn" type: "BatchNorm" bottom: "in0" top: "bn" batch_norm_param {{ eps: {eps} }} }}',
+            f'layer {{ name: "sc" type: "Scale" bottom: "bn" top: "sc" scale_param {{ axis: {axis} '
+            f"num_axes: {num_axes} bias_term: {str(bias).lower()} }} }}",
+        ]
+    )
     shape = (2, c, 3, 4)
     names = ["in0"]
     head = f'input: "in0" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}'

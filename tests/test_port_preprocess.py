@@ -12,8 +12,7 @@ def test_transformer_order_and_inverse():
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 1, (8, 6, 3)).astype(np.float32)
     mean = np.array([104.0, 117.0, 123.0], np.float32)
-    t = Transformer((3, 8, 6), channel_swap=(2, 1, 0), raw_scale=255.0, mean=mean,
-                    input_scale=0.5)
+    t = Transformer((3, 8, 6), channel_swap=(2, 1, 0), raw_scale=255.0, mean=mean, input_scale=0.5)
     x = t.preprocess(img)
     want = (img[:, :, ::-1].transpose(2, 0, 1) * 255.0 - mean[:, None, None]) * 0.5
     np.testing.assert_allclose(x, want, rtol=1e-6, atol=1e-4)

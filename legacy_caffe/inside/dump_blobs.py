@@ -107,9 +107,12 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prototxt", required=True, help="deploy definition")
     ap.add_argument("--caffemodel", required=True, help="weights")
-    ap.add_argument("--input", required=True,
-                    help="(N, C, H, W) float32 .npy, or an .npz of input blob name -> array "
-                    "(any shape; DummyData tops too) fed as they are")
+    ap.add_argument(
+        "--input",
+        required=True,
+        help="(N, C, H, W) float32 .npy, or an .npz of input blob name -> array "
+        "(any shape; DummyData tops too) fed as they are",
+    )
     ap.add_argument("--input-name", default=None, help="net input to feed (default: the first)")
     ap.add_argument(
         "--blob",
@@ -120,9 +123,12 @@ def parse_args(argv=None):
     ap.add_argument("--unit", type=int, default=945, help="flat index of the one-hot per sample")
     ap.add_argument("--out", required=True, help=".npz to write")
     ap.add_argument("--meta", default=None, help="JSON with environment and checks")
-    ap.add_argument("--no-force-backward", action="store_true",
-                    help="do not add force_backward (which aborts on Embed, Filter and "
-                    "BatchReindex bottoms); make BLOB a loss instead")
+    ap.add_argument(
+        "--no-force-backward",
+        action="store_true",
+        help="do not add force_backward (which aborts on Embed, Filter and "
+        "BatchReindex bottoms); make BLOB a loss instead",
+    )
     return ap.parse_args(argv)
 
 
@@ -261,8 +267,9 @@ def main(argv=None):
     splits = auto_split_blobs(net)
     names = [b for b in net.blobs if b not in splits]
     # A loss top's diff holds its loss weight from setup on; the one-hot replaces it below.
-    nonzero_before = [b for b in names if np.any(net.blobs[b].diff)
-                      and not (args.no_force_backward and b == blob)]
+    nonzero_before = [
+        b for b in names if np.any(net.blobs[b].diff) and not (args.no_force_backward and b == blob)
+    ]
     start, start_idx, backward_s = backward_from(net, blob, args.unit)
     downstream = downstream_blobs(net, start_idx)
     # Blobs downstream of the start layer must still have a zero diff.
@@ -277,10 +284,16 @@ def main(argv=None):
             "downstream_nonzero": downstream_nonzero,
         }
         timings = {"load": load_s, "forward": forward_s, "backward": backward_s}
-        backward = {"blob": blob, "unit": args.unit, "start": start, "forced": forced,
-                    "mode": "loss_at_blob" if args.no_force_backward else "force_backward"}
-        atomic_write_json(args.meta, meta_record(net, names, splits, in_name, backward, checks,
-                                                 timings))
+        backward = {
+            "blob": blob,
+            "unit": args.unit,
+            "start": start,
+            "forced": forced,
+            "mode": "loss_at_blob" if args.no_force_backward else "force_backward",
+        }
+        atomic_write_json(
+            args.meta, meta_record(net, names, splits, in_name, backward, checks, timings)
+        )
     if nonzero_before or downstream_nonzero:
         sys.exit(
             f"dump_blobs: diff check failed: nonzero before backward {nonzero_before}, "

@@ -41,18 +41,52 @@ import caffe_env  # noqa: E402
 #: The published schedule for mean-image initialisation, numbers exactly as written (int vs float
 #: matters for Python 2 division).
 OCTAVES = [
-    {"layer": "fc8", "iter_n": 190, "start_sigma": 2.5, "end_sigma": 0.78, "start_step_size": 1,
-     "end_step_size": 2, "start_denoise_weight": 0.4, "end_denoise_weight": 0.4, "margin": 0,
-     "window": 0.3, "scale": None},
-    {"layer": "fc8", "iter_n": 150, "start_step_size": 1.0, "end_step_size": 1.0,
-     "start_denoise_weight": 0.01, "end_denoise_weight": 2, "margin": 0, "window": 0.3,
-     "scale": 1.2},
-    {"layer": "fc8", "iter_n": 20, "start_step_size": 2.0, "end_step_size": 2.0,
-     "start_denoise_weight": 0.1, "end_denoise_weight": 2, "margin": 50, "window": 0.2,
-     "scale": 1.0},
-    {"layer": "fc8", "iter_n": 10, "start_step_size": 2.0, "end_step_size": 2.0,
-     "start_denoise_weight": 0.4, "end_denoise_weight": 2, "margin": 0, "window": 0.3,
-     "scale": None},
+    {
+        "layer": "fc8",
+        "iter_n": 190,
+        "start_sigma": 2.5,
+        "end_sigma": 0.78,
+        "start_step_size": 1,
+        "end_step_size": 2,
+        "start_denoise_weight": 0.4,
+        "end_denoise_weight": 0.4,
+        "margin": 0,
+        "window": 0.3,
+        "scale": None,
+    },
+    {
+        "layer": "fc8",
+        "iter_n": 150,
+        "start_step_size": 1.0,
+        "end_step_size": 1.0,
+        "start_denoise_weight": 0.01,
+        "end_denoise_weight": 2,
+        "margin": 0,
+        "window": 0.3,
+        "scale": 1.2,
+    },
+    {
+        "layer": "fc8",
+        "iter_n": 20,
+        "start_step_size": 2.0,
+        "end_step_size": 2.0,
+        "start_denoise_weight": 0.1,
+        "end_denoise_weight": 2,
+        "margin": 50,
+        "window": 0.2,
+        "scale": 1.0,
+    },
+    {
+        "layer": "fc8",
+        "iter_n": 10,
+        "start_step_size": 2.0,
+        "end_step_size": 2.0,
+        "start_denoise_weight": 0.4,
+        "end_denoise_weight": 2,
+        "margin": 0,
+        "window": 0.3,
+        "scale": None,
+    },
 ]
 #: BGR mean as the published script configured it (float32, as caffe.Transformer stores it).
 MEAN_BGR = np.float32([104.0, 117.0, 123.0])[:, None, None]
@@ -97,8 +131,9 @@ def to_uint8_wrap(img):
 def denoise(img_hwc, weight):
     from skimage.restoration import denoise_tv_bregman
 
-    return denoise_tv_bregman(img_hwc, weight=weight, max_iter=TV_MAX_ITER, eps=TV_EPS,
-                              isotropic=True, multichannel=False)
+    return denoise_tv_bregman(
+        img_hwc, weight=weight, max_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, multichannel=False
+    )
 
 
 def crop_offset(span, window):
@@ -130,9 +165,13 @@ def make_step(net, x_crop, unit, end, step_size, weight, margin):
     np.clip(src.data, -MEAN_BGR, 255 - MEAN_BGR, out=src.data)
     asimg = deprocess(src.data[0]).astype(np.float64)
     src.data[0] = preprocess(denoise(asimg, weight))
-    record = {"activation": float(fc.flat[unit]), "best_unit": int(fc.argmax()),
-              "step_size": float(step_size), "tv_weight": float(weight),
-              "mean_abs_grad": float(mag)}
+    record = {
+        "activation": float(fc.flat[unit]),
+        "best_unit": int(fc.argmax()),
+        "step_size": float(step_size),
+        "tv_weight": float(weight),
+        "mean_abs_grad": float(mag),
+    }
     return src.data[0].copy(), record
 
 
@@ -157,9 +196,16 @@ def run_facet(net, init_rgb, unit, seed, end="fc8", octaves=OCTAVES, max_octaves
                 oy = crop_offset(imh - h, o["window"])
             else:
                 ox = oy = 0
-            crop, rec = make_step(net, image[:, ox:ox + w, oy:oy + h], unit, end,
-                                 step_size_at(o, i), tv_weight_at(o, i), o["margin"])
-            image[:, ox:ox + w, oy:oy + h] = crop
+            crop, rec = make_step(
+                net,
+                image[:, ox : ox + w, oy : oy + h],
+                unit,
+                end,
+                step_size_at(o, i),
+                tv_weight_at(o, i),
+                o["margin"],
+            )
+            image[:, ox : ox + w, oy : oy + h] = crop
             steps.append({"octave": k + 1, "step": i, **rec, "offset": [ox, oy]})
         images.append(deprocess(image).astype(np.float32))
     return images, steps, time.perf_counter() - t0
@@ -188,23 +234,34 @@ def main(argv=None):
     arrays, facets = {}, []
     for idx, path in zip(a.index, a.init):
         init = np.load(path)
-        images, steps, secs = run_facet(net, init, a.unit, a.seed, a.layer,
-                                        max_octaves=a.max_octaves)
+        images, steps, secs = run_facet(
+            net, init, a.unit, a.seed, a.layer, max_octaves=a.max_octaves
+        )
         for k, img in enumerate(images, 1):
             arrays[f"facet_{idx}_octave{k}_float"] = img
             arrays[f"facet_{idx}_octave{k}"] = to_uint8_wrap(img)
-        facets.append({"index": idx, "seconds": round(secs, 3), "steps": steps,
-                       "octaves_done": len(images)})
-        print(f"facet {idx}: {len(steps)} steps, {secs:.1f} s, "
-              f"final activation {steps[-1]['activation']:.4g}", flush=True)
+        facets.append(
+            {"index": idx, "seconds": round(secs, 3), "steps": steps, "octaves_done": len(images)}
+        )
+        print(
+            f"facet {idx}: {len(steps)} steps, {secs:.1f} s, "
+            f"final activation {steps[-1]['activation']:.4g}",
+            flush=True,
+        )
     np.savez(a.out + ".tmp.npz", **arrays)
     os.replace(a.out + ".tmp.npz", a.out)
     env = caffe_env.environment()
-    info = {"facets": facets, "environment": env, "octaves": OCTAVES, "unit": a.unit,
-            "seed": a.seed, "layer": a.layer,
-            "denoiser": f"skimage {env['packages'].get('python3-skimage')} denoise_tv_bregman("
-                        f"max_iter={TV_MAX_ITER}, eps={TV_EPS:g}, isotropic=True, "
-                        "multichannel=False)"}
+    info = {
+        "facets": facets,
+        "environment": env,
+        "octaves": OCTAVES,
+        "unit": a.unit,
+        "seed": a.seed,
+        "layer": a.layer,
+        "denoiser": f"skimage {env['packages'].get('python3-skimage')} denoise_tv_bregman("
+        f"max_iter={TV_MAX_ITER}, eps={TV_EPS:g}, isotropic=True, "
+        "multichannel=False)",
+    }
     with open(a.trace + ".tmp", "w") as fh:
         json.dump(info, fh)
     os.replace(a.trace + ".tmp", a.trace)

@@ -63,32 +63,136 @@ from .vision import (
 )
 
 __all__ = [
-    "AbsVal", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "CaffeLayer", "Clip",
-    "Concat", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU", "Eltwise", "Embed", "Exp",
-    "Filter", "Flatten", "IN_PLACE_TYPES", "TOP_READING_TYPES", "Im2col", "InnerProduct", "LAYER_TYPES", "LRN", "LSTM",
-    "LSTMUnit", "Log", "RNN",
-    "MVN", "PReLU", "Parameter", "Pooling", "Power", "ReLU", "Reduction", "Reshape", "SPP",
-    "Scale", "Shape", "Sigmoid", "Silence", "Slice", "Softmax", "Split", "StochasticPooling",
-    "Swish", "TanH", "Threshold", "Tile", "build_layer", "pooled_size",
-    "Builder", "CUSTOM_LAYERS", "custom_builder", "register_layer", "unregister_layer",
-    "_canonical_axis", "_enum_name", "_opt", "_pair",
+    "AbsVal",
+    "ArgMax",
+    "BNLL",
+    "BatchNorm",
+    "BatchReindex",
+    "Bias",
+    "CaffeLayer",
+    "Clip",
+    "Concat",
+    "Convolution",
+    "Crop",
+    "Deconvolution",
+    "Dropout",
+    "ELU",
+    "Eltwise",
+    "Embed",
+    "Exp",
+    "Filter",
+    "Flatten",
+    "IN_PLACE_TYPES",
+    "TOP_READING_TYPES",
+    "Im2col",
+    "InnerProduct",
+    "LAYER_TYPES",
+    "LRN",
+    "LSTM",
+    "LSTMUnit",
+    "Log",
+    "RNN",
+    "MVN",
+    "PReLU",
+    "Parameter",
+    "Pooling",
+    "Power",
+    "ReLU",
+    "Reduction",
+    "Reshape",
+    "SPP",
+    "Scale",
+    "Shape",
+    "Sigmoid",
+    "Silence",
+    "Slice",
+    "Softmax",
+    "Split",
+    "StochasticPooling",
+    "Swish",
+    "TanH",
+    "Threshold",
+    "Tile",
+    "build_layer",
+    "pooled_size",
+    "Builder",
+    "CUSTOM_LAYERS",
+    "custom_builder",
+    "register_layer",
+    "unregister_layer",
+    "_canonical_axis",
+    "_enum_name",
+    "_opt",
+    "_pair",
 ]
 
 LAYER_TYPES: dict[str, type[CaffeLayer]] = {
     cls.caffe_type: cls
-    for cls in (Convolution, Pooling, LRN, InnerProduct, ReLU, Dropout, Softmax, Concat, BatchNorm,
-                Scale, Eltwise, Flatten, Split, Sigmoid, TanH,
-                AbsVal, ArgMax, BNLL, BatchReindex, Bias, Clip, Crop, Deconvolution, ELU, Embed,
-                Exp, Filter, Im2col, Log, MVN, PReLU, Parameter, Power, Reduction, Reshape, SPP,
-                Silence, Slice, Swish, Threshold, Tile, LSTM, LSTMUnit, RNN)
+    for cls in (
+        Convolution,
+        Pooling,
+        LRN,
+        InnerProduct,
+        ReLU,
+        Dropout,
+        Softmax,
+        Concat,
+        BatchNorm,
+        Scale,
+        Eltwise,
+        Flatten,
+        Split,
+        Sigmoid,
+        TanH,
+        AbsVal,
+        ArgMax,
+        BNLL,
+        BatchReindex,
+        Bias,
+        Clip,
+        Crop,
+        Deconvolution,
+        ELU,
+        Embed,
+        Exp,
+        Filter,
+        Im2col,
+        Log,
+        MVN,
+        PReLU,
+        Parameter,
+        Power,
+        Reduction,
+        Reshape,
+        SPP,
+        Silence,
+        Slice,
+        Swish,
+        Threshold,
+        Tile,
+        LSTM,
+        LSTMUnit,
+        RNN,
+    )
 }
 
 # Layers whose backward Caffe computes exactly when run in place (top == bottom), measured on the
 # Caffe root. Clip, BNLL, Log, Power and MVN read their bottom's data in Backward, which in place
 # holds the top: Caffe then returns another gradient than the port's true one (AbsVal refuses to
 # run in place at all). `port dump` notes such layers under ``inexact/<layer>``.
-IN_PLACE_TYPES = {"ReLU", "Dropout", "BatchNorm", "Scale", "Sigmoid", "TanH", "Bias", "ELU", "Exp",
-                  "PReLU", "Swish"}
+IN_PLACE_TYPES = {
+    "ReLU",
+    "Dropout",
+    "BatchNorm",
+    "Scale",
+    "Sigmoid",
+    "TanH",
+    "Bias",
+    "ELU",
+    "Exp",
+    "PReLU",
+    "Swish",
+}
 # Layers whose backward reads their own top: a later in-place layer that rewrites it changes
 # Caffe's gradient (measured: Swish followed by an in-place ELU).
 TOP_READING_TYPES = {"Sigmoid", "TanH", "ELU", "Exp", "Swish", "MVN", "Softmax", "LRN"}
@@ -111,8 +215,14 @@ def _python_key(layer_type: str, module: str | None, layer: str | None):
     return (layer_type, module, layer)
 
 
-def register_layer(layer_type: str, builder: Builder, *, module: str | None = None,
-                   layer: str | None = None, replace: bool = False) -> None:
+def register_layer(
+    layer_type: str,
+    builder: Builder,
+    *,
+    module: str | None = None,
+    layer: str | None = None,
+    replace: bool = False,
+) -> None:
     """Map a layer type that Caffe 1.0 lacks (a fork's, or a Python layer) to a torch module.
 
     Parameters
@@ -132,19 +242,23 @@ def register_layer(layer_type: str, builder: Builder, *, module: str | None = No
     --------
     >>> import port
     >>> port.register_layer("Permute", MyPermute)  # doctest: +SKIP
-    >>> port.register_layer("Python", MyNorm, module="ssd_layers", layer="Normalize")  # doctest: +SKIP
+    >>> port.register_layer(
+    ...     "Python", MyNorm, module="ssd_layers", layer="Normalize"
+    ... )  # doctest: +SKIP
     """
     key = _python_key(layer_type, module, layer)
     if not callable(builder):
         raise TypeError(f"builder for {layer_type!r} is not callable: {builder!r}")
     if not replace and (key in CUSTOM_LAYERS or (module is None and layer_type in LAYER_TYPES)):
-        raise ValueError(f"layer type {_describe(key)} is already registered; pass replace=True "
-                         "to replace it")
+        raise ValueError(
+            f"layer type {_describe(key)} is already registered; pass replace=True to replace it"
+        )
     CUSTOM_LAYERS[key] = builder
 
 
-def unregister_layer(layer_type: str, *, module: str | None = None,
-                     layer: str | None = None) -> None:
+def unregister_layer(
+    layer_type: str, *, module: str | None = None, layer: str | None = None
+) -> None:
     """Remove a registration made by :func:`register_layer` (no error when there is none)."""
     CUSTOM_LAYERS.pop(_python_key(layer_type, module, layer), None)
 
@@ -179,8 +293,7 @@ def _unsupported(layer: LayerDef) -> CaffeError:
     if layer.type == "Python":
         p = layer.param.python_param
         what = f"Python layer {p.module}.{p.layer}"
-        call = (f'port.register_layer("Python", MyLayer, module={p.module!r}, '
-                f"layer={p.layer!r})")
+        call = f'port.register_layer("Python", MyLayer, module={p.module!r}, layer={p.layer!r})'
     else:
         what = f"layer type {layer.type!r}"
         call = f"port.register_layer({layer.type!r}, MyLayer)"
@@ -188,7 +301,10 @@ def _unsupported(layer: LayerDef) -> CaffeError:
         f"{what} is not supported: register a torch module for it before loading, e.g. {call} "
         "with MyLayer a port.layers.CaffeLayer subclass (see README, 'Custom layers'); on the "
         "command line, --plugin FILE.py runs the file that registers it. Built-in types: "
-        f"{', '.join(sorted(LAYER_TYPES))}", layer=layer.name, field="type")
+        f"{', '.join(sorted(LAYER_TYPES))}",
+        layer=layer.name,
+        field="type",
+    )
 
 
 def build_layer(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
@@ -199,7 +315,11 @@ def build_layer(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
     module = cls(layer, bottom_shapes)
     missing = [name for name in _CONTRACT if not hasattr(module, name)]
     if missing or not isinstance(module, nn.Module):
-        raise CaffeError(f"the module registered for {layer.type!r} ({cls!r}) lacks "
-                         f"{', '.join(missing) or 'nn.Module'}: a custom layer follows "
-                         "port.layers.CaffeLayer's contract", layer=layer.name, field="type")
+        raise CaffeError(
+            f"the module registered for {layer.type!r} ({cls!r}) lacks "
+            f"{', '.join(missing) or 'nn.Module'}: a custom layer follows "
+            "port.layers.CaffeLayer's contract",
+            layer=layer.name,
+            field="type",
+        )
     return module

@@ -51,8 +51,9 @@ class Softmax(CaffeLayer):
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
-        self.axis = _canonical_axis(layer.param.softmax_param.axis, len(bottom_shapes[0]), layer,
-                                    "softmax_param.axis")
+        self.axis = _canonical_axis(
+            layer.param.softmax_param.axis, len(bottom_shapes[0]), layer, "softmax_param.axis"
+        )
 
     def top_shapes(self) -> list[Shape]:
         return [self.bottom_shapes[0]]
@@ -94,8 +95,11 @@ class AbsVal(_Pointwise):
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
         if layer.in_place:
-            raise CaffeError("AbsVal does not allow in-place computation (Caffe checks top != "
-                             "bottom)", layer=layer.name, field="top")
+            raise CaffeError(
+                "AbsVal does not allow in-place computation (Caffe checks top != bottom)",
+                layer=layer.name,
+                field="top",
+            )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # Caffe's gradient is sign(x) * dy with sign(0) = 0, as is torch's.
@@ -133,12 +137,15 @@ class Exp(_Pointwise):
         p = layer.param.exp_param
         base, scale, shift = float(p.base), float(p.scale), float(p.shift)
         if base != -1 and base <= 0:
-            raise CaffeError("base must be strictly positive (or -1 for e)", layer=layer.name,
-                             field="exp_param.base")
+            raise CaffeError(
+                "base must be strictly positive (or -1 for e)",
+                layer=layer.name,
+                field="exp_param.base",
+            )
         log_base = 1.0 if base == -1 else math.log(base)
         # y = base^(shift + scale x) = outer * exp(inner x), Caffe's factoring.
         self.inner = log_base * scale
-        self.outer = math.exp(shift) if base == -1 else base ** shift
+        self.outer = math.exp(shift) if base == -1 else base**shift
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         y = torch.exp(x if self.inner == 1 else x * self.inner)
@@ -153,8 +160,11 @@ class Log(_Pointwise):
         p = layer.param.log_param
         base = float(p.base)
         if base != -1 and base <= 0:
-            raise CaffeError("base must be strictly positive (or -1 for e)", layer=layer.name,
-                             field="log_param.base")
+            raise CaffeError(
+                "base must be strictly positive (or -1 for e)",
+                layer=layer.name,
+                field="log_param.base",
+            )
         self.base_scale = 1.0 if base == -1 else 1.0 / math.log(base)
         self.scale, self.shift = float(p.scale), float(p.shift)
 
@@ -178,7 +188,7 @@ class Power(_Pointwise):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.power * self.scale == 0:
             # Caffe fills a constant and back-propagates zeros.
-            value = 1.0 if self.power == 0 else self.shift ** self.power
+            value = 1.0 if self.power == 0 else self.shift**self.power
             return [torch.full_like(x, value) + 0 * x]
         y = x * self.scale if self.scale != 1 else x
         if self.shift != 0:

@@ -55,22 +55,30 @@ class Scale(CaffeLayer):
         if self.learned_scale:
             self.axis = _canonical_axis(p.axis, len(shape), layer, "scale_param.axis")
             if p.num_axes < -1:
-                raise CaffeError("num_axes must be >= -1", layer=layer.name,
-                                 field="scale_param.num_axes")
+                raise CaffeError(
+                    "num_axes must be >= -1", layer=layer.name, field="scale_param.num_axes"
+                )
             end = len(shape) if p.num_axes == -1 else self.axis + p.num_axes
             if end > len(shape):
-                raise CaffeError("num_axes reaches past the bottom's axes", layer=layer.name,
-                                 field="scale_param.num_axes")
-            self.scale_shape = tuple(shape[self.axis:end])
+                raise CaffeError(
+                    "num_axes reaches past the bottom's axes",
+                    layer=layer.name,
+                    field="scale_param.num_axes",
+                )
+            self.scale_shape = tuple(shape[self.axis : end])
         else:
             other = bottom_shapes[1]
             # An empty-shaped second bottom is a scalar whatever the axis (Caffe's rule).
-            self.axis = 0 if not other else _canonical_axis(p.axis, len(shape), layer,
-                                                            "scale_param.axis")
+            self.axis = (
+                0 if not other else _canonical_axis(p.axis, len(shape), layer, "scale_param.axis")
+            )
             self.scale_shape = tuple(other)
-            if tuple(shape[self.axis:self.axis + len(other)]) != self.scale_shape:
-                raise CaffeError(f"scale of shape {other} does not match bottom {shape} at axis "
-                                 f"{self.axis}", layer=layer.name, field="scale_param.axis")
+            if tuple(shape[self.axis : self.axis + len(other)]) != self.scale_shape:
+                raise CaffeError(
+                    f"scale of shape {other} does not match bottom {shape} at axis {self.axis}",
+                    layer=layer.name,
+                    field="scale_param.axis",
+                )
         self._make_blobs()
 
     def blob_shapes(self) -> list[Shape]:
@@ -98,15 +106,19 @@ class Eltwise(CaffeLayer):
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
         p = layer.param.eltwise_param
-        self.op = p.DESCRIPTOR.fields_by_name["operation"].enum_type.values_by_number[
-            p.operation].name
+        self.op = (
+            p.DESCRIPTOR.fields_by_name["operation"].enum_type.values_by_number[p.operation].name
+        )
         if len(bottom_shapes) < 2:
             raise CaffeError("Eltwise needs at least two bottoms", layer=layer.name)
         if any(s != bottom_shapes[0] for s in bottom_shapes):
             raise CaffeError(f"bottom shapes differ: {bottom_shapes}", layer=layer.name)
         if p.coeff and (self.op != "SUM" or len(p.coeff) != len(bottom_shapes)):
-            raise CaffeError("coeff needs operation SUM and one value per bottom",
-                             layer=layer.name, field="eltwise_param.coeff")
+            raise CaffeError(
+                "coeff needs operation SUM and one value per bottom",
+                layer=layer.name,
+                field="eltwise_param.coeff",
+            )
         self.coeff = [float(c) for c in p.coeff] or [1.0] * len(bottom_shapes)
 
     def top_shapes(self) -> list[Shape]:
@@ -142,22 +154,30 @@ class Bias(CaffeLayer):
         if self.learned:
             self.axis = _canonical_axis(p.axis, len(shape), layer, "bias_param.axis")
             if p.num_axes < -1:
-                raise CaffeError("num_axes must be >= -1", layer=layer.name,
-                                 field="bias_param.num_axes")
+                raise CaffeError(
+                    "num_axes must be >= -1", layer=layer.name, field="bias_param.num_axes"
+                )
             end = len(shape) if p.num_axes == -1 else self.axis + p.num_axes
             if end > len(shape):
-                raise CaffeError("num_axes reaches past the bottom's axes", layer=layer.name,
-                                 field="bias_param.num_axes")
-            self.bias_shape = tuple(shape[self.axis:end])
+                raise CaffeError(
+                    "num_axes reaches past the bottom's axes",
+                    layer=layer.name,
+                    field="bias_param.num_axes",
+                )
+            self.bias_shape = tuple(shape[self.axis : end])
         else:
             other = bottom_shapes[1]
             # A 0-axis second bottom is a scalar whatever the axis (Caffe's rule).
-            self.axis = 0 if not other else _canonical_axis(p.axis, len(shape), layer,
-                                                            "bias_param.axis")
+            self.axis = (
+                0 if not other else _canonical_axis(p.axis, len(shape), layer, "bias_param.axis")
+            )
             self.bias_shape = tuple(other)
-            if tuple(shape[self.axis:self.axis + len(other)]) != self.bias_shape:
-                raise CaffeError(f"bias of shape {other} does not match bottom {shape} at axis "
-                                 f"{self.axis}", layer=layer.name, field="bias_param.axis")
+            if tuple(shape[self.axis : self.axis + len(other)]) != self.bias_shape:
+                raise CaffeError(
+                    f"bias of shape {other} does not match bottom {shape} at axis {self.axis}",
+                    layer=layer.name,
+                    field="bias_param.axis",
+                )
         self._make_blobs()
 
     def blob_shapes(self) -> list[Shape]:
@@ -257,12 +277,18 @@ class ArgMax(CaffeLayer):
         shape = bottom_shapes[0]
         self.out_max_val = bool(p.out_max_val)
         self.top_k = int(p.top_k)
-        self.axis = (_canonical_axis(p.axis, len(shape), layer, "argmax_param.axis")
-                     if p.HasField("axis") else None)
+        self.axis = (
+            _canonical_axis(p.axis, len(shape), layer, "argmax_param.axis")
+            if p.HasField("axis")
+            else None
+        )
         size = shape[self.axis] if self.axis is not None else math.prod(shape[1:])
         if self.top_k < 1 or self.top_k > size:
-            raise CaffeError(f"top_k {self.top_k} must be in [1, {size}]", layer=layer.name,
-                             field="argmax_param.top_k")
+            raise CaffeError(
+                f"top_k {self.top_k} must be in [1, {size}]",
+                layer=layer.name,
+                field="argmax_param.top_k",
+            )
 
     def top_shapes(self) -> list[Shape]:
         shape = self.bottom_shapes[0]
@@ -305,8 +331,9 @@ class Embed(CaffeLayer):
         super().__init__(layer, bottom_shapes)
         p = layer.param.embed_param
         if not p.HasField("num_output") or not p.HasField("input_dim"):
-            raise CaffeError("num_output and input_dim are required", layer=layer.name,
-                             field="embed_param")
+            raise CaffeError(
+                "num_output and input_dim are required", layer=layer.name, field="embed_param"
+            )
         self.num_output, self.input_dim = int(p.num_output), int(p.input_dim)
         self.bias_term = bool(p.bias_term)
         self._make_blobs()

@@ -15,18 +15,26 @@ Shape = tuple[int, ...]
 
 def _canonical_axis(axis: int, ndim: int, layer: LayerDef, fld: str) -> int:
     if not -ndim <= axis < ndim:
-        raise CaffeError(f"axis {axis} out of range for a {ndim}-D bottom", layer=layer.name,
-                         field=fld)
+        raise CaffeError(
+            f"axis {axis} out of range for a {ndim}-D bottom", layer=layer.name, field=fld
+        )
     return axis % ndim
 
 
-def _pair(values: Sequence[int], h: int | None, w: int | None, default: int | None,
-          layer: LayerDef, fld: str) -> tuple[int, int]:
+def _pair(
+    values: Sequence[int],
+    h: int | None,
+    w: int | None,
+    default: int | None,
+    layer: LayerDef,
+    fld: str,
+) -> tuple[int, int]:
     """Resolve Caffe's ``x`` / ``x_h`` + ``x_w`` spelling of a 2-D size."""
     if h is not None or w is not None:
         if values:
-            raise CaffeError(f"{fld} given both as {fld} and as {fld}_h/{fld}_w", layer=layer.name,
-                             field=fld)
+            raise CaffeError(
+                f"{fld} given both as {fld} and as {fld}_h/{fld}_w", layer=layer.name, field=fld
+            )
         if h is None or w is None:
             raise CaffeError(f"both {fld}_h and {fld}_w are needed", layer=layer.name, field=fld)
         return int(h), int(w)
@@ -38,8 +46,11 @@ def _pair(values: Sequence[int], h: int | None, w: int | None, default: int | No
         if default is None:
             raise CaffeError(f"{fld} is required", layer=layer.name, field=fld)
         return default, default
-    raise CaffeError(f"{len(values)} values for {fld}: only 2-D layers are supported",
-                     layer=layer.name, field=fld)
+    raise CaffeError(
+        f"{len(values)} values for {fld}: only 2-D layers are supported",
+        layer=layer.name,
+        field=fld,
+    )
 
 
 def _enum_name(msg, fld: str) -> str:

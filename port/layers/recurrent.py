@@ -22,15 +22,16 @@ from ..netdef import LayerDef
 from .base import CaffeLayer, Shape
 
 
-def lstm_unit(c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_unit(
+    c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step on (N, H) states and (N, 4H) gate inputs; returns (c, h)."""
     hidden = c_prev.shape[-1]
     i = torch.sigmoid(gates[..., :hidden])
     # Caffe: f = cont * sigmoid(f'), 0 where cont is 0.
-    f = torch.sigmoid(gates[..., hidden: 2 * hidden]) * cont.unsqueeze(-1)
-    o = torch.sigmoid(gates[..., 2 * hidden: 3 * hidden])
-    g = torch.tanh(gates[..., 3 * hidden:])
+    f = torch.sigmoid(gates[..., hidden : 2 * hidden]) * cont.unsqueeze(-1)
+    o = torch.sigmoid(gates[..., 2 * hidden : 3 * hidden])
+    g = torch.tanh(gates[..., 3 * hidden :])
     c = f * c_prev + i * g
     return c, o * torch.tanh(c)
 
@@ -42,19 +43,34 @@ class LSTMUnit(CaffeLayer):
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
         if len(bottom_shapes) != 3:
-            raise CaffeError("LSTMUnit takes c_prev (1, N, H), gates (1, N, 4H) and cont (1, N)",
-                             layer=layer.name, field="bottom")
+            raise CaffeError(
+                "LSTMUnit takes c_prev (1, N, H), gates (1, N, 4H) and cont (1, N)",
+                layer=layer.name,
+                field="bottom",
+            )
         c, x, cont = bottom_shapes
-        if (len(c) != 3 or len(x) != 3 or len(cont) != 2 or c[0] != 1 or x[0] != 1
-                or cont[0] != 1 or not c[1] == x[1] == cont[1] or x[2] != 4 * c[2]):
-            raise CaffeError(f"bottoms {bottom_shapes} are not (1, N, H), (1, N, 4H), (1, N)",
-                             layer=layer.name, field="bottom")
+        if (
+            len(c) != 3
+            or len(x) != 3
+            or len(cont) != 2
+            or c[0] != 1
+            or x[0] != 1
+            or cont[0] != 1
+            or not c[1] == x[1] == cont[1]
+            or x[2] != 4 * c[2]
+        ):
+            raise CaffeError(
+                f"bottoms {bottom_shapes} are not (1, N, H), (1, N, 4H), (1, N)",
+                layer=layer.name,
+                field="bottom",
+            )
 
     def top_shapes(self) -> list[Shape]:
         return [self.bottom_shapes[0], self.bottom_shapes[0]]
 
-    def forward(self, c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
-                ) -> list[torch.Tensor]:
+    def forward(
+        self, c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
+    ) -> list[torch.Tensor]:
         c, h = lstm_unit(c_prev, gates, cont.detach())
         # A top of its own: the diff of c is what arrives from c's consumers, not through h.
         return [c.view_as(c), h]
@@ -69,47 +85,61 @@ def _cut(t: torch.Tensor) -> torch.Tensor:
 
 class _Recurrent(CaffeLayer):
     n_states = 1  # hidden states carried between steps (LSTM: h and c)
-    backward_note = ("yes, not to cont (bottom 1) nor to exposed initial states; gradients at "
-                     "exposed final states are dropped (Caffe 1.0)")
+    backward_note = (
+        "yes, not to cont (bottom 1) nor to exposed initial states; gradients at "
+        "exposed final states are dropped (Caffe 1.0)"
+    )
     no_gradient = {1: "Caffe cannot back-propagate to a recurrent layer's sequence indicators"}
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
         p = layer.param.recurrent_param
         if not p.num_output:
-            raise CaffeError("num_output must be positive", layer=layer.name,
-                             field="recurrent_param.num_output")
+            raise CaffeError(
+                "num_output must be positive", layer=layer.name, field="recurrent_param.num_output"
+            )
         self.hidden = int(p.num_output)
         self.expose_hidden = bool(p.expose_hidden)
         exposed = self.n_states if self.expose_hidden else 0
         n_static = len(bottom_shapes) - 2 - exposed
         if n_static not in (0, 1):
-            raise CaffeError(f"{len(bottom_shapes)} bottoms: expected x, cont, an optional static "
-                             f"input{' and the ' + str(exposed) + ' initial states' if exposed else ''}",
-                             layer=layer.name, field="bottom")
+            raise CaffeError(
+                f"{len(bottom_shapes)} bottoms: expected x, cont, an optional static "
+                f"input{' and the ' + str(exposed) + ' initial states' if exposed else ''}",
+                layer=layer.name,
+                field="bottom",
+            )
         self.static = n_static == 1
         x, cont = bottom_shapes[:2]
         if len(x) < 3 or tuple(cont) != tuple(x[:2]):
-            raise CaffeError(f"x {x} must be (T, N, ...) and cont {cont} (T, N)",
-                             layer=layer.name, field="bottom")
+            raise CaffeError(
+                f"x {x} must be (T, N, ...) and cont {cont} (T, N)",
+                layer=layer.name,
+                field="bottom",
+            )
         self.t_steps, self.num = x[0], x[1]
         self.in_dim = math.prod(x[2:])
         if self.static:
             s = bottom_shapes[2]
             if s[0] != self.num:
-                raise CaffeError(f"static input {s} must be (N, ...) with N = {self.num}",
-                                 layer=layer.name, field="bottom")
+                raise CaffeError(
+                    f"static input {s} must be (N, ...) with N = {self.num}",
+                    layer=layer.name,
+                    field="bottom",
+                )
             self.static_dim = math.prod(s[1:])
         # Caffe 1.0 shares only the data of exposed initial states with its unrolled net: their
         # diff is never written.
         self.no_gradient = {1: self.no_gradient[1]} | {
             i: "Caffe 1.0 does not back-propagate into exposed initial states"
-            for i in range(2 + n_static, len(bottom_shapes))}
+            for i in range(2 + n_static, len(bottom_shapes))
+        }
         want = (1, self.num, self.hidden)
-        for s in bottom_shapes[2 + n_static:]:
+        for s in bottom_shapes[2 + n_static :]:
             if tuple(s) != want:
-                raise CaffeError(f"initial state {s} must be {want}", layer=layer.name,
-                                 field="bottom")
+                raise CaffeError(
+                    f"initial state {s} must be {want}", layer=layer.name, field="bottom"
+                )
         self._make_blobs()
 
     def seed_blobs(self, rng) -> list:
@@ -123,12 +153,13 @@ class _Recurrent(CaffeLayer):
     def top_shapes(self) -> list[Shape]:
         state = (1, self.num, self.hidden)
         return [(self.t_steps, self.num, self.hidden)] + (
-            [state] * self.n_states if self.expose_hidden else [])
+            [state] * self.n_states if self.expose_hidden else []
+        )
 
     def _split(self, xs):
         x, cont = xs[0], xs[1].detach()
         static = xs[2] if self.static else None
-        states = [s.detach() for s in xs[2 + int(self.static):]]
+        states = [s.detach() for s in xs[2 + int(self.static) :]]
         return x, cont, static, states
 
 
@@ -138,8 +169,11 @@ class LSTM(_Recurrent):
 
     def blob_shapes(self) -> list[Shape]:
         g = 4 * self.hidden
-        return ([(g, self.in_dim), (g,)] + ([(g, self.static_dim)] if self.static else [])
-                + [(g, self.hidden)])
+        return (
+            [(g, self.in_dim), (g,)]
+            + ([(g, self.static_dim)] if self.static else [])
+            + [(g, self.hidden)]
+        )
 
     def forward(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         x, cont, static, states = self._split(xs)
@@ -169,8 +203,11 @@ class RNN(_Recurrent):
 
     def blob_shapes(self) -> list[Shape]:
         h = self.hidden
-        return ([(h, self.in_dim), (h,)] + ([(h, self.static_dim)] if self.static else [])
-                + [(h, h), (h, h), (h,)])
+        return (
+            [(h, self.in_dim), (h,)]
+            + ([(h, self.static_dim)] if self.static else [])
+            + [(h, h), (h, h), (h,)]
+        )
 
     def forward(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         x, cont, static, states = self._split(xs)

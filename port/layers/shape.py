@@ -18,17 +18,25 @@ class Concat(CaffeLayer):
         super().__init__(layer, bottom_shapes)
         p = layer.param.concat_param
         if p.HasField("concat_dim") and p.HasField("axis"):
-            raise CaffeError("give either axis or the deprecated concat_dim", layer=layer.name,
-                             field="concat_param.concat_dim")
+            raise CaffeError(
+                "give either axis or the deprecated concat_dim",
+                layer=layer.name,
+                field="concat_param.concat_dim",
+            )
         axis = p.concat_dim if p.HasField("concat_dim") else p.axis
         ndim = len(bottom_shapes[0])
         self.axis = _canonical_axis(axis, ndim, layer, "concat_param.axis")
         for s in bottom_shapes[1:]:
-            if len(s) != ndim or any(a != b for i, (a, b) in enumerate(zip(s, bottom_shapes[0],
-                                                                              strict=True))
-                                     if i != self.axis):
-                raise CaffeError(f"bottoms {bottom_shapes} differ outside the concat axis",
-                                 layer=layer.name, field="concat_param.axis")
+            if len(s) != ndim or any(
+                a != b
+                for i, (a, b) in enumerate(zip(s, bottom_shapes[0], strict=True))
+                if i != self.axis
+            ):
+                raise CaffeError(
+                    f"bottoms {bottom_shapes} differ outside the concat axis",
+                    layer=layer.name,
+                    field="concat_param.axis",
+                )
 
     def top_shapes(self) -> list[Shape]:
         first = list(self.bottom_shapes[0])
@@ -80,46 +88,67 @@ class Reshape(CaffeLayer):
         p = layer.param.reshape_param
         self.dims = [int(d) for d in p.shape.dim]
         if self.dims.count(-1) > 1:
-            raise CaffeError("at most one dimension may be -1 (inferred)", layer=layer.name,
-                             field="reshape_param.shape")
+            raise CaffeError(
+                "at most one dimension may be -1 (inferred)",
+                layer=layer.name,
+                field="reshape_param.shape",
+            )
         if any(d < -1 for d in self.dims):
-            raise CaffeError(f"dimensions must be >= -1, got {self.dims}", layer=layer.name,
-                             field="reshape_param.shape")
+            raise CaffeError(
+                f"dimensions must be >= -1, got {self.dims}",
+                layer=layer.name,
+                field="reshape_param.shape",
+            )
         ndim = len(bottom_shapes[0])
         start = int(p.axis) if p.axis >= 0 else ndim + int(p.axis) + 1
         if not 0 <= start <= ndim:
-            raise CaffeError(f"axis {p.axis} out of range for a {ndim}-D bottom",
-                             layer=layer.name, field="reshape_param.axis")
+            raise CaffeError(
+                f"axis {p.axis} out of range for a {ndim}-D bottom",
+                layer=layer.name,
+                field="reshape_param.axis",
+            )
         if p.num_axes < -1:
-            raise CaffeError("num_axes must be >= -1", layer=layer.name,
-                             field="reshape_param.num_axes")
+            raise CaffeError(
+                "num_axes must be >= -1", layer=layer.name, field="reshape_param.num_axes"
+            )
         end = ndim if p.num_axes == -1 else start + int(p.num_axes)
         if end > ndim:
-            raise CaffeError("num_axes reaches past the bottom's axes", layer=layer.name,
-                             field="reshape_param.num_axes")
+            raise CaffeError(
+                "num_axes reaches past the bottom's axes",
+                layer=layer.name,
+                field="reshape_param.num_axes",
+            )
         self.start, self.end = start, end
         for i, d in enumerate(self.dims):
             if d == 0 and start + i >= ndim:
-                raise CaffeError(f"dimension {i} copies axis {start + i}, which the bottom lacks",
-                                 layer=layer.name, field="reshape_param.shape")
+                raise CaffeError(
+                    f"dimension {i} copies axis {start + i}, which the bottom lacks",
+                    layer=layer.name,
+                    field="reshape_param.shape",
+                )
         self.layer = layer
         self.top_shapes()  # check the count now
 
     def _shape(self, shape: Shape) -> Shape:
         new = [shape[self.start + i] if d == 0 else d for i, d in enumerate(self.dims)]
-        out = list(shape[: self.start]) + new + list(shape[self.end:])
+        out = list(shape[: self.start]) + new + list(shape[self.end :])
         count = math.prod(shape)
         if -1 in new:
             known = math.prod(d for d in out if d != -1)
             if known == 0 or count % known:
-                raise CaffeError(f"cannot infer the -1 dimension: {count} values do not split "
-                                 f"into {known}s", layer=self.layer_name,
-                                 field="reshape_param.shape")
+                raise CaffeError(
+                    f"cannot infer the -1 dimension: {count} values do not split into {known}s",
+                    layer=self.layer_name,
+                    field="reshape_param.shape",
+                )
             out[self.start + new.index(-1)] = count // known
         if math.prod(out) != count:
-            raise CaffeError(f"shape {tuple(out)} holds {math.prod(out)} values, the bottom "
-                             f"{tuple(shape)} {count}", layer=self.layer_name,
-                             field="reshape_param.shape")
+            raise CaffeError(
+                f"shape {tuple(out)} holds {math.prod(out)} values, the bottom "
+                f"{tuple(shape)} {count}",
+                layer=self.layer_name,
+                field="reshape_param.shape",
+            )
         return tuple(out)
 
     def top_shapes(self) -> list[Shape]:
@@ -143,22 +172,31 @@ class Slice(CaffeLayer):
         points = [int(s) for s in p.slice_point]
         if points:
             if len(points) != n_tops - 1:
-                raise CaffeError(f"{len(points)} slice points for {n_tops} tops (need "
-                                 f"{n_tops - 1})", layer=layer.name, field="slice_param.slice_point")
+                raise CaffeError(
+                    f"{len(points)} slice points for {n_tops} tops (need {n_tops - 1})",
+                    layer=layer.name,
+                    field="slice_param.slice_point",
+                )
             bounds = [0, *points, size]
             self.sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
             if any(s <= 0 for s in self.sizes):
-                raise CaffeError(f"slice points {points} must increase inside (0, {size})",
-                                 layer=layer.name, field="slice_param.slice_point")
+                raise CaffeError(
+                    f"slice points {points} must increase inside (0, {size})",
+                    layer=layer.name,
+                    field="slice_param.slice_point",
+                )
         else:
             if n_tops < 1 or size % n_tops:
-                raise CaffeError(f"axis {self.axis} of size {size} does not split into {n_tops} "
-                                 "equal parts", layer=layer.name, field="slice_param")
+                raise CaffeError(
+                    f"axis {self.axis} of size {size} does not split into {n_tops} equal parts",
+                    layer=layer.name,
+                    field="slice_param",
+                )
             self.sizes = [size // n_tops] * n_tops
 
     def top_shapes(self) -> list[Shape]:
         shape = list(self.bottom_shapes[0])
-        return [tuple(shape[: self.axis] + [s] + shape[self.axis + 1:]) for s in self.sizes]
+        return [tuple(shape[: self.axis] + [s] + shape[self.axis + 1 :]) for s in self.sizes]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(x, self.sizes, dim=self.axis))
@@ -171,8 +209,9 @@ class Tile(CaffeLayer):
         super().__init__(layer, bottom_shapes)
         p = layer.param.tile_param
         if not p.HasField("tiles") or p.tiles < 1:
-            raise CaffeError("tiles must be given and positive", layer=layer.name,
-                             field="tile_param.tiles")
+            raise CaffeError(
+                "tiles must be given and positive", layer=layer.name, field="tile_param.tiles"
+            )
         self.tiles = int(p.tiles)
         self.axis = _canonical_axis(p.axis, len(bottom_shapes[0]), layer, "tile_param.axis")
 
@@ -205,8 +244,11 @@ class BatchReindex(CaffeLayer):
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
         if len(bottom_shapes) != 2 or len(bottom_shapes[1]) != 1:
-            raise CaffeError("BatchReindex takes the data and a 1-D blob of indices",
-                             layer=layer.name, field="bottom")
+            raise CaffeError(
+                "BatchReindex takes the data and a 1-D blob of indices",
+                layer=layer.name,
+                field="bottom",
+            )
 
     def top_shapes(self) -> list[Shape]:
         data, idx = self.bottom_shapes
@@ -226,17 +268,27 @@ class Filter(CaffeLayer):
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
         if len(bottom_shapes) < 2 or len(layer.tops) != len(bottom_shapes) - 1:
-            raise CaffeError("Filter takes blobs to filter plus a selector, and one top per blob",
-                             layer=layer.name, field="bottom")
+            raise CaffeError(
+                "Filter takes blobs to filter plus a selector, and one top per blob",
+                layer=layer.name,
+                field="bottom",
+            )
         sel = bottom_shapes[-1]
         if any(d != 1 for d in sel[1:]):
-            raise CaffeError(f"selector of shape {sel}: every axis after the first must be 1",
-                             layer=layer.name, field="bottom")
+            raise CaffeError(
+                f"selector of shape {sel}: every axis after the first must be 1",
+                layer=layer.name,
+                field="bottom",
+            )
         if any(s[0] != sel[0] for s in bottom_shapes[:-1]):
-            raise CaffeError(f"bottoms {bottom_shapes} differ in their first axis",
-                             layer=layer.name, field="bottom")
-        self.no_gradient = {len(bottom_shapes) - 1:
-                            "Caffe cannot back-propagate to a Filter layer's selector"}
+            raise CaffeError(
+                f"bottoms {bottom_shapes} differ in their first axis",
+                layer=layer.name,
+                field="bottom",
+            )
+        self.no_gradient = {
+            len(bottom_shapes) - 1: "Caffe cannot back-propagate to a Filter layer's selector"
+        }
 
     def top_shapes(self) -> list[Shape]:
         # The number of items kept depends on the selector's values; Caffe sizes its first

@@ -55,8 +55,11 @@ class Permute(CaffeLayer):
         super().__init__(layer, bottom_shapes)
         self.order = _full_order(_permute_order(layer), len(bottom_shapes[0]))
         if sorted(self.order) != list(range(len(bottom_shapes[0]))):
-            raise port.CaffeError(f"order {self.order} is not a permutation of the bottom's "
-                                  "axes", layer=layer.name, field="permute_param.order")
+            raise port.CaffeError(
+                f"order {self.order} is not a permutation of the bottom's axes",
+                layer=layer.name,
+                field="permute_param.order",
+            )
 
     def top_shapes(self):
         return [tuple(self.bottom_shapes[0][a] for a in self.order)]
@@ -87,8 +90,11 @@ class Normalize(CaffeLayer):
     def forward(self, x):
         dims = tuple(range(1, x.dim())) if self.across_spatial else (1,)
         norm = torch.sqrt((x * x).sum(dim=dims, keepdim=True) + self.eps)
-        scale = self.blobs[0] if self.channel_shared else self.blobs[0].view(
-            1, -1, *([1] * (x.dim() - 2)))
+        scale = (
+            self.blobs[0]
+            if self.channel_shared
+            else self.blobs[0].view(1, -1, *([1] * (x.dim() - 2)))
+        )
         return [x / norm * scale]
 
 
