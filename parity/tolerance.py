@@ -55,12 +55,17 @@ input, backward from fc8 unit 498; from ``shared/spec/caffe-semantics.md``)::
   layer (floor pooling, LRN without alpha/n, swapped groups, post-ReLU gradients) is off by 1e-3 to
   1 of the range, i.e. by factors of 1e3 to 1e6 over ``4 x spread``, so the margin costs nothing.
 * Checked afterwards on the real goldens of every zoo model (seeded weights, the "astronaut" input,
-  routing flips corrected): the worst port-vs-build error, as a multiple of the blob's noise floor
-  ``max(spread, FLOOR_REL32)``, is CaffeNet 1.81 (diff/pool5), AlexNet 1.87 (diff/pool5), VGG16
-  1.90 (diff/fc6), GoogLeNet 1.35, SqueezeNet 1.0 1.05, SqueezeNet 1.1 1.11; against float64 truth
-  at most 1.89x Caffe's own error (VGG16 diff/fc6). Everything sits under 2x, so 4.0 and 3.0 keep
-  about 2x and 1.6x of margin without being loose enough to hide a real bug (the negative tests
-  fail by factors of 1e3 and more).
+  gate flips corrected) on an Intel Xeon: the worst port-vs-build error, as a multiple of the blob's
+  noise floor ``max(spread, FLOOR_REL32)``, is CaffeNet 1.81 (diff/pool5), AlexNet 1.87, VGG16 1.90
+  (diff/fc6), GoogLeNet 1.35, SqueezeNet 1.0 1.05, SqueezeNet 1.1 1.11; against float64 truth at
+  most 1.89x Caffe's own error. The machine matrix (``parity.machines``: AMD EPYC, oneDNN/MKL/ATen
+  capped to AVX2, AVX, SSE4, 1 and 2 threads, MKL's compatible GEMM, no oneDNN) widens that to
+  CaffeNet 2.00, AlexNet 2.15, VGG16 2.70, GoogLeNet 1.92, SqueezeNet 1.0 1.46 and 1.1 1.52. The
+  tightest case is the ResNet-style test net without oneDNN: 3.64x against a build and 2.92x
+  Caffe's own error against truth, at diff/res2b_prod, the gradient below a WITHIN_CHANNEL LRN whose
+  backward amplifies forward noise (the port's own local backward there is accurate to 1e-7). A
+  genuinely wrong layer fails by factors of 1e3 and more (the negative tests), so the multiples are
+  not loosened to buy margin for that one blob.
 * ``FLOOR_REL32`` = 8 float32 ulps at the top of the range (8 * 2**-23 = 9.5e-7): the smallest
   measured spread is 6.2e-7 (5.2 ulp, conv1) and the smallest measured ATLAS-vs-f64 error 5.1e-7
   (4.3 ulp). When the builds agree bitwise on a blob (no BLAS-dependent rounding: the input, a blob
