@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 import port
-from parity import numpy_ref
-from parity.__main__ import main
-from port.caffemodel import write_caffemodel
 
+from ._helpers import (
+    assert_numpy_reference_matches_golden,
+    assert_regenerated_goldens_match,
+    parity_run_both_builds,
+    write_seeded_weights,
+)
 from .layer_cases import ARCHITECTURES
 
 NAMES = sorted(ARCHITECTURES)
 
 
 def _weights(case, tmp_path):
-    netdef = port.load_prototxt(case.prototxt)
     path = tmp_path / "w.caffemodel"
-    write_caffemodel(path, netdef, port.seed_weights(netdef, case.seed))
-    return netdef, path
+    return write_seeded_weights(case.prototxt, case.seed, path), path
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -37,23 +37,9 @@ def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, ca
     assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
     netdef, weights = _weights(case, tmp_path)
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    code = main(
-        [
-            "run",
-            "--prototxt",
-            str(case.prototxt),
-            "--caffemodel",
-            str(weights),
-            "--golden",
-            f"atlas={case.golden('atlas')}",
-            "--golden",
-            f"openblas={case.golden('openblas')}",
-            "--backward-from",
-            case.backward,
-            "--no-verdict",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
+    goldens = [f"{b}={case.golden(b)}" for b in ("atlas", "openblas")]
+    code = parity_run_both_builds(
+        case.prototxt, weights, goldens, case.backward, tmp_path / "r.json"
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -71,16 +57,7 @@ def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, ca
 def test_architecture_numpy_reference_matches_the_goldens(name, tmp_path):
     case = ARCHITECTURES[name]
     netdef, weights = _weights(case, tmp_path)
-    with np.load(case.golden("openblas")) as z:
-        golden = {k: z[k] for k in z.files}
-    inputs = case.inputs()
-    for k, v in inputs.items():
-        np.testing.assert_array_equal(golden[f"input/{k}"], v)
-    ref = numpy_ref.forward_net(netdef, port.read_caffemodel(weights), inputs, dtype=np.float64)
-    for key, value in ref.items():
-        scale = max(float(np.abs(golden[key]).max()), 1e-6)
-        assert value.shape == golden[key].shape, key
-        assert float(np.abs(value - golden[key]).max()) / scale < 1e-4, key
+    assert_numpy_reference_matches_golden(case, netdef, weights)
 
 
 def test_fcn8s_crops_align_as_in_the_paper():
@@ -132,14 +109,4 @@ def test_architecture_converts_to_an_artefact_that_runs_the_same(name, tmp_path,
 @pytest.mark.caffe
 @pytest.mark.parametrize("name", NAMES)
 def test_regenerated_architecture_goldens_match_the_committed_ones(name, tmp_path, monkeypatch):
-    from legacy_caffe.manifest import load_npz, verify_arrays
-
-    from . import layer_cases
-
-    case = ARCHITECTURES[name]
-    committed = json.loads((case.goldens / "manifest.json").read_text())
-    monkeypatch.setattr(layer_cases.LayerCase, "goldens", property(lambda self: tmp_path / "g"))
-    layer_cases.generate(case)
-    for key, entry in committed["sets"].items():
-        fresh = load_npz(tmp_path / "g" / entry["file"])
-        assert not verify_arrays(fresh, entry["arrays"]), key
+    assert_regenerated_goldens_match(ARCHITECTURES[name], tmp_path, monkeypatch)
