@@ -109,70 +109,30 @@ def test_cli_failures_leave_no_output(tiny_prototxt, tmp_path, capsys):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 3, 13, 11), np.float32))
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "convert",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(bad),
-                "--out",
-                str(out / "a.safetensors"),
-            ]
-        )
-        == 2
-    )
+    convert = [
+        "convert",
+        "--prototxt",
+        str(tiny_prototxt),
+        "--caffemodel",
+        str(bad),
+        "--out",
+        str(out / "a.safetensors"),
+    ]
+    assert main(convert) == 2  # with the output folder missing, then present
     out.mkdir()
-    assert (
-        main(
-            [
-                "convert",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(bad),
-                "--out",
-                str(out / "a.safetensors"),
-            ]
-        )
-        == 2
-    )
+    assert main(convert) == 2
     np.save(tmp_path / "wrong.npy", np.zeros((1, 5, 13, 11), np.float32))
-    assert (
-        main(
-            [
-                "dump",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(path),
-                "--input",
-                str(tmp_path / "wrong.npy"),
-                "--out",
-                str(out / "d.npz"),
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "dump",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(path),
-                "--input",
-                str(x),
-                "--out",
-                str(out / "d.npz"),
-                "--backward-from",
-                "fc:99",
-            ]
-        )
-        == 2
-    )
+    dump = [
+        "dump",
+        "--prototxt",
+        str(tiny_prototxt),
+        "--caffemodel",
+        str(path),
+        "--out",
+        str(out / "d.npz"),
+    ]
+    assert main([*dump, "--input", str(tmp_path / "wrong.npy")]) == 2
+    assert main([*dump, "--input", str(x), "--backward-from", "fc:99"]) == 2
     assert list(out.iterdir()) == []
     assert "error:" in capsys.readouterr().err
 
