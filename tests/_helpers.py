@@ -44,6 +44,12 @@ def write_seeded_weights(prototxt: Path, seed: int, path: Path) -> port.NetDef:
     return netdef
 
 
+def case_weights(case, tmp_path: Path) -> tuple[port.NetDef, Path]:
+    """A layer case's seeded weights, written to ``tmp_path``; its definition and their path."""
+    path = tmp_path / "w.caffemodel"
+    return write_seeded_weights(case.prototxt, case.seed, path), path
+
+
 def parity_run_both_builds(
     prototxt: Path, weights: Path, goldens: list[str], backward: str, report: Path
 ) -> int:
@@ -67,6 +73,32 @@ def parity_run_both_builds(
             str(report),
         ]
     )
+
+
+def assert_case_passes_parity(case, tmp_path: Path, capsys) -> tuple[port.NetDef, set[str]]:
+    """A layer case passes ``parity run`` against both Caffe builds, every top's data judged; its
+    definition and the keys judged.
+
+    The goldens must have been made from this very definition and these seeded weights (their
+    manifest's sha256)."""
+    manifest = json.loads((case.goldens / "manifest.json").read_text())
+    assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
+    netdef, weights = case_weights(case, tmp_path)
+    assert port.sha256_file(weights) == manifest["weights"]["sha256"]
+    goldens = [f"{b}={case.golden(b)}" for b in ("atlas", "openblas")]
+    code = parity_run_both_builds(
+        case.prototxt, weights, goldens, case.backward, tmp_path / "r.json"
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is True
+    # Every layer type of the net was judged: each top's data (and, above the start, its diff).
+    judged = {c["key"] for p in report["pairs"] for c in p["checks"]}
+    for layer in netdef.layers:
+        for top in layer.tops:
+            assert f"data/{top}" in judged, top
+    return netdef, judged
 
 
 def assert_numpy_reference_matches_golden(case, netdef: port.NetDef, weights: Path) -> None:

@@ -7,48 +7,25 @@ from both BLAS builds of the Caffe root via ``python -m tests.layer_cases <name>
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 import port
 
 from ._helpers import (
+    assert_case_passes_parity,
     assert_numpy_reference_matches_golden,
     assert_regenerated_goldens_match,
-    parity_run_both_builds,
-    write_seeded_weights,
+    case_weights,
 )
 from .layer_cases import ARCHITECTURES
 
 NAMES = sorted(ARCHITECTURES)
 
 
-def _weights(case, tmp_path):
-    path = tmp_path / "w.caffemodel"
-    return write_seeded_weights(case.prototxt, case.seed, path), path
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, capsys):
-    case = ARCHITECTURES[name]
-    manifest = json.loads((case.goldens / "manifest.json").read_text())
-    assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
-    netdef, weights = _weights(case, tmp_path)
-    assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    goldens = [f"{b}={case.golden(b)}" for b in ("atlas", "openblas")]
-    code = parity_run_both_builds(
-        case.prototxt, weights, goldens, case.backward, tmp_path / "r.json"
-    )
-    out = capsys.readouterr().out
-    assert code == 0, out
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["passed"] is True
-    judged = {c["key"] for p in report["pairs"] for c in p["checks"]}
-    for layer in netdef.layers:
-        for top in layer.tops:
-            assert f"data/{top}" in judged, top
+    netdef, judged = assert_case_passes_parity(ARCHITECTURES[name], tmp_path, capsys)
     # backward was judged too, down to the first learnable layer's top
     assert f"diff/{netdef.layers[0].tops[0]}" in judged
 
@@ -56,7 +33,7 @@ def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, ca
 @pytest.mark.parametrize("name", NAMES)
 def test_architecture_numpy_reference_matches_the_goldens(name, tmp_path):
     case = ARCHITECTURES[name]
-    netdef, weights = _weights(case, tmp_path)
+    netdef, weights = case_weights(case, tmp_path)
     assert_numpy_reference_matches_golden(case, netdef, weights)
 
 
@@ -81,7 +58,7 @@ def test_port_inspect_lists_the_architecture(name, capsys):
 @pytest.mark.parametrize("name", NAMES)
 def test_architecture_converts_to_an_artefact_that_runs_the_same(name, tmp_path, capsys):
     case = ARCHITECTURES[name]
-    _, weights = _weights(case, tmp_path)
+    _, weights = case_weights(case, tmp_path)
     out = tmp_path / f"{name}.safetensors"
     assert (
         port.cli.main(

@@ -8,56 +8,29 @@ the test re-seeds them, checks their sha256 against the manifest, and runs the p
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-import port
-
 from ._helpers import (
+    assert_case_passes_parity,
     assert_numpy_reference_matches_golden,
     assert_regenerated_goldens_match,
-    parity_run_both_builds,
-    write_seeded_weights,
+    case_weights,
 )
 from .layer_cases import CASES
 
 NAMES = sorted(CASES)
 
 
-def _weights(case, tmp_path):
-    path = tmp_path / "w.caffemodel"
-    return write_seeded_weights(case.prototxt, case.seed, path), path
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_layer_net_passes_parity_against_both_caffe_builds(name, tmp_path, capsys):
-    case = CASES[name]
-    manifest = json.loads((case.goldens / "manifest.json").read_text())
-    # the goldens were made from this very definition and these seeded weights
-    assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
-    netdef, weights = _weights(case, tmp_path)
-    assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    goldens = [f"{b}={case.golden(b)}" for b in ("atlas", "openblas")]
-    code = parity_run_both_builds(
-        case.prototxt, weights, goldens, case.backward, tmp_path / "r.json"
-    )
-    out = capsys.readouterr().out
-    assert code == 0, out
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["passed"] is True
-    # Every layer type of the net was judged: each top's data (and, above the start, its diff).
-    judged = {c["key"] for p in report["pairs"] for c in p["checks"]}
-    for layer in netdef.layers:
-        for top in layer.tops:
-            assert f"data/{top}" in judged, top
+    assert_case_passes_parity(CASES[name], tmp_path, capsys)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_layer_net_inputs_and_numpy_reference_match_the_goldens(name, tmp_path):
     """The committed goldens hold the case's inputs; numpy float64 agrees with Caffe's forward."""
     case = CASES[name]
-    netdef, weights = _weights(case, tmp_path)
+    netdef, weights = case_weights(case, tmp_path)
     assert_numpy_reference_matches_golden(case, netdef, weights)
 
 
