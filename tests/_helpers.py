@@ -44,6 +44,16 @@ def write_seeded_weights(prototxt: Path, seed: int, path: Path) -> port.NetDef:
     return netdef
 
 
+def seeded_model(prototxt: Path, tmp_path: Path) -> tuple[port.NetDef, dict, Path]:
+    """``prototxt`` with weights of seed 0, written to ``tmp_path / "tiny.caffemodel"``: the
+    definition, the weights and their path."""
+    netdef = port.load_prototxt(prototxt)
+    weights = port.seed_weights(netdef, 0)
+    path = tmp_path / "tiny.caffemodel"
+    write_caffemodel(path, netdef, weights)
+    return netdef, weights, path
+
+
 def case_weights(case, tmp_path: Path) -> tuple[port.NetDef, Path]:
     """A layer case's seeded weights, written to ``tmp_path``; its definition and their path."""
     path = tmp_path / "w.caffemodel"
