@@ -13,7 +13,7 @@ from .caffemodel import read_caffemodel
 from .errors import CaffeError
 from .layers import CaffeLayer, Shape, build_layer
 from .netdef import NetDef, load_prototxt
-from .validate import validate_netdef
+from .validate import check_bottoms_exist, check_top_count, layer_error, validate_netdef
 
 
 def _module_key(name: str) -> str:
@@ -49,25 +49,10 @@ class CaffeNet(nn.Module):
         order: list[str] = list(netdef.inputs)
         consumed: set[str] = set()
         for layer in netdef.layers:
-            for b in layer.bottoms:
-                if b not in shapes:
-                    raise CaffeError(
-                        f"bottom blob {b!r} is not produced by any earlier layer",
-                        path=netdef.path,
-                        layer=layer.name,
-                        field="bottom",
-                        line=layer.line,
-                    )
+            check_bottoms_exist(netdef, layer, shapes)
             module = self._build(layer, [shapes[b] for b in layer.bottoms])
             tops = module.top_shapes()
-            if len(tops) != len(layer.tops):
-                raise CaffeError(
-                    f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
-                    path=netdef.path,
-                    layer=layer.name,
-                    field="top",
-                    line=layer.line,
-                )
+            check_top_count(netdef, layer, tops)
             consumed.update(b for b in layer.bottoms if b not in layer.tops)
             for name, shape in zip(layer.tops, tops, strict=True):
                 if name not in shapes:
@@ -86,13 +71,7 @@ class CaffeNet(nn.Module):
         try:
             return build_layer(layer, bottom_shapes)
         except CaffeError as exc:
-            raise CaffeError(
-                exc.reason,
-                path=self.netdef.path,
-                layer=layer.name,
-                field=exc.field,
-                line=layer.line,
-            ) from None
+            raise layer_error(self.netdef, layer, exc) from None
 
     def module(self, layer_name: str) -> CaffeLayer:
         """The module of one layer, by its Caffe name."""

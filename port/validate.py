@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -173,7 +173,8 @@ def _unforeseen(layer: LayerDef, bottom_shapes: list[Shape], exc: Exception) -> 
     )
 
 
-def _layer_error(netdef: NetDef, layer: LayerDef, exc: CaffeError) -> CaffeError:
+def layer_error(netdef: NetDef, layer: LayerDef, exc: CaffeError) -> CaffeError:
+    """``exc`` (which names at most its field) located: file, line and layer added."""
     return CaffeError(
         exc.reason, path=netdef.path, layer=layer.name, field=exc.field, line=layer.line
     )
@@ -205,7 +206,7 @@ def validate_netdef(netdef: NetDef, *, memory_bytes: int | None = None) -> dict[
         try:
             module, tops, count = _build_and_check(layer, [shapes[b] for b in layer.bottoms])
         except CaffeError as exc:
-            raise _layer_error(netdef, layer, exc) from None
+            raise layer_error(netdef, layer, exc) from None
         weight_values += count
         shapes.update(_checked_tops(netdef, layer, module, tops))
     limit = _memory_bytes() if memory_bytes is None else memory_bytes
@@ -239,8 +240,8 @@ def _input_shapes(netdef: NetDef) -> dict[str, Shape]:
     return shapes
 
 
-def _check_bottoms_and_tops(netdef: NetDef, layer: LayerDef, shapes: dict[str, Shape]) -> None:
-    """Every bottom already exists; no top exists already unless the layer writes it in place."""
+def check_bottoms_exist(netdef: NetDef, layer: LayerDef, shapes: Mapping[str, Shape]) -> None:
+    """Every bottom of ``layer`` is one of the blobs in ``shapes`` (inputs or earlier tops)."""
     missing = [b for b in layer.bottoms if b not in shapes]
     if missing:
         raise CaffeError(
@@ -250,6 +251,23 @@ def _check_bottoms_and_tops(netdef: NetDef, layer: LayerDef, shapes: dict[str, S
             field="bottom",
             line=layer.line,
         )
+
+
+def check_top_count(netdef: NetDef, layer: LayerDef, tops: list[Shape]) -> None:
+    """``layer`` names as many tops as its module produces."""
+    if len(tops) != len(layer.tops):
+        raise CaffeError(
+            f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
+            path=netdef.path,
+            layer=layer.name,
+            field="top",
+            line=layer.line,
+        )
+
+
+def _check_bottoms_and_tops(netdef: NetDef, layer: LayerDef, shapes: dict[str, Shape]) -> None:
+    """Every bottom already exists; no top exists already unless the layer writes it in place."""
+    check_bottoms_exist(netdef, layer, shapes)
     for i, top in enumerate(layer.tops):
         in_place = i < len(layer.bottoms) and layer.bottoms[i] == top
         if top in shapes and not in_place:
@@ -312,14 +330,7 @@ def _checked_tops(
 ) -> dict[str, Shape]:
     """The layer's tops by name, as int tuples, each checked (one per name, positive, within
     Caffe's blob size limit)."""
-    if len(tops) != len(layer.tops):
-        raise CaffeError(
-            f"{layer.type} produces {len(tops)} tops, {len(layer.tops)} named",
-            path=netdef.path,
-            layer=layer.name,
-            field="top",
-            line=layer.line,
-        )
+    check_top_count(netdef, layer, tops)
     checked: dict[str, Shape] = {}
     for name, top in zip(layer.tops, tops, strict=True):
         top = tuple(int(d) for d in top)

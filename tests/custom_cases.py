@@ -12,16 +12,13 @@ which runs ``python -m legacy_caffe goldens --prototxt ... --python-path tests/d
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .layer_cases import record_weights, run_goldens
+
 DATA = Path(__file__).parent / "data" / "custom" / "ssd"
-REPO = Path(__file__).resolve().parent.parent
 PYTHON_NET = DATA / "python_layers.prototxt"
 FORK_NET = DATA / "fork.prototxt"
 FORK_PROTO = DATA / "ssd_fork.proto"
@@ -42,66 +39,24 @@ def inputs() -> dict[str, np.ndarray]:
 
 def generate() -> None:
     """Seed the weights (the port needs the plugin for Normalize's blob), run real Caffe."""
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights.caffemodel"
-        arrays = Path(tmp) / "python_layers.npz"
-        np.savez(arrays, **inputs())
-        py = sys.executable
-        subprocess.run(
-            [
-                py,
-                "-m",
-                "port",
-                "seed-weights",
-                "--prototxt",
-                str(PYTHON_NET),
-                "--plugin",
-                str(PLUGIN),
-                "--weight-seed",
-                str(SEED),
-                "--out",
-                str(weights),
-            ],
-            check=True,
-            cwd=REPO,
-        )
-        blob, unit = BACKWARD.rsplit(":", 1)
-        subprocess.run(
-            [
-                py,
-                "-m",
-                "legacy_caffe",
-                "goldens",
-                "--prototxt",
-                str(PYTHON_NET),
-                "--caffemodel",
-                str(weights),
-                "--input-arrays",
-                str(arrays),
-                "--python-path",
-                str(DATA),
-                "--blob",
-                blob,
-                "--unit",
-                unit,
-                "--out",
-                str(GOLDENS),
-            ],
-            check=True,
-            cwd=REPO,
-        )
-    path = GOLDENS / "manifest.json"
-    man = json.loads(path.read_text())
-    man["weights"].pop("source", None)
-    man["weights"].update(
-        generator="port seed-weights --plugin tests/data/custom/ssd/ssd_port.py",
+    run_goldens(
+        PYTHON_NET,
         seed=SEED,
-        format="v2",
+        backward=BACKWARD,
+        inputs=inputs(),
+        arrays_name="python_layers",
+        out=GOLDENS,
+        seed_args=["--plugin", str(PLUGIN)],
+        goldens_args=["--python-path", str(DATA)],
+    )
+    record_weights(
+        GOLDENS,
+        prototxt=PYTHON_NET,
+        model="python_layers",
+        seed=SEED,
+        generator="port seed-weights --plugin tests/data/custom/ssd/ssd_port.py",
         made_by="python -m tests.custom_cases",
     )
-    man["prototxt"] = str(PYTHON_NET.relative_to(REPO))
-    man["model"] = "python_layers"
-    path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,10 +121,43 @@ ARCHITECTURES: dict[str, LayerCase] = {
 
 def generate(case: LayerCase) -> None:
     """Seed the weights, write the inputs and run real Caffe's goldens for one case."""
+    run_goldens(
+        case.prototxt,
+        seed=case.seed,
+        backward=case.backward,
+        inputs=case.inputs(),
+        arrays_name=case.name,
+        out=case.goldens,
+        goldens_args=[] if case.force_backward else ["--no-force-backward"],
+    )
+    record_weights(
+        case.goldens,
+        prototxt=case.prototxt,
+        model=case.name,
+        seed=case.seed,
+        generator="port seed-weights",
+        made_by="python -m tests.layer_cases " + case.name,
+    )
+
+
+def run_goldens(
+    prototxt: Path,
+    *,
+    seed: int,
+    backward: str,
+    inputs: dict[str, np.ndarray],
+    arrays_name: str,
+    out: Path,
+    seed_args: Sequence[str] = (),
+    goldens_args: Sequence[str] = (),
+) -> None:
+    """Write ``port seed-weights --weight-seed seed`` weights and the inputs (as
+    ``arrays_name.npz``) to a temporary folder, and run ``python -m legacy_caffe goldens`` on them
+    into ``out``, backward from ``backward`` (``BLOB:UNIT``); each command gets its extra args."""
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.caffemodel"
-        arrays = Path(tmp) / f"{case.name}.npz"
-        np.savez(arrays, **case.inputs())
+        arrays = Path(tmp) / f"{arrays_name}.npz"
+        np.savez(arrays, **inputs)
         py = sys.executable
         subprocess.run(
             [
@@ -133,16 +166,17 @@ def generate(case: LayerCase) -> None:
                 "port",
                 "seed-weights",
                 "--prototxt",
-                str(case.prototxt),
+                str(prototxt),
+                *seed_args,
                 "--weight-seed",
-                str(case.seed),
+                str(seed),
                 "--out",
                 str(weights),
             ],
             check=True,
             cwd=REPO,
         )
-        blob, unit = case.backward.rsplit(":", 1)
+        blob, unit = backward.rsplit(":", 1)
         subprocess.run(
             [
                 py,
@@ -150,38 +184,34 @@ def generate(case: LayerCase) -> None:
                 "legacy_caffe",
                 "goldens",
                 "--prototxt",
-                str(case.prototxt),
+                str(prototxt),
                 "--caffemodel",
                 str(weights),
                 "--input-arrays",
                 str(arrays),
+                *goldens_args,
                 "--blob",
                 blob,
                 "--unit",
                 unit,
                 "--out",
-                str(case.goldens),
-            ]
-            + ([] if case.force_backward else ["--no-force-backward"]),
+                str(out),
+            ],
             check=True,
             cwd=REPO,
         )
-    record_weights(case)
 
 
-def record_weights(case: LayerCase) -> None:
+def record_weights(
+    goldens: Path, *, prototxt: Path, model: str, seed: int, generator: str, made_by: str
+) -> None:
     """Say in the manifest how the weights were made (the CLI only knows a temporary file)."""
-    path = case.goldens / "manifest.json"
+    path = goldens / "manifest.json"
     man = json.loads(path.read_text())
     man["weights"].pop("source", None)
-    man["weights"].update(
-        generator="port seed-weights",
-        seed=case.seed,
-        format="v2",
-        made_by="python -m tests.layer_cases " + case.name,
-    )
-    man["prototxt"] = str(case.prototxt.relative_to(REPO))
-    man["model"] = case.name
+    man["weights"].update(generator=generator, seed=seed, format="v2", made_by=made_by)
+    man["prototxt"] = str(prototxt.relative_to(REPO))
+    man["model"] = model
     path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
 
 

@@ -126,15 +126,19 @@ def test_dump_blobs_matches_a_float64_reference(work, blas):
     x = np.random.default_rng(5).standard_normal((2, 3, 9, 9)).astype(np.float32)
     np.save(work / "x.npy", x)
     out = work / "dump.npz"
-    rootfs.run_inside(
-        ["python3", f"{rootfs.INSIDE_MOUNT}/dump_blobs.py", "--prototxt",
-         _inside(work / "tiny.prototxt"), "--caffemodel", _inside(weights),
-         "--input", _inside(work / "x.npy"), "--blob", "auto", "--unit", "2",
-         "--out", _inside(out), "--meta", _inside(work / "meta.json")],
-        blas=blas,
-    )  # fmt: skip
-    got = load_npz(out)
-    meta = json.loads((work / "meta.json").read_text())
+
+    def dump(blob: str) -> tuple[dict[str, np.ndarray], dict]:
+        """dump_blobs.py inside, backward from unit 2 of ``blob``: its arrays and meta."""
+        rootfs.run_inside(
+            ["python3", f"{rootfs.INSIDE_MOUNT}/dump_blobs.py", "--prototxt",
+             _inside(work / "tiny.prototxt"), "--caffemodel", _inside(weights),
+             "--input", _inside(work / "x.npy"), "--blob", blob, "--unit", "2",
+             "--out", _inside(out), "--meta", _inside(work / "meta.json")],
+            blas=blas,
+        )  # fmt: skip
+        return load_npz(out), json.loads((work / "meta.json").read_text())
+
+    got, meta = dump("auto")
     assert meta["backward_blob"] == "fc2"  # 'auto' takes the last InnerProduct
     assert meta["force_backward_added"] is True
     assert meta["auto_split_blobs_excluded"]  # pool1 feeds two layers: Caffe split it
@@ -142,15 +146,7 @@ def test_dump_blobs_matches_a_float64_reference(work, blas):
     assert meta["environment"]["blas"] == blas
 
     # Now seed fc (an earlier blob): fc2 and prob are downstream and must keep zero diffs.
-    rootfs.run_inside(
-        ["python3", f"{rootfs.INSIDE_MOUNT}/dump_blobs.py", "--prototxt",
-         _inside(work / "tiny.prototxt"), "--caffemodel", _inside(weights),
-         "--input", _inside(work / "x.npy"), "--blob", "fc", "--unit", "2",
-         "--out", _inside(out), "--meta", _inside(work / "meta.json")],
-        blas=blas,
-    )  # fmt: skip
-    got = load_npz(out)
-    meta = json.loads((work / "meta.json").read_text())
+    got, meta = dump("fc")
     assert meta["backward_start_layer"] == "fc"
     assert sorted(meta["checks"]["downstream_blobs"]) == ["fc2", "prob"]
     assert not np.any(got["diff/fc2"]) and not np.any(got["diff/prob"])

@@ -21,6 +21,21 @@ from mfv.testing import torch_threads
 BASE = ["--model", "caffe", "--no-parity-check", "--quiet"]
 
 
+def _visualize_noise(prototxt, out, *args: str) -> list[str]:
+    """``mfv visualize`` of ``prototxt`` from a noise init into ``out``, then ``args``."""
+    return [
+        "visualize",
+        *BASE,
+        "--prototxt",
+        str(prototxt),
+        "--init",
+        "noise",
+        "--out",
+        str(out),
+        *args,
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     with torch_threads(1):
@@ -104,19 +119,7 @@ def test_visualize_page_escapes_every_text(tmp_path):
 )
 def test_targets_checked_before_anything_is_created(tiny_prototxt, tmp_path, capsys, args, word):
     out = tmp_path / "out"
-    code = main(
-        [
-            "visualize",
-            *BASE,
-            "--prototxt",
-            str(tiny_prototxt),
-            "--init",
-            "noise",
-            "--out",
-            str(out),
-            *args,
-        ]
-    )
+    code = main(_visualize_noise(tiny_prototxt, out, *args))
     err = capsys.readouterr().err
     assert code == 2 and word in err and err.count("\n") == 1
     assert not out.exists()
@@ -125,22 +128,7 @@ def test_targets_checked_before_anything_is_created(tiny_prototxt, tmp_path, cap
 def test_unknown_layer_is_a_usage_error_before_anything_is_created(tiny_prototxt, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "visualize",
-                *BASE,
-                "--prototxt",
-                str(tiny_prototxt),
-                "--init",
-                "noise",
-                "--out",
-                str(out),
-                "--layer",
-                "nope",
-                "--unit",
-                "1",
-            ]
-        )
+        main(_visualize_noise(tiny_prototxt, out, "--layer", "nope", "--unit", "1"))
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "no layer 'nope'" in err and "Traceback" not in err
     assert not out.exists()

@@ -13,6 +13,8 @@ pytest.importorskip("torchvision")
 from mfv.cli import build_parser, main  # noqa: E402
 from mfv.testing import torch_threads
 
+from ._helpers import TINY_SCHEDULE
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -65,51 +67,23 @@ def test_means_visualize_evaluate(tmp_path, capsys):
     assert len(data["images"]) == 8 and len(data["skipped"]) == 1
     assert Image.open(means / "mean_0.png").size == (224, 224)
     sched = tmp_path / "s.json"
-    sched.write_text(
-        json.dumps(
-            {
-                "name": "t",
-                "octaves": [
-                    {
-                        "iter_n": 2,
-                        "zoom": None,
-                        "margin": 0,
-                        "window": 0.3,
-                        "step_size": [1.0, 2.0],
-                        "tv_weight": [0.4, 0.8],
-                    },
-                    {
-                        "iter_n": 2,
-                        "zoom": 1.2,
-                        "margin": 0,
-                        "window": 0.3,
-                        "step_size": [1.0, 1.0],
-                        "tv_weight": [0.5, 2.0],
-                    },
-                ],
-            }
-        )
-    )
+    sched.write_text(json.dumps(TINY_SCHEDULE))
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "visualize",
-                "--model",
-                MODEL,
-                "--unit",
-                "945",
-                "--means",
-                str(means),
-                "--schedule",
-                str(sched),
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    visualize = [
+        "visualize",
+        "--model",
+        MODEL,
+        "--unit",
+        "945",
+        "--means",
+        str(means),
+        "--schedule",
+        str(sched),
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    assert main(visualize) == 0
     trace = json.loads((run / "trace.json").read_text())
     assert [f["cluster"] for f in trace["facets"]] == [0, 1]
     assert trace["parity"]["status"] == "not applicable"
@@ -118,25 +92,7 @@ def test_means_visualize_evaluate(tmp_path, capsys):
     assert all(f["cluster_size"] >= 1 for f in ev["facets"])
     # a rerun resumes: nothing left to do, same result
     before = (run / "facet_0.png").read_bytes()
-    assert (
-        main(
-            [
-                "visualize",
-                "--model",
-                MODEL,
-                "--unit",
-                "945",
-                "--means",
-                str(means),
-                "--schedule",
-                str(sched),
-                "--out",
-                str(run),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(visualize) == 0
     assert (run / "facet_0.png").read_bytes() == before
 
 

@@ -88,25 +88,18 @@ def test_clusters_recover_groups_and_means_are_pixel_means(tmp_path):
 
 def test_means_deterministic_for_a_seed(tmp_path):
     _make_set(tmp_path / "imgs")
-    a = make_means(
-        _colour_model(),
-        tmp_path / "imgs",
-        k=3,
-        m=5,
-        layer="1",
-        seed=3,
-        out=tmp_path / "a",
-        progress=False,
-    )
-    b = make_means(
-        _colour_model(),
-        tmp_path / "imgs",
-        k=3,
-        m=5,
-        layer="1",
-        seed=3,
-        out=tmp_path / "b",
-        progress=False,
+    a, b = (
+        make_means(
+            _colour_model(),
+            tmp_path / "imgs",
+            k=3,
+            m=5,
+            layer="1",
+            seed=3,
+            out=tmp_path / name,
+            progress=False,
+        )
+        for name in ("a", "b")
     )
     np.testing.assert_array_equal(a.clusters["embedding"], b.clusters["embedding"])
     assert a.clusters["members"] == b.clusters["members"]

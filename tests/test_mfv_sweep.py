@@ -17,32 +17,12 @@ from PIL import Image
 
 from mfv import sweep as sw
 
+from ._helpers import TINY_SCHEDULE
+
 distributed = pytest.importorskip("distributed")
 
 UNITS = [0, 1, 2, 3]
 TOO_FEW = 4  # a class with fewer images than k * m: fails alone, the sweep goes on
-# Two octaves of two steps: every code path of the loop (zoom, jitter) in ~1 s per unit on CaffeNet.
-TINY_SCHEDULE = {
-    "name": "tiny",
-    "octaves": [
-        {
-            "iter_n": 2,
-            "zoom": None,
-            "margin": 0,
-            "window": 0.3,
-            "step_size": [1.0, 2.0],
-            "tv_weight": [0.4, 0.8],
-        },
-        {
-            "iter_n": 2,
-            "zoom": 1.2,
-            "margin": 0,
-            "window": 0.3,
-            "step_size": [1.0, 1.0],
-            "tv_weight": [0.5, 2.0],
-        },
-    ],
-}
 
 
 # -- parse_units ---------------------------------------------------------------------------------

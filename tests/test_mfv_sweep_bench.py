@@ -20,31 +20,12 @@ from PIL import Image
 
 from mfv import sweep as sw
 
+from ._helpers import TINY_SCHEDULE
+
 pytestmark = pytest.mark.benchmark
 pytest.importorskip("distributed")
 
 UNITS = 6
-SCHEDULE = {
-    "name": "tiny",
-    "octaves": [
-        {
-            "iter_n": 2,
-            "zoom": None,
-            "margin": 0,
-            "window": 0.3,
-            "step_size": [1.0, 2.0],
-            "tv_weight": [0.4, 0.8],
-        },
-        {
-            "iter_n": 2,
-            "zoom": 1.2,
-            "margin": 0,
-            "window": 0.3,
-            "step_size": [1.0, 1.0],
-            "tv_weight": [0.5, 2.0],
-        },
-    ],
-}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +45,7 @@ def tree(shared, tmp_path_factory):
         for j in range(5):
             y, x = rng.integers(0, p.shape[0] - 120), rng.integers(0, p.shape[1] - 120)
             Image.fromarray(p[y : y + 120, x : x + 120]).save(d / f"{j}.JPEG", quality=90)
-    (root / "tiny.json").write_text(json.dumps(SCHEDULE))
+    (root / "tiny.json").write_text(json.dumps(TINY_SCHEDULE))
     return root
 
 

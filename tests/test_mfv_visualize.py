@@ -408,6 +408,20 @@ def test_parity_gate_refuses_without_verdict():
         load_model("caffenet", weight_seed=12345)
 
 
+def _visualize_fc8_945(model, sched, out):
+    """The faithful run of CaffeNet's tests: fc8 unit 945 from one pepper image, seed 1."""
+    return visualize(
+        model,
+        unit("fc8", 945),
+        [_pepper(0)],
+        schedule=sched,
+        seed=1,
+        faithful=True,
+        out=out,
+        progress=False,
+    )
+
+
 def test_caffenet_tiny_schedule_end_to_end(tmp_path):
     # ~4 s with one torch thread (load and seed 61M weights, 4 steps); with two threads on the busy
     # shared machine the same test took 30 s, hence the module's one-thread fixture.
@@ -415,16 +429,7 @@ def test_caffenet_tiny_schedule_end_to_end(tmp_path):
     # iter_n 2: with one step the faithful TV formula gives weight 0 (start - start / 1), i.e. NaN
     sched = _sched((2, None, 0, 0.3, [1, 2], [0.4, 0.4]), (2, 1.2, 0, 0.3, [1.0, 1.0], [0.01, 2]))
     t0 = time.perf_counter()
-    tr = visualize(
-        model,
-        unit("fc8", 945),
-        [_pepper(0)],
-        schedule=sched,
-        seed=1,
-        faithful=True,
-        out=tmp_path,
-        progress=False,
-    )
+    tr = _visualize_fc8_945(model, sched, tmp_path)
     assert time.perf_counter() - t0 < 60
     f = tr["facets"][0]
     assert f["status"] == "done" and [s["offset"] for s in f["steps"]][:2] == [[0, 0], [0, 0]]
@@ -439,17 +444,7 @@ def test_caffenet_tiny_schedule_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_caffenet_published_schedule(tmp_path):
     model = _caffenet()
-    sched = load_schedule(model.spec.schedule_path)
-    tr = visualize(
-        model,
-        unit("fc8", 945),
-        [_pepper(0)],
-        schedule=sched,
-        seed=1,
-        faithful=True,
-        out=tmp_path,
-        progress=False,
-    )
+    tr = _visualize_fc8_945(model, load_schedule(model.spec.schedule_path), tmp_path)
     f = tr["facets"][0]
     assert f["status"] == "done" and len(f["steps"]) == 370
     assert f["steps"][-1]["activation"] > f["steps"][0]["activation"]

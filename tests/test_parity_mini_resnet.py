@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import port
-from parity.__main__ import main
-from port.caffemodel import write_caffemodel
+
+from ._helpers import parity_run_both_builds, write_seeded_weights
 
 DATA = Path(__file__).parent / "data" / "mini_resnet"
 
@@ -21,30 +21,12 @@ def test_mini_resnet_passes_against_both_caffe_builds(tmp_path, capsys):
     prototxt = DATA / "deploy.prototxt"
     manifest = json.loads((DATA / "goldens" / "manifest.json").read_text())
     weights = tmp_path / "w.caffemodel"
-    netdef = port.load_prototxt(prototxt)
-    write_caffemodel(weights, netdef, port.seed_weights(netdef, 3))
+    write_seeded_weights(prototxt, 3, weights)
     assert port.sha256_file(weights) == manifest["weights"]["sha256"]
     goldens = [
         f"{blas}={DATA / 'goldens' / blas / 'a_and_1.npz'}" for blas in ("atlas", "openblas")
     ]
-    code = main(
-        [
-            "run",
-            "--prototxt",
-            str(prototxt),
-            "--caffemodel",
-            str(weights),
-            "--golden",
-            goldens[0],
-            "--golden",
-            goldens[1],
-            "--backward-from",
-            "fc:3",
-            "--no-verdict",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
+    code = parity_run_both_builds(prototxt, weights, goldens, "fc:3", tmp_path / "r.json")
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads((tmp_path / "r.json").read_text())

@@ -7,62 +7,25 @@ from both BLAS builds of the Caffe root via ``python -m tests.layer_cases <name>
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import torch
 
 import port
-from parity import numpy_ref
-from parity.__main__ import main
-from port.caffemodel import write_caffemodel
 
+from ._helpers import (
+    assert_case_passes_parity,
+    assert_numpy_reference_matches_golden,
+    assert_regenerated_goldens_match,
+    case_weights,
+)
 from .layer_cases import ARCHITECTURES
 
 NAMES = sorted(ARCHITECTURES)
 
 
-def _weights(case, tmp_path):
-    netdef = port.load_prototxt(case.prototxt)
-    path = tmp_path / "w.caffemodel"
-    write_caffemodel(path, netdef, port.seed_weights(netdef, case.seed))
-    return netdef, path
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, capsys):
-    case = ARCHITECTURES[name]
-    manifest = json.loads((case.goldens / "manifest.json").read_text())
-    assert port.sha256_file(case.prototxt) == manifest["prototxt_sha256"], "regenerate the goldens"
-    netdef, weights = _weights(case, tmp_path)
-    assert port.sha256_file(weights) == manifest["weights"]["sha256"]
-    code = main(
-        [
-            "run",
-            "--prototxt",
-            str(case.prototxt),
-            "--caffemodel",
-            str(weights),
-            "--golden",
-            f"atlas={case.golden('atlas')}",
-            "--golden",
-            f"openblas={case.golden('openblas')}",
-            "--backward-from",
-            case.backward,
-            "--no-verdict",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
-    out = capsys.readouterr().out
-    assert code == 0, out
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["passed"] is True
-    judged = {c["key"] for p in report["pairs"] for c in p["checks"]}
-    for layer in netdef.layers:
-        for top in layer.tops:
-            assert f"data/{top}" in judged, top
+    netdef, judged = assert_case_passes_parity(ARCHITECTURES[name], tmp_path, capsys)
     # backward was judged too, down to the first learnable layer's top
     assert f"diff/{netdef.layers[0].tops[0]}" in judged
 
@@ -70,17 +33,8 @@ def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, ca
 @pytest.mark.parametrize("name", NAMES)
 def test_architecture_numpy_reference_matches_the_goldens(name, tmp_path):
     case = ARCHITECTURES[name]
-    netdef, weights = _weights(case, tmp_path)
-    with np.load(case.golden("openblas")) as z:
-        golden = {k: z[k] for k in z.files}
-    inputs = case.inputs()
-    for k, v in inputs.items():
-        np.testing.assert_array_equal(golden[f"input/{k}"], v)
-    ref = numpy_ref.forward_net(netdef, port.read_caffemodel(weights), inputs, dtype=np.float64)
-    for key, value in ref.items():
-        scale = max(float(np.abs(golden[key]).max()), 1e-6)
-        assert value.shape == golden[key].shape, key
-        assert float(np.abs(value - golden[key]).max()) / scale < 1e-4, key
+    netdef, weights = case_weights(case, tmp_path)
+    assert_numpy_reference_matches_golden(case, netdef, weights)
 
 
 def test_fcn8s_crops_align_as_in_the_paper():
@@ -104,7 +58,7 @@ def test_port_inspect_lists_the_architecture(name, capsys):
 @pytest.mark.parametrize("name", NAMES)
 def test_architecture_converts_to_an_artefact_that_runs_the_same(name, tmp_path, capsys):
     case = ARCHITECTURES[name]
-    _, weights = _weights(case, tmp_path)
+    _, weights = case_weights(case, tmp_path)
     out = tmp_path / f"{name}.safetensors"
     assert (
         port.cli.main(
@@ -132,14 +86,4 @@ def test_architecture_converts_to_an_artefact_that_runs_the_same(name, tmp_path,
 @pytest.mark.caffe
 @pytest.mark.parametrize("name", NAMES)
 def test_regenerated_architecture_goldens_match_the_committed_ones(name, tmp_path, monkeypatch):
-    from legacy_caffe.manifest import load_npz, verify_arrays
-
-    from . import layer_cases
-
-    case = ARCHITECTURES[name]
-    committed = json.loads((case.goldens / "manifest.json").read_text())
-    monkeypatch.setattr(layer_cases.LayerCase, "goldens", property(lambda self: tmp_path / "g"))
-    layer_cases.generate(case)
-    for key, entry in committed["sets"].items():
-        fresh = load_npz(tmp_path / "g" / entry["file"])
-        assert not verify_arrays(fresh, entry["arrays"]), key
+    assert_regenerated_goldens_match(ARCHITECTURES[name], tmp_path, monkeypatch)

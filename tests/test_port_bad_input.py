@@ -23,6 +23,8 @@ from port.cli import main
 from port.errors import WriteError
 from port.validate import MAX_BLOB_COUNT, validate_netdef
 
+from ._helpers import seeded_model
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = 'name: "t"\ninput: "data"\ninput_shape { dim: %s }\n'
 
@@ -150,14 +152,6 @@ def test_seed_weights_cli_refuses_bad_geometry(tmp_path, capsys):
 # --- cases 5, 6, 7: caffemodel -------------------------------------------------------------------
 
 
-def _tiny(tiny_prototxt, tmp_path):
-    netdef = port.load_prototxt(tiny_prototxt)
-    weights = port.seed_weights(netdef, 0)
-    path = tmp_path / "tiny.caffemodel"
-    write_caffemodel(path, netdef, weights)
-    return netdef, weights, path
-
-
 def _layer_spans(data: bytes) -> list[tuple[str, int, int]]:
     """(name, start, end) of each top-level layer entry, from the wire format."""
     spans = []
@@ -174,7 +168,7 @@ def _layer_spans(data: bytes) -> list[tuple[str, int, int]]:
 
 
 def test_truncated_caffemodel_names_the_truncated_layer(tiny_prototxt, tmp_path):
-    _, _, path = _tiny(tiny_prototxt, tmp_path)
+    _, _, path = seeded_model(tiny_prototxt, tmp_path)
     data = path.read_bytes()
     for name, start, end in _layer_spans(data):
         if end - start < 40:
@@ -202,7 +196,7 @@ def test_double_data_preferred(tmp_path):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_weights_refused_by_convert_inspect_dump(tiny_prototxt, tmp_path, capsys, bad):
-    netdef, weights, _ = _tiny(tiny_prototxt, tmp_path)
+    netdef, weights, _ = seeded_model(tiny_prototxt, tmp_path)
     weights["fc"][0][1, 2] = bad
     w = tmp_path / "bad.caffemodel"
     write_caffemodel(w, netdef, weights)
@@ -288,7 +282,7 @@ def test_dotted_layer_names_do_not_collide():
 
 
 def test_cli_bad_outputs_and_npz_input(tiny_prototxt, tmp_path, capsys):
-    _, _, w = _tiny(tiny_prototxt, tmp_path)
+    _, _, w = seeded_model(tiny_prototxt, tmp_path)
     np.savez(tmp_path / "x.npz", a=np.zeros((1, 3, 13, 11), np.float32))
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 13, 11), np.float32))
     (tmp_path / "afile").write_text("")

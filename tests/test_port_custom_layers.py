@@ -30,6 +30,9 @@ REGISTERED = [
     ("Python", "ssd_layers", "Normalize"),
 ]
 
+# The fork's definition as port and parity take it: its prototxt and the proto that parses it.
+FORK_DEFINITION = ["--prototxt", str(cc.FORK_NET), "--proto", str(cc.FORK_PROTO)]
+
 
 @pytest.fixture
 def plugin():
@@ -260,10 +263,7 @@ def test_parity_without_a_numpy_function_runs_the_rest_and_says_so(plugin, tmp_p
     code = parity_main(
         [
             "run",
-            "--prototxt",
-            str(cc.FORK_NET),
-            "--proto",
-            str(cc.FORK_PROTO),
+            *FORK_DEFINITION,
             "--caffemodel",
             str(weights),
             "--golden",
@@ -294,10 +294,7 @@ def test_fork_artefact_keeps_its_proto(plugin, tmp_path, capsys):
         port.cli.main(
             [
                 "convert",
-                "--prototxt",
-                str(cc.FORK_NET),
-                "--proto",
-                str(cc.FORK_PROTO),
+                *FORK_DEFINITION,
                 "--caffemodel",
                 str(weights),
                 "--out",
@@ -354,10 +351,7 @@ def test_dump_of_a_fork_definition_matches_the_pycaffe_golden(plugin, tmp_path, 
         port.cli.main(
             [
                 "dump",
-                "--prototxt",
-                str(cc.FORK_NET),
-                "--proto",
-                str(cc.FORK_PROTO),
+                *FORK_DEFINITION,
                 "--plugin",
                 str(cc.PLUGIN),
                 "--caffemodel",

@@ -14,6 +14,8 @@ from port.caffemodel import read_caffemodel, write_caffemodel
 from port.cli import main
 from port.netdef import netdef_from_text
 
+from ._helpers import seeded_model
+
 
 def test_malformed_prototxt_names_line_and_layer(tmp_path):
     p = tmp_path / "bad.prototxt"
@@ -51,16 +53,8 @@ def test_missing_bottom(tmp_path):
     assert err.value.layer == "r"
 
 
-def _tiny_model(tiny_prototxt, tmp_path):
-    netdef = port.load_prototxt(tiny_prototxt)
-    weights = port.seed_weights(netdef, 0)
-    path = tmp_path / "tiny.caffemodel"
-    write_caffemodel(path, netdef, weights)
-    return netdef, weights, path
-
-
 def test_truncated_caffemodel(tiny_prototxt, tmp_path):
-    _, _, path = _tiny_model(tiny_prototxt, tmp_path)
+    _, _, path = seeded_model(tiny_prototxt, tmp_path)
     data = path.read_bytes()
     cut = tmp_path / "cut.caffemodel"
     cut.write_bytes(data[: len(data) * 2 // 3])
@@ -70,7 +64,7 @@ def test_truncated_caffemodel(tiny_prototxt, tmp_path):
 
 
 def test_weight_shape_mismatch_names_layer_and_blob(tiny_prototxt, tmp_path):
-    netdef, weights, _ = _tiny_model(tiny_prototxt, tmp_path)
+    netdef, weights, _ = seeded_model(tiny_prototxt, tmp_path)
     weights["fc"][0] = np.zeros((5, 7), np.float32)
     bad = tmp_path / "bad.caffemodel"
     write_caffemodel(bad, netdef, weights)
@@ -81,7 +75,7 @@ def test_weight_shape_mismatch_names_layer_and_blob(tiny_prototxt, tmp_path):
 
 
 def test_learnable_layer_without_weights(tiny_prototxt, tmp_path):
-    netdef, weights, _ = _tiny_model(tiny_prototxt, tmp_path)
+    netdef, weights, _ = seeded_model(tiny_prototxt, tmp_path)
     del weights["conv1"]
     bad = tmp_path / "missing.caffemodel"
     write_caffemodel(bad, netdef, weights)
@@ -91,7 +85,7 @@ def test_learnable_layer_without_weights(tiny_prototxt, tmp_path):
 
 
 def test_input_of_wrong_shape(tiny_prototxt, tmp_path):
-    _, _, path = _tiny_model(tiny_prototxt, tmp_path)
+    _, _, path = seeded_model(tiny_prototxt, tmp_path)
     net = port.load_caffe(tiny_prototxt, path)
     import torch
 
@@ -103,76 +97,36 @@ def test_input_of_wrong_shape(tiny_prototxt, tmp_path):
 
 
 def test_cli_failures_leave_no_output(tiny_prototxt, tmp_path, capsys):
-    _, _, path = _tiny_model(tiny_prototxt, tmp_path)
+    _, _, path = seeded_model(tiny_prototxt, tmp_path)
     bad = tmp_path / "cut.caffemodel"
     bad.write_bytes(path.read_bytes()[:100])
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 3, 13, 11), np.float32))
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "convert",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(bad),
-                "--out",
-                str(out / "a.safetensors"),
-            ]
-        )
-        == 2
-    )
+    convert = [
+        "convert",
+        "--prototxt",
+        str(tiny_prototxt),
+        "--caffemodel",
+        str(bad),
+        "--out",
+        str(out / "a.safetensors"),
+    ]
+    assert main(convert) == 2  # with the output folder missing, then present
     out.mkdir()
-    assert (
-        main(
-            [
-                "convert",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(bad),
-                "--out",
-                str(out / "a.safetensors"),
-            ]
-        )
-        == 2
-    )
+    assert main(convert) == 2
     np.save(tmp_path / "wrong.npy", np.zeros((1, 5, 13, 11), np.float32))
-    assert (
-        main(
-            [
-                "dump",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(path),
-                "--input",
-                str(tmp_path / "wrong.npy"),
-                "--out",
-                str(out / "d.npz"),
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(
-            [
-                "dump",
-                "--prototxt",
-                str(tiny_prototxt),
-                "--caffemodel",
-                str(path),
-                "--input",
-                str(x),
-                "--out",
-                str(out / "d.npz"),
-                "--backward-from",
-                "fc:99",
-            ]
-        )
-        == 2
-    )
+    dump = [
+        "dump",
+        "--prototxt",
+        str(tiny_prototxt),
+        "--caffemodel",
+        str(path),
+        "--out",
+        str(out / "d.npz"),
+    ]
+    assert main([*dump, "--input", str(tmp_path / "wrong.npy")]) == 2
+    assert main([*dump, "--input", str(x), "--backward-from", "fc:99"]) == 2
     assert list(out.iterdir()) == []
     assert "error:" in capsys.readouterr().err
 

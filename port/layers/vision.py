@@ -26,8 +26,7 @@ class Convolution(CaffeLayer):
                 field="convolution_param.axis",
             )
         (shape,) = bottom_shapes
-        if len(shape) != 4:
-            raise CaffeError(f"bottom of shape {shape} is not 4-D (N,C,H,W)", layer=layer.name)
+        _four_d(layer, shape)
         if not p.HasField("num_output"):
             raise CaffeError(
                 "num_output is required", layer=layer.name, field="convolution_param.num_output"
@@ -94,8 +93,7 @@ class Pooling(CaffeLayer):
         super().__init__(layer, bottom_shapes)
         p = layer.param.pooling_param
         (shape,) = bottom_shapes
-        if len(shape) != 4:
-            raise CaffeError(f"bottom of shape {shape} is not 4-D (N,C,H,W)", layer=layer.name)
+        _four_d(layer, shape)
         self.method = p.DESCRIPTOR.fields_by_name["pool"].enum_type.values_by_number[p.pool].name
         if self.method not in ("MAX", "AVE"):
             raise CaffeError(
@@ -104,23 +102,13 @@ class Pooling(CaffeLayer):
                 field="pooling_param.pool",
             )
         self.global_pooling = bool(p.global_pooling)
-        if self.global_pooling:
-            if p.HasField("kernel_size") or p.HasField("kernel_h"):
-                raise CaffeError(
-                    "global pooling takes no kernel size",
-                    layer=layer.name,
-                    field="pooling_param.kernel_size",
-                )
-            self.kernel = tuple(shape[2:])
-        else:
-            ks = [p.kernel_size] if p.HasField("kernel_size") else []
-            self.kernel = _pair(
-                ks, _opt(p, "kernel_h"), _opt(p, "kernel_w"), None, layer, "kernel_size"
+        if self.global_pooling and (p.HasField("kernel_size") or p.HasField("kernel_h")):
+            raise CaffeError(
+                "global pooling takes no kernel size",
+                layer=layer.name,
+                field="pooling_param.kernel_size",
             )
-        stride = [p.stride] if p.HasField("stride") else []
-        self.stride = _pair(stride, _opt(p, "stride_h"), _opt(p, "stride_w"), 1, layer, "stride")
-        pad = [p.pad] if p.HasField("pad") else []
-        self.pad = _pair(pad, _opt(p, "pad_h"), _opt(p, "pad_w"), 0, layer, "pad")
+        self.kernel, self.stride, self.pad = _pooling_window(layer, shape)
         if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
             raise CaffeError(
                 "global pooling needs pad 0 and stride 1",
@@ -296,6 +284,26 @@ def _four_d(layer: LayerDef, shape: Shape) -> None:
         raise CaffeError(f"bottom of shape {shape} is not 4-D (N,C,H,W)", layer=layer.name)
 
 
+def _pooling_window(
+    layer: LayerDef, shape: Shape
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Kernel, stride and pad of a ``pooling_param``, each (h, w); a global pooling's kernel is
+    the bottom's spatial size."""
+    p = layer.param.pooling_param
+    if p.global_pooling:
+        kernel = tuple(shape[2:])
+    else:
+        ks = [p.kernel_size] if p.HasField("kernel_size") else []
+        kernel = _pair(ks, _opt(p, "kernel_h"), _opt(p, "kernel_w"), None, layer, "kernel_size")
+    stride = [p.stride] if p.HasField("stride") else []
+    pad = [p.pad] if p.HasField("pad") else []
+    return (
+        kernel,
+        _pair(stride, _opt(p, "stride_h"), _opt(p, "stride_w"), 1, layer, "stride"),
+        _pair(pad, _opt(p, "pad_h"), _opt(p, "pad_w"), 0, layer, "pad"),
+    )
+
+
 class Deconvolution(CaffeLayer):
     caffe_type = "Deconvolution"
 
@@ -409,20 +417,10 @@ class StochasticPooling(CaffeLayer):
 
     def __init__(self, layer: LayerDef, bottom_shapes: list[Shape]) -> None:
         super().__init__(layer, bottom_shapes)
-        p = layer.param.pooling_param
         (shape,) = bottom_shapes
         _four_d(layer, shape)
-        if p.global_pooling:
-            self.kernel = tuple(shape[2:])
-        else:
-            ks = [p.kernel_size] if p.HasField("kernel_size") else []
-            self.kernel = _pair(
-                ks, _opt(p, "kernel_h"), _opt(p, "kernel_w"), None, layer, "kernel_size"
-            )
-        stride = [p.stride] if p.HasField("stride") else []
-        self.stride = _pair(stride, _opt(p, "stride_h"), _opt(p, "stride_w"), 1, layer, "stride")
-        pad = [p.pad] if p.HasField("pad") else []
-        if _pair(pad, _opt(p, "pad_h"), _opt(p, "pad_w"), 0, layer, "pad") != (0, 0):
+        self.kernel, self.stride, pad = _pooling_window(layer, shape)
+        if pad != (0, 0):
             raise CaffeError(
                 "Caffe implements padding only for AVE and MAX pooling",
                 layer=layer.name,
