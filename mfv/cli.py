@@ -9,6 +9,7 @@ from pathlib import Path
 
 from port.command import Exit, Tool, device_arg
 from port.errors import UsageError
+from port.plugins import add_definition_options
 
 from . import _io
 from .models import MODELS, load_model
@@ -43,6 +44,7 @@ def _model_args(
         "--weights", help="torchvision state_dict file (torch.save) for torchvision.* models"
     )
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
+    add_definition_options(g)
     g.add_argument("--device", type=device_type, default="cpu", help=device_help)
     g.add_argument(
         "--no-parity-check",
@@ -87,6 +89,8 @@ def _load(a):
         device=a.device,
         parity_check=not a.no_parity_check,
         parity_file=a.parity_file,
+        proto=a.proto,
+        plugins=tuple(a.plugin),
     )
 
 
@@ -271,6 +275,8 @@ def _cmd_sweep(a) -> int:
         weight_seed=a.weight_seed,
         parity_check=not a.no_parity_check,
         parity_file=a.parity_file,
+        proto=a.proto,
+        plugins=tuple(a.plugin),
         device=a.device,
         layer=a.layer,
         softmax=a.softmax,

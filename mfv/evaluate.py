@@ -51,6 +51,8 @@ def model_from_trace(trace: dict, *, device: str = "cpu") -> Model:
         device=device,
         parity_check=parity.get("status") != "skipped" and m.get("source") == "caffe",
         parity_file=parity.get("verdict_file") if m.get("source") == "caffe" else None,
+        proto=m.get("proto"),
+        plugins=tuple(m.get("plugins") or ()),
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import port
+from port.plugins import load_plugins
 from port.verdict import check_parity
 from port.zoo import zoo_model
 
@@ -244,6 +245,8 @@ def load_model(
     device: str = "cpu",
     parity_check: bool = True,
     parity_file: str | Path | None = None,
+    proto: str | Path | None = None,
+    plugins: Sequence[str] = (),
 ) -> Model:
     """Load a named model (see ``MODELS``), seeded when no weights are given.
 
@@ -264,13 +267,28 @@ def load_model(
         Refuse a Caffe model without a passing parity verdict (see :mod:`port.verdict`).
     parity_file : path, optional
         Verdict file to use instead of the default location.
+    proto : path, optional
+        A Caffe fork's caffe.proto whose extra fields the definition uses (``port`` reads it
+        without protoc).
+    plugins : sequence of str
+        Python files or modules run first; they register custom layer types with
+        ``port.register_layer``.
     """
+    load_plugins(plugins)
     spec = MODELS.get(name)
     if spec is None and name != "caffe":
         raise ValueError(f"unknown model {name!r}; known: caffe, {', '.join(MODELS)}")
     if name == "caffe" or spec.source == "caffe":
         return _load_caffe(
-            spec, prototxt, caffemodel, weight_seed, device, parity_check, parity_file
+            spec,
+            prototxt,
+            caffemodel,
+            weight_seed,
+            device,
+            parity_check,
+            parity_file,
+            proto,
+            tuple(plugins),
         )
     return _load_torchvision(spec, weights, weight_seed, device)
 
@@ -319,7 +337,9 @@ def _he_seed(module: nn.Module, seed: int) -> None:
                     m.bias.normal_(0.0, 0.01, generator=g)
 
 
-def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_file) -> Model:
+def _load_caffe(
+    spec, prototxt, caffemodel, seed, device, parity_check, parity_file, proto=None, plugins=()
+) -> Model:
     if prototxt is None:
         if spec is None:
             raise ValueError("model 'caffe' needs --prototxt")
@@ -332,7 +352,9 @@ def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_f
         verdict_file=parity_file,
         required=parity_check,
     )
-    net = port.load_caffe(str(prototxt), None if caffemodel is None else str(caffemodel))
+    net = port.load_caffe(
+        str(prototxt), None if caffemodel is None else str(caffemodel), proto=proto
+    )
     if caffemodel is None:
         net.load_blobs(port.seed_weights(net.netdef, seed))
     net.to(device)
@@ -345,5 +367,7 @@ def _load_caffe(spec, prototxt, caffemodel, seed, device, parity_check, parity_f
         "caffemodel": None if caffemodel is None else str(caffemodel),
         "weight_seed": None if caffemodel else seed,
         "parity": parity,
+        **({"proto": str(proto)} if proto is not None else {}),
+        **({"plugins": list(plugins)} if plugins else {}),
     }
     return wrap(net, conv, name=spec.name if spec else Path(prototxt).stem, spec=spec, info=info)

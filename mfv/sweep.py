@@ -251,6 +251,19 @@ class ModelArgs:
     weight_seed: int = 0
     parity_check: bool = True
     parity_file: str | None = None
+    proto: str | None = None
+    plugins: tuple[str, ...] = ()
+
+    def identity(self) -> dict:
+        """The fields as JSON; a fork's proto and plugins appear only when given, so that sweeps
+        made before they existed resume."""
+        out = asdict(self)
+        for extra in ("proto", "plugins"):
+            if not out[extra]:
+                del out[extra]
+        if "plugins" in out:
+            out["plugins"] = list(out["plugins"])
+        return out
 
     def resolved(self) -> ModelArgs:
         def absolute(p):
@@ -262,6 +275,9 @@ class ModelArgs:
             caffemodel=absolute(self.caffemodel),
             weights=absolute(self.weights),
             parity_file=absolute(self.parity_file),
+            proto=absolute(self.proto),
+            # A plugin file is read by the workers at the same path; a module name stays a name.
+            plugins=tuple(absolute(p) if Path(p).is_file() else p for p in self.plugins),
         )
 
 
@@ -295,7 +311,7 @@ class SweepParams:
     def identity(self) -> dict:
         """The JSON-ready parameters that decide each unit's result."""
         return {
-            "model": asdict(self.model),
+            "model": self.model.identity(),
             "layer": self.layer,
             "softmax": self.softmax,
             "code_layer": self.code_layer,
@@ -382,6 +398,8 @@ def _worker_model(args: ModelArgs, device: str, threads: int):
             device=dev,
             parity_check=args.parity_check,
             parity_file=args.parity_file,
+            proto=args.proto,
+            plugins=args.plugins,
         )
         _MODEL_CACHE[(args, dev)] = model
         return model, time.perf_counter() - t0
@@ -754,6 +772,8 @@ def sweep(
     weight_seed: int = 0,
     parity_check: bool = True,
     parity_file: str | Path | None = None,
+    proto: str | Path | None = None,
+    plugins: Sequence[str] = (),
     device: str = "cpu",
     layer: str | None = None,
     softmax: bool = False,
@@ -797,7 +817,7 @@ def sweep(
         units are not the ImageNet classes.
     classes : path, optional
         ``synset_words.txt``-style class list (default: the one under ``port.zoo.shared_root()``).
-    prototxt, caffemodel, weights, weight_seed, parity_check, parity_file
+    prototxt, caffemodel, weights, weight_seed, parity_check, parity_file, proto, plugins
         Model options as for :func:`mfv.models.load_model`. Workers read the files at the same
         (absolute) paths.
     device : str
@@ -900,6 +920,8 @@ def sweep(
         weight_seed,
         parity_check,
         None if parity_file is None else str(parity_file),
+        None if proto is None else str(proto),
+        tuple(plugins),
     ).resolved()
     sp = SweepParams(
         margs,

@@ -527,3 +527,25 @@ def test_the_roots_whole_caffe_proto_plus_ssd_additions_reads_as_a_fork_proto(tm
     netdef = port.load_prototxt(cc.FORK_NET, proto=proto)
     assert list(netdef.layer("perm1").param.permute_param.order) == [0, 2, 3, 1]
     assert "SolverParameter" in netdef.schema.added
+
+
+def test_mfv_loads_a_fork_definition_with_proto_and_plugin(capsys):
+    pytest.importorskip("torchvision")
+    from mfv.cli import main as mfv_main
+    from mfv.evaluate import model_from_trace
+
+    ssd = cc.DATA
+    args = ["layers", "--model", "caffe", "--prototxt", str(ssd / "fork.prototxt"),
+            "--no-parity-check"]  # fmt: skip
+    assert mfv_main(args) == 2  # without the fork's proto its fields are unknown
+    assert "pass the fork's caffe.proto with --proto" in capsys.readouterr().err
+    extra = ["--proto", str(ssd / "ssd_fork.proto"), "--plugin", str(ssd / "ssd_port.py")]
+    assert mfv_main(args + extra) == 0
+    assert "perm1\t6x6x4" in capsys.readouterr().out
+    # A run records both, so that evaluating it later loads the same net.
+    model = model_from_trace(
+        {"model": {"name": "fork", "source": "caffe", "prototxt": str(ssd / "fork.prototxt"),
+                   "weight_seed": 0, "parity": {"status": "skipped"},
+                   "proto": str(ssd / "ssd_fork.proto"), "plugins": [str(ssd / "ssd_port.py")]}}
+    )  # fmt: skip
+    assert model.info["proto"] == str(ssd / "ssd_fork.proto")
