@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -529,6 +530,13 @@ def test_the_roots_whole_caffe_proto_plus_ssd_additions_reads_as_a_fork_proto(tm
     assert "SolverParameter" in netdef.schema.added
 
 
+def _forget_plugin_runs():
+    """Unregister the SSD layers and forget that --plugin ran the file, so the next run runs it."""
+    _unregister_all()
+    for name in [n for n in sys.modules if n.startswith("_caffe_port_plugin_ssd_port_")]:
+        del sys.modules[name]
+
+
 def test_mfv_loads_a_fork_definition_with_proto_and_plugin(capsys):
     pytest.importorskip("torchvision")
     from mfv.cli import main as mfv_main
@@ -537,15 +545,20 @@ def test_mfv_loads_a_fork_definition_with_proto_and_plugin(capsys):
     ssd = cc.DATA
     args = ["layers", "--model", "caffe", "--prototxt", str(ssd / "fork.prototxt"),
             "--no-parity-check"]  # fmt: skip
-    assert mfv_main(args) == 2  # without the fork's proto its fields are unknown
-    assert "pass the fork's caffe.proto with --proto" in capsys.readouterr().err
-    extra = ["--proto", str(ssd / "ssd_fork.proto"), "--plugin", str(ssd / "ssd_port.py")]
-    assert mfv_main(args + extra) == 0
-    assert "perm1\t6x6x4" in capsys.readouterr().out
-    # A run records both, so that evaluating it later loads the same net.
-    model = model_from_trace(
-        {"model": {"name": "fork", "source": "caffe", "prototxt": str(ssd / "fork.prototxt"),
-                   "weight_seed": 0, "parity": {"status": "skipped"},
-                   "proto": str(ssd / "ssd_fork.proto"), "plugins": [str(ssd / "ssd_port.py")]}}
-    )  # fmt: skip
-    assert model.info["proto"] == str(ssd / "ssd_fork.proto")
+    _forget_plugin_runs()
+    try:
+        assert mfv_main(args) == 2  # without the fork's proto its fields are unknown
+        assert "pass the fork's caffe.proto with --proto" in capsys.readouterr().err
+        extra = ["--proto", str(ssd / "ssd_fork.proto"), "--plugin", str(ssd / "ssd_port.py")]
+        assert mfv_main(args + extra) == 0, capsys.readouterr().err
+        assert "perm1\t6x6x4" in capsys.readouterr().out
+        # A run records both, so that evaluating it later loads the same net.
+        model = model_from_trace(
+            {"model": {"name": "fork", "source": "caffe", "prototxt": str(ssd / "fork.prototxt"),
+                       "weight_seed": 0, "parity": {"status": "skipped"},
+                       "proto": str(ssd / "ssd_fork.proto"),
+                       "plugins": [str(ssd / "ssd_port.py")]}}
+        )  # fmt: skip
+        assert model.info["proto"] == str(ssd / "ssd_fork.proto")
+    finally:
+        _forget_plugin_runs()
