@@ -80,18 +80,21 @@ def _load(a):
         import torch
 
         torch.set_num_threads(a.threads)
-    return load_model(
-        a.model,
-        prototxt=a.prototxt,
-        caffemodel=a.caffemodel,
-        weights=a.weights,
-        weight_seed=a.weight_seed,
-        device=a.device,
-        parity_check=not a.no_parity_check,
-        parity_file=a.parity_file,
-        proto=a.proto,
-        plugins=tuple(a.plugin),
-    )
+    return load_model(a.model, device=a.device, **_model_options(a))
+
+
+def _model_options(a) -> dict:
+    """What ``_model_args`` parsed, as :func:`mfv.models.load_model` (and ``sweep``) take it."""
+    return {
+        "prototxt": a.prototxt,
+        "caffemodel": a.caffemodel,
+        "weights": a.weights,
+        "weight_seed": a.weight_seed,
+        "parity_check": not a.no_parity_check,
+        "parity_file": a.parity_file,
+        "proto": a.proto,
+        "plugins": tuple(a.plugin),
+    }
 
 
 def _cmd_layers(a) -> int:
@@ -269,14 +272,7 @@ def _cmd_sweep(a) -> int:
         images=a.images,
         unit_map=a.unit_map,
         classes=a.classes,
-        prototxt=a.prototxt,
-        caffemodel=a.caffemodel,
-        weights=a.weights,
-        weight_seed=a.weight_seed,
-        parity_check=not a.no_parity_check,
-        parity_file=a.parity_file,
-        proto=a.proto,
-        plugins=tuple(a.plugin),
+        **_model_options(a),
         device=a.device,
         layer=a.layer,
         softmax=a.softmax,

@@ -72,6 +72,7 @@ class FlipAnalysis:
         self._recomputed: dict[str, dict[str, np.ndarray] | None] = {}
         self.failures: dict[str, str] = {}
         self._pairs: dict[tuple[str, str], tuple[list[gates.GateFlip], dict[str, np.ndarray]]] = {}
+        self._reaches: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         for o in outputs.values():
             for k, v in o.blobs.items():
@@ -89,7 +90,15 @@ class FlipAnalysis:
             fl = gates.find_gate_flips(
                 self.netdef, self.outputs[key[0]].blobs, self.outputs[key[1]].blobs, self.band
             )
-            region = flip_reach(self.netdef, [f for f in fl if f.in_band], self.shapes)
+            # One walk per layer's record (the report shows each record's reach); the region to
+            # correct is the union over those in band, as reach distributes over a union of seeds.
+            reaches = [flip_reach(self.netdef, [f], self.shapes) for f in fl]
+            region: dict[str, np.ndarray] = {}
+            for f, reach in zip(fl, reaches, strict=True):
+                if f.in_band:
+                    for blob, mask in reach.items():
+                        region[blob] = region[blob] | mask if blob in region else mask.copy()
+            self._reaches[key] = reaches
             self._pairs[key] = (fl, region)
         return self._pairs[key]
 
@@ -136,14 +145,9 @@ class FlipAnalysis:
                 {
                     **f.summary(),
                     "handling": handled if f.in_band else "not corrected",
-                    "reach": (
-                        {
-                            k: int(v.sum())
-                            for k, v in flip_reach(self.netdef, [f], self.shapes).items()
-                        }
-                    ),
+                    "reach": {k: int(v.sum()) for k, v in reach.items()},
                 }
-                for f in fl
+                for f, reach in zip(fl, self._reaches[(a, b)], strict=True)
             ]
         return out
 
@@ -185,11 +189,11 @@ def _compare_pair(
             and flips.corrects
             and ((corr := flips.correction(subject.name, reference.name, blob)) is not None)
         ):
-            m = metrics(a.astype(np.float64) - corr, b)
+            a = a.astype(np.float64) - corr  # judged as corrected, failures counted so too
+            m = metrics(a, b)
             m.n_corrected = int(region[blob].sum())
             rng = m.ref_range
             m.flip_effect = float(np.abs(corr).max() / rng) if rng > 0 else 0.0
-            a = a.astype(np.float64) - corr
         else:
             m = metrics(a, b, excuse=region.get(blob) if is_diff else None)
         if rule is not None and m.max_rel > rule.allowed and a is not None and b is not None:
@@ -243,10 +247,10 @@ def _measure_noise(
         for c in sp.checks:
             if math.isfinite(c.metrics.max_rel):
                 noise[c.key]["spread"] = c.metrics.max_rel
+    by_truth: dict[str, list[str]] = {}
+    for k in keys:
+        by_truth.setdefault(truth_for[k].name, []).append(k)
     for b in builds:
-        by_truth: dict[str, list[str]] = {}
-        for k in keys:
-            by_truth.setdefault(truth_for[k].name, []).append(k)
         for tname, tkeys in by_truth.items():
             own = _info_pair(outputs[b], outputs[tname], tkeys, producers, flips)
             pairs.append(own)

@@ -141,9 +141,8 @@ def _text_blob_table(result: ParityResult) -> list[str]:
 
 
 def _text_gate_flips(result: ParityResult) -> list[str]:
-    """The diagnosis' gate-flip lines (its first line, when it names a cause, comes later)."""
-    diag = result.diagnosis or {}
-    return [f"gate flips {line}" for line in diag.get("lines", [])[1 if diag.get("cause") else 0 :]]
+    """One line per kinked layer's flips per pair of runners, as the HTML lists them."""
+    return [f"gate flips {flip_sentence(pair, f)}" for pair, fl in result.flips.items() for f in fl]
 
 
 def _text_local_check(result: ParityResult) -> list[str]:
