@@ -220,9 +220,10 @@ def _find_builtin(
 
 def _read_golden_file(path: str | Path) -> dict[str, np.ndarray]:
     """Every array of a golden .npz; any unreadable file is a setup error that names it."""
+    from legacy_caffe.manifest import load_npz
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return load_npz(Path(path))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ParitySetupError(f"{path}: not a readable golden .npz ({reason})") from None
