@@ -5,16 +5,17 @@ choices on a CPU (hundreds of tiny wavefront operations, or dozens of bandwidth-
 A short C kernel (``_tv_native.c``) walks the pixels in scikit-image's order instead and puts the
 parallelism where it is free: the channels of all images of a batch are independent lanes of one
 SIMD loop, groups of lanes are split between threads, and each pass over memory runs two
-consecutive sweeps, the second two rows behind the first. One call runs a batch to the end:
-the kernel's own threads load their lane groups, sweep them, and meet at a barrier after each
-pass, where the stopping tests of its sweeps run; the per-sweep cost in Python is nil. The large work arrays
+consecutive sweeps, the second two rows behind the first. One call runs a batch to the end: the
+threads load their lane groups, sweep them, and meet at a barrier after each pass, where the
+stopping tests of its sweeps run; the per-sweep cost in Python is nil. The large work arrays
 are kept between calls of the same shape (one set per calling thread): MFV denoises a batch of the
 same size at every step, and fresh buffers cost more in page faults than a converged image's sweeps.
 
 The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
 ``$CAFFE_MFV_CACHE/native`` (default ``~/.cache/caffe-mfv/native``), keyed by the source, the
 compiler, the flags and this CPU's instruction set, written to a temporary name and renamed into
-place. Without a compiler, or with ``CAFFE_MFV_NATIVE=0``, :func:`available` is False and callers
+place. It is built with OpenMP (``-fopenmp``) so that its threads are torch's own (see the C file);
+a compiler without OpenMP gets a one-thread build. Without a compiler, or with ``CAFFE_MFV_NATIVE=0``, :func:`available` is False and callers
 fall back to the pure-torch solvers.
 
 ``CAFFE_MFV_NATIVE_ISA`` caps the instruction set the kernel is built for: ``native`` (default,
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "denoise", "isa", "vector_bytes"]
+__all__ = ["available", "denoise", "isa", "threaded", "vector_bytes"]
 
 _SOURCE = Path(__file__).with_name("_tv_native.c")
 # A group's pixel is at most one 64-byte cache line of lanes (measured on Zen 4 at 227 x 227: 16
@@ -50,7 +51,7 @@ _GROUP_BYTES = 64
 _STATE_ARRAYS = 6
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as scikit-image's does.
 # -fno-math-errno lets sqrt vectorise; it changes no value.
-_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-pthread", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
 # CAFFE_MFV_NATIVE_ISA -> (compiler flags, /proc/cpuinfo flags the CPU must have).
 _ISAS = {
     "native": (["-march=native"], ()),
@@ -97,6 +98,33 @@ def _cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "caffe-mfv") / "native"
 
 
+def _build(cc: str, flags: list[str], version: str) -> Path:
+    """The kernel built with ``flags`` (from the cache, else compiled and renamed into place)."""
+    key = hashlib.sha256(
+        "\0".join([_SOURCE.read_text(), version, _cpu_signature(), " ".join(flags)]).encode()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"tv_sweep_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        run = subprocess.run(
+            [cc, *flags, "-o", tmp, str(_SOURCE), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"{cc} failed on {_SOURCE}:\n{run.stderr.strip()}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
 @cache
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("CAFFE_MFV_NATIVE", "1") == "0" or platform.system() != "Linux":
@@ -109,27 +137,10 @@ def _library() -> ctypes.CDLL | None:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=30
         ).stdout
-        key = hashlib.sha256(
-            "\0".join([_SOURCE.read_text(), version, _cpu_signature(), " ".join(flags)]).encode()
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"tv_sweep_{key}.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            try:
-                run = subprocess.run(
-                    [cc, *flags, "-o", tmp, str(_SOURCE), "-lm"],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
-                if run.returncode != 0:
-                    raise RuntimeError(f"{cc} failed on {_SOURCE}:\n{run.stderr.strip()}")
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        try:
+            target = _build(cc, [*flags, "-fopenmp"], version)
+        except RuntimeError:  # a compiler without OpenMP: the kernel runs on one thread
+            target = _build(cc, flags, version)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         warnings.warn(
@@ -137,6 +148,7 @@ def _library() -> ctypes.CDLL | None:
         )
         return None
     lib.tv_max_vectors.restype = ctypes.c_int
+    lib.tv_threaded.restype = ctypes.c_int
     for name, ctype in _TYPES.values():
         getattr(lib, f"tv_vector_lanes_{name}").restype = ctypes.c_int
         fn = getattr(lib, f"tv_denoise_{name}")
@@ -160,6 +172,12 @@ def vector_bytes() -> int:
     0 when it is unavailable."""
     lib = _library()
     return 0 if lib is None else 4 * int(lib.tv_vector_lanes_float())
+
+
+def threaded() -> bool:
+    """Whether the compiled kernel was built with OpenMP (else it runs on one thread)."""
+    lib = _library()
+    return lib is not None and bool(lib.tv_threaded())
 
 
 def _lanes_for(n: int, threads: int, vector: int, max_vectors: int, itemsize: int) -> int:

@@ -94,7 +94,13 @@ def _tv_kernel() -> dict:
 
         if not _tv_native.available():
             return {"tv_kernel": None}
-        return {"tv_kernel": {"isa": _tv_native.isa(), "vector_bytes": _tv_native.vector_bytes()}}
+        return {
+            "tv_kernel": {
+                "isa": _tv_native.isa(),
+                "vector_bytes": _tv_native.vector_bytes(),
+                "openmp": _tv_native.threaded(),
+            }
+        }
     except (ImportError, ValueError) as e:
         return {"tv_kernel": f"unavailable: {e}"}
 

@@ -431,3 +431,32 @@ def test_native_build_failure_warns_and_falls_back(monkeypatch, tmp_path) -> Non
     assert not list((tmp_path / "native").glob("*.so"))
     monkeypatch.setenv("CAFFE_MFV_NATIVE", "0")
     assert build() is None
+
+
+def test_native_without_openmp_runs_one_thread_with_the_same_bytes(monkeypatch, tmp_path) -> None:
+    """A compiler that refuses -fopenmp gets the one-thread build; its results are the threaded
+    build's to the bit (each lane's arithmetic does not depend on which thread runs it)."""
+    from mfv import _tv_native
+
+    if not _tv_native.available():
+        pytest.skip("no C compiler")
+    rng = np.random.default_rng(5)
+    imgs = torch.from_numpy(rng.uniform(0, 255, (9, 3, 13, 17))).float()
+    kw = {"weight": torch.from_numpy(rng.uniform(0.1, 3.0, 9)), "return_num_iter": True}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert _tv_native.threaded()
+    ref, n_ref = denoise_tv_bregman(imgs, solver="native", **kw)
+    cc = tmp_path / "cc-without-openmp"
+    cc.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec cc "$@"\n'
+    )
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("CAFFE_MFV_CACHE", str(tmp_path))
+    _tv_native._library.cache_clear()
+    try:
+        assert _tv_native.available() and not _tv_native.threaded()
+        out, n = denoise_tv_bregman(imgs, solver="native", **kw)
+    finally:
+        _tv_native._library.cache_clear()
+    assert torch.equal(out, ref) and torch.equal(n, n_ref)
