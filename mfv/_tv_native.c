@@ -77,6 +77,7 @@ typedef long long mask_double __attribute__((vector_size(VBYTES)));
 #define VW_float ((long)(VBYTES / sizeof(float)))
 #define VW_double ((long)(VBYTES / sizeof(double)))
 #define MAX_NV 4 /* vectors per lane group */
+#define PREFETCH_PIXELS 12 /* how far ahead along a row (a prefetch past the row is harmless) */
 
 int tv_vector_lanes_float(void) { return (int)VW_float; }
 int tv_vector_lanes_double(void) { return (int)VW_double; }
@@ -259,11 +260,22 @@ static inline __attribute__((always_inline)) void rows_##T(                     
             k[j][v].bl = ld_##T(rw[j].bx + o);                                                    \
             a[j][v] = (j == 0 ? acc0 : acc1)[v];                                                  \
         }                                                                                         \
-    for (long c = 1; c <= W; ++c)                                                                 \
+    for (long c = 1; c <= W; ++c) {                                                               \
+        /* The leading sweep is the first to touch its row in this pass: fetch its lines ahead \
+         * (measured 5-20% off a 227 x 227 pass with AVX-512 and with AVX2). */                  \
+        const long ahead = (c + PREFETCH_PIXELS) * px;                                            \
+        __builtin_prefetch(rw[0].src + ahead + row, 0, 3);                                        \
+        __builtin_prefetch(rw[0].dst + ahead, 1, 3);                                              \
+        __builtin_prefetch(rw[0].p + ahead, 1, 3);                                                \
+        __builtin_prefetch(rw[0].q + ahead, 1, 3);                                                \
+        __builtin_prefetch(rw[0].bx + ahead, 1, 3);                                               \
+        __builtin_prefetch(rw[0].by + ahead, 1, 3);                                               \
+        __builtin_prefetch(rw[0].wf + (c - 1 + PREFETCH_PIXELS) * L, 0, 3);                       \
         _Pragma("GCC unroll 2") for (int j = 0; j < NR; ++j)                                      \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)                                  \
                 pixel_##T(iso, &rw[j], c * px + v * VW_##T, (c - 1) * L + v * VW_##T, px, row,   \
                           la[v], ng[v], &k[j][v], &a[j][v]);                                      \
+    }                                                                                             \
     for (int j = 0; j < NR; ++j)                                                                  \
         for (int v = 0; v < NV; ++v) (j == 0 ? acc0 : acc1)[v] = a[j][v];                         \
 }
