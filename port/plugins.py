@@ -36,8 +36,41 @@ def add_definition_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Plugin module name -> the custom layer keys its run registered. A plugin runs once per process,
+# unless one of those registrations has since been removed (port.unregister_layer): then it runs
+# again, so that a test or a long-lived session that cleaned up can load it anew.
+_REGISTERED_BY: dict[str, frozenset] = {}
+
+
+def _still_registered(name: str) -> bool:
+    from .layers import CUSTOM_LAYERS
+
+    return _REGISTERED_BY.get(name, frozenset()) <= CUSTOM_LAYERS.keys()
+
+
+def _run_recorded(name: str, run) -> None:
+    """Run a plugin's code and record which custom layers it registered."""
+    from .layers import CUSTOM_LAYERS
+
+    before = set(CUSTOM_LAYERS)
+    run()
+    _REGISTERED_BY[name] = frozenset(set(CUSTOM_LAYERS) - before)
+
+
+def _exec_file(name: str, path: Path) -> None:
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
 def load_plugin(spec: str) -> None:
-    """Run a plugin: a ``.py`` file path, or an importable module name."""
+    """Run a plugin: a ``.py`` file path, or an importable module name (once per process, again
+    if a layer it registered has been unregistered since)."""
     path = Path(spec)
     try:
         if spec.endswith(".py") or path.exists():
@@ -45,18 +78,12 @@ def load_plugin(spec: str) -> None:
                 raise ToolError(f"plugin {spec}: no such file")
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
             name = f"_caffe_port_plugin_{path.stem}_{digest}"
-            if name in sys.modules:
-                return
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            try:
-                module_spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
-        else:
-            importlib.import_module(spec)
+            if name not in sys.modules or not _still_registered(name):
+                _run_recorded(name, lambda: _exec_file(name, path))
+        elif spec not in sys.modules:
+            _run_recorded(spec, lambda: importlib.import_module(spec))
+        elif not _still_registered(spec):
+            _run_recorded(spec, lambda: importlib.reload(sys.modules[spec]))
     except ToolError:
         raise
     except Exception as exc:  # a user's file: say which one failed, and how

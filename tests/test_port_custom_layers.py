@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -531,10 +530,8 @@ def test_the_roots_whole_caffe_proto_plus_ssd_additions_reads_as_a_fork_proto(tm
 
 
 def _forget_plugin_runs():
-    """Unregister the SSD layers and forget that --plugin ran the file, so the next run runs it."""
+    """Unregister the SSD layers; the next --plugin run of the file registers them again."""
     _unregister_all()
-    for name in [n for n in sys.modules if n.startswith("_caffe_port_plugin_ssd_port_")]:
-        del sys.modules[name]
 
 
 def test_mfv_loads_a_fork_definition_with_proto_and_plugin(capsys):
@@ -562,3 +559,29 @@ def test_mfv_loads_a_fork_definition_with_proto_and_plugin(capsys):
         assert model.info["proto"] == str(ssd / "ssd_fork.proto")
     finally:
         _forget_plugin_runs()
+
+
+def test_a_plugin_runs_once_and_again_after_its_layers_are_unregistered(tmp_path, monkeypatch):
+    """--plugin runs a file once per process; once a layer it registered is removed, the next
+    load runs it again (so that a test or a session that cleaned up can load it anew)."""
+    from port.plugins import load_plugin
+
+    runs = tmp_path / "runs.txt"
+    plugin = tmp_path / "count_plugin.py"
+    plugin.write_text(
+        "import os, port\n"
+        "with open(os.environ['PLUGIN_RUNS'], 'a') as f:\n"
+        "    f.write('run\\n')\n"
+        "port.register_layer('CountedIdentity', lambda layer, shapes: None)\n"
+    )
+    monkeypatch.setenv("PLUGIN_RUNS", str(runs))
+    try:
+        load_plugin(str(plugin))
+        load_plugin(str(plugin))
+        assert runs.read_text().splitlines() == ["run"]
+        port.unregister_layer("CountedIdentity")
+        load_plugin(str(plugin))
+        assert runs.read_text().splitlines() == ["run", "run"]
+        assert "CountedIdentity" in {t for t, _, _ in port.layers.CUSTOM_LAYERS}
+    finally:
+        port.unregister_layer("CountedIdentity")
