@@ -9,7 +9,7 @@ plus ``output`` (what the module returns) and ``prob`` (its softmax) where the m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from port.zoo import zoo_model
 
 from . import pixels as px
 
-__all__ = ["Model", "ModelSpec", "MODELS", "wrap", "load_model"]
+__all__ = ["Model", "ModelArgs", "ModelSpec", "MODELS", "wrap", "load_model"]
 
 SCHEDULES = Path(__file__).resolve().parent / "schedules"
 
@@ -371,3 +371,53 @@ def _load_caffe(
         **({"plugins": list(plugins)} if plugins else {}),
     }
     return wrap(net, conv, name=spec.name if spec else Path(prototxt).stem, spec=spec, info=info)
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """:func:`load_model`'s arguments but the device, hashable and picklable: what a sweep sends
+    its workers and the key of a worker's model cache. Each field is the keyword of the same name.
+
+    Paths are absolute after :meth:`resolved`: workers read them at the same path.
+    """
+
+    name: str
+    prototxt: str | None = None
+    caffemodel: str | None = None
+    weights: str | None = None
+    weight_seed: int = 0
+    parity_check: bool = True
+    parity_file: str | None = None
+    proto: str | None = None
+    plugins: tuple[str, ...] = ()
+
+    def identity(self) -> dict:
+        """The fields as JSON; a fork's proto and plugins appear only when given, so that sweeps
+        made before they existed resume."""
+        out = asdict(self)
+        for extra in ("proto", "plugins"):
+            if not out[extra]:
+                del out[extra]
+        if "plugins" in out:
+            out["plugins"] = list(out["plugins"])
+        return out
+
+    def resolved(self) -> ModelArgs:
+        def absolute(p):
+            return None if p is None else str(Path(p).resolve())
+
+        return replace(
+            self,
+            prototxt=absolute(self.prototxt),
+            caffemodel=absolute(self.caffemodel),
+            weights=absolute(self.weights),
+            parity_file=absolute(self.parity_file),
+            proto=absolute(self.proto),
+            # A plugin file is read by the workers at the same path; a module name stays a name.
+            plugins=tuple(absolute(p) if Path(p).is_file() else p for p in self.plugins),
+        )
+
+    def load(self, device: str = "cpu") -> Model:
+        """:func:`load_model` with these arguments on ``device``."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        return load_model(self.name, device=device, **kwargs)

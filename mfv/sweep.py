@@ -37,8 +37,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from port.atomic import write_text_atomic
 
 from . import _io
 from .octaves import Schedule
+
+if TYPE_CHECKING:  # torch is imported where a worker or a sweep needs it, not on import
+    from .models import ModelArgs
 
 __all__ = [
     "sweep",
@@ -55,7 +59,6 @@ __all__ = [
     "imagenet_folders",
     "unit_status",
     "unit_key",
-    "ModelArgs",
     "SweepParams",
     "UnitTask",
     "write_index",
@@ -238,50 +241,6 @@ def imagenet_folders(root: str | Path, classes: list[tuple[str, str]]) -> dict[i
 
 
 @dataclass(frozen=True)
-class ModelArgs:
-    """Everything :func:`mfv.models.load_model` needs, hashable: the key of a worker's model cache.
-
-    Paths are absolute (:meth:`resolved`): workers read them at the same path.
-    """
-
-    name: str
-    prototxt: str | None = None
-    caffemodel: str | None = None
-    weights: str | None = None
-    weight_seed: int = 0
-    parity_check: bool = True
-    parity_file: str | None = None
-    proto: str | None = None
-    plugins: tuple[str, ...] = ()
-
-    def identity(self) -> dict:
-        """The fields as JSON; a fork's proto and plugins appear only when given, so that sweeps
-        made before they existed resume."""
-        out = asdict(self)
-        for extra in ("proto", "plugins"):
-            if not out[extra]:
-                del out[extra]
-        if "plugins" in out:
-            out["plugins"] = list(out["plugins"])
-        return out
-
-    def resolved(self) -> ModelArgs:
-        def absolute(p):
-            return None if p is None else str(Path(p).resolve())
-
-        return replace(
-            self,
-            prototxt=absolute(self.prototxt),
-            caffemodel=absolute(self.caffemodel),
-            weights=absolute(self.weights),
-            parity_file=absolute(self.parity_file),
-            proto=absolute(self.proto),
-            # A plugin file is read by the workers at the same path; a module name stays a name.
-            plugins=tuple(absolute(p) if Path(p).is_file() else p for p in self.plugins),
-        )
-
-
-@dataclass(frozen=True)
 class SweepParams:
     """What every unit of one sweep shares, as sent to the workers (picklable, hashable).
 
@@ -377,7 +336,6 @@ def _worker_model(args: ModelArgs, device: str, threads: int):
     import torch
 
     from ._process import keep_freed_memory
-    from .models import load_model
 
     # Every task sets it: a worker of an external cluster may have been started with another value.
     torch.set_num_threads(max(1, threads))
@@ -389,18 +347,7 @@ def _worker_model(args: ModelArgs, device: str, threads: int):
             return model, 0.0
         _MODEL_CACHE.clear()  # a second model spec on the same worker would double its memory
         t0 = time.perf_counter()
-        model = load_model(
-            args.name,
-            prototxt=args.prototxt,
-            caffemodel=args.caffemodel,
-            weights=args.weights,
-            weight_seed=args.weight_seed,
-            device=dev,
-            parity_check=args.parity_check,
-            parity_file=args.parity_file,
-            proto=args.proto,
-            plugins=args.plugins,
-        )
+        model = args.load(dev)
         _MODEL_CACHE[(args, dev)] = model
         return model, time.perf_counter() - t0
 
@@ -914,6 +861,8 @@ def sweep(
         denoiser = "skimage" if faithful else "torch"
     if images is None and unit_map is None:
         raise ValueError("give images= (an ImageNet-style root) or unit_map=")
+    from .models import ModelArgs
+
     margs = ModelArgs(
         model,
         *(None if p is None else str(p) for p in (prototxt, caffemodel, weights)),

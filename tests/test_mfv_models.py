@@ -68,3 +68,15 @@ def test_seeded_torchvision_googlenet_depends_on_its_input():
         for p, q in zip(m.module.parameters(), m2.module.parameters(), strict=True)
     )
     assert m.info["parity"]["status"] == "not applicable"
+
+
+def test_model_args_are_load_models_keywords():
+    """ModelArgs carries load_model's arguments to sweep workers: one field per keyword (but the
+    device, which each worker picks), so that a keyword added to one is not missing in the other."""
+    import dataclasses
+    import inspect
+
+    from mfv.models import ModelArgs, load_model
+
+    keywords = set(inspect.signature(load_model).parameters) - {"device"}
+    assert {f.name for f in dataclasses.fields(ModelArgs)} == keywords

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mfv import sweep as sw
+from mfv.models import ModelArgs
 
 from ._helpers import TINY_SCHEDULE
 
@@ -336,7 +337,7 @@ def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp
     from mfv.octaves import parse_schedule
 
     classes = sw.read_classes()
-    margs = sw.ModelArgs("caffenet", parity_check=False)
+    margs = ModelArgs("caffenet", parity_check=False)
     sp = sw.SweepParams(
         margs,
         "fc8",
