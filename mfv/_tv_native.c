@@ -123,28 +123,28 @@ static inline vec_double vsqrt_double(vec_double x)
 #endif
 }
 
-/* acc + t * t, t already float64. With t a widened float the product is exact, so fusing it is
- * not a change of rounding; for float64 t it would be, so that type multiplies and adds. */
+/* acc += t * t in float64, t a float vector widened first. The product of two widened floats is
+ * exact, so fusing it with the add rounds exactly as a multiply and an add do (every build gives
+ * the same bytes); for float64 t it would not, so that type multiplies and adds. acc_float is two
+ * native vectors of doubles. */
+#if defined(__AVX512F__)
+typedef __m512d native_pd;
+#define FMADD_PD _mm512_fmadd_pd
+#elif defined(__FMA__)
+typedef __m256d native_pd;
+#define FMADD_PD _mm256_fmadd_pd
+#endif
 static inline void acc_sq_float(acc_float *acc, vec_float t)
 {
-    acc_float a = *acc;
     const acc_float w = __builtin_convertvector(t, acc_float);
-#if defined(__AVX512F__)
-    __m512d a2[2], w2[2];
-    memcpy(a2, &a, sizeof a);
-    memcpy(w2, &w, sizeof w);
-    a2[0] = _mm512_fmadd_pd(w2[0], w2[0], a2[0]);
-    a2[1] = _mm512_fmadd_pd(w2[1], w2[1], a2[1]);
-    memcpy(acc, a2, sizeof a);
-#elif defined(__FMA__)
-    __m256d a2[2], w2[2];
-    memcpy(a2, &a, sizeof a);
-    memcpy(w2, &w, sizeof w);
-    a2[0] = _mm256_fmadd_pd(w2[0], w2[0], a2[0]);
-    a2[1] = _mm256_fmadd_pd(w2[1], w2[1], a2[1]);
-    memcpy(acc, a2, sizeof a);
+#if defined(FMADD_PD)
+    native_pd a2[2], w2[2];
+    memcpy(a2, acc, sizeof a2);
+    memcpy(w2, &w, sizeof w2);
+    for (int h = 0; h < 2; ++h) a2[h] = FMADD_PD(w2[h], w2[h], a2[h]);
+    memcpy(acc, a2, sizeof a2);
 #else
-    *acc = a + w * w;
+    *acc += w * w;
 #endif
 }
 static inline void acc_sq_double(acc_double *acc, vec_double t) { *acc += t * t; }
