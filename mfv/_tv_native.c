@@ -307,7 +307,8 @@ static inline __attribute__((always_inline)) void pass_nv_##T(                  
         const row_##T b = {dst + rb * row, src + rb * row, p + rb * row, q + rb * row,            \
                            bx + rb * row, by + rb * row, wf + (rb - 1) * W * L};                  \
         if (r > H) {                                                                              \
-            rows_##T(1, NV, iso, &b, la, ng, acc1, acc1, W, L);                                   \
+            if (r1 >= 1) /* always, for H >= 2 */                                                 \
+                rows_##T(1, NV, iso, &b, la, ng, acc1, acc1, W, L);                               \
         } else if (pair && r1 >= 1) {                                                             \
             const row_##T ab[2] = {a, b};                                                         \
             rows_##T(2, NV, iso, ab, la, ng, acc0, acc1, W, L);                                   \

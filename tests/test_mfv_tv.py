@@ -460,3 +460,40 @@ def test_native_without_openmp_runs_one_thread_with_the_same_bytes(monkeypatch, 
     finally:
         _tv_native._library.cache_clear()
     assert torch.equal(out, ref) and torch.equal(n, n_ref)
+
+
+@pytest.mark.parametrize("max_num_iter", [1, 2, 3, 7])
+@pytest.mark.parametrize("per_image_stop", [True, False])
+def test_native_two_sweep_passes_stop_where_single_sweeps_do(
+    max_num_iter: int, per_image_stop: bool
+) -> None:
+    """The compiled kernel runs two sweeps per pass; an odd sweep limit ends with a pass of one,
+    and an image that stops after the first sweep of a pair keeps that sweep's result. The
+    wavefront solver sweeps one at a time: both must agree on every image and sweep count."""
+    rng = np.random.default_rng(max_num_iter)
+    imgs = torch.from_numpy(rng.uniform(0, 255, (6, 3, 9, 8)))
+    kw = {
+        "weight": torch.from_numpy(rng.uniform(0.05, 4.0, 6)),
+        "eps": 0.02,
+        "max_num_iter": max_num_iter,
+        "per_image_stop": per_image_stop,
+        "return_num_iter": True,
+    }
+    out, n = denoise_tv_bregman(imgs, solver="native", **kw)
+    ref, n_ref = denoise_tv_bregman(imgs, solver="wavefront", **kw)
+    assert torch.equal(n, n_ref)
+    assert (out - ref).abs().max() < TIGHT
+
+
+def test_native_images_stopping_on_both_sweeps_of_a_pass() -> None:
+    """Across many images some stop after an odd sweep count, some after an even one (the first
+    and the second sweep of a pass); each has the result of the sweep it stopped at, as the
+    wavefront solver (one sweep at a time) computes it."""
+    rng = np.random.default_rng(11)
+    imgs = torch.from_numpy(rng.uniform(0, 255, (12, 3, 10, 9)))
+    kw = {"weight": torch.from_numpy(rng.uniform(0.05, 4.0, 12)), "eps": 0.01}
+    out, n = denoise_tv_bregman(imgs, solver="native", return_num_iter=True, **kw)
+    ref, n_ref = denoise_tv_bregman(imgs, solver="wavefront", return_num_iter=True, **kw)
+    assert {int(k) % 2 for k in n} == {0, 1}
+    assert torch.equal(n, n_ref)
+    assert (out - ref).abs().max() < TIGHT
