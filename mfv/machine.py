@@ -28,7 +28,15 @@ AVX2_CAPS = {
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "CAFFE_MFV_NATIVE_ISA": "avx2",
 }
-CAP_VARIABLES = (*AVX2_CAPS, "OMP_NUM_THREADS", "CAFFE_MFV_NATIVE")
+# ... and the settings that change how idle threads wait (a step took up to 2x longer with the
+# wrong one on a loaded machine; see README, Performance).
+CAP_VARIABLES = (
+    *AVX2_CAPS,
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "CAFFE_MFV_NATIVE",
+)
 # The instruction-set flags that decide which code paths the libraries take.
 _ISA_FLAGS = (
     "sse4_2",
