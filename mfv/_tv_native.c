@@ -484,14 +484,14 @@ void tv_denoise_##T(const T *f, T *out, T *ws, T *wf, const T *weight, const T *
     for (long g = 0; g < groups; ++g) active[g] = 1;                                              \
     for (long i = 0; i < nimg; ++i) { running[i] = 1; count[i] = 0; }                            \
     if (!HAVE_THREADS) job.nthreads = nthreads = 1;                                               \
+    job.pair = max_iter >= 2;                                                                     \
+    /* A thread loads, sweeps and copies out only its own groups, so the threads meet twice per  \
+     * pass: before thread 0 reads every group's sums, and before the others read its decisions. */ \
     _Pragma("omp parallel num_threads(nthreads)")                                                 \
     {                                                                                             \
         const int t = THREAD_NUM;                                                                 \
         tv_load_##T(&job, t);                                                                     \
-        while (it < max_iter && left > 0) { /* read by all threads; thread 0 writes between barriers */ \
-            _Pragma("omp barrier")                                                                \
-            if (t == 0) job.pair = it + 2 <= max_iter;                                            \
-            _Pragma("omp barrier")                                                                \
+        while (it < max_iter && left > 0) {                                                       \
             tv_share_##T(&job, t);                                                                \
             _Pragma("omp barrier")                                                                \
             if (t == 0) {                                                                         \
@@ -506,6 +506,7 @@ void tv_denoise_##T(const T *f, T *out, T *ws, T *wf, const T *weight, const T *
                     for (long k = 0; k < L && g * L + k < n; ++k)                                 \
                         active[g] |= running[(g * L + k) / C];                                    \
                 }                                                                                 \
+                job.pair = it + 2 <= max_iter;                                                    \
             }                                                                                     \
             _Pragma("omp barrier")                                                                \
         }                                                                                         \

@@ -637,31 +637,12 @@ def _unit_job(model, task: UnitTask, means_dir: Path):
 
 
 def _visualize_units(model, units: list[tuple[UnitTask, Path]]) -> list[dict]:
-    """MFV for the units' facets: :func:`mfv.visualize.visualize` for one unit, one
-    :func:`mfv.visualize.visualize_units` batch for several."""
-    from .visualize import visualize, visualize_units
+    """MFV for the units' facets in one :func:`mfv.visualize.visualize_units` batch (one unit is
+    exactly what :func:`mfv.visualize.visualize` runs)."""
+    from .visualize import visualize_units
 
     sp = units[0][0].params
     jobs = [_unit_job(model, task, means_dir) for task, means_dir in units]
-    if len(jobs) == 1:
-        j = jobs[0]
-        return [
-            visualize(
-                model,
-                j.objective,
-                j.inits,
-                schedule=sp.schedule,
-                seed=sp.seed,
-                faithful=sp.faithful,
-                out=j.out,
-                resume=True,
-                progress=False,
-                init_names=j.init_names,
-                clusters=j.clusters,
-                denoiser=sp.denoiser,
-                extra=j.extra,
-            )
-        ]
     return visualize_units(
         model,
         jobs,
