@@ -10,7 +10,8 @@ from pathlib import Path
 from port.command import Exit, Tool, comma_list
 from port.errors import UsageError
 
-from . import rootfs
+from . import args as check
+from . import engines, rootfs
 
 EPILOG = """\
 typical use:
@@ -23,9 +24,24 @@ typical use:
   python -m legacy_caffe goldens --prototxt deploy.prototxt --caffemodel w.caffemodel \\
       --input my.jpg --out my_goldens/
 
-environment: LEGACY_CAFFE_ROOT (root folder), LEGACY_CAFFE_EXCHANGE (folder bound at /exchange),
-LEGACY_CAFFE_MIRROR (Debian mirror; default: the one this machine's apt uses).
+engines (--engine, or LEGACY_CAFFE_ENGINE): auto (default: podman, then docker, then chroot as
+root), podman (rootless too), docker (the docker CLI; DOCKER_HOST may be Podman's API service),
+chroot (the debootstrap root; needs root).
+
+environment: LEGACY_CAFFE_ENGINE, LEGACY_CAFFE_ROOT (root folder), LEGACY_CAFFE_EXCHANGE (folder
+bound at /exchange), LEGACY_CAFFE_MIRROR (Debian mirror; default: the one this machine's apt uses),
+LEGACY_CAFFE_BASE / LEGACY_CAFFE_BASE_TAR (the image's Debian 11 base), LEGACY_CAFFE_RUNTIME,
+LEGACY_CAFFE_RUN_ARGS, LEGACY_CAFFE_BUILD_ARGS (engine flags instead of the probed ones).
 """
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=engines.ENGINE_CHOICES,
+        default=None,
+        help="where Caffe runs (default: $LEGACY_CAFFE_ENGINE or auto)",
+    )
 
 
 def _add_goldens(tool: Tool) -> None:
@@ -157,14 +173,14 @@ def build_tool() -> Tool:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b = tool.add_command(
-        "build", _cmd_build, help="debootstrap the Debian 11 root and install Caffe (idempotent)"
-    )
-    b.add_argument("--force", action="store_true", help="rebuild even if the root is complete")
-
+        "build", _cmd_build,
+        help="build the Caffe environment: the engine's image, or the debootstrap root (idempotent)",
+    )  # fmt: skip
+    b.add_argument("--force", action="store_true", help="rebuild even if it is complete")
     r = tool.add_command(
         "run", _cmd_run,
-        help="run a command inside the root with a chosen BLAS",
-        description="Run CMD inside the root. The project's exchange folder is at /exchange and "
+        help="run a command inside the environment with a chosen BLAS",
+        description="Run CMD inside. The project's exchange folder is at /exchange and "
         "legacy_caffe/inside/ at /opt/legacy_caffe/inside (read-only).",
     )  # fmt: skip
     r.add_argument(
@@ -174,22 +190,23 @@ def build_tool() -> Tool:
         help="the Caffe build (default openblas)",
     )
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
-
-    tool.add_command(
-        "doctor", _cmd_doctor, help="report Caffe version, BLAS in use and package versions"
-    )
+    d = tool.add_command(
+        "doctor", _cmd_doctor,
+        help="report the engine (and the flags it needs here), Caffe version, BLAS, packages",
+    )  # fmt: skip
     _add_goldens(tool)
     tool.add_command(
         "list", _cmd_list, help="list the golden sets the manifests describe, and which are on disk"
     )
     _add_mfv_reference(tool)
+    for parser in (b, r, d, tool.parsers["goldens"], tool.parsers["mfv-reference"]):
+        _add_engine(parser)
     return tool
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    info = rootfs.build(force=args.force)
-    root = rootfs.root_dir()
-    print(json.dumps({"root": str(root), **info}, indent=2))
+    engine = engines.use(args.engine)
+    print(json.dumps(engine.build(force=args.force), indent=2))
     return 0
 
 
@@ -197,27 +214,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise UsageError("nothing to run: python -m legacy_caffe run --blas B -- CMD...")
-    return rootfs.run_inside(cmd, blas=args.blas, check=False).returncode
+    engine = engines.use(args.engine)
+    engine.ensure_built()
+    return engine.run(cmd, blas=args.blas, check=False).returncode
+
+
+def _doctor_header(engine: engines.Engine) -> bool:
+    """Print what the engine is and how it is built; False when there is nothing built to ask."""
+    if engine.name == "chroot":
+        root = rootfs.root_dir()
+        info = rootfs.marker_info(root)
+        print(f"engine:    chroot, root {root}")
+        if info is None:
+            partial = root.exists() or root.with_name(root.name + ".partial").exists()
+            print(f"state:     {'half-built' if partial else 'absent'}; build it with: "
+                  "python -m legacy_caffe build --engine chroot")  # fmt: skip
+            return False
+        print(f"built:     {info['built_at']} from {info['mirror']} ({info['suite']})")
+        print(f"timings:   {info.get('timings')}")
+        print(f"disk:      {rootfs.disk_usage(root) / 1024**3:.2f} GiB")
+        return True
+    if not engine.is_built():
+        print(f"engine:    {engine.name}; no image {engine.image_tag()}; build it with: "
+              f"python -m legacy_caffe build --engine {engine.name}")  # fmt: skip
+        return False
+    engine.quirks()
+    desc = engine.describe()
+    print(f"engine:    {desc['name']} ({desc['cli']}){', rootless' if desc['rootless'] else ''}")
+    print(f"image:     {desc['image']} {desc['image_id']}")
+    q = desc["quirks"]
+    print(f"quirks:    global {q.get('global')} run {q.get('run')} build {q.get('build')} "
+          f"({q.get('how')})")  # fmt: skip
+    return True
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    root = rootfs.root_dir()
-    info = rootfs.marker_info(root)
-    print(f"root:      {root}")
-    if info is None:
-        state = (
-            "half-built"
-            if root.exists() or root.with_name(root.name + ".partial").exists()
-            else "absent"
-        )
-        print(f"state:     {state}; build it with: python -m legacy_caffe build")
+    engine = engines.use(args.engine)
+    if not _doctor_header(engine):
         return Exit.CHECK_FAILED
-    print(f"built:     {info['built_at']} from {info['mirror']} ({info['suite']})")
-    print(f"timings:   {info.get('timings')}")
-    print(f"disk:      {rootfs.disk_usage(root) / 1024**3:.2f} GiB")
     status = Exit.OK
+    env: dict = {}
     for blas in rootfs.BLAS_CHOICES:
-        proc = rootfs.run_inside(
+        proc = engine.run(
             ["python3", f"{rootfs.INSIDE_MOUNT}/doctor.py"], blas=blas, capture=True, check=False
         )
         if proc.returncode != 0:
@@ -235,45 +273,71 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         if env.get("openblas"):
             print(f"[{blas}] OpenBLAS: {env['openblas']}")
     print("packages:")
-    for name, version in env["packages"].items():
+    for name, version in env.get("packages", {}).items():
         print(f"  {name:24s} {version or 'NOT INSTALLED'}")
     return status
+
+
+def _user_model_inputs(args: argparse.Namespace) -> object:
+    """Check a user model's files and arguments and load its inputs; nothing is built yet."""
+    from . import goldens
+
+    if not (args.prototxt and args.caffemodel):
+        raise UsageError("a user model needs both --prototxt and --caffemodel")
+    if args.model or args.check or args.fill_cache:
+        raise UsageError(
+            "--prototxt/--caffemodel cannot be combined with --model, --check or --fill-cache"
+        )
+    if args.input_arrays is not None and args.input:
+        raise UsageError("give --input (images) or --input-arrays, not both")
+    check.readable_file(args.prototxt, "--prototxt")
+    check.readable_file(args.caffemodel, "--caffemodel")
+    for image in args.input or []:
+        check.readable_file(Path(image), "--input")
+    check.readable_file(args.input_arrays, "--input-arrays")
+    check.python_folder(args.python_path)
+    check.output_folder(args.out)
+    check.blob_in_prototxt(args.blob, args.prototxt)
+    check.non_negative(args.unit, "--unit")
+    if args.input_arrays is not None:
+        return goldens.array_inputs(args.input_arrays)
+    size = goldens.declared_input_size(args.prototxt.read_text(errors="replace"))
+    return goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
+
+
+def _cmd_user_goldens(args: argparse.Namespace) -> int:
+    from . import goldens
+    from .generation import GoldenRequest, generate
+
+    inputs = _user_model_inputs(args)
+    out = args.out or (goldens.CACHE_DIR / f"user-{args.prototxt.stem}")
+    engines.use(args.engine)
+    man = generate(GoldenRequest(
+        name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
+        blob=args.blob, unit=args.unit, inputs=inputs, blas=tuple(args.blas),
+        caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
+        repeat=not args.no_repeat, force_backward=not args.no_force_backward,
+        python_path=args.python_path,
+    ))  # fmt: skip
+    goldens.write_json(out / "manifest.json", man)
+    print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
+    return 0
 
 
 def _cmd_goldens(args: argparse.Namespace) -> int:
     from . import goldens
 
-    blas = args.blas
     if args.prototxt or args.caffemodel:
-        if not (args.prototxt and args.caffemodel):
-            raise UsageError("a user model needs both --prototxt and --caffemodel")
-        if args.model or args.check:
-            raise UsageError("--prototxt/--caffemodel cannot be combined with --model or --check")
-        out = args.out or (goldens.CACHE_DIR / f"user-{args.prototxt.stem}")
-        if args.input_arrays is not None:
-            if args.input:
-                raise UsageError("give --input (images) or --input-arrays, not both")
-            inputs = goldens.array_inputs(args.input_arrays)
-        else:
-            size = goldens.declared_input_size(args.prototxt.read_text())
-            inputs = goldens.user_inputs(args.input, size) if args.input else [goldens.ASTRONAUT]
-        man = goldens.generate(goldens.GoldenRequest(
-            name=args.prototxt.stem, prototxt=args.prototxt, prototxt_ref=str(args.prototxt),
-            blob=args.blob, unit=args.unit, inputs=inputs, blas=tuple(blas),
-            caffemodel=args.caffemodel, seed=None, out_committed=out, out_cache=out,
-            repeat=not args.no_repeat, force_backward=not args.no_force_backward,
-            python_path=args.python_path,
-        ))  # fmt: skip
-        goldens.write_json(out / "manifest.json", man)
-        print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
-        return 0
-
+        return _cmd_user_goldens(args)
     if args.input or args.out or args.input_arrays or args.python_path:
         raise UsageError(
             "--input, --input-arrays, --out and --python-path go with --prototxt/--caffemodel (a "
             "user's own model)"
         )
+    check.non_negative(args.unit, "--unit")
     models = args.model or list(goldens.PLANS)
+    engines.use(args.engine)
+    blas = args.blas
     if args.check:
         problems = []
         for m in models:
@@ -290,19 +354,23 @@ def _cmd_goldens(args: argparse.Namespace) -> int:
                 print(f"regenerated and verified {g.path}")
         return 0
     for m in models:
-        goldens.generate_model(
-            m, blas=blas, seed=args.seed, repeat=not args.no_repeat,
-        )  # fmt: skip
+        goldens.generate_model(m, blas=blas, seed=args.seed, repeat=not args.no_repeat)
     return 0
 
 
 def _cmd_mfv_reference(args: argparse.Namespace) -> int:
     from . import mfv_reference
 
-    facets = args.facets
+    check.readable_file(args.caffemodel, "--caffemodel")
+    check.output_folder(args.out)
+    for k in args.facets:
+        check.non_negative(k, "--facets")
+        check.readable_file(mfv_reference.MEANS_DIR / f"mean_{k}.jpg", "--facets")
+    check.non_negative(args.unit, "--unit")
     out = mfv_reference.GOLDEN_MFV / args.blas if args.golden else args.out
+    engines.use(args.engine).ensure_built()
     trace = mfv_reference.generate_reference(
-        out, blas=args.blas, facets=facets, unit=args.unit, seed=args.seed,
+        out, blas=args.blas, facets=args.facets, unit=args.unit, seed=args.seed,
         caffemodel=args.caffemodel, max_octaves=args.max_octaves,
     )  # fmt: skip
     if args.golden:

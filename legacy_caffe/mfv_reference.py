@@ -29,7 +29,7 @@ from port.artefact import sha256_file as file_sha256
 from port.atomic import write_text_atomic
 from port.paths import repo_root, shared_root
 
-from . import rootfs
+from . import engines, rootfs
 
 __all__ = ["MEANS_DIR", "PROTOTXT", "generate_reference", "write_manifest", "file_sha256"]
 
@@ -114,7 +114,7 @@ def generate_reference(
         if max_octaves is not None:
             argv += ["--max-octaves", str(max_octaves)]
         t0 = time.perf_counter()
-        rootfs.run_inside(argv, blas=blas, env=REFERENCE_ENV)
+        engines.run_inside(argv, blas=blas, env=REFERENCE_ENV)
         wall = time.perf_counter() - t0
         info = json.loads((work / "trace.json").read_text())
         _write_images(work / "result.npz", info, out)

@@ -39,6 +39,11 @@ EXCHANGE_MOUNT = "/exchange"
 BLAS_CHOICES = ("atlas", "openblas")
 # Measured ~1.1 GB once installed; debootstrap also keeps its .debs while it works.
 MIN_FREE_BYTES = 3 * 1024**3
+# Every mount a build step makes (debootstrap's /proc and /sys, ours for apt) lives in a private
+# mount namespace: it vanishes with the step, even one killed with SIGKILL, so no later build finds
+# a root it cannot delete.
+PRIVATE_MOUNTS = ("unshare", "--mount", "--propagation", "private", "--")
+_WITH_PROC = 'set -e; mount -t proc proc "$1/proc"; shift; exec "$@"'
 
 
 class LegacyCaffeError(ToolError, RuntimeError):
@@ -318,7 +323,10 @@ def _build(root: Path, *, force: bool) -> dict:
     timings: dict[str, float] = {}
     _say(f"debootstrap --variant=minbase {SUITE} into {partial} from {mirror}")
     t0 = time.monotonic()
-    _run_logged(["debootstrap", "--variant=minbase", SUITE, str(partial), mirror], "debootstrap")
+    _run_logged(
+        [*PRIVATE_MOUNTS, "debootstrap", "--variant=minbase", SUITE, str(partial), mirror],
+        "debootstrap",
+    )
     timings["debootstrap_s"] = round(time.monotonic() - t0, 1)
     _say(f"debootstrap done in {timings['debootstrap_s']} s")
 
@@ -345,16 +353,16 @@ def _install_packages(root: Path, packages: list[str]) -> None:
     # apt inside the chroot resolves names through the root's own resolv.conf.
     if Path("/etc/resolv.conf").is_file():
         shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
-    with _mounted(root, bind=[]):
-        _say(f"apt-get install {len(packages)} packages (and their dependencies) in the root")
-        _run_logged(["chroot", str(root), "apt-get", "update"], "apt-get update", env=env)
-        _run_logged(
-            ["chroot", str(root), "apt-get", "install", "-y", "--no-install-recommends", *packages],
-            "apt-get install",
-            env=env,
-        )
-        # The .debs are only needed once; dropping them saves ~250 MB per machine.
-        subprocess.run(["chroot", str(root), "apt-get", "clean"], env=env, check=False)
+    _say(f"apt-get install {len(packages)} packages (and their dependencies) in the root")
+    in_root = [*PRIVATE_MOUNTS, "sh", "-c", _WITH_PROC, "sh", str(root), "chroot", str(root)]
+    _run_logged([*in_root, "apt-get", "update"], "apt-get update", env=env)
+    _run_logged(
+        [*in_root, "apt-get", "install", "-y", "--no-install-recommends", *packages],
+        "apt-get install",
+        env=env,
+    )
+    # The .debs are only needed once; dropping them saves ~250 MB per machine.
+    subprocess.run([*in_root, "apt-get", "clean"], env=env, check=False)
 
 
 def _write_marker(root: Path, packages: list[str], mirror: str, timings: dict) -> dict:
@@ -372,29 +380,11 @@ def _write_marker(root: Path, packages: list[str], mirror: str, timings: dict) -
     return info
 
 
-@contextlib.contextmanager
-def _mounted(root: Path, bind: list[tuple[Path, str]]) -> Iterator[None]:
-    """Mount proc (and binds) for a build step; always unmounted, even on Ctrl-C."""
-    done: list[str] = []
-    try:
-        target = str(root / "proc")
-        subprocess.run(["mount", "-t", "proc", "proc", target], check=True)
-        done.append(target)
-        for src, inside in bind:
-            target = str(root / inside.lstrip("/"))
-            subprocess.run(["mount", "--bind", str(src), target], check=True)
-            done.append(target)
-        yield
-    finally:
-        for target in reversed(done):
-            subprocess.run(["umount", "-l", target], check=False)
-
-
 def ensure_built() -> None:
-    """Build the root first if there is none, so one command goes from nothing to goldens."""
-    if not is_complete():
-        _say(f"no finished Caffe root at {root_dir()}; building it first (~2 min)")
-        build()
+    """Build the current engine's environment first if there is none (nothing to goldens in one go)."""
+    from . import engines
+
+    engines.current().ensure_built()
 
 
 # --- run ------------------------------------------------------------------------------------
@@ -409,17 +399,27 @@ def _require_root_fs(root: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def run_lock() -> Iterator[None]:
-    """Serialise runs: the BLAS alternative is global state of the root."""
-    path = root_dir().parent / "run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def chroot_argv(argv: Sequence[str], blas: str, env: dict[str, str]) -> list[str]:
+    """The host command that runs ``with_blas.sh BLAS argv...`` inside the root.
+
+    Mounts live in a private mount namespace (unshare), so they vanish with the process even if it
+    is killed; nothing is left mounted inside the cache.
+    """
+    root = root_dir()
+    _require_root_fs(root)
+    for mount_point in (INSIDE_MOUNT, EXCHANGE_MOUNT):
+        (root / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    script = (
+        'set -e; r="$1"; mount -t proc proc "$r/proc"; '
+        f'mount --bind "$2" "$r{INSIDE_MOUNT}"; mount -o remount,bind,ro "$r{INSIDE_MOUNT}"; '
+        f'mount --bind "$3" "$r{EXCHANGE_MOUNT}"; shift 3; exec chroot "$r" "$@"'
+    )
+    return [
+        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+        str(root), str(INSIDE_DIR), str(exchange_dir()),
+        "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
+        "sh", f"{INSIDE_MOUNT}/with_blas.sh", blas, *argv,
+    ]  # fmt: skip
 
 
 def run_inside(
@@ -430,43 +430,10 @@ def run_inside(
     capture: bool = False,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run ``argv`` inside the root with the chosen BLAS.
+    """Run ``argv`` with the chosen BLAS through the current engine (see :mod:`.engines`)."""
+    from . import engines
 
-    Mounts live in a private mount namespace (unshare), so they vanish with the process even if it
-    is killed; nothing is left mounted inside the cache.
-    """
-    if blas not in BLAS_CHOICES:
-        raise LegacyCaffeError(f"unknown BLAS {blas!r}; choose one of {', '.join(BLAS_CHOICES)}")
-    root = root_dir()
-    _require_root_fs(root)
-    exchange = exchange_dir()
-    exchange.mkdir(parents=True, exist_ok=True)
-    for mount_point in (INSIDE_MOUNT, EXCHANGE_MOUNT):
-        (root / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
-    inner_env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "GLOG_minloglevel": "2",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "GLOG_minloglevel"):
-        if key in os.environ:
-            inner_env[key] = os.environ[key]
-    inner_env.update(env or {})
-    script = (
-        'set -e; r="$1"; mount -t proc proc "$r/proc"; '
-        f'mount --bind "$2" "$r{INSIDE_MOUNT}"; mount -o remount,bind,ro "$r{INSIDE_MOUNT}"; '
-        f'mount --bind "$3" "$r{EXCHANGE_MOUNT}"; shift 3; exec chroot "$r" "$@"'
-    )
-    cmd = [
-        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
-        str(root), str(INSIDE_DIR), str(exchange),
-        "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in inner_env.items()],
-        "sh", f"{INSIDE_MOUNT}/with_blas.sh", blas, *argv,
-    ]  # fmt: skip
-    with run_lock():
-        return subprocess.run(cmd, check=check, capture_output=capture, text=capture)
+    return engines.run_inside(argv, blas=blas, env=env, capture=capture, check=check)
 
 
 def host_to_inside(path: Path) -> str:
