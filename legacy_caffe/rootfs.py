@@ -40,9 +40,21 @@ BLAS_CHOICES = ("atlas", "openblas")
 # Measured ~1.1 GB once installed; debootstrap also keeps its .debs while it works.
 MIN_FREE_BYTES = 3 * 1024**3
 # Every mount a build step makes (debootstrap's /proc and /sys, ours for apt) lives in a private
-# mount namespace: it vanishes with the step, even one killed with SIGKILL, so no later build finds
-# a root it cannot delete.
-PRIVATE_MOUNTS = ("unshare", "--mount", "--propagation", "private", "--")
+# mount namespace: it vanishes with the step's last process, so no later build finds a root it
+# cannot delete. The step also gets its own PID namespace whose init dies with unshare
+# (--kill-child), and unshare dies with us (PR_SET_PDEATHSIG): a build killed with SIGKILL takes
+# every process of the step, and so the namespace and its mounts, along.
+PRIVATE_MOUNTS = (
+    "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--",
+)  # fmt: skip
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 _WITH_PROC = 'set -e; mount -t proc proc "$1/proc"; shift; exec "$@"'
 
 
@@ -246,8 +258,9 @@ def _run_logged(argv: Sequence[str], what: str, *, env: dict[str, str] | None = 
         # Own process group, so an interrupted step can be stopped with all its children
         # (debootstrap is a shell script driving wget and dpkg).
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
         try:
             _follow(proc, log.name, what, start)
         except BaseException:
@@ -432,6 +445,9 @@ def run_inside(
 ) -> subprocess.CompletedProcess:
     """Run ``argv`` with the chosen BLAS through the current engine (see :mod:`.engines`)."""
     from . import engines
+
+    if blas not in BLAS_CHOICES:  # before an engine is looked for
+        raise LegacyCaffeError(f"unknown BLAS {blas!r}; choose one of {', '.join(BLAS_CHOICES)}")
 
     return engines.run_inside(argv, blas=blas, env=env, capture=capture, check=check)
 

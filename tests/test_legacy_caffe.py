@@ -1,10 +1,10 @@
-"""Tests that run real Caffe in the debootstrap root (``pytest -m caffe``; needs root and a built
-root: ``python -m legacy_caffe build``)."""
+"""Tests that run real Caffe (``pytest -m caffe``) through the engine ``LEGACY_CAFFE_ENGINE`` picks
+(auto: Podman where it works, else the debootstrap root as root); its environment must be built:
+``python -m legacy_caffe build``."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legacy_caffe import goldens, rootfs
+from legacy_caffe import engines, goldens, rootfs
 from legacy_caffe.manifest import load_npz, rel_error
 from legacy_caffe.preprocess import caffe_preprocess, load_photo
 
@@ -20,11 +20,13 @@ pytestmark = pytest.mark.caffe
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _need_root():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (chroot)")
-    if not rootfs.is_complete():
-        pytest.fail(f"no Caffe root at {rootfs.root_dir()}: run python -m legacy_caffe build")
+def _need_engine():
+    engine = engines.current()
+    if not engine.is_built():
+        pytest.fail(
+            f"engine {engine.name} has no Caffe environment: python -m legacy_caffe build "
+            f"--engine {engine.name}"
+        )
 
 
 @pytest.fixture

@@ -58,7 +58,10 @@ def test_digest_ignores_order_but_not_content():
 def test_dockerfile_installs_the_same_list_and_copies_inside_scripts():
     # One list for both paths: the Dockerfile must read packages.txt rather than name packages.
     docker = (REPO / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^FROM debian:bullseye\s*$", docker, re.M)
+    # The base is an argument (an imported debootstrap tree where no registry answers); its
+    # default is the official image of the same suite.
+    assert re.search(r"^ARG BASE=debian:bullseye\s*$", docker, re.M)
+    assert re.search(r"^FROM \$\{BASE\}\s*$", docker, re.M)
     assert "COPY legacy_caffe/packages.txt" in docker
     assert "COPY legacy_caffe/inside/" in docker
     install = next(

@@ -1,0 +1,214 @@
+"""Real Caffe through the container engines: Docker's CLI on Podman's API, rootless Podman, and a
+build killed at several instants. Each builds or runs the real thing (marker ``caffe``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from legacy_caffe import engines, rootfs
+from legacy_caffe.engines import baseimage
+
+pytestmark = pytest.mark.caffe
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def _legacy(
+    *argv: str, env: dict | None = None, timeout: float = 1500
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PY, "-m", "legacy_caffe", *argv], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=timeout,
+    )  # fmt: skip
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed (Debian: apt-get install podman runc uidmap)")
+
+
+@pytest.fixture
+def podman_api(tmp_path):
+    """Podman's Docker-API service on a private socket and a private image store."""
+    _need("podman")
+    _need("docker")
+    podman = engines.make("podman")
+    podman.require()
+    flags = podman.quirks()["global"]
+    sock = tmp_path / "docker.sock"
+    store = rootfs.cache_dir() / f"docker-api-store-{os.getpid()}"
+    cmd = ["podman", *flags, "--root", str(store / "root"), "--runroot", str(store / "run"),
+           "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.2)
+        assert sock.exists(), "podman system service did not open its socket"
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        subprocess.run(["podman", "--root", str(store / "root"), "--runroot", str(store / "run"),
+                        "system", "reset", "-f"], capture_output=True)  # fmt: skip
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def test_docker_cli_through_podman_api_builds_and_matches_git(podman_api):
+    # A store of its own: the docker CLI imports the base and builds the image from the Dockerfile
+    # itself, then regenerates CaffeNet's goldens, which must be git's bytes.
+    env = {"DOCKER_HOST": podman_api, "LEGACY_CAFFE_BASE_TAR": str(baseimage.base_tar())}
+    if not baseimage.base_tar().is_file():
+        pytest.fail(f"{baseimage.base_tar()} missing: run `legacy_caffe build --engine podman`")
+    built = _legacy("build", "--engine", "docker", env=env)
+    assert built.returncode == 0, built.stderr[-3000:]
+    info = json.loads(built.stdout)
+    assert info["name"] == "docker" and info["image_id"]
+    doctor = _legacy("doctor", "--engine", "docker", env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "engine:    docker" in doctor.stdout
+    checked = _legacy("goldens", "--check", "--model", "caffenet", "--engine", "docker", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
+    assert "check: OK" in checked.stdout
+
+
+# --- rootless Podman ------------------------------------------------------------------------
+
+USER = f"lcrootless{os.getpid() % 100000}"
+
+
+@pytest.fixture
+def throwaway_user():
+    """A new user with a subuid/subgid range; removed with its home and image store after."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root (run the rootless path as yourself instead)")
+    for tool in ("useradd", "userdel", "newuidmap"):
+        _need(tool)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True)
+    try:
+        if USER not in Path("/etc/subuid").read_text():
+            subprocess.run(["usermod", "--add-subuids", "400000-465535", "--add-subgids",
+                            "400000-465535", USER], check=True)  # fmt: skip
+        yield pwd.getpwnam(USER)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+        subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
+        for table in ("/etc/subuid", "/etc/subgid"):
+            lines = Path(table).read_text().splitlines(keepends=True)
+            Path(table).write_text("".join(ln for ln in lines if not ln.startswith(USER + ":")))
+
+
+def _copy_for(user: pwd.struct_passwd) -> Path:
+    """The project as the user's own clone would hold it (sources and CaffeNet's goldens)."""
+    home = Path(user.pw_dir)
+    repo = home / "caffe-mfv"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("legacy_caffe", "port", "docker", "golden/caffenet"):
+        shutil.copytree(REPO / part, repo / part, ignore=ignore)
+    shutil.copyfile(REPO / "pyproject.toml", repo / "pyproject.toml")
+    shutil.copyfile(baseimage.base_tar(), home / "base.tar")
+    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
+    return repo
+
+
+def test_rootless_podman_regenerates_git_goldens(throwaway_user):
+    _need("podman")
+    if not baseimage.base_tar().is_file():
+        pytest.fail(f"{baseimage.base_tar()} missing: run `legacy_caffe build --engine podman`")
+    repo = _copy_for(throwaway_user)
+    home = throwaway_user.pw_dir
+    shared = Path(os.environ.get("CAFFE_MFV_SHARED", REPO.parent / "shared")).resolve()
+    script = (
+        f"cd {repo} && export HOME={home} PYTHONPATH={repo} CAFFE_MFV_SHARED={shared} "
+        f"LEGACY_CAFFE_BASE_TAR={home}/base.tar && "
+        f"{PY} -m legacy_caffe goldens --check --model caffenet --engine podman && "
+        f"{PY} -m legacy_caffe doctor --engine podman"
+    )
+    proc = subprocess.run(
+        ["su", "-s", "/bin/sh", throwaway_user.pw_name, "-c", script],
+        capture_output=True, text=True, timeout=2400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "check: OK" in proc.stdout
+    assert "rootless" in proc.stdout
+    exchange = repo / "cache" / "legacy_caffe" / "exchange"
+    assert exchange.stat().st_uid == throwaway_user.pw_uid
+    assert list(exchange.iterdir()) == []
+    print(proc.stdout, proc.stderr[-3000:])
+
+
+# --- a killed build leaves nothing mounted --------------------------------------------------
+
+
+def _mounts_below(path: Path) -> list[str]:
+    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(path))]  # fmt: skip
+
+
+def _processes_naming(path: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def _kill_build_when(root: Path, marker: str) -> str:
+    """Start a chroot build, SIGKILL it once its log shows ``marker``; return the log so far."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LEGACY_CAFFE_ROOT": str(root)}
+    proc = subprocess.Popen(
+        [PY, "-m", "legacy_caffe", "build", "--engine", "chroot"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    hit = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            seen.append(line)
+            if marker in line:
+                hit.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    hit.wait(timeout=600)
+    proc.send_signal(signal.SIGKILL)  # the worst case: no handler runs
+    proc.wait()
+    return "".join(seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "marker",
+    ["debootstrap (5 s)", "Configuring", "packages (and their dependencies)", "apt-get install ("],
+)
+def test_build_killed_at_any_step_leaves_nothing_mounted(tmp_path, marker):
+    if os.geteuid() != 0:
+        pytest.skip("the chroot build needs root")
+    root = tmp_path / "rootfs"
+    log = _kill_build_when(root, marker)
+    assert marker in log, log[-2000:]
+    deadline = time.monotonic() + 30
+    while _processes_naming(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_naming(tmp_path) == [], "a build step outlived the killed build"
+    assert _mounts_below(tmp_path) == []
+    # What the next build does first: delete the half-built tree. It must be able to.
+    rootfs._remove_tree(root.with_name("rootfs.partial"))
+    assert not root.with_name("rootfs.partial").exists()
