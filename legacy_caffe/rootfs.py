@@ -55,6 +55,8 @@ def _die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 _WITH_PROC = 'set -e; mount -t proc proc "$1/proc"; shift; exec "$@"'
 
 

@@ -212,3 +212,34 @@ def test_build_killed_at_any_step_leaves_nothing_mounted(tmp_path, marker):
     # What the next build does first: delete the half-built tree. It must be able to.
     rootfs._remove_tree(root.with_name("rootfs.partial"))
     assert not root.with_name("rootfs.partial").exists()
+
+
+# --- a user's model, start to finish --------------------------------------------------------
+
+
+def test_user_model_goldens_are_accepted_by_parity(tmp_path):
+    # The model zoo's CaffeNet deploy: no golden plan, no committed manifest; seeded weights and
+    # a photo of the user's, through whichever engine LEGACY_CAFFE_ENGINE (auto) picks.
+    shared = Path(os.environ.get("CAFFE_MFV_SHARED", REPO.parent / "shared"))
+    proto = shared / "reference" / "model-zoo" / "bvlc_reference_caffenet" / "deploy.prototxt"
+    image = shared / "reference" / "mfv-original" / "mean_images" / "n07720875" / "mean_0.jpg"
+    weights = tmp_path / "w.caffemodel"
+    seeded = subprocess.run(
+        [PY, "-m", "port", "seed-weights", "--prototxt", str(proto), "--weight-seed", "7",
+         "--out", str(weights)], cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr
+    out = tmp_path / "goldens"
+    made = _legacy("goldens", "--prototxt", str(proto), "--caffemodel", str(weights),
+                   "--input", str(image), "--out", str(out), "--no-repeat")  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["engine"]["name"] == engines.current().name
+    goldens = [f"{b}={out / b / 'mean_0.npz'}" for b in ("atlas", "openblas")]
+    parity = subprocess.run(
+        [PY, "-m", "parity", "run", "--prototxt", str(proto), "--caffemodel", str(weights),
+         "--golden", goldens[0], "--golden", goldens[1], "--no-verdict", "--quiet",
+         "--json", str(tmp_path / "parity.json")],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert parity.returncode == 0, parity.stdout + parity.stderr[-3000:]

@@ -8,12 +8,13 @@ Engines differ between machines in what their sandbox may do (measured: crun ref
 hybrid mode, both runtimes refused to raise RLIMIT_NOFILE/NPROC, buildah's default isolation could
 not start RUN steps). Rather than hard-code one machine's flags, the first use probes candidates
 from the plainest up (a ``true`` in the base image; a one-line build) and keeps the first that works
-in ``cache/legacy_caffe/quirks-<engine>-<uid>.json``; ``LEGACY_CAFFE_RUN_ARGS`` /
+in ``cache/legacy_caffe/quirks-<engine>-<uid>-<service>.json``; ``LEGACY_CAFFE_RUN_ARGS`` /
 ``LEGACY_CAFFE_BUILD_ARGS`` (and ``LEGACY_CAFFE_RUNTIME`` for podman) set them instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -70,6 +71,7 @@ class ContainerEngine(Engine):
 
     def __init__(self) -> None:
         self._quirks: dict | None = None
+        self._problem: str | None = None  # "" once checked and fine
 
     # --- the command line ---------------------------------------------------------------------
 
@@ -81,13 +83,14 @@ class ContainerEngine(Engine):
         return [self.cli, *self._global(), *args]
 
     def call(
-        self, *args: str, timeout: float | None = None, stdin=None
+        self, *args: str, timeout: float | None = None, stdin: object = None
     ) -> subprocess.CompletedProcess:
         """Run the CLI, capturing its output; a missing or hung CLI becomes an EngineError."""
         try:
             return subprocess.run(
-                self.cmd(*args), capture_output=True, text=True, timeout=timeout, stdin=stdin
-            )
+                self.cmd(*args), capture_output=True, text=True, timeout=timeout, stdin=stdin,
+                env=self.env(),
+            )  # fmt: skip
         except FileNotFoundError:
             raise EngineError(f"engine {self.name}: `{self.cli}` is not installed") from None
         except subprocess.TimeoutExpired:
@@ -95,13 +98,22 @@ class ContainerEngine(Engine):
                 f"engine {self.name}: `{self.cli} {' '.join(args[:2])}` hung for {timeout} s"
             ) from None
 
+    def env(self) -> dict[str, str] | None:
+        """The CLI's environment (None: ours)."""
+        return None
+
     def problem(self) -> str | None:
+        if self._problem is None:
+            self._problem = self._find_problem() or ""
+        return self._problem or None
+
+    def _find_problem(self) -> str | None:
         if shutil.which(self.cli) is None:
             return f"`{self.cli}` is not installed ({self.install_hint})"
         try:
             proc = subprocess.run(
                 [self.cli, "info", "--format", "{{json .}}"],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True, text=True, timeout=60, env=self.env(),
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return f"`{self.cli} info` did not answer within 60 s"
@@ -138,19 +150,19 @@ class ContainerEngine(Engine):
             rootfs._run_logged(
                 self.cmd("build", *quirks["build"], "--force-rm", "--build-arg", f"BASE={base}",
                          "-f", str(ctx / "Dockerfile"), "-t", tag, str(ctx)),
-                f"{self.cli} build", env=self.build_env(),
+                f"{self.cli} build", env=self.env(),
             )  # fmt: skip
         timings["image_s"] = round(time.monotonic() - t0, 1)
         rootfs._say(f"engine {self.name}: image {tag} built in {timings['image_s']} s")
         return {**self.describe(), "base": base, "base_source": base_how, "timings": timings}
 
-    def build_env(self) -> dict[str, str] | None:
-        return None
-
     # --- quirks -------------------------------------------------------------------------------
 
     def _quirks_file(self) -> Path:
-        return rootfs.cache_dir() / f"quirks-{self.name}-{os.geteuid()}.json"
+        # Per user (rootless and rootful Podman differ) and per service the CLI talks to.
+        where = os.environ.get("DOCKER_HOST" if self.cli == "docker" else "CONTAINER_HOST", "")
+        tag = hashlib.sha256(where.encode()).hexdigest()[:8] if where else "local"
+        return rootfs.cache_dir() / f"quirks-{self.name}-{os.geteuid()}-{tag}.json"
 
     def _version(self) -> str:
         return self.call("--version", timeout=60).stdout.strip()
@@ -295,17 +307,10 @@ class DockerEngine(ContainerEngine):
     name = cli = "docker"
     install_hint = "a running Docker daemon, or DOCKER_HOST at Podman's `podman system service`"
 
-    def build_env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         # The classic builder: the context is staged (no .dockerignore needed) and Podman's
         # Docker-API service has no BuildKit session endpoint.
         return {**os.environ, "DOCKER_BUILDKIT": "0"}
-
-    def call(
-        self, *args: str, timeout: float | None = None, stdin=None
-    ) -> subprocess.CompletedProcess:
-        if args[:1] == ("build",):
-            os.environ.setdefault("DOCKER_BUILDKIT", "0")
-        return super().call(*args, timeout=timeout, stdin=stdin)
 
 
 def _tmp_parent() -> Path:
