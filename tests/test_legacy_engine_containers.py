@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -123,6 +124,19 @@ def _copy_for(user: pwd.struct_passwd) -> Path:
     return repo
 
 
+def _as_user(user: pwd.struct_passwd, script: str) -> list[str]:
+    """``su`` to ``user``, with this interpreter reachable at ``~/python`` (it may live under a
+    folder only root can enter, as /root/.pyenv does here): bound there read-only in a private
+    mount namespace, which ends with the command."""
+    mnt = Path(user.pw_dir) / "python"
+    mnt.mkdir()
+    bind = (
+        'mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && exec su -s /bin/sh "$3" -c "$4"'
+    )
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind, "sh",
+            sys.base_prefix, str(mnt), user.pw_name, script]  # fmt: skip
+
+
 def test_rootless_podman_regenerates_git_goldens(throwaway_user):
     _need("podman")
     if not baseimage.base_tar().is_file():
@@ -130,16 +144,21 @@ def test_rootless_podman_regenerates_git_goldens(throwaway_user):
     repo = _copy_for(throwaway_user)
     home = throwaway_user.pw_dir
     shared = Path(os.environ.get("CAFFE_MFV_SHARED", REPO.parent / "shared")).resolve()
+    python = (
+        Path(home)
+        / "python"
+        / Path(os.path.realpath(sys.executable)).relative_to(Path(sys.base_prefix).resolve())
+    )
+    site = sysconfig.get_paths()["purelib"]
     script = (
-        f"cd {repo} && export HOME={home} PYTHONPATH={repo} CAFFE_MFV_SHARED={shared} "
+        f"cd {repo} && export HOME={home} PYTHONPATH={repo}:{site} CAFFE_MFV_SHARED={shared} "
         f"LEGACY_CAFFE_BASE_TAR={home}/base.tar && "
-        f"{PY} -m legacy_caffe goldens --check --model caffenet --engine podman && "
-        f"{PY} -m legacy_caffe doctor --engine podman"
+        f"{python} -m legacy_caffe goldens --check --model caffenet --engine podman && "
+        f"{python} -m legacy_caffe doctor --engine podman"
     )
     proc = subprocess.run(
-        ["su", "-s", "/bin/sh", throwaway_user.pw_name, "-c", script],
-        capture_output=True, text=True, timeout=2400,
-    )  # fmt: skip
+        _as_user(throwaway_user, script), capture_output=True, text=True, timeout=2400
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "check: OK" in proc.stdout
     assert "rootless" in proc.stdout
@@ -158,12 +177,16 @@ def _mounts_below(path: Path) -> list[str]:
 
 
 def _processes_naming(path: Path) -> list[int]:
+    """Processes whose command line, root (chroot) or working folder is inside ``path``."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if str(path).encode() in (proc / "cmdline").read_bytes():
+            links = [os.readlink(proc / "root"), os.readlink(proc / "cwd")]
+            if str(path).encode() in (proc / "cmdline").read_bytes() or any(
+                link.startswith(str(path)) for link in links
+            ):
                 found.append(int(proc.name))
         except OSError:
             pass

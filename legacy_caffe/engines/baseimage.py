@@ -57,7 +57,7 @@ def ensure_base(engine: ContainerEngine) -> tuple[str, str]:
     if pulled:
         return UPSTREAM, "pulled"
     rootfs._say(
-        f"engine {engine.name}: cannot pull {UPSTREAM} ({why.strip().splitlines()[-1:]}); "
+        f"engine {engine.name}: cannot pull {UPSTREAM} ({_last_line(why)}); "
         f"making the base from a minimal debootstrap tree instead"
     )
     tar = base_tar()
@@ -67,6 +67,11 @@ def ensure_base(engine: ContainerEngine) -> tuple[str, str]:
         how = f"debootstrap --variant=minbase {rootfs.SUITE}, imported from {tar}"
     import_tar(engine, tar)
     return BASE_TAG, how
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
 
 
 def make_base_tar(tar: Path) -> None:
