@@ -41,13 +41,19 @@ BLAS_CHOICES = ("atlas", "openblas")
 MIN_FREE_BYTES = 3 * 1024**3
 # Every mount a build step makes (debootstrap's /proc and /sys, ours for apt) lives in a private
 # mount namespace: it vanishes with the step's last process, so no later build finds a root it
-# cannot delete. The step also gets its own PID namespace whose init dies with unshare
+# cannot delete. The step also gets its own PID namespace whose init (a shell that only waits, so
+# its parent-death signal stays set: apt-get as init cleared it, measured) dies with unshare
 # (--kill-child), and unshare dies with us (PR_SET_PDEATHSIG): a build killed with SIGKILL takes
 # every process of the step, and so the namespace and its mounts, along.
 PRIVATE_MOUNTS = (
     "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--",
 )  # fmt: skip
 _PR_SET_PDEATHSIG = 1
+
+
+def supervised(argv: Sequence[str]) -> list[str]:
+    """``argv`` as a child of a waiting init in private mount and PID namespaces."""
+    return [*PRIVATE_MOUNTS, "sh", "-c", '"$@" & wait "$!"', "sh", *argv]
 
 
 def _die_with_parent() -> None:
@@ -57,7 +63,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-_WITH_PROC = 'set -e; mount -t proc proc "$1/proc"; shift; exec "$@"'
+_WITH_PROC = 'set -e; mount -t proc proc "$1/proc"; shift; "$@" & wait "$!"'
 
 
 class LegacyCaffeError(ToolError, RuntimeError):
@@ -339,7 +345,7 @@ def _build(root: Path, *, force: bool) -> dict:
     _say(f"debootstrap --variant=minbase {SUITE} into {partial} from {mirror}")
     t0 = time.monotonic()
     _run_logged(
-        [*PRIVATE_MOUNTS, "debootstrap", "--variant=minbase", SUITE, str(partial), mirror],
+        supervised(["debootstrap", "--variant=minbase", SUITE, str(partial), mirror]),
         "debootstrap",
     )
     timings["debootstrap_s"] = round(time.monotonic() - t0, 1)

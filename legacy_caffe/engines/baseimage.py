@@ -92,8 +92,8 @@ def make_base_tar(tar: Path) -> None:
     t0 = time.monotonic()
     try:
         rootfs._run_logged(
-            [*rootfs.PRIVATE_MOUNTS, "debootstrap", "--variant=minbase", rootfs.SUITE, str(tree),
-             mirror], "debootstrap (base)",
+            rootfs.supervised(["debootstrap", "--variant=minbase", rootfs.SUITE, str(tree), mirror]),
+            "debootstrap (base)",
         )  # fmt: skip
         with atomic_path(tar, suffix=".tar") as tmp:
             subprocess.run(
