@@ -45,7 +45,7 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_goldens(tool: Tool) -> None:
-    from .goldens import DEFAULT_SEED, DEFAULT_UNIT, PLANS
+    from .goldens import DEFAULT_SEED, PLANS
 
     g = tool.add_command(
         "goldens", _cmd_goldens,
@@ -83,6 +83,13 @@ def _add_goldens(tool: Tool) -> None:
         "most; --seed is the older spelling)",
     )
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
+    _add_user_model(g)
+
+
+def _add_user_model(g: argparse.ArgumentParser) -> None:
+    """The options of ``goldens`` for a user's own model."""
+    from .goldens import DEFAULT_UNIT
+
     g.add_argument("--prototxt", type=Path, help="a user's own net definition")
     g.add_argument("--caffemodel", type=Path, help="the user's weights (with --prototxt)")
     g.add_argument(

@@ -220,3 +220,13 @@ def test_committed_manifests_carry_every_field_the_generator_writes():
         assert "mode" in man["backward"], path
         assert man["engine"]["name"] in ("podman", "docker", "chroot"), path
         assert list(man)[-2:] == ["engine", "generated"], path
+
+
+def test_a_base_that_cannot_be_made_says_how_to_get_one(monkeypatch, tmp_path):
+    from legacy_caffe.engines import baseimage
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(EngineError) as err:
+        baseimage.make_base_tar(tmp_path / "base.tar")
+    assert "LEGACY_CAFFE_BASE_TAR" in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
