@@ -12,6 +12,7 @@ from port.errors import UsageError
 
 from . import args as check
 from . import engines, rootfs
+from .manifest import write_json
 
 EPILOG = """\
 typical use:
@@ -326,7 +327,7 @@ def _cmd_user_goldens(args: argparse.Namespace) -> int:
         repeat=not args.no_repeat, force_backward=not args.no_force_backward,
         python_path=args.python_path,
     ))  # fmt: skip
-    goldens.write_json(out / "manifest.json", man)
+    write_json(out / "manifest.json", man)
     print(f"wrote {out}/manifest.json and {len(man['sets'])} dumps under {out}")
     return 0
 

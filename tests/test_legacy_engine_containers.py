@@ -51,20 +51,25 @@ def podman_api(tmp_path):
     store = rootfs.cache_dir() / f"docker-api-store-{os.getpid()}"
     cmd = ["podman", *flags, "--root", str(store / "root"), "--runroot", str(store / "run"),
            "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "service.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        for _ in range(100):
-            if sock.exists():
+        for _ in range(300):  # a loaded machine took over 20 s
+            if sock.exists() or proc.poll() is not None:
                 break
             time.sleep(0.2)
-        assert sock.exists(), "podman system service did not open its socket"
+        assert sock.exists(), f"podman system service opened no socket: {log.read_text()[-2000:]}"
         yield f"unix://{sock}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         subprocess.run(["podman", "--root", str(store / "root"), "--runroot", str(store / "run"),
-                        "system", "reset", "-f"], capture_output=True)  # fmt: skip
+                        "rmi", "-a", "-f"], capture_output=True)  # fmt: skip
+        for point in sorted(_mounts_below(store), reverse=True):  # the store's own overlay mount
+            subprocess.run(["umount", point], capture_output=True)
         shutil.rmtree(store, ignore_errors=True)
+        assert _mounts_below(store) == [] and not store.exists()
 
 
 def test_docker_cli_through_podman_api_builds_and_matches_git(podman_api):
