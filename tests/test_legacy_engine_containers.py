@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,7 +50,8 @@ def podman_api(tmp_path):
     flags = podman.quirks()["global"]
     sock = tmp_path / "docker.sock"
     store = rootfs.cache_dir() / f"docker-api-store-{os.getpid()}"
-    cmd = ["podman", *flags, "--root", str(store / "root"), "--runroot", str(store / "run"),
+    run = Path(tempfile.mkdtemp(prefix="lcapi-"))  # podman: a runroot of at most 50 characters
+    cmd = ["podman", *flags, "--root", str(store / "root"), "--runroot", str(run),
            "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
     log = tmp_path / "service.log"
     with open(log, "w") as fh:
@@ -64,12 +66,13 @@ def podman_api(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        subprocess.run(["podman", "--root", str(store / "root"), "--runroot", str(store / "run"),
+        subprocess.run(["podman", "--root", str(store / "root"), "--runroot", str(run),
                         "rmi", "-a", "-f"], capture_output=True)  # fmt: skip
-        for point in sorted(_mounts_below(store), reverse=True):  # the store's own overlay mount
-            subprocess.run(["umount", point], capture_output=True)
-        shutil.rmtree(store, ignore_errors=True)
-        assert _mounts_below(store) == [] and not store.exists()
+        for folder in (store, run):
+            for point in sorted(_mounts_below(folder), reverse=True):  # the store's overlay mount
+                subprocess.run(["umount", point], capture_output=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            assert _mounts_below(folder) == [] and not folder.exists()
 
 
 def test_docker_cli_through_podman_api_builds_and_matches_git(podman_api):
