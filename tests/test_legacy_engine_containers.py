@@ -145,6 +145,7 @@ def _as_user(user: pwd.struct_passwd, script: str) -> list[str]:
             sys.base_prefix, str(mnt), user.pw_name, script]  # fmt: skip
 
 
+@pytest.mark.slow  # ~6 min idle, 13 min on a loaded 2-core machine (vfs copies every layer)
 def test_rootless_podman_regenerates_git_goldens(throwaway_user):
     _need("podman")
     if not baseimage.base_tar().is_file():
