@@ -21,6 +21,7 @@ import numpy as np
 from . import schema
 from .atomic import atomic_path
 from .errors import CaffeError
+from .limits import open_regular
 from .netdef import V2_TO_V1_TYPES, NetDef
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -191,7 +192,7 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "caffemodel") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise CaffeError("weights file is empty", path=path)
