@@ -770,7 +770,7 @@ def schema_from_proto_text(text: str, *, path: str = "<proto>") -> Schema:
         return _FORKS[key]
     base = _build_file()
     base.name = "caffe_mfv_port/fork_caffe.proto"
-    added = merge_into(base, parse_proto(text, path=path), path=path)
+    added = merge_into(base, parse_proto(text, path=path, base=base), path=path)
     pool = descriptor_pool.DescriptorPool()
     try:
         pool.Add(base)
