@@ -176,14 +176,16 @@ def test_npz_round_trip_matches_numpy(tmp_path, compressed):
 
 def _bomb(path: Path, n_floats: int) -> None:
     """A deflated member of ``n_floats`` zeros with a truthful header: it compresses ~1000x."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        with z.open("data/fc.npy", "w", force_zip64=True) as m:
-            m.write(_header((n_floats,)))
-            chunk = bytes(1 << 22)
-            left = n_floats * 4
-            while left:
-                m.write(chunk[: min(left, len(chunk))])
-                left -= min(left, len(chunk))
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z,
+        z.open("data/fc.npy", "w", force_zip64=True) as m,
+    ):
+        m.write(_header((n_floats,)))
+        chunk = bytes(1 << 22)
+        left = n_floats * 4
+        while left:
+            m.write(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
 
 
 def test_npz_bomb_refused_before_decompressing(tmp_path, monkeypatch):
