@@ -327,3 +327,31 @@ def test_port_dump_refuses_bad_batches(tmp_path):
             port.CaffeError, match=messages[name].replace("(", "\\(").replace(")", "\\)")
         ):
             check_batch(load_npy(path), path)
+
+
+# --- messages that named the wrong thing ---------------------------------------------------------
+
+
+def _one_blob_model(path: Path, dims: list[int], values: int) -> None:
+    from port import schema
+
+    net = schema.NetParameter()
+    blob = net.layer.add(name="fc", type="InnerProduct").blobs.add()
+    blob.shape.dim.extend(dims)
+    blob.data.extend([0.0] * values)
+    path.write_bytes(net.SerializeToString())
+
+
+def test_caffemodel_negative_dimension_is_named(tmp_path):
+    path = tmp_path / "neg.caffemodel"
+    _one_blob_model(path, [-5, 2], 10)
+    with pytest.raises(port.CaffeError, match="shape \\(-5, 2\\) has a negative dimension"):
+        read_caffemodel(path)
+
+
+def test_caffemodel_dimensions_whose_product_wraps_are_refused(tmp_path):
+    # 2**32 * 2**32 is 0 in int64 arithmetic, which would match an empty blob.
+    path = tmp_path / "wrap.caffemodel"
+    _one_blob_model(path, [2**32, 2**32], 0)
+    with pytest.raises(port.CaffeError, match="needs 18446744073709551616"):
+        read_caffemodel(path)
