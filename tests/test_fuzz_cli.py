@@ -56,6 +56,7 @@ BUG = 70
 # exits 1 with a traceback; such a case is a bug finding like a 70, reported rather than failed.
 PRE_70_BUG = 1
 FINDINGS: list[str] = []
+CASES: dict[str, int] = {}
 # torch alone maps ~3.2 GB of address space (measured: VmPeak 3263288 kB after importing torch and
 # parity), so the limit that catches a runaway allocation sits above that; resident memory is the
 # measure of what a case really used (the tiny net needs ~400 MB).
@@ -148,6 +149,7 @@ def check_case(
 ) -> Outcome:
     """Run one case in ``case`` and assert the four promises; ``outputs`` are the paths (relative
     to ``case``) a successful run may create."""
+    CASES[f"{tool} {args[0]}"] = CASES.get(f"{tool} {args[0]}", 0) + 1
     parity_cache = ROOT / "cache" / "parity"
     before, cache_before = _snapshot(case), _snapshot(parity_cache)
     out = run_tool(tool, args, case, env)
@@ -218,6 +220,15 @@ def base(tmp_path_factory) -> Base:
             img_dir / f"ok{i}.png"
         )
     return Base(folder, prototxt, (folder / "tiny.caffemodel").read_bytes(), golden, images)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary():
+    """One warning at the end with the case counts and every bug found (a bug is not a failure)."""
+    yield
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(CASES.items()))
+    found = "".join(f"\n  {f}" for f in FINDINGS) or " none"
+    warnings.warn(f"fuzz cases ({counts}); bugs found:{found}", stacklevel=1)
 
 
 def _case_dir() -> Path:

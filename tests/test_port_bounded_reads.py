@@ -63,6 +63,7 @@ def _one_error_line(proc, tool: str) -> str:
     "reader",
     [
         port.load_prototxt,
+        port.load,
         load_proto,
         read_caffemodel,
         load_npy,
