@@ -31,6 +31,7 @@ import numpy as np
 
 from port.artefact import sha256_file
 from port.atomic import atomic_path
+from port.errors import CaffeError
 from port.paths import cache_root, repo_root
 from port.zoo import MODELS as ZOO
 
@@ -667,7 +668,7 @@ def _same_arrays(path: Path, described: dict[str, dict]) -> bool:
         return False
     try:
         return not verify_arrays(load_npz(path), described)
-    except (OSError, ValueError):
+    except (OSError, ValueError, CaffeError):  # port.arrays refuses a damaged cached file
         return False
 
 
