@@ -20,6 +20,7 @@ import numpy as np
 
 from port.artefact import sha256_file
 from port.atomic import atomic_path
+from port.errors import CaffeError
 from port.zoo import MODELS as ZOO
 
 from . import engines, rootfs
@@ -469,7 +470,7 @@ def _same_arrays(path: Path, described: dict[str, dict]) -> bool:
         return False
     try:
         return not verify_arrays(load_npz(path), described)
-    except (OSError, ValueError):
+    except (OSError, ValueError, CaffeError):  # port.arrays refuses a damaged cached file
         return False
 
 

@@ -255,8 +255,9 @@ def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
 
 def array_inputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """An .npz of input blob name -> array as one input set named after the file."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
+    from port.arrays import load_npz as bounded_load_npz
+
+    arrays = {k: np.asarray(a, dtype=np.float32) for k, a in bounded_load_npz(path).items()}
     if not arrays:
         raise GoldenError(f"{path} holds no arrays")
     return {re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem): arrays}

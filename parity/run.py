@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from port.errors import ToolError
+from port.errors import CaffeError, ToolError
 
 from . import core, local, runners
 from .compare import ParityResult
@@ -224,6 +224,8 @@ def _read_golden_file(path: str | Path) -> dict[str, np.ndarray]:
 
     try:
         return load_npz(Path(path))
+    except CaffeError as exc:  # port.arrays' refusals: the reason without the path again
+        raise ParitySetupError(f"{path}: not a readable golden .npz ({exc.reason})") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ParitySetupError(f"{path}: not a readable golden .npz ({reason})") from None

@@ -62,6 +62,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a saved artefact, without loading its weights."""
     from safetensors import safe_open
 
+    from .limits import open_regular
+
+    open_regular(path, "caffemodel").close()  # a regular file within the weights' cap
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}

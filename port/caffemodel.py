@@ -11,6 +11,7 @@ payloads are appended as raw little-endian bytes.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ import numpy as np
 from . import schema
 from .atomic import atomic_path
 from .errors import CaffeError
+from .limits import open_regular
 from .netdef import V2_TO_V1_TYPES, NetDef
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -145,7 +147,10 @@ def _parse_blob(buf, start: int, stop: int) -> np.ndarray:
         data = (np.concatenate(float_chunks) if float_chunks else np.zeros(0, np.float32)).astype(
             np.float32
         )
-    count = int(np.prod(shape)) if shape or zero_axes else 0
+    if any(d < 0 for d in shape):
+        raise ValueError(f"blob shape {tuple(shape)} has a negative dimension")
+    # math.prod: numpy's product wraps around past 2**63 and could match a small blob.
+    count = math.prod(shape) if shape or zero_axes else 0
     if data.size != count:
         raise ValueError(
             f"blob holds {data.size} values but its shape {tuple(shape)} needs {count}"
@@ -191,7 +196,7 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "caffemodel") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise CaffeError("weights file is empty", path=path)

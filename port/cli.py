@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from .command import Tool, device_arg
-from .errors import CaffeError
 from .plugins import add_definition_options, load_plugins
 
 
@@ -94,18 +91,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
+    from .arrays import check_batch, load_npy
     from .dump import BackwardSeed, dump_blobs, save_npz
     from .net import load_caffe
 
-    try:
-        x = np.load(args.input)
-    except (OSError, ValueError, EOFError) as exc:
-        raise CaffeError(f"cannot read input batch: {exc}", path=args.input) from None
-    if not isinstance(x, np.ndarray):
-        x.close()
-        raise CaffeError("an .npz archive; give one (N, C, H, W) array as .npy", path=args.input)
-    if x.ndim != 4:
-        raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=args.input)
+    x = check_batch(load_npy(args.input), args.input)
     backward = BackwardSeed.parse(args.backward_from) if args.backward_from else None
     net = load_caffe(_netdef(args), args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
     blobs = dump_blobs(net, x, backward_from=backward)

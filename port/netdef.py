@@ -589,11 +589,10 @@ def load_prototxt(path: str | Path, *, proto: str | Path | schema.Schema | None 
     CaffeError
         When the file cannot be read or parsed; the message names the file, line, layer and field.
     """
+    from .limits import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaffeError(f"cannot read definition: {exc}", path=path) from None
+    text = read_text(path, "definition")
     return netdef_from_text(text, path=path, proto=proto)
 
 

@@ -51,12 +51,16 @@ def load_mean(path: str | Path) -> np.ndarray:
     """A mean from ``.npy`` (CxHxW or C) or ``.binaryproto`` (a BlobProto)."""
     path = Path(path)
     if path.suffix == ".npy":
-        return np.load(path).astype(np.float32)
-    from . import schema
+        from .arrays import load_npy
 
+        return load_npy(path).astype(np.float32)
+    from . import schema
+    from .limits import read_bounded
+
+    raw = read_bounded(path, "npy")
     blob = schema.BlobProto()
     try:
-        blob.ParseFromString(path.read_bytes())
+        blob.ParseFromString(raw)
     except Exception as exc:
         raise CaffeError(f"not a BlobProto mean file: {exc}", path=path) from None
     shape = list(blob.shape.dim) or [blob.num, blob.channels, blob.height, blob.width]

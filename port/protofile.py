@@ -45,6 +45,10 @@ _LABELS = {
     "required": _FDP.LABEL_REQUIRED,
 }
 _UNSUPPORTED = {"oneof", "map", "group", "extend", "service", "import"}
+_MAX_FIELD = 536870911  # 2**29 - 1, protobuf's largest field number
+_RESERVED_LO, _RESERVED_HI = 19000, 19999  # protoc refuses these numbers
+_MAX_DEPTH = 100  # protobuf's default recursion limit; deeper nesting is refused, not recursed into
+_NOT_PACKABLE = {_FDP.TYPE_STRING, _FDP.TYPE_BYTES, _FDP.TYPE_MESSAGE, _FDP.TYPE_GROUP}
 
 _TOKEN = re.compile(
     r"""
@@ -82,10 +86,17 @@ def _tokens(text: str, path: str) -> list[_Tok]:
 
 
 class _Parser:
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, base=None) -> None:
         self.path = path
+        # Caffe's fields by message name, so that a changed field is named with its line here
+        # rather than later, at the merge, without one.
+        self.base: dict[str, dict] = {}
+        if base is not None:
+            _index(base, "", self.base)
+        self.scope: list[str] = []
         self.toks = _tokens(text, path)
         self.i = 0
+        self.depth = 0
 
     # -- token helpers ---------------------------------------------------------------------------
     def _peek(self) -> _Tok | None:
@@ -117,14 +128,27 @@ class _Parser:
             self._fail(f"expected a name, found {tok.text!r}", tok.line)
         return tok
 
-    def _int(self) -> int:
+    def _int(self, what: str = "field number") -> int:
+        """An integer in the range protoc allows for ``what`` (a field number or an enum value)."""
         tok = self._next()
+        if tok.text == "-" and what == "enum value":  # a sign split from the digits
+            tok = _Tok(tok.kind, "-" + self._next().text, tok.line)
         try:
-            return int(tok.text, 0)
+            value = int(tok.text, 0)
         except ValueError:
-            if tok.text == "max":
-                return 536870911
+            if tok.text == "max" and what != "enum value":
+                return _MAX_FIELD
             self._fail(f"expected an integer, found {tok.text!r}", tok.line)
+        lo, hi = (-(2**31), 2**31 - 1) if what == "enum value" else (1, _MAX_FIELD)
+        if not lo <= value <= hi:
+            self._fail(f"{what} {tok.text} is out of range ({lo} to {hi})", tok.line)
+        if what == "field number" and _RESERVED_LO <= value <= _RESERVED_HI:
+            self._fail(
+                f"field number {value} is in {_RESERVED_LO}-{_RESERVED_HI}, reserved for the "
+                "protocol buffer implementation",
+                tok.line,
+            )
+        return value
 
     def _skip_statement(self) -> None:
         while self._next().text != ";":
@@ -162,10 +186,18 @@ class _Parser:
 
     def _message(self, msg) -> None:
         msg.name = self._ident().text
+        self.scope.append(msg.name)
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            self._fail(f"messages nested more than {_MAX_DEPTH} deep")
         self._expect("{")
+        lines: list[int] = []  # the line of each field, for the checks at the closing brace
         while True:
             tok = self._next()
             if tok.text == "}":
+                self.depth -= 1
+                self._check_fields(msg, lines)
+                self.scope.pop()
                 return
             if tok.text == "message":
                 self._message(msg.nested_type.add())
@@ -182,6 +214,7 @@ class _Parser:
             elif tok.text in ("reserved", "option"):
                 self._skip_statement()
             elif tok.text in _LABELS:
+                lines.append(tok.line)
                 self._field(msg.field.add(), _LABELS[tok.text])
             elif tok.text == ";":
                 continue
@@ -193,6 +226,37 @@ class _Parser:
                     f"{msg.name}, found {tok.text!r}",
                     tok.line,
                 )
+
+    def _check_fields(self, msg, lines: list[int]) -> None:
+        """protoc's checks within one message: unique names and numbers, none in an extension
+        range."""
+        names: dict[str, int] = {}
+        numbers: dict[int, str] = {}
+        for fld, line in zip(msg.field, lines, strict=True):
+            if fld.name in names:
+                self._fail(f"field {msg.name}.{fld.name} is defined twice", line)
+            if fld.number in numbers:
+                self._fail(
+                    f"field {msg.name}.{fld.name} = {fld.number} reuses the number of "
+                    f"{numbers[fld.number]!r}",
+                    line,
+                )
+            names[fld.name] = fld.number
+            numbers[fld.number] = fld.name
+            old = self.base.get(".".join(self.scope), {}).get(fld.name)
+            if old is not None and old.number == fld.number and _kind(old) != _kind(fld):
+                self._fail(
+                    f"{msg.name}.{fld.name} is '{_kind(fld)}' here but '{_kind(old)}' in "
+                    "Caffe's schema",
+                    line,
+                )
+            for rng in msg.extension_range:
+                if rng.start <= fld.number < rng.end:
+                    self._fail(
+                        f"field {msg.name}.{fld.name} = {fld.number} is inside the extension "
+                        f"range {rng.start} to {rng.end - 1}",
+                        line,
+                    )
 
     def _field(self, field, label: int) -> None:
         type_tok = self._ident()
@@ -213,11 +277,11 @@ class _Parser:
             while True:
                 opt = self._ident()
                 self._expect("=")
-                value = self._value()
+                value = self._value(field)
                 if opt.text == "default":
                     field.default_value = value
                 elif opt.text == "packed":
-                    field.options.packed = value == "true"
+                    self._packed(field, value, opt.line)
                 elif opt.text != "deprecated":
                     self._fail(f"field option {opt.text!r} is not supported", opt.line)
                 sep = self._next()
@@ -227,21 +291,50 @@ class _Parser:
                     self._fail(f"expected ',' or ']', found {sep.text!r}", sep.line)
         self._expect(";")
 
-    def _value(self) -> str:
+    def _packed(self, field, value: str, line: int) -> None:
+        if value not in ("true", "false"):
+            self._fail(f"[packed = {value}]: true or false expected", line)
+        if value == "true" and (
+            field.label != _FDP.LABEL_REPEATED
+            or (not field.type_name and field.type in _NOT_PACKABLE)
+        ):
+            self._fail(
+                f"[packed = true] on {field.name}: only repeated fields of numbers, bools or "
+                "enums can be packed",
+                line,
+            )
+        field.options.packed = value == "true"
+
+    def _value(self, field=None) -> str:
         tok = self._next()
         if tok.text == "-":  # a sign split from 'inf'
             return "-" + self._next().text
         if tok.kind == "string":
-            return _unquote(tok.text)
+            raw = _unescape(tok.text, self.path, tok.line)
+            if field is not None and field.type == _FDP.TYPE_BYTES and not field.type_name:
+                return _c_escape(raw)  # a bytes default is stored C-escaped, as protoc does
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail("a string default that is not UTF-8 (use a bytes field)", tok.line)
         return tok.text
 
     def _enum(self, enum) -> None:
         enum.name = self._ident().text
         self._expect("{")
+        seen: dict[int, str] = {}
+        names: set[str] = set()
+        aliases: list[tuple[str, int, int]] = []
         while True:
             tok = self._next()
             if tok.text == "}":
-                return
+                break
+            if tok.text == "option" and self._peek() and self._peek().text == "allow_alias":
+                self._next()
+                self._expect("=")
+                enum.options.allow_alias = self._next().text == "true"
+                self._expect(";")
+                continue
             if tok.text in ("option", "reserved"):
                 self._skip_statement()
                 continue
@@ -250,26 +343,89 @@ class _Parser:
             if tok.kind != "ident":
                 self._fail(f"expected an enum value in {enum.name}, found {tok.text!r}", tok.line)
             self._expect("=")
-            enum.value.add(name=tok.text, number=self._int())
+            number = self._int("enum value")
+            if tok.text in names:
+                self._fail(f"enum value {enum.name}.{tok.text} is defined twice", tok.line)
+            names.add(tok.text)
+            if number in seen:
+                aliases.append((tok.text, number, tok.line))
+            seen.setdefault(number, tok.text)
+            enum.value.add(name=tok.text, number=number)
             if self._peek() and self._peek().text == "[":
                 while self._next().text != "]":
                     pass
             self._expect(";")
+        if aliases and not enum.options.allow_alias:
+            name, number, line = aliases[0]
+            self._fail(
+                f"enum value {enum.name}.{name} = {number} reuses the number of "
+                f"{seen[number]!r}; add 'option allow_alias = true;' to allow it",
+                line,
+            )
 
 
-def _unquote(text: str) -> str:
-    return bytes(text[1:-1], "utf-8").decode("unicode_escape")
+_SIMPLE_ESCAPES = dict(zip("abfnrtv\\?'\"", b"\a\b\f\n\r\t\v\\?'\"", strict=True))
+_ESCAPE = re.compile(
+    r"\\(?:([0-7]{1,3})|[xX]([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))", re.S
+)
 
 
-def parse_proto(text: str, *, path: str | Path = "<proto>") -> descriptor_pb2.FileDescriptorProto:
+def _unescape(text: str, path: str, line: int) -> bytes:
+    """A quoted string literal's bytes, with protoc's escapes (C's, plus \\u and \\U)."""
+    body = text[1:-1]
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(body):
+        out += body[pos : m.start()].encode("utf-8")
+        pos = m.end()
+        octal, hexa, u4, u8, other = m.groups()
+        if octal is not None:
+            if int(octal, 8) > 255:
+                raise CaffeError(f"octal escape \\{octal} is over \\377", path=path, line=line)
+            out.append(int(octal, 8))
+        elif hexa is not None:
+            out.append(int(hexa, 16))
+        elif u4 is not None or u8 is not None:
+            code = int(u4 or u8, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise CaffeError(
+                    f"escape {m.group()} is not a Unicode character", path=path, line=line
+                )
+            out += chr(code).encode("utf-8")
+        elif other in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[other])
+        else:
+            raise CaffeError(f"invalid escape {m.group()!r} in a string", path=path, line=line)
+    out += body[pos:].encode("utf-8")
+    return bytes(out)
+
+
+def _c_escape(raw: bytes) -> str:
+    return "".join(chr(b) if 32 <= b < 127 and b not in (34, 39, 92) else f"\\{b:03o}" for b in raw)
+
+
+def _index(container, prefix: str, out: dict[str, dict]) -> None:
+    msgs = getattr(container, "message_type", None) or getattr(container, "nested_type", [])
+    for msg in msgs:
+        full = f"{prefix}.{msg.name}" if prefix else msg.name
+        out[full] = {f.name: f for f in msg.field}
+        _index(msg, full, out)
+
+
+def parse_proto(
+    text: str, *, path: str | Path = "<proto>", base=None
+) -> descriptor_pb2.FileDescriptorProto:
     """Parse proto2 text into a ``FileDescriptorProto`` (type names not yet resolved).
+
+    ``base`` (Caffe's ``FileDescriptorProto``), when given, lets a field that changes the label or
+    type of Caffe's field of that name be refused with its line.
 
     Raises
     ------
     CaffeError
         On anything this reader does not support, with the file and line.
     """
-    return _Parser(text, str(path)).parse()
+    return _Parser(text, str(path), base).parse()
 
 
 # -- merging into Caffe's schema -------------------------------------------------------------------
@@ -310,6 +466,14 @@ def _merge_enum(base, extra, where: str, path: str) -> None:
                     field=value.name,
                 )
             continue
+        taken = [v.name for v in base.value if v.number == value.number]
+        if taken and not (base.options.allow_alias and extra.options.allow_alias):
+            raise CaffeError(
+                f"enum value {where}.{value.name} = {value.number} reuses the number of "
+                f"Caffe's {taken[0]!r} (an alias needs 'option allow_alias = true;')",
+                path=path,
+                field=value.name,
+            )
         base.value.add().CopyFrom(value)
 
 
@@ -325,6 +489,7 @@ def _merge_message(base, extra, where: str, path: str, added: list[str]) -> None
                     path=path,
                     field=fld.name,
                 )
+            _same_kind(old, fld, f"{where}.{fld.name}", path)
             continue
         if fld.number in by_number:
             raise CaffeError(
@@ -336,6 +501,27 @@ def _merge_message(base, extra, where: str, path: str, added: list[str]) -> None
         base.field.add().CopyFrom(fld)
         added.append(f"{where}.{fld.name}")
     _merge_types(base, extra, where, path, added, nested=True)
+
+
+def _kind(fld) -> str:
+    label = {_FDP.LABEL_OPTIONAL: "optional", _FDP.LABEL_REPEATED: "repeated"}.get(
+        fld.label, "required"
+    )
+    if fld.type_name:
+        return f"{label} {fld.type_name.rsplit('.', 1)[-1]}"
+    names = {v: k for k, v in _SCALARS.items()}
+    return f"{label} {names.get(fld.type, fld.type)}"
+
+
+def _same_kind(old, new, where: str, path: str) -> None:
+    """A field Caffe has keeps its label and type: a fork that changes either reads Caffe's own
+    files differently (protoc refuses the two definitions together)."""
+    if _kind(old) != _kind(new):
+        raise CaffeError(
+            f"{where} is '{_kind(new)}' here but '{_kind(old)}' in Caffe's schema",
+            path=path,
+            field=new.name,
+        )
 
 
 def _merge_types(base, extra, where: str, path: str, added: list[str], *, nested: bool) -> None:
@@ -375,6 +561,13 @@ def _resolve_fields(container, scope: str, known: dict[str, str], path: str) -> 
                 )
             fld.type_name = resolved
             fld.type = _FDP.TYPE_ENUM if known[resolved] == "enum" else _FDP.TYPE_MESSAGE
+            if fld.options.packed and fld.type == _FDP.TYPE_MESSAGE:
+                raise CaffeError(
+                    f"[packed = true] on {full[1:]}.{fld.name}, a message field: only repeated "
+                    "fields of numbers, bools or enums can be packed",
+                    path=path,
+                    field=fld.name,
+                )
         _resolve_fields(msg, full, known, path)
 
 

@@ -770,7 +770,7 @@ def schema_from_proto_text(text: str, *, path: str = "<proto>") -> Schema:
         return _FORKS[key]
     base = _build_file()
     base.name = "caffe_mfv_port/fork_caffe.proto"
-    added = merge_into(base, parse_proto(text, path=path), path=path)
+    added = merge_into(base, parse_proto(text, path=path, base=base), path=path)
     pool = descriptor_pool.DescriptorPool()
     try:
         pool.Add(base)
@@ -784,14 +784,9 @@ def schema_from_proto_text(text: str, *, path: str = "<proto>") -> Schema:
 def load_proto(path) -> Schema:
     """Caffe 1.0's schema extended with the fork ``caffe.proto`` at ``path`` (see
     :func:`schema_from_proto_text`)."""
-    from pathlib import Path
+    from .limits import read_text
 
-    from .errors import CaffeError
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaffeError(f"cannot read the fork's proto: {exc}", path=path) from None
+    text = read_text(path, "proto")
     return schema_from_proto_text(text, path=str(path))
 
 
