@@ -324,6 +324,15 @@ def _diff_truth(blob, seed, consumers, chains, net64, arrays) -> np.ndarray:
     return _through_chain(net64, chains.get(blob, []), blob, grad, arrays).detach().numpy()
 
 
+def _backward_order(netdef: Any) -> list[str]:
+    """Blobs in the order backward reaches them (last produced first), inputs last: a tampered
+    diff departs first at itself, then at the blobs below that are computed from it."""
+    order = list(netdef.inputs)
+    for layer in netdef.layers:
+        order += [t for t in layer.tops if t not in order]
+    return order[::-1]
+
+
 def _backward_rows(
     netdef: Any, weights: Mapping, arrays: Mapping[str, Any], backward_from: str | None
 ) -> tuple[list, list]:
@@ -333,8 +342,10 @@ def _backward_rows(
     inexact = _inexact_blobs(net64, seed)
     learnable = _learnable_upstream(netdef, weights)
     rows, unchecked = [], []
-    for key in [k for k in arrays if k.startswith("diff/")]:
-        blob = key[5:]
+    for blob in _backward_order(netdef):
+        key = f"diff/{blob}"
+        if key not in arrays:
+            continue
         if blob in inexact:
             unchecked.append(f"{key} (Caffe's backward of {inexact[blob]} is inexact in place)")
             continue
@@ -384,15 +395,19 @@ def check_consistency(
         brows, bun = _backward_rows(netdef, weights, arrays, backward_from)
         rows += brows
         unchecked += bun
-    for key, layer, err, allowed in rows:
-        if not err <= allowed:
-            how = "forward" if key.startswith("data/") else "backward"
-            raise _fail(
-                source,
-                f"{key} is {err:.3g} of its range away from layer {layer}'s float64 {how} on "
-                f"the golden's own inputs (a float32 Caffe stays within {allowed:.1g}): not "
-                "Caffe's computation of this net with these weights",
-            )
+    bad = [r for r in rows if not r[2] <= r[3]]
+    if bad:
+        # Forward in net order, backward in backward order: the first to depart is the array at
+        # fault; the blobs computed from it depart after it.
+        key, layer, err, allowed = bad[0]
+        how = "forward" if key.startswith("data/") else f"backward from {backward_from}"
+        also = f" (then also {', '.join(r[0] for r in bad[1:4])})" if bad[1:] else ""
+        raise _fail(
+            source,
+            f"{key} is {err:.3g} of its range away from layer {layer}'s float64 {how} on the "
+            f"golden's own inputs (a float32 Caffe stays within {allowed:.1g}){also}: not "
+            "Caffe's computation of this net with these weights",
+        )
     worst = max(rows, key=lambda r: r[2] / r[3], default=None)
     return {"checked": len(rows), "worst": worst, "unchecked": unchecked}
 
