@@ -42,7 +42,7 @@ from port.errors import CaffeError
 
 from . import local, numpy_ref
 from .compare import metrics
-from .run import ParitySetupError
+from .run import ParitySetupError, golden_inputs
 
 __all__ = [
     "BACKWARD_REL",
@@ -152,6 +152,7 @@ def check_arrays(netdef: Any, arrays: Mapping[str, Any], source: str) -> None:
     for key, value in arrays.items():
         if key.startswith(_BLOB_PREFIXES):
             _dtype_of(source, key, value)
+    golden_inputs(netdef, arrays, source)  # each net input is there, or a message that says so
     shapes = expected_shapes(netdef, arrays, source)
     has_diff = any(k.startswith("diff/") for k in arrays)
     loose = _data_dependent(netdef)
