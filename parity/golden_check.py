@@ -334,12 +334,37 @@ def _backward_order(netdef: Any) -> list[str]:
     return order[::-1]
 
 
+def _check_seed(netdef: Any, arrays: Mapping[str, Any], seed: Any) -> None:
+    """The start of the backward exists, as ``port.dump_blobs`` requires, before it is used."""
+    if seed is None:
+        return
+    if f"data/{seed.blob}" not in arrays and seed.blob not in netdef.inputs:
+        raise CaffeError(
+            f"no blob {seed.blob!r} to start backward from",
+            path=netdef.path,
+            field="backward-from",
+        )
+    shape = _blob(arrays, seed.blob).shape
+    per_sample = int(np.prod(shape[1:])) if len(shape) else 1
+    if not 0 <= seed.unit < per_sample:
+        raise CaffeError(
+            f"unit {seed.unit} is outside blob {seed.blob!r} ({per_sample} values per sample)",
+            path=netdef.path,
+            field="backward-from",
+        )
+
+
 def _backward_rows(
-    netdef: Any, weights: Mapping, arrays: Mapping[str, Any], backward_from: str | None
+    netdef: Any,
+    weights: Mapping,
+    arrays: Mapping[str, Any],
+    backward_from: str | None,
+    net64: Any = None,
 ) -> tuple[list, list]:
     """(rows, unchecked): every diff against its float64 recomputation from the golden alone."""
-    net64 = _net64(netdef, weights)
+    net64 = _net64(netdef, weights) if net64 is None else net64
     seed, consumers, chains = _backward_plan(netdef, backward_from)
+    _check_seed(netdef, arrays, seed)
     inexact = _inexact_blobs(net64, seed)
     learnable = _learnable_upstream(netdef, weights)
     rows, unchecked = [], []
@@ -365,6 +390,8 @@ def check_consistency(
     arrays: Mapping[str, Any],
     source: str,
     backward_from: str | None = None,
+    *,
+    net64: Any = None,
 ) -> dict:
     """Every layer of one golden re-run in float64 on that golden's own inputs.
 
@@ -379,6 +406,9 @@ def check_consistency(
         The file, for messages.
     backward_from : str, optional
         ``"BLOB:UNIT"`` the golden's backward started from.
+    net64 : port.CaffeNet, optional
+        The float64 port built from ``netdef`` and ``weights`` (built here when not given), never
+        the port under test: its backward recomputes the diffs.
 
     Returns
     -------
@@ -393,7 +423,7 @@ def check_consistency(
     """
     rows, unchecked = _forward_rows(netdef, weights, arrays)
     if any(k.startswith("diff/") for k in arrays):
-        brows, bun = _backward_rows(netdef, weights, arrays, backward_from)
+        brows, bun = _backward_rows(netdef, weights, arrays, backward_from, net64)
         rows += brows
         unchecked += bun
     bad = [r for r in rows if not r[2] <= r[3]]
@@ -403,11 +433,22 @@ def check_consistency(
         key, layer, err, allowed = bad[0]
         how = "forward" if key.startswith("data/") else f"backward from {backward_from}"
         also = f" (then also {', '.join(r[0] for r in bad[1:4])})" if bad[1:] else ""
+        if layer == "(seed)":
+            raise _fail(
+                source,
+                f"{key} is not the one-hot of --backward-from {backward_from} (off by {err:.3g} "
+                "of its range): the golden's backward started elsewhere; pass its BLOB:UNIT",
+            )
+        # Backward truth is the port's own float64 layer: say so, as the port may be the one wrong.
+        port_too = (
+            "" if key.startswith("data/") else
+            f"; if every golden departs here, suspect the port's backward of {layer} instead"
+        )  # fmt: skip
         raise _fail(
             source,
             f"{key} is {err:.3g} of its range away from layer {layer}'s float64 {how} on the "
             f"golden's own inputs (a float32 Caffe stays within {allowed:.1g}){also}: not "
-            "Caffe's computation of this net with these weights",
+            f"Caffe's computation of this net with these weights{port_too}",
         )
     worst = max(rows, key=lambda r: r[2] / r[3], default=None)
     return {"checked": len(rows), "worst": worst, "unchecked": unchecked}
@@ -421,8 +462,9 @@ def check_goldens(
 ) -> list[str]:
     """:func:`check_consistency` for each golden (runner name -> RunnerOutput); notes for the report."""
     notes = []
+    net64 = _net64(netdef, weights) if goldens else None
     for name, out in goldens.items():
-        r = check_consistency(netdef, weights, out.blobs, out.source, backward_from)
+        r = check_consistency(netdef, weights, out.blobs, out.source, backward_from, net64=net64)
         line = f"{name} checked on its own: {r['checked']} blobs within float32 of float64"
         if r["worst"] is not None:
             key, _layer, err, allowed = r["worst"]

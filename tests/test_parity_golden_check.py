@@ -285,3 +285,27 @@ def test_zoo_goldens_are_accepted_where_present(model):
         assert r["checked"] > 0 and not r["unchecked"]
         # CaffeNet measured at 0.09 of the bound (data/conv3, ATLAS).
         assert r["worst"][2] / r["worst"][3] < 0.5, r["worst"]
+
+
+@pytest.mark.parametrize(
+    "backward, why",
+    [
+        ("fc:99", "unit 99 is outside blob 'fc' (10 values per sample)"),
+        ("fc:-1", "unit -1 is outside blob 'fc'"),
+        ("nosuch:0", "no blob 'nosuch' to start backward from"),
+        ("fc:2", "diff/fc is not the one-hot of --backward-from fc:2"),
+    ],
+)
+def test_a_backward_start_the_goldens_did_not_use_is_a_clear_error(mini, backward, why):
+    netdef, weights, _ = mini
+    with pytest.raises(port.CaffeError if "one-hot" not in why else golden_check.GoldenCheckError,
+                       match=why.replace("(", r"\(").replace(")", r"\)")):  # fmt: skip
+        golden_check.check_consistency(netdef, weights, _real("atlas"), "atlas.npz", backward)
+
+
+def test_backward_failures_name_the_port_as_the_other_suspect(mini):
+    netdef, weights, _ = mini
+    # Every golden departing at the same diff is what a wrong port backward would look like.
+    atlas = _tamper(_real("atlas"), "sign", BACKWARD_KEY)
+    with pytest.raises(golden_check.GoldenCheckError, match="suspect the port's backward"):
+        golden_check.check_consistency(netdef, weights, atlas, "atlas.npz", BACKWARD)
