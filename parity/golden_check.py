@@ -20,7 +20,8 @@ spread *is* their difference), so each golden is checked alone, in two stages:
 
 Gate flips cannot arise here: every gate (a ReLU's sign, a MAX window's choice) of the recomputed
 backward is decided on the golden's own stored forward values, the very values Caffe decided on,
-and PyTorch breaks exact ties in a MAX window as Caffe does (first in scan order). A flip between
+and PyTorch breaks exact ties in a MAX window as Caffe does (first in scan order; checked: an
+all-zero 3x3 window routes its gradient to the first element in both). A flip between
 the golden and the port is still the judge's business (:mod:`parity.gates`).
 
 The bounds (``FORWARD_REL``, ``BACKWARD_REL``) are relative to the float64 result's range, as every
@@ -59,12 +60,13 @@ __all__ = [
 # consumer mixes). Forward, worst per type: Convolution 1.87e-6 (CaffeNet conv3, 2304-term sums),
 # LRN 1.19e-6, InnerProduct 8.8e-7, Pooling 3.7e-7, LSTM 2.9e-7, every other type <= 1.7e-7.
 # Backward: LRN 9.1e-7 (CaffeNet diff/pool2), InnerProduct 3.5e-7, Convolution 2.0e-7, every
-# other mix <= 2.0e-7. A sum's rounding grows about as the square root of its length (conv1's
-# 363 terms: 6e-7; conv3's 2304: 1.9e-6), so VGG16's fc6 (25088 terms) should reach ~6e-6.
-# 2e-5 is 10.7x the worst measured and 3.2x that extrapolation, and 50x under the 1e-3 change
-# (a blob scaled by 1.001) a golden must not hide; every tampering the tests plant is 1e-3 or far
-# more. What it cannot stop: a golden nudged by less than 2e-5 of a blob's range can widen that
-# blob's spread (and so the port's tolerance, 4x spread) to at most ~8e-5 of its range.
+# other mix <= 2.0e-7. The error hardly follows the sums' length (ATLAS: conv1, 363 terms,
+# 5.5e-7; conv3, 2304 terms, 1.9e-6; fc6, 9216 terms, 7.4e-7; OpenBLAS <= 1.2e-6 everywhere);
+# were the worst to grow as the square root of the length up to VGG16's fc6 (25088 terms), it
+# would reach ~6e-6. 2e-5 is 10.7x the worst measured and 3.2x that extrapolation, and 50x under
+# the 1e-3 change (a blob scaled by 1.001) a golden must not hide; every tampering the tests plant
+# is 1e-3 or far more. What it cannot stop: a golden nudged by less than 2e-5 of a blob's range
+# can widen that blob's spread (and so the port's tolerance, 4x spread) to at most ~8e-5 of it.
 FORWARD_REL = 2e-5
 BACKWARD_REL = 2e-5
 
