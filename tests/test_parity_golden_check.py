@@ -309,3 +309,14 @@ def test_backward_failures_name_the_port_as_the_other_suspect(mini):
     atlas = _tamper(_real("atlas"), "sign", BACKWARD_KEY)
     with pytest.raises(golden_check.GoldenCheckError, match="suspect the port's backward"):
         golden_check.check_consistency(netdef, weights, atlas, "atlas.npz", BACKWARD)
+
+
+def test_a_float64_dump_is_accepted_and_other_weights_are_refused(mini):
+    netdef, weights, _ = mini
+    as64 = {k: v.astype(np.float64) for k, v in _real("atlas").items()}
+    golden_check.check_arrays(netdef, as64, "atlas64.npz")
+    assert golden_check.check_consistency(netdef, weights, as64, "atlas64.npz", BACKWARD)["checked"]
+    # The goldens of seed 3 judged with seed 4's weights: refused at the first layer with weights.
+    other = port.seed_weights(netdef, 4)
+    with pytest.raises(golden_check.GoldenCheckError, match="data/conv1 is .* with these weights"):
+        golden_check.check_consistency(netdef, other, _real("atlas"), "atlas.npz", BACKWARD)
