@@ -124,7 +124,12 @@ def _synthetic_input(netdef: Any) -> np.ndarray:
     return rng.uniform(-120.0, 135.0, (1,) + tuple(shape[1:])).astype(np.float32)
 
 
-def _golden_runner(blas: str, arrays: Mapping[str, np.ndarray], source: str) -> RunnerOutput:
+def _golden_runner(
+    blas: str, arrays: Mapping[str, np.ndarray], source: str, netdef: Any
+) -> RunnerOutput:
+    from . import golden_check  # it raises this module's ParitySetupError
+
+    golden_check.check_arrays(netdef, arrays, source)  # dtypes, shapes, finite: before any use
     blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
     has_diff = any(k.startswith("diff/") for k in blobs)
     return RunnerOutput(caffe_runner(blas), blobs, "float32", has_diff, 0.0, source)
@@ -213,7 +218,7 @@ def _find_builtin(
             found.notes.append(f"golden {blas}/{input_name} unavailable: {exc}")
             continue
         source = f"golden {model} {blas}/{input_name}"
-        found.goldens[r] = _golden_runner(blas, arrays, source)
+        found.goldens[r] = _golden_runner(blas, arrays, source, found.netdef)
         found.inputs = golden_inputs(found.netdef, arrays, source)
     return found
 
@@ -246,7 +251,7 @@ def _find_user(
     found = _Found(netdef.name or prototxt.stem, prototxt, netdef)
     for blas, path in golden_files.items():
         arrays = _read_golden_file(path)
-        found.goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path))
+        found.goldens[caffe_runner(blas)] = _golden_runner(blas, arrays, str(path), netdef)
         mine = golden_inputs(netdef, arrays, str(path))
         if found.inputs and any(
             mine[k].shape != v.shape or not np.array_equal(mine[k], v)
@@ -334,6 +339,11 @@ def resolve(
         # Only reached without any golden: a golden always carries its input (golden_inputs).
         x = _synthetic_input(found.netdef)
         input_source = f"SYNTHETIC: uniform random in [-120, 135), seed {SYNTHETIC_INPUT_SEED} (no golden given)"
+    backward = backward_from or found.backward_from or _default_backward_of(model, found.netdef)
+    # Each golden alone against float64 before it may widen any noise (parity/golden_check.py).
+    from . import golden_check
+
+    found.notes += golden_check.check_goldens(found.netdef, weights, found.goldens, backward)
     return ParitySetup(
         found.name,
         found.prototxt,
@@ -341,7 +351,7 @@ def resolve(
         weights,
         wsrc,
         x,
-        backward_from or found.backward_from or _default_backward_of(model, found.netdef),
+        backward,
         found.goldens,
         found.notes,
         caffemodel=caffemodel,
