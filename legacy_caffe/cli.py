@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from pathlib import Path
 
 from port.command import Exit, Tool, comma_list
@@ -155,6 +154,7 @@ def build_tool() -> Tool:
         "Real Caffe 1.0 (Debian 11, CPU) with ATLAS or OpenBLAS, and golden dumps from it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        sigterm=True,  # a running build step is stopped and mounts are released
     )
     b = tool.add_command(
         "build", _cmd_build, help="debootstrap the Debian 11 root and install Caffe (idempotent)"
@@ -324,15 +324,5 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so a running build step is stopped and mounts are released.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    tool = build_tool()
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return tool.main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return build_tool().main(argv)

@@ -7,11 +7,12 @@ import re
 import sys
 from pathlib import Path
 
-from port.command import Exit, Tool, device_arg
+from port.command import Exit, Tool, check_output_dir, check_output_file, device_arg
 from port.errors import UsageError
 from port.plugins import add_definition_options
 
 from . import _io
+from .checks import check_model_name, check_sweep_params
 from .models import MODELS, load_model
 
 MODEL_HELP = (
@@ -108,6 +109,8 @@ def _cmd_layers(a) -> int:
 def _cmd_means(a) -> int:
     from .means import make_means
 
+    check_sweep_params(k=a.k, m=a.m)
+    check_output_dir(a.out)
     m = _load(a)
     r = make_means(
         m,
@@ -134,6 +137,7 @@ def _cmd_visualize(a) -> int:
     from .octaves import load_schedule
     from .visualize import visualize
 
+    check_output_dir(a.out)
     m = _load(a)
     layer = a.layer or (m.spec.target_layer if m.spec else None)
     if layer is None:
@@ -239,6 +243,9 @@ def _cmd_evaluate(a) -> int:
 def _cmd_diff(a) -> int:
     from . import diff
 
+    for option, path in (("--json", a.json), ("--html", a.html)):
+        if path:
+            check_output_file(path, option=option)
     factor = diff.DEFAULT_FACTOR if a.factor is None else a.factor
     rtol = diff.NOISE_RTOL if a.rtol is None else a.rtol
     result = diff.diff_runs(a.reference, a.out, floor=a.floor, rtol=rtol, factor=factor)
@@ -265,6 +272,9 @@ def _sweep_device(name: str) -> str:
 def _cmd_sweep(a) -> int:
     from .sweep import sweep
 
+    check_model_name(a.model)
+    check_sweep_params(k=a.k, m=a.m, units=a.units)
+    check_output_dir(a.out)
     result = sweep(
         model=a.model,
         out=a.out,
@@ -307,13 +317,11 @@ def _cmd_sweep(a) -> int:
 
 def build_tool() -> Tool:
     """The ``python -m mfv`` command line (see :mod:`port.command` for the shared contract)."""
-    # ValueError, FileNotFoundError, KeyError and RuntimeError are what bad input (an unreadable
-    # image, a missing folder, an unknown name, a missing driver) raises from the libraries mfv uses.
+    # Only ToolError (MfvError and its kin) is bad input: any other exception is a bug (exit 70).
     tool = Tool(
         "mfv",
         "Multifaceted Feature Visualization (Nguyen et al. 2016) on Caffe ports and "
         "torchvision models.",
-        bad_input=(ValueError, FileNotFoundError, KeyError, RuntimeError),
         interrupted="finished facets and the state are kept (rerun to resume)",
     )
 

@@ -21,6 +21,8 @@ from port.verdict import check_parity
 from port.zoo import zoo_model
 
 from . import pixels as px
+from .checks import check_model_name
+from .errors import MfvError
 
 __all__ = ["Model", "ModelArgs", "ModelSpec", "MODELS", "wrap", "load_model"]
 
@@ -275,9 +277,7 @@ def load_model(
         ``port.register_layer``.
     """
     load_plugins(plugins)
-    spec = MODELS.get(name)
-    if spec is None and name != "caffe":
-        raise ValueError(f"unknown model {name!r}; known: caffe, {', '.join(MODELS)}")
+    spec = MODELS.get(check_model_name(name))
     if name == "caffe" or spec.source == "caffe":
         return _load_caffe(
             spec,
@@ -342,7 +342,7 @@ def _load_caffe(
 ) -> Model:
     if prototxt is None:
         if spec is None:
-            raise ValueError("model 'caffe' needs --prototxt")
+            raise MfvError("model 'caffe' needs --prototxt")
         prototxt = zoo_model(spec.zoo).prototxt
     # Read the verdict before the expensive load: refusing early is the point of the gate.
     parity = check_parity(

@@ -59,6 +59,8 @@ def _run_recorded(name: str, run) -> None:
 
 def _exec_file(name: str, path: Path) -> None:
     module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:  # not a suffix Python loads
+        raise ToolError(f"plugin {path}: not a Python file (a plugin file's name ends in .py)")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
@@ -76,6 +78,11 @@ def load_plugin(spec: str) -> None:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():
                 raise ToolError(f"plugin {spec}: no such file")
+            if path.suffix != ".py":
+                raise ToolError(
+                    f"plugin {spec}: not a .py file; give a Python file ending in .py or an "
+                    "importable module name"
+                )
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
             name = f"_caffe_port_plugin_{path.stem}_{digest}"
             if name not in sys.modules or not _still_registered(name):
@@ -86,6 +93,11 @@ def load_plugin(spec: str) -> None:
             _run_recorded(spec, lambda: importlib.reload(sys.modules[spec]))
     except ToolError:
         raise
+    except SystemExit as exc:  # a plugin registers layers; ending the run is not its to decide
+        raise ToolError(
+            f"plugin {spec} tried to end the process (sys.exit({exc.code!r})); a plugin may only "
+            "define and register layers"
+        ) from None
     except Exception as exc:  # a user's file: say which one failed, and how
         raise ToolError(f"plugin {spec} failed: {type(exc).__name__}: {exc}") from exc
 

@@ -1,0 +1,205 @@
+"""Checks made before any work starts: output paths, sweep parameters, plugins (issue 22).
+
+Every case here must fail with one ``tool: error:`` line and exit 2 before a model is loaded, and
+leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from port.command import check_output_dir, check_output_file
+from port.errors import ToolError, WriteError
+
+ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+# --- the path checks ------------------------------------------------------------------------
+
+
+def test_output_file_checks(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    assert check_output_file(tmp_path / "new.json") == tmp_path / "new.json"
+    assert check_output_file(tmp_path / "a_file") == tmp_path / "a_file"  # replaced, atomically
+    assert check_output_file(tmp_path / "new" / "deeper" / "r.json")  # folders get made
+    with pytest.raises(WriteError, match="--html: is a folder"):
+        check_output_file(tmp_path / "a_dir", option="--html")
+    with pytest.raises(WriteError, match="not a regular file"):
+        check_output_file("/dev/null")
+    with pytest.raises(WriteError, match="a_file is a file, not a folder"):
+        check_output_file(tmp_path / "a_file" / "under" / "r.json")
+    assert _files(tmp_path) == ["a_dir", "a_file"]  # the checks create nothing
+
+
+def test_output_dir_checks(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    assert check_output_dir(tmp_path) == tmp_path
+    assert check_output_dir(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    with pytest.raises(WriteError, match="--out: not a folder"):
+        check_output_dir(tmp_path / "a_file")
+    with pytest.raises(WriteError, match="not a folder"):
+        check_output_dir("/dev/null")
+    with pytest.raises(WriteError, match="a_file is a file, not a folder"):
+        check_output_dir(tmp_path / "a_file" / "out")
+    assert _files(tmp_path) == ["a_file"]
+
+
+@pytest.mark.skipif(ROOT_USER, reason="root writes anywhere: permissions cannot be tested")
+def test_read_only_places_are_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "old.json").write_text("{}")
+    ro.chmod(0o500)
+    (ro / "old.json").chmod(0o400)
+    try:
+        with pytest.raises(WriteError, match="cannot write in"):
+            check_output_dir(ro / "out")
+        with pytest.raises(WriteError, match="cannot write"):
+            check_output_dir(ro)
+        with pytest.raises(WriteError, match="cannot be written"):
+            check_output_file(ro / "old.json")
+    finally:
+        ro.chmod(0o700)
+
+
+# --- the command lines ----------------------------------------------------------------------
+
+
+def _one_error_line(tool, err):
+    lines = [line for line in err.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_parity_run_writes_nothing_when_one_output_is_bad(tmp_path, capsys, monkeypatch):
+    from parity.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.html").mkdir()
+    argv = ["run", "--model", "caffenet", "--json", "r.json", "--html", "folder.html"]
+    assert main(argv) == 2
+    line = _one_error_line("parity", capsys.readouterr().err)
+    assert "folder.html: --html: is a folder" in line
+    assert _files(tmp_path) == ["folder.html"]
+
+
+def test_parity_run_checks_the_verdict_file_before_the_run(tmp_path, capsys, monkeypatch):
+    from parity.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", "caffenet", "--json", "r.json", "--verdict-file", "/dev/null"]
+    assert main(argv) == 2
+    assert "--verdict-file: not a regular file" in _one_error_line(
+        "parity", capsys.readouterr().err
+    )
+    assert _files(tmp_path) == []
+
+
+def _mfv_main():
+    pytest.importorskip("torchvision")
+    from mfv.cli import main
+
+    return main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--k", "0"], "--k must be at least 1, got 0"),
+        (["--k", "-1"], "--k must be at least 1, got -1"),
+        (["--m", "0"], "--m must be at least 1, got 0"),
+        (["--units", "0-99999999999"], "unit 99999999999 is out of range"),
+        (["--units", "5,1000000"], "unit 1000000 is out of range"),
+        (["--model", "no.such.model"], "unknown model 'no.such.model'"),
+    ],
+)
+def test_mfv_sweep_parameters_checked_before_any_work(argv, message, tmp_path, capsys):
+    main = _mfv_main()
+    base = ["sweep", "--model", "caffenet", "--units", "0-1", "--out", str(tmp_path / "o")]
+    assert main([*base, "--images", str(tmp_path), *argv]) == 2
+    assert message in _one_error_line("mfv", capsys.readouterr().err)
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["visualize", "sweep", "means"])
+def test_mfv_out_that_is_a_file_is_refused_before_the_model_loads(command, tmp_path, capsys):
+    main = _mfv_main()
+    (tmp_path / "taken").write_text("x")
+    extra = {
+        "visualize": ["--unit", "1", "--init", "noise"],
+        "sweep": ["--units", "0", "--images", str(tmp_path)],
+        "means": ["--images", str(tmp_path)],
+    }[command]
+    argv = [command, "--model", "caffenet", "--out", str(tmp_path / "taken"), *extra]
+    assert main(argv) == 2
+    assert "taken: --out: not a folder" in _one_error_line("mfv", capsys.readouterr().err)
+    assert _files(tmp_path) == ["taken"]
+
+
+def test_mfv_diff_checks_its_outputs_first(tmp_path, capsys):
+    main = _mfv_main()
+    (tmp_path / "report.html").mkdir()
+    argv = ["diff", str(tmp_path), str(tmp_path), "--html", str(tmp_path / "report.html")]
+    assert main(argv) == 2
+    assert "--html: is a folder" in _one_error_line("mfv", capsys.readouterr().err)
+
+
+# --- plugins --------------------------------------------------------------------------------
+
+
+def _inspect(tmp_path, plugin, capsys):
+    from port.cli import main
+
+    net = tmp_path / "n.prototxt"
+    net.write_text('input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n')
+    status = main(["inspect", "--prototxt", str(net), "--plugin", str(plugin)])
+    return status, capsys.readouterr()
+
+
+def test_a_plugin_may_not_end_the_process(tmp_path, capsys):
+    plugin = tmp_path / "quits.py"
+    plugin.write_text("import sys\nsys.exit(0)\n")
+    status, out = _inspect(tmp_path, plugin, capsys)
+    assert status == 2 and out.out == ""
+    line = _one_error_line("port", out.err)
+    assert f"plugin {plugin} tried to end the process (sys.exit(0))" in line
+
+
+def test_a_plugin_path_without_py_gets_a_clear_message(tmp_path, capsys):
+    plugin = tmp_path / "layers.txt"
+    plugin.write_text("x = 1\n")
+    status, out = _inspect(tmp_path, plugin, capsys)
+    assert status == 2
+    line = _one_error_line("port", out.err)
+    assert "not a .py file" in line and "NoneType" not in line
+
+
+def test_a_layer_without_top_shapes_fails_at_registration():
+    import port
+    from port.layers import CaffeLayer
+
+    class NoShapes(CaffeLayer):
+        def forward(self, x):
+            return [x]
+
+    with pytest.raises(TypeError, match="does not define top_shapes"):
+        port.register_layer("ReLU", NoShapes, replace=True)
+    with pytest.raises(TypeError, match="does not define top_shapes"):
+        port.register_layer("NoShapesType", NoShapes)
+    from port.layers import CUSTOM_LAYERS
+
+    assert ("ReLU", None, None) not in CUSTOM_LAYERS
+
+
+def test_plugin_errors_are_tool_errors():
+    from port.plugins import load_plugin
+
+    with pytest.raises(ToolError, match="no such file"):
+        load_plugin("/nonexistent/plugin.py")
