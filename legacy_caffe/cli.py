@@ -58,12 +58,10 @@ def _add_goldens(tool: Tool) -> None:
     )
     g.add_argument(
         "--weight-seed",
-        "--seed",
         dest="seed",
         type=int,
         default=None,
-        help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for "
-        "most; --seed is the older spelling)",
+        help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for most)",
     )
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
     g.add_argument("--prototxt", type=Path, help="a user's own net definition")

@@ -7,9 +7,19 @@ import re
 import sys
 from pathlib import Path
 
-from port.command import Exit, Tool, check_output_dir, check_output_file, device_arg
+from port.command import (
+    Exit,
+    Tool,
+    add_caffemodel,
+    add_definition_options,
+    add_device,
+    add_out,
+    add_prototxt,
+    check_output_dir,
+    check_output_file,
+    device_arg,
+)
 from port.errors import UsageError
-from port.plugins import add_definition_options
 
 from . import _io
 from .checks import check_model_name, check_sweep_params
@@ -22,7 +32,6 @@ MODEL_HELP = (
 )
 
 
-_DEVICE_HELP = "torch device, e.g. cpu or cuda (default cpu)"
 _THREADS_HELP = (
     "torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
     "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores"
@@ -33,20 +42,20 @@ def _model_args(
     p: argparse.ArgumentParser,
     *,
     device_type=device_arg,
-    device_help: str = _DEVICE_HELP,
+    device_note: str = "",
     threads_help: str = _THREADS_HELP,
 ) -> None:
     """The options that pick and load a model; sweep passes its own --device check and help."""
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help=MODEL_HELP)
-    g.add_argument("--prototxt", help="Caffe definition (default: the zoo's for --model)")
-    g.add_argument("--caffemodel", help="Caffe weights (default: seeded weights)")
+    add_prototxt(g, default="the zoo's for --model")
+    add_caffemodel(g, default="seeded weights")
     g.add_argument(
         "--weights", help="torchvision state_dict file (torch.save) for torchvision.* models"
     )
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
     add_definition_options(g)
-    g.add_argument("--device", type=device_type, default="cpu", help=device_help)
+    add_device(g, type=device_type, note=device_note)
     g.add_argument(
         "--no-parity-check",
         action="store_true",
@@ -118,7 +127,7 @@ def _cmd_means(a) -> int:
         k=a.k,
         m=a.m,
         layer=a.layer,
-        seed=a.seed,
+        seed=a.means_seed,
         out=a.out,
         batch_size=a.batch_size,
         keep_grey=a.keep_grey,
@@ -356,7 +365,9 @@ def _add_means(tool: Tool) -> None:
     s.add_argument("--k", type=int, default=10, help="number of clusters / facets (default 10)")
     s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
     s.add_argument("--layer", help="code layer (default: the model's fc7 equivalent)")
-    s.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
+    s.add_argument(
+        "--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)"
+    )
     s.add_argument(
         "--batch-size", type=int, default=16, help="images per forward pass (default 16)"
     )
@@ -368,7 +379,7 @@ def _add_means(tool: Tool) -> None:
         help="leave out files whose path relative to --images matches GLOB (repeatable), "
         "e.g. 'mean_*' in the published layout",
     )
-    s.add_argument("--out", required=True, help="output folder")
+    add_out(s, "output folder")
 
 
 def _add_visualize(tool: Tool) -> None:
@@ -438,7 +449,7 @@ def _add_visualize(tool: Tool) -> None:
         "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
         "included, resumes from the last save and ends with the same bytes",
     )
-    s.add_argument("--out", required=True, help="output folder")
+    add_out(s, "output folder")
 
 
 def _add_evaluate(tool: Tool) -> None:
@@ -452,8 +463,8 @@ def _add_evaluate(tool: Tool) -> None:
     s.add_argument(
         "--model", help="override the model recorded in the trace (with the model options)"
     )
-    s.add_argument("--prototxt", help="with --model: Caffe definition")
-    s.add_argument("--caffemodel", help="with --model: Caffe weights")
+    add_prototxt(s, default="with --model, the zoo's")
+    add_caffemodel(s, default="with --model, seeded weights")
     s.add_argument("--weights", help="with --model: torchvision state_dict file")
     s.add_argument(
         "--weight-seed",
@@ -467,7 +478,7 @@ def _add_evaluate(tool: Tool) -> None:
         help="with --model: run a Caffe model without a passing parity verdict",
     )
     s.add_argument("--parity-file", help="with --model: parity verdict file to use")
-    s.add_argument("--device", type=device_arg, default="cpu", help="torch device (default cpu)")
+    add_device(s)
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -512,9 +523,18 @@ def _add_sweep(tool: Tool) -> None:
         s,
         device_type=_sweep_device,
         threads_help="same as --threads-per-worker",
-        device_help="torch device of the workers: cpu, cuda (a local cluster spreads its workers "
-        "over the GPUs) or cuda:<i> (default cpu)",
+        device_note="of the workers, checked there (a local cluster spreads its workers over "
+        "the GPUs with cuda)",
     )
+    _sweep_sources(s)
+    _sweep_targets(s)
+    _sweep_facets(s)
+    _sweep_dask(s)
+    add_out(s, "output folder (rerun the same command to resume)")
+
+
+def _sweep_sources(s: argparse.ArgumentParser) -> None:
+    """Where each unit's images come from, and which units."""
     s.add_argument(
         "--images",
         help="ImageNet-style root: unit i uses ROOT/<wnid of class i>/ (class list: "
@@ -535,6 +555,10 @@ def _add_sweep(tool: Tool) -> None:
         default="all",
         help="units to visualise: all, 0-999, 3,7,10-12, or a file of such lists (default all)",
     )
+
+
+def _sweep_targets(s: argparse.ArgumentParser) -> None:
+    """The target and code layers, and the means' clustering."""
     s.add_argument(
         "--layer",
         help="target layer (default: the model's logits, e.g. fc8; a conv layer's "
@@ -552,6 +576,10 @@ def _add_sweep(tool: Tool) -> None:
     s.add_argument(
         "--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)"
     )
+
+
+def _sweep_facets(s: argparse.ArgumentParser) -> None:
+    """How each facet runs (as ``visualize``) and is evaluated."""
     s.add_argument(
         "--seed",
         type=int,
@@ -580,6 +608,10 @@ def _add_sweep(tool: Tool) -> None:
         "--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)"
     )
     s.add_argument("--no-evaluate", action="store_true", help="skip the evaluation of each unit")
+
+
+def _sweep_dask(s: argparse.ArgumentParser) -> None:
+    """How units are batched and spread over Dask workers."""
     s.add_argument(
         "--units-per-batch",
         type=int,
@@ -613,7 +645,6 @@ def _add_sweep(tool: Tool) -> None:
         help="Dask retries of a unit that raised an unexpected "
         "error (default 2; a dead worker's unit is rerun by Dask in any case)",
     )
-    s.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,6 +50,11 @@ __all__ = [
     "Exit",
     "Tool",
     "ToolParser",
+    "add_caffemodel",
+    "add_definition_options",
+    "add_device",
+    "add_out",
+    "add_prototxt",
     "check_output_dir",
     "check_output_file",
     "comma_list",
@@ -302,3 +307,79 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
         return p
     _check_parents(p)
     return p
+
+
+# --- shared options: one declaration, one help text per meaning --------------------------------
+
+
+def _help(text: str, default: str | None) -> str:
+    return f"{text} (default: {default})" if default else text
+
+
+def add_prototxt(
+    parser: argparse.ArgumentParser | Any, *, required: bool = False, default: str | None = None
+) -> argparse.Action:
+    """``--prototxt FILE``: the Caffe deploy definition; ``default`` says what is used without it."""
+    return parser.add_argument(
+        "--prototxt",
+        required=required,
+        metavar="DEPLOY.prototxt",
+        help=_help("Caffe deploy definition", default),
+    )
+
+
+def add_caffemodel(
+    parser: argparse.ArgumentParser | Any, *, required: bool = False, default: str | None = None
+) -> argparse.Action:
+    """``--caffemodel FILE``: the Caffe weights; ``default`` says what is used without it."""
+    return parser.add_argument(
+        "--caffemodel",
+        required=required,
+        metavar="WEIGHTS.caffemodel",
+        help=_help("Caffe weights, checked against the definition", default),
+    )
+
+
+def add_device(
+    parser: argparse.ArgumentParser | Any,
+    *,
+    type: Callable[[str], Any] | None = None,  # noqa: A002 - argparse's own keyword
+    note: str = "",
+) -> argparse.Action:
+    """``--device NAME``: a torch device (default cpu), checked by :func:`device_arg` unless
+    ``type`` says otherwise; ``note`` adds where it is checked when that differs."""
+    return parser.add_argument(
+        "--device",
+        type=type or device_arg,
+        default="cpu",
+        help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)" + (f"; {note}" if note else ""),
+    )
+
+
+def add_out(
+    parser: argparse.ArgumentParser | Any, what: str, *, required: bool = True
+) -> argparse.Action:
+    """``--out PATH``: the file or folder written, described by ``what`` (``"output folder"``)."""
+    return parser.add_argument(
+        "--out", required=required, metavar="PATH", help=f"{what}; checked before the run starts"
+    )
+
+
+def add_definition_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--proto FORK.proto`` and ``--plugin FILE.py`` (repeatable) to a subcommand."""
+    parser.add_argument(
+        "--proto",
+        type=Path,
+        metavar="FORK.proto",
+        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
+        "messages and fields the definition uses (e.g. SSD's permute_param); "
+        "read without protoc",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="Python file or module run first; it registers custom layer types "
+        "with port.register_layer (and parity.numpy_ref.register); repeatable",
+    )

@@ -1,9 +1,11 @@
-"""Command-line options shared by every command that reads a definition: ``--proto`` (a Caffe
-fork's caffe.proto) and ``--plugin`` (Python files that register custom layers)."""
+"""Plugins: Python files or modules, run before a definition is read, that register custom layers.
+
+Their options ``--proto`` and ``--plugin`` are declared by :func:`port.command.add_definition_options`
+(re-exported here for older imports).
+"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -11,29 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .command import add_definition_options
 from .errors import ToolError
 
 __all__ = ["add_definition_options", "load_plugin", "load_plugins"]
-
-
-def add_definition_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--proto FORK.proto`` and ``--plugin FILE.py`` (repeatable) to a subcommand."""
-    parser.add_argument(
-        "--proto",
-        type=Path,
-        metavar="FORK.proto",
-        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
-        "messages and fields the definition uses (e.g. SSD's permute_param); "
-        "read without protoc",
-    )
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="FILE.py|MODULE",
-        help="Python file or module run first; it registers custom layer types "
-        "with port.register_layer (and parity.numpy_ref.register); repeatable",
-    )
 
 
 # Plugin module name -> the custom layer keys its run registered. A plugin runs once per process,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from port.command import check_output_dir, check_output_file
@@ -203,3 +204,53 @@ def test_plugin_errors_are_tool_errors():
 
     with pytest.raises(ToolError, match="no such file"):
         load_plugin("/nonexistent/plugin.py")
+
+
+# --- port dump's input batch ----------------------------------------------------------------
+
+TINY_NET = (
+    'input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
+    'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (np.full((1, 1, 2, 2), np.nan, np.float32), "4 NaN or infinite value(s)"),
+        (np.array([[[[0, np.inf], [1, 2]]]], np.float64), "1 NaN or infinite value(s)"),
+        (np.ones((1, 1, 2, 2), np.complex64), "dtype complex64; real numbers"),
+        (np.ones((1, 1, 2, 2), bool), "dtype bool; real numbers"),
+        (np.zeros((0, 1, 2, 2), np.float32), "no dimension may be 0"),
+        (np.array([[[["a", "b"], ["c", "d"]]]]), "dtype <U1; real numbers"),
+        (np.ones((2, 2), np.float32), "(N, C, H, W) expected"),
+    ],
+)
+def test_port_dump_refuses_inputs_no_caffe_run_takes(batch, message, tmp_path, capsys):
+    from port.cli import main
+
+    net, weights = tmp_path / "n.prototxt", tmp_path / "w.caffemodel"
+    net.write_text(TINY_NET)
+    assert main(["seed-weights", "--prototxt", str(net), "--out", str(weights)]) == 0
+    np.save(tmp_path / "x.npy", batch)
+    before = _files(tmp_path)
+    argv = ["dump", "--prototxt", str(net), "--caffemodel", str(weights)]
+    argv += ["--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "d.npz")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    line = _one_error_line("port", capsys.readouterr().err)
+    assert "x.npy" in line and message in line
+    assert _files(tmp_path) == before
+
+
+def test_port_dump_still_takes_a_finite_batch(tmp_path, capsys):
+    from port.cli import main
+
+    net, weights = tmp_path / "n.prototxt", tmp_path / "w.caffemodel"
+    net.write_text(TINY_NET)
+    assert main(["seed-weights", "--prototxt", str(net), "--out", str(weights)]) == 0
+    np.save(tmp_path / "x.npy", np.array([[[[-1, 2], [3, -4]]]], np.float32))
+    argv = ["dump", "--prototxt", str(net), "--caffemodel", str(weights)]
+    assert main([*argv, "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "d.npz")]) == 0
+    with np.load(tmp_path / "d.npz") as d:
+        np.testing.assert_array_equal(d["data/r"], [[[[0, 2], [3, 0]]]])
