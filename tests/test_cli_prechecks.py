@@ -254,3 +254,36 @@ def test_port_dump_still_takes_a_finite_batch(tmp_path, capsys):
     assert main([*argv, "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "d.npz")]) == 0
     with np.load(tmp_path / "d.npz") as d:
         np.testing.assert_array_equal(d["data/r"], [[[[0, 2], [3, 0]]]])
+
+
+# --- mfv --weights ----------------------------------------------------------------------------
+
+
+class _Evil:  # pickled by reference: torch.load(weights_only=True) refuses to build it
+    pass
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("evil", "refused: not a torch.save file of tensors only"),
+        ("garbage", "refused: not a torch.save file of tensors only"),
+        ("list", "holds a list, not a state_dict"),
+        ("wrong", "not a squeezenet1_1 state_dict"),
+    ],
+)
+def test_mfv_weights_that_are_not_a_state_dict_give_one_line(content, message, tmp_path, capsys):
+    main = _mfv_main()
+    import torch
+
+    path = tmp_path / "w.pt"
+    if content == "garbage":
+        path.write_bytes(b"not a zip at all")
+    else:
+        obj = {"evil": {"x": _Evil()}, "list": [torch.zeros(1)], "wrong": {"x": torch.zeros(1)}}
+        torch.save(obj[content], path)
+    argv = ["layers", "--model", "torchvision.squeezenet1_1", "--weights", str(path)]
+    assert main(argv) == 2
+    line = _one_error_line("mfv", capsys.readouterr().err)
+    assert str(path) in line and message in line
+    assert "weights_only=False" not in line
