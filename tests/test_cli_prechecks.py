@@ -287,3 +287,34 @@ def test_mfv_weights_that_are_not_a_state_dict_give_one_line(content, message, t
     line = _one_error_line("mfv", capsys.readouterr().err)
     assert str(path) in line and message in line
     assert "weights_only=False" not in line
+
+
+# --- mfv sweep's input files ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.json", '{"1": "a", "1": "b"}', "unit '1' is mapped twice"),
+        ("m.json", '{"1": "a",\n "2": }', "m.json:2:7: not valid JSON"),
+        ("m.tsv", b"1\ta\xff\n", "not UTF-8 text (byte 3)"),
+    ],
+)
+def test_mfv_sweep_unit_map_errors_name_the_file(name, content, message, tmp_path, capsys):
+    main = _mfv_main()
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    argv = ["sweep", "--model", "caffenet", "--units", "1", "--unit-map", str(path)]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line("mfv", capsys.readouterr().err)
+    assert f"--unit-map {path}" in line and message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_mfv_sweep_needs_a_folder_of_images(tmp_path, capsys):
+    main = _mfv_main()
+    argv = ["sweep", "--model", "caffenet", "--units", "1", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--images", str(tmp_path / "none")]) == 2
+    assert "--images" in _one_error_line("mfv", capsys.readouterr().err)
+    assert main(argv) == 2
+    assert "give --images ROOT" in _one_error_line("mfv", capsys.readouterr().err)
