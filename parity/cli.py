@@ -10,10 +10,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from port.atomic import write_text_atomic
-from port.command import Exit, Tool, ToolParser, check_output_dir, check_output_file, comma_list
+from port.command import (
+    Exit,
+    Tool,
+    ToolParser,
+    add_caffemodel,
+    add_definition_options,
+    add_out,
+    add_prototxt,
+    check_output_dir,
+    check_output_file,
+    comma_list,
+)
 from port.errors import UsageError
 from port.paths import cache_root
-from port.plugins import add_definition_options, load_plugins
+from port.plugins import load_plugins
 
 from . import tolerance
 from .report import format_table, render_html
@@ -88,11 +99,9 @@ def _add_run_subject_options(parser: ToolParser) -> None:
         "regenerating missing cached goldens (as `parity all --regenerate`; --json/--html then name "
         "a folder for <model>.json/.html)",
     )
-    parser.add_argument("--prototxt", help="a user's own deploy definition (instead of --model)")
+    add_prototxt(parser, default="--model's; give one of the two")
     add_definition_options(parser)
-    parser.add_argument(
-        "--caffemodel", help="its weights (default: the goldens' weights, else seeded)"
-    )
+    add_caffemodel(parser, default="the goldens' weights, else seeded")
     parser.add_argument(
         "--references",
         type=comma_list(ALL_REFERENCES),
@@ -140,7 +149,7 @@ def _add_all_command(tool: Tool) -> None:
     parser.add_argument(
         "--allow-missing", action="store_true", help="drop Caffe builds whose goldens are missing"
     )
-    parser.add_argument("--out", help="folder for <model>.json and <model>.html")
+    add_out(parser, "folder for <model>.json and <model>.html", required=False)
     parser.add_argument(
         "--no-local", action="store_true", help="skip the layer-alone (local) analysis"
     )

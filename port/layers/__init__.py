@@ -249,14 +249,14 @@ def register_layer(
     key = _python_key(layer_type, module, layer)
     if not callable(builder):
         raise TypeError(f"builder for {layer_type!r} is not callable: {builder!r}")
+    if not replace and (key in CUSTOM_LAYERS or (module is None and layer_type in LAYER_TYPES)):
+        raise ValueError(
+            f"layer type {_describe(key)} is already registered; pass replace=True to replace it"
+        )
     if _lacks_top_shapes(builder):
         raise TypeError(
             f"builder for {layer_type!r} ({builder.__name__}) does not define top_shapes(): a "
             "custom layer follows port.layers.CaffeLayer's contract"
-        )
-    if not replace and (key in CUSTOM_LAYERS or (module is None and layer_type in LAYER_TYPES)):
-        raise ValueError(
-            f"layer type {_describe(key)} is already registered; pass replace=True to replace it"
         )
     CUSTOM_LAYERS[key] = builder
 
