@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from pathlib import Path
 
 from port.command import Exit, Tool, comma_list
@@ -76,12 +75,10 @@ def _add_goldens(tool: Tool) -> None:
     )
     g.add_argument(
         "--weight-seed",
-        "--seed",
         dest="seed",
         type=int,
         default=None,
-        help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for "
-        "most; --seed is the older spelling)",
+        help=f"seed of the seeded weights (default: the model's plan, {DEFAULT_SEED} for most)",
     )
     g.add_argument("--no-repeat", action="store_true", help="skip the determinism re-run")
     _add_user_model(g)
@@ -179,6 +176,7 @@ def build_tool() -> Tool:
         "Real Caffe 1.0 (Debian 11, CPU) with ATLAS or OpenBLAS, and golden dumps from it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        sigterm=True,  # a running build step is stopped and mounts are released
     )
     b = tool.add_command(
         "build", _cmd_build,
@@ -400,15 +398,5 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so a running build step is stopped and mounts are released.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    tool = build_tool()
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return tool.main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return build_tool().main(argv)

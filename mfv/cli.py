@@ -7,72 +7,23 @@ import re
 import sys
 from pathlib import Path
 
-from port.command import Exit, Tool, device_arg
+from port.command import (
+    Exit,
+    Tool,
+    add_caffemodel,
+    add_device,
+    add_out,
+    add_prototxt,
+    check_output_dir,
+    check_output_file,
+)
 from port.errors import UsageError
-from port.plugins import add_definition_options
 
 from . import _io
+from .checks import check_sweep_params
+from .cli_options import grey_args, model_args, model_options
+from .cli_sweep import add_sweep
 from .models import MODELS, load_model
-
-MODEL_HELP = (
-    f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
-    "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "
-    "seeded (--weight-seed), so every model runs here without downloads"
-)
-
-
-_DEVICE_HELP = "torch device, e.g. cpu or cuda (default cpu)"
-_THREADS_HELP = (
-    "torch CPU threads (default: torch's choice). On a busy shared machine 1 can be far "
-    "faster: SqueezeNet forward measured 0.10 s with 1 thread vs 2.0 s with 2 at load 9 on 2 cores"
-)
-
-
-def _model_args(
-    p: argparse.ArgumentParser,
-    *,
-    device_type=device_arg,
-    device_help: str = _DEVICE_HELP,
-    threads_help: str = _THREADS_HELP,
-) -> None:
-    """The options that pick and load a model; sweep passes its own --device check and help."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help=MODEL_HELP)
-    g.add_argument("--prototxt", help="Caffe definition (default: the zoo's for --model)")
-    g.add_argument("--caffemodel", help="Caffe weights (default: seeded weights)")
-    g.add_argument(
-        "--weights", help="torchvision state_dict file (torch.save) for torchvision.* models"
-    )
-    g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
-    add_definition_options(g)
-    g.add_argument("--device", type=device_type, default="cpu", help=device_help)
-    g.add_argument(
-        "--no-parity-check",
-        action="store_true",
-        help="run a Caffe model even without a passing parity verdict (every output says so)",
-    )
-    g.add_argument(
-        "--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json"
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("--threads", type=int, help=threads_help)
-
-
-def _grey_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--skip-grey",
-        dest="keep_grey",
-        action="store_false",
-        help="leave greyscale images out (default: replicate them to RGB, as Caffe's loader did)",
-    )
-    g.add_argument(
-        "--keep-grey",
-        dest="keep_grey",
-        action="store_true",
-        help="replicate greyscale images to RGB: the default, kept for older command lines",
-    )
-    p.set_defaults(keep_grey=True)
 
 
 def _load(a):
@@ -80,21 +31,7 @@ def _load(a):
         import torch
 
         torch.set_num_threads(a.threads)
-    return load_model(a.model, device=a.device, **_model_options(a))
-
-
-def _model_options(a) -> dict:
-    """What ``_model_args`` parsed, as :func:`mfv.models.load_model` (and ``sweep``) take it."""
-    return {
-        "prototxt": a.prototxt,
-        "caffemodel": a.caffemodel,
-        "weights": a.weights,
-        "weight_seed": a.weight_seed,
-        "parity_check": not a.no_parity_check,
-        "parity_file": a.parity_file,
-        "proto": a.proto,
-        "plugins": tuple(a.plugin),
-    }
+    return load_model(a.model, device=a.device, **model_options(a))
 
 
 def _cmd_layers(a) -> int:
@@ -108,6 +45,8 @@ def _cmd_layers(a) -> int:
 def _cmd_means(a) -> int:
     from .means import make_means
 
+    check_sweep_params(k=a.k, m=a.m)
+    check_output_dir(a.out)
     m = _load(a)
     r = make_means(
         m,
@@ -115,7 +54,7 @@ def _cmd_means(a) -> int:
         k=a.k,
         m=a.m,
         layer=a.layer,
-        seed=a.seed,
+        seed=a.means_seed,
         out=a.out,
         batch_size=a.batch_size,
         keep_grey=a.keep_grey,
@@ -134,6 +73,7 @@ def _cmd_visualize(a) -> int:
     from .octaves import load_schedule
     from .visualize import visualize
 
+    check_output_dir(a.out)
     m = _load(a)
     layer = a.layer or (m.spec.target_layer if m.spec else None)
     if layer is None:
@@ -148,25 +88,7 @@ def _cmd_visualize(a) -> int:
         m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path
     )
     schedule = load_schedule(sched_path)
-    inits, names, clusters = [], [], []
-    init_args = list(a.init or [])
-    if not init_args and a.means:
-        found = sorted(Path(a.means).glob("mean_*.png")) or sorted(Path(a.means).glob("mean_*.jpg"))
-        init_args = [
-            str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
-        ]
-    if not init_args:
-        raise UsageError("give --init IMG (repeatable), --init noise, or --means DIR")
-    for spec in init_args:
-        if spec == "noise":
-            inits.append("noise")
-            names.append("noise")
-            clusters.append(None)
-            continue
-        inits.append(_io.load_rgb(spec))
-        names.append(str(Path(spec).resolve()))
-        mt = re.fullmatch(r"mean_(\d+)", Path(spec).stem)
-        clusters.append(int(mt.group(1)) if (mt and a.means) else None)
+    inits, names, clusters = _inits(a)
     extra = {
         "command": " ".join(sys.argv),
         "means": str(Path(a.means).resolve()) if a.means else None,
@@ -194,6 +116,30 @@ def _cmd_visualize(a) -> int:
             f"({f['seconds']:.1f} s)"
         )
     return Exit.OK if all(f["status"] == "done" for f in trace["facets"]) else Exit.INCOMPLETE
+
+
+def _inits(a) -> tuple[list, list[str], list[int | None]]:
+    """``visualize``'s start images from --init or --means: images, names, cluster numbers."""
+    inits, names, clusters = [], [], []
+    init_args = list(a.init or [])
+    if not init_args and a.means:
+        found = sorted(Path(a.means).glob("mean_*.png")) or sorted(Path(a.means).glob("mean_*.jpg"))
+        init_args = [
+            str(p) for p in sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+        ]
+    if not init_args:
+        raise UsageError("give --init IMG (repeatable), --init noise, or --means DIR")
+    for spec in init_args:
+        if spec == "noise":
+            inits.append("noise")
+            names.append("noise")
+            clusters.append(None)
+            continue
+        inits.append(_io.load_rgb(spec))
+        names.append(str(Path(spec).resolve()))
+        mt = re.fullmatch(r"mean_(\d+)", Path(spec).stem)
+        clusters.append(int(mt.group(1)) if (mt and a.means) else None)
+    return inits, names, clusters
 
 
 def _cmd_evaluate(a) -> int:
@@ -239,6 +185,9 @@ def _cmd_evaluate(a) -> int:
 def _cmd_diff(a) -> int:
     from . import diff
 
+    for option, path in (("--json", a.json), ("--html", a.html)):
+        if path:
+            check_output_file(path, option=option)
     factor = diff.DEFAULT_FACTOR if a.factor is None else a.factor
     rtol = diff.NOISE_RTOL if a.rtol is None else a.rtol
     result = diff.diff_runs(a.reference, a.out, floor=a.floor, rtol=rtol, factor=factor)
@@ -251,69 +200,13 @@ def _cmd_diff(a) -> int:
     return Exit.OK if result.get("verdict", {"passed": True})["passed"] else Exit.CHECK_FAILED
 
 
-def _sweep_device(name: str) -> str:
-    """--device of sweep: only parsed here; the workers check that it exists (they may have GPUs
-    where the client has none)."""
-    import torch
-
-    try:
-        return str(torch.device(name))
-    except RuntimeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _cmd_sweep(a) -> int:
-    from .sweep import sweep
-
-    result = sweep(
-        model=a.model,
-        out=a.out,
-        units=a.units,
-        images=a.images,
-        unit_map=a.unit_map,
-        classes=a.classes,
-        **_model_options(a),
-        device=a.device,
-        layer=a.layer,
-        softmax=a.softmax,
-        code_layer=a.code_layer,
-        k=a.k,
-        m=a.m,
-        means_seed=a.means_seed,
-        seed=a.seed,
-        schedule=a.schedule,
-        faithful=a.faithful,
-        denoiser=a.denoiser,
-        keep_grey=a.keep_grey,
-        exclude=tuple(a.exclude or ()),
-        batch_size=a.batch_size,
-        evaluate=not a.no_evaluate,
-        scheduler=a.scheduler,
-        workers=a.workers,
-        threads_per_worker=a.threads_per_worker or a.threads or 1,
-        retries=a.retries,
-        units_per_batch=a.units_per_batch,
-        progress=not a.quiet,
-    )
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
-    rate = result["run"]["units_per_hour"]
-    print(
-        f"{len(result['units'])} units: {counts}"
-        + (f"; {rate:.0f} units/hour this run" if rate else "")
-        + f"; wrote {a.out}/index.html and summary.json"
-    )
-    return Exit.OK if all(r.get("status") == "done" for r in result["units"]) else Exit.INCOMPLETE
-
-
 def build_tool() -> Tool:
     """The ``python -m mfv`` command line (see :mod:`port.command` for the shared contract)."""
-    # ValueError, FileNotFoundError, KeyError and RuntimeError are what bad input (an unreadable
-    # image, a missing folder, an unknown name, a missing driver) raises from the libraries mfv uses.
+    # Only ToolError (MfvError and its kin) is bad input: any other exception is a bug (exit 70).
     tool = Tool(
         "mfv",
         "Multifaceted Feature Visualization (Nguyen et al. 2016) on Caffe ports and "
         "torchvision models.",
-        bad_input=(ValueError, FileNotFoundError, KeyError, RuntimeError),
         interrupted="finished facets and the state are kept (rerun to resume)",
     )
 
@@ -322,13 +215,13 @@ def build_tool() -> Tool:
     _add_visualize(tool)
     _add_evaluate(tool)
     _add_diff(tool)
-    _add_sweep(tool)
+    add_sweep(tool)
     return tool
 
 
 def _add_layers(tool: Tool) -> None:
     s = tool.add_command("layers", _cmd_layers, help="list addressable layers with their shapes")
-    _model_args(s)
+    model_args(s)
 
 
 def _add_means(tool: Tool) -> None:
@@ -341,18 +234,20 @@ def _add_means(tool: Tool) -> None:
         "resized bicubic, centre crop). Images are read as Caffe's loader read them: greyscale replicated to RGB, "
         "CMYK converted, alpha dropped, 16-bit scaled; unreadable files are reported and skipped.",
     )
-    _model_args(s)
+    model_args(s)
     s.add_argument(
         "--images", required=True, help="folder of one class's images (searched recursively)"
     )
     s.add_argument("--k", type=int, default=10, help="number of clusters / facets (default 10)")
     s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
     s.add_argument("--layer", help="code layer (default: the model's fc7 equivalent)")
-    s.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)")
+    s.add_argument(
+        "--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)"
+    )
     s.add_argument(
         "--batch-size", type=int, default=16, help="images per forward pass (default 16)"
     )
-    _grey_args(s)
+    grey_args(s)
     s.add_argument(
         "--exclude",
         action="append",
@@ -360,7 +255,7 @@ def _add_means(tool: Tool) -> None:
         help="leave out files whose path relative to --images matches GLOB (repeatable), "
         "e.g. 'mean_*' in the published layout",
     )
-    s.add_argument("--out", required=True, help="output folder")
+    add_out(s, "output folder")
 
 
 def _add_visualize(tool: Tool) -> None:
@@ -372,7 +267,7 @@ def _add_visualize(tool: Tool) -> None:
         "facet_<i>.png, facet_<i>_octave<k>.png, trace.json, index.html and state/ (resume: "
         "rerun the same command).",
     )
-    _model_args(s)
+    model_args(s)
     s.add_argument("--layer", help="target layer (default: the model's logits, e.g. fc8)")
     s.add_argument(
         "--unit",
@@ -401,6 +296,12 @@ def _add_visualize(tool: Tool) -> None:
         default=1,
         help="seed of each facet's random stream (default 1, as published)",
     )
+    _visualize_loop_options(s)
+    add_out(s, "output folder")
+
+
+def _visualize_loop_options(s: argparse.ArgumentParser) -> None:
+    """How ``visualize`` runs its loop: schedule, arithmetic, denoiser, checkpoints."""
     s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
     s.add_argument(
         "--faithful",
@@ -430,7 +331,6 @@ def _add_visualize(tool: Tool) -> None:
         "mfv.visualize.CHECKPOINT_SECONDS, 5); a rerun after any interruption, kill -9 "
         "included, resumes from the last save and ends with the same bytes",
     )
-    s.add_argument("--out", required=True, help="output folder")
 
 
 def _add_evaluate(tool: Tool) -> None:
@@ -444,8 +344,8 @@ def _add_evaluate(tool: Tool) -> None:
     s.add_argument(
         "--model", help="override the model recorded in the trace (with the model options)"
     )
-    s.add_argument("--prototxt", help="with --model: Caffe definition")
-    s.add_argument("--caffemodel", help="with --model: Caffe weights")
+    add_prototxt(s, default="with --model, the zoo's")
+    add_caffemodel(s, default="with --model, seeded weights")
     s.add_argument("--weights", help="with --model: torchvision state_dict file")
     s.add_argument(
         "--weight-seed",
@@ -459,7 +359,7 @@ def _add_evaluate(tool: Tool) -> None:
         help="with --model: run a Caffe model without a passing parity verdict",
     )
     s.add_argument("--parity-file", help="with --model: parity verdict file to use")
-    s.add_argument("--device", type=device_arg, default="cpu", help="torch device (default cpu)")
+    add_device(s)
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -487,125 +387,6 @@ def _add_diff(tool: Tool) -> None:
     )
     s.add_argument("--html", help="write a self-contained HTML view here")
     s.add_argument("--json", help="write the figures as JSON here")
-
-
-def _add_sweep(tool: Tool) -> None:
-    s = tool.add_command(
-        "sweep",
-        _cmd_sweep,
-        help="means, facets and evaluation for many units on Dask (resumable)",
-        description="One Dask task per unit: mean images (as `means`), all its facets in one "
-        "batch (as `visualize`), evaluation (as `evaluate`), into OUT/<unit>/, finished by an "
-        "atomic done.json. A rerun skips finished units and resumes the others. Writes "
-        "OUT/index.html (every unit's facets) and OUT/summary.json (timings, figures). "
-        "See mfv/SWEEP.md.",
-    )
-    _model_args(
-        s,
-        device_type=_sweep_device,
-        threads_help="same as --threads-per-worker",
-        device_help="torch device of the workers: cpu, cuda (a local cluster spreads its workers "
-        "over the GPUs) or cuda:<i> (default cpu)",
-    )
-    s.add_argument(
-        "--images",
-        help="ImageNet-style root: unit i uses ROOT/<wnid of class i>/ (class list: "
-        "--classes); with --unit-map, the folder relative map entries are resolved against",
-    )
-    s.add_argument(
-        "--unit-map",
-        help='JSON ({"945": "folder", ...} or a list of folders) or TSV '
-        "(unit<TAB>folder) file mapping units to image folders, for layers that are not ImageNet classes",
-    )
-    s.add_argument(
-        "--classes",
-        help="class list, 'wnid name' per line in unit order (default: "
-        "synset_words.txt of the shared reference folder)",
-    )
-    s.add_argument(
-        "--units",
-        default="all",
-        help="units to visualise: all, 0-999, 3,7,10-12, or a file of such lists (default all)",
-    )
-    s.add_argument(
-        "--layer",
-        help="target layer (default: the model's logits, e.g. fc8; a conv layer's "
-        "units are its channels, targeted at the centre)",
-    )
-    s.add_argument(
-        "--softmax", action="store_true", help="maximise the softmax of --layer at each unit"
-    )
-    s.add_argument(
-        "--code-layer",
-        help="layer whose codes the mean images cluster (default: the model's fc7 equivalent)",
-    )
-    s.add_argument("--k", type=int, default=10, help="facets (clusters) per unit (default 10)")
-    s.add_argument("--m", type=int, default=15, help="images averaged per mean image (default 15)")
-    s.add_argument(
-        "--means-seed", type=int, default=0, help="seed of PCA, t-SNE and k-means (default 0)"
-    )
-    s.add_argument(
-        "--seed",
-        type=int,
-        default=1,
-        help="seed of each facet's random stream (default 1, as published)",
-    )
-    s.add_argument("--schedule", help="octave schedule JSON (default: the model's, mfv/schedules/)")
-    s.add_argument(
-        "--faithful",
-        action="store_true",
-        help="reproduce the original's arithmetic (see visualize)",
-    )
-    s.add_argument(
-        "--denoiser",
-        choices=("skimage", "torch"),
-        help="TV-Bregman implementation (see visualize; default: torch, or skimage with --faithful)",
-    )
-    _grey_args(s)
-    s.add_argument(
-        "--exclude",
-        action="append",
-        metavar="GLOB",
-        help="leave out image files whose path relative to the unit's folder matches GLOB (repeatable)",
-    )
-    s.add_argument(
-        "--batch-size", type=int, default=16, help="images per forward pass for codes (default 16)"
-    )
-    s.add_argument("--no-evaluate", action="store_true", help="skip the evaluation of each unit")
-    s.add_argument(
-        "--units-per-batch",
-        type=int,
-        default=1,
-        help="units whose facets share one MFV batch "
-        "(one Dask task): the fully connected weights are read once for all of them; a batch's "
-        "units finish together (default 1)",
-    )
-    s.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="a running Dask scheduler, e.g. tcp://host:8786 "
-        "(default: start a local cluster of worker processes)",
-    )
-    s.add_argument(
-        "--workers",
-        type=int,
-        help="workers of the local cluster (default: one per GPU with "
-        "--device cuda, else CPU cores / --threads-per-worker)",
-    )
-    s.add_argument(
-        "--threads-per-worker",
-        type=int,
-        help="CPU threads per worker for torch and OpenMP; "
-        "each worker runs one unit at a time (default 1)",
-    )
-    s.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        help="Dask retries of a unit that raised an unexpected "
-        "error (default 2; a dead worker's unit is rerun by Dask in any case)",
-    )
-    s.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -242,26 +242,3 @@ def load_npz(
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
                 raise CaffeError(f"{where} cannot be read: {exc}", path=path) from None
         return out
-
-
-def check_batch(x: np.ndarray, path: str | Path) -> np.ndarray:
-    """An input batch as ``port dump`` takes it: real, finite, (N, C, H, W) with N > 0.
-
-    Raises
-    ------
-    CaffeError
-        Naming the file and what is wrong (shape, dtype, the first non-finite value).
-    """
-    if x.ndim != 4:
-        raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=path)
-    if x.shape[0] == 0 or 0 in x.shape:
-        raise CaffeError(f"input batch has shape {x.shape}: an empty batch", path=path)
-    if x.dtype.kind not in "biuf":
-        raise CaffeError(f"input batch has dtype {x.dtype}; real numbers expected", path=path)
-    bad = ~np.isfinite(x) if x.dtype.kind == "f" else None
-    if bad is not None and bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise CaffeError(
-            f"input batch holds {x[where]} at index {where}; finite values expected", path=path
-        )
-    return x

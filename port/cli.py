@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .command import Tool, device_arg
-from .plugins import add_definition_options, load_plugins
+from .command import (
+    Tool,
+    add_caffemodel,
+    add_definition_options,
+    add_device,
+    add_out,
+    add_prototxt,
+    check_output_file,
+)
+from .plugins import load_plugins
 
 
 def _dtype(name: str):
@@ -27,6 +35,7 @@ def cmd_seed_weights(args: argparse.Namespace) -> None:
     from .caffemodel import write_caffemodel
     from .seed import seed_weights
 
+    check_output_file(args.out)
     netdef = _netdef(args)
     write_caffemodel(args.out, netdef, seed_weights(netdef, args.seed), format=args.format)
     print(
@@ -78,6 +87,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .artefact import save, sha256_file
     from .net import load_caffe
 
+    check_output_file(args.out)
     net = load_caffe(_netdef(args), args.caffemodel)
     save(
         net,
@@ -91,11 +101,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
-    from .arrays import check_batch, load_npy
-    from .dump import BackwardSeed, dump_blobs, save_npz
+    from .dump import BackwardSeed, dump_blobs, read_input_batch, save_npz
     from .net import load_caffe
 
-    x = check_batch(load_npy(args.input), args.input)
+    check_output_file(args.out)
+    x = read_input_batch(args.input)
     backward = BackwardSeed.parse(args.backward_from) if args.backward_from else None
     net = load_caffe(_netdef(args), args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
     blobs = dump_blobs(net, x, backward_from=backward)
@@ -113,7 +123,19 @@ def build_tool() -> Tool:
         "Convert Caffe models (deploy .prototxt + .caffemodel, current or legacy V1 "
         "format) to PyTorch and inspect them.",
     )
+    _add_seed_weights(tool)
+    _add_inspect(tool)
+    _add_convert(tool)
+    _add_dump(tool)
+    return tool
 
+
+def _definition(parser: argparse.ArgumentParser) -> None:
+    add_prototxt(parser, required=True)
+    add_definition_options(parser)
+
+
+def _add_seed_weights(tool: Tool) -> None:
     p = tool.add_command(
         "seed-weights",
         cmd_seed_weights,
@@ -121,17 +143,11 @@ def build_tool() -> Tool:
         description="Write seeded weights (He-normal weights, small biases, valid "
         "BatchNorm statistics) in a caffemodel that Caffe 1.0 loads.",
     )
-    p.add_argument("--prototxt", required=True, help="deploy definition")
-    add_definition_options(p)
+    _definition(p)
     p.add_argument(
-        "--weight-seed",
-        "--seed",
-        dest="seed",
-        type=int,
-        default=0,
-        help="seed of the weights (default 0; --seed is the older spelling)",
+        "--weight-seed", dest="seed", type=int, default=0, help="seed of the weights (default 0)"
     )
-    p.add_argument("--out", required=True, help="caffemodel to write")
+    add_out(p, "caffemodel to write")
     p.add_argument(
         "--format",
         choices=["v2", "v1"],
@@ -139,16 +155,19 @@ def build_tool() -> Tool:
         help="v2: current 'layer' entries; v1: legacy 'layers' entries (default v2)",
     )
 
+
+def _add_inspect(tool: Tool) -> None:
     p = tool.add_command(
         "inspect",
         cmd_inspect,
         help="table of layers, blobs, shapes and parameter counts",
         description="Print each layer's name, type, bottoms, tops, top shapes and parameter count.",
     )
-    p.add_argument("--prototxt", required=True, help="deploy definition")
-    add_definition_options(p)
-    p.add_argument("--caffemodel", help="weights to load and check against the definition")
+    _definition(p)
+    add_caffemodel(p, default="none: shapes and counts of the definition alone")
 
+
+def _add_convert(tool: Tool) -> None:
     p = tool.add_command(
         "convert",
         cmd_convert,
@@ -156,11 +175,12 @@ def build_tool() -> Tool:
         description="Convert definition + weights into one .safetensors file that "
         "port.load() reads (weights plus the definition text).",
     )
-    p.add_argument("--prototxt", required=True, help="deploy definition")
-    add_definition_options(p)
-    p.add_argument("--caffemodel", required=True, help="weights")
-    p.add_argument("--out", required=True, help="artefact to write (.safetensors)")
+    _definition(p)
+    add_caffemodel(p, required=True)
+    add_out(p, "artefact to write (.safetensors)")
 
+
+def _add_dump(tool: Tool) -> None:
     p = tool.add_command(
         "dump",
         cmd_dump,
@@ -168,16 +188,15 @@ def build_tool() -> Tool:
         description="Run the port on a preprocessed batch and write data/<blob> "
         "(and diff/<blob>) arrays to an .npz, with pycaffe's meaning.",
     )
-    p.add_argument("--prototxt", required=True, help="deploy definition")
-    add_definition_options(p)
-    p.add_argument("--caffemodel", required=True, help="weights")
+    _definition(p)
+    add_caffemodel(p, required=True)
     p.add_argument(
         "--input",
         required=True,
-        help="preprocessed batch (N,C,H,W) .npy; batch and spatial size may differ "
-        "from the definition's",
+        help="preprocessed batch (N,C,H,W) .npy of finite real numbers; batch and spatial size "
+        "may differ from the definition's",
     )
-    p.add_argument("--out", required=True, help=".npz to write")
+    add_out(p, ".npz to write")
     p.add_argument(
         "--backward-from",
         metavar="BLOB:UNIT",
@@ -189,13 +208,7 @@ def build_tool() -> Tool:
         default="float32",
         help="precision of the run (default float32, Caffe's)",
     )
-    p.add_argument(
-        "--device",
-        type=device_arg,
-        default="cpu",
-        help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)",
-    )
-    return tool
+    add_device(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

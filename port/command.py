@@ -6,7 +6,9 @@ One contract for all four tools:
   arguments; :meth:`Tool.add_command` registers one and returns its parser for the options.
 - **Exit status** (:class:`Exit`): 0 done; 1 a check ran and failed (a verdict, a comparison);
   2 bad input or setup (argparse's usage errors included); 3 the work ran but some items did not
-  finish (a rerun resumes them); 130 interrupted. A command returns its status (``None`` is 0).
+  finish (a rerun resumes them); 70 a bug (an unexpected exception: the traceback is printed with a
+  request to report it; 70 is ``EX_SOFTWARE`` of BSD's sysexits.h); 130 interrupted (Ctrl-C, or
+  SIGTERM for tools built with ``sigterm=True``). A command returns its status (``None`` is 0).
 - **Errors**: a command raises a :class:`~port.errors.ToolError` for bad input or setup; the skeleton
   prints ``tool: error: <message>`` on stderr (one line per line of the message, no traceback; with
   ``<TOOL>_DEBUG=1`` in the environment the traceback is shown instead) and exits 2.
@@ -34,13 +36,31 @@ from __future__ import annotations
 import argparse
 import enum
 import os
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ToolError, UsageError
+from .errors import ToolError, UsageError, WriteError
 
-__all__ = ["Exit", "Tool", "ToolParser", "comma_list", "device_arg", "error_line"]
+__all__ = [
+    "Exit",
+    "Tool",
+    "ToolParser",
+    "add_caffemodel",
+    "add_definition_options",
+    "add_device",
+    "add_out",
+    "add_prototxt",
+    "check_output_dir",
+    "check_output_file",
+    "comma_list",
+    "device_arg",
+    "error_line",
+]
 
 
 class Exit(enum.IntEnum):
@@ -50,6 +70,7 @@ class Exit(enum.IntEnum):
     CHECK_FAILED = 1
     BAD_INPUT = 2
     INCOMPLETE = 3
+    BUG = 70
     INTERRUPTED = 130
 
 
@@ -88,6 +109,10 @@ class Tool:
         (exit 2, one line). Keep it to types that only bad input raises here.
     interrupted : str
         What ``tool: interrupted`` adds after Ctrl-C, e.g. what is kept and how to resume.
+    sigterm : bool
+        Whether SIGTERM unwinds like Ctrl-C while a command runs (exit 130), so that a tool holding
+        outside resources (child processes, mounts) releases them. Off by default: without it,
+        :mod:`port.atomic` removes live temporaries and the process ends by the signal.
     **parser_kwargs
         Passed to the top-level :class:`ToolParser` (``epilog``, ``formatter_class``).
     """
@@ -99,11 +124,13 @@ class Tool:
         *,
         bad_input: tuple[type[BaseException], ...] = (),
         interrupted: str = "",
+        sigterm: bool = False,
         **parser_kwargs: Any,
     ) -> None:
         self.name = name
         self.bad_input = (ToolError, *bad_input)
         self.interrupted = interrupted
+        self.sigterm = sigterm
         self.parser = ToolParser(
             prog=f"python -m {name}", description=description, tool=name, **parser_kwargs
         )
@@ -140,6 +167,16 @@ class Tool:
 
         Usage errors raise ``SystemExit(2)`` as argparse does; everything else returns a status.
         """
+        previous = None
+        if self.sigterm and _in_main_thread():
+            previous = signal.signal(signal.SIGTERM, _sigterm_interrupts)
+        try:
+            return self._run(argv)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, argv: Sequence[str] | None) -> int:
         args = None
         try:  # an option's type may raise a ToolError too: parsing is inside
             args = self.parser.parse_args(argv)
@@ -157,7 +194,27 @@ class Tool:
                 file=sys.stderr,
             )
             return int(Exit.INTERRUPTED)
+        except Exception as exc:  # noqa: BLE001 - every other exception is a bug: say so, exit 70
+            traceback.print_exc(file=sys.stderr)
+            print(error_line(self.name, _bug_message(exc)), file=sys.stderr)
+            return int(Exit.BUG)
         return int(Exit.OK if status is None else status)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _sigterm_interrupts(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C: finally-blocks stop child processes and release what is held.
+    raise KeyboardInterrupt
+
+
+def _bug_message(exc: BaseException) -> str:
+    return (
+        f"internal error ({type(exc).__name__}: {exc}); this is a bug, please report it "
+        "with the traceback above and the command line (exit status 70)"
+    )
 
 
 def comma_list(
@@ -201,3 +258,128 @@ def device_arg(name: str):
             "CUDA is not available here (no GPU or no driver); use --device cpu"
         )
     return device
+
+
+def _check_parents(path: Path) -> None:
+    """Refuse a path under a file, and one whose nearest existing folder cannot be written to."""
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WriteError(f"{parent} is a file, not a folder; choose another place", path=path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write in {parent} (no permission or read-only)", path=path)
+
+
+def check_output_file(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Check before any work that ``path`` can become a regular file; returns it as a Path.
+
+    Refused with a :class:`~port.errors.WriteError` naming ``option``: an existing folder, device,
+    FIFO or other non-regular file (``/dev/null``), a path under a file, a read-only place. Nothing
+    is created, so a run that fails a later check leaves nothing behind.
+    """
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if p.is_dir():
+            raise WriteError(f"{option}: is a folder; a file is needed here", path=p)
+        if not p.is_file():
+            raise WriteError(f"{option}: not a regular file (a device or FIFO?)", path=p)
+        if not os.access(p, os.W_OK):
+            raise WriteError(f"{option}: the file exists and cannot be written", path=p)
+    _check_parents(p)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Check before any work that ``path`` is, or can become, a writable folder; returns it.
+
+    Refused with a :class:`~port.errors.WriteError` naming ``option``: an existing file, device or
+    FIFO, a path under a file, a read-only place. Nothing is created.
+    """
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise WriteError(f"{option}: not a folder; a folder is needed here", path=p)
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise WriteError(f"{option}: cannot write in this folder (read-only?)", path=p)
+        return p
+    _check_parents(p)
+    return p
+
+
+# --- shared options: one declaration, one help text per meaning --------------------------------
+
+
+def _help(text: str, default: str | None) -> str:
+    return f"{text} (default: {default})" if default else text
+
+
+def add_prototxt(
+    parser: argparse.ArgumentParser | Any, *, required: bool = False, default: str | None = None
+) -> argparse.Action:
+    """``--prototxt FILE``: the Caffe deploy definition; ``default`` says what is used without it."""
+    return parser.add_argument(
+        "--prototxt",
+        required=required,
+        metavar="DEPLOY.prototxt",
+        help=_help("Caffe deploy definition", default),
+    )
+
+
+def add_caffemodel(
+    parser: argparse.ArgumentParser | Any, *, required: bool = False, default: str | None = None
+) -> argparse.Action:
+    """``--caffemodel FILE``: the Caffe weights; ``default`` says what is used without it."""
+    return parser.add_argument(
+        "--caffemodel",
+        required=required,
+        metavar="WEIGHTS.caffemodel",
+        help=_help("Caffe weights, checked against the definition", default),
+    )
+
+
+def add_device(
+    parser: argparse.ArgumentParser | Any,
+    *,
+    type: Callable[[str], Any] | None = None,  # noqa: A002 - argparse's own keyword
+    note: str = "",
+) -> argparse.Action:
+    """``--device NAME``: a torch device (default cpu), checked by :func:`device_arg` unless
+    ``type`` says otherwise; ``note`` adds where it is checked when that differs."""
+    return parser.add_argument(
+        "--device",
+        type=type or device_arg,
+        default="cpu",
+        help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)" + (f"; {note}" if note else ""),
+    )
+
+
+def add_out(
+    parser: argparse.ArgumentParser | Any, what: str, *, required: bool = True
+) -> argparse.Action:
+    """``--out PATH``: the file or folder written, described by ``what`` (``"output folder"``)."""
+    return parser.add_argument(
+        "--out", required=required, metavar="PATH", help=f"{what}; checked before the run starts"
+    )
+
+
+def add_definition_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--proto FORK.proto`` and ``--plugin FILE.py`` (repeatable) to a subcommand."""
+    parser.add_argument(
+        "--proto",
+        type=Path,
+        metavar="FORK.proto",
+        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
+        "messages and fields the definition uses (e.g. SSD's permute_param); "
+        "read without protoc",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="Python file or module run first; it registers custom layer types "
+        "with port.register_layer (and parity.numpy_ref.register); repeatable",
+    )

@@ -188,3 +188,35 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays to ``path`` (.npz, compressed) atomically."""
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+def check_input_batch(x: np.ndarray, *, path: str | Path) -> np.ndarray:
+    """Refuse an input batch that no Caffe run takes: not (N, C, H, W) with N >= 1, not real
+    numbers (complex, bool, strings, objects, records), or not finite (NaN, Inf).
+
+    Returns ``x``; a refusal is a :class:`~port.errors.CaffeError` naming ``path``.
+    """
+    if x.dtype.kind not in "fiu":  # float, signed, unsigned: what Caffe's float blobs can hold
+        raise CaffeError(
+            f"input batch has dtype {x.dtype}; real numbers (float or int) expected", path=path
+        )
+    if x.ndim != 4:
+        raise CaffeError(f"input batch has shape {x.shape}; (N, C, H, W) expected", path=path)
+    if 0 in x.shape:
+        raise CaffeError(f"input batch has shape {x.shape}; no dimension may be 0", path=path)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise CaffeError(f"input batch holds {bad} NaN or infinite value(s)", path=path)
+    return x
+
+
+def read_input_batch(path: str | Path) -> np.ndarray:
+    """The (N, C, H, W) batch in the ``.npy`` file ``path``, checked by :func:`check_input_batch`.
+
+    Read by :func:`port.arrays.load_npy` (no pickles, size capped); an unreadable file is a
+    :class:`~port.errors.CaffeError` naming the file.
+    """
+    from .arrays import load_npy
+
+    x = load_npy(path)  # bounded: the header is checked before the data is read
+    return check_input_batch(x, path=path)

@@ -1,9 +1,11 @@
-"""Command-line options shared by every command that reads a definition: ``--proto`` (a Caffe
-fork's caffe.proto) and ``--plugin`` (Python files that register custom layers)."""
+"""Plugins: Python files or modules, run before a definition is read, that register custom layers.
+
+Their options ``--proto`` and ``--plugin`` are declared by :func:`port.command.add_definition_options`
+(re-exported here for older imports).
+"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -11,29 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .command import add_definition_options
 from .errors import ToolError
 
 __all__ = ["add_definition_options", "load_plugin", "load_plugins"]
-
-
-def add_definition_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--proto FORK.proto`` and ``--plugin FILE.py`` (repeatable) to a subcommand."""
-    parser.add_argument(
-        "--proto",
-        type=Path,
-        metavar="FORK.proto",
-        help="a Caffe fork's caffe.proto (or just its additions) whose extra "
-        "messages and fields the definition uses (e.g. SSD's permute_param); "
-        "read without protoc",
-    )
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="FILE.py|MODULE",
-        help="Python file or module run first; it registers custom layer types "
-        "with port.register_layer (and parity.numpy_ref.register); repeatable",
-    )
 
 
 # Plugin module name -> the custom layer keys its run registered. A plugin runs once per process,
@@ -59,6 +42,8 @@ def _run_recorded(name: str, run) -> None:
 
 def _exec_file(name: str, path: Path) -> None:
     module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:  # not a suffix Python loads
+        raise ToolError(f"plugin {path}: not a Python file (a plugin file's name ends in .py)")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
@@ -76,6 +61,11 @@ def load_plugin(spec: str) -> None:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():
                 raise ToolError(f"plugin {spec}: no such file")
+            if path.suffix != ".py":
+                raise ToolError(
+                    f"plugin {spec}: not a .py file; give a Python file ending in .py or an "
+                    "importable module name"
+                )
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
             name = f"_caffe_port_plugin_{path.stem}_{digest}"
             if name not in sys.modules or not _still_registered(name):
@@ -86,6 +76,11 @@ def load_plugin(spec: str) -> None:
             _run_recorded(spec, lambda: importlib.reload(sys.modules[spec]))
     except ToolError:
         raise
+    except SystemExit as exc:  # a plugin registers layers; ending the run is not its to decide
+        raise ToolError(
+            f"plugin {spec} tried to end the process (sys.exit({exc.code!r})); a plugin may only "
+            "define and register layers"
+        ) from None
     except Exception as exc:  # a user's file: say which one failed, and how
         raise ToolError(f"plugin {spec} failed: {type(exc).__name__}: {exc}") from exc
 

@@ -19,7 +19,7 @@ CLI_MODULE = {
     "port": "port.cli",
     "mfv": "mfv.cli",
     "legacy_caffe": "legacy_caffe.cli",
-    "parity": "parity.__main__",
+    "parity": "parity.cli",
 }
 
 #: Per tool, a command line that is bad input found only when the command runs (not by argparse).
@@ -124,9 +124,51 @@ def test_skeleton_usage_error_prints_usage_then_the_line(capsys):
     assert err.startswith("usage: python -m demo go") and "demo: error: --x needs --y" in err
 
 
-def test_skeleton_lets_other_errors_through_with_their_traceback():
-    with pytest.raises(ZeroDivisionError):
-        _demo(lambda a: 1 / 0).main(["go"])
+def test_skeleton_reports_any_other_exception_as_a_bug_with_status_70(capsys):
+    assert _demo(lambda a: 1 / 0).main(["go"]) == Exit.BUG == 70
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "ZeroDivisionError" in err
+    assert err.splitlines()[-1].startswith("demo: error: internal error (ZeroDivisionError")
+    assert "this is a bug, please report it" in err
+
+
+def test_bug_status_is_none_of_the_others():
+    assert Exit.BUG not in {Exit.OK, Exit.CHECK_FAILED, Exit.BAD_INPUT, Exit.INCOMPLETE}
+    assert Exit.BUG != Exit.INTERRUPTED
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_planted_bug_exits_70_in_every_tool(tool, capsys, monkeypatch):
+    """A command that raises what bad input never raises (here a KeyError from a planted bug)."""
+    cli = _cli(tool)
+    real_build = cli.build_tool
+
+    def build_with_bug():
+        built = real_build()
+
+        def bug(args):
+            raise KeyError("planted")
+
+        built.commands[BAD_INPUT[tool][0]] = bug
+        return built
+
+    monkeypatch.setattr(cli, "build_tool", build_with_bug)
+    assert cli.main(BAD_INPUT[tool]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'planted'" in err
+    assert f"{tool}: error: internal error (KeyError: 'planted'); this is a bug" in err
+
+
+def test_sigterm_unwinds_like_ctrl_c_in_a_tool_that_asks_for_it(capsys):
+    import os
+    import signal
+
+    tool = Tool("demo", "A demonstration.", sigterm=True, interrupted="state kept")
+    tool.add_command("go", lambda a: os.kill(os.getpid(), signal.SIGTERM), help="terminate")
+    before = signal.getsignal(signal.SIGTERM)
+    assert tool.main(["go"]) == Exit.INTERRUPTED
+    assert capsys.readouterr().err == "demo: interrupted; state kept\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command
 
 
 def test_debug_variable_shows_the_traceback(monkeypatch):

@@ -2,7 +2,7 @@
 
 The goldens in tests/data/mini_resnet were made by real Caffe 1.0 (ATLAS and OpenBLAS) with
 ``python -m legacy_caffe goldens --prototxt ... --caffemodel ...`` from weights that
-``python -m port seed-weights --seed 3`` writes; the test re-seeds them and checks the sha256 first.
+``python -m port seed-weights --weight-seed 3`` writes; the test re-seeds them and checks the sha256 first.
 """
 
 from __future__ import annotations

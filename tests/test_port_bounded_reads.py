@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import port
-from port.arrays import check_batch, load_npy, load_npz, npz_headers
+from port.arrays import load_npy, load_npz, npz_headers
+from port.dump import read_input_batch
 from port.caffemodel import read_caffemodel
 from port.limits import CAPS, read_text
 from port.schema import load_proto
@@ -316,9 +317,9 @@ def test_port_dump_refuses_bad_batches(tmp_path):
     }
     messages = {
         "str": "dtype <U1",
-        "nan": "holds nan at index (0, 0, 0, 0)",
-        "complex": "real numbers expected",
-        "empty": "an empty batch",
+        "nan": "holds 12 NaN or infinite value",
+        "complex": "real numbers (float or int) expected",
+        "empty": "no dimension may be 0",
         "flat": "(N, C, H, W) expected",
     }
     for name, value in cases.items():
@@ -327,7 +328,7 @@ def test_port_dump_refuses_bad_batches(tmp_path):
         with pytest.raises(
             port.CaffeError, match=messages[name].replace("(", "\\(").replace(")", "\\)")
         ):
-            check_batch(load_npy(path), path)
+            read_input_batch(path)
 
 
 # --- messages that named the wrong thing ---------------------------------------------------------

@@ -322,7 +322,7 @@ def test_plugin_option_registers_layers_for_the_command_line(tmp_path, capsys):
                     str(cc.PYTHON_NET),
                     "--plugin",
                     str(cc.PLUGIN),
-                    "--seed",
+                    "--weight-seed",
                     str(cc.SEED),
                     "--out",
                     str(out),

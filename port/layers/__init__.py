@@ -253,7 +253,20 @@ def register_layer(
         raise ValueError(
             f"layer type {_describe(key)} is already registered; pass replace=True to replace it"
         )
+    if _lacks_top_shapes(builder):
+        raise TypeError(
+            f"builder for {layer_type!r} ({builder.__name__}) does not define top_shapes(): a "
+            "custom layer follows port.layers.CaffeLayer's contract"
+        )
     CUSTOM_LAYERS[key] = builder
+
+
+def _lacks_top_shapes(builder: object) -> bool:
+    # CaffeLayer.top_shapes only raises NotImplementedError: a subclass that keeps it would pass
+    # the hasattr contract check and fail at the first shape inference instead of here.
+    return (
+        isinstance(builder, type) and getattr(builder, "top_shapes", None) is CaffeLayer.top_shapes
+    )
 
 
 def unregister_layer(
@@ -314,6 +327,8 @@ def build_layer(layer: LayerDef, bottom_shapes: list[Shape]) -> CaffeLayer:
         raise _unsupported(layer)
     module = cls(layer, bottom_shapes)
     missing = [name for name in _CONTRACT if not hasattr(module, name)]
+    if _lacks_top_shapes(type(module)):
+        missing.append("top_shapes")
     if missing or not isinstance(module, nn.Module):
         raise CaffeError(
             f"the module registered for {layer.type!r} ({cls!r}) lacks "
