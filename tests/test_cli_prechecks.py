@@ -222,7 +222,7 @@ TINY_NET = (
         (np.ones((1, 1, 2, 2), np.complex64), "dtype complex64; real numbers"),
         (np.ones((1, 1, 2, 2), bool), "dtype bool; real numbers"),
         (np.zeros((0, 1, 2, 2), np.float32), "no dimension may be 0"),
-        (np.array([[[["a", "b"], ["c", "d"]]]]), "dtype <U1; real numbers"),
+        (np.array([[[["a", "b"], ["c", "d"]]]]), "dtype <U1; plain numbers"),
         (np.ones((2, 2), np.float32), "(N, C, H, W) expected"),
     ],
 )

@@ -316,7 +316,7 @@ def test_port_dump_refuses_bad_batches(tmp_path):
         "flat": np.zeros(12, np.float32),
     }
     messages = {
-        "str": "dtype <U1",
+        "str": "dtype <U1; plain numbers",
         "nan": "holds 12 NaN or infinite value",
         "complex": "real numbers (float or int) expected",
         "empty": "no dimension may be 0",
