@@ -5,9 +5,9 @@ the mean images of a class's facets; :func:`visualize` runs the MFV loop; :func:
 run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` and ``mfv/schedules``.
 """
 
+from port.images import load_rgb, save_image
 from port.verdict import ParityError, check_parity
 
-from ._io import load_rgb, save_image
 from .errors import MfvError
 from .evaluate import evaluate
 from .means import make_means
