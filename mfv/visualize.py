@@ -156,6 +156,8 @@ def _run_key(
 #: Default seconds of work between two checkpoints: a kill loses at most about this much.
 CHECKPOINT_SECONDS = 5.0
 _CKPT, _PREV = "checkpoint.npz", "checkpoint.prev.npz"
+# /2 carries a checksum; a /1 state (no checksum) is refused like any other unreadable one.
+_FORMAT = "mfv-checkpoint/2"
 _START = (0, 0)  # (octaves done, steps done in the next octave): no checkpoint is ever saved there
 
 
@@ -189,11 +191,12 @@ def _checkpoint_bytes(states: list[FacetState], position: tuple[int, int], key: 
             }
         )
     meta = {
-        "format": "mfv-checkpoint/1",
+        "format": _FORMAT,
         "run_key": key,
         "position": list(position),
         "facets": facets,
     }
+    meta["sha256"] = _checksum(meta, arrays)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     return _npz_bytes(**arrays)
 
@@ -214,12 +217,35 @@ def _save_checkpoint(
             os.replace(cur, prev)
 
 
+class ChecksumError(MfvError):
+    """A checkpoint whose contents do not match the checksum it was saved with."""
+
+
+def _checksum(meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the metadata (without its own checksum) and of every array's name, type and bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A checkpoint's metadata and arrays, after its checksum was verified (:class:`ChecksumError`)."""
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    if meta.get("format") != "mfv-checkpoint/1":
-        raise ValueError(f"format {meta.get('format')!r}")
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}, this mfv reads {_FORMAT!r}")
+    if meta.get("sha256") != _checksum(meta, arrays):
+        # Both files of a job can be altered alike; only the checksum tells such a state from
+        # the one this run saved, and resuming from it would give other bytes in silence.
+        raise ChecksumError(
+            f"{path}: checksum mismatch (the checkpoint was changed after it was saved); "
+            "rerun with --restart to start over"
+        )
     return meta, arrays
 
 
@@ -277,6 +303,8 @@ def _resume(runs: list[_Run]) -> None:
                 if meta["run_key"] != r.meta["run_key"]:
                     raise ValueError("it belongs to another run")
                 options[tuple(meta["position"])] = (meta, arrays, path)
+            except ChecksumError:
+                raise
             except Exception as e:  # a damaged file: reported below if nothing else will do
                 problems.append(f"{path}: {type(e).__name__}: {e}")
         if legacy and not options:

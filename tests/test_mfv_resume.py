@@ -24,7 +24,7 @@ import pytest
 from mfv.errors import MfvError
 from mfv.objectives import unit
 from mfv.testing import tiny_model, torch_threads
-from mfv.visualize import visualize
+from mfv.visualize import _read_checkpoint, visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "mfv_kill_child.py"
@@ -219,6 +219,61 @@ def test_damaged_state_is_an_error_not_a_silent_restart(tmp_path):
         visualize(
             tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False
         )
+
+
+def _resave_npz(path: Path, **changes) -> None:
+    """Rewrite a checkpoint with some arrays changed and everything else (meta included) kept."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_checkpoints_altered_alike_are_refused_not_resumed(tmp_path):
+    """Both state files changed the same way (a valid npz, valid meta): without a checksum the run
+    resumed into other bytes in silence; now it is an error that offers --restart."""
+    from port.errors import ToolError
+
+    out = tmp_path / "run"
+    _interrupted(out, 5, checkpoint_steps=1)
+    for name in ("checkpoint.npz", "checkpoint.prev.npz"):
+        p = out / "state" / name
+        with np.load(p) as z:
+            image = z["image_0"].copy()
+        image[0, 0, 0] += 1.0
+        _resave_npz(p, image_0=image)
+    with torch_threads(1), pytest.raises(ToolError, match="checksum mismatch.*--restart") as e:
+        visualize(
+            tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False
+        )
+    assert isinstance(e.value, MfvError)
+    # --restart (resume=False) is the way out, and it gives the uninterrupted run's bytes.
+    ref = tmp_path / "ref"
+    kw = {"schedule": _sched(), "seed": 1, "progress": False}
+    with torch_threads(1):
+        visualize(tiny_model(), unit("8", 3), _inits(), out=out, resume=False, **kw)
+        visualize(tiny_model(), unit("8", 3), _inits(), out=ref, **kw)
+    pngs = sorted(p.name for p in ref.glob("facet_*.png"))
+    assert pngs and all((out / n).read_bytes() == (ref / n).read_bytes() for n in pngs)
+
+
+def test_checksum_covers_the_random_stream_and_the_metadata(tmp_path):
+    out = tmp_path / "run"
+    _interrupted(out, 5, checkpoint_steps=1)
+    p = out / "state" / "checkpoint.npz"
+    with np.load(p) as z:
+        keys = z["rng_keys_1"].copy()
+        meta = json.loads(z["meta"].tobytes())
+    keys[0] ^= 1
+    _resave_npz(p, rng_keys_1=keys)
+    with pytest.raises(MfvError, match="checksum"):
+        _read_checkpoint(p)
+    keys[0] ^= 1  # the stream restored, the metadata changed instead
+    meta["facets"][0]["steps_done"] += 1
+    _resave_npz(p, rng_keys_1=keys, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    with pytest.raises(MfvError, match="checksum"):
+        _read_checkpoint(p)
 
 
 def test_finished_run_leaves_no_temporaries(tmp_path):
