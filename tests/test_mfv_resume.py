@@ -24,7 +24,8 @@ import pytest
 from mfv.errors import MfvError
 from mfv.objectives import unit
 from mfv.testing import tiny_model, torch_threads
-from mfv.visualize import _read_checkpoint, visualize
+from mfv.loop.checkpoint import read_checkpoint
+from mfv.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "mfv_kill_child.py"
@@ -268,12 +269,12 @@ def test_checksum_covers_the_random_stream_and_the_metadata(tmp_path):
     keys[0] ^= 1
     _resave_npz(p, rng_keys_1=keys)
     with pytest.raises(MfvError, match="checksum"):
-        _read_checkpoint(p)
+        read_checkpoint(p)
     keys[0] ^= 1  # the stream restored, the metadata changed instead
     meta["facets"][0]["steps_done"] += 1
     _resave_npz(p, rng_keys_1=keys, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     with pytest.raises(MfvError, match="checksum"):
-        _read_checkpoint(p)
+        read_checkpoint(p)
 
 
 def test_finished_run_leaves_no_temporaries(tmp_path):
@@ -298,11 +299,8 @@ def test_finished_run_leaves_no_temporaries(tmp_path):
 def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeypatch):
     """Jobs are saved one after the other: a stop between them leaves one job a save ahead, twice
     in a row here (the second time right after resuming), and the run must still finish exactly."""
-    import importlib
-
+    from mfv.loop import checkpoint as V
     from mfv.visualize import UnitJob, visualize_units
-
-    V = importlib.import_module("mfv.visualize")  # the package's `visualize` is the function
 
     def jobs(out):
         return [
@@ -314,7 +312,7 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
     kw = {"schedule": _sched(), "seed": 1, "progress": False, "checkpoint_steps": 1}
     with torch_threads(1):
         visualize_units(model, jobs(tmp_path / "ref"), **kw)
-    real = V._save_checkpoint
+    real = V.save_checkpoint
 
     def stopping_after(n_saves):
         count = {"n": 0}
@@ -330,10 +328,10 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
     out = tmp_path / "run"
     # Job a's first save (b has none yet), its third (b at its second), and a's first after resuming.
     for stop in (1, 5, 1):
-        monkeypatch.setattr(V, "_save_checkpoint", stopping_after(stop))
+        monkeypatch.setattr(V, "save_checkpoint", stopping_after(stop))
         with torch_threads(1), pytest.raises(KeyboardInterrupt):
             visualize_units(model, jobs(out), **kw)
-    monkeypatch.setattr(V, "_save_checkpoint", real)
+    monkeypatch.setattr(V, "save_checkpoint", real)
     with torch_threads(1):
         visualize_units(model, jobs(out), **kw)
     for job in ("a", "b"):
