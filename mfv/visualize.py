@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from port.atomic import remove_stale_temporaries
 
 from . import _io
+from .codes import nearest_training_images
 from .errors import MfvError
 from .loop.checkpoint import CHECKPOINT_SECONDS, ChecksumError, Saver, resume_runs, save_position
 from .loop.device import octave_on_device
@@ -44,6 +45,7 @@ from .loop.host import octave_on_host
 from .models import Model
 from .objectives import Objective, check_objective
 from .octaves import FIXES, Schedule
+from .report import write_visualize_html
 
 __all__ = [
     "visualize",
@@ -283,14 +285,26 @@ def _prepare(
     resume: bool,
     denoiser: str,
 ) -> JobRun:
-    h, w = model.convention.input_size
-    inits = job.inits
+    """One job's facets at the start, its trace metadata, and its output folder made ready."""
     names = list(
-        job.init_names or [i if isinstance(i, str) else f"init {k}" for k, i in enumerate(inits)]
+        job.init_names
+        or [i if isinstance(i, str) else f"init {k}" for k, i in enumerate(job.inits)]
     )
+    states = _initial_states(model, job, j, names, seed)
+    key = _run_key(model, job.objective, schedule, seed, faithful, names, denoiser)
+    meta = _trace_meta(model, job, key, schedule, seed, faithful, denoiser)
     out = Path(job.out) if job.out is not None else None
+    if out is not None:
+        _ready_out(out, key, resume)
+    return JobRun(states, meta, out)
+
+
+def _initial_states(
+    model: Model, job: UnitJob, j: int, names: list[str], seed: int
+) -> list[FacetState]:
+    h, w = model.convention.input_size
     states = []
-    for i, init in enumerate(inits):
+    for i, init in enumerate(job.inits):
         rng = np.random.RandomState(seed)
         noise = noise_image(rng, (h, w))  # drawn before the init is loaded, as the original did
         if isinstance(init, str) and init == "noise":
@@ -305,9 +319,19 @@ def _prepare(
         s.cluster = None if job.clusters is None else job.clusters[i]
         s.job = j
         states.append(s)
+    return states
 
-    key = _run_key(model, job.objective, schedule, seed, faithful, names, denoiser)
-    meta = {
+
+def _trace_meta(
+    model: Model,
+    job: UnitJob,
+    key: str,
+    schedule: Schedule,
+    seed: int,
+    faithful: bool,
+    denoiser: str,
+) -> dict:
+    return {
         "format": "mfv-trace/1",
         "run_key": key,
         "model": {"name": model.name, "convention": model.convention.as_dict(), **model.info},
@@ -331,28 +355,30 @@ def _prepare(
         else [],
         **(job.extra or {}),
     }
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        run_file = out / "state" / "run.json"
-        _remove_stale(out)
-        if resume and run_file.exists():
-            try:
-                held = json.loads(run_file.read_text()).get("run_key")
-            except (OSError, ValueError, AttributeError):
-                raise MfvError(f"{run_file} is damaged; rerun with --restart") from None
-            if held != key:
-                raise MfvError(f"{out} holds a different run; use another --out or --restart")
-        else:
-            # A fresh start: earlier facets and states must not be mistaken for this run's.
-            for old in [
-                *out.glob("facet_*.png"),
-                *out.glob("facet_*.jpg"),
-                *(out / "state").glob("facet_*"),
-                *(out / "state").glob("checkpoint*.npz"),
-            ]:
-                old.unlink()
-        _io.write_json(run_file, {"run_key": key})
-    return JobRun(states, meta, out)
+
+
+def _ready_out(out: Path, key: str, resume: bool) -> None:
+    """``out`` made, its temporaries gone, and its run file checked (resume) or its old run cleared."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "state" / "run.json"
+    _remove_stale(out)
+    if resume and run_file.exists():
+        try:
+            held = json.loads(run_file.read_text()).get("run_key")
+        except (OSError, ValueError, AttributeError):
+            raise MfvError(f"{run_file} is damaged; rerun with --restart") from None
+        if held != key:
+            raise MfvError(f"{out} holds a different run; use another --out or --restart")
+    else:
+        # A fresh start: earlier facets and states must not be mistaken for this run's.
+        for old in [
+            *out.glob("facet_*.png"),
+            *out.glob("facet_*.jpg"),
+            *(out / "state").glob("facet_*"),
+            *(out / "state").glob("checkpoint*.npz"),
+        ]:
+            old.unlink()
+    _io.write_json(run_file, {"run_key": key})
 
 
 def _remove_stale(out: Path) -> None:
@@ -374,15 +400,25 @@ def _finish(model: Model, run: JobRun, schedule: Schedule, status: str) -> dict:
     if run.out is not None:
         _remove_stale(run.out)
         _io.write_json(run.out / "trace.json", trace)
-        from .report import write_visualize_html
-
         try:
             # After Ctrl-C, skip the nearest-image search: it runs the net over the whole set.
-            write_visualize_html(run.out, trace, model=model if status == "finished" else None)
+            nearest = _nearest(model, run.out, trace) if status == "finished" else {}
+            write_visualize_html(run.out, trace, nearest=nearest)
         except Exception:
             if status == "finished":
                 raise  # otherwise keep the original exception, not the report's
     return trace
+
+
+def _nearest(model: Model, out: Path, trace: dict) -> dict:
+    """The report's nearest training images, or why there are none (the report must not lose a
+    finished run over them)."""
+    if not trace.get("means"):
+        return {}
+    try:
+        return nearest_training_images(model, out, trace, n=3)
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _facet_record(s: FacetState, schedule: Schedule) -> dict:
