@@ -12,10 +12,10 @@ from port.errors import UsageError
 from port.plugins import add_definition_options
 
 from . import _io
-from .models import MODELS, load_model
+from .models import MODEL_SPECS, load_model
 
 MODEL_HELP = (
-    f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
+    f"network: one of {', '.join(MODEL_SPECS)}, or 'caffe' with --prototxt. Caffe nets come from "
     "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "
     "seeded (--weight-seed), so every model runs here without downloads"
 )
@@ -130,8 +130,8 @@ def _cmd_means(a) -> int:
 
 
 def _cmd_visualize(a) -> int:
+    from .defaults import resolve_schedule
     from .objectives import parse_target
-    from .octaves import load_schedule
     from .visualize import visualize
 
     m = _load(a)
@@ -144,10 +144,7 @@ def _cmd_visualize(a) -> int:
             f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them"
         )
     obj = parse_target(layer, a.unit, softmax=a.softmax, x=a.x, y=a.y, shape=shapes[layer])
-    sched_path = a.schedule or (
-        m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path
-    )
-    schedule = load_schedule(sched_path)
+    schedule = resolve_schedule(a.schedule, m.spec)
     inits, names, clusters = [], [], []
     init_args = list(a.init or [])
     if not init_args and a.means:
@@ -263,17 +260,11 @@ def _sweep_device(name: str) -> str:
 
 
 def _cmd_sweep(a) -> int:
-    from .sweep import sweep
+    from .models import ModelArgs
+    from .sweep import SweepParams, SweepRun, SweepUnits, sweep
 
-    result = sweep(
-        model=a.model,
-        out=a.out,
-        units=a.units,
-        images=a.images,
-        unit_map=a.unit_map,
-        classes=a.classes,
-        **_model_options(a),
-        device=a.device,
+    params = SweepParams(
+        ModelArgs(a.model, **_model_options(a)),
         layer=a.layer,
         softmax=a.softmax,
         code_layer=a.code_layer,
@@ -286,14 +277,22 @@ def _cmd_sweep(a) -> int:
         denoiser=a.denoiser,
         keep_grey=a.keep_grey,
         exclude=tuple(a.exclude or ()),
+        device=a.device,
+        threads=a.threads_per_worker or a.threads or 1,
         batch_size=a.batch_size,
         evaluate=not a.no_evaluate,
-        scheduler=a.scheduler,
-        workers=a.workers,
-        threads_per_worker=a.threads_per_worker or a.threads or 1,
-        retries=a.retries,
-        units_per_batch=a.units_per_batch,
-        progress=not a.quiet,
+    )
+    result = sweep(
+        params,
+        out=a.out,
+        units=SweepUnits(a.units, a.images, a.unit_map, a.classes),
+        run=SweepRun(
+            scheduler=a.scheduler,
+            workers=a.workers,
+            retries=a.retries,
+            progress=not a.quiet,
+            units_per_batch=a.units_per_batch,
+        ),
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     rate = result["run"]["units_per_hour"]

@@ -20,7 +20,7 @@ import torch
 
 from . import _io
 from .codes import as_input, facet_path, image_batch, nearest_training_images, real_images
-from .models import MODELS, Model, load_model
+from .models import MODEL_SPECS, Model, load_model
 from .objectives import Objective, channel, softmax_unit, unit
 
 __all__ = ["evaluate", "objective_from_spec", "model_from_trace", "nearest_training_images"]
@@ -43,7 +43,7 @@ def model_from_trace(trace: dict, *, device: str = "cpu") -> Model:
     m = trace["model"]
     parity = m.get("parity") or {}
     return load_model(
-        m["name"] if m["name"] in MODELS else "caffe",
+        m["name"] if m["name"] in MODEL_SPECS else "caffe",
         prototxt=m.get("prototxt"),
         caffemodel=m.get("caffemodel"),
         weights=m.get("weights"),

@@ -124,52 +124,59 @@ def make_means(
     cl = cluster_codes(codes, k=k, m=m, seed=seed)
     means = [mean_image(images[idx]) for idx in cl["members"]]
     if out is not None:
-        out = Path(out)
-        text = _io.provenance_text(model.info.get("parity"))
-        for i, mi in enumerate(means):
-            _io.save_image(out / f"mean_{i}.png", mi, text=text)
-            _io.save_image(out / f"mean_{i}.jpg", mi, quality=75, text=text)
-        root = Path(folder)
-        record = {
-            "format": "mfv-clusters/1",
-            "images_root": str(root.resolve()),
-            "model": {"name": model.name, "convention": model.convention.as_dict(), **model.info},
-            "parity": model.info.get("parity"),
-            "layer": layer,
-            "k": k,
-            "m": m,
-            "seed": seed,
-            "pca_dims": cl["pca_dims"],
-            "tsne_perplexity": cl["perplexity"],
-            "preprocessing": f"shorter side resized to {model.convention.input_size} (bicubic), centre crop",
-            "skipped": skipped,
-            "exclude": list(exclude),
-            "keep_grey": keep_grey,
-            "images": [
-                {
-                    "path": str(p.relative_to(root)),
-                    "x": float(e[0]),
-                    "y": float(e[1]),
-                    "cluster": int(c),
-                }
-                for p, e, c in zip(paths, cl["embedding"], cl["labels"], strict=True)
-            ],
-            "clusters": [
-                {
-                    "index": i,
-                    "centroid": [float(v) for v in cl["centroids"][i]],
-                    "mean_image": f"mean_{i}.png",
-                    "members": [str(paths[j].relative_to(root)) for j in cl["members"][i]],
-                }
-                for i in range(k)
-            ],
-        }
-        _io.write_json(out / "clusters.json", record)
-        from .report import draw_tsne
-
-        _io.save_image(
-            out / "tsne.png",
-            draw_tsne(cl["embedding"], cl["labels"], cl["centroids"], means),
-            text=text,
-        )
+        inputs = {"skipped": skipped, "exclude": list(exclude), "keep_grey": keep_grey}
+        settings = {"layer": layer, "k": k, "m": m, "seed": seed}
+        record = _clusters_record(model, Path(folder), paths, cl, settings, inputs)
+        _write_means(model, Path(out), means, cl, record)
     return MeansResult(paths, cl, means, skipped)
+
+
+def _clusters_record(
+    model: Model, root: Path, paths: list[Path], cl: dict, settings: dict, inputs: dict
+) -> dict:
+    """``clusters.json``: the clustering, every image with its place in the embedding, the means."""
+    return {
+        "format": "mfv-clusters/1",
+        "images_root": str(root.resolve()),
+        "model": {"name": model.name, "convention": model.convention.as_dict(), **model.info},
+        "parity": model.info.get("parity"),
+        **settings,  # layer, k, m, seed
+        "pca_dims": cl["pca_dims"],
+        "tsne_perplexity": cl["perplexity"],
+        "preprocessing": f"shorter side resized to {model.convention.input_size} (bicubic), centre crop",
+        **inputs,  # skipped, exclude, keep_grey
+        "images": [
+            {
+                "path": str(p.relative_to(root)),
+                "x": float(e[0]),
+                "y": float(e[1]),
+                "cluster": int(c),
+            }
+            for p, e, c in zip(paths, cl["embedding"], cl["labels"], strict=True)
+        ],
+        "clusters": [
+            {
+                "index": i,
+                "centroid": [float(v) for v in cl["centroids"][i]],
+                "mean_image": f"mean_{i}.png",
+                "members": [str(paths[j].relative_to(root)) for j in cl["members"][i]],
+            }
+            for i in range(settings["k"])
+        ],
+    }
+
+
+def _write_means(model: Model, out: Path, means: list, cl: dict, record: dict) -> None:
+    """The mean images (PNG and JPEG), ``clusters.json`` and ``tsne.png`` in ``out``."""
+    from .report import draw_tsne
+
+    text = _io.provenance_text(model.info.get("parity"))
+    for i, mi in enumerate(means):
+        _io.save_image(out / f"mean_{i}.png", mi, text=text)
+        _io.save_image(out / f"mean_{i}.jpg", mi, quality=75, text=text)
+    _io.write_json(out / "clusters.json", record)
+    _io.save_image(
+        out / "tsne.png",
+        draw_tsne(cl["embedding"], cl["labels"], cl["centroids"], means),
+        text=text,
+    )

@@ -22,7 +22,7 @@ from port.zoo import zoo_model
 
 from . import pixels as px
 
-__all__ = ["Model", "ModelArgs", "ModelSpec", "MODELS", "wrap", "load_model"]
+__all__ = ["Model", "ModelArgs", "ModelSpec", "MODEL_SPECS", "model_spec", "wrap", "load_model"]
 
 SCHEDULES = Path(__file__).resolve().parent / "schedules"
 
@@ -52,7 +52,8 @@ def _caffe(name: str, convention: px.PixelConvention, code_layer: str, schedule:
     )
 
 
-MODELS: dict[str, ModelSpec] = {
+#: MFV's named models (port.zoo's ``MODELS`` are the Caffe files these load).
+MODEL_SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
         _caffe("caffenet", px.CAFFENET, "fc7", "caffenet.json"),
@@ -109,6 +110,22 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def model_spec(name: str) -> ModelSpec | None:
+    """The spec of a named model; None for ``"caffe"`` (a definition given by hand).
+
+    The one place a model name is checked (:func:`load_model`, sweeps, the command line).
+
+    Raises
+    ------
+    ValueError
+        For a name that is neither ``"caffe"`` nor a key of :data:`MODEL_SPECS`.
+    """
+    spec = MODEL_SPECS.get(name)
+    if spec is None and name != "caffe":
+        raise ValueError(f"unknown model {name!r}; known: caffe, {', '.join(MODEL_SPECS)}")
+    return spec
 
 
 @dataclass
@@ -248,12 +265,12 @@ def load_model(
     proto: str | Path | None = None,
     plugins: Sequence[str] = (),
 ) -> Model:
-    """Load a named model (see ``MODELS``), seeded when no weights are given.
+    """Load a named model (see :data:`MODEL_SPECS`), seeded when no weights are given.
 
     Parameters
     ----------
     name : str
-        A key of ``MODELS`` (Caffe nets by their ``port.zoo`` name, torchvision nets as
+        A key of :data:`MODEL_SPECS` (Caffe nets by their ``port.zoo`` name, torchvision nets as
         ``torchvision.<builder>``), or ``caffe`` with ``prototxt`` for any other Caffe definition.
     prototxt, caffemodel : path, optional
         Caffe definition (defaults to the zoo's) and weights (default: ``port.seed_weights``).
@@ -274,10 +291,8 @@ def load_model(
         Python files or modules run first; they register custom layer types with
         ``port.register_layer``.
     """
+    spec = model_spec(name)
     load_plugins(plugins)
-    spec = MODELS.get(name)
-    if spec is None and name != "caffe":
-        raise ValueError(f"unknown model {name!r}; known: caffe, {', '.join(MODELS)}")
     if name == "caffe" or spec.source == "caffe":
         return _load_caffe(
             spec,

@@ -27,6 +27,7 @@ from port.atomic import remove_stale_temporaries
 
 from . import _io
 from .codes import nearest_training_images
+from .defaults import resolve_denoiser
 from .errors import MfvError
 from .loop.checkpoint import CHECKPOINT_SECONDS, ChecksumError, Saver, resume_runs, save_position
 from .loop.device import octave_on_device
@@ -86,7 +87,7 @@ def visualize(
     progress: bool = True,
     init_names: list[str] | None = None,
     clusters: list[int | None] | None = None,
-    denoiser: str = "auto",
+    denoiser: str | None = None,
     extra: dict | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     checkpoint_steps: int | None = None,
@@ -117,13 +118,14 @@ def visualize(
         Show a progress bar.
     init_names, clusters : list, optional
         Labels of the initial images and the cluster each comes from (for the report).
-    denoiser : {"auto", "torch", "skimage"}
+    denoiser : {None, "auto", "torch", "skimage"}
         ``"torch"``: :mod:`mfv.tv_bregman`, all facets in one call on the model's device (same
         semantics as scikit-image; float32 with the current border in the default mode, float64
         with scikit-image 0.13's border, which the original ran, in faithful mode). In the default
         mode the whole step then stays on the device and the host reads the trace once per octave.
         ``"skimage"``: one scikit-image call per facet on the host (the spec's reference).
-        ``"auto"``: torch in the default mode, skimage in faithful mode.
+        ``None`` or ``"auto"``: torch in the default mode, skimage in faithful mode
+        (:func:`mfv.defaults.resolve_denoiser`).
     extra : dict, optional
         More metadata for ``trace.json`` (command line, means folder).
     checkpoint_seconds : float
@@ -170,7 +172,7 @@ def visualize_units(
     faithful: bool = False,
     resume: bool = True,
     progress: bool = True,
-    denoiser: str = "auto",
+    denoiser: str | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     checkpoint_steps: int | None = None,
 ) -> list[dict]:
@@ -185,10 +187,7 @@ def visualize_units(
     list of dict
         One trace per job, in order.
     """
-    if denoiser == "auto":
-        denoiser = "skimage" if faithful else "torch"
-    if denoiser not in ("skimage", "torch"):
-        raise ValueError(f"denoiser must be 'auto', 'skimage' or 'torch', not {denoiser!r}")
+    denoiser = resolve_denoiser(denoiser, faithful=faithful)
     if not jobs:
         return []
     # Every target is checked before anything is created (no output folder for a bad --unit).

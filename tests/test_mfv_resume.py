@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from mfv.errors import MfvError
+from mfv.loop.checkpoint import read_checkpoint
 from mfv.objectives import unit
 from mfv.testing import tiny_model, torch_threads
-from mfv.loop.checkpoint import read_checkpoint
 from mfv.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
