@@ -23,6 +23,7 @@ from .models import Model
 __all__ = [
     "IMAGE_SUFFIXES",
     "as_input",
+    "check_k_m",
     "cluster_codes",
     "compute_codes",
     "facet_path",
@@ -87,6 +88,19 @@ def compute_codes(
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
+def check_k_m(k: int, m: int) -> None:
+    """Refuse cluster counts no clustering can use: ``k`` clusters of ``m`` images, both >= 1.
+
+    Raises
+    ------
+    ValueError
+        Naming the value (``m = 0`` would average no images into a NaN mean image).
+    """
+    for name, v in (("k", k), ("m", m)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+
+
 def cluster_codes(
     codes: np.ndarray,
     *,
@@ -121,6 +135,7 @@ def cluster_codes(
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
+    check_k_m(k, m)
     n = len(codes)
     if n < k * m:
         raise ValueError(f"{n} images are fewer than k * m = {k * m}")

@@ -15,7 +15,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _io
-from .codes import IMAGE_SUFFIXES, cluster_codes, compute_codes, find_images, read_clusters
+from .codes import (
+    IMAGE_SUFFIXES,
+    check_k_m,
+    cluster_codes,
+    compute_codes,
+    find_images,
+    read_clusters,
+)
 from .models import Model
 
 __all__ = [
@@ -106,6 +113,7 @@ def make_means(
     progress : bool
         Progress bar.
     """
+    check_k_m(k, m)  # before any image is read
     layer = layer or (model.spec.code_layer if model.spec else None)
     if layer is None:
         raise ValueError("no code layer given and the model has no default")

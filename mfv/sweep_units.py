@@ -21,6 +21,9 @@ __all__ = [
     "unit_folders",
 ]
 
+#: The most units one range may name when the layer's size is not known yet.
+MAX_UNITS = 10_000_000
+
 #: The 1000 ImageNet classes in output order (``wnid name`` per line), as the original MFV code used.
 DEFAULT_CLASSES = Path("reference") / "mfv-original" / "synset_words.txt"
 
@@ -91,21 +94,20 @@ def parse_units(spec: str | int | Sequence[int], n_units: int | None = None) -> 
         for lineno, line in enumerate(Path(spec).read_text().splitlines(), 1):
             text = line.split("#", 1)[0].strip()
             if text:
-                units += _parse_list(text, f"{spec}:{lineno}")
+                units += _parse_list(text, f"{spec}:{lineno}", n_units)
     else:
-        units, where = _parse_list(spec, "--units"), "--units"
+        units, where = _parse_list(spec, "--units", n_units), "--units"
     if not units:
         raise ValueError(f"{where}: no units selected")
     if n_units is not None:
         bad = [u for u in units if not 0 <= u < n_units]
         if bad:
-            raise ValueError(
-                f"{where}: unit {bad[0]} is out of range: the layer has {n_units} units (0-{n_units - 1})"
-            )
+            raise ValueError(_out_of_range(where, bad[0], n_units))
     return sorted(set(units))
 
 
-def _parse_list(text: str, where: str) -> list[int]:
+def _parse_list(text: str, where: str, n_units: int | None = None) -> list[int]:
+    """Units and ranges of one list; each range checked against the layer before it is expanded."""
     units: list[int] = []
     for item in re.split(r"[,\s]+", text.strip()):
         if not item:
@@ -116,8 +118,17 @@ def _parse_list(text: str, where: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
         if hi < lo:
             raise ValueError(f"{where}: range {item!r} runs backwards")
+        # Checked before range() is expanded: "0-99999999999" must not build a list of 1e11 ints.
+        if n_units is not None and hi >= n_units:
+            raise ValueError(_out_of_range(where, hi if lo < n_units else lo, n_units))
+        if n_units is None and hi - lo >= MAX_UNITS:
+            raise ValueError(f"{where}: range {item!r} has more than {MAX_UNITS:,} units")
         units.extend(range(lo, hi + 1))
     return units
+
+
+def _out_of_range(where: str, unit: int, n_units: int) -> str:
+    return f"{where}: unit {unit} is out of range: the layer has {n_units} units (0-{n_units - 1})"
 
 
 def read_classes(path: str | Path | None = None) -> list[tuple[str, str]]:

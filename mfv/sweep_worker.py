@@ -93,9 +93,11 @@ class SweepParams:
     def resolved(self) -> SweepParams:
         """The model's defaults filled in (target and code layers, schedule, denoiser) and its
         files made absolute; checks the model name."""
+        from .codes import check_k_m
         from .defaults import resolve_denoiser, resolve_schedule
         from .models import model_spec
 
+        check_k_m(self.k, self.m)
         spec = model_spec(self.model.name)
         layer = self.layer or (spec.target_layer if spec else None)
         code_layer = self.code_layer or (spec.code_layer if spec else None)

@@ -40,6 +40,37 @@ def test_parse_units_ranges_lists_and_all():
     assert sw.parse_units("0-999", 1000) == list(range(1000))
 
 
+def test_huge_ranges_are_refused_before_they_are_expanded():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            ValueError, match="unit 99999999999 is out of range: the layer has 1000"
+        ):
+            sw.parse_units("0-99999999999", 1000)
+        with pytest.raises(ValueError, match="unit 5000 is out of range"):
+            sw.parse_units("5000-99999999999", 1000)
+        with pytest.raises(ValueError, match="more than 10,000,000 units"):
+            sw.parse_units("0-99999999999")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A list of 1e11 ints would need terabytes; the refusals above allocate next to nothing.
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "message"), [(0, 15, "k must be"), (-1, 2, "k must be"), (10, 0, "m must be")]
+)
+def test_k_and_m_are_checked_before_any_work(k, m, message, tmp_path):
+    # Before: m = 0 averaged no images into NaN means saved as uint8, and the sweep exited 0.
+    params = sw.SweepParams(ModelArgs("caffenet", parity_check=False), k=k, m=m)
+    with pytest.raises(ValueError, match=message):
+        sw.sweep(params, out=tmp_path / "o", units=sw.SweepUnits("0", images=tmp_path))
+    assert not (tmp_path / "o").exists()
+
+
 def test_parse_units_file(tmp_path):
     f = tmp_path / "units.txt"
     f.write_text("# classes of the study\n945\n0-2, 10  # a range and one more\n\n  500\n")
