@@ -83,7 +83,14 @@ def test_color_false_gives_one_grey_channel(tmp_path):
     np.testing.assert_allclose(load_float(tmp_path / "g.png", color=False), 0.7154, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["caffenet"])
+MANIFESTS = sorted(
+    p.parent.name
+    for p in (ROOT / "golden").glob("*/manifest.json")
+    if "inputs" in json.loads(p.read_text())
+)
+
+
+@pytest.mark.parametrize("model", MANIFESTS)
 def test_goldens_inputs_reproduced_byte_for_byte_from_png_files(tmp_path, model):
     import skimage.data
 
@@ -97,8 +104,13 @@ def test_goldens_inputs_reproduced_byte_for_byte_from_png_files(tmp_path, model)
             Image.fromarray(getattr(skimage.data, photo.split(".")[-1])()).save(p)
             batch.append(caffe_preprocess(load_image(p), tuple(spec["shape"][2:])))
         x = np.stack(batch)
+        # The photo files, read by port.images, give the arrays Caffe's goldens were made from.
         assert list(x.shape) == spec["shape"]
         assert hashlib.sha256(x.tobytes()).hexdigest() == spec["sha256"], name
+
+
+def test_every_golden_with_inputs_is_checked():
+    assert {"alexnet", "caffenet", "googlenet", "vgg16"} <= set(MANIFESTS)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
