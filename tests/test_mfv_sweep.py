@@ -359,7 +359,7 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
 
 
 def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp_path):
-    """_run_units (what one Dask task runs) with two good units and one that has too few images:
+    """run_units (what one Dask task runs) with two good units and one that has too few images:
     the bad one fails alone, the good ones share one MFV batch and give the facets of one-unit runs
     up to a larger batch's float rounding."""
     from mfv.octaves import parse_schedule
