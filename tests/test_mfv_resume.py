@@ -339,3 +339,34 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
         assert ref and [p.read_bytes() for p in ref] == [
             (out / job / p.name).read_bytes() for p in ref
         ]
+
+
+def test_command_line_refuses_a_changed_checkpoint_with_status_2(tmp_path, tiny_prototxt, capsys):
+    """Issue 22: the same command rerun over a state changed in both files stops with one line,
+    exit 2, naming the checksum and --restart; --restart then runs."""
+    from mfv.cli import main
+
+    from ._helpers import TINY_SCHEDULE
+
+    schedule = tmp_path / "tiny.json"
+    schedule.write_text(json.dumps(TINY_SCHEDULE))
+    out = tmp_path / "run"
+    argv = ["visualize", "--model", "caffe", "--prototxt", str(tiny_prototxt)]
+    argv += ["--no-parity-check", "--quiet", "--layer", "fc", "--unit", "0", "--init", "noise"]
+    argv += ["--schedule", str(schedule), "--out", str(out)]
+    with torch_threads(1):
+        assert main(argv) == 0
+    names = [p.name for p in sorted((out / "state").glob("checkpoint*.npz"))]
+    assert names == ["checkpoint.npz", "checkpoint.prev.npz"]
+    for name in names:
+        p = out / "state" / name
+        with np.load(p) as z:
+            image = z["image_0"].copy()
+        _resave_npz(p, image_0=image * np.float32(0.5))
+    capsys.readouterr()
+    with torch_threads(1):
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum mismatch" in err[0] and "--restart" in err[0], err
+    with torch_threads(1):
+        assert main([*argv, "--restart"]) == 0
