@@ -93,7 +93,7 @@ def _probe_of(trace: dict, model: Model) -> _Probe:
     obj = objective_from_spec(trace["objective"])
     spec = model.spec
     code_layer = trace.get("code_layer") or (spec.code_layer if spec else None)
-    prob_layer = spec.prob_layer if spec else "prob"
+    prob_layer = model.prob_layer
     target_unit = trace["objective"].get("unit")
     ranked = trace["objective"].get("kind") in ("unit", "softmax_unit")
     return _Probe(

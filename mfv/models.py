@@ -164,6 +164,11 @@ class Model:
         return p.dtype if p is not None else torch.float32
 
     @property
+    def prob_layer(self) -> str:
+        """The softmax blob the evaluation ranks by: the spec's, else ``prob`` (Caffe's name)."""
+        return self.spec.prob_layer if self.spec else "prob"
+
+    @property
     def is_caffe(self) -> bool:
         return hasattr(self.module, "blob_names")
 

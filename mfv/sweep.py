@@ -280,7 +280,8 @@ def _n_workers(client) -> int:
 
 def _submit_probe(client, sp: SweepParams, scheduler: str | None) -> dict:
     """The model loaded once on a worker before the sweep: its name, target layer shape, parity."""
-    fut = client.submit(probe, sp.model, sp.device, sp.threads, sp.layer, sp.code_layer, pure=False)
+    args = (sp.model, sp.device, sp.threads, sp.layer, sp.code_layer, sp.evaluate)
+    fut = client.submit(probe, *args, pure=False)
     try:
         return fut.result()
     except ModuleNotFoundError as e:

@@ -203,11 +203,22 @@ def _worker_model(args: ModelArgs, device: str, threads: int):
         return model, time.perf_counter() - t0
 
 
-def probe(args: ModelArgs, device: str, threads: int, layer: str, code_layer: str) -> dict:
-    """Run on a worker before the sweep: the target layer's shape (and the model loads at all)."""
+def probe(
+    args: ModelArgs, device: str, threads: int, layer: str, code_layer: str, evaluate: bool = True
+) -> dict:
+    """Run on a worker before the sweep: the target layer's shape (and the model loads at all).
+
+    Every blob a unit will need is checked here, before any unit's work: the target and code
+    layers, and the softmax blob the evaluation ranks by when there is one.
+    """
     model, _ = _worker_model(args, device, threads)
     shapes = model.layer_shapes()
-    for what, name in (("target layer", layer), ("code layer", code_layer)):
+    needed = [("target layer", layer), ("code layer", code_layer)]
+    if evaluate:
+        needed.append(
+            ("softmax blob (for the evaluation; --no-evaluate skips it)", model.prob_layer)
+        )
+    for what, name in needed:
         if name not in shapes:
             raise ValueError(
                 f"no {what} {name!r} in {model.name}; `python -m mfv layers --model "

@@ -411,3 +411,18 @@ def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp
             d = np.abs(a - b)
             assert d.max() <= 3 and d.mean() < 0.1
     assert sw.unit_status(tmp_path / "b" / "0", batched[0]["key"]) == "done"
+
+
+def test_probe_checks_the_softmax_blob_before_any_unit(tiny_prototxt, tmp_path):
+    """Issue 22: a net without the softmax blob the evaluation needs failed every unit after its
+    facets were computed; the probe that runs before any unit now names it (and --no-evaluate)."""
+    lines = tiny_prototxt.read_text().splitlines()
+    no_prob = tmp_path / "tiny.prototxt"
+    no_prob.write_text("\n".join(x for x in lines if 'type: "Softmax"' not in x) + "\n")
+    margs = ModelArgs("caffe", prototxt=str(no_prob), parity_check=False)
+    with pytest.raises(ValueError, match=r"no softmax blob .*--no-evaluate.* 'prob' in tiny"):
+        sweep_worker.probe(margs, "cpu", 1, "fc", "fc")
+    found = sweep_worker.probe(margs, "cpu", 1, "fc", "fc", evaluate=False)
+    assert found["layer_shape"] == [5]  # fc: num_output 5
+    with pytest.raises(ValueError, match="no code layer 'fc7'"):
+        sweep_worker.probe(margs, "cpu", 1, "fc", "fc7", evaluate=False)
