@@ -36,7 +36,7 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "load_float",
     "load_rgb",
-    "max_pixels",
+    "pixel_cap",
     "save_image",
 ]
 
@@ -64,7 +64,7 @@ class ImageReadError(ToolError, ValueError):
         super().__init__(f"{self.path}: {message}")
 
 
-def max_pixels() -> int:
+def pixel_cap() -> int:
     """The pixel cap in force: ``$CAFFE_MFV_MAX_IMAGE_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`."""
     raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not raw:
@@ -87,7 +87,7 @@ def _open(path: str | Path, cap: int | None) -> Image.Image:
     if not stat.S_ISREG(st.st_mode):
         # A FIFO would block the open, a device never end: neither is an image file.
         raise ImageReadError("not a regular file (a device, FIFO or folder)", path=path)
-    cap = max_pixels() if cap is None else cap
+    cap = pixel_cap() if cap is None else cap
     try:
         with warnings.catch_warnings():
             # The cap below is the check; PIL's own bomb warning would only repeat it.
@@ -138,7 +138,7 @@ def load_rgb(
         ``False`` refuses greyscale images (:class:`ImageReadError`), for callers that want colour
         images only.
     max_pixels : int, optional
-        The pixel cap; default :func:`max_pixels` (the environment's, else 50 megapixels).
+        The pixel cap; default :func:`pixel_cap` (the environment's, else 50 megapixels).
 
     Returns
     -------
@@ -166,7 +166,7 @@ def load_float(
         colour image converted as ``skimage.io.imread(..., as_gray=True)`` does (alpha composited on
         white by ``rgba2rgb``, then ``rgb2gray``).
     max_pixels : int, optional
-        The pixel cap; default :func:`max_pixels`.
+        The pixel cap; default :func:`pixel_cap`.
 
     Returns
     -------
