@@ -9,7 +9,7 @@ folder, runs the loop inside the Debian 11 root with the chosen BLAS, and writes
     OUT/trace.json                mfv-trace/1: per-step records in visualize's schema, plus environment
 
 Facet ``k`` starts from ``mean_k.jpg``. The JPEGs are decoded here, by the same decoder the port's
-``mfv visualize --init`` uses (``mfv.load_rgb``), and handed over as arrays, so that a libjpeg
+``mfv visualize --init`` uses (``port.images.load_rgb``), and handed over as arrays, so that a libjpeg
 difference between the root and the host cannot pass for a difference of the algorithm.
 """
 
@@ -135,7 +135,7 @@ def _stage_means(work: Path, means_dir: Path, facets: list[int], argv: list[str]
 
     Returns, per facet, the JPEG's name and the checksums of the file and of the decoded pixels.
     """
-    from mfv import load_rgb
+    from port.images import load_rgb
 
     inits = {}
     for k in facets:
@@ -153,7 +153,7 @@ def _stage_means(work: Path, means_dir: Path, facets: list[int], argv: list[str]
 
 def _write_images(result: Path, info: dict, out: Path) -> None:
     """Every facet's image after each octave, and the final image of facets that finished."""
-    from mfv import save_image
+    from port.images import save_image
 
     out.mkdir(parents=True, exist_ok=True)
     with np.load(result) as z:

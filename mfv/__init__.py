@@ -5,13 +5,13 @@ the mean images of a class's facets; :func:`visualize` runs the MFV loop; :func:
 run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` and ``mfv/schedules``.
 """
 
+from port.images import load_rgb, save_image
 from port.verdict import ParityError, check_parity
 
-from ._io import load_rgb, save_image
 from .errors import MfvError
 from .evaluate import evaluate
 from .means import make_means
-from .models import MODELS, Model, load_model, wrap
+from .models import MODEL_SPECS, Model, load_model, wrap
 from .objectives import Objective, channel, softmax_unit, unit
 from .octaves import Schedule, load_schedule
 from .pixels import CAFFENET, TORCHVISION, PixelConvention
@@ -19,7 +19,7 @@ from .visualize import visualize
 
 __all__ = [
     "CAFFENET",
-    "MODELS",
+    "MODEL_SPECS",
     "MfvError",
     "TORCHVISION",
     "Model",

@@ -1,4 +1,8 @@
-"""Atomic file output and image conversion shared by the commands."""
+"""Atomic file output and image conversion shared by the commands.
+
+Images are read and written by :mod:`port.images` (the one Caffe-rule reader); its names are
+re-exported here for mfv's modules.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,7 @@ from PIL import Image
 
 from port.atomic import write_bytes_atomic as atomic_write_bytes
 from port.atomic import write_text_atomic as atomic_write_text
-
-from .errors import MfvError
+from port.images import GREY_MODES, ImageReadError, load_rgb, save_image
 
 __all__ = [
     "atomic_write_bytes",
@@ -26,10 +29,6 @@ __all__ = [
     "ImageReadError",
     "GREY_MODES",
 ]
-
-
-class ImageReadError(MfvError):
-    """A file that is not a readable image (or a greyscale one where colour was asked for)."""
 
 
 def _default(o):
@@ -71,94 +70,6 @@ def to_uint8(image: np.ndarray, *, wrap: bool = False) -> np.ndarray:
             np.clip(block, 0, 255, out=block)
             out[r : r + rows] = block
     return out
-
-
-def save_image(
-    path: str | Path, image_u8: np.ndarray, *, quality: int = 75, text: dict[str, str] | None = None
-) -> None:
-    """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save.
-
-    ``text`` goes into PNG text chunks (JPEG: a comment), so that an image carries its provenance
-    (the parity verdict it relied on) even when copied away from its trace.
-    """
-    path = Path(path)
-    buf = io.BytesIO()
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    kwargs: dict = {"quality": quality} if fmt == "JPEG" else {}
-    if text and fmt == "PNG":
-        from PIL.PngImagePlugin import PngInfo
-
-        info = PngInfo()
-        for k, v in text.items():
-            info.add_itxt(k, v)
-        kwargs["pnginfo"] = info
-    elif text:
-        kwargs["comment"] = "; ".join(f"{k}: {v}" for k, v in text.items()).encode("utf-8")
-    Image.fromarray(np.asarray(image_u8, dtype=np.uint8)).save(buf, fmt, **kwargs)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-#: Modes of single-channel images (grey), which Caffe's loader replicates to RGB.
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-
-
-def load_rgb(path: str | Path, *, keep_grey: bool = True) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB, converted the way Caffe's ``caffe.io.load_image`` does.
-
-    Caffe read images through scikit-image as floats in [0, 1] and scaled them by 255; the rules
-    follow from that: greyscale is replicated to three channels, CMYK (and other colour spaces) is
-    converted to RGB, an alpha channel is dropped (not composited), and 16-bit images are scaled
-    (value * 255 / 65535, rounded), not clipped. Palette images become RGB.
-
-    Parameters
-    ----------
-    path : str or Path
-    keep_grey : bool
-        ``False`` refuses greyscale images (:class:`ImageReadError`), for callers that want colour
-        images only.
-
-    Raises
-    ------
-    ImageReadError
-        For unreadable files, and for greyscale ones unless ``keep_grey``.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            grey = im.mode in GREY_MODES
-            if grey and not keep_grey:
-                raise ImageReadError(f"{path}: a greyscale image (mode {im.mode}), skipped")
-            return _caffe_rgb(im)
-    except ImageReadError:
-        raise
-    except Exception as e:  # PIL raises many types for broken files
-        raise ImageReadError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-
-
-def _caffe_rgb(im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(im)
-        if mode == "F":
-            scale = 255.0  # float images are taken to lie in [0, 1], as scikit-image does
-        else:
-            # 16-bit sources (I;16*, and Pillow's "I" for 16-bit PNGs) scale by 65535.
-            scale = 255.0 / (
-                65535.0 if mode.startswith("I;16") or a.max(initial=0) <= 65535 else 2147483647.0
-            )
-        g = np.clip(np.rint(a.astype(np.float32) * np.float32(scale)), 0, 255).astype(np.uint8)
-    elif mode in ("1", "L"):
-        g = np.asarray(im.convert("L"), dtype=np.uint8)
-    else:
-        if mode in ("RGBA", "LA", "La", "PA", "RGBa", "RGBX") or (
-            mode == "P" and "transparency" in im.info
-        ):
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
-            return np.ascontiguousarray(rgba[:, :, :3])  # alpha dropped, as Caffe's loader did
-        if mode != "RGB":
-            im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, palette
-        return np.asarray(im, dtype=np.uint8).copy()
-    return np.repeat(g[:, :, None], 3, axis=2)
 
 
 def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

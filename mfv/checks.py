@@ -28,11 +28,10 @@ MAX_UNITS = 1_000_000
 
 
 def check_model_name(name: str) -> str:
-    """``name`` if it is ``caffe`` or a model of :data:`mfv.models.MODELS`; else an MfvError."""
-    from .models import MODELS  # here: checking parameters must not wait for torch at import
+    """``name`` if it is ``caffe`` or a model of :data:`mfv.models.MODEL_SPECS`; else an MfvError."""
+    from .models import model_spec  # here: checking parameters must not wait for torch at import
 
-    if name != "caffe" and name not in MODELS:
-        raise MfvError(f"unknown model {name!r}; known: caffe, {', '.join(MODELS)}")
+    model_spec(name)
     return name
 
 

@@ -23,7 +23,7 @@ from . import _io
 from .checks import check_sweep_params
 from .cli_options import grey_args, model_args, model_options
 from .cli_sweep import add_sweep
-from .models import MODELS, load_model
+from .models import load_model
 
 
 def _load(a):
@@ -69,8 +69,8 @@ def _cmd_means(a) -> int:
 
 
 def _cmd_visualize(a) -> int:
+    from .defaults import resolve_schedule
     from .objectives import parse_target
-    from .octaves import load_schedule
     from .visualize import visualize
 
     check_output_dir(a.out)
@@ -84,10 +84,7 @@ def _cmd_visualize(a) -> int:
             f"no layer {layer!r} in {m.name}; `python -m mfv layers --model {a.model}` lists them"
         )
     obj = parse_target(layer, a.unit, softmax=a.softmax, x=a.x, y=a.y, shape=shapes[layer])
-    sched_path = a.schedule or (
-        m.spec.schedule_path if m.spec else MODELS["caffenet"].schedule_path
-    )
-    schedule = load_schedule(sched_path)
+    schedule = resolve_schedule(a.schedule, m.spec)
     inits, names, clusters = _inits(a)
     extra = {
         "command": " ".join(sys.argv),

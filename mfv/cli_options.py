@@ -12,12 +12,12 @@ from port.command import (
     device_arg,
 )
 
-from .models import MODELS
+from .models import MODEL_SPECS
 
 __all__ = ["grey_args", "model_args", "model_options"]
 
 MODEL_HELP = (
-    f"network: one of {', '.join(MODELS)}, or 'caffe' with --prototxt. Caffe nets come from "
+    f"network: one of {', '.join(MODEL_SPECS)}, or 'caffe' with --prototxt. Caffe nets come from "
     "port (the zoo definition unless --prototxt); without --caffemodel/--weights the weights are "
     "seeded (--weight-seed), so every model runs here without downloads"
 )

@@ -24,21 +24,15 @@ def _sweep_device(name: str) -> str:
 
 
 def _cmd_sweep(a) -> int:
-    from .sweep import sweep
+    from .models import ModelArgs
+    from .sweep import SweepParams, SweepRun, SweepUnits, sweep
 
     check_model_name(a.model)
     check_sweep_params(k=a.k, m=a.m, units=a.units)
     check_sweep_inputs(units=a.units, unit_map=a.unit_map, classes=a.classes, images=a.images)
     check_output_dir(a.out)
-    result = sweep(
-        model=a.model,
-        out=a.out,
-        units=a.units,
-        images=a.images,
-        unit_map=a.unit_map,
-        classes=a.classes,
-        **model_options(a),
-        device=a.device,
+    params = SweepParams(
+        ModelArgs(a.model, **model_options(a)),
         layer=a.layer,
         softmax=a.softmax,
         code_layer=a.code_layer,
@@ -51,14 +45,22 @@ def _cmd_sweep(a) -> int:
         denoiser=a.denoiser,
         keep_grey=a.keep_grey,
         exclude=tuple(a.exclude or ()),
+        device=a.device,
+        threads=a.threads_per_worker or a.threads or 1,
         batch_size=a.batch_size,
         evaluate=not a.no_evaluate,
-        scheduler=a.scheduler,
-        workers=a.workers,
-        threads_per_worker=a.threads_per_worker or a.threads or 1,
-        retries=a.retries,
-        units_per_batch=a.units_per_batch,
-        progress=not a.quiet,
+    )
+    result = sweep(
+        params,
+        out=a.out,
+        units=SweepUnits(a.units, a.images, a.unit_map, a.classes),
+        run=SweepRun(
+            scheduler=a.scheduler,
+            workers=a.workers,
+            retries=a.retries,
+            progress=not a.quiet,
+            units_per_batch=a.units_per_batch,
+        ),
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     rate = result["run"]["units_per_hour"]

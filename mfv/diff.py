@@ -333,12 +333,13 @@ def write_html(result: dict, path: str | Path) -> None:
     the figures, and the trace divergence curves (log10 relative difference of the activation)."""
     from port.atomic import write_text_atomic
 
-    from ._io import png_data_uri
-
     ref, out = Path(result["reference"]), Path(result["out"])
     floor = Path(result["floor"]) if result.get("floor") else None
-    ref_trace, out_trace = (json.loads((p / "trace.json").read_text()) for p in (ref, out))
-    fl_trace = json.loads((floor / "trace.json").read_text()) if floor else None
+    traces = {
+        "reference": json.loads((ref / "trace.json").read_text()),
+        "candidate": json.loads((out / "trace.json").read_text()),
+        "floor": json.loads((floor / "trace.json").read_text()) if floor else None,
+    }
     h = [
         "<!doctype html><meta charset='utf-8'><title>mfv diff</title><style>body{font:13px sans-serif}"
         "td{vertical-align:top;padding:3px}img{image-rendering:pixelated}table.m td{text-align:right}"
@@ -354,63 +355,84 @@ def write_html(result: dict, path: str | Path) -> None:
             + "</ul>"
         )
     for fr in result["facets"]:
-        k = fr["index"]
-        h.append(f"<h2>facet {k}</h2>")
+        h.append(f"<h2>facet {fr['index']}</h2>")
         if "missing" in fr:
             h.append(f"<p>{html.escape(fr['missing'])}</p>")
             continue
-        h.append(
-            "<table class='m'><tr><th>octave</th><th>mean</th><th>p99</th><th>max</th>"
-            "<th>PSNR</th><th>SSIM</th><th>floor mean</th><th>floor p99</th><th>floor max</th>"
-            "<th>mean ratio</th></tr>"
-        )
-        for j, row in fr["octaves"].items():
-            o, f = row["out"], row.get("floor")
-            cells = [
-                j,
-                f"{o['mean']:.2f}",
-                f"{o['p99']:.1f}",
-                f"{o['max']:.0f}",
-                f"{o['psnr']:.1f}",
-                f"{o['ssim']:.3f}",
-            ]
-            if f:
-                cells += [
-                    f"{f['mean']:.2f}",
-                    f"{f['p99']:.1f}",
-                    f"{f['max']:.0f}",
-                    f"{row['ratio']['mean']:.2f}",
-                ]
-            h.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        h.append("</table>")
-        for who, tr in (("candidate", out_trace), ("floor", fl_trace)):
-            if tr is None:
-                continue
-            div = fr["divergence"]["out" if who == "candidate" else "floor"]
-            cur = trace_divergence(_steps(ref_trace, k), _steps(tr, k))
-            h.append(
-                f"<p>{who}: first divergence beyond {result['rtol']:g} at step index "
-                f"{div['index']} (octave {div['octave']}, step {div['step']}); "
-                f"{_exact_text(div)}</p>" + _sparkline(cur["activation"], result["rtol"])
-            )
-        h.append(
-            "<table><tr><th></th><th>reference</th><th>candidate</th>"
-            f"<th>|ref - cand| x{AMPLIFY}</th><th>floor</th><th>|ref - floor| x{AMPLIFY}</th></tr>"
-        )
-        for j in fr["octaves"]:
-            a = _read_u8(ref / f"facet_{k}_octave{j}.png")
-            b = _read_u8(out / f"facet_{k}_octave{j}.png")
-            cells = [png_data_uri(a), png_data_uri(b), png_data_uri(_amplified(a, b))]
-            if floor and (floor / f"facet_{k}_octave{j}.png").exists():
-                c = _read_u8(floor / f"facet_{k}_octave{j}.png")
-                cells += [png_data_uri(c), png_data_uri(_amplified(a, c))]
-            h.append(
-                f"<tr><td>octave {j}</td>"
-                + "".join(f"<td><img src='{u}'></td>" for u in cells)
-                + "</tr>"
-            )
-        h.append("</table>")
+        h.append(_figures_table(fr))
+        h.extend(_divergence_html(fr, traces, result["rtol"]))
+        h.append(_images_table(fr["index"], list(fr["octaves"]), ref, out, floor))
     write_text_atomic(path, "\n".join(h) + "\n")
+
+
+def _figures_table(fr: dict) -> str:
+    """One facet's figures per octave, the floor's beside them."""
+    rows = [
+        "<table class='m'><tr><th>octave</th><th>mean</th><th>p99</th><th>max</th>"
+        "<th>PSNR</th><th>SSIM</th><th>floor mean</th><th>floor p99</th><th>floor max</th>"
+        "<th>mean ratio</th></tr>"
+    ]
+    for j, row in fr["octaves"].items():
+        o, f = row["out"], row.get("floor")
+        cells = [
+            j,
+            f"{o['mean']:.2f}",
+            f"{o['p99']:.1f}",
+            f"{o['max']:.0f}",
+            f"{o['psnr']:.1f}",
+            f"{o['ssim']:.3f}",
+        ]
+        if f:
+            cells += [
+                f"{f['mean']:.2f}",
+                f"{f['p99']:.1f}",
+                f"{f['max']:.0f}",
+                f"{row['ratio']['mean']:.2f}",
+            ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _divergence_html(fr: dict, traces: dict, rtol: float) -> list[str]:
+    """Where the candidate's (and the floor's) trace leaves the reference's, with its curve."""
+    k, out = fr["index"], []
+    for who in ("candidate", "floor"):
+        tr = traces[who]
+        if tr is None:
+            continue
+        div = fr["divergence"]["out" if who == "candidate" else "floor"]
+        cur = trace_divergence(_steps(traces["reference"], k), _steps(tr, k))
+        out.append(
+            f"<p>{who}: first divergence beyond {rtol:g} at step index "
+            f"{div['index']} (octave {div['octave']}, step {div['step']}); "
+            f"{_exact_text(div)}</p>" + _sparkline(cur["activation"], rtol)
+        )
+    return out
+
+
+def _images_table(k: int, octaves: list, ref: Path, out: Path, floor: Path | None) -> str:
+    """Per octave the reference, candidate and floor images and the amplified differences."""
+    from ._io import png_data_uri
+
+    rows = [
+        "<table><tr><th></th><th>reference</th><th>candidate</th>"
+        f"<th>|ref - cand| x{AMPLIFY}</th><th>floor</th><th>|ref - floor| x{AMPLIFY}</th></tr>"
+    ]
+    for j in octaves:
+        a = _read_u8(ref / f"facet_{k}_octave{j}.png")
+        b = _read_u8(out / f"facet_{k}_octave{j}.png")
+        cells = [png_data_uri(a), png_data_uri(b), png_data_uri(_amplified(a, b))]
+        if floor and (floor / f"facet_{k}_octave{j}.png").exists():
+            c = _read_u8(floor / f"facet_{k}_octave{j}.png")
+            cells += [png_data_uri(c), png_data_uri(_amplified(a, c))]
+        rows.append(
+            f"<tr><td>octave {j}</td>"
+            + "".join(f"<td><img src='{u}'></td>" for u in cells)
+            + "</tr>"
+        )
+    rows.append("</table>")
+    return "\n".join(rows)
 
 
 def format_table(result: dict) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import _io
-from .means import read_clusters
-from .models import Model, load_model
+from .codes import as_input, facet_path, image_batch, nearest_training_images, real_images
+from .models import MODEL_SPECS, Model, load_model
 from .objectives import Objective, channel, softmax_unit, unit
 
 __all__ = ["evaluate", "objective_from_spec", "model_from_trace", "nearest_training_images"]
@@ -43,7 +43,7 @@ def model_from_trace(trace: dict, *, device: str = "cpu") -> Model:
     m = trace["model"]
     parity = m.get("parity") or {}
     return load_model(
-        m["name"] if m["name"] in _known() else "caffe",
+        m["name"] if m["name"] in MODEL_SPECS else "caffe",
         prototxt=m.get("prototxt"),
         caffemodel=m.get("caffemodel"),
         weights=m.get("weights"),
@@ -54,75 +54,6 @@ def model_from_trace(trace: dict, *, device: str = "cpu") -> Model:
         proto=m.get("proto"),
         plugins=tuple(m.get("plugins") or ()),
     )
-
-
-def _known():
-    from .models import MODELS
-
-    return MODELS
-
-
-def _as_input(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    img = _io.load_rgb(path)
-    if img.shape[:2] != tuple(size):
-        from PIL import Image
-
-        img = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC))
-    return img
-
-
-def _forward(
-    model: Model, images: list[np.ndarray], layers: list[str], batch: int = 16
-) -> dict[str, np.ndarray]:
-    out: dict[str, list] = {k: [] for k in layers}
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(
-                np.stack(images[i : i + batch]).transpose(0, 3, 1, 2).astype(np.float32)
-            )
-            acts = model.activations(x, layers)
-            for k in layers:
-                out[k].append(acts[k].reshape(acts[k].shape[0], -1).double().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def _real_images(means_dir: str | Path) -> tuple[list[str], list[int], list[str | None]]:
-    data = read_clusters(means_dir)
-    if "images" in data:  # a means output: every image with its cluster
-        root = Path(data["images_root"])
-        paths = [str(root / d["path"]) for d in data["images"]]
-        labels = [int(d["cluster"]) for d in data["images"]]
-    else:  # the published layout: only each mean's members are known
-        paths = [p for c in data["clusters"] for p in c["members"]]
-        labels = [c["index"] for c in data["clusters"] for _ in c["members"]]
-    return paths, labels, [c.get("mean_image") for c in data["clusters"]]
-
-
-def _facet_path(out: Path, f: dict) -> Path | None:
-    p = out / f"facet_{f['index']}.png"
-    if p.exists():
-        return p
-    p = out / f"facet_{f['index']}_octave{f.get('octaves_done', 0)}.png"
-    return p if p.exists() else None
-
-
-def nearest_training_images(model: Model, out: Path, trace: dict, *, n: int = 3) -> dict:
-    """The ``n`` real images nearest each facet in code space: {facet: [(path, distance, cluster)]}."""
-    layer = trace.get("code_layer") or (model.spec.code_layer if model.spec else None)
-    paths, labels, _ = _real_images(trace["means"])
-    size = model.convention.input_size
-    facets = [(f["index"], _facet_path(out, f)) for f in trace["facets"]]
-    facets = [(i, p) for i, p in facets if p is not None]
-    if not facets or not paths:
-        return {}
-    real = _forward(model, [_as_input(p, size) for p in paths], [layer])[layer]
-    fc = _forward(model, [_as_input(p, size) for _, p in facets], [layer])[layer]
-    result = {}
-    for (i, _), code in zip(facets, fc, strict=True):
-        d = np.linalg.norm(real - code, axis=1)
-        order = np.argsort(d, kind="stable")[:n]
-        result[i] = [(paths[j], float(d[j]), labels[j]) for j in order]
-    return result
 
 
 def _mean_pairwise(codes: np.ndarray) -> float | None:
@@ -162,7 +93,7 @@ def _probe_of(trace: dict, model: Model) -> _Probe:
     obj = objective_from_spec(trace["objective"])
     spec = model.spec
     code_layer = trace.get("code_layer") or (spec.code_layer if spec else None)
-    prob_layer = spec.prob_layer if spec else "prob"
+    prob_layer = model.prob_layer
     target_unit = trace["objective"].get("unit")
     ranked = trace["objective"].get("kind") in ("unit", "softmax_unit")
     return _Probe(
@@ -177,7 +108,7 @@ def _probe_of(trace: dict, model: Model) -> _Probe:
 
 def _measure(probe: _Probe, images: list[np.ndarray]) -> _Measures:
     """One forward pass of ``images`` (H, W, 3 uint8, the model's input size)."""
-    x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32))
+    x = image_batch(images)
     with torch.no_grad():
         acts = probe.model.activations(x, probe.layers)
         val = probe.objective(acts).double().cpu().numpy()
@@ -194,7 +125,7 @@ def _measure_facets(probe: _Probe, paths: list[Path], size: tuple[int, int]) -> 
     """The facet images, in one batch (empty measures when there is no facet image)."""
     if not paths:
         return _Measures(np.zeros(0), None, None, np.zeros((0, 1)))
-    return _measure(probe, [_as_input(p, size) for p in paths])
+    return _measure(probe, [as_input(p, size) for p in paths])
 
 
 def _measure_real(probe: _Probe, paths: list[str], size: tuple[int, int]) -> _Measures | None:
@@ -202,7 +133,7 @@ def _measure_real(probe: _Probe, paths: list[str], size: tuple[int, int]) -> _Me
     if not paths:
         return None
     chunks = [
-        _measure(probe, [_as_input(p, size) for p in paths[i : i + 16]])
+        _measure(probe, [as_input(p, size) for p in paths[i : i + 16]])
         for i in range(0, len(paths), 16)
     ]
     return _Measures(
@@ -285,7 +216,7 @@ def _diversity(
         div["real_images"] = _mean_pairwise(real.code[:: max(1, len(real.code) // 200)])
     mp = [m for m in mean_paths if m]
     if mp:
-        div["mean_images"] = _mean_pairwise(_measure(probe, [_as_input(m, size) for m in mp]).code)
+        div["mean_images"] = _mean_pairwise(_measure(probe, [as_input(m, size) for m in mp]).code)
     return div
 
 
@@ -323,13 +254,13 @@ def evaluate(
     means = means or trace.get("means")
     probe = _probe_of(trace, model)
     size = model.convention.input_size
-    facets = [(f, _facet_path(out, f)) for f in trace["facets"]]
+    facets = [(f, facet_path(out, f)) for f in trace["facets"]]
     facets = [(f, p) for f, p in facets if p is not None]
     fm = _measure_facets(probe, [p for _, p in facets], size)
     result = _provenance(out, trace, probe, means, size)
     real_paths, real_labels, mean_paths = ([], [], [])
     if means is not None:
-        real_paths, real_labels, mean_paths = _real_images(means)
+        real_paths, real_labels, mean_paths = real_images(means)
     real = _measure_real(probe, real_paths, size)
     labels = np.asarray(real_labels)
     result["facets"] = [

@@ -21,10 +21,9 @@ from port.verdict import check_parity
 from port.zoo import zoo_model
 
 from . import pixels as px
-from .checks import check_model_name
 from .errors import MfvError
 
-__all__ = ["Model", "ModelArgs", "ModelSpec", "MODELS", "wrap", "load_model"]
+__all__ = ["Model", "ModelArgs", "ModelSpec", "MODEL_SPECS", "model_spec", "wrap", "load_model"]
 
 SCHEDULES = Path(__file__).resolve().parent / "schedules"
 
@@ -54,7 +53,8 @@ def _caffe(name: str, convention: px.PixelConvention, code_layer: str, schedule:
     )
 
 
-MODELS: dict[str, ModelSpec] = {
+#: MFV's named models (port.zoo's ``MODELS`` are the Caffe files these load).
+MODEL_SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in (
         _caffe("caffenet", px.CAFFENET, "fc7", "caffenet.json"),
@@ -113,6 +113,22 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def model_spec(name: str) -> ModelSpec | None:
+    """The spec of a named model; None for ``"caffe"`` (a definition given by hand).
+
+    The one place a model name is checked (:func:`load_model`, sweeps, the command line).
+
+    Raises
+    ------
+    MfvError
+        For a name that is neither ``"caffe"`` nor a key of :data:`MODEL_SPECS`.
+    """
+    spec = MODEL_SPECS.get(name)
+    if spec is None and name != "caffe":
+        raise MfvError(f"unknown model {name!r}; known: caffe, {', '.join(MODEL_SPECS)}")
+    return spec
+
+
 @dataclass
 class Model:
     """A network as MFV sees it.
@@ -147,6 +163,11 @@ class Model:
     def dtype(self) -> torch.dtype:
         p = next(self.module.parameters(), None)
         return p.dtype if p is not None else torch.float32
+
+    @property
+    def prob_layer(self) -> str:
+        """The softmax blob the evaluation ranks by: the spec's, else ``prob`` (Caffe's name)."""
+        return self.spec.prob_layer if self.spec else "prob"
 
     @property
     def is_caffe(self) -> bool:
@@ -250,12 +271,12 @@ def load_model(
     proto: str | Path | None = None,
     plugins: Sequence[str] = (),
 ) -> Model:
-    """Load a named model (see ``MODELS``), seeded when no weights are given.
+    """Load a named model (see :data:`MODEL_SPECS`), seeded when no weights are given.
 
     Parameters
     ----------
     name : str
-        A key of ``MODELS`` (Caffe nets by their ``port.zoo`` name, torchvision nets as
+        A key of :data:`MODEL_SPECS` (Caffe nets by their ``port.zoo`` name, torchvision nets as
         ``torchvision.<builder>``), or ``caffe`` with ``prototxt`` for any other Caffe definition.
     prototxt, caffemodel : path, optional
         Caffe definition (defaults to the zoo's) and weights (default: ``port.seed_weights``).
@@ -276,8 +297,8 @@ def load_model(
         Python files or modules run first; they register custom layer types with
         ``port.register_layer``.
     """
+    spec = model_spec(name)
     load_plugins(plugins)
-    spec = MODELS.get(check_model_name(name))
     if name == "caffe" or spec.source == "caffe":
         return _load_caffe(
             spec,
@@ -293,32 +314,6 @@ def load_model(
     return _load_torchvision(spec, weights, weight_seed, device)
 
 
-def _read_state_dict(weights) -> dict:
-    """A ``torch.save``-d state_dict of tensors; anything else is an MfvError naming the file."""
-    import pickle
-
-    if not Path(weights).is_file():
-        raise MfvError(f"{weights}: no such file (--weights)")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # weights_only refused the file (other Python objects, or no torch file at all): say so
-        # without torch's advice to turn the guard off.
-        raise MfvError(
-            f"{weights}: refused: not a torch.save file of tensors only (it holds other Python "
-            "objects, which are never loaded, or is no torch file); save the weights with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise MfvError(
-            f"{weights}: not a torch.save file ({type(exc).__name__}: {first})"
-        ) from None
-    if not isinstance(state, dict):
-        raise MfvError(f"{weights}: holds a {type(state).__name__}, not a state_dict")
-    return state
-
-
 def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model:
     import torchvision.models as tvm
 
@@ -330,12 +325,8 @@ def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model
     module = builder(**kwargs)
     info = {"source": "torchvision", "builder": spec.zoo}
     if weights is not None:
-        state = _read_state_dict(weights)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:  # load_state_dict's one error type: keys or shapes differ
-            first = str(exc).strip().splitlines()[0]
-            raise MfvError(f"{weights}: not a {spec.zoo} state_dict: {first}") from None
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
         info["weights"] = str(weights)
     else:
         _he_seed(module, seed)
@@ -372,7 +363,7 @@ def _load_caffe(
 ) -> Model:
     if prototxt is None:
         if spec is None:
-            raise MfvError("model 'caffe' needs --prototxt")
+            raise ValueError("model 'caffe' needs --prototxt")
         prototxt = zoo_model(spec.zoo).prototxt
     # Read the verdict before the expensive load: refusing early is the point of the gate.
     parity = check_parity(

@@ -116,17 +116,22 @@ def _provenance(trace: dict) -> str:
     )
 
 
-def write_visualize_html(out: Path, trace: dict, *, model=None) -> None:
+def write_visualize_html(out: Path, trace: dict, *, nearest: dict | None = None) -> None:
     """``index.html`` of a visualize run: per facet the mean image, result, nearest training images
-    (when a means folder was given) and the activation curve. Everything inlined, no network."""
-    from .evaluate import nearest_training_images
+    and the activation curve. Everything inlined, no network.
 
-    nearest = {}
-    if trace.get("means") and model is not None:
-        try:
-            nearest = nearest_training_images(model, out, trace, n=3)
-        except Exception as e:  # the report must not lose a finished run
-            nearest = {"error": f"{type(e).__name__}: {e}"}
+    Parameters
+    ----------
+    out : Path
+        The run's folder (its images are read from there, the page written there).
+    trace : dict
+        The run's trace.
+    nearest : dict, optional
+        ``{facet index: [(path, distance, cluster)]}`` as
+        :func:`mfv.codes.nearest_training_images` gives it, or ``{"error": message}`` when that
+        search failed; rendering only, nothing is computed here.
+    """
+    nearest = nearest or {}
     rows = []
     for f in trace["facets"]:
         init = f["init"]

@@ -13,23 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CaffeError
+from .images import load_float
 
 
 def load_image(path: str | Path, *, color: bool = True) -> np.ndarray:
-    """An image as float32 in [0, 1], HxWx3 RGB (or HxWx1), like ``caffe.io.load_image``."""
-    from skimage import img_as_float, io
+    """An image as float32 in [0, 1], HxWx3 RGB (or HxWx1), like ``caffe.io.load_image``.
 
-    try:
-        img = img_as_float(io.imread(str(path))).astype(np.float32)
-    except Exception as exc:  # imageio raises many types for unreadable files
-        raise CaffeError(f"cannot read image: {exc}", path=path) from None
-    if img.ndim == 2:
-        img = img[:, :, None]
-        if color:
-            img = np.tile(img, (1, 1, 3))
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    return img
+    The decode is :func:`port.images.load_float` (bounded, Caffe's channel rules); this name stays
+    for callers of the ``caffe.io`` vocabulary.
+    """
+    return load_float(path, color=color)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], *, order: int = 1) -> np.ndarray:

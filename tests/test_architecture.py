@@ -17,7 +17,7 @@ PACKAGES = ("port", "legacy_caffe", "parity", "mfv")
 #: Which of our packages each package may import (docs/architecture.md, "knows about").
 ALLOWED = {
     "port": set(),
-    "legacy_caffe": {"port", "mfv"},
+    "legacy_caffe": {"port"},
     "parity": {"port", "legacy_caffe"},
     "mfv": {"port"},
 }

@@ -83,3 +83,23 @@ def test_skimage_photos_make_a_batch():
     lo = -np.array(BGR_MEAN)[:, None, None]
     assert np.all(x >= lo - 1e-3) and np.all(x <= lo + 255 + 1e-3)
     assert spec.describe()["photos"][1] == "skimage.data.chelsea"
+
+
+def test_user_image_files_go_through_the_one_reader(tmp_path):
+    """A grey+alpha file: the reader port.preprocess had gave it two channels and caffe_preprocess
+    refused it; read through port.images it is grey on three channels, as Caffe's loader made it."""
+    from PIL import Image
+
+    from legacy_caffe.preprocess import load_image_file
+    from port.images import load_float
+
+    grey = np.arange(30, dtype=np.uint8).reshape(5, 6) * 8
+    Image.merge("LA", [Image.fromarray(grey), Image.fromarray(255 - grey)]).save(
+        tmp_path / "la.png"
+    )
+    img = load_image_file(str(tmp_path / "la.png"))
+    np.testing.assert_array_equal(img, load_float(tmp_path / "la.png"))
+    np.testing.assert_array_equal(
+        img, np.repeat((grey / 255.0).astype(np.float32)[:, :, None], 3, 2)
+    )
+    assert caffe_preprocess(img, (5, 6)).shape == (3, 5, 6)

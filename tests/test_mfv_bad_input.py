@@ -146,12 +146,12 @@ def test_check_objective_walks_composite_targets():
 
 
 def test_library_run_refuses_a_bad_target_before_creating_its_folder(tmp_path):
-    from mfv.models import MODELS
+    from mfv.models import MODEL_SPECS
     from mfv.octaves import load_schedule
     from mfv.testing import tiny_model
     from mfv.visualize import visualize
 
-    sched = load_schedule(MODELS["caffenet"].schedule_path)
+    sched = load_schedule(MODEL_SPECS["caffenet"].schedule_path)
     with pytest.raises(MfvError, match="unit 10"):
         visualize(
             tiny_model(),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mfv.models import MODELS, load_model, wrap
+from mfv.models import MODEL_SPECS, load_model, wrap
 from mfv.pixels import TORCHVISION
 from mfv.testing import tiny_convention, tiny_model, torch_threads
 
@@ -50,7 +50,7 @@ def test_activations_apply_the_convention():
 
 
 def test_every_named_model_has_a_schedule_file():
-    for spec in MODELS.values():
+    for spec in MODEL_SPECS.values():
         assert spec.schedule_path.exists(), spec.name
 
 

@@ -8,10 +8,10 @@ from math import floor
 
 import pytest
 
-from mfv.models import MODELS
+from mfv.models import MODEL_SPECS
 from mfv.octaves import FIXES, load_schedule, parse_schedule, py2_div, step_size, tv_weight
 
-PUBLISHED = MODELS["caffenet"].schedule_path
+PUBLISHED = MODEL_SPECS["caffenet"].schedule_path
 
 # The spec's table (../shared/spec/original-mfv.md), typed as written.
 TABLE = [

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from mfv.errors import MfvError
+from mfv.loop.checkpoint import read_checkpoint
 from mfv.objectives import unit
 from mfv.testing import tiny_model, torch_threads
 from mfv.visualize import visualize
@@ -221,6 +222,61 @@ def test_damaged_state_is_an_error_not_a_silent_restart(tmp_path):
         )
 
 
+def _resave_npz(path: Path, **changes) -> None:
+    """Rewrite a checkpoint with some arrays changed and everything else (meta included) kept."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_checkpoints_altered_alike_are_refused_not_resumed(tmp_path):
+    """Both state files changed the same way (a valid npz, valid meta): without a checksum the run
+    resumed into other bytes in silence; now it is an error that offers --restart."""
+    from port.errors import ToolError
+
+    out = tmp_path / "run"
+    _interrupted(out, 5, checkpoint_steps=1)
+    for name in ("checkpoint.npz", "checkpoint.prev.npz"):
+        p = out / "state" / name
+        with np.load(p) as z:
+            image = z["image_0"].copy()
+        image[0, 0, 0] += 1.0
+        _resave_npz(p, image_0=image)
+    with torch_threads(1), pytest.raises(ToolError, match="checksum mismatch.*--restart") as e:
+        visualize(
+            tiny_model(), unit("8", 3), _inits(), schedule=_sched(), seed=1, out=out, progress=False
+        )
+    assert isinstance(e.value, MfvError)
+    # --restart (resume=False) is the way out, and it gives the uninterrupted run's bytes.
+    ref = tmp_path / "ref"
+    kw = {"schedule": _sched(), "seed": 1, "progress": False}
+    with torch_threads(1):
+        visualize(tiny_model(), unit("8", 3), _inits(), out=out, resume=False, **kw)
+        visualize(tiny_model(), unit("8", 3), _inits(), out=ref, **kw)
+    pngs = sorted(p.name for p in ref.glob("facet_*.png"))
+    assert pngs and all((out / n).read_bytes() == (ref / n).read_bytes() for n in pngs)
+
+
+def test_checksum_covers_the_random_stream_and_the_metadata(tmp_path):
+    out = tmp_path / "run"
+    _interrupted(out, 5, checkpoint_steps=1)
+    p = out / "state" / "checkpoint.npz"
+    with np.load(p) as z:
+        keys = z["rng_keys_1"].copy()
+        meta = json.loads(z["meta"].tobytes())
+    keys[0] ^= 1
+    _resave_npz(p, rng_keys_1=keys)
+    with pytest.raises(MfvError, match="checksum"):
+        read_checkpoint(p)
+    keys[0] ^= 1  # the stream restored, the metadata changed instead
+    meta["facets"][0]["steps_done"] += 1
+    _resave_npz(p, rng_keys_1=keys, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    with pytest.raises(MfvError, match="checksum"):
+        read_checkpoint(p)
+
+
 def test_finished_run_leaves_no_temporaries(tmp_path):
     out = tmp_path / "run"
     _interrupted(out, 5, checkpoint_steps=1)
@@ -243,11 +299,8 @@ def test_finished_run_leaves_no_temporaries(tmp_path):
 def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeypatch):
     """Jobs are saved one after the other: a stop between them leaves one job a save ahead, twice
     in a row here (the second time right after resuming), and the run must still finish exactly."""
-    import importlib
-
+    from mfv.loop import checkpoint as V
     from mfv.visualize import UnitJob, visualize_units
-
-    V = importlib.import_module("mfv.visualize")  # the package's `visualize` is the function
 
     def jobs(out):
         return [
@@ -259,7 +312,7 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
     kw = {"schedule": _sched(), "seed": 1, "progress": False, "checkpoint_steps": 1}
     with torch_threads(1):
         visualize_units(model, jobs(tmp_path / "ref"), **kw)
-    real = V._save_checkpoint
+    real = V.save_checkpoint
 
     def stopping_after(n_saves):
         count = {"n": 0}
@@ -275,10 +328,10 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
     out = tmp_path / "run"
     # Job a's first save (b has none yet), its third (b at its second), and a's first after resuming.
     for stop in (1, 5, 1):
-        monkeypatch.setattr(V, "_save_checkpoint", stopping_after(stop))
+        monkeypatch.setattr(V, "save_checkpoint", stopping_after(stop))
         with torch_threads(1), pytest.raises(KeyboardInterrupt):
             visualize_units(model, jobs(out), **kw)
-    monkeypatch.setattr(V, "_save_checkpoint", real)
+    monkeypatch.setattr(V, "save_checkpoint", real)
     with torch_threads(1):
         visualize_units(model, jobs(out), **kw)
     for job in ("a", "b"):
@@ -286,3 +339,34 @@ def test_stops_between_two_jobs_saves_resume_to_the_same_bytes(tmp_path, monkeyp
         assert ref and [p.read_bytes() for p in ref] == [
             (out / job / p.name).read_bytes() for p in ref
         ]
+
+
+def test_command_line_refuses_a_changed_checkpoint_with_status_2(tmp_path, tiny_prototxt, capsys):
+    """Issue 22: the same command rerun over a state changed in both files stops with one line,
+    exit 2, naming the checksum and --restart; --restart then runs."""
+    from mfv.cli import main
+
+    from ._helpers import TINY_SCHEDULE
+
+    schedule = tmp_path / "tiny.json"
+    schedule.write_text(json.dumps(TINY_SCHEDULE))
+    out = tmp_path / "run"
+    argv = ["visualize", "--model", "caffe", "--prototxt", str(tiny_prototxt)]
+    argv += ["--no-parity-check", "--quiet", "--layer", "fc", "--unit", "0", "--init", "noise"]
+    argv += ["--schedule", str(schedule), "--out", str(out)]
+    with torch_threads(1):
+        assert main(argv) == 0
+    names = [p.name for p in sorted((out / "state").glob("checkpoint*.npz"))]
+    assert names == ["checkpoint.npz", "checkpoint.prev.npz"]
+    for name in names:
+        p = out / "state" / name
+        with np.load(p) as z:
+            image = z["image_0"].copy()
+        _resave_npz(p, image_0=image * np.float32(0.5))
+    capsys.readouterr()
+    with torch_threads(1):
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum mismatch" in err[0] and "--restart" in err[0], err
+    with torch_threads(1):
+        assert main([*argv, "--restart"]) == 0

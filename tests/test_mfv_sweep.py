@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mfv import sweep as sw
+from mfv import sweep_state, sweep_units, sweep_worker
 from mfv.models import ModelArgs
 
 from ._helpers import TINY_SCHEDULE
@@ -37,6 +38,37 @@ def test_parse_units_ranges_lists_and_all():
     assert sw.parse_units([5, 1, 5]) == [1, 5]
     assert sw.parse_units(945, 1000) == [945]
     assert sw.parse_units("0-999", 1000) == list(range(1000))
+
+
+def test_huge_ranges_are_refused_before_they_are_expanded():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            ValueError, match="unit 99999999999 is out of range: the layer has 1000"
+        ):
+            sw.parse_units("0-99999999999", 1000)
+        with pytest.raises(ValueError, match="unit 5000 is out of range"):
+            sw.parse_units("5000-99999999999", 1000)
+        with pytest.raises(ValueError, match="more than 10,000,000 units"):
+            sw.parse_units("0-99999999999")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A list of 1e11 ints would need terabytes; the refusals above allocate next to nothing.
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "message"), [(0, 15, "k must be"), (-1, 2, "k must be"), (10, 0, "m must be")]
+)
+def test_k_and_m_are_checked_before_any_work(k, m, message, tmp_path):
+    # Before: m = 0 averaged no images into NaN means saved as uint8, and the sweep exited 0.
+    params = sw.SweepParams(ModelArgs("caffenet", parity_check=False), k=k, m=m)
+    with pytest.raises(ValueError, match=message):
+        sw.sweep(params, out=tmp_path / "o", units=sw.SweepUnits("0", images=tmp_path))
+    assert not (tmp_path / "o").exists()
 
 
 def test_parse_units_file(tmp_path):
@@ -118,16 +150,18 @@ def test_missing_folders_and_class_count_are_named(tmp_path):
     words.write_text("n00000001 one\nn00000002 two\nn00000003 three\n")
     (tmp_path / "n00000002").mkdir()
     with pytest.raises(FileNotFoundError, match=r"unit\(s\) 0, 2: .*n00000001"):
-        sw._folders([0, 1, 2], 3, tmp_path, None, words)
-    folders, labels = sw._folders([1], 3, tmp_path, None, words)
+        sweep_units.unit_folders([0, 1, 2], 3, tmp_path, None, words)
+    folders, labels = sweep_units.unit_folders([1], 3, tmp_path, None, words)
     assert folders == {1: tmp_path.resolve() / "n00000002"} and labels == {1: "n00000002 two"}
     with pytest.raises(ValueError, match="layer has 256 units but the class list has 3"):
-        sw._folders([1], 256, tmp_path, None, words)
+        sweep_units.unit_folders([1], 256, tmp_path, None, words)
     umap = tmp_path / "m.tsv"
     umap.write_text("1\tn00000002\n")
     with pytest.raises(ValueError, match=r"m.tsv: no folder for unit\(s\) 5"):
-        sw._folders([1, 5], 256, tmp_path, umap, None)
-    assert sw._folders([1], 256, tmp_path, umap, None)[0] == {1: tmp_path.resolve() / "n00000002"}
+        sweep_units.unit_folders([1, 5], 256, tmp_path, umap, None)
+    assert sweep_units.unit_folders([1], 256, tmp_path, umap, None)[0] == {
+        1: tmp_path.resolve() / "n00000002"
+    }
 
 
 # -- skip / redo ---------------------------------------------------------------------------------
@@ -157,9 +191,9 @@ def test_a_sweep_with_other_parameters_is_refused_before_any_work(tmp_path):
     out.mkdir()
     params = {"k": 2, "layer": "fc8"}
     (out / "sweep.json").write_text(json.dumps({"params": params}))
-    sw._check_sweep_file(out, params)  # same parameters: fine
+    sweep_state.check_sweep_file(out, params)  # same parameters: fine
     with pytest.raises(ValueError, match=r"holds a sweep with other parameters \(differ: k\)"):
-        sw._check_sweep_file(out, {"k": 3, "layer": "fc8"})
+        sweep_state.check_sweep_file(out, {"k": 3, "layer": "fc8"})
 
 
 def test_index_page_links_units_and_inlines_thumbnails(tmp_path):
@@ -237,18 +271,12 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
     schedule.write_text(json.dumps(TINY_SCHEDULE))
     out, marker = tmp_path / "out", tmp_path / "killed"
     summary = sw.sweep(
-        model="caffenet",
-        parity_check=False,
-        images=image_tree,
-        units="0-4",
-        k=2,
-        m=2,
-        schedule=schedule,
-        workers=2,
-        threads_per_worker=1,
+        sw.SweepParams(ModelArgs("caffenet", parity_check=False), k=2, m=2, schedule=schedule),
+        units=sw.SweepUnits("0-4", images=image_tree),
+        run=sw.SweepRun(
+            workers=2, progress=False, hook=functools.partial(_kill_once, str(marker), 1, "means")
+        ),
         out=out,
-        progress=False,
-        hook=functools.partial(_kill_once, str(marker), 1, "means"),
     )
     assert marker.exists(), "the hook did not kill a worker"
     assert [r["unit"] for r in summary["units"]] == [*UNITS, TOO_FEW]
@@ -331,7 +359,7 @@ def test_sweep_survives_a_killed_worker_and_resumes_identically(image_tree, tmp_
 
 
 def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp_path):
-    """_run_units (what one Dask task runs) with two good units and one that has too few images:
+    """run_units (what one Dask task runs) with two good units and one that has too few images:
     the bad one fails alone, the good ones share one MFV batch and give the facets of one-unit runs
     up to a larger batch's float rounding."""
     from mfv.octaves import parse_schedule
@@ -368,8 +396,8 @@ def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp
             for u in units
         ]
 
-    batched = sw._run_units(tasks(tmp_path / "b", [0, 1, TOO_FEW]))
-    single = [sw._run_units(t)[0] for t in ([x] for x in tasks(tmp_path / "s", [0, 1]))]
+    batched = sweep_worker.run_units(tasks(tmp_path / "b", [0, 1, TOO_FEW]))
+    single = [sweep_worker.run_units(t)[0] for t in ([x] for x in tasks(tmp_path / "s", [0, 1]))]
     assert [r["status"] for r in batched] == ["done", "done", "failed"]
     assert "only 3 usable images" in batched[2]["message"]
     assert all(r["seconds"]["units_in_batch"] == 2 for r in batched[:2])
@@ -383,3 +411,18 @@ def test_units_per_batch_share_one_batch_and_match_one_unit_runs(image_tree, tmp
             d = np.abs(a - b)
             assert d.max() <= 3 and d.mean() < 0.1
     assert sw.unit_status(tmp_path / "b" / "0", batched[0]["key"]) == "done"
+
+
+def test_probe_checks_the_softmax_blob_before_any_unit(tiny_prototxt, tmp_path):
+    """Issue 22: a net without the softmax blob the evaluation needs failed every unit after its
+    facets were computed; the probe that runs before any unit now names it (and --no-evaluate)."""
+    lines = tiny_prototxt.read_text().splitlines()
+    no_prob = tmp_path / "tiny.prototxt"
+    no_prob.write_text("\n".join(x for x in lines if 'type: "Softmax"' not in x) + "\n")
+    margs = ModelArgs("caffe", prototxt=str(no_prob), parity_check=False)
+    with pytest.raises(ValueError, match=r"no softmax blob .*--no-evaluate.* 'prob' in tiny"):
+        sweep_worker.probe(margs, "cpu", 1, "fc", "fc")
+    found = sweep_worker.probe(margs, "cpu", 1, "fc", "fc", evaluate=False)
+    assert found["layer_shape"] == [5]  # fc: num_output 5
+    with pytest.raises(ValueError, match="no code layer 'fc7'"):
+        sweep_worker.probe(margs, "cpu", 1, "fc", "fc7", evaluate=False)

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from mfv import sweep as sw
+from mfv.models import ModelArgs
 
 from ._helpers import TINY_SCHEDULE
 
@@ -58,17 +59,12 @@ def test_sweep_units_per_hour(benchmark, tree, workers):
         out = tree / f"out-{workers}-{next(counter)}"
         t0 = time.perf_counter()
         s = sw.sweep(
-            model="caffenet",
-            parity_check=False,
-            images=tree / "imagenet",
-            units=f"0-{UNITS - 1}",
-            k=2,
-            m=2,
-            schedule=tree / "tiny.json",
-            workers=workers,
-            threads_per_worker=1,
+            sw.SweepParams(
+                ModelArgs("caffenet", parity_check=False), k=2, m=2, schedule=tree / "tiny.json"
+            ),
+            units=sw.SweepUnits(f"0-{UNITS - 1}", images=tree / "imagenet"),
+            run=sw.SweepRun(workers=workers, progress=False),
             out=out,
-            progress=False,
         )
         results.append((s, time.perf_counter() - t0))
         return s
