@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import blob_producers, ordered_keys
+
 from . import gates, tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
 from .diagnosis import diagnose
@@ -24,23 +26,6 @@ __all__ = [
 ]
 
 FLOAT32_REFERENCES = (NUMPY32, ONNX)
-
-
-def blob_producers(netdef: Any) -> dict[str, str]:
-    """Blob name -> name of the layer that first writes it ("" for net inputs)."""
-    out = {name: "" for name in netdef.inputs}
-    for layer in netdef.layers:
-        for t in layer.tops:
-            out.setdefault(t, layer.name)
-    return out
-
-
-def ordered_keys(netdef: Any, available: set[str]) -> list[str]:
-    """Forward keys in net order, then backward keys in the order the gradient flows (reverse)."""
-    blobs = list(blob_producers(netdef))
-    fwd = [f"data/{b}" for b in blobs if f"data/{b}" in available]
-    bwd = [f"diff/{b}" for b in reversed(blobs) if f"diff/{b}" in available]
-    return fwd + bwd
 
 
 class FlipAnalysis:
