@@ -346,15 +346,11 @@ def judge(
     # Caffe's own error counts towards the float32 noise of rule 1 only where the truth is
     # independent of the port (forward blobs against numpy64): against the float64 port, a wrong
     # port would make Caffe look noisy and widen its own tolerance.
-    independent_truth = NUMPY64 in outputs
+    own_counts = bool(builds) and NUMPY64 in outputs
 
     def spread_rule(key: str) -> tolerance.Rule:
         nz = noise.get(key, {})
-        own = (
-            nz.get("caffe_own")
-            if (builds and independent_truth and key.startswith("data/"))
-            else None
-        )
+        own = nz.get("caffe_own") if own_counts and key.startswith("data/") else None
         return tolerance.spread_rule(nz.get("spread") if len(builds) == 2 else None, own)
 
     def truth_rule(key: str) -> tolerance.Rule:

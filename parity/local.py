@@ -74,6 +74,27 @@ def _port_unit(net, layer, chain, bottoms_t):
     return tops
 
 
+def _consumers(
+    netdef: Any, backward_from: str | None
+) -> tuple[dict[str, list[tuple[Any, list[Any]]]], str | None]:
+    """Units reading each blob that took part in the reference's backward, and the seed blob."""
+    consumers: dict[str, list[tuple[Any, list[Any]]]] = {}
+    seed_blob = None
+    last = len(netdef.layers) - 1
+    if backward_from:
+        seed_blob = BackwardSeed.parse(backward_from).blob
+        writer = netdef.last_writer(seed_blob)
+        last = last if writer is None else writer
+    index = {lay.name: i for i, lay in enumerate(netdef.layers)}
+    for unit in units(netdef):
+        if index[unit[0].name] > last:
+            continue  # after the backward start: took no part in the reference's backward
+        for b in unit[0].bottoms:
+            if b != seed_blob:
+                consumers.setdefault(b, []).append(unit)
+    return consumers, seed_blob
+
+
 def local_analysis(
     netdef: Any,
     net32: Any,
@@ -112,20 +133,7 @@ def local_analysis(
 
     blobs = reference.blobs
     rows = []
-    consumers: dict[str, list[tuple[Any, list[Any]]]] = {}
-    seed_blob = None
-    last = len(netdef.layers) - 1
-    if backward_from:
-        seed_blob = BackwardSeed.parse(backward_from).blob
-        writer = netdef.last_writer(seed_blob)
-        last = last if writer is None else writer
-    index = {lay.name: i for i, lay in enumerate(netdef.layers)}
-    for unit in units(netdef):
-        if index[unit[0].name] > last:
-            continue  # after the backward start: took no part in the reference's backward
-        for b in unit[0].bottoms:
-            if b != seed_blob:
-                consumers.setdefault(b, []).append(unit)
+    consumers, seed_blob = _consumers(netdef, backward_from)
     for layer, chain in units(netdef):
         bkeys = [f"data/{b}" for b in layer.bottoms]
         if not all(k in blobs for k in bkeys) or not all(f"data/{t}" in blobs for t in layer.tops):

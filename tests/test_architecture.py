@@ -136,8 +136,6 @@ KNOWN = {
     "port/netdef.py module": "7 lines over; goes under 600 when netdef_from_proto is split",
     "port/netdef.py netdef_from_proto": "one pass over the layers; split planned",
     "port/schema.py module": "the proto schema tables; data, not logic",
-    "parity/core.py judge": "to become comparisons-as-data (runner protocol, issue 23 step 2)",
-    "parity/local.py local_analysis": "2 lines over; split with the runner protocol",
     "parity/numpy_ref.py module": "to become the parity/numpy_ref/ package by layer family",
     "parity/report.py module": "23 lines over; split with the runner protocol",
 }
