@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from port.blobkeys import blob_producers, ordered_keys
+from port.blobkeys import blob_producers, data_key, ordered_keys
 
 from . import gates, tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
@@ -356,7 +356,7 @@ def judge(
     def truth_rule(key: str) -> tolerance.Rule:
         return tolerance.truth_rule(noise.get(key, {}).get("caffe_own") if builds else None)
 
-    band = gates.Band(lambda blob: spread_rule(f"data/{blob}").allowed)
+    band = gates.Band(lambda blob: spread_rule(data_key(blob)).allowed)
     flips = FlipAnalysis(netdef, outputs, band, net64, backward_from)
     bwd_noise, bwd_info = _measure_noise(outputs, bwd_keys, producers, flips, builds, truth_for)
     noise.update(bwd_noise)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from port.blobkeys import ordered_keys
+from port.blobkeys import data_key, diff_key, ordered_keys
 
 from .compare import BlobCheck, PairResult
 from .runners import CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64
@@ -84,7 +84,7 @@ def _local_cause(row: Mapping[str, Any]) -> str:
     if worst is None:
         return ""
     _, direction, blob, err, allowed = worst
-    what = f"data/{blob}" if direction == "forward" else f"diff/{blob}"
+    what = data_key(blob) if direction == "forward" else diff_key(blob)
     return f": {what} is off by {_num(err)} of its range where {_num(allowed)} is allowed"
 
 
