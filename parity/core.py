@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import blob_producers, data_key, ordered_keys
+
 from . import gates, tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
 from .diagnosis import diagnose
@@ -24,23 +26,6 @@ __all__ = [
 ]
 
 FLOAT32_REFERENCES = (NUMPY32, ONNX)
-
-
-def blob_producers(netdef: Any) -> dict[str, str]:
-    """Blob name -> name of the layer that first writes it ("" for net inputs)."""
-    out = {name: "" for name in netdef.inputs}
-    for layer in netdef.layers:
-        for t in layer.tops:
-            out.setdefault(t, layer.name)
-    return out
-
-
-def ordered_keys(netdef: Any, available: set[str]) -> list[str]:
-    """Forward keys in net order, then backward keys in the order the gradient flows (reverse)."""
-    blobs = list(blob_producers(netdef))
-    fwd = [f"data/{b}" for b in blobs if f"data/{b}" in available]
-    bwd = [f"diff/{b}" for b in reversed(blobs) if f"diff/{b}" in available]
-    return fwd + bwd
 
 
 class FlipAnalysis:
@@ -361,21 +346,17 @@ def judge(
     # Caffe's own error counts towards the float32 noise of rule 1 only where the truth is
     # independent of the port (forward blobs against numpy64): against the float64 port, a wrong
     # port would make Caffe look noisy and widen its own tolerance.
-    independent_truth = NUMPY64 in outputs
+    own_counts = bool(builds) and NUMPY64 in outputs
 
     def spread_rule(key: str) -> tolerance.Rule:
         nz = noise.get(key, {})
-        own = (
-            nz.get("caffe_own")
-            if (builds and independent_truth and key.startswith("data/"))
-            else None
-        )
+        own = nz.get("caffe_own") if own_counts and key.startswith("data/") else None
         return tolerance.spread_rule(nz.get("spread") if len(builds) == 2 else None, own)
 
     def truth_rule(key: str) -> tolerance.Rule:
         return tolerance.truth_rule(noise.get(key, {}).get("caffe_own") if builds else None)
 
-    band = gates.Band(lambda blob: spread_rule(f"data/{blob}").allowed)
+    band = gates.Band(lambda blob: spread_rule(data_key(blob)).allowed)
     flips = FlipAnalysis(netdef, outputs, band, net64, backward_from)
     bwd_noise, bwd_info = _measure_noise(outputs, bwd_keys, producers, flips, builds, truth_for)
     noise.update(bwd_noise)

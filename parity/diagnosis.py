@@ -24,6 +24,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from port.blobkeys import data_key, diff_key, ordered_keys
+
 from .compare import BlobCheck, PairResult
 from .runners import CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64
 
@@ -55,8 +57,6 @@ def flip_sentence(pair: str, flip: Mapping[str, Any]) -> str:
 
 
 def _first_failure(netdef: Any, pairs: Sequence[PairResult]) -> tuple[PairResult, BlobCheck] | None:
-    from .core import ordered_keys
-
     failing = [(p, c) for p in pairs if p.rule != "info" for c in p.checks if not c.passed]
     if not failing:
         return None
@@ -84,7 +84,7 @@ def _local_cause(row: Mapping[str, Any]) -> str:
     if worst is None:
         return ""
     _, direction, blob, err, allowed = worst
-    what = f"data/{blob}" if direction == "forward" else f"diff/{blob}"
+    what = data_key(blob) if direction == "forward" else diff_key(blob)
     return f": {what} is off by {_num(err)} of its range where {_num(allowed)} is allowed"
 
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import data_key
+
 from . import numpy_ref
 
 __all__ = [
@@ -163,7 +165,7 @@ def find_gate_flips(
         detect = GATES.get(layer.type)
         if detect is None:
             continue
-        keys = [f"data/{b}" for b in layer.bottoms] + [f"data/{t}" for t in layer.tops]
+        keys = [data_key(b) for b in layer.bottoms] + [data_key(t) for t in layer.tops]
         if not all(k in data_a and k in data_b for k in keys):
             continue
         if any(np.shape(data_a[k]) != np.shape(data_b[k]) for k in keys):
@@ -311,8 +313,8 @@ def _relu(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
     bottom = layer.bottoms[0]
     if slope == 1.0:
         return []  # the identity: no kink
-    a = np.asarray(data_a[f"data/{bottom}"])
-    b = np.asarray(data_b[f"data/{bottom}"])
+    a = np.asarray(data_a[data_key(bottom)])
+    b = np.asarray(data_b[data_key(bottom)])
     width = band.absolute(bottom, a, b)
     if layer.tops[0] != bottom:
         return pointwise_flips(layer, bottom, a, b, [0.0], width)
@@ -334,8 +336,8 @@ def _max_pool(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
     if geo["method"] != "max":
         return []
     bottom = layer.bottoms[0]
-    xa = np.asarray(data_a[f"data/{bottom}"], np.float64)
-    xb = np.asarray(data_b[f"data/{bottom}"], np.float64)
+    xa = np.asarray(data_a[data_key(bottom)], np.float64)
+    xb = np.asarray(data_b[data_key(bottom)], np.float64)
     kw = {k: geo[k] for k in ("kernel", "stride", "pad", "global_pooling")}
     arg_a = numpy_ref.max_pool_argmax(xa, **kw)
     arg_b = numpy_ref.max_pool_argmax(xb, **kw)
@@ -402,8 +404,8 @@ def _eltwise_max(layer, data_a, data_b, band: Band, netdef) -> list[GateFlip]:
     """Eltwise MAX routes each element's gradient to the bottom that holds the maximum."""
     if numpy_ref.eltwise_operation(layer) != "max":
         return []
-    xa = [np.asarray(data_a[f"data/{b}"], np.float64) for b in layer.bottoms]
-    xb = [np.asarray(data_b[f"data/{b}"], np.float64) for b in layer.bottoms]
+    xa = [np.asarray(data_a[data_key(b)], np.float64) for b in layer.bottoms]
+    xb = [np.asarray(data_b[data_key(b)], np.float64) for b in layer.bottoms]
     ia, ib = caffe_eltwise_argmax(xa), caffe_eltwise_argmax(xb)
     flat = np.flatnonzero((ia != ib).reshape(-1))
     if not len(flat):
@@ -461,8 +463,8 @@ def _sign_flips(layer, data_a, data_b, band: Band, netdef, kinks_of) -> list[Gat
     if not kinks:
         return []
     bottom = layer.bottoms[0]
-    a = np.asarray(data_a[f"data/{bottom}"])
-    b = np.asarray(data_b[f"data/{bottom}"])
+    a = np.asarray(data_a[data_key(bottom)])
+    b = np.asarray(data_b[data_key(bottom)])
     width = band.absolute(bottom, a, b)
     if layer.tops[0] != bottom:
         return pointwise_flips(layer, bottom, a, b, kinks, width)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import data_key, diff_key
 from port.dump import BackwardSeed
 
 from . import numpy_ref, tolerance
@@ -74,6 +75,27 @@ def _port_unit(net, layer, chain, bottoms_t):
     return tops
 
 
+def _consumers(
+    netdef: Any, backward_from: str | None
+) -> tuple[dict[str, list[tuple[Any, list[Any]]]], str | None]:
+    """Units reading each blob that took part in the reference's backward, and the seed blob."""
+    consumers: dict[str, list[tuple[Any, list[Any]]]] = {}
+    seed_blob = None
+    last = len(netdef.layers) - 1
+    if backward_from:
+        seed_blob = BackwardSeed.parse(backward_from).blob
+        writer = netdef.last_writer(seed_blob)
+        last = last if writer is None else writer
+    index = {lay.name: i for i, lay in enumerate(netdef.layers)}
+    for unit in units(netdef):
+        if index[unit[0].name] > last:
+            continue  # after the backward start: took no part in the reference's backward
+        for b in unit[0].bottoms:
+            if b != seed_blob:
+                consumers.setdefault(b, []).append(unit)
+    return consumers, seed_blob
+
+
 def local_analysis(
     netdef: Any,
     net32: Any,
@@ -112,23 +134,10 @@ def local_analysis(
 
     blobs = reference.blobs
     rows = []
-    consumers: dict[str, list[tuple[Any, list[Any]]]] = {}
-    seed_blob = None
-    last = len(netdef.layers) - 1
-    if backward_from:
-        seed_blob = BackwardSeed.parse(backward_from).blob
-        writer = netdef.last_writer(seed_blob)
-        last = last if writer is None else writer
-    index = {lay.name: i for i, lay in enumerate(netdef.layers)}
-    for unit in units(netdef):
-        if index[unit[0].name] > last:
-            continue  # after the backward start: took no part in the reference's backward
-        for b in unit[0].bottoms:
-            if b != seed_blob:
-                consumers.setdefault(b, []).append(unit)
+    consumers, seed_blob = _consumers(netdef, backward_from)
     for layer, chain in units(netdef):
-        bkeys = [f"data/{b}" for b in layer.bottoms]
-        if not all(k in blobs for k in bkeys) or not all(f"data/{t}" in blobs for t in layer.tops):
+        bkeys = [data_key(b) for b in layer.bottoms]
+        if not all(k in blobs for k in bkeys) or not all(data_key(t) in blobs for t in layer.tops):
             continue
         if any(numpy_ref.layer_function(u) is None for u in (layer, *chain)):
             continue  # a custom type the numpy reference was not given: no local truth
@@ -149,7 +158,7 @@ def local_analysis(
         worst = 0.0
         departs = False
         for t, tr, mi in zip(layer.tops, truth, mine, strict=True):
-            ref_err = _rel(np.asarray(blobs[f"data/{t}"]), tr)
+            ref_err = _rel(np.asarray(blobs[data_key(t)]), tr)
             port_err = _rel(mi.numpy(), tr)
             rule = tolerance.local_rule(ref_err)
             row["forward"][t] = {"port": port_err, "reference": ref_err, "allowed": rule.allowed}
@@ -176,7 +185,7 @@ def _local_backward(netdef, net32, net64, reference, rows, consumers) -> None:
         for t in layer.tops:
             producer_unit[t] = (layer, chain)
     for blob, cons in consumers.items():
-        if f"diff/{blob}" not in blobs:
+        if diff_key(blob) not in blobs:
             continue
         grads = {}
         try:
@@ -190,7 +199,7 @@ def _local_backward(netdef, net32, net64, reference, rows, consumers) -> None:
             own, port_err = 0.0, float("inf")
         else:
             own = _rel(grads[torch.float32], grads[torch.float64])
-            port_err = _rel(grads[torch.float32], np.asarray(blobs[f"diff/{blob}"]))
+            port_err = _rel(grads[torch.float32], np.asarray(blobs[diff_key(blob)]))
         rule = tolerance.local_backward_rule(own)
         # The diff of blob is computed by its consumers' backward: attribute it to them.
         for layer, _ in cons:
@@ -215,16 +224,16 @@ def _blob_grads(blob, cons, blobs, net32, net64, producer_unit) -> dict:
         g_total = None
         ok = True
         for layer, _chain in cons:
-            if not all(f"diff/{t}" in blobs for t in layer.tops):
+            if not all(diff_key(t) in blobs for t in layer.tops):
                 ok = False
                 break
             ins = [
-                torch.tensor(np.asarray(blobs[f"data/{b}"]), dtype=dt, requires_grad=(b == blob))
+                torch.tensor(np.asarray(blobs[data_key(b)]), dtype=dt, requires_grad=(b == blob))
                 for b in layer.bottoms
             ]
             with torch.enable_grad():
                 outs = list(net.module(layer.name)(*ins))
-                gouts = [torch.tensor(np.asarray(blobs[f"diff/{t}"]), dtype=dt) for t in layer.tops]
+                gouts = [torch.tensor(np.asarray(blobs[diff_key(t)]), dtype=dt) for t in layer.tops]
                 # A bottom used twice by one layer is covered by marking each use.
                 targets = [x for x, b in zip(ins, layer.bottoms, strict=True) if b == blob]
                 # Tops that do not depend on the blob (Crop's shape reference, Filter's selector,
@@ -246,7 +255,7 @@ def _blob_grads(blob, cons, blobs, net32, net64, producer_unit) -> dict:
         # The blob's own in-place chain (relu1 on conv1): backward through it on final values.
         pchain = producer_unit.get(blob, (None, []))[1]
         for lc in reversed([c for c in pchain if c.bottoms[0] == blob]):
-            v = torch.tensor(np.asarray(blobs[f"data/{blob}"]), dtype=dt, requires_grad=True)
+            v = torch.tensor(np.asarray(blobs[data_key(blob)]), dtype=dt, requires_grad=True)
             with torch.enable_grad():
                 out = net.module(lc.name)(v)[0]
                 (g_total,) = torch.autograd.grad(out, [v], grad_outputs=g_total)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from port.blobkeys import data_key
+
 from . import numpy_layers as nl
 
 __all__ = [
@@ -1072,7 +1074,7 @@ def forward_net(
             blobs[name] = val
             first.setdefault(name, val)
     src = blobs if record == "final" else first
-    return {f"data/{k}": v for k, v in src.items()}
+    return {data_key(k): v for k, v in src.items()}
 
 
 def window_geometry(layer: Any) -> dict:

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import data_key
 from port.dump import BackwardSeed
 
 from . import numpy_ref
@@ -283,7 +284,7 @@ def teacher_forced_backward(
         return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
 
     final_grad: dict[str, torch.Tensor] = {}
-    v = np.asarray(data[f"data/{seed_blob}"])
+    v = np.asarray(data[data_key(seed_blob)])
     seed = np.zeros((v.shape[0], v[0].size))
     seed[:, int(unit)] = 1.0
     final_grad[seed_blob] = t64(seed.reshape(v.shape))
@@ -299,14 +300,14 @@ def teacher_forced_backward(
                 for lc in reversed(
                     [c for c in chain if c.bottoms[0] == t and index[c.name] <= start]
                 ):
-                    x = t64(data[f"data/{t}"], True)
+                    x = t64(data[data_key(t)], True)
                     with torch.enable_grad():
                         (g,) = torch.autograd.grad(net64.module(lc.name)(x)[0], [x], grad_outputs=g)
                 out[t] = g.detach().numpy()
             tops_first.append(g)
         if index[layer.name] > start or all(g is None for g in tops_first):
             continue
-        ins = [t64(data[f"data/{b}"], True) for b in layer.bottoms]
+        ins = [t64(data[data_key(b)], True) for b in layer.bottoms]
         with torch.enable_grad():
             outs = list(net64.module(layer.name)(*ins))
             pairs = [(o, g) for o, g in zip(outs, tops_first, strict=True) if g is not None]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from port.blobkeys import data_key
 from port.errors import CaffeError, ToolError
 
 from . import core, local, runners
@@ -149,7 +150,7 @@ def golden_inputs(netdef: Any, arrays: Mapping[str, np.ndarray], source: str) ->
     """
     out = {}
     for name in netdef.inputs:
-        for key in (f"input/{name}", f"data/{name}"):
+        for key in (f"input/{name}", data_key(name)):
             if key in arrays:
                 out[name] = np.asarray(arrays[key])
                 break

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import data_key
+
 from . import numpy_ref
 
 __all__ = [
@@ -272,7 +274,7 @@ def run_onnx(
     blobs = {}
     for oname, val in zip(got, outs, strict=True):
         if oname.startswith("blob:"):
-            blobs[f"data/{oname[5:]}"] = np.asarray(val)
+            blobs[data_key(oname[5:])] = np.asarray(val)
     return RunnerOutput(
         "onnx",
         blobs,

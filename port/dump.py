@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .blobkeys import data_key, diff_key
 from .errors import CaffeError
 from .net import CaffeNet
 
@@ -88,7 +89,7 @@ def dump_blobs(
     inputs = {k: as_tensor(v) for k, v in x.items()} if isinstance(x, Mapping) else as_tensor(x)
     with torch.set_grad_enabled(backward_from is not None):
         final, first = net.run(inputs, keep_first=True)
-        out = {f"data/{name}": t.detach().cpu().numpy() for name, t in final.items()}
+        out = {data_key(name): t.detach().cpu().numpy() for name, t in final.items()}
         if backward_from is None:
             return out
         blob, unit = BackwardSeed.parse(backward_from)
@@ -125,7 +126,7 @@ def dump_blobs(
         by_name = dict(zip(live, found, strict=True))
         grads = [by_name.get(name) for name in first]
     for (name, t), g in zip(first.items(), grads, strict=True):
-        out[f"diff/{name}"] = (torch.zeros_like(t) if g is None else g).detach().cpu().numpy()
+        out[diff_key(name)] = (torch.zeros_like(t) if g is None else g).detach().cpu().numpy()
     out.update(no_gradient_notes(net, blob))
     out.update(inexact_in_place_notes(net, blob))
     return out
