@@ -205,6 +205,9 @@ def build_tool() -> Tool:
         default="cpu",
         help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)",
     )
+    from .export.cli import register as register_export
+
+    register_export(tool)
     return tool
 
 

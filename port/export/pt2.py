@@ -1,0 +1,71 @@
+"""The ``pt2`` export: a ``torch.export`` program of the port, loadable with ``torch.export.load``.
+
+The program takes the net's inputs (positional, in the definition's order; batch dynamic where the
+layers allow it) and returns a dict: every blob by name with its final value (pycaffe's
+``net.blobs[name].data``), and under ``first/<blob>`` the value its producing layer wrote for
+each blob an in-place layer rewrites: the tensor Caffe's diff of that blob is taken against, so a
+backward pass through the program gives Caffe's diffs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import CaffeError
+from ..net import CaffeNet
+
+__all__ = ["FIRST", "export_pt2"]
+
+FIRST = "first/"
+
+
+class _Blobs(torch.nn.Module):
+    """The net returning every blob's final value and the first value of rewritten blobs."""
+
+    def __init__(self, net: CaffeNet) -> None:
+        super().__init__()
+        self.net = net
+        rewritten = {layer.tops[0] for layer in net.netdef.layers if layer.in_place}
+        self.rewritten = [b for b in net.blob_names if b in rewritten]
+
+    def forward(self, *xs: torch.Tensor) -> dict[str, torch.Tensor]:
+        final, first = self.net.run(
+            dict(zip(self.net.netdef.inputs, xs, strict=True)), keep_first=True
+        )
+        out = {b: final[b] for b in self.net.blob_names}
+        out.update({FIRST + b: first[b] for b in self.rewritten})
+        return out
+
+
+def export_pt2(
+    net: CaffeNet, path: str | Path, example: dict[str, torch.Tensor], *, dynamic_batch: bool = True
+) -> tuple[Path, str | None]:
+    """Write ``net`` as a ``.pt2`` program; atomic.
+
+    Returns
+    -------
+    (path, note)
+        ``note`` says why the batch stayed static when a layer pins it (None otherwise).
+    """
+    wrapped = _Blobs(net).eval()
+    xs = tuple(example[k] for k in net.netdef.inputs)
+    clash = [b for b in net.blob_names if b.startswith(FIRST)]
+    if clash:
+        raise CaffeError(f"blob names {clash} clash with the program's {FIRST!r} keys", field="top")
+    note = None
+    program = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1)
+        shapes = tuple({0: batch} for _ in xs)
+        try:
+            program = torch.export.export(wrapped, xs, dynamic_shapes=shapes, strict=False)
+        except Exception as exc:  # a layer pins the batch: fall back to the example's
+            note = f"batch static ({xs[0].shape[0]}): {str(exc).splitlines()[0][:200]}"
+    if program is None:
+        program = torch.export.export(wrapped, xs, strict=False)
+    with atomic_path(path, suffix=".pt2") as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path), note
