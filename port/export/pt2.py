@@ -59,7 +59,7 @@ def export_pt2(
     program = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1)
-        shapes = tuple({0: batch} for _ in xs)
+        shapes = (tuple({0: batch} for _ in xs),)
         try:
             program = torch.export.export(wrapped, xs, dynamic_shapes=shapes, strict=False)
         except Exception as exc:  # a layer pins the batch: fall back to the example's
