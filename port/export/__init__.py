@@ -48,11 +48,10 @@ def read_record(artefact: str | Path) -> dict:
         raise CaffeError(f"unreadable export record: {exc}", path=path) from None
 
 
-def example_inputs(net: CaffeNet, batch: int = 2) -> dict[str, torch.Tensor]:
-    """Zero batches of the declared input shapes, batch ``batch`` (2: torch.export specialises a
-    dimension of size 1)."""
+def example_inputs(net: CaffeNet) -> dict[str, torch.Tensor]:
+    """Zero batches of the declared input shapes (a traced graph bakes in any non-batch size)."""
     return {
-        name: torch.zeros((batch, *shape[1:]) if shape else (), dtype=torch.float32)
+        name: torch.zeros(tuple(shape), dtype=torch.float32)
         for name, shape in net.netdef.inputs.items()
     }
 
@@ -90,6 +89,24 @@ def _write_python(net: CaffeNet, out: Path, class_name: str | None, header: str)
         save_file(state, str(tmp), metadata={"class": name, "module": out.name})
     write_text_atomic(out, source)
     return {"class": name, "weights": weights.name, "files": [out, weights]}
+
+
+def _onnx_batch_check(path: Path, example: dict[str, torch.Tensor]) -> str:
+    """ "dynamic" when ONNX Runtime runs the file on one more sample than the example, else why
+    not (a recurrent net's axis 0 is time, unrolled at export)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {
+        i.name: np.zeros((example[i.name].shape[0] + 1, *example[i.name].shape[1:]), np.float32)
+        for i in sess.get_inputs()
+    }
+    try:
+        sess.run(None, feed)
+    except Exception as exc:  # ORT's errors have no common base class
+        return f"static (ONNX Runtime on batch + 1: {str(exc).splitlines()[0][:160]})"
+    return "dynamic"
 
 
 def export_net(
@@ -157,7 +174,7 @@ def export_net(
         from .onnx_file import OPSET, export_onnx
 
         export_onnx(net, out, example_inputs(net))
-        info.update(opset=OPSET, batch="dynamic")
+        info.update(opset=OPSET, batch=_onnx_batch_check(out, example_inputs(net)))
     files = info.pop("files")
     record = {
         "format": RECORD_FORMAT,

@@ -45,27 +45,35 @@ def export_pt2(
 ) -> tuple[Path, str | None]:
     """Write ``net`` as a ``.pt2`` program; atomic.
 
+    ``example`` holds batches of the declared shapes: the batch is made dynamic (traced at 2, as
+    torch.export specialises a size of 1); where a layer pins axis 0 (a recurrent net's time axis),
+    the program keeps the declared shapes.
+
     Returns
     -------
     (path, note)
-        ``note`` says why the batch stayed static when a layer pins it (None otherwise).
+        ``note`` says why the batch stayed static (None when it is dynamic).
     """
     wrapped = _Blobs(net).eval()
-    xs = tuple(example[k] for k in net.netdef.inputs)
     clash = [b for b in net.blob_names if b.startswith(FIRST)]
     if clash:
         raise CaffeError(f"blob names {clash} clash with the program's {FIRST!r} keys", field="top")
+    xs = tuple(example[k] for k in net.netdef.inputs)
     note = None
     program = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1)
         shapes = (tuple({0: batch} for _ in xs),)
+        two = tuple(x.new_zeros((2, *x.shape[1:])) for x in xs)
         try:
-            program = torch.export.export(wrapped, xs, dynamic_shapes=shapes, strict=False)
-        except Exception as exc:  # a layer pins the batch: fall back to the example's
+            program = torch.export.export(wrapped, two, dynamic_shapes=shapes, strict=False)
+        except Exception as exc:  # a layer pins axis 0: keep the declared shapes
             note = f"batch static ({xs[0].shape[0]}): {str(exc).splitlines()[0][:200]}"
     if program is None:
-        program = torch.export.export(wrapped, xs, strict=False)
+        try:
+            program = torch.export.export(wrapped, xs, strict=False)
+        except CaffeError as exc:
+            raise CaffeError(f"cannot be exported with torch.export: {exc}") from None
     with atomic_path(path, suffix=".pt2") as tmp:
         torch.export.save(program, str(tmp))
     return Path(path), note
