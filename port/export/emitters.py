@@ -40,6 +40,7 @@ class Emitted:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     helpers: set[str] = field(default_factory=set)
     returns_list: bool = False
+    source: str | None = None
 
 
 def _t(values) -> str:
@@ -217,13 +218,23 @@ def _crop(ctx: LayerContext) -> Emitted:
 
 
 def _custom(ctx: LayerContext) -> Emitted:
-    source = ctx.module.export_python()
-    init = source["init"]
+    """A plugin layer's own source: its module's ``export_python()`` returns ``{"source": top-level
+    code needing only torch (a class), "init": its constructor call, "state": {name: tensor}}``;
+    the class's forward returns the list of tops, as a ``CaffeLayer``'s does."""
+    given = ctx.module.export_python()
+    missing = [k for k in ("source", "init") if k not in given]
+    if missing:
+        raise CaffeError(
+            f"export_python() of {type(ctx.module).__name__} lacks {missing}",
+            layer=ctx.layer.name,
+            field="type",
+        )
     return Emitted(
-        init,
+        given["init"],
         f"self.{ctx.attr}({', '.join(ctx.bottoms)})",
-        dict(source.get("state", {})),
+        dict(given.get("state", {})),
         returns_list=True,
+        source=given["source"].strip(),
     )
 
 

@@ -282,6 +282,8 @@ def generate_python(
     parts = ["\n".join(doc) + "\n\n" + imports]
     if plan.helpers:
         parts.append(helper_source(plan.helpers))
+    custom = [e.source for _, e in plan.emitted if e.source]
+    parts += list(dict.fromkeys(custom))
     parts.append("\n".join(_class_lines(net, plan, name)))
     return name, "\n\n\n".join(parts) + "\n", state
 
