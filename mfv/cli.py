@@ -44,6 +44,12 @@ def _model_args(
         "--weights", help="torchvision state_dict file (torch.save) for torchvision.* models"
     )
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
+    g.add_argument(
+        "--module",
+        metavar="FILE.py:CLASS",
+        help="a `port export --format python` module (its state dict in --weights) instead of "
+        "the port; --model names its pixel convention and defaults",
+    )
     add_definition_options(g)
     g.add_argument("--device", type=device_type, default="cpu", help=device_help)
     g.add_argument(
@@ -80,11 +86,17 @@ def _load(a):
         import torch
 
         torch.set_num_threads(a.threads)
+    if getattr(a, "module", None):
+        from .exported import load_exported
+
+        return load_exported(a.module, a.weights, name=a.model, device=a.device)
     return load_model(a.model, device=a.device, **_model_options(a))
 
 
 def _model_options(a) -> dict:
     """What ``_model_args`` parsed, as :func:`mfv.models.load_model` (and ``sweep``) take it."""
+    if getattr(a, "module", None):
+        raise UsageError("--module (an exported module) works with layers and visualize only")
     return {
         "prototxt": a.prototxt,
         "caffemodel": a.caffemodel,

@@ -28,7 +28,7 @@ __all__ = ["generate_python", "class_name_for", "identifier"]
 # Names the generated code itself uses: blob variables and attributes must not shadow them.
 _RESERVED = {"self", "blobs", "found", "missing", "name", "torch", "nn", "F", "math"}
 _RESERVED |= {"caffe_pool2d", "caffe_crop", "CaffePool2d", "CaffeLRN", "CaffeScale"}
-_RESERVED |= {"CaffeBatchNorm", "IN_PLACE", "LAYER_NAMES", "INPUTS", "OUTPUTS"}
+_RESERVED |= {"CaffeBatchNorm", "IN_PLACE", "LAYER_NAMES", "INPUTS", "OUTPUTS", "blob_names"}
 # Layers whose top is a fresh tensor no autograd node keeps: an in-place ReLU on it is safe.
 _FRESH = {"Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "Eltwise", "Concat"}
 _FRESH |= {"BatchNorm", "Scale"}
@@ -173,7 +173,7 @@ def _forward_lines(net: CaffeNet, plan: _Plan) -> list[str]:
     inputs = [plan.var[n] for n in net.netdef.inputs]
     lines = [f"    def forward(self, {', '.join(inputs)}, blobs=None):"]
     lines += [
-        '        """The output blob(s); with ``blobs`` (names), a dict of those blobs instead."""'
+        '        """The output blob(s); with ``blobs`` (names or "all"), a dict of those blobs."""'
     ]
     for layer, out in plan.emitted:
         tops = [plan.var[t] for t in layer.tops]
@@ -182,7 +182,12 @@ def _forward_lines(net: CaffeNet, plan: _Plan) -> list[str]:
         else:
             target = ", ".join(tops)
         lines += _assign(target, out.call)
-    lines += ["        if isinstance(blobs, (list, tuple)):", "            found = {"]
+    lines += [
+        "        if isinstance(blobs, str):",
+        '            blobs = self.blob_names if blobs == "all" else (blobs,)',
+        "        if isinstance(blobs, (list, tuple)):",
+        "            found = {",
+    ]
     lines += [f"                {_q(b)}: {plan.var[b]}," for b in net.blob_names]
     lines += [
         "            }",
@@ -218,6 +223,11 @@ def _class_lines(net: CaffeNet, plan: _Plan, class_name: str) -> list[str]:
         "(in-place layer's attribute, the blob it rewrites)",
         "IN_PLACE",
         [f"({_q(a)}, {_q(b)})" for a, b in plan.in_place.items()],
+    )
+    lines += _tuple_lines(
+        'every blob, in the order the net first writes it (``blobs="all"``)',
+        "blob_names",
+        [_q(b) for b in net.blob_names],
     )
     lines += _tuple_lines(
         "(attribute, Caffe layer name) where they differ",
