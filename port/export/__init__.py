@@ -49,9 +49,13 @@ def read_record(artefact: str | Path) -> dict:
 
 
 def example_inputs(net: CaffeNet) -> dict[str, torch.Tensor]:
-    """Zero batches of the declared input shapes (a traced graph bakes in any non-batch size)."""
+    """Batches of ones of the declared input shapes (a traced graph bakes in any non-batch size).
+
+    Ones, not zeros: a Filter selector keeps every item and an Embed index is in range, so data-
+    dependent layers trace their general path.
+    """
     return {
-        name: torch.zeros(tuple(shape), dtype=torch.float32)
+        name: torch.ones(tuple(shape), dtype=torch.float32)
         for name, shape in net.netdef.inputs.items()
     }
 
