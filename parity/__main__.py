@@ -232,6 +232,8 @@ def _cmd_all(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.model == "all" and args.artefact:
+        raise UsageError("--artefact judges one model's artefact: name the model")
     if args.model == "all":
         return _run_all(
             None,

@@ -289,6 +289,9 @@ def test_export_from_a_convert_artefact(tmp_path, capsys):
     out.parent.mkdir()
     assert port.cli.main(["export", "--artefact", str(conv), "--format", "python",
                           "--out", str(out)]) == 0  # fmt: skip
+    record = read_record(out)
+    assert record["prototxt_sha256"] == port.sha256_file(case.prototxt)
+    assert record["caffemodel_sha256"] == port.sha256_file(weights)
     from safetensors.torch import load_file
 
     module = _import(out, "Hed_reduced")()

@@ -122,6 +122,7 @@ def export_net(
     caffemodel: str | Path | None = None,
     seed: int | None = None,
     class_name: str | None = None,
+    sources: dict | None = None,
 ) -> dict:
     """Export ``net`` (float32, weights loaded) as ``fmt`` to ``out`` and write its record.
 
@@ -138,6 +139,9 @@ def export_net(
         The ``seed_weights`` seed of seeded weights (no caffemodel).
     class_name : str, optional
         The python format's class name (default from the definition's name).
+    sources : dict, optional
+        Checksums known otherwise (``prototxt_sha256``, ``caffemodel_sha256`` of a ``port
+        convert`` artefact's sources), recorded where the files themselves are not given.
 
     Returns
     -------
@@ -156,11 +160,14 @@ def export_net(
         raise CaffeError(f"a {fmt} artefact's name ends in {_SUFFIX[fmt]}", path=out, field="out")
     prototxt = Path(prototxt) if prototxt else None
     caffemodel = Path(caffemodel) if caffemodel else None
+    known = dict(sources or {})
     sources = {
         "prototxt": str(prototxt) if prototxt else None,
-        "prototxt_sha256": sha256_file(prototxt) if prototxt else None,
+        "prototxt_sha256": sha256_file(prototxt) if prototxt else known.get("prototxt_sha256"),
         "caffemodel": str(caffemodel) if caffemodel else None,
-        "caffemodel_sha256": sha256_file(caffemodel) if caffemodel else None,
+        "caffemodel_sha256": (
+            sha256_file(caffemodel) if caffemodel else known.get("caffemodel_sha256")
+        ),
         "seed": None if caffemodel else seed,
     }
     net = net.float().eval()

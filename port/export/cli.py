@@ -49,9 +49,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         caffemodel=caffemodel,
         seed=seed,
         class_name=args.class_name,
+        sources={k.removeprefix("source_"): v for k, v in meta.items() if k.endswith("sha256")},
     )
-    if meta:
-        record["from_artefact"] = {k: v for k, v in meta.items() if k.endswith("sha256")}
     sizes = ", ".join(f"{n} {v['bytes'] / 1e6:.1f} MB" for n, v in record["files"].items())
     print(
         f"wrote {sizes} in {record['export_seconds']:.1f} s; parity of the source: "
