@@ -103,7 +103,7 @@ def _onnx_batch_check(path: Path, example: dict[str, torch.Tensor]) -> str:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {
-        i.name: np.zeros((example[i.name].shape[0] + 1, *example[i.name].shape[1:]), np.float32)
+        i.name: np.ones((example[i.name].shape[0] + 1, *example[i.name].shape[1:]), np.float32)
         for i in sess.get_inputs()
     }
     try:

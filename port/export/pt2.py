@@ -67,8 +67,13 @@ def export_pt2(
         two = tuple(x.new_zeros((2, *x.shape[1:])) for x in xs)
         try:
             program = torch.export.export(wrapped, two, dynamic_shapes=shapes, strict=False)
+            # Traced at 2 everywhere, the program may assume inputs share axis 0: check on the
+            # declared shapes.
+            with torch.no_grad():
+                program.module()(*xs)
         except Exception as exc:  # a layer pins axis 0: keep the declared shapes
             note = f"batch static ({xs[0].shape[0]}): {str(exc).splitlines()[0][:200]}"
+            program = None
     if program is None:
         try:
             program = torch.export.export(wrapped, xs, strict=False)
