@@ -87,8 +87,10 @@ def _write_python(net: CaffeNet, out: Path, class_name: str | None, header: str)
 
     from .python_source import generate_python
 
-    name, source, state = generate_python(net, class_name=class_name, header=header)
     weights = out.with_suffix(".safetensors")
+    name, source, state = generate_python(
+        net, class_name=class_name, header=header, weights_name=weights.name
+    )
     with atomic_path(weights, suffix=".safetensors") as tmp:
         save_file(state, str(tmp), metadata={"class": name, "module": out.name})
     write_text_atomic(out, source)

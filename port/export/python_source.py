@@ -252,7 +252,11 @@ def _tuple_lines(comment: str, name: str, items: list[str]) -> list[str]:
 
 
 def generate_python(
-    net: CaffeNet, *, class_name: str | None = None, header: str = ""
+    net: CaffeNet,
+    *,
+    class_name: str | None = None,
+    header: str = "",
+    weights_name: str = "<weights>.safetensors",
 ) -> tuple[str, str, dict[str, torch.Tensor]]:
     """The source of a standalone module for ``net`` and its state dict.
 
@@ -264,6 +268,8 @@ def generate_python(
         Default: from the definition's ``name`` (:func:`class_name_for`).
     header : str
         Lines for the file's docstring (provenance).
+    weights_name : str
+        The weights file's name, for the usage example in the docstring.
 
     Returns
     -------
@@ -285,7 +291,11 @@ def generate_python(
                 value.detach().to(torch.float32).contiguous().clone()
             )
     doc = [f'"""{name}: the Caffe net {_q(net.netdef.name)} as a standalone torch module.', ""]
-    doc += header.splitlines() + ["", _USAGE.format(name=name).strip(), '"""']
+    doc += header.splitlines() + [
+        "",
+        _USAGE.format(name=name, weights=weights_name, blob=_first_blob(net)).strip(),
+        '"""',
+    ]
     uses_f = bool(plan.helpers & {"caffe_pool2d", "CaffeLRN"})
     imports = ("import math\n\n" if "caffe_pool2d" in plan.helpers else "") + _IMPORTS.strip()
     imports += "\nfrom torch.nn import functional as F" if uses_f else ""
@@ -296,6 +306,10 @@ def generate_python(
     parts += list(dict.fromkeys(custom))
     parts.append("\n".join(_class_lines(net, plan, name)))
     return name, "\n\n\n".join(parts) + "\n", state
+
+
+def _first_blob(net: CaffeNet) -> str:
+    return next((b for b in net.blob_names if b not in net.netdef.inputs), net.blob_names[0])
 
 
 _IMPORTS = """
@@ -309,8 +323,8 @@ Needs only torch (and safetensors to read the weights file written beside it):
     from safetensors.torch import load_file
 
     net = {name}()
-    net.load_state_dict(load_file("<weights>.safetensors"))
+    net.load_state_dict(load_file("{weights}"))
     net.eval()
     out = net(x)  # the output blob(s)
-    blobs = net(x, blobs=("fc7",))  # any blob by name, as pycaffe's net.blobs holds it
+    blobs = net(x, blobs=("{blob}",))  # any blob by name, as pycaffe's net.blobs holds it
 """
