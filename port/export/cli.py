@@ -31,9 +31,25 @@ def _net(args: argparse.Namespace):
     nd = netdef.load_prototxt(prototxt, proto=args.proto)
     if args.caffemodel:
         return load_caffe(nd, args.caffemodel), prototxt, Path(args.caffemodel), None, {}
+    seed = args.weight_seed if args.weight_seed is not None else _golden_seed(args.model)
     net = load_caffe(nd)
-    net.load_blobs(seed_weights(nd, args.weight_seed))
-    return net, prototxt, None, args.weight_seed, {}
+    net.load_blobs(seed_weights(nd, seed))
+    return net, prototxt, None, seed, {}
+
+
+def _golden_seed(model: str | None) -> int:
+    """The seed of a built-in model's golden weights (``golden/<model>/manifest.json``, a data
+    file), so that the export is of the weights parity checks; 1 otherwise."""
+    import json
+
+    from ..paths import repo_root
+
+    manifest = repo_root() / "golden" / str(model) / "manifest.json"
+    try:
+        weights = json.loads(manifest.read_text())["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+    return int(weights["seed"]) if weights.get("generator") == "port seed-weights" else 1
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -77,8 +93,8 @@ def register(tool: Tool) -> None:
     p.add_argument(
         "--weight-seed",
         type=int,
-        default=1,
-        help="seed of seeded weights without --caffemodel (default 1, the goldens' seed)",
+        help="seed of seeded weights without --caffemodel (default: with --model the seed of "
+        "the model's golden weights, else 1)",
     )
     p.add_argument("--format", required=True, choices=FORMATS, help="artefact format")
     p.add_argument("--out", required=True, help="the artefact to write (.py, .pt2 or .onnx)")
