@@ -20,13 +20,7 @@ from ._helpers import case_weights
 from .layer_cases import ARCHITECTURES
 
 SUFFIX = {"python": ".py", "pt2": ".pt2", "onnx": ".onnx"}
-# The recurrent captioner's Embed and LSTM have no Python source form (port.export.emitters).
-CASES = [
-    (name, fmt)
-    for name in sorted(ARCHITECTURES)
-    for fmt in SUFFIX
-    if not (name == "lrcn" and fmt == "python")
-]
+CASES = [(name, fmt) for name in sorted(ARCHITECTURES) for fmt in SUFFIX]
 
 
 def _artefact_run(args: list[str], artefact: Path, report: Path, capsys) -> tuple[int, dict, str]:

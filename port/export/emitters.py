@@ -217,6 +217,33 @@ def _crop(ctx: LayerContext) -> Emitted:
     return Emitted(None, call, helpers={"caffe_crop"})
 
 
+def _embed(ctx: LayerContext) -> Emitted:
+    m = ctx.module
+    bias = "" if m.bias_term else ", bias=False"
+    state = {"weight": m.blobs[0]}
+    if m.bias_term:
+        state["bias"] = m.blobs[1]
+    init = f"CaffeEmbed({m.input_dim}, {m.num_output}{bias})"
+    return Emitted(init, f"self.{ctx.attr}({ctx.bottoms[0]})", state, {"CaffeEmbed"})
+
+
+def _lstm(ctx: LayerContext) -> Emitted:
+    m = ctx.module
+    if m.expose_hidden:
+        raise CaffeError(
+            "an LSTM with exposed states has no Python source form yet",
+            layer=ctx.layer.name,
+            field="recurrent_param.expose_hidden",
+        )
+    state = {"weight_x": m.blobs[0], "bias_x": m.blobs[1], "weight_h": m.blobs[-1]}
+    init = f"CaffeLSTM({m.in_dim}, {m.hidden})"
+    if m.static:
+        state["weight_static"] = m.blobs[2]
+        init = f"CaffeLSTM({m.in_dim}, {m.hidden}, static_dim={m.static_dim})"
+    call = f"self.{ctx.attr}({', '.join(ctx.bottoms[:3])})"
+    return Emitted(init, call, state, {"CaffeLSTM"})
+
+
 def _custom(ctx: LayerContext) -> Emitted:
     """A plugin layer's own source: its module's ``export_python()`` returns ``{"source": top-level
     code needing only torch (a class), "init": its constructor call, "state": {name: tensor}}``;
@@ -258,15 +285,15 @@ EMITTERS: dict[str, Callable[[LayerContext], Emitted]] = {
     "Flatten": _flatten,
     "Split": _split,
     "Crop": _crop,
+    "Embed": _embed,
+    "LSTM": _lstm,
 }
 
 #: Built-in types without a Python source form, and why (the README's export table).
 NO_SOURCE = {
-    "LSTM": "Caffe's unrolled recurrence with sequence-continuation markers has no torch.nn "
-    "equivalent; not written out yet (export to pt2 or onnx)",
-    "RNN": "as LSTM",
-    "LSTMUnit": "as LSTM",
-    "Embed": "not written out yet (export to pt2 or onnx)",
+    "RNN": "Caffe's recurrence with sequence-continuation markers is not written out yet for "
+    "RNN (LSTM is; export to pt2 or onnx)",
+    "LSTMUnit": "not written out yet (export to pt2 or onnx)",
 }
 
 

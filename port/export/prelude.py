@@ -141,6 +141,63 @@ class CaffeBatchNorm(nn.Module):
         return (x - mean) / torch.sqrt(self.running_var.view(view) + self.eps)
 '''
 
+_EMBED = '''
+class CaffeEmbed(nn.Module):
+    """Caffe's Embed: each input value truncated to an integer row index of ``weight``."""
+
+    def __init__(self, input_dim, num_output, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(input_dim, num_output))
+        self.bias = nn.Parameter(torch.zeros(num_output)) if bias else None
+
+    def forward(self, x):
+        y = F.embedding(x.detach().to(torch.int64), self.weight)
+        return y + self.bias if self.bias is not None else y
+'''
+
+_LSTM = '''
+class CaffeLSTM(nn.Module):
+    """Caffe's LSTM over x (T, N, ...) with sequence-continuation markers cont (T, N).
+
+    Where cont[t] is 0 a new sequence starts: the previous h and the forget gate are multiplied
+    by it. An optional static input (N, ...) is seen at every step. Gates in Caffe's order i, f,
+    o, g; weights as Caffe's W_xc (4H, D), b_c (4H), W_xc_static (4H, Ds) and W_hc (4H, H),
+    summed in Caffe's order W_hc h + (W_xc x + b_c) + W_xc_static x_static.
+    """
+
+    def __init__(self, input_dim, hidden, static_dim=None):
+        super().__init__()
+        self.hidden = hidden
+        self.weight_x = nn.Parameter(torch.zeros(4 * hidden, input_dim))
+        self.bias_x = nn.Parameter(torch.zeros(4 * hidden))
+        if static_dim is not None:
+            self.weight_static = nn.Parameter(torch.zeros(4 * hidden, static_dim))
+        self.weight_h = nn.Parameter(torch.zeros(4 * hidden, hidden))
+
+    def forward(self, x, cont, static=None):
+        steps, n, size = x.shape[0], x.shape[1], self.hidden
+        cont = cont.detach()
+        x_proj = F.linear(x.reshape(steps, n, -1), self.weight_x, self.bias_x)
+        s_proj = None
+        if static is not None:
+            s_proj = F.linear(static.reshape(n, -1), self.weight_static)
+        h = c = x.new_zeros(n, size)
+        hs = []
+        for t in range(steps):
+            keep = cont[t].unsqueeze(-1)
+            gates = F.linear(h * keep, self.weight_h) + x_proj[t]
+            if s_proj is not None:
+                gates = gates + s_proj
+            i = torch.sigmoid(gates[..., :size])
+            f = torch.sigmoid(gates[..., size : 2 * size]) * keep
+            o = torch.sigmoid(gates[..., 2 * size : 3 * size])
+            g = torch.tanh(gates[..., 3 * size :])
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            hs.append(h)
+        return torch.stack(hs)
+'''
+
 #: Helper name -> its source.
 HELPERS = {
     "caffe_pool2d": _POOL,
@@ -148,6 +205,8 @@ HELPERS = {
     "caffe_crop": _CROP,
     "CaffeScale": _SCALE,
     "CaffeBatchNorm": _BATCHNORM,
+    "CaffeEmbed": _EMBED,
+    "CaffeLSTM": _LSTM,
 }
 #: Functions the generated file registers with ``torch.fx.wrap``.
 FX_WRAPPED = ("caffe_pool2d", "caffe_crop")
