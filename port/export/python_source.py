@@ -3,7 +3,7 @@
 The class is written from the port's built net: one submodule per layer, named after the layer
 (made a Python identifier where the name is not one), ``forward`` in the definition's order with
 one variable per blob, in-place ReLUs as ``inplace=True`` modules, and Caffe's pooling ceil rule,
-LRN, Crop, BatchNorm and Scale written out as small helpers in the file itself
+LRN, Crop, BatchNorm, Scale, Embed and LSTM written out as small helpers in the file itself
 (:mod:`port.export.prelude`). ``forward(x)`` returns the net's output (a dict when it has several);
 ``forward(x, blobs=("fc7", ...))`` returns those blobs by name, with pycaffe's meaning (values
 after in-place layers). The weights go to a safetensors state dict keyed as the module's own.
