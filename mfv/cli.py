@@ -31,6 +31,10 @@ def _load(a):
         import torch
 
         torch.set_num_threads(a.threads)
+    if getattr(a, "module", None):
+        from .exported import load_exported
+
+        return load_exported(a.module, a.weights, name=a.model, device=a.device)
     return load_model(a.model, device=a.device, **model_options(a))
 
 

@@ -11,6 +11,7 @@ from port.command import (
     add_prototxt,
     device_arg,
 )
+from port.errors import UsageError
 
 from .models import MODEL_SPECS
 
@@ -45,6 +46,12 @@ def model_args(
         "--weights", help="torchvision state_dict file (torch.save) for torchvision.* models"
     )
     g.add_argument("--weight-seed", type=int, default=0, help="seed of seeded weights (default 0)")
+    g.add_argument(
+        "--module",
+        metavar="FILE.py:CLASS",
+        help="a `port export --format python` module (its state dict in --weights) instead of "
+        "the port; --model names its pixel convention and defaults",
+    )
     add_definition_options(g)
     add_device(g, type=device_type, note=device_note)
     g.add_argument(
@@ -78,6 +85,8 @@ def grey_args(p: argparse.ArgumentParser) -> None:
 
 def model_options(a) -> dict:
     """What ``_model_args`` parsed, as :func:`mfv.models.load_model` (and ``sweep``) take it."""
+    if getattr(a, "module", None):
+        raise UsageError("--module (an exported module) works with layers and visualize only")
     return {
         "prototxt": a.prototxt,
         "caffemodel": a.caffemodel,

@@ -64,6 +64,10 @@ def _add_run_command(tool: Tool) -> None:
     )
     _add_run_subject_options(parser)
     parser.add_argument(
+        "--artefact",
+        help="judge this `port export` artefact (.py, .pt2 or .onnx) in the port's place",
+    )
+    parser.add_argument(
         "--regenerate",
         action="store_true",
         help="regenerate missing cached goldens with real Caffe",
@@ -256,6 +260,8 @@ def _check_run_outputs(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     _check_run_outputs(args)
+    if args.model == "all" and args.artefact:
+        raise UsageError("--artefact judges one model's artefact: name the model")
     if args.model == "all":
         return _run_all(
             None,
@@ -284,7 +290,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         proto=args.proto,
     )
     references = _without_unknown_numpy(setup, args.references)
-    result, outputs = run_parity(setup, references=references, local_check=not args.no_local)
+    if args.artefact:
+        from .artefact_runner import run_artefact_parity
+
+        result, outputs = run_artefact_parity(
+            setup, args.artefact, references=references, local_check=not args.no_local
+        )
+        # The default verdict file vouches for the weights as the port runs them, not an artefact.
+        args.no_verdict = args.no_verdict or not args.verdict_file
+    else:
+        result, outputs = run_parity(setup, references=references, local_check=not args.no_local)
     result.timings["total"] = round(time.perf_counter() - t0, 4)
     _save(result, setup, args.json, no_verdict=args.no_verdict, verdict_file=args.verdict_file)
     if args.html:

@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from port.blobkeys import data_key
+from port.export.onnx_file import ONNX_LIMITS  # the layer table's ONNX column reads it here
 
 from . import numpy_ref
 
@@ -41,6 +40,7 @@ __all__ = [
     "run_port",
     "run_numpy",
     "run_onnx",
+    "ONNX_LIMITS",
 ]
 
 
@@ -178,32 +178,6 @@ def run_numpy(
 
 
 #: Layer types whose ONNX form differs from the port's eager one (all layer types export).
-ONNX_LIMITS = {
-    "ArgMax": "exported as TopK on the flipped axis (a stable sort has no ONNX form); same ties",
-    "Filter": "NonZero + Gather: the kept count is data-dependent, as in Caffe",
-    "LSTM": "unrolled over the T of the exported input (a fixed-length graph)",
-    "RNN": "unrolled over the T of the exported input (a fixed-length graph)",
-}
-
-
-class _AllBlobs:
-    """Wrap a CaffeNet so its forward returns every blob as a tuple (ONNX outputs are positional)."""
-
-    def __new__(cls, net: Any, names: list[str]):
-        import torch
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-                self.names = names
-
-            def forward(self, *xs):  # noqa: D401
-                inputs = list(net.netdef.inputs)
-                out = self.net(dict(zip(inputs, xs, strict=True)), blobs=self.names)
-                return tuple(out[n] for n in self.names)
-
-        return Wrapped()
 
 
 def run_onnx(
@@ -236,45 +210,30 @@ def run_onnx(
     import onnxruntime as ort
     import torch
 
-    names = list(net.blob_names)
-    wrapped = _AllBlobs(net, names).eval()
+    from port.export.onnx_file import export_onnx
+
     inputs = list(net.netdef.inputs)
     arrays = x if isinstance(x, Mapping) else {inputs[0]: x}
-    xts = tuple(torch.as_tensor(np.asarray(arrays[k]), dtype=torch.float32) for k in inputs)
-    outnames = [f"blob:{n}" for n in names]
+    xts = {k: torch.as_tensor(np.asarray(arrays[k]), dtype=torch.float32) for k in inputs}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(keep) if keep else Path(tmp) / "net.onnx"
-        tmp_path = path.with_name(path.name + ".tmp")
-        # The tracer warns about every shape computed in Python; they are constants for this input.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapped,
-                xts,
-                str(tmp_path),
-                input_names=[f"input:{k}" for k in inputs],
-                output_names=outnames,
-                opset_version=opset,
-                dynamo=False,
-            )
-        os.replace(tmp_path, path)
+        # The one export path users get from `port export --format onnx`, batch fixed here (a
+        # recurrent net's axis 0 is time).
+        export_onnx(net, path, xts, opset=opset, dynamic_batch=False)
         t1 = time.perf_counter()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         # The exporter drops inputs no output depends on (a Silence-only input).
-        feed = {
-            i.name: xts[inputs.index(i.name[len("input:") :])].numpy() for i in sess.get_inputs()
-        }
+        feed = {i.name: xts[i.name].numpy() for i in sess.get_inputs()}
         outs = sess.run(None, feed)
         got = [o.name for o in sess.get_outputs()]
     t2 = time.perf_counter()
     # The exporter may drop outputs that alias an input or another output; map by name.
-    blobs = {}
+    blobs = {data_key(k): v.numpy() for k, v in xts.items()}
     for oname, val in zip(got, outs, strict=True):
-        if oname.startswith("blob:"):
-            blobs[data_key(oname[5:])] = np.asarray(val)
+        blobs[data_key(oname)] = np.asarray(val)
     return RunnerOutput(
         "onnx",
         blobs,

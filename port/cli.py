@@ -127,6 +127,9 @@ def build_tool() -> Tool:
     _add_inspect(tool)
     _add_convert(tool)
     _add_dump(tool)
+    from .export.cli import register as register_export
+
+    register_export(tool)
     return tool
 
 

@@ -20,8 +20,8 @@ import pytest
 
 import port
 from port.arrays import load_npy, load_npz, npz_headers
-from port.dump import read_input_batch
 from port.caffemodel import read_caffemodel
+from port.dump import read_input_batch
 from port.limits import CAPS, read_text
 from port.schema import load_proto
 
