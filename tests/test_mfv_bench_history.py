@@ -79,3 +79,44 @@ def test_bad_records_are_refused_with_file_and_line(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text("{not json\n")
     assert bh.main(["--dir", str(tmp_path)]) == 2
     assert "x.jsonl:1: not a JSON record" in capsys.readouterr().err
+
+
+def _whole_record(tmp_path: Path, ratio: float) -> None:
+    figures = {
+        "options": {"threads": 2},
+        "summary": {"default_over_original_openblas": ratio, "step_over_bound": 1.21},
+        "cases": {
+            "original-openblas": {"seconds_per_facet": 43.0},
+            "mfv-default": {"seconds_per_facet": 43.0 / ratio},
+        },
+    }
+    tracked = {"default_over_original_openblas": ratio, "bound_over_default_step": 1 / 1.21}
+    rec = bh.make_record(MACHINE, figures, tracked, kind="versus-original", repo=ROOT)
+    bh.append_record(rec, tmp_path)
+
+
+def test_readme_performance_figures_are_generated_from_the_records(tmp_path):
+    from mfv import bench_readme
+
+    readme = ROOT / "README.md"
+    assert bench_readme.main(["--dir", str(ROOT / "benchmarks"), "--check", str(readme)]) == 0
+    # The check can fail: a new record makes the committed README stale until it is rewritten.
+    copy, records = tmp_path / "README.md", tmp_path / "benchmarks"
+    copy.write_text(readme.read_text())
+    for path in (ROOT / "benchmarks").glob("*.jsonl"):
+        (records / path.name).parent.mkdir(exist_ok=True)
+        (records / path.name).write_text(path.read_text())
+    _whole_record(records, 4.7)
+    assert bench_readme.main(["--dir", str(records), "--check", str(copy)]) == 1
+    assert bench_readme.main(["--dir", str(records), "--write", str(copy)]) == 0
+    assert bench_readme.main(["--dir", str(records), "--check", str(copy)]) == 0
+    row = next(line for line in copy.read_text().splitlines() if "test-cpu-9000" in line)
+    assert "| 43.0 | 9.15 | 4.70x |" in row and "| 1.210 |" in row
+
+
+def test_readme_says_not_measured_without_a_record(tmp_path):
+    from mfv import bench_readme
+
+    text = bench_readme.markdown(tmp_path)
+    assert "not measured yet on a quiet machine" in text and "GPU" in text
+    assert "x |" not in text  # no ratio without a record

@@ -1,0 +1,94 @@
+"""The bench's arithmetic and tables (tests/bench_report.py, tests/bench_whole.py, tests/bench.py)
+on planted case results: no benchmark runs here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402
+import bench_report  # noqa: E402
+import bench_whole  # noqa: E402
+
+
+def _case(s_per_step: float, steps: int = 370, **extra) -> dict:
+    return {
+        "seconds_per_facet_step": s_per_step,
+        "facets_per_hour": 3600 / (s_per_step * steps),
+        "seconds_per_facet": s_per_step * steps,
+        "facets": 10,
+        **extra,
+    }
+
+
+MED = {
+    "original-openblas": _case(0.116, octave_seconds=[39.1, 17.4, 2.2, 1.1]),
+    "original-atlas": _case(0.232),
+    "mfv-default": _case(0.0243, octave_seconds=[60.0, 25.0, 3.5, 1.5]),
+    "mfv-faithful": _case(0.058),
+    "caffenet-default10": _case(0.0220),
+    "caffenet-fwdbwd10": _case(0.0176),
+    "caffenet-original-openblas": _case(0.206),
+}
+
+
+def test_summary_ratios_are_whole_runs_and_the_estimate_is_labelled():
+    s = bench_report.summarise(MED, 10, {"bound_over_sgemm": 0.38})
+    assert s["default_over_original_openblas"] == pytest.approx(0.116 / 0.0243, abs=1e-3)
+    assert s["default_over_original_atlas"] == pytest.approx(0.232 / 0.0243, abs=1e-3)
+    assert s["faithful_over_original_openblas"] == pytest.approx(0.116 / 0.058, abs=1e-3)
+    est = 0.206 / 0.0220  # first-octave steps of both sides: the issue's 9.4x-like figure
+    assert s["estimate_default_over_original_openblas"] == pytest.approx(est, abs=1e-3)
+    assert s["estimate_off_by"] == pytest.approx(est / (0.116 / 0.0243) - 1, abs=1e-3)
+    assert s["step_over_bound"] == pytest.approx(0.0220 / 0.0176, abs=1e-3)
+    tracked = bench_report.tracked(s, whole_schedule=True)
+    assert tracked["bound_over_default_step"] == pytest.approx(0.0176 / 0.0220, abs=1e-3)
+    assert tracked["bound_over_sgemm"] == 0.38
+    partial = bench_report.tracked(s, whole_schedule=False)
+    assert "default_over_original_openblas" not in partial  # a partial schedule is no whole run
+
+
+def test_terminal_shows_each_case_the_octaves_and_the_goals():
+    s = bench_report.summarise(MED, 10, None)
+    machine = {"cpu_model": "X", "isa_class": "AVX2", "usable_cpus": 2, "caps": {"A": "1"}}
+    text = bench_report.render(machine, MED, s, None)
+    row = next(line for line in text.splitlines() if line.startswith("mfv-default "))
+    assert "whole" in row and "0.0243" in row and f"{3600 / (0.0243 * 370):.1f}" in row
+    assert f"{0.0176 / 0.0243:.3f}" in row and f"{0.116 / 0.0243:.2f}x" in row
+    est = next(line for line in text.splitlines() if line.startswith("caffenet-default10 "))
+    assert "estimate" in est
+    octs = [line for line in text.splitlines() if line.startswith("mfv-default ")][1]
+    assert "6.00" in octs  # 60 s for 10 facets: 6 s per facet in octave 1
+    assert "(goal >= 6.0)" in text and "(goal <= 1.15)" in text
+
+
+def test_octave_seconds_come_from_the_octave_images(tmp_path):
+    start = 1_000_000.0
+    for facet in range(2):
+        for j, t in enumerate((10.0, 14.5, 15.0), 1):
+            p = tmp_path / f"facet_{facet}_octave{j}.png"
+            p.write_bytes(b"")
+            os.utime(p, (start + t + facet * 0.1, start + t + facet * 0.1))
+    assert bench_whole.octave_seconds_from_images(tmp_path, start, 3) == [10.1, 4.5, 0.5]
+    with pytest.raises(RuntimeError, match="octave4"):
+        bench_whole.octave_seconds_from_images(tmp_path, start, 4)
+
+
+def test_medians_over_repeats_and_caps_of_the_cases():
+    runs = [_case(0.03, octave_seconds=[3, 2]), _case(0.01, octave_seconds=[1, 4]), _case(0.02)]
+    runs[2]["octave_seconds"] = [2, 3]
+    med = bench.median_result(runs)
+    assert med["seconds_per_facet_step"] == 0.02 and med["octave_seconds"] == [2, 3]
+    assert med["repeats"] == 3
+    env = bench.case_env(1, avx2=True)
+    assert env["OMP_NUM_THREADS"] == "1" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    # The machine record is taken with the cases' environment, so it states their caps (this
+    # process may run with others).
+    machine = bench.machine_record(env)
+    assert machine["caps"]["OMP_NUM_THREADS"] == "1" and machine["torch_threads"] == 1
+    assert machine["isa_class"] != "AVX-512"
