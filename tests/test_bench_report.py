@@ -45,6 +45,8 @@ def test_summary_ratios_are_whole_runs_and_the_estimate_is_labelled():
     est = 0.206 / 0.0220  # first-octave steps of both sides: the 9.4x-like figure
     assert s["estimate_default_over_original_openblas"] == pytest.approx(est, abs=1e-3)
     assert s["estimate_off_by"] == pytest.approx(est / (0.116 / 0.0243) - 1, abs=1e-3)
+    assert s["estimate_default_off_by"] == pytest.approx(0.0243 / 0.0220 - 1, abs=1e-3)
+    assert s["estimate_original_off_by"] == pytest.approx(0.116 / 0.206 - 1, abs=1e-3)
     assert s["step_over_bound"] == pytest.approx(0.0220 / 0.0176, abs=1e-3)
     tracked = bench_report.tracked(s, whole_schedule=True)
     assert tracked["bound_over_default_step"] == pytest.approx(0.0176 / 0.0220, abs=1e-3)
