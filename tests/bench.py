@@ -163,7 +163,8 @@ def versus_original(a: argparse.Namespace) -> int:
     prof = None if a.no_profile else profile_run(a.facets, env, a.profile_steps)
     summary = bench_report.summarise(med, a.facets, prof)
     print(bench_report.render(machine, med, summary, prof))
-    figures = {"options": vars(a) | {"skip": sorted(a.skip)}, "summary": summary,
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
+    figures = {"options": options | {"skip": sorted(a.skip)}, "summary": summary,
                "cases": med, "runs": runs, "profile": prof}  # fmt: skip
     tracked = bench_report.tracked(summary, whole_schedule=a.max_octaves is None)
     if a.no_record:

@@ -78,14 +78,21 @@ def tracked(summary: dict, *, whole_schedule: bool) -> dict[str, float]:
 
 
 def _fmt(v: float | None, spec: str = ".3g", suffix: str = "") -> str:
-    return "-" if v is None else f"{v:{spec}}{suffix}"
+    if v is None:  # as wide as a figure would be, so that the columns stay aligned
+        width = spec.split(".")[0]
+        return f"{'-':>{width}s}" if width else "-"
+    return f"{v:{spec}}{suffix}"
 
 
 def case_table(med: dict[str, dict], facets: int) -> str:
     """A row per case: s/facet-step, facets/h, ratio to the bound and to the original, peak RSS,
     the caps it ran with."""
     bound = med.get(f"caffenet-fwdbwd{facets}")
-    orig = med.get("original-openblas") or med.get("caffenet-original-openblas")
+    # Whole runs against the whole original, estimates against the estimated original.
+    origs = {
+        "whole": med.get("original-openblas"),
+        "estimate": med.get("caffenet-original-openblas"),
+    }
     rows = [
         f"{'case':28s} {'kind':9s} {'s/facet-step':>12s} {'facets/h':>9s} {'bound/this':>10s} "
         f"{'vs orig':>8s} {'peak MB':>8s}  caps"
@@ -94,8 +101,11 @@ def case_table(med: dict[str, dict], facets: int) -> str:
         kind = "whole" if "octave_seconds" in r and case in _WHOLE else "estimate"
         if case.startswith("caffenet-fwdbwd"):
             kind = "bound"
-        to_bound = _ratio(bound, r, "seconds_per_facet_step") if kind != "bound" else None
-        vs = _ratio(r, orig) if not case.startswith(("original", "caffenet-original")) else None
+        is_orig = case.startswith(("original", "caffenet-original"))
+        to_bound = (
+            None if kind == "bound" or is_orig else _ratio(bound, r, "seconds_per_facet_step")
+        )
+        vs = None if is_orig else _ratio(r, origs.get(kind))
         rows.append(
             f"{case:28s} {kind:9s} {_fmt(r.get('seconds_per_facet_step'), '12.4f')} "
             f"{_fmt(r.get('facets_per_hour'), '9.1f')} {_fmt(to_bound, '10.3f')} "

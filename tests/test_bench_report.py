@@ -94,3 +94,32 @@ def test_medians_over_repeats_and_caps_of_the_cases():
     machine = bench.machine_record(env)
     assert machine["caps"]["OMP_NUM_THREADS"] == "1" and machine["torch_threads"] == 1
     assert machine["isa_class"] != "AVX-512"
+
+
+def test_a_run_appends_one_record_with_its_figures(tmp_path, monkeypatch, capsys):
+    """versus_original's bookkeeping with planted measurements: the record holds the machine of
+    the cases, every figure and the tracked ratios, and the terminal says where it went."""
+    from mfv import bench_history
+
+    machine = {"cpu_model": "Planted CPU", "isa_class": "AVX2", "usable_cpus": 2, "caps": {}}
+    monkeypatch.setattr(bench, "machine_record", lambda env: machine)
+    monkeypatch.setattr(bench, "measure", lambda a, env: {k: [v] for k, v in MED.items()})
+    prof = {"bound_over_sgemm": 0.4, "facets": 10, "threads": 2, "model": "caffenet",
+            "sgemm_gflops": 100.0, "bandwidth_gbs": 20.0, "parts": [], "step_ms": 1.0,
+            "bound_ms": 1.0}  # fmt: skip
+    monkeypatch.setattr(bench, "profile_run", lambda facets, env, steps: prof)
+    monkeypatch.setattr("legacy_caffe.rootfs.is_complete", lambda: True)
+    argv = ["--versus-original", "--record-dir", str(tmp_path)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"record: appended to {tmp_path / 'planted-cpu_avx2_2cpu.jsonl'}" in out
+    (rec,) = bench_history.load_history(tmp_path)["planted-cpu_avx2_2cpu"]
+    assert rec["kind"] == "versus-original" and rec["machine"] == machine
+    assert rec["tracked"]["default_over_original_openblas"] == pytest.approx(0.116 / 0.0243, 1e-3)
+    assert rec["figures"]["cases"]["mfv-default"]["octave_seconds"] == [60.0, 25.0, 3.5, 1.5]
+    assert rec["figures"]["options"]["record_dir"] == str(tmp_path)
+    # A smoke run of the first octave only is recorded, but its ratios are not tracked.
+    assert bench.main([*argv, "--max-octaves", "1"]) == 0
+    last = bench_history.load_history(tmp_path)["planted-cpu_avx2_2cpu"][-1]
+    assert last["kind"] == "partial-1-octaves"
+    assert "default_over_original_openblas" not in last["tracked"]
