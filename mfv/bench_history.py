@@ -61,18 +61,23 @@ TRACKED = {
 
 
 def machine_class(machine: dict) -> str:
-    """The file name stem of a machine's records: CPU model, vector class and usable CPUs.
+    """The file name stem of a machine's records: CPU model (with its family/model numbers: a
+    virtual machine may say only "AMD EPYC" for Zen 4 and Zen 5 alike), vector class and usable
+    CPUs; a GPU run is named after its device.
 
     >>> machine_class(
     ...     {
-    ...         "cpu_model": "AMD EPYC 9R14 96-Core Processor",
+    ...         "cpu_model": "AMD EPYC",
+    ...         "cpu_family_model": "26/2",
     ...         "isa_class": "AVX-512",
     ...         "usable_cpus": 2,
     ...     }
     ... )
-    'amd-epyc-9r14-96-core-processor_avx-512_2cpu'
+    'amd-epyc-26-2_avx-512_2cpu'
     """
     model = machine.get("cpu_model") or "unknown-cpu"
+    if machine.get("cpu_family_model"):
+        model += f" {machine['cpu_family_model']}"
     if machine.get("cuda_device"):
         model = machine["cuda_device"]
     slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
@@ -227,12 +232,16 @@ def _plot_png(history: dict[str, list[dict]]) -> bytes:
     names = [n for n in TRACKED if any(n in r["tracked"] for rs in history.values() for r in rs)]
     fig, axes = plt.subplots(max(len(names), 1), 1, figsize=(9, 2.6 * max(len(names), 1)))
     axes = [axes] if len(names) <= 1 else list(axes)
+    # One x axis of commits for every class, in the order of their first record's date.
+    order = sorted((r["date"], r["commit"]) for rs in history.values() for r in rs)
+    commits = list(dict.fromkeys(c for _, c in order))
     for ax, name in zip(axes, names, strict=False):
         for cls, records in history.items():
-            pts = [(r["commit"][:7], r["tracked"][name]) for r in records if name in r["tracked"]]
+            pts = [(commits.index(r["commit"]), r["tracked"][name]) for r in records
+                   if name in r["tracked"]]  # fmt: skip
             if pts:
-                ax.plot(range(len(pts)), [v for _, v in pts], marker="o", label=cls)
-                ax.set_xticks(range(len(pts)), [c for c, _ in pts], fontsize=7, rotation=30)
+                ax.plot([x for x, _ in pts], [v for _, v in pts], marker="o", label=cls)
+        ax.set_xticks(range(len(commits)), [c[:7] for c in commits], fontsize=7, rotation=30)
         ax.set_title(f"{name}: {TRACKED[name]}", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
