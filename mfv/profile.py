@@ -12,10 +12,11 @@ Measured in one process, with the threads torch was given:
 * the forward+backward pass of the whole net on the batch (the step's bound), the float32 TV
   kernel on the batch at the first octave's weight, and a whole default step
   (:func:`mfv.visualize.visualize` on a one-octave schedule, per step);
+* the step's own torch ops: the top-level ops of a step under ``torch.profiler`` less those of
+  the net's pass and of the TV call, per op name (the crops, the gradient norm, the move, the
+  finiteness checks: the step's element-wise work), the largest listed;
 * derived rows: the net's pass minus its layers measured alone (dispatch and Python between
-  layers), and the step minus the pass and TV (the step's element-wise work and its Python: crops,
-  gradient norm, the move, the checks; telling them apart needs the step's internals, which this
-  module leaves alone).
+  layers), and the step minus the pass, the TV and the step's own ops (its Python and glue).
 
 Every time is the median of ``--steps`` repeats after one warm-up. Public API only
 (:mod:`mfv.models`, :mod:`mfv.visualize`, :mod:`mfv.tv_bregman`, ``port``'s layer modules).
@@ -147,17 +148,53 @@ def _whole_rows(model, inits: list[np.ndarray], repeats: int, peaks: dict) -> di
         sched = parse_schedule({"name": "profile", "octaves": [{**first, "iter_n": n}]})
         visualize(model, obj, inits, schedule=sched, seed=1, progress=False)
 
+    def tv() -> None:
+        denoise_tv_bregman(noisy, weight=weight)
+
     step_run(2)  # warm-up: the TV kernel's first call, first-call allocations
     t = time.perf_counter()
     step_run(repeats)
     step = (time.perf_counter() - t) / repeats
+    step_ops = _op_seconds(lambda: step_run(repeats))
     return {
         "bound": _median_seconds(pass_, repeats),
-        "tv": _median_seconds(lambda: denoise_tv_bregman(noisy, weight=weight), repeats),
+        "tv": _median_seconds(tv, repeats),
         # u read and written once per sweep of each image: a lower bound on the kernel's traffic
         "tv_bytes": sweeps * x0[0].numel() * 4 * 2,
         "step": step,
+        # torch ops of the step that are neither the net's pass nor the TV call's
+        "step_only_ops": _step_only(step_ops, repeats, _op_seconds(pass_), _op_seconds(tv)),
     }
+
+
+def _op_seconds(fn: Callable[[], object]) -> dict[str, tuple[float, int]]:
+    """Seconds and calls per top-level torch op name (autograd's backward nodes included) of one
+    ``fn()``, under ``torch.profiler`` (which adds a little to each op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    out: dict[str, tuple[float, int]] = {}
+    for e in prof.events():
+        if e.cpu_parent is None:
+            sec, n = out.get(e.name, (0.0, 0))
+            out[e.name] = (sec + e.cpu_time_total / 1e6, n + 1)
+    return out
+
+
+def _step_only(
+    step: dict[str, tuple[float, int]], steps: int, *parts: dict[str, tuple[float, int]]
+) -> dict[str, float]:
+    """Seconds per step of the calls the step makes beyond those of ``parts`` (one pass, one TV
+    call), per op name, largest first. The calls are counted, and timed at the step's own mean
+    time per call: the parts' runs only say how many calls are theirs, so the noise of separate
+    runs does not move ops between rows."""
+    left = {}
+    for name, (sec, n) in step.items():
+        own = n - steps * sum(p.get(name, (0.0, 0))[1] for p in parts)
+        if own > 0:
+            left[name] = sec / n * own / steps
+    return dict(sorted(left.items(), key=lambda kv: -kv[1]))
 
 
 def profile_step(model_name: str = "caffenet", facets: int = 10, repeats: int = 5) -> dict:
@@ -172,11 +209,15 @@ def profile_step(model_name: str = "caffenet", facets: int = 10, repeats: int = 
     whole = _whole_rows(model, inits, repeats, peaks)
     layers_s = sum(r["ms"] for r in rows) / 1e3
     flop = sum(r.get("gflop", 0.0) for r in rows) * 1e9
+    elementwise = sum(whole["step_only_ops"].values())
     rows += [
         _row("net pass minus its layers", whole["bound"] - layers_s, None, None, peaks),
         _row("TV kernel (float32)", whole["tv"], None, whole["tv_bytes"], peaks),
-        _row("step's other work + Python", whole["step"] - whole["bound"] - whole["tv"], None, None,
-             peaks),
+        _row("step's own torch ops", elementwise, None, None, peaks),
+        *[_row(f"  {name}", sec, None, None, peaks)
+          for name, sec in list(whole["step_only_ops"].items())[:8]],
+        _row("step's Python and glue", whole["step"] - whole["bound"] - whole["tv"] - elementwise,
+             None, None, peaks),
     ]  # fmt: skip
     bound_gflops = flop / whole["bound"] / 1e9 if flop else None
     return {
@@ -232,7 +273,8 @@ def render(prof: dict) -> str:
         share = f"{r['of_peak']:.0%}" if "of_peak" in r else "-"
         gflop = f"{r['gflop']:.3f}" if "gflop" in r else "-"
         mb = f"{r['mbytes']:.1f}" if "mbytes" in r else "-"
-        rows.append(f"{r['name']:30s} {r['ms']:9.2f} {gflop:>8s} {mb:>9s} {rate:>14s} {share:>8s}")
+        name = r["name"].replace("autograd::engine::evaluate_function: ", "backward ")[:30]
+        rows.append(f"{name:30s} {r['ms']:9.2f} {gflop:>8s} {mb:>9s} {rate:>14s} {share:>8s}")
     b = prof["bound_over_sgemm"]
     rows.append(
         f"{'whole step':30s} {prof['step_ms']:9.2f}   net pass (bound) {prof['bound_ms']:.2f} ms"
