@@ -1,7 +1,7 @@
 """Run the benchmarks (``tox -e bench``) and append the run to the history under ``benchmarks/``.
 
 ``tox -e bench`` runs the pytest-benchmark suite (saved under ``.benchmarks/``, compared with the
-previous saved run: it fails on a mean 25% slower).
+previous saved run: it fails on a mean 25% slower) and appends the run to ``benchmarks/``.
 
 ``tox -e bench -- --versus-original [--facets N] [--repeat K]`` runs no pytest: it times WHOLE runs
 (``tests/bench_whole.py``: every octave and step, model load and image writing included) of the
@@ -40,13 +40,42 @@ import bench_whole  # noqa: E402
 RECORDS = ROOT / "benchmarks"
 
 
-def _pytest_main(argv: list[str]) -> int:
+def _pytest_main(argv: list[str], record_dir: Path) -> int:
     import pytest
 
     args = ["-m", "benchmark", "--benchmark-enable", "--benchmark-autosave"]
-    if any(Path(".benchmarks").glob("*/*.json")):
+    before = set(Path(".benchmarks").glob("*/*.json"))
+    if before:
         args += ["--benchmark-compare", "--benchmark-compare-fail=mean:25%"]
-    return int(pytest.main(args + argv))
+    rc = int(pytest.main(args + argv))
+    saved = sorted(
+        set(Path(".benchmarks").glob("*/*.json")) - before, key=lambda p: p.stat().st_mtime
+    )
+    if saved:
+        record_pytest_run(saved[-1], record_dir)
+    return rc
+
+
+def record_pytest_run(saved: Path, record_dir: Path) -> Path:
+    """Append pytest-benchmark's saved run to the history: each benchmark's mean seconds and its
+    ``extra_info``; tracked, the step-level ratio of the speed bench when it ran (its other
+    ratios are first-octave extrapolations, estimates, and stay untracked)."""
+    from mfv import bench_history
+
+    run = json.loads(saved.read_text())
+    figures = {"saved": str(saved), "benchmarks": {
+        b["name"]: {"mean_seconds": b["stats"]["mean"], **b.get("extra_info", {})}
+        for b in run["benchmarks"]}}  # fmt: skip
+    ratios = figures["benchmarks"].get("test_speed_ratios", {})
+    step = ratios.get("caffenet_bound_over_default", {}).get("ratio")
+    tracked = {"bound_over_default_step": 1.0 / step} if step else {}
+    for b in figures["benchmarks"].values():
+        b.pop("machine", None)  # the record holds the machine once
+    machine = run["machine_info"].get("caffe_mfv") or {}
+    rec = bench_history.make_record(machine, figures, tracked, kind="pytest-benchmark", repo=ROOT)
+    path = bench_history.append_record(rec, record_dir)
+    print(f"record: appended to {path} ({rec['machine_class']})")
+    return path
 
 
 def case_env(threads: int, avx2: bool) -> dict[str, str]:
@@ -209,7 +238,7 @@ def main(argv: list[str]) -> int:
         if rest:
             raise SystemExit(f"unknown arguments for --versus-original: {rest}")
         return versus_original(a)
-    return _pytest_main(rest)
+    return _pytest_main(rest, a.record_dir)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,26 @@ def test_a_run_appends_one_record_with_its_figures(tmp_path, monkeypatch, capsys
     last = bench_history.load_history(tmp_path)["planted-cpu_avx2_2cpu"][-1]
     assert last["kind"] == "partial-1-octaves"
     assert "default_over_original_openblas" not in last["tracked"]
+
+
+def test_a_pytest_benchmark_run_is_recorded_too(tmp_path):
+    import json
+
+    from mfv import bench_history
+
+    saved = tmp_path / "0001_run.json"
+    machine = {"cpu_model": "Planted CPU", "isa_class": "AVX2", "usable_cpus": 2}
+    saved.write_text(json.dumps({
+        "machine_info": {"caffe_mfv": machine},
+        "benchmarks": [
+            {"name": "test_speed_case[caffenet-default10]", "stats": {"mean": 9.5},
+             "extra_info": {"seconds_per_facet_step": 0.03, "machine": machine}},
+            {"name": "test_speed_ratios", "stats": {"mean": 0.0},
+             "extra_info": {"caffenet_bound_over_default": {"ratio": 1.25}}},
+        ],
+    }))  # fmt: skip
+    path = bench.record_pytest_run(saved, tmp_path / "records")
+    (rec,) = bench_history.load_history(path.parent)["planted-cpu_avx2_2cpu"]
+    assert rec["kind"] == "pytest-benchmark" and rec["tracked"] == {"bound_over_default_step": 0.8}
+    case = rec["figures"]["benchmarks"]["test_speed_case[caffenet-default10]"]
+    assert case == {"mean_seconds": 9.5, "seconds_per_facet_step": 0.03}
