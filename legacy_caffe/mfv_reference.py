@@ -66,6 +66,7 @@ def generate_reference(
     caffemodel: str | Path | None = None,
     means_dir: str | Path = MEANS_DIR,
     max_octaves: int | None = None,
+    env: dict[str, str | None] | None = None,
 ) -> dict:
     """Run the original loop on real Caffe and write images + ``trace.json`` into ``out``.
 
@@ -86,6 +87,9 @@ def generate_reference(
         Folder with ``mean_<k>.jpg``.
     max_octaves : int, optional
         Stop after this many octaves (tests).
+    env : dict, optional
+        Replaces entries of :data:`REFERENCE_ENV`; a value of None removes one (the benchmarks run
+        OpenBLAS on its own kernel and threads, as a user of the original would).
 
     Returns
     -------
@@ -114,7 +118,8 @@ def generate_reference(
         if max_octaves is not None:
             argv += ["--max-octaves", str(max_octaves)]
         t0 = time.perf_counter()
-        engines.run_inside(argv, blas=blas, env=REFERENCE_ENV)
+        inner = {k: v for k, v in {**REFERENCE_ENV, **(env or {})}.items() if v is not None}
+        engines.run_inside(argv, blas=blas, env=inner)
         wall = time.perf_counter() - t0
         info = json.loads((work / "trace.json").read_text())
         _write_images(work / "result.npz", info, out)
@@ -192,6 +197,7 @@ def _trace(
                 "octaves_done": f["octaves_done"],
                 "octaves_total": len(info["octaves"]),
                 "seconds": f["seconds"],
+                "octave_seconds": f.get("octave_seconds"),
                 "final_activation": f["steps"][-1]["activation"],
                 "image": f"facet_{f['index']}.png",
                 "steps": f["steps"],

@@ -8,7 +8,8 @@ and GoogLeNet), with seeded weights and the published class-945 mean images, and
 stopped by its time limit keeps what it measured. ``--budget`` seconds: no case starts after that.
 Rates extrapolate the first octave's steps to the published 370-step schedule, as
 ``tests/speed_cases.py`` does (whose case grammar this uses); each case also records the device's
-peak memory.
+peak memory. ``--record-dir benchmarks`` appends the run to the history (``mfv.bench_history``;
+the GPU's machine class is named after the device).
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after which no case starts (default 300)",
     )
     p.add_argument("--cases", nargs="*", default=CASES, help="cases to run (speed_cases grammar)")
+    p.add_argument(
+        "--record-dir",
+        type=Path,
+        help="also append the run to the history here (e.g. benchmarks/, kind device-<device>)",
+    )
     a = p.parse_args(argv)
     import torch
 
@@ -109,7 +115,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"facets/h  peak {res.get('peak_device_mb', '-')} MB  ({time.perf_counter() - t_start:.0f} s)",
                 flush=True,
             )
+    if a.record_dir:
+        _append_record(doc, a.record_dir)
     return 0
+
+
+def _append_record(doc: dict, folder: Path) -> None:
+    """One history record of the run (mfv.bench_history); the bound over the default step at 10
+    facets is its tracked ratio when both cases ran."""
+    from mfv import bench_history
+
+    by_case = {c["case"]: c for c in doc["cases"] if "seconds_per_facet_step" in c}
+    tracked = {}
+    if "caffenet-fwdbwd10" in by_case and "caffenet-default10" in by_case:
+        tracked["bound_over_default_step"] = (
+            by_case["caffenet-fwdbwd10"]["seconds_per_facet_step"]
+            / by_case["caffenet-default10"]["seconds_per_facet_step"]
+        )
+    kind = f"device-{doc['device'].split(':')[0]}"
+    rec = bench_history.make_record(doc["machine"], doc, tracked, kind=kind, repo=HERE.parent)
+    print(f"record: appended to {bench_history.append_record(rec, folder)}")
 
 
 if __name__ == "__main__":

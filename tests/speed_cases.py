@@ -3,15 +3,18 @@
 ``python tests/speed_cases.py CASE [--steps N] [--threads T]`` runs one case in a fresh process
 (so that its peak resident memory is its own) and prints one JSON line: wall seconds of the timed
 part, seconds per facet-step, facets per hour at the full published schedule (370 steps) and peak
-RSS. Facets per hour are extrapolated from the first ``--steps`` steps of the first octave: every
-step of the schedule costs the same (the network always sees one input-sized crop, TV always
-denoises that crop), so the rate per step carries over; the saved JSON says so.
+RSS. Facets per hour are an ESTIMATE, extrapolated from the first ``--steps`` steps of the first
+octave to the schedule's 370 steps; the two sides do not cost the same per step across the
+schedule (the original's TV iterations follow each octave's weight), so the whole runs of
+``tests/bench_whole.py`` are the figures, and ``tox -e bench -- --versus-original`` reports how far
+this estimate was from them.
 
 Cases: ``{caffenet,vgg16,googlenet}-{default,faithful,fwdbwd}N[xU]`` (N facets in one batch; with
 ``xU``, U targets of N facets each in one batch through :func:`mfv.visualize.visualize_units`, as
 ``mfv sweep --units-per-batch`` runs them; fwdbwd: forward + backward alone on N * U inputs, the
 bound), ``caffenet-original-openblas``
-(the original script on real Caffe + OpenBLAS in the legacy_caffe root, one facet, first octave),
+(the original script on real Caffe + OpenBLAS in the legacy_caffe root, one facet, first octave,
+OpenBLAS on its own kernel and ``--threads`` threads),
 ``caffenet-fc7-64`` (fc7 codes, images per second at batch 64), ``tv-batch10`` (the default mode's
 float32 TV on ten noisy 227x227 mean images), ``caffenet-parity`` (full parity run).
 Each line carries ``machine``: :func:`mfv.machine.machine_info` of the process that measured it.
@@ -21,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -136,46 +137,31 @@ def _mfv_case(
     }
 
 
-def _original_case() -> dict:
-    """The original script on real Caffe + OpenBLAS, first octave of one facet."""
+def _original_case(threads: int) -> dict:
+    """The original script on real Caffe + OpenBLAS (its own kernel, ``threads`` threads), first
+    octave of one facet: a sampled estimate, the whole run is ``tests/bench_whole.py``'s."""
+    import os
+
+    import bench_whole
+
     from legacy_caffe import rootfs
 
     if not rootfs.is_complete():
         raise SystemExit(
             f"no complete legacy Caffe root at {rootfs.root_dir()}: python -m legacy_caffe build"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "legacy_caffe",
-                "mfv-reference",
-                "--blas",
-                "openblas",
-                "--facets",
-                "0",
-                "--max-octaves",
-                "1",
-                "--out",
-                tmp,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        wall = time.perf_counter() - t
-        trace = json.loads((Path(tmp) / "trace.json").read_text())
-    facet = trace["facets"][0]
-    steps = len(facet["steps"])
-    per_step = facet["seconds"] / steps
+    res = bench_whole.run_original("openblas", 1, threads, dict(os.environ), max_octaves=1)
+    steps = res["steps_per_facet"]
+    per_step = res["octave_seconds"][0] / steps
     return {
         "facets": 1,
         "steps": steps,
-        "seconds": round(facet["seconds"], 3),
-        "process_seconds": round(wall, 3),
+        "seconds": res["octave_seconds"][0],
+        "process_seconds": res["seconds"],
+        "caps": res["caps"],
         "seconds_per_facet_step": per_step,
         "facets_per_hour": 3600.0 / (per_step * STEPS_PER_FACET),
+        "estimate": "first octave's seconds per step times the schedule's 370 steps",
     }
 
 
@@ -237,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # as `python -m mfv` does, for every case alike
     if a.case == "caffenet-original-openblas":
-        result = _original_case()
+        result = _original_case(a.threads)
     elif a.case == "caffenet-fc7-64":
         result = _fc7_case(64)
     elif a.case == "tv-batch10":
@@ -253,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     from mfv.machine import machine_info
 
+    caps = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
+    result.setdefault("caps", {**caps, "torch_threads": torch.get_num_threads()})
     result.update(
         case=a.case, threads=a.threads, peak_rss_mb=round(_peak_rss_mb(), 1), machine=machine_info()
     )

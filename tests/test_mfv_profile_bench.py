@@ -1,0 +1,30 @@
+"""mfv.profile's arithmetic on planted figures (the profile itself is a measurement: tox -e bench)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mfv import profile
+
+
+def test_step_only_ops_are_counted_calls_at_the_steps_own_time_per_call():
+    # 3 steps: 3 x (2 stacks + 4 adds of which 1 is the pass's, 1 isfinite); pass: conv + 1 add
+    step = {"aten::stack": (0.6, 6), "aten::add": (1.2, 12), "aten::conv2d": (3.0, 3),
+            "aten::isfinite": (0.3, 3)}  # fmt: skip
+    passes = {"aten::conv2d": (9.9, 1), "aten::add": (9.9, 1)}  # its times do not matter
+    tv = {"aten::empty": (0.1, 2)}
+    own = profile._step_only(step, 3, passes, tv)
+    assert list(own) == ["aten::add", "aten::stack", "aten::isfinite"]  # largest first
+    assert own["aten::stack"] == pytest.approx(0.2)  # 0.6 s / 3 steps
+    assert own["aten::add"] == pytest.approx(0.1 * 9 / 3)  # 9 of 12 calls are the step's own
+    assert own["aten::isfinite"] == pytest.approx(0.1)
+
+
+def test_rows_name_the_limit_they_are_measured_against():
+    peaks = {"sgemm_gflops": 100.0, "bandwidth_gbs": 10.0}
+    conv = profile._row("conv", 0.01, 0.5e9, 1e6, peaks)  # 50 GFLOP/s, 0.1 GB/s
+    assert conv["bound_by"] == "flops" and conv["of_peak"] == pytest.approx(0.5)
+    fc = profile._row("fc6", 0.01, 0.02e9, 80e6, peaks)  # 2 GFLOP/s, 8 GB/s: reading weights
+    assert fc["bound_by"] == "bytes" and fc["of_peak"] == pytest.approx(0.8)
+    glue = profile._row("glue", 0.003, None, None, peaks)
+    assert "of_peak" not in glue and glue["ms"] == pytest.approx(3.0)
