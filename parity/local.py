@@ -196,10 +196,11 @@ def _local_backward(netdef, net32, net64, reference, rows, consumers) -> None:
         if not grads:
             continue
         if "failed" in grads:
-            own, port_err = 0.0, float("inf")
+            own, port_err, ref_own = 0.0, float("inf"), None
         else:
             own = _rel(grads[torch.float32], grads[torch.float64])
             port_err = _rel(grads[torch.float32], np.asarray(blobs[diff_key(blob)]))
+            ref_own = _rel(np.asarray(blobs[diff_key(blob)]), grads[torch.float64])
         rule = tolerance.local_backward_rule(own)
         # The diff of blob is computed by its consumers' backward: attribute it to them.
         for layer, _ in cons:
@@ -209,6 +210,9 @@ def _local_backward(netdef, net32, net64, reference, rows, consumers) -> None:
             r["backward"][blob] = {
                 "port_vs_reference": port_err,
                 "port_own": own,
+                # The reference's own local backward error: its diff against the float64 port's
+                # vjp on the reference's own inputs (the counterpart of port_own).
+                "reference_own": ref_own,
                 "allowed": rule.allowed,
             }
             r["worst_ratio"] = max(r["worst_ratio"], port_err / rule.noise)

@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import CaffeError
 from ..netdef import LayerDef
 from .base import CaffeLayer, Shape, _canonical_axis, _enum_name, _opt, _pair
+from .blocked import blocked_linear
 
 
 class Convolution(CaffeLayer):
@@ -253,7 +254,8 @@ class InnerProduct(CaffeLayer):
             )
         weight = self.blobs[0].t() if self.transpose else self.blobs[0]
         bias = self.blobs[1] if self.bias_term else None
-        return [F.linear(flat, weight, bias)]
+        y = blocked_linear(flat.reshape(-1, self.k_in), weight, bias)
+        return [y.reshape(*lead, self.num_output)]
 
 
 def _conv_geometry(layer: LayerDef, p) -> dict:
