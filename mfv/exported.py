@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import pixels as px
 from .errors import MfvError
-from .models import MODELS, Model, wrap
+from .models import MODEL_SPECS, Model, wrap
 
 __all__ = ["load_exported"]
 
@@ -31,7 +31,7 @@ def load_exported(
     weights : path
         Its safetensors state dict (written beside the file by the export).
     name : str
-        A known model's name (``MODELS``) for its pixel convention, target and schedule; any
+        A known model's name (``MODEL_SPECS``) for its pixel convention, target and schedule; any
         other name takes CaffeNet's convention at the module's declared input size.
     device : str
     """
@@ -53,7 +53,7 @@ def load_exported(
     net = cls()
     net.load_state_dict(load_file(str(weights)))
     net.to(device)
-    known = MODELS.get(name)
+    known = MODEL_SPECS.get(name)
     shape = dict(cls.INPUTS)[cls.INPUTS[0][0]]
     conv = px.convention_for(
         known.convention if known else px.CAFFENET, input_size=(int(shape[-2]), int(shape[-1]))

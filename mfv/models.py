@@ -314,6 +314,32 @@ def load_model(
     return _load_torchvision(spec, weights, weight_seed, device)
 
 
+def _read_state_dict(weights) -> dict:
+    """A ``torch.save``-d state_dict of tensors; anything else is an MfvError naming the file."""
+    import pickle
+
+    if not Path(weights).is_file():
+        raise MfvError(f"{weights}: no such file (--weights)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused the file (other Python objects, or no torch file at all): say so
+        # without torch's advice to turn the guard off.
+        raise MfvError(
+            f"{weights}: refused: not a torch.save file of tensors only (it holds other Python "
+            "objects, which are never loaded, or is no torch file); save the weights with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise MfvError(
+            f"{weights}: not a torch.save file ({type(exc).__name__}: {first})"
+        ) from None
+    if not isinstance(state, dict):
+        raise MfvError(f"{weights}: holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
 def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model:
     import torchvision.models as tvm
 
@@ -325,8 +351,12 @@ def _load_torchvision(spec: ModelSpec, weights, seed: int, device: str) -> Model
     module = builder(**kwargs)
     info = {"source": "torchvision", "builder": spec.zoo}
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        module.load_state_dict(state)
+        state = _read_state_dict(weights)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:  # load_state_dict's one error type: keys or shapes differ
+            first = str(exc).strip().splitlines()[0]
+            raise MfvError(f"{weights}: not a {spec.zoo} state_dict: {first}") from None
         info["weights"] = str(weights)
     else:
         _he_seed(module, seed)
@@ -363,7 +393,7 @@ def _load_caffe(
 ) -> Model:
     if prototxt is None:
         if spec is None:
-            raise ValueError("model 'caffe' needs --prototxt")
+            raise MfvError("model 'caffe' needs --prototxt")
         prototxt = zoo_model(spec.zoo).prototxt
     # Read the verdict before the expensive load: refusing early is the point of the gate.
     parity = check_parity(

@@ -163,7 +163,7 @@ def visualize(
     )[0]
 
 
-def visualize_units(
+def visualize_units(  # long: the public entry: argument checks, grouping, resume, results
     model: Model,
     jobs: list[UnitJob],
     *,
@@ -437,7 +437,7 @@ def _facet_record(s: FacetState, schedule: Schedule) -> dict:
     }
 
 
-def _run_group(
+def _run_group(  # long: one group of facets through every octave, with checkpoints
     model: Model,
     objectives: list[Objective],
     schedule: Schedule,

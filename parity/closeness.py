@@ -183,3 +183,38 @@ def closeness(pairs: Iterable, builds: Sequence[str], *, subject: str = "port32"
                 resolution=_resolution(c.metrics.ref_range),
             )
     return Closeness(subject=subject, blobs=tuple(rows.values()))
+
+
+def _bar(value: float, scale: float, width: int = 160) -> str:
+    """An inline SVG bar: ``value`` on a log axis from 1e-9 to ``scale``."""
+    lo = np.log10(1e-9)
+    frac = 0.0 if value <= 0 else (np.log10(value) - lo) / (np.log10(scale) - lo)
+    w = int(round(width * min(max(frac, 0.0), 1.0)))
+    return (
+        f"<svg width='{width}' height='8'><rect width='{w}' height='8' fill='currentColor'/></svg>"
+    )
+
+
+def render_html(result: Closeness) -> list[str]:
+    """The HTML section: summary, then per blob both distances (log bars), the ratio, the verdict."""
+    import html
+
+    esc = html.escape
+    cls = "ok" if result.met else "bad"
+    out = [
+        "<h2>As close to float64 as Caffe?</h2>",
+        f"<p class='{cls}'>{esc(result.summary())}</p>",
+        "<table><tr><th>blob</th><th>truth</th><th>port vs float64</th><th></th>"
+        "<th>better Caffe vs float64</th><th></th><th>port / Caffe</th></tr>",
+    ]
+    scale = max([1e-8] + [max(b.port, b.caffe) for b in result.blobs])
+    for b in result.blobs:
+        good = "ok" if b.closer else ("bad" if not b.within_limit else "")
+        ratio = "below resolution" if b.below_resolution else f"{b.ratio:.2f}x"
+        out.append(
+            f"<tr><td>{esc(b.key)}</td><td>{esc(b.truth)}</td><td>{b.port:.1e}</td>"
+            f"<td>{_bar(b.port, scale)}</td><td>{b.caffe:.1e} ({esc(b.caffe_build)})</td>"
+            f"<td>{_bar(b.caffe, scale)}</td><td class='{good}'>{ratio}</td></tr>"
+        )
+    out.append("</table>")
+    return out

@@ -311,6 +311,8 @@ class ParityResult:
     input_source: str = ""
     # The cause of the verdict (parity.diagnosis.diagnose).
     diagnosis: dict = field(default_factory=dict)
+    # The port's distance to float64 against the better Caffe build's (parity.closeness.Closeness).
+    closeness: Any = None
     # (subject, reference, blob) -> what gate flips moved that diff by, or None; not serialised.
     flip_correction: Any = field(default=None, repr=False, compare=False)
 
@@ -335,6 +337,7 @@ class ParityResult:
             "first_departure": self.first_departure,
             "diagnosis": _finite_tree(self.diagnosis),
             "local": _finite_tree(self.local),
+            "closeness": None if self.closeness is None else _finite_tree(self.closeness.to_json()),
             "pairs": [p.to_json() for p in self.pairs],
             "timings": self.timings,
             "notes": self.notes,

@@ -43,7 +43,7 @@ from port.errors import CaffeError
 
 from . import local, numpy_ref
 from .compare import metrics
-from .run import ParitySetupError, golden_inputs
+from .golden_inputs import ParitySetupError, golden_inputs
 
 __all__ = [
     "BACKWARD_REL",

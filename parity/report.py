@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .closeness import render_html as render_closeness
 from .compare import BlobCheck, ParityResult
 from .diagnosis import flip_sentence
 
@@ -192,6 +193,8 @@ def _text_closing(result: ParityResult) -> list[str]:
             "worst error / noise floor: "
             + ", ".join(f"{n} {r:.2f}x ({k})" for n, (r, k) in wr.items())
         )
+    if result.closeness is not None and result.closeness.blobs:
+        lines.append(result.closeness.summary())
     if result.notes:
         lines.extend(f"note: {n}" for n in result.notes)
     if result.timings:
@@ -467,6 +470,7 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
         _svg_chart(result),
         *_html_heatmap(heatmap),
         *_html_blob_table(result),
+        *(render_closeness(result.closeness) if result.closeness is not None else []),
         *_html_diagnosis(result),
         *_html_local_check(result),
         *_html_notes_and_timings(result),

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from port.blobkeys import data_key
 from port.errors import CaffeError, ToolError
 
 from . import core, local, runners
+from .closeness import closeness
 from .compare import ParityResult
+from .golden_inputs import ParitySetupError, golden_inputs
 from .runners import (
     CAFFE_ATLAS,
     CAFFE_BUILDS,
@@ -47,10 +48,6 @@ __all__ = [
 ALL_REFERENCES = (CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY64, NUMPY32, ONNX)
 SYNTHETIC_SEED = 1
 SYNTHETIC_INPUT_SEED = 7
-
-
-class ParitySetupError(ToolError):
-    """The run cannot be set up (missing goldens, unknown reference, a golden without its input...)."""
 
 
 @dataclass
@@ -134,33 +131,6 @@ def _golden_runner(
     blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
     has_diff = any(k.startswith("diff/") for k in blobs)
     return RunnerOutput(caffe_runner(blas), blobs, "float32", has_diff, 0.0, source)
-
-
-def golden_inputs(netdef: Any, arrays: Mapping[str, np.ndarray], source: str) -> dict:
-    """The input batch a golden dump was made from, per net input.
-
-    ``input/<name>`` (what ``legacy_caffe goldens`` writes) is taken first, then ``data/<name>``
-    (pycaffe's ``net.blobs[name].data`` and ``python -m port dump``'s naming).
-
-    Raises
-    ------
-    ParitySetupError
-        When the file carries neither for some net input: judging it on any other input would
-        compare two different computations.
-    """
-    out = {}
-    for name in netdef.inputs:
-        for key in (f"input/{name}", data_key(name)):
-            if key in arrays:
-                out[name] = np.asarray(arrays[key])
-                break
-        else:
-            raise ParitySetupError(
-                f"{source}: the golden file holds no input for net input {name!r} (neither "
-                f"'input/{name}' nor 'data/{name}'); dump it with its input, e.g. "
-                "`python -m legacy_caffe goldens` or pycaffe's net.blobs"
-            )
-    return out
 
 
 @dataclass
@@ -425,6 +395,7 @@ def run_parity(
     result.timings = {k: round(v, 4) for k, v in timings.items()}
     result.backward_from = setup.backward_from
     result.input_source = setup.input_source
+    result.closeness = closeness(result.pairs, [n for n in result.runners if runners.is_caffe(n)])
     return result, outs
 
 

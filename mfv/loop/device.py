@@ -96,7 +96,7 @@ def octave_on_device(
     _read_back(run)
 
 
-def _device_step(
+def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, TV, clip, checks)
     model: Model,
     objs: list[Objective],
     run: _DeviceOctave,

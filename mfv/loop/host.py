@@ -64,7 +64,7 @@ def octave_on_host(
             checkpoint(k, i + 1)
 
 
-def host_step(
+def host_step(  # long: one optimiser step in its fixed order, the faithful host-side twin
     model: Model,
     objs: list[Objective],
     active: list[FacetState],

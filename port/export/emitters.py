@@ -76,7 +76,12 @@ def _inner_product(ctx: LayerContext) -> Emitted:
     state = {"weight": weight}
     if m.bias_term:
         state["bias"] = m.blobs[1]
-    return Emitted(f"nn.Linear({m.k_in}, {m.num_output}{bias})", f"self.{ctx.attr}({x})", state)
+    return Emitted(
+        f"CaffeLinear({m.k_in}, {m.num_output}{bias})",
+        f"self.{ctx.attr}({x})",
+        state,
+        helpers={"caffe_linear"},
+    )
 
 
 def _pooling(ctx: LayerContext) -> Emitted:

@@ -209,11 +209,51 @@ HELPERS = {
     "CaffeLSTM": _LSTM,
 }
 #: Functions the generated file registers with ``torch.fx.wrap``.
-FX_WRAPPED = ("caffe_pool2d", "caffe_crop")
+FX_WRAPPED = ("caffe_pool2d", "caffe_crop", "caffe_linear")
+
+
+def _linear_source() -> str:
+    """The port's blocked fully connected product (port.layers.blocked), copied from its source so
+    the generated file rounds as the port does, and a ``nn.Linear`` that uses it."""
+    import inspect
+
+    from ..layers import blocked
+
+    parts = [
+        f"BLOCK = {blocked.BLOCK}",
+        f"_PARTIALS_BYTES = {blocked._PARTIALS_BYTES}",
+        *(
+            inspect.getsource(obj).strip()
+            for obj in (
+                blocked.blocked_matmul,
+                blocked._BlockedLinear,
+                blocked.blocked_linear,
+                blocked._needs_custom_backward,
+            )
+        ),
+        _LINEAR.strip(),
+    ]
+    return "\n\n\n".join(parts)
+
+
+_LINEAR = '''
+def caffe_linear(x, weight, bias):
+    """``x @ weight.T + bias`` with float32 sums in blocks of ``BLOCK`` terms."""
+    return blocked_linear(x, weight, bias)
+
+
+class CaffeLinear(nn.Linear):
+    """``nn.Linear`` whose float32 sums run in blocks of 64 terms, as the port's InnerProduct."""
+
+    def forward(self, input):
+        return caffe_linear(input, self.weight, self.bias)
+'''
 
 
 def helper_source(names: set[str]) -> str:
     """The source of the helpers ``names`` in a fixed order, with their ``torch.fx.wrap`` lines."""
     parts = [HELPERS[n].strip() for n in HELPERS if n in names]
+    if "caffe_linear" in names:
+        parts.insert(0, _linear_source())
     wraps = [f'torch.fx.wrap("{n}")' for n in FX_WRAPPED if n in names]
     return "\n\n\n".join(parts + (["\n".join(wraps)] if wraps else []))

@@ -54,18 +54,20 @@ def blocked_matmul(a: torch.Tensor, b: torch.Tensor, *, block: int = BLOCK) -> t
     if full <= block or a.dtype != torch.float32:
         return a @ b
     blocks = full // block
-    rows = max(1, _PARTIALS_BYTES // max(1, blocks * n * a.element_size()))
     # (blocks, block, N) view of b's first `full` rows: no copy when b's rows are evenly strided.
     b_blocks = b[:full].unflatten(0, (blocks, block))
-    out = []
-    for start in range(0, m, rows):
-        part = a[start : start + rows]
+
+    def rows_product(part: torch.Tensor) -> torch.Tensor:
         a_blocks = part[:, :full].unflatten(1, (blocks, block)).transpose(0, 1)
         y = torch.bmm(a_blocks, b_blocks).sum(0)
-        if full < k:
-            y = y + part[:, full:] @ b[full:]
-        out.append(y)
-    return out[0] if len(out) == 1 else torch.cat(out)
+        return y + part[:, full:] @ b[full:] if full < k else y
+
+    # An exported graph keeps the batch symbolic: no loop over it there (one slice).
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return rows_product(a)
+    rows = max(1, _PARTIALS_BYTES // max(1, blocks * n * a.element_size()))
+    parts = [rows_product(a[s : s + rows]) for s in range(0, m, rows)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _BlockedLinear(torch.autograd.Function):
