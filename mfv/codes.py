@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import _io
+from .errors import MfvError
 from .models import Model
 
 __all__ = [
@@ -98,7 +99,7 @@ def check_k_m(k: int, m: int) -> None:
     """
     for name, v in (("k", k), ("m", m)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+            raise MfvError(f"{name} must be a whole number >= 1, got {v!r}")
 
 
 def cluster_codes(
@@ -138,7 +139,7 @@ def cluster_codes(
     check_k_m(k, m)
     n = len(codes)
     if n < k * m:
-        raise ValueError(f"{n} images are fewer than k * m = {k * m}")
+        raise MfvError(f"{n} images are fewer than k * m = {k * m}")
     dims = int(min(pca_dims, n, codes.shape[1]))
     perp = float(min(perplexity, max(2.0, (n - 1) / 3.0)))
     # One thread: results then do not depend on the thread count, and on a busy machine OpenMP's

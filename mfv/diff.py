@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
+from .errors import MfvError
 
 __all__ = [
     "image_metrics",
@@ -75,7 +76,7 @@ def image_metrics(ref: np.ndarray, out: np.ndarray) -> dict:
     a = np.asarray(ref, dtype=np.float64)
     b = np.asarray(out, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
+        raise MfvError(f"image shapes differ: {a.shape} vs {b.shape}")
     d = np.abs(a - b)
     mse = float(np.mean(d * d))
     psnr = math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)

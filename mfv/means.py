@@ -23,6 +23,7 @@ from .codes import (
     find_images,
     read_clusters,
 )
+from .errors import MfvError
 from .models import Model
 
 __all__ = [
@@ -116,7 +117,7 @@ def make_means(
     check_k_m(k, m)  # before any image is read
     layer = layer or (model.spec.code_layer if model.spec else None)
     if layer is None:
-        raise ValueError("no code layer given and the model has no default")
+        raise MfvError("no code layer given and the model has no default")
     paths, images, skipped = load_images(
         find_images(folder, exclude=tuple(exclude)),
         model.convention.input_size,
@@ -125,7 +126,7 @@ def make_means(
     for msg in skipped:
         tqdm.write(f"skipped: {msg}")
     if len(paths) < k * m:
-        raise ValueError(
+        raise MfvError(
             f"only {len(paths)} usable images in {folder} ({len(skipped)} skipped); need k * m = {k * m}"
         )
     codes = compute_codes(model, images, layer, batch_size=batch_size, progress=progress)

@@ -30,6 +30,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import MfvError
+
 __all__ = ["Octave", "Schedule", "load_schedule", "step_size", "tv_weight", "py2_div", "FIXES"]
 
 Number = int | float
@@ -96,7 +98,7 @@ class Schedule:
 
 def _pair(v, what: str, i: int) -> tuple[Number, Number]:
     if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) for x in v)):
-        raise ValueError(f"octave {i}: {what} must be [start, end], got {v!r}")
+        raise MfvError(f"octave {i}: {what} must be [start, end], got {v!r}")
     return v[0], v[1]
 
 
@@ -104,19 +106,19 @@ def parse_schedule(data: dict, *, path: str | None = None) -> Schedule:
     """Validate a schedule dictionary (the JSON's content)."""
     octs = data.get("octaves")
     if not isinstance(octs, list) or not octs:
-        raise ValueError(f"{path or 'schedule'}: 'octaves' must be a non-empty list")
+        raise MfvError(f"{path or 'schedule'}: 'octaves' must be a non-empty list")
     out = []
     for i, o in enumerate(octs, 1):
         n = o.get("iter_n")
         if not isinstance(n, int) or n < 0:
-            raise ValueError(f"octave {i}: iter_n must be a non-negative int, got {n!r}")
+            raise MfvError(f"octave {i}: iter_n must be a non-negative int, got {n!r}")
         zoom = o.get("zoom")
         if zoom is not None and (not isinstance(zoom, int | float) or zoom <= 0):
-            raise ValueError(f"octave {i}: zoom must be a positive number or null, got {zoom!r}")
+            raise MfvError(f"octave {i}: zoom must be a positive number or null, got {zoom!r}")
         margin = int(o.get("margin", 0))
         window = float(o.get("window", 0.3))
         if margin < 0 or window < 0:
-            raise ValueError(f"octave {i}: margin and window must be >= 0")
+            raise MfvError(f"octave {i}: margin and window must be >= 0")
         out.append(
             Octave(
                 n,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _io
+from .errors import MfvError
 from .sweep_index import write_index
 from .sweep_state import (
     SWEEP_FORMAT,
@@ -111,7 +112,7 @@ class SweepRun:
         """Refuse settings no run can use (before any work)."""
         n = self.units_per_batch
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"units_per_batch must be a positive int, got {n!r}")
+            raise MfvError(f"units_per_batch must be a positive int, got {n!r}")
 
 
 def sweep(
@@ -189,7 +190,7 @@ def _plan(out: Path, sp: SweepParams, units: SweepUnits, found: dict):
     status = {u: unit_status(out / str(u), key) for u, (_, key) in plan.items()}
     other = [u for u, s in status.items() if s == "other"]
     if other:
-        raise ValueError(
+        raise MfvError(
             f"{out}: unit(s) {short(other)} were made by a sweep with other parameters "
             "(their unit.json keys differ); use another out folder"
         )
@@ -222,7 +223,7 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
     try:
         from distributed import Client, LocalCluster
     except ImportError as e:
-        raise RuntimeError(
+        raise MfvError(
             f"mfv sweep runs on Dask distributed, which is not installed ({e}): "
             "pip install 'dask[distributed]' (or the project's [sweep] extra)"
         ) from None
@@ -233,13 +234,13 @@ def _connect(scheduler: str | None, workers: int | None, threads: int, device, s
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:
-            raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+            raise MfvError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
         cluster = None
     else:
         import torch
 
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device}: CUDA is not available here")
+            raise MfvError(f"--device {device}: CUDA is not available here")
         if workers is None:
             if str(device) == "cuda":
                 workers = torch.cuda.device_count()
@@ -285,7 +286,7 @@ def _submit_probe(client, sp: SweepParams, scheduler: str | None) -> dict:
     try:
         return fut.result()
     except ModuleNotFoundError as e:
-        raise RuntimeError(
+        raise MfvError(
             f"the Dask workers{' at ' + scheduler if scheduler else ''} cannot import "
             f"this package ({e}); install it on every worker (mfv/SWEEP.md)"
         ) from None

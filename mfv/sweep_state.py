@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MfvError
+
 __all__ = [
     "DONE_FORMAT",
     "SUMMARY_FORMAT",
@@ -62,7 +64,7 @@ def check_sweep_file(out: Path, params: dict) -> None:
         for k in set(params) | set(old.get("params", {}))
         if params.get(k) != old.get("params", {}).get(k)
     )
-    raise ValueError(
+    raise MfvError(
         f"{out} holds a sweep with other parameters (differ: {', '.join(differ)}); "
         "use another out folder"
     )

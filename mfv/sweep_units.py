@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MfvError
+
 __all__ = [
     "DEFAULT_CLASSES",
     "SweepUnits",
@@ -55,7 +57,7 @@ class SweepUnits:
     def check(self) -> None:
         """Refuse a selection that names no images at all (before any work)."""
         if self.images is None and self.unit_map is None:
-            raise ValueError("give images= (an ImageNet-style root) or unit_map=")
+            raise MfvError("give images= (an ImageNet-style root) or unit_map=")
 
 
 def parse_units(spec: str | int | Sequence[int], n_units: int | None = None) -> list[int]:
@@ -87,7 +89,7 @@ def parse_units(spec: str | int | Sequence[int], n_units: int | None = None) -> 
         units, where = [int(u) for u in spec], "units"
     elif spec.strip().lower() == "all":
         if n_units is None:
-            raise ValueError("--units all needs the number of units of the layer")
+            raise MfvError("--units all needs the number of units of the layer")
         units, where = list(range(n_units)), "units"
     elif Path(spec).is_file():
         units, where = [], str(spec)
@@ -98,11 +100,11 @@ def parse_units(spec: str | int | Sequence[int], n_units: int | None = None) -> 
     else:
         units, where = _parse_list(spec, "--units", n_units), "--units"
     if not units:
-        raise ValueError(f"{where}: no units selected")
+        raise MfvError(f"{where}: no units selected")
     if n_units is not None:
         bad = [u for u in units if not 0 <= u < n_units]
         if bad:
-            raise ValueError(_out_of_range(where, bad[0], n_units))
+            raise MfvError(_out_of_range(where, bad[0], n_units))
     return sorted(set(units))
 
 
@@ -114,15 +116,15 @@ def _parse_list(text: str, where: str, n_units: int | None = None) -> list[int]:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
         if m is None:
-            raise ValueError(f"{where}: {item!r} is not a unit or a range like 0-999")
+            raise MfvError(f"{where}: {item!r} is not a unit or a range like 0-999")
         lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
         if hi < lo:
-            raise ValueError(f"{where}: range {item!r} runs backwards")
+            raise MfvError(f"{where}: range {item!r} runs backwards")
         # Checked before range() is expanded: "0-99999999999" must not build a list of 1e11 ints.
         if n_units is not None and hi >= n_units:
-            raise ValueError(_out_of_range(where, hi if lo < n_units else lo, n_units))
+            raise MfvError(_out_of_range(where, hi if lo < n_units else lo, n_units))
         if n_units is None and hi - lo >= MAX_UNITS:
-            raise ValueError(f"{where}: range {item!r} has more than {MAX_UNITS:,} units")
+            raise MfvError(f"{where}: range {item!r} has more than {MAX_UNITS:,} units")
         units.extend(range(lo, hi + 1))
     return units
 
@@ -152,7 +154,7 @@ def read_classes(path: str | Path | None = None) -> list[tuple[str, str]]:
             continue
         wnid, _, name = line.strip().partition(" ")
         if not re.fullmatch(r"n\d{8}", wnid):
-            raise ValueError(
+            raise MfvError(
                 f"{path}:{lineno}: expected 'nXXXXXXXX class name', got {line.strip()[:60]!r}"
             )
         classes.append((wnid, name.strip()))
@@ -187,7 +189,7 @@ def read_unit_map(path: str | Path, root: str | Path | None = None) -> dict[int,
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise MfvError(f"{path}: not valid JSON ({e})") from None
         items = (
             enumerate(data)
             if isinstance(data, list)
@@ -196,10 +198,10 @@ def read_unit_map(path: str | Path, root: str | Path | None = None) -> dict[int,
             else None
         )
         if items is None:
-            raise ValueError(f"{path}: expected a JSON object unit -> folder or a list of folders")
+            raise MfvError(f"{path}: expected a JSON object unit -> folder or a list of folders")
         for k, v in items:
             if not str(k).strip().isdigit() or not isinstance(v, str):
-                raise ValueError(f"{path}: entry {k!r}: {v!r} is not unit -> folder")
+                raise MfvError(f"{path}: entry {k!r}: {v!r} is not unit -> folder")
             raw[int(k)] = v
     else:
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -209,12 +211,12 @@ def read_unit_map(path: str | Path, root: str | Path | None = None) -> dict[int,
                 line.rstrip("\n").split("\t", 1) if "\t" in line else line.strip().split(None, 1)
             )
             if len(parts) != 2 or not parts[0].strip().isdigit() or not parts[1].strip():
-                raise ValueError(
+                raise MfvError(
                     f"{path}:{lineno}: expected 'unit<TAB>folder', got {line.strip()[:60]!r}"
                 )
             u = int(parts[0])
             if u in raw:
-                raise ValueError(f"{path}:{lineno}: unit {u} is mapped twice")
+                raise MfvError(f"{path}:{lineno}: unit {u} is mapped twice")
             raw[u] = parts[1].strip()
     return {u: (base / f).resolve() for u, f in raw.items()}
 
@@ -238,12 +240,12 @@ def unit_folders(
         mapping = read_unit_map(unit_map, images)
         unmapped = [u for u in chosen if u not in mapping]
         if unmapped:
-            raise ValueError(f"{unit_map}: no folder for unit(s) {short(unmapped)}")
+            raise MfvError(f"{unit_map}: no folder for unit(s) {short(unmapped)}")
         labels = {u: mapping[u].name for u in chosen}
     else:
         cls = read_classes(classes)
         if len(cls) != n_units:
-            raise ValueError(
+            raise MfvError(
                 f"the target layer has {n_units} units but the class list has {len(cls)} "
                 "classes: give a unit map (--unit-map FILE)"
             )
