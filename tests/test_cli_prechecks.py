@@ -323,10 +323,9 @@ def test_mfv_sweep_needs_a_folder_of_images(tmp_path, capsys):
 def test_bad_input_found_inside_mfv_is_a_tool_error_not_a_bug(tmp_path):
     # The command lines map ToolError to exit 2 and anything else to 70 (a bug): input mistakes
     # that mfv's library detects (a schedule, k and m, the unit list) must be ToolErrors.
-    from port.errors import ToolError
-
     from mfv.codes import check_k_m
     from mfv.octaves import load_schedule
+    from port.errors import ToolError
 
     bad = tmp_path / "schedule.json"
     bad.write_text('{"octaves": []}')
