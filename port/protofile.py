@@ -244,7 +244,7 @@ class _Parser:
             names[fld.name] = fld.number
             numbers[fld.number] = fld.name
             old = self.base.get(".".join(self.scope), {}).get(fld.name)
-            if old is not None and old.number == fld.number and _kind(old) != _kind(fld):
+            if old is not None and old.number == fld.number and _differs(old, fld):
                 self._fail(
                     f"{msg.name}.{fld.name} is '{_kind(fld)}' here but '{_kind(old)}' in "
                     "Caffe's schema",
@@ -503,20 +503,23 @@ def _merge_message(base, extra, where: str, path: str, added: list[str]) -> None
     _merge_types(base, extra, where, path, added, nested=True)
 
 
-def _kind(fld) -> str:
+def _kind(fld, *, singular: str = "required") -> str:
     label = {_FDP.LABEL_OPTIONAL: "optional", _FDP.LABEL_REPEATED: "repeated"}.get(
-        fld.label, "required"
+        fld.label, singular
     )
-    if fld.type_name:
-        return f"{label} {fld.type_name.rsplit('.', 1)[-1]}"
     names = {v: k for k, v in _SCALARS.items()}
-    return f"{label} {names.get(fld.type, fld.type)}"
+    return f"{label} {fld.type_name.rsplit('.', 1)[-1] if fld.type_name else names.get(fld.type, fld.type)}"
+
+
+def _differs(old, new) -> bool:
+    # required/optional read one value alike; Debian's Caffe 1.0 has ClipParameter.min required.
+    return _kind(old, singular="optional") != _kind(new, singular="optional")
 
 
 def _same_kind(old, new, where: str, path: str) -> None:
     """A field Caffe has keeps its label and type: a fork that changes either reads Caffe's own
     files differently (protoc refuses the two definitions together)."""
-    if _kind(old) != _kind(new):
+    if _differs(old, new):
         raise CaffeError(
             f"{where} is '{_kind(new)}' here but '{_kind(old)}' in Caffe's schema",
             path=path,
