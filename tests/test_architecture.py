@@ -137,7 +137,6 @@ KNOWN = {
     "port/netdef.py netdef_from_proto": "one pass over the layers; split planned",
     "port/schema.py module": "the proto schema tables; data, not logic",
     "parity/numpy_ref.py module": "to become the parity/numpy_ref/ package by layer family",
-    "parity/report.py module": "23 lines over; split with the runner protocol",
 }
 
 
