@@ -16,6 +16,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from . import schema
+from .dummy_data import dummy_shapes
 from .errors import CaffeError
 
 # V1 enum name -> V2 type string (Caffe's UpgradeV1LayerType).
@@ -399,7 +400,7 @@ def _sort_layer(
     if param.type == "DummyData":
         # Its tops are inputs: pycaffe users feed them by writing .data, which a constant
         # filler (the default) leaves in place.
-        for top, shape in zip(param.top, _dummy_shapes(param, path, line), strict=True):
+        for top, shape in zip(param.top, dummy_shapes(param, path, line), strict=True):
             inputs[top] = shape
         return None
     if param.type == "Input":
@@ -502,50 +503,6 @@ def netdef_from_proto(
         skipped=skipped,
         schema=sch,
     )
-
-
-def _dummy_shapes(param, path, line) -> list[tuple[int, ...]]:
-    """The shape of each top of a DummyData layer (``shape`` or legacy num/channels/height/width)."""
-    p = param.dummy_data_param
-    n = len(param.top)
-    legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
-    if p.shape:
-        if any(legacy):
-            raise CaffeError(
-                "give shape or num/channels/height/width, not both",
-                path=path,
-                layer=param.name,
-                line=line,
-                field="dummy_data_param.shape",
-            )
-        shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
-    elif any(legacy):
-        if any(len(v) not in (1, n) for v in legacy):
-            raise CaffeError(
-                f"num, channels, height and width each need 1 or {n} values",
-                path=path,
-                layer=param.name,
-                line=line,
-                field="dummy_data_param",
-            )
-        shapes = [tuple(int(v[i if len(v) > 1 else 0]) for v in legacy) for i in range(n)]
-    else:
-        raise CaffeError(
-            "DummyData needs a shape",
-            path=path,
-            layer=param.name,
-            line=line,
-            field="dummy_data_param.shape",
-        )
-    if len(shapes) not in (1, n):
-        raise CaffeError(
-            f"{len(shapes)} shapes for {n} tops",
-            path=path,
-            layer=param.name,
-            line=line,
-            field="dummy_data_param.shape",
-        )
-    return shapes * n if len(shapes) == 1 else shapes
 
 
 def _check_skipped_tops(skipped, layers, inputs, path) -> None:
