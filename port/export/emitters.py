@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import CaffeError
+from ..layers.strided import folds_space_to_depth
 
 __all__ = ["Emitted", "LayerContext", "EMITTERS", "NO_SOURCE", "emit"]
 
@@ -60,10 +61,16 @@ def _conv(ctx: LayerContext) -> Emitted:
     args += [f"groups={m.group}"] if m.group != 1 else []
     args += [] if m.bias_term else ["bias=False"]
     cls = "nn.Conv2d" if ctx.layer.type == "Convolution" else "nn.ConvTranspose2d"
+    helpers = set()
+    if cls == "nn.Conv2d" and folds_space_to_depth(
+        m.channels // m.group, tuple(m.kernel), tuple(m.stride), tuple(m.dilation)
+    ):
+        cls, helpers = "CaffeConv2d", {"CaffeConv2d"}
     state = {"weight": m.blobs[0]}
     if m.bias_term:
         state["bias"] = m.blobs[1]
-    return Emitted(f"{cls}({', '.join(args)})", f"self.{ctx.attr}({ctx.bottoms[0]})", state)
+    init = f"{cls}({', '.join(args)})"
+    return Emitted(init, f"self.{ctx.attr}({ctx.bottoms[0]})", state, helpers=helpers)
 
 
 def _inner_product(ctx: LayerContext) -> Emitted:

@@ -69,11 +69,7 @@ class CaffePool2d(nn.Module):
 
 _LRN = '''
 class CaffeLRN(nn.Module):
-    """Caffe's local response normalisation.
-
-    ACROSS_CHANNELS: x / (k + alpha / n * sum of x^2 over the n channels centred on c)^beta;
-    WITHIN_CHANNEL: x / (1 + alpha / n^2 * sum of x^2 over the n x n window)^beta, zero padded.
-    """
+    """Caffe's local response normalisation (``caffe_lrn``)."""
 
     def __init__(self, size, alpha, beta, k, across_channels=True):
         super().__init__()
@@ -81,21 +77,21 @@ class CaffeLRN(nn.Module):
         self.across_channels = across_channels
 
     def forward(self, x):
-        half = (self.size - 1) // 2
-        sq = x * x
-        if self.across_channels:
-            padded = F.pad(sq.unsqueeze(1), (0, 0, 0, 0, half, half))
-            window = F.avg_pool3d(padded, (self.size, 1, 1), stride=1).squeeze(1)
-            scale = self.k + self.alpha * window
-        else:
-            window = F.avg_pool2d(
-                sq, self.size, stride=1, padding=half, count_include_pad=True
-            )
-            scale = 1.0 + self.alpha * window
-        return x * scale.pow(-self.beta)
+        return caffe_lrn(x, self.size, self.alpha, self.beta, self.k, self.across_channels)
 
     def extra_repr(self):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+'''
+
+_CONV = '''
+class CaffeConv2d(nn.Conv2d):
+    """``nn.Conv2d`` computed as the port computes it (``caffe_conv2d``: a strided convolution on
+    an image's few channels runs on a space-to-depth input)."""
+
+    def forward(self, input):
+        return caffe_conv2d(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 '''
 
 _CROP = '''
@@ -202,6 +198,7 @@ class CaffeLSTM(nn.Module):
 HELPERS = {
     "caffe_pool2d": _POOL,
     "CaffeLRN": _LRN,
+    "CaffeConv2d": _CONV,
     "caffe_crop": _CROP,
     "CaffeScale": _SCALE,
     "CaffeBatchNorm": _BATCHNORM,
@@ -209,7 +206,7 @@ HELPERS = {
     "CaffeLSTM": _LSTM,
 }
 #: Functions the generated file registers with ``torch.fx.wrap``.
-FX_WRAPPED = ("caffe_pool2d", "caffe_crop", "caffe_linear")
+FX_WRAPPED = ("caffe_pool2d", "caffe_crop", "caffe_linear", "caffe_conv2d", "caffe_lrn")
 
 
 def _linear_source() -> str:
@@ -250,9 +247,36 @@ class CaffeLinear(nn.Linear):
 '''
 
 
+def _port_source(*objects) -> str:
+    """Functions of the port's layer modules, copied from their source (they need only torch)."""
+    import inspect
+
+    return "\n\n\n".join(inspect.getsource(obj).strip() for obj in objects)
+
+
+def _conv_source() -> str:
+    from ..layers import strided
+
+    return f"FOLD_MAX_CHANNELS = {strided.FOLD_MAX_CHANNELS}\n\n\n" + _port_source(
+        strided.folds_space_to_depth, strided._exporting, strided._fold, strided.caffe_conv2d
+    )
+
+
+def _lrn_source() -> str:
+    from ..layers import lrn
+
+    return _port_source(lrn.caffe_lrn)
+
+
 def helper_source(names: set[str]) -> str:
     """The source of the helpers ``names`` in a fixed order, with their ``torch.fx.wrap`` lines."""
     parts = [HELPERS[n].strip() for n in HELPERS if n in names]
+    if "CaffeConv2d" in names:
+        parts.insert(0, _conv_source())
+        names = names | {"caffe_conv2d"}
+    if "CaffeLRN" in names:
+        parts.insert(0, _lrn_source())
+        names = names | {"caffe_lrn"}
     if "caffe_linear" in names:
         parts.insert(0, _linear_source())
     wraps = [f'torch.fx.wrap("{n}")' for n in FX_WRAPPED if n in names]

@@ -28,7 +28,8 @@ __all__ = ["generate_python", "class_name_for", "identifier"]
 # Names the generated code itself uses: blob variables and attributes must not shadow them.
 _RESERVED = {"self", "blobs", "found", "missing", "name", "torch", "nn", "F", "math"}
 _RESERVED |= {"caffe_pool2d", "caffe_crop", "CaffePool2d", "CaffeLRN", "CaffeScale"}
-_RESERVED |= {"CaffeEmbed", "CaffeLSTM"}
+_RESERVED |= {"CaffeEmbed", "CaffeLSTM", "CaffeConv2d", "caffe_conv2d", "caffe_lrn"}
+_RESERVED |= {"FOLD_MAX_CHANNELS", "folds_space_to_depth"}
 _RESERVED |= {"CaffeBatchNorm", "IN_PLACE", "LAYER_NAMES", "INPUTS", "OUTPUTS", "blob_names"}
 # Layers whose top is a fresh tensor no autograd node keeps: an in-place ReLU on it is safe.
 _FRESH = {"Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "Eltwise", "Concat"}
@@ -297,7 +298,9 @@ def generate_python(
         _USAGE.format(name=name, weights=weights_name, blob=_first_blob(net)).strip(),
         '"""',
     ]
-    uses_f = bool(plan.helpers & {"caffe_pool2d", "CaffeLRN", "CaffeEmbed", "CaffeLSTM"})
+    uses_f = bool(
+        plan.helpers & {"caffe_pool2d", "CaffeLRN", "CaffeEmbed", "CaffeLSTM", "CaffeConv2d"}
+    )
     imports = ("import math\n\n" if "caffe_pool2d" in plan.helpers else "") + _IMPORTS.strip()
     imports += "\nfrom torch.nn import functional as F" if uses_f else ""
     parts = ["\n".join(doc) + "\n\n" + imports]

@@ -12,6 +12,8 @@ from ..errors import CaffeError
 from ..netdef import LayerDef
 from .base import CaffeLayer, Shape, _canonical_axis, _enum_name, _opt, _pair
 from .blocked import blocked_linear
+from .lrn import caffe_lrn
+from .strided import caffe_conv2d
 
 
 class Convolution(CaffeLayer):
@@ -76,7 +78,9 @@ class Convolution(CaffeLayer):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         bias = self.blobs[1] if self.bias_term else None
-        return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
+        return [
+            caffe_conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
+        ]
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -205,18 +209,8 @@ class LRN(CaffeLayer):
         return [self.bottom_shapes[0]]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        half = (self.size - 1) // 2
-        sq = x * x
-        if self.region == "ACROSS_CHANNELS":
-            # Mean over the n channels centred on c (zero padded) == sum / n.
-            window = F.avg_pool3d(
-                F.pad(sq.unsqueeze(1), (0, 0, 0, 0, half, half)), (self.size, 1, 1), stride=1
-            ).squeeze(1)
-            scale = self.k + self.alpha * window
-        else:
-            window = F.avg_pool2d(sq, self.size, stride=1, padding=half, count_include_pad=True)
-            scale = 1.0 + self.alpha * window
-        return [x * scale.pow(-self.beta)]
+        across = self.region == "ACROSS_CHANNELS"
+        return [caffe_lrn(x, self.size, self.alpha, self.beta, self.k, across)]
 
 
 class InnerProduct(CaffeLayer):
