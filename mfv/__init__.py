@@ -8,6 +8,7 @@ run. Objectives live in :mod:`mfv.objectives`, schedules in :mod:`mfv.octaves` a
 from port.images import load_rgb, save_image
 from port.verdict import ParityError, check_parity
 
+from ._io import fit_to
 from .errors import MfvError
 from .evaluate import evaluate
 from .means import make_means
@@ -30,6 +31,7 @@ __all__ = [
     "channel",
     "check_parity",
     "evaluate",
+    "fit_to",
     "load_model",
     "load_rgb",
     "load_schedule",

@@ -19,8 +19,8 @@ Measured in one process, with the threads torch was given:
   layers), and the step minus the pass, the TV and the step's own ops (its Python and glue).
 
 Every time is the median of ``--steps`` repeats after one warm-up (the whole step: the mean of
-``--steps`` steps of one run). Public API (:mod:`mfv.models`, :mod:`mfv.visualize`,
-:mod:`mfv.tv_bregman`, ``port``'s layer modules), but for one marked shim.
+``--steps`` steps of one run). Public API only (:mod:`mfv.models`, :mod:`mfv.visualize`,
+:mod:`mfv.tv_bregman`, ``port``'s layer modules).
 """
 
 from __future__ import annotations
@@ -110,8 +110,7 @@ def _row(name: str, sec: float, flop: float | None, nbytes: float | None, peaks:
 
 
 def _inits(model, facets: int) -> list[np.ndarray]:
-    from mfv import load_rgb
-    from mfv._io import fit_to  # SHIM: internal; a public fit_to is asked for (issue 24's report)
+    from mfv import fit_to, load_rgb
     from port.zoo import shared_root
 
     folder = shared_root() / "reference" / "mfv-original" / "mean_images" / "n07720875"

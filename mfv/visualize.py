@@ -431,6 +431,7 @@ def _facet_record(s: FacetState, schedule: Schedule) -> dict:
         "octaves_done": s.octaves_done,
         "octaves_total": len(schedule.octaves),
         "seconds": round(s.seconds, 3),
+        "octave_seconds": [round(t, 3) for t in s.octave_seconds],
         "final_activation": acts[-1] if acts else None,
         "image": f"facet_{s.index}.png" if s.status == "done" else None,
         "steps": s.steps,

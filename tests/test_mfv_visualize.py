@@ -225,6 +225,10 @@ def test_outputs_and_report(tmp_path):
     assert "<svg" in page and "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert tr["facets"][1]["status"] == "done"
+    # each octave's own seconds, which add up to the facet's
+    for f in tr["facets"]:
+        assert len(f["octave_seconds"]) == 3 and min(f["octave_seconds"]) > 0
+        assert sum(f["octave_seconds"]) == pytest.approx(f["seconds"], abs=2e-3)
     # faithful saves with the original's uint8() wraparound
     assert np.array_equal(
         _io.to_uint8(np.array([-3.2, 300.7, 255.9, 12.5]), wrap=True), [253, 44, 255, 12]
@@ -286,6 +290,7 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert (out / "facet_0_octave1.png").exists() and not (out / "facet_0.png").exists()
     done = visualize(model, base, inits, schedule=TINY, seed=1, out=out, progress=False)
     assert done["status"] == "finished"
+    assert all(len(f["octave_seconds"]) == 3 for f in done["facets"])  # kept across the resume
     for a, b in zip(ref["facets"], done["facets"], strict=True):
         assert [s["offset"] for s in a["steps"]] == [s["offset"] for s in b["steps"]]
         assert [s["activation"] for s in a["steps"]] == pytest.approx(

@@ -56,6 +56,7 @@ def checkpoint_bytes(states: list[FacetState], position: tuple[int, int], key: s
                 "status": s.status,
                 "message": s.message,
                 "seconds": s.seconds,
+                "octave_seconds": s.octave_seconds,
                 "octaves_done": s.octaves_done,
                 "steps_done": s.steps_done,
                 "fail_octave": s.fail_octave,
@@ -143,6 +144,7 @@ def apply_checkpoint(states: list[FacetState], meta: dict, arrays: dict[str, np.
             f["message"],
             f["seconds"],
         )
+        s.octave_seconds = list(f.get("octave_seconds", []))
         s.octaves_done, s.steps_done, s.fail_octave = (
             f["octaves_done"],
             f["steps_done"],

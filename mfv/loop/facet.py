@@ -43,6 +43,7 @@ class FacetState:
     status: str = "running"  # running | done | failed
     message: str = ""
     seconds: float = 0.0
+    octave_seconds: list = field(default_factory=list)  # seconds of each finished octave
     cluster: int | None = None
     job: int = 0  # which UnitJob of a batched run
     steps_done: int = 0  # steps taken in octave ``octaves_done`` (0: not started, not yet zoomed)
@@ -142,6 +143,7 @@ def end_octave(
         if s.status != "running":
             continue
         s.octaves_done, s.steps_done = k + 1, 0
+        s.octave_seconds.append(s.seconds - sum(s.octave_seconds))
         if last:
             s.status = "done"
         if out is not None:
