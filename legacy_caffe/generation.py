@@ -24,7 +24,7 @@ from port.errors import CaffeError
 from port.zoo import MODELS as ZOO
 
 from . import engines, rootfs
-from .goldens import (
+from .golden_plans import (
     BLAS,
     CACHE_DIR,
     DEFAULT_SEED,
