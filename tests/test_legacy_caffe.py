@@ -15,6 +15,7 @@ import pytest
 from legacy_caffe import engines, goldens, rootfs
 from legacy_caffe.manifest import load_npz, rel_error
 from legacy_caffe.preprocess import caffe_preprocess, load_photo
+from port.blobkeys import data_key, diff_key
 
 pytestmark = pytest.mark.caffe
 
@@ -156,8 +157,8 @@ def test_dump_blobs_matches_a_float64_reference(work, blas):
 
     ref = _reference(x.astype(np.float64), p["conv1_0"], p["conv1_1"], p["fc_0"], p["fc_1"], 2)
     for blob, (data, diff) in ref.items():
-        assert rel_error(got[f"data/{blob}"], data) < 1e-5, f"data/{blob}"
-        assert rel_error(got[f"diff/{blob}"], diff) < 1e-5, f"diff/{blob}"
+        assert rel_error(got[data_key(blob)], data) < 1e-5, data_key(blob)
+        assert rel_error(got[diff_key(blob)], diff) < 1e-5, diff_key(blob)
 
 
 def test_host_preprocessing_matches_caffe_io_transformer(work):
