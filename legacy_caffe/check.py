@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import rootfs
 from .generation import generate_model
-from .goldens import BLAS, DEFAULT_SEED, GOLDEN_DIR, load_manifest
+from .golden_plans import BLAS, DEFAULT_SEED, GOLDEN_DIR, load_manifest
 from .manifest import compare_dumps, load_npz, verify_arrays
 
 # Paths into the manifest ("*" is any key): the machine, the engine and the clock, not Caffe.

@@ -20,11 +20,12 @@ import numpy as np
 
 from port.artefact import sha256_file
 from port.atomic import atomic_path
+from port.blobkeys import diff_key
 from port.errors import CaffeError
 from port.zoo import MODELS as ZOO
 
 from . import engines, rootfs
-from .goldens import (
+from .golden_plans import (
     BLAS,
     CACHE_DIR,
     DEFAULT_SEED,
@@ -357,7 +358,7 @@ def _gradient_reaches_input(
     req: GoldenRequest, meta: dict, arrays: dict[str, np.ndarray], blas: str, input_name: str
 ) -> bool:
     """Whether the one-hot's gradient reaches some input element; fails or warns when not."""
-    reached = bool(np.any(arrays[f"diff/{meta['input_name']}"]))
+    reached = bool(np.any(arrays[diff_key(meta["input_name"])]))
     # Without force_backward Caffe never writes an input's diff: nothing to warn about.
     if not reached and req.force_backward:
         msg = (

@@ -14,12 +14,8 @@ sets the plan commits (CaffeNet); every other set lives in ``cache/golden/<model
 and is regenerated on demand, then verified against the manifest's checksums.
 """
 
-from __future__ import annotations
-
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,69 +23,41 @@ from pathlib import Path
 import numpy as np
 
 from port.artefact import sha256_file
-from port.paths import cache_root, repo_root
+from port.images import load_float
 from port.zoo import MODELS as ZOO
 
-from . import rootfs
-from .manifest import (
-    MANIFEST_FORMAT,
-    GoldenError,
-    load_npz,
-    read_manifest,
-    verify_arrays,
+from .check import check_model, manifest_differences
+from .generation import GoldenRequest, generate, generate_model
+from .golden_plans import (
+    ASTRONAUT,
+    ASTRONAUT_231,
+    BLAS,
+    CACHE_DIR,
+    DEFAULT_SEED,
+    DEFAULT_UNIT,
+    GOLDEN_DIR,
+    GOLDEN_ENV,
+    INSIDE,
+    PHOTOS3,
+    PLANS,
+    REPO,
+    GoldenPlan,
+    declared_input_size,
+    load_manifest,
+    manifest_path,
+    port_seed_available,
+    seed_weights,
 )
-from .preprocess import InputSpec, load_image_file
+from .manifest import MANIFEST_FORMAT, GoldenError, load_npz, verify_arrays
+from .preprocess import InputSpec
 
-REPO = repo_root()
-GOLDEN_DIR = REPO / "golden"
-CACHE_DIR = cache_root() / "golden"
-DEFAULT_UNIT = 945  # "bell pepper", the class the original MFV work visualises
-DEFAULT_SEED = 1
-# OpenBLAS (DYNAMIC_ARCH) picks its kernels, and so its rounding, from the CPU it finds; pinning the
-# baseline x86-64 kernel every machine can run keeps the goldens reproducible across machines.
-# On the (virtualised, model-less) Xeons here it falls back to this kernel anyway.
-GOLDEN_ENV = {"OPENBLAS_CORETYPE": "Prescott"}
-BLAS = rootfs.BLAS_CHOICES
-INSIDE = rootfs.INSIDE_MOUNT
-
-
-def _say(msg: str) -> None:
-    print(f"[goldens] {msg}", file=sys.stderr, flush=True)
-
-
-# --- what the project ships -----------------------------------------------------------------
-
-ASTRONAUT = InputSpec("astronaut", ("astronaut",))
-PHOTOS3 = InputSpec("photos3", ("astronaut", "chelsea", "coffee"))
-# 231 makes Caffe's ceil rounding differ from floor in SqueezeNet's max pools (v1.0: pool4, 227
-# has none; v1.1: pool5, in addition to pool3 at 227).
-ASTRONAUT_231 = InputSpec("astronaut_231", ("astronaut",), 231)
-
-
-@dataclass(frozen=True)
-class GoldenPlan:
-    """Which inputs a built-in model's goldens use and which of its dumps git holds."""
-
-    model: str
-    inputs: tuple[InputSpec, ...]
-    committed: tuple[str, ...] = ()  # input names whose full dumps are committed
-    weight_format: str = "v2"
-    # A seed whose weights let the one-hot reach the input: with seed 1, SqueezeNet 1.0's
-    # conv10 channel 945 is negative everywhere, its ReLU passes no gradient, every diff is 0.
-    seed: int = DEFAULT_SEED
-
-
-PLANS: dict[str, GoldenPlan] = {
-    p.model: p
-    for p in (
-        GoldenPlan("caffenet", (ASTRONAUT, PHOTOS3), committed=("astronaut",)),
-        GoldenPlan("alexnet", (ASTRONAUT,)),
-        GoldenPlan("vgg16", (ASTRONAUT,), weight_format="v1"),
-        GoldenPlan("googlenet", (ASTRONAUT,)),
-        GoldenPlan("squeezenet1.0", (ASTRONAUT, ASTRONAUT_231), seed=2),
-        GoldenPlan("squeezenet1.1", (ASTRONAUT, ASTRONAUT_231, PHOTOS3)),
-    )
-}
+__all__ = [
+    "ASTRONAUT", "ASTRONAUT_231", "BLAS", "CACHE_DIR", "DEFAULT_SEED", "DEFAULT_UNIT", "GOLDEN_DIR",
+    "GOLDEN_ENV", "INSIDE", "PHOTOS3", "PLANS", "REPO", "GoldenError", "GoldenPlan", "GoldenRequest",
+    "GoldenSet", "InputSpec", "array_inputs", "check_model", "declared_input_size", "generate",
+    "generate_model", "golden_weights", "list_goldens", "load_golden", "load_manifest",
+    "manifest_differences", "manifest_path", "port_seed_available", "seed_weights", "user_inputs",
+]  # fmt: skip
 
 
 # --- reading API ----------------------------------------------------------------------------
@@ -106,15 +74,6 @@ class GoldenSet:
     committed: bool
     shape: tuple[int, ...]  # the input batch's (N, C, H, W)
     available: bool = field(compare=False, default=False)
-
-
-def manifest_path(model: str, golden_dir: Path = GOLDEN_DIR) -> Path:
-    return golden_dir / model / "manifest.json"
-
-
-def load_manifest(model: str, golden_dir: Path = GOLDEN_DIR) -> dict:
-    """The committed manifest of a model's goldens."""
-    return read_manifest(manifest_path(model, golden_dir))
 
 
 def _set_path(model: str, entry: dict, golden_dir: Path, cache_dir: Path) -> Path:
@@ -190,8 +149,6 @@ def load_golden(
                 f"{path} is not there; regenerate it with: python -m legacy_caffe goldens "
                 f"--model {model} --blas {blas} (or load_golden(..., regenerate=True))"
             )
-        from .generation import generate_model
-
         generate_model(model, blas=[blas], only_inputs=[input_name], cache_only=True)
     arrays = load_npz(path)
     if verify:
@@ -220,39 +177,6 @@ def golden_weights(model: str, *, regenerate: bool = True, cache_dir: Path = CAC
     return path
 
 
-# --- generation -----------------------------------------------------------------------------
-
-
-def declared_input_size(prototxt_text: str) -> tuple[int, int]:
-    """(H, W) of the first declared input: ``input_dim`` x4, ``input_shape``/``Input`` dims."""
-    dims = [int(d) for d in re.findall(r"^\s*input_dim\s*:\s*(\d+)", prototxt_text, re.M)]
-    if len(dims) < 4:
-        dims = [int(d) for d in re.findall(r"\bdim\s*:\s*(\d+)", prototxt_text)]
-    if len(dims) < 4:
-        raise GoldenError("cannot find a 4-d input shape (input_dim / input_shape / Input layer)")
-    return dims[2], dims[3]
-
-
-def port_seed_available() -> bool:
-    proc = subprocess.run(
-        [sys.executable, "-m", "port", "seed-weights", "--help"],
-        cwd=REPO, capture_output=True, text=True,
-    )  # fmt: skip
-    return proc.returncode == 0
-
-
-def seed_weights(prototxt: Path, seed: int, out: Path, fmt: str = "v2") -> None:
-    """``python -m port seed-weights``: the weights Caffe then loads from the file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "port", "seed-weights", "--prototxt", str(prototxt),
-           "--weight-seed", str(seed), "--out", str(out)]  # fmt: skip
-    if fmt != "v2":
-        cmd += ["--format", fmt]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise GoldenError(f"port seed-weights failed:\n{proc.stderr[-2000:]}")
-
-
 def array_inputs(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """An .npz of input blob name -> array as one input set named after the file."""
     from port.arrays import load_npz as bounded_load_npz
@@ -267,22 +191,6 @@ def user_inputs(images: Sequence[str], size: tuple[int, int]) -> dict[str, np.nd
     """A user's image files as one batch named after the first file (plus count)."""
     from .preprocess import caffe_preprocess
 
-    batch = np.stack([caffe_preprocess(load_image_file(p), size) for p in images])
+    batch = np.stack([caffe_preprocess(load_float(p), size) for p in images])
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(images[0]).stem)
     return {stem if len(images) == 1 else f"{stem}_and_{len(images) - 1}": batch}
-
-
-_MOVED = {
-    "GoldenRequest": "generation", "generate": "generation", "generate_model": "generation",
-    "check_model": "check", "manifest_differences": "check",
-}  # fmt: skip
-
-
-def __getattr__(name: str) -> object:
-    # Generation and checking live in their own modules (they import this one); the old names
-    # stay reachable here for callers of ``goldens.generate(...)``.
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

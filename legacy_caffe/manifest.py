@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from port.atomic import atomic_path, write_text_atomic
+from port.blobkeys import data_key, diff_key
 from port.errors import ToolError
 
 MANIFEST_FORMAT = 1
@@ -72,7 +73,7 @@ def compare_dumps(
     a: Mapping[str, np.ndarray],
     b: Mapping[str, np.ndarray],
     *,
-    prefixes: tuple[str, ...] = ("data/", "diff/"),
+    prefixes: tuple[str, ...] = (data_key(""), diff_key("")),  # every data/diff key
 ) -> dict[str, float]:
     """rel_error(a[k], b[k]) for every data/diff key; keys must match."""
     keys_a = {k for k in a if k.startswith(prefixes)}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from port.preprocess import Transformer, load_image
+from port.preprocess import Transformer
 
 # ImageNet BGR channel means the Caffe examples subtract (ilsvrc_2012_mean averaged, rounded).
 BGR_MEAN = (104.0, 117.0, 123.0)
@@ -56,11 +56,6 @@ def load_photo(name: str) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"skimage.data.{name} is not an RGB photo (shape {img.shape})")
     return img_as_float(img).astype(np.float32)
-
-
-def load_image_file(path: str) -> np.ndarray:
-    """A user's image file as ``caffe.io.load_image`` reads it: RGB float32 in [0, 1]."""
-    return load_image(path)
 
 
 def caffe_preprocess(

@@ -401,13 +401,6 @@ def _write_marker(root: Path, packages: list[str], mirror: str, timings: dict) -
     return info
 
 
-def ensure_built() -> None:
-    """Build the current engine's environment first if there is none (nothing to goldens in one go)."""
-    from . import engines
-
-    engines.current().ensure_built()
-
-
 # --- run ------------------------------------------------------------------------------------
 
 
@@ -441,23 +434,6 @@ def chroot_argv(argv: Sequence[str], blas: str, env: dict[str, str]) -> list[str
         "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
         "sh", f"{INSIDE_MOUNT}/with_blas.sh", blas, *argv,
     ]  # fmt: skip
-
-
-def run_inside(
-    argv: Sequence[str],
-    *,
-    blas: str,
-    env: dict[str, str] | None = None,
-    capture: bool = False,
-    check: bool = True,
-) -> subprocess.CompletedProcess:
-    """Run ``argv`` with the chosen BLAS through the current engine (see :mod:`.engines`)."""
-    from . import engines
-
-    if blas not in BLAS_CHOICES:  # before an engine is looked for
-        raise LegacyCaffeError(f"unknown BLAS {blas!r}; choose one of {', '.join(BLAS_CHOICES)}")
-
-    return engines.run_inside(argv, blas=blas, env=env, capture=capture, check=check)
 
 
 def host_to_inside(path: Path) -> str:

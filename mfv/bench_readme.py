@@ -12,11 +12,10 @@ over the whole schedule) of that class. A class without one, and the GPU row unt
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-from port.atomic import write_text_atomic
+from port.readme_block import MarkerError, update_block
 
 from .bench_history import load_history
 
@@ -86,11 +85,6 @@ def block(folder: Path) -> str:
     return f"{BEGIN}\n{markdown(folder)}{END}"
 
 
-def _current(text: str) -> str | None:
-    m = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), text, re.S)
-    return m.group(0) if m else None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print, write or check README's block; exit 1 when it is missing or stale."""
     ap = argparse.ArgumentParser(prog="python -m mfv.bench_readme", description=__doc__)
@@ -104,21 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     if path is None:
         print(new)
         return 0
-    text = path.read_text()
-    old = _current(text)
-    if old is None:
-        print(f"{path}: no performance markers ({BEGIN!r} ... {END!r})", file=sys.stderr)
+    try:
+        stale = update_block(path, new, BEGIN, END, write=a.write is not None)
+    except MarkerError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    if a.check:
-        if old != new:
-            print(
-                f"{path}: the performance figures are stale against {a.dir}/; run "
-                f"python -m mfv.bench_readme --write {path}",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    write_text_atomic(path, text.replace(old, new))
+    if a.check and stale:
+        print(
+            f"{path}: the performance figures are stale against {a.dir}/; run "
+            f"python -m mfv.bench_readme --write {path}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

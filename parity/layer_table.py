@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from port.readme_block import MarkerError, update_block
+
 BEGIN = "<!-- layer-table:begin (python -m parity.layer_table --write README.md) -->"
 END = "<!-- layer-table:end -->"
 
@@ -179,11 +181,6 @@ def _block() -> str:
     return f"{BEGIN}\n{markdown()}{END}"
 
 
-def current(readme: str) -> str | None:
-    m = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), readme, re.S)
-    return m.group(0) if m else None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m parity.layer_table",
@@ -207,24 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(markdown())
         return 0
     path = args.write or args.check
-    text = path.read_text()
-    old = current(text)
-    if old is None:
-        print(f"{path}: no table markers ({BEGIN!r} ... {END!r})", file=sys.stderr)
+    try:
+        stale = update_block(path, _block(), BEGIN, END, write=args.write is not None)
+    except MarkerError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    if args.check:
-        if old != _block():
-            print(
-                f"{path}: the layer table is out of date; run python -m parity.layer_table "
-                f"--write {path}",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    from port.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text.replace(old, _block()))
+    if args.check and stale:
+        print(
+            f"{path}: the layer table is out of date; run python -m parity.layer_table "
+            f"--write {path}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -429,31 +429,28 @@ def _sort_layer(
     )
 
 
-def netdef_from_proto(
-    net,
-    *,
-    path: str | Path | None = None,
-    text: str = "",
-    proto: str | Path | schema.Schema | None = None,
-) -> NetDef:
-    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin) of the schema
-    ``proto`` (default Caffe 1.0's)."""
-    sch = as_schema(proto)
+def _raw_layers(net, path, sch: schema.Schema) -> list:
+    """The net's ``LayerParameter``s, legacy V1 ``layers`` upgraded; both kinds at once is an error."""
     if net.layer and net.layers:
         raise CaffeError(
             "definition mixes 'layer' (current) and 'layers' (legacy V1) blocks",
             path=path,
             field="layers",
         )
-    lines = _layer_block_lines(text) if text else []
-    legacy = bool(net.layers)
-    raw = (
-        [upgrade_v1_layer(v1, path=path, sch=sch) for v1 in net.layers]
-        if legacy
-        else list(net.layer)
-    )
-    phase = net.state.phase if net.HasField("state") else sch.NetParameter().state.phase
-    inputs = _net_level_inputs(net, path)
+    if net.layers:
+        return [upgrade_v1_layer(v1, path=path, sch=sch) for v1 in net.layers]
+    return list(net.layer)
+
+
+def _sort_layers(
+    raw: list,
+    lines: list[int],
+    phase,
+    path,
+    sch: schema.Schema,
+    inputs: dict[str, tuple[int, ...]],
+) -> tuple[list[LayerDef], list[dict]]:
+    """(layers the port runs, skipped layers) of the ``phase`` layers; input tops go to ``inputs``."""
     layers: list[LayerDef] = []
     skipped: list[dict] = []
     names: set[str] = set()
@@ -475,7 +472,11 @@ def netdef_from_proto(
         layer = _sort_layer(param, line, path, sch, inputs, skipped)
         if layer is not None:
             layers.append(layer)
-    _check_skipped_tops(skipped, layers, inputs, path)
+    return layers, skipped
+
+
+def _check_inputs(inputs: dict[str, tuple[int, ...]], skipped: list[dict], path) -> None:
+    """At least one input, each with a shape; the error names a data layer the port skipped."""
     if not inputs:
         data = [s for s in skipped if s["type"] in DATA_TYPES]
         hint = (
@@ -492,6 +493,25 @@ def netdef_from_proto(
     for name, shape in inputs.items():
         if not shape:
             raise CaffeError(f"input {name!r} has no shape", path=path, field="input_shape")
+
+
+def netdef_from_proto(
+    net,
+    *,
+    path: str | Path | None = None,
+    text: str = "",
+    proto: str | Path | schema.Schema | None = None,
+) -> NetDef:
+    """Build a :class:`NetDef` from a ``NetParameter`` (text or binary origin) of the schema
+    ``proto`` (default Caffe 1.0's)."""
+    sch = as_schema(proto)
+    raw = _raw_layers(net, path, sch)
+    lines = _layer_block_lines(text) if text else []
+    phase = net.state.phase if net.HasField("state") else sch.NetParameter().state.phase
+    inputs = _net_level_inputs(net, path)
+    layers, skipped = _sort_layers(raw, lines, phase, path, sch, inputs)
+    _check_skipped_tops(skipped, layers, inputs, path)
+    _check_inputs(inputs, skipped, path)
     return NetDef(
         name=net.name,
         inputs=inputs,
@@ -499,7 +519,7 @@ def netdef_from_proto(
         force_backward=net.force_backward,
         path=str(path) if path is not None else None,
         text=text,
-        legacy_v1=legacy,
+        legacy_v1=bool(net.layers),
         skipped=skipped,
         schema=sch,
     )

@@ -11,6 +11,7 @@ import numpy as np
 import port
 from parity import numpy_ref
 from parity.__main__ import main as parity_main
+from port.blobkeys import data_key
 from port.caffemodel import write_caffemodel
 
 # Two octaves of two steps: every code path of the loop (zoom, jitter) in ~1 s per unit on CaffeNet.
@@ -107,7 +108,7 @@ def assert_case_passes_parity(case, tmp_path: Path, capsys) -> tuple[port.NetDef
     judged = {c["key"] for p in report["pairs"] for c in p["checks"]}
     for layer in netdef.layers:
         for top in layer.tops:
-            assert f"data/{top}" in judged, top
+            assert data_key(top) in judged, top
     return netdef, judged
 
 

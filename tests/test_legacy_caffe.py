@@ -15,6 +15,7 @@ import pytest
 from legacy_caffe import engines, goldens, rootfs
 from legacy_caffe.manifest import load_npz, rel_error
 from legacy_caffe.preprocess import caffe_preprocess, load_photo
+from port.blobkeys import data_key, diff_key
 
 pytestmark = pytest.mark.caffe
 
@@ -43,7 +44,7 @@ def _inside(path: Path) -> str:
 
 @pytest.mark.parametrize("blas", rootfs.BLAS_CHOICES)
 def test_doctor_sees_the_chosen_blas(blas):
-    proc = rootfs.run_inside(
+    proc = engines.run_inside(
         ["python3", f"{rootfs.INSIDE_MOUNT}/doctor.py"], blas=blas, capture=True
     )
     env = json.loads(proc.stdout)
@@ -110,13 +111,13 @@ def _reference(x, w1, b1, wf, bf, unit):
 def test_dump_blobs_matches_a_float64_reference(work, blas):
     (work / "tiny.prototxt").write_text(TINY)
     weights, params = work / "tiny.caffemodel", work / "params.npz"
-    rootfs.run_inside(
+    engines.run_inside(
         ["python3", f"{rootfs.INSIDE_MOUNT}/seed_fallback.py", "--prototxt",
          _inside(work / "tiny.prototxt"), "--seed", "3", "--out", _inside(weights)],
         blas=blas,
     )  # fmt: skip
     # The weights as Caffe itself holds them after loading the file.
-    rootfs.run_inside(
+    engines.run_inside(
         ["python3", "-c",
          "import sys, numpy, caffe; n = caffe.Net(sys.argv[1], caffe.TEST, weights=sys.argv[2]); "
          "numpy.savez(sys.argv[3], **{k + '_' + str(i): b.data for k, v in n.params.items() "
@@ -131,7 +132,7 @@ def test_dump_blobs_matches_a_float64_reference(work, blas):
 
     def dump(blob: str) -> tuple[dict[str, np.ndarray], dict]:
         """dump_blobs.py inside, backward from unit 2 of ``blob``: its arrays and meta."""
-        rootfs.run_inside(
+        engines.run_inside(
             ["python3", f"{rootfs.INSIDE_MOUNT}/dump_blobs.py", "--prototxt",
              _inside(work / "tiny.prototxt"), "--caffemodel", _inside(weights),
              "--input", _inside(work / "x.npy"), "--blob", blob, "--unit", "2",
@@ -156,8 +157,8 @@ def test_dump_blobs_matches_a_float64_reference(work, blas):
 
     ref = _reference(x.astype(np.float64), p["conv1_0"], p["conv1_1"], p["fc_0"], p["fc_1"], 2)
     for blob, (data, diff) in ref.items():
-        assert rel_error(got[f"data/{blob}"], data) < 1e-5, f"data/{blob}"
-        assert rel_error(got[f"diff/{blob}"], diff) < 1e-5, f"diff/{blob}"
+        assert rel_error(got[data_key(blob)], data) < 1e-5, data_key(blob)
+        assert rel_error(got[diff_key(blob)], diff) < 1e-5, diff_key(blob)
 
 
 def test_host_preprocessing_matches_caffe_io_transformer(work):
@@ -179,7 +180,7 @@ def test_host_preprocessing_matches_caffe_io_transformer(work):
         "t.set_raw_scale('data', 255); t.set_mean('data', np.array([104.0, 117.0, 123.0]))\n"
         "np.save(sys.argv[2], t.preprocess('data', caffe.io.resize_image(img, (227, 227))))\n"
     )
-    rootfs.run_inside(
+    engines.run_inside(
         ["python3", "-c", script, _inside(work / "rgb.npy"), _inside(work / "caffe.npy")],
         blas="openblas",
     )

@@ -12,6 +12,7 @@ import pytest
 from legacy_caffe import goldens
 from legacy_caffe.manifest import rel_error, verify_arrays
 from legacy_caffe.preprocess import make_batch
+from port.blobkeys import data_key, diff_key
 
 COMMITTED = (
     [g for g in goldens.list_goldens() if g.committed] if goldens.GOLDEN_DIR.exists() else []
@@ -98,12 +99,12 @@ def test_one_hot_seed_and_downstream_zero(golden):
     g, arrays = golden
     man = goldens.load_manifest(g.model)
     blob, unit = man["backward"]["blob"], man["backward"]["unit"]
-    seed = arrays[f"diff/{blob}"].reshape(len(arrays["input/data"]), -1)
+    seed = arrays[diff_key(blob)].reshape(len(arrays["input/data"]), -1)
     want = np.zeros_like(seed)
     want[:, unit] = 1.0
     np.testing.assert_array_equal(seed, want)
     for name in man["sets"][f"{g.blas}/{g.input}"]["checks"]["downstream_blobs"]:
-        assert not np.any(arrays[f"diff/{name}"]), name
+        assert not np.any(arrays[diff_key(name)]), name
 
 
 def test_caffenet_forward_layers_recomputed(golden):
@@ -113,10 +114,10 @@ def test_caffenet_forward_layers_recomputed(golden):
     f64 = {k: v.astype(np.float64) for k, v in a.items()}
     # In-place ReLU: conv blobs hold post-ReLU values.
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
-        assert f64[f"data/{name}"].min() >= 0.0, name
+        assert f64[data_key(name)].min() >= 0.0, name
     for src, dst in (("conv1", "pool1"), ("conv2", "pool2"), ("conv5", "pool5")):
-        pooled, _ = _maxpool(f64[f"data/{src}"], 3, 2)
-        assert rel_error(pooled, f64[f"data/{dst}"]) == 0.0, dst  # max is exact
+        pooled, _ = _maxpool(f64[data_key(src)], 3, 2)
+        assert rel_error(pooled, f64[data_key(dst)]) == 0.0, dst  # max is exact
     # Caffe's LRN keeps a float32 running sum of squares across channels and calls powf: ~1e-6 of
     # the range off float64 (caffe-semantics.md measures 1.2e-6 for ATLAS vs float64).
     assert rel_error(_lrn(f64["data/pool1"]), f64["data/norm1"]) < 5e-6

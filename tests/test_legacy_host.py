@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from legacy_caffe import rootfs
+from legacy_caffe import engines, rootfs
 from legacy_caffe.goldens import PLANS, declared_input_size
 from legacy_caffe.packages import (
     PACKAGES_FILE,
@@ -197,7 +197,7 @@ def test_removing_a_tree_refuses_when_something_is_mounted_inside(monkeypatch, t
 
 def test_run_rejects_unknown_blas():
     with pytest.raises(rootfs.LegacyCaffeError, match="unknown BLAS"):
-        rootfs.run_inside(["true"], blas="mkl")
+        engines.run_inside(["true"], blas="mkl")
 
 
 def test_root_location_env_override(monkeypatch, tmp_path):

@@ -90,16 +90,17 @@ def test_user_image_files_go_through_the_one_reader(tmp_path):
     refused it; read through port.images it is grey on three channels, as Caffe's loader made it."""
     from PIL import Image
 
-    from legacy_caffe.preprocess import load_image_file
+    from legacy_caffe.goldens import user_inputs
     from port.images import load_float
 
     grey = np.arange(30, dtype=np.uint8).reshape(5, 6) * 8
     Image.merge("LA", [Image.fromarray(grey), Image.fromarray(255 - grey)]).save(
         tmp_path / "la.png"
     )
-    img = load_image_file(str(tmp_path / "la.png"))
-    np.testing.assert_array_equal(img, load_float(tmp_path / "la.png"))
+    img = load_float(tmp_path / "la.png")
     np.testing.assert_array_equal(
         img, np.repeat((grey / 255.0).astype(np.float32)[:, :, None], 3, 2)
     )
-    assert caffe_preprocess(img, (5, 6)).shape == (3, 5, 6)
+    (batch,) = user_inputs([str(tmp_path / "la.png")], (5, 6)).values()
+    assert batch.shape == (1, 3, 5, 6)
+    np.testing.assert_array_equal(batch[0], caffe_preprocess(img, (5, 6)))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import port
+from port.blobkeys import diff_key
 
 from ._helpers import (
     assert_case_passes_parity,
@@ -27,7 +28,7 @@ NAMES = sorted(ARCHITECTURES)
 def test_architecture_passes_parity_against_both_caffe_builds(name, tmp_path, capsys):
     netdef, judged = assert_case_passes_parity(ARCHITECTURES[name], tmp_path, capsys)
     # backward was judged too, down to the first learnable layer's top
-    assert f"diff/{netdef.layers[0].tops[0]}" in judged
+    assert diff_key(netdef.layers[0].tops[0]) in judged
 
 
 @pytest.mark.parametrize("name", NAMES)

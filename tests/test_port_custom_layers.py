@@ -394,10 +394,10 @@ def test_the_dumper_runs_standalone_in_a_pycaffe_environment(tmp_path):
     a fork's own Caffe build."""
     import shutil
 
-    from legacy_caffe import rootfs
+    from legacy_caffe import engines, rootfs
     from legacy_caffe.manifest import verify_arrays
 
-    rootfs.ensure_built()
+    engines.ensure_built()
     rootfs.exchange_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="standalone-dumper-", dir=rootfs.exchange_dir()))
     try:
@@ -411,7 +411,7 @@ def test_the_dumper_runs_standalone_in_a_pycaffe_environment(tmp_path):
         )
         np.savez(work / "x.npz", **cc.inputs())
         blob, unit = cc.BACKWARD.split(":")
-        rootfs.run_inside(
+        engines.run_inside(
             [
                 "python3",
                 rootfs.host_to_inside(work / "dump_blobs.py"),

@@ -17,12 +17,14 @@ import os
 import subprocess
 from collections.abc import Sequence
 
+from ..rootfs import BLAS_CHOICES, LegacyCaffeError
 from .base import Engine, EngineError
 from .chroot import ChrootEngine
 from .container import DockerEngine, PodmanEngine
 
 __all__ = [
-    "ENGINE_CHOICES", "Engine", "EngineError", "current", "make", "resolve", "run_inside", "use",
+    "ENGINE_CHOICES", "Engine", "EngineError", "current", "ensure_built", "make", "resolve",
+    "run_inside", "use",
 ]  # fmt: skip
 
 ENGINE_CHOICES = ("auto", "podman", "docker", "chroot")
@@ -78,4 +80,11 @@ def run_inside(
     check: bool = True,
 ) -> subprocess.CompletedProcess:
     """Run ``argv`` inside the current engine's environment with the chosen BLAS."""
+    if blas not in BLAS_CHOICES:  # before an engine is looked for
+        raise LegacyCaffeError(f"unknown BLAS {blas!r}; choose one of {', '.join(BLAS_CHOICES)}")
     return current().run(argv, blas=blas, env=env, capture=capture, check=check)
+
+
+def ensure_built() -> None:
+    """Build the current engine's environment first if there is none (nothing to goldens in one go)."""
+    current().ensure_built()

@@ -13,15 +13,25 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from port.atomic import atomic_path
 
 from .. import rootfs
 from .base import EngineError
 
-if TYPE_CHECKING:
-    from .container import ContainerEngine
+
+class ImageStore(Protocol):
+    """What the base needs of a container engine; a protocol so container.py can import this."""
+
+    name: str
+
+    def call(
+        self, *args: str, timeout: float | None = None, stdin: object = None
+    ) -> subprocess.CompletedProcess: ...
+
+    def image_id(self, ref: str) -> str | None: ...
+
 
 UPSTREAM = f"debian:{rootfs.SUITE}"
 BASE_TAG = f"localhost/caffe-mfv-{rootfs.SUITE}-base:minbase"
@@ -33,7 +43,7 @@ def base_tar() -> Path:
     return Path(env) if env else rootfs.cache_dir() / f"{rootfs.SUITE}-minbase.tar"
 
 
-def ensure_base(engine: ContainerEngine) -> tuple[str, str]:
+def ensure_base(engine: ImageStore) -> tuple[str, str]:
     """(image reference, how it was had) of a Debian 11 base in this engine's image store.
 
     ``LEGACY_CAFFE_BASE`` names one to use as is. Otherwise: an earlier import, a pull of the
@@ -104,7 +114,7 @@ def make_base_tar(tar: Path) -> None:
     rootfs._say(f"base tree made and packed in {time.monotonic() - t0:.0f} s: {tar}")
 
 
-def import_tar(engine: ContainerEngine, tar: Path) -> None:
+def import_tar(engine: ImageStore, tar: Path) -> None:
     """``<cli> import`` the base tar as ``BASE_TAG``."""
     t0 = time.monotonic()
     with open(tar, "rb") as fh:
