@@ -135,7 +135,6 @@ LONG_MARK = "# long:"
 KNOWN = {
     "port/netdef.py netdef_from_proto": "one pass over the layers; split planned",
     "port/schema.py module": "the proto schema tables; data, not logic",
-    "parity/numpy_ref.py module": "to become the parity/numpy_ref/ package by layer family",
 }
 
 
