@@ -35,6 +35,25 @@ def test_every_port_layer_type_has_a_numpy_reference_and_a_table_row():
     assert {r[0] for r in layer_table.rows()} >= set(LAYER_TYPES)
 
 
+def test_numpy_reference_families_mirror_the_ports():
+    # A reader looking for a type's reference finds it in the module named like the port's.
+    from port.layers import LAYER_TYPES
+
+    def family(module: str) -> str:
+        return module.rsplit(".", 1)[-1]
+
+    port_family = {t: family(cls.__module__) for t, cls in LAYER_TYPES.items()}
+    numpy_family = {t: family(numpy_ref.LAYERS[t].__module__) for t in LAYER_TYPES}
+    assert set(port_family.values()) == {
+        "vision",
+        "activations",
+        "arithmetic",
+        "shape",
+        "recurrent",
+    }
+    assert numpy_family == port_family
+
+
 # --- definitions ----------------------------------------------------------------------------------
 
 TRAIN_VAL = """

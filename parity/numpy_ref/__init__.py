@@ -51,7 +51,6 @@ from .registry import (
 from .shape import (
     batch_reindex,
     concat,
-    crop,
     filter_rows,
     flatten,
     reshape_shape,
@@ -61,6 +60,7 @@ from .shape import (
 )
 from .vision import (
     conv2d,
+    crop,
     deconv2d,
     im2col,
     inner_product,

@@ -1,4 +1,4 @@
-"""Layers that move values without arithmetic: Concat, Flatten, Split, Crop, Reshape, Slice, Tile,
+"""Layers that move values without arithmetic: Concat, Flatten, Split, Reshape, Slice, Tile,
 Silence, BatchReindex, Filter, Parameter."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from .registry import registers
 __all__ = [
     "batch_reindex",
     "concat",
-    "crop",
     "filter_rows",
     "flatten",
     "reshape_shape",
@@ -39,19 +38,6 @@ def flatten(x: np.ndarray, *, axis: int = 1, end_axis: int = -1) -> np.ndarray:
 def split(x: np.ndarray, n: int) -> list[np.ndarray]:
     """Caffe Split: ``n`` copies of the input."""
     return [np.array(x, copy=True) for _ in range(n)]
-
-
-def crop(
-    x: np.ndarray, ref_shape: Sequence[int], *, axis: int = 2, offset: Sequence[int] = ()
-) -> np.ndarray:
-    """Crop axes from ``axis`` on to ``ref_shape``, starting at ``offset`` (none, one or per axis)."""
-    axis %= x.ndim
-    n = x.ndim - axis
-    off = list(offset) * n if len(offset) == 1 else (list(offset) or [0] * n)
-    index = [slice(None)] * axis + [
-        slice(o, o + s) for o, s in zip(off, ref_shape[axis:], strict=True)
-    ]
-    return x[tuple(index)]
 
 
 def reshape_shape(
@@ -110,12 +96,6 @@ def _flatten(layer, bottoms, weights):
 @registers("Split")
 def _split(layer, bottoms, weights):
     return split(bottoms[0], len(layer.tops))
-
-
-@registers("Crop")
-def _crop(layer, bottoms, weights):
-    p = sub_param(layer, "crop_param")
-    return [crop(bottoms[0], bottoms[1].shape, axis=int(p.axis), offset=[int(o) for o in p.offset])]
 
 
 @registers("Reshape")

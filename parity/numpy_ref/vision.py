@@ -1,5 +1,5 @@
 """Sliding-window layers: convolution, deconvolution, im2col, pooling (MAX, AVE, STOCHASTIC at TEST,
-SPP), LRN and InnerProduct, as :mod:`port.layers.vision` groups them."""
+SPP), LRN, InnerProduct and Crop, as :mod:`port.layers.vision` groups them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .registry import registers
 
 __all__ = [
     "conv2d",
+    "crop",
     "deconv2d",
     "im2col",
     "inner_product",
@@ -408,6 +409,19 @@ def stochastic_pool_test(
     return out
 
 
+def crop(
+    x: np.ndarray, ref_shape: Sequence[int], *, axis: int = 2, offset: Sequence[int] = ()
+) -> np.ndarray:
+    """Crop axes from ``axis`` on to ``ref_shape``, starting at ``offset`` (none, one or per axis)."""
+    axis %= x.ndim
+    n = x.ndim - axis
+    off = list(offset) * n if len(offset) == 1 else (list(offset) or [0] * n)
+    index = [slice(None)] * axis + [
+        slice(o, o + s) for o, s in zip(off, ref_shape[axis:], strict=True)
+    ]
+    return x[tuple(index)]
+
+
 @registers("Convolution")
 def _convolution(layer, bottoms, weights):
     x = bottoms[0]
@@ -504,3 +518,9 @@ def _spp(layer, bottoms, weights):
     if len(outs) == 1:
         return outs
     return [np.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)]
+
+
+@registers("Crop")
+def _crop(layer, bottoms, weights):
+    p = sub_param(layer, "crop_param")
+    return [crop(bottoms[0], bottoms[1].shape, axis=int(p.axis), offset=[int(o) for o in p.offset])]
