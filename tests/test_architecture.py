@@ -133,7 +133,6 @@ LONG_MARK = "# long:"
 #: Offenders in port/ and parity/ not yet split (issue 23, left for a next step), each with why.
 #: The test fails on any new offender and on any listed one that no longer offends.
 KNOWN = {
-    "parity/numpy_ref.py module": "to become the parity/numpy_ref/ package by layer family",
 }
 
 

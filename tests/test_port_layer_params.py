@@ -1,7 +1,7 @@
 """The newer layers' parameter spaces, port against the independent numpy reference (float64).
 
 The goldens in tests/data/layers pin a few variants to real Caffe; here hypothesis walks the rest of
-each parameter space (geometry, axes, offsets, counts) against :mod:`parity.numpy_layers`.
+each parameter space (geometry, axes, offsets, counts) against :mod:`parity.numpy_ref`.
 """
 
 from __future__ import annotations

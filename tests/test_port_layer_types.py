@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import port
-from parity import layer_table, numpy_layers, numpy_ref, runners
+from parity import layer_table, numpy_ref, runners
 from port.caffemodel import read_caffemodel, write_caffemodel
 
 from .layer_cases import CASES
@@ -33,6 +33,25 @@ def test_every_port_layer_type_has_a_numpy_reference_and_a_table_row():
 
     assert set(LAYER_TYPES) <= numpy_ref.SUPPORTED_TYPES
     assert {r[0] for r in layer_table.rows()} >= set(LAYER_TYPES)
+
+
+def test_numpy_reference_families_mirror_the_ports():
+    # A reader looking for a type's reference finds it in the module named like the port's.
+    from port.layers import LAYER_TYPES
+
+    def family(module: str) -> str:
+        return module.rsplit(".", 1)[-1]
+
+    port_family = {t: family(cls.__module__) for t, cls in LAYER_TYPES.items()}
+    numpy_family = {t: family(numpy_ref.LAYERS[t].__module__) for t in LAYER_TYPES}
+    assert set(port_family.values()) == {
+        "vision",
+        "activations",
+        "arithmetic",
+        "shape",
+        "recurrent",
+    }
+    assert numpy_family == port_family
 
 
 # --- definitions ----------------------------------------------------------------------------------
@@ -184,7 +203,7 @@ layer {{ name: "p" type: "Pooling" bottom: "x" top: "p"
         pooling_param {{ pool: STOCHASTIC kernel_size: {kernel} stride: {stride} }} }}""")
     x = np.random.default_rng(kernel * 10 + size).normal(0.5, 1.0, (2, 3, size, size))
     got = net(torch.as_tensor(x, dtype=torch.float32))["p"].numpy()
-    ref = numpy_layers.stochastic_pool_test(x, kernel=(kernel, kernel), stride=(stride, stride))
+    ref = numpy_ref.stochastic_pool_test(x, kernel=(kernel, kernel), stride=(stride, stride))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     # windows by hand: sum of squares over sum, 0 where the sum is not positive
     for c in range(3):
@@ -217,7 +236,7 @@ layer { name: "am" type: "ArgMax" bottom: "x" top: "am" argmax_param { top_k: 3 
     # Caffe: ties go to the larger index first
     np.testing.assert_array_equal(onnx.blobs["data/am"].reshape(-1), [4, 2, 1])
     np.testing.assert_array_equal(net(torch.as_tensor(x))["am"].numpy().reshape(-1), [4, 2, 1])
-    np.testing.assert_array_equal(numpy_layers.argmax(x, top_k=3).reshape(-1), [4, 2, 1])
+    np.testing.assert_array_equal(numpy_ref.argmax(x, top_k=3).reshape(-1), [4, 2, 1])
 
 
 def test_legacy_v1_definitions_reach_the_new_layer_types():
