@@ -35,7 +35,6 @@ from .manifest import (
     MANIFEST_FORMAT,
     GoldenError,
     load_npz,
-    read_manifest,
     verify_arrays,
 )
 from .preprocess import InputSpec, load_image_file
@@ -113,8 +112,19 @@ def manifest_path(model: str, golden_dir: Path = GOLDEN_DIR) -> Path:
 
 
 def load_manifest(model: str, golden_dir: Path = GOLDEN_DIR) -> dict:
-    """The committed manifest of a model's goldens."""
-    return read_manifest(manifest_path(model, golden_dir))
+    """The committed manifest of a model's goldens, checked to be one this code understands."""
+    path = manifest_path(model, golden_dir)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GoldenError(f"no manifest at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise GoldenError(f"{path} is not valid JSON: {exc}") from None
+    if data.get("format") != MANIFEST_FORMAT:
+        raise GoldenError(
+            f"{path}: manifest format {data.get('format')!r}, expected {MANIFEST_FORMAT}"
+        )
+    return data
 
 
 def _set_path(model: str, entry: dict, golden_dir: Path, cache_dir: Path) -> Path:
