@@ -6,6 +6,8 @@ regenerates a missing set through generation, one way down.
 
 from __future__ import annotations
 
+import json
+
 import re
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 from port.paths import cache_root, repo_root
 
 from . import rootfs
-from .manifest import GoldenError, read_manifest
+from .manifest import MANIFEST_FORMAT, GoldenError
 from .preprocess import InputSpec
 
 REPO = repo_root()
@@ -71,8 +73,19 @@ def manifest_path(model: str, golden_dir: Path = GOLDEN_DIR) -> Path:
 
 
 def load_manifest(model: str, golden_dir: Path = GOLDEN_DIR) -> dict:
-    """The committed manifest of a model's goldens."""
-    return read_manifest(manifest_path(model, golden_dir))
+    """The committed manifest of a model's goldens, checked to be one this code understands."""
+    path = manifest_path(model, golden_dir)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GoldenError(f"no manifest at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise GoldenError(f"{path} is not valid JSON: {exc}") from None
+    if data.get("format") != MANIFEST_FORMAT:
+        raise GoldenError(
+            f"{path}: manifest format {data.get('format')!r}, expected {MANIFEST_FORMAT}"
+        )
+    return data
 
 
 # --- generation -----------------------------------------------------------------------------

@@ -147,18 +147,3 @@ def write_json(path: Path, obj: object) -> None:
     ..., sets), and the committed manifests are byte-identical to what regeneration writes.
     """
     write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
-
-
-def read_manifest(path: Path) -> dict:
-    """Read a manifest and check it is one this code understands."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise GoldenError(f"no manifest at {path}") from None
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"{path} is not valid JSON: {exc}") from None
-    if data.get("format") != MANIFEST_FORMAT:
-        raise GoldenError(
-            f"{path}: manifest format {data.get('format')!r}, expected {MANIFEST_FORMAT}"
-        )
-    return data

@@ -28,9 +28,17 @@ import numpy as np
 from port.errors import ToolError
 
 from . import core, run
+from .plan import default_plan
 from .runners import RunnerOutput, is_caffe
 
-__all__ = ["ARTEFACT", "ArtefactError", "load_artefact", "run_artefact", "run_artefact_parity"]
+__all__ = [
+    "ARTEFACT",
+    "ArtefactError",
+    "ArtefactRunner",
+    "load_artefact",
+    "run_artefact",
+    "run_artefact_parity",
+]
 
 #: The runner name of an artefact in reports.
 ARTEFACT = "artefact"
@@ -199,6 +207,23 @@ def run_artefact(
     )
 
 
+class ArtefactRunner:
+    """A ``port export`` artefact as a :class:`parity.runners.Runner` named ``artefact``."""
+
+    name = ARTEFACT
+
+    def __init__(self, path: str | Path, port_net: Any) -> None:
+        self.path = Path(path)
+        self.port_net = port_net
+
+    def describe(self) -> dict:
+        fmt = self.path.suffix.lstrip(".")
+        return {"kind": "artefact", "dtype": "float32", "what": f"{fmt} artefact {self.path}"}
+
+    def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
+        return run_artefact(self.path, self.port_net, x, backward_from=backward_from)
+
+
 def _forward_only(out: RunnerOutput) -> RunnerOutput:
     data = {k: v for k, v in out.blobs.items() if k.startswith("data/")}
     return RunnerOutput(out.name, data, out.dtype, False, out.seconds, out.source, out.meta)
@@ -209,14 +234,15 @@ def run_artefact_parity(
 ) -> tuple[Any, dict[str, RunnerOutput]]:
     """:func:`parity.run.run_parity` with the artefact as the judged subject.
 
-    The port and the references run as in a plain run; the artefact is one more runner, and the
-    policy judges it where it would judge the port (every pair and rule the same).
+    The port and the references run as in a plain run; the artefact is one more runner, judged by
+    :func:`parity.plan.default_plan` with the artefact as its subject (every pair and rule the
+    port's).
     """
     run._check_references(references)
     net32, net64 = run._build_nets(setup, None)
     outs = run._run_ports(setup, net32, net64)
     outs.update(run._run_references(setup, net32, references)[0])
-    outs[ARTEFACT] = run_artefact(path, net32, setup.x, backward_from=setup.backward_from)
+    outs[ARTEFACT] = ArtefactRunner(path, net32)(setup.x, backward_from=setup.backward_from)
     rows = run._local_check(setup, net32, net64, outs) if local_check else []
     notes = list(setup.notes)
     if not outs[ARTEFACT].backward:
@@ -226,8 +252,8 @@ def run_artefact_parity(
     result = core.judge(
         setup.netdef,
         outs,
+        plan=default_plan(outs, subject=ARTEFACT),
         model=setup.name,
-        subject=ARTEFACT,
         local=rows,
         notes=notes,
         net64=net64,

@@ -251,12 +251,17 @@ class PairResult:
     rule : str
         Which tolerance rule this pair is judged by ("spread", "truth", "float64", or "info").
     checks : list of BlobCheck
+    column, legend : str
+        Where the report shows a judged pair (its column, and that column's legend in the chart);
+        from the plan's :class:`parity.plan.Comparison`, not serialised.
     """
 
     subject: str
     reference: str
     rule: str
     checks: list[BlobCheck] = field(default_factory=list)
+    column: str = field(default="", compare=False)
+    legend: str = field(default="", compare=False)
 
     @property
     def passed(self) -> bool:

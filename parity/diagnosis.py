@@ -27,12 +27,8 @@ from typing import Any
 from port.blobkeys import data_key, diff_key, ordered_keys
 
 from .compare import BlobCheck, PairResult
-from .runners import CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64
 
 __all__ = ["diagnose", "flip_sentence"]
-
-# Which reference a diagnosis prefers to speak of when several fail at the same blob.
-_REFERENCE_ORDER = (CAFFE_ATLAS, CAFFE_OPENBLAS, NUMPY64, PORT64, NUMPY32, ONNX)
 
 
 def _num(v: float) -> str:
@@ -56,7 +52,10 @@ def flip_sentence(pair: str, flip: Mapping[str, Any]) -> str:
     )
 
 
-def _first_failure(netdef: Any, pairs: Sequence[PairResult]) -> tuple[PairResult, BlobCheck] | None:
+def _first_failure(
+    netdef: Any, pairs: Sequence[PairResult], prefer: Sequence[str]
+) -> tuple[PairResult, BlobCheck] | None:
+    """The first failing judged check in net order; at one blob, the most preferred reference's."""
     failing = [(p, c) for p in pairs if p.rule != "info" for c in p.checks if not c.passed]
     if not failing:
         return None
@@ -64,7 +63,7 @@ def _first_failure(netdef: Any, pairs: Sequence[PairResult]) -> tuple[PairResult
 
     def rank(pc: tuple[PairResult, BlobCheck]) -> tuple:
         p, c = pc
-        ref = _REFERENCE_ORDER.index(p.reference) if p.reference in _REFERENCE_ORDER else 99
+        ref = prefer.index(p.reference) if p.reference in prefer else len(prefer)
         return (order.get(c.key, math.inf), ref)
 
     return min(failing, key=rank)
@@ -95,7 +94,7 @@ def diagnose(
     local: Sequence[Mapping[str, Any]],
     first_departure: str | None,
     *,
-    subject: str = PORT32,
+    prefer: Sequence[str] = (),
 ) -> dict:
     """The cause of a run's verdict, for the report.
 
@@ -110,8 +109,9 @@ def diagnose(
         The local analysis rows.
     first_departure : str or None
         The first layer that departs when run alone.
-    subject : str
-        The runner judged.
+    prefer : sequence of str
+        References in the order to prefer when several fail at the same blob
+        (``parity.plan.Plan.prefer``); the others come after them, in the order of ``pairs``.
 
     Returns
     -------
@@ -122,7 +122,7 @@ def diagnose(
         flip of every pair of runners).
     """
     flip_lines = [flip_sentence(pair, f) for pair, fl in flips.items() for f in fl]
-    first = _first_failure(netdef, pairs)
+    first = _first_failure(netdef, pairs, prefer)
     out: dict[str, Any] = {"cause": None, "layer": None, "start": None, "lines": []}
     if first is not None:
         p, c = first

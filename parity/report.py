@@ -25,16 +25,26 @@ __all__ = [
 
 
 def columns(result: ParityResult) -> dict[str, dict[str, BlobCheck]]:
-    """Judged checks arranged by column (reference name; "truth"; "float64") then blob key."""
+    """Judged checks arranged by column (each pair's ``column``, by default its reference's name)
+    then blob key; the first pair of a column to judge a blob fills its cell."""
     cols: dict[str, dict[str, BlobCheck]] = {}
     for p in result.pairs:
         if p.rule == "info":
             continue
-        name = {"truth": "truth", "float64": "f64-vs-numpy64"}.get(p.rule, p.reference)
-        col = cols.setdefault(name, {})
+        col = cols.setdefault(p.column or p.reference, {})
         for c in p.checks:
             col.setdefault(c.key, c)
     return cols
+
+
+def _legends(result: ParityResult) -> dict[str, str]:
+    """Each column's legend in the chart: its first pair's (``"<subject> vs <column>"`` by default)."""
+    out: dict[str, str] = {}
+    for p in result.pairs:
+        if p.rule != "info":
+            name = p.column or p.reference
+            out.setdefault(name, p.legend or f"{p.subject} vs {name}")
+    return out
 
 
 def _keys(result: ParityResult, cols: dict[str, dict[str, BlobCheck]]) -> list[str]:
@@ -286,14 +296,13 @@ def _svg_chart(result: ParityResult) -> str:
     if any(v is not None for v in spread):
         parts += _svg_series(frame, keys, spread, "#000", width=2, label="spread")
         legend.append(("#000", "ATLAS vs OpenBLAS spread"))
+    legends = _legends(result)
     for j, (name, col) in enumerate(cols.items()):
         color = _PALETTE[j % len(_PALETTE)]
         parts += _svg_series(
             frame, keys, [col[k].metrics.max_rel if k in col else None for k in keys], color
         )
-        legend.append(
-            (color, f"port32 vs {name}" if not name.startswith("f64") else "port64 vs numpy64")
-        )
+        legend.append((color, legends[name]))
     parts += _svg_legend(frame, legend)
     parts += _svg_titles(frame, keys)
     parts.append("</svg>")

@@ -18,6 +18,7 @@ from . import core, local, runners
 from .closeness import closeness
 from .compare import ParityResult
 from .golden_inputs import ParitySetupError, golden_inputs
+from .plan import default_plan
 from .runners import (
     CAFFE_ATLAS,
     CAFFE_BUILDS,
@@ -385,6 +386,7 @@ def run_parity(
     result = core.judge(
         setup.netdef,
         outs,
+        plan=default_plan(outs),
         model=setup.name,
         local=rows,
         notes=setup.notes,
@@ -426,10 +428,8 @@ def _build_nets(setup: ParitySetup, port_factory: Any) -> tuple[CaffeNet, CaffeN
 
 def _run_ports(setup: ParitySetup, net32: CaffeNet, net64: CaffeNet) -> dict[str, RunnerOutput]:
     """Forward and backward through the port in float32 and float64."""
-    return {
-        PORT32: runners.run_port(net32, setup.x, backward_from=setup.backward_from),
-        PORT64: runners.run_port(net64, setup.x, backward_from=setup.backward_from),
-    }
+    ports = (runners.PortRunner(net32, PORT32), runners.PortRunner(net64, PORT64))
+    return {r.name: r(setup.x, backward_from=setup.backward_from) for r in ports}
 
 
 def _run_references(
@@ -448,19 +448,24 @@ def _run_references(
     return outs, seconds
 
 
-def _run_reference(name: str, setup: ParitySetup, net32: CaffeNet) -> RunnerOutput | None:
-    """One reference's output: a Caffe build's golden, the numpy reference run, or ONNX Runtime on
-    the exported float32 port. None for a Caffe build without goldens."""
-    x = setup.x
+def _reference_runner(name: str, setup: ParitySetup, net32: CaffeNet) -> runners.Runner | None:
+    """One reference: a Caffe build's golden, the numpy reference, or ONNX Runtime on the exported
+    float32 port. None for a Caffe build without goldens."""
     if is_caffe(name):
-        return setup.goldens.get(name)
-    if name == NUMPY64:
-        return runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float64)
-    if name == NUMPY32:
-        return runners.run_numpy(setup.netdef, setup.weights, x, dtype=np.float32)
+        golden = setup.goldens.get(name)
+        return None if golden is None else runners.GoldenRunner(golden)
+    if name in (NUMPY64, NUMPY32):
+        dtype = np.float64 if name == NUMPY64 else np.float32
+        return runners.NumpyRunner(setup.netdef, setup.weights, dtype)
     if name == ONNX:
-        return runners.run_onnx(net32, x)
+        return runners.OnnxRunner(net32)
     return None
+
+
+def _run_reference(name: str, setup: ParitySetup, net32: CaffeNet) -> RunnerOutput | None:
+    """One reference's output on the run's input (None for a Caffe build without goldens)."""
+    runner = _reference_runner(name, setup, net32)
+    return None if runner is None else runner(setup.x, backward_from=setup.backward_from)
 
 
 def _local_check(

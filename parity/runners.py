@@ -1,5 +1,10 @@
 """Runners: each produces named blobs (``data/<blob>``, ``diff/<blob>``) for one input.
 
+A runner is anything with the :class:`Runner` protocol: a ``name``, a ``describe()`` of itself
+(``kind``, ``dtype``, what it is) and a call on an input batch and an optional backward seed that
+returns a :class:`RunnerOutput`. Which runners are compared, and how, is data
+(:mod:`parity.plan`), so a new runner needs no edit of the judge. The built-in ones:
+
 * :func:`run_port` -- the PyTorch port (float32 or float64), through ``port.dump_blobs``;
 * real-Caffe golden dumps (ATLAS or OpenBLAS build) are read by :mod:`parity.run` into a
   :class:`RunnerOutput` each;
@@ -15,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,7 +41,12 @@ __all__ = [
     "caffe_runner",
     "is_caffe",
     "blas_of",
+    "Runner",
     "RunnerOutput",
+    "PortRunner",
+    "NumpyRunner",
+    "OnnxRunner",
+    "GoldenRunner",
     "run_port",
     "run_numpy",
     "run_onnx",
@@ -243,3 +253,86 @@ def run_onnx(
         str(keep) if keep else "onnx export (temporary)",
         {"opset": opset, "export_seconds": round(t1 - t0, 3)},
     )
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What the parity run needs of a runner.
+
+    Attributes
+    ----------
+    name : str
+        The runner's name in plans and reports.
+    """
+
+    name: str
+
+    def describe(self) -> dict:
+        """What the runner is: ``kind``, ``dtype`` (of its arithmetic) and ``what`` (a phrase)."""
+        ...
+
+    def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
+        """Run on the batch ``x`` (an array, or input name -> array); diffs seeded at
+        ``backward_from`` (``"BLOB:UNIT"``) when given and the runner has a backward pass."""
+        ...
+
+
+class PortRunner:
+    """The PyTorch port (float32 or float64, from the net's parameters) through ``port.dump_blobs``."""
+
+    def __init__(self, net: Any, name: str | None = None) -> None:
+        import torch
+
+        self.net = net
+        param = next(iter(net.parameters()), None)
+        self.dtype = "float64" if param is not None and param.dtype == torch.float64 else "float32"
+        self.name = name or (PORT64 if self.dtype == "float64" else PORT32)
+
+    def describe(self) -> dict:
+        return {"kind": "port", "dtype": self.dtype, "what": "the PyTorch port (port.dump_blobs)"}
+
+    def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
+        return run_port(self.net, x, backward_from=backward_from, name=self.name)
+
+
+class NumpyRunner:
+    """The independent numpy reference (:mod:`parity.numpy_ref`), forward only."""
+
+    def __init__(self, netdef: Any, weights: Mapping[str, list[np.ndarray]], dtype: type) -> None:
+        self.netdef, self.weights, self.dtype = netdef, weights, np.dtype(dtype).name
+        self.name = NUMPY64 if self.dtype == "float64" else NUMPY32
+
+    def describe(self) -> dict:
+        return {"kind": "numpy", "dtype": self.dtype, "what": "the numpy reference, forward only"}
+
+    def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
+        return run_numpy(self.netdef, self.weights, x, dtype=np.dtype(self.dtype).type)
+
+
+class OnnxRunner:
+    """The float32 port exported to ONNX and run by ONNX Runtime, forward only."""
+
+    name = ONNX
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+
+    def describe(self) -> dict:
+        return {"kind": "onnx", "dtype": "float32", "what": "ONNX Runtime on the exported port"}
+
+    def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
+        return run_onnx(self.net, x)
+
+
+class GoldenRunner:
+    """A real-Caffe golden dump: recorded blobs, the same whatever the call (its input is the run's)."""
+
+    def __init__(self, output: RunnerOutput) -> None:
+        self.output = output
+        self.name = output.name
+
+    def describe(self) -> dict:
+        return {"kind": "caffe", "dtype": self.output.dtype, "what": self.output.source}
+
+    def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
+        return self.output

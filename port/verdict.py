@@ -34,7 +34,6 @@ from .paths import cache_root
 __all__ = [
     "FORMAT",
     "ParityError",
-    "ParityGateError",
     "check_parity",
     "verdict_path",
     "write_verdict",
@@ -43,16 +42,13 @@ __all__ = [
 FORMAT = "caffe-mfv-parity-verdict/1"
 
 
-class ParityGateError(ToolError, RuntimeError):
+class ParityError(ToolError, RuntimeError):
     """The model has no passing parity verdict for these exact files: the gate refuses it.
 
     A :class:`~port.errors.ToolError` (the user must run parity or pass ``--no-parity-check``); still a
-    RuntimeError for callers that caught it as one.
+    RuntimeError for callers that caught it as one. Not a failure to set a parity run up
+    (``parity.ParitySetupError``).
     """
-
-
-#: The older name (``mfv.ParityError``), kept for callers; not parity's setup error.
-ParityError = ParityGateError
 
 
 def verdict_path(
@@ -140,7 +136,7 @@ def check_parity(
 
     Raises
     ------
-    ParityGateError
+    ParityError
         When ``required`` and the status is anything but "pass".
     """
     path = (
@@ -164,7 +160,7 @@ def check_parity(
         info["status_if_checked"] = info["status"]
         info["status"] = "skipped"
     elif info["status"] != "pass":
-        raise ParityGateError(
+        raise ParityError(
             info["message"] + " (pass --no-parity-check to run anyway; outputs will say so)"
         )
     return info

@@ -19,7 +19,6 @@ from legacy_caffe.manifest import (
     count_outliers,
     describe_arrays,
     load_npz,
-    read_manifest,
     rel_error,
     save_npz,
     verify_arrays,
@@ -118,26 +117,29 @@ def test_bytes_identical():
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path):
-    write_json(tmp_path / "m.json", {"format": MANIFEST_FORMAT, "x": [1, 2]})
+    (tmp_path / "m").mkdir()
+    man = tmp_path / "m" / "manifest.json"
+    write_json(man, {"format": MANIFEST_FORMAT, "x": [1, 2]})
     save_npz(tmp_path / "a.npz", _arrays())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "m.json"]
-    assert read_manifest(tmp_path / "m.json")["x"] == [1, 2]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.npz", "m", "manifest.json"]
+    assert goldens.load_manifest("m", tmp_path)["x"] == [1, 2]
     # A failing write keeps the old file and removes its temp file.
     with pytest.raises(TypeError):
-        write_json(tmp_path / "m.json", {"format": MANIFEST_FORMAT, "bad": object()})
-    assert read_manifest(tmp_path / "m.json")["x"] == [1, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "m.json"]
+        write_json(man, {"format": MANIFEST_FORMAT, "bad": object()})
+    assert goldens.load_manifest("m", tmp_path)["x"] == [1, 2]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.npz", "m", "manifest.json"]
 
 
-def test_read_manifest_errors(tmp_path):
+def test_load_manifest_errors(tmp_path):
     with pytest.raises(GoldenError, match="no manifest"):
-        read_manifest(tmp_path / "absent.json")
-    (tmp_path / "bad.json").write_text("{")
+        goldens.load_manifest("absent", tmp_path)
+    for model, text in (("bad", "{"), ("old", json.dumps({"format": 0}))):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "manifest.json").write_text(text)
     with pytest.raises(GoldenError, match="not valid JSON"):
-        read_manifest(tmp_path / "bad.json")
-    (tmp_path / "old.json").write_text(json.dumps({"format": 0}))
+        goldens.load_manifest("bad", tmp_path)
     with pytest.raises(GoldenError, match="format"):
-        read_manifest(tmp_path / "old.json")
+        goldens.load_manifest("old", tmp_path)
 
 
 # --- reading API on a synthetic golden tree -------------------------------------------------

@@ -15,7 +15,7 @@ from torch import nn
 port = pytest.importorskip("port")
 
 from parity import core, gates, local, tolerance  # noqa: E402
-from parity.runners import RunnerOutput, run_port  # noqa: E402
+from parity.runners import CAFFE_BUILDS, RunnerOutput, run_port  # noqa: E402
 
 BACKWARD = "fc:1"
 BAND = gates.Band(lambda blob: tolerance.gate_band(None))
@@ -84,7 +84,7 @@ def _judge(nd, net32, net64, x_port, ref_blobs, *, local_rows=True):
         "port32": run_port(net32, x_port, backward_from=BACKWARD),
         "port64": run_port(net64, x_port, backward_from=BACKWARD),
     }
-    for name in core.CAFFE_BUILDS:
+    for name in CAFFE_BUILDS:
         outs[name] = RunnerOutput(name, dict(ref_blobs), "float32", True)
     rows = (
         local.local_analysis(
