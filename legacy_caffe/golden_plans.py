@@ -7,7 +7,6 @@ regenerates a missing set through generation, one way down.
 from __future__ import annotations
 
 import json
-
 import re
 import subprocess
 import sys

@@ -132,8 +132,7 @@ LIMIT_FUNCTION = 60
 LONG_MARK = "# long:"
 #: Offenders in port/ and parity/ not yet split (issue 23, left for a next step), each with why.
 #: The test fails on any new offender and on any listed one that no longer offends.
-KNOWN = {
-}
+KNOWN = {}
 
 
 def _module_name(path: Path) -> str:

@@ -78,7 +78,8 @@ def _digest(out: Path) -> dict:
         trace = json.loads((job / "trace.json").read_text())
         assert trace["status"] == "finished"
         found[f"{job.name}/trace"] = [
-            {k: v for k, v in f.items() if k != "seconds"} for f in trace["facets"]
+            {k: v for k, v in f.items() if k not in ("seconds", "octave_seconds")}
+            for f in trace["facets"]
         ]
     return found
 
