@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import is_blob_key, is_data
 from port.errors import ToolError
 
 from . import core, run
@@ -194,7 +195,7 @@ def run_artefact(
             raw = dump_blobs(art, xt, backward_from=backward_from)
         except KeyError as exc:
             raise ArtefactError(f"{path}: the artefact lacks blob {exc} of this net") from None
-        blobs = {k: np.asarray(v) for k, v in raw.items() if k.startswith(("data/", "diff/"))}
+        blobs = {k: np.asarray(v) for k, v in raw.items() if is_blob_key(k)}
         backward = backward_from is not None
     return RunnerOutput(
         ARTEFACT,
@@ -225,7 +226,7 @@ class ArtefactRunner:
 
 
 def _forward_only(out: RunnerOutput) -> RunnerOutput:
-    data = {k: v for k, v in out.blobs.items() if k.startswith("data/")}
+    data = {k: v for k, v in out.blobs.items() if is_data(k)}
     return RunnerOutput(out.name, data, out.dtype, False, out.seconds, out.source, out.meta)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from port.blobkeys import blob_producers, data_key, ordered_keys
+from port.blobkeys import blob_producers, data_key, is_data, is_diff, ordered_keys
 
 from . import gates, tolerance
 from .compare import BlobCheck, Metrics, PairResult, ParityResult, metrics
@@ -45,7 +45,7 @@ def _compare_pair(
     pair = PairResult(subject.name, reference.name, rule_name)
     region: dict[str, np.ndarray] = {}
     nflips = 0
-    if flips is not None and any(k.startswith("diff/") for k in keys):
+    if flips is not None and any(is_diff(k) for k in keys):
         fl, region = flips.get(subject.name, reference.name)
         nflips = sum(f.count for f in fl if f.in_band)
     for key in keys:
@@ -53,11 +53,11 @@ def _compare_pair(
         a = subject.blobs.get(key)
         b = reference.blobs.get(key)
         rule = rule_for(key)
-        is_diff = key.startswith("diff/")
+        backward = is_diff(key)
         if a is None or b is None or a.shape != b.shape:
             m = _missing()
         elif (
-            is_diff
+            backward
             and blob in region
             and flips is not None
             and flips.corrects
@@ -69,13 +69,13 @@ def _compare_pair(
             rng = m.ref_range
             m.flip_effect = float(np.abs(corr).max() / rng) if rng > 0 else 0.0
         else:
-            m = metrics(a, b, excuse=region.get(blob) if is_diff else None)
+            m = metrics(a, b, excuse=region.get(blob) if backward else None)
         if rule is not None and m.max_rel > rule.allowed and a is not None and b is not None:
             m.n_over = _count_over(
-                a, b, rule.allowed * m.ref_range, region.get(blob) if is_diff else None
+                a, b, rule.allowed * m.ref_range, region.get(blob) if backward else None
             )
         pair.checks.append(
-            BlobCheck(key, producers.get(blob, ""), m, rule, nflips if is_diff else 0)
+            BlobCheck(key, producers.get(blob, ""), m, rule, nflips if backward else 0)
         )
     return pair
 
@@ -176,7 +176,7 @@ def _rules(noise: Mapping[str, dict], spec: Noise, builds: list[str]) -> dict[st
 
     def spread_rule(key: str) -> tolerance.Rule:
         nz = noise.get(key, {})
-        own = nz.get("caffe_own") if own_counts and key.startswith("data/") else None
+        own = nz.get("caffe_own") if own_counts and is_data(key) else None
         return tolerance.spread_rule(nz.get("spread") if len(builds) >= 2 else None, own)
 
     def truth_rule(key: str) -> tolerance.Rule:
@@ -239,8 +239,8 @@ def judge(
     producers = blob_producers(netdef)
     spec = plan.noise
     keys_all = ordered_keys(netdef, set(outputs[spec.over].blobs))
-    fwd_keys = [k for k in keys_all if k.startswith("data/")]
-    bwd_keys = [k for k in keys_all if k.startswith("diff/")]
+    fwd_keys = [k for k in keys_all if is_data(k)]
+    bwd_keys = [k for k in keys_all if is_diff(k)]
     builds = list(spec.builds)
     truth_for = {
         **{k: spec.data_truth for k in fwd_keys},

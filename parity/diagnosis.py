@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from port.blobkeys import data_key, diff_key, ordered_keys
+from port.blobkeys import data_key, diff_key, is_data, ordered_keys
 
 from .compare import BlobCheck, PairResult
 
@@ -146,7 +146,7 @@ def diagnose(
         key = "|".join(sorted((p.subject, p.reference)))
         # Forward: a flip of the layer that gates this very blob; backward: any flip whose
         # gradient change can reach it.
-        where = "gated" if c.key.startswith("data/") else "reach"
+        where = "gated" if is_data(c.key) else "reach"
         culprits = [f for f in flips.get(key, []) if not f["in_band"] and blob in f[where]]
         over = f"{c.metrics.n_over} element(s)" if c.metrics.n_over else "some elements"
         if culprits:

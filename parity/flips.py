@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import is_data
+
 from . import gates
 from .routing import flip_reach, teacher_forced_backward
 from .runners import RunnerOutput
@@ -47,7 +49,7 @@ class FlipAnalysis:
         self.shapes: dict[str, tuple[int, ...]] = {}
         for o in outputs.values():
             for k, v in o.blobs.items():
-                if k.startswith("data/"):
+                if is_data(k):
                     self.shapes.setdefault(k[5:], v.shape)
 
     @staticmethod

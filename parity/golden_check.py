@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from port.blobkeys import is_data, is_diff
 from port.dump import BackwardSeed
 from port.errors import CaffeError
 
@@ -156,7 +157,7 @@ def check_arrays(netdef: Any, arrays: Mapping[str, Any], source: str) -> None:
             _dtype_of(source, key, value)
     golden_inputs(netdef, arrays, source)  # each net input is there, or a message that says so
     shapes = expected_shapes(netdef, arrays, source)
-    has_diff = any(k.startswith("diff/") for k in arrays)
+    has_diff = any(is_diff(k) for k in arrays)
     loose = _data_dependent(netdef)
     for blob in shapes:
         if f"data/{blob}" not in arrays and not (
@@ -172,7 +173,7 @@ def check_arrays(netdef: Any, arrays: Mapping[str, Any], source: str) -> None:
         if blob not in shapes:
             raise _fail(source, f"{key}: the net has no blob {blob!r}")
         want = tuple(shapes[blob])
-        if key.startswith("diff/") and f"data/{blob}" in arrays:
+        if is_diff(key) and f"data/{blob}" in arrays:
             want = tuple(arrays[f"data/{blob}"].shape)  # a diff has its data's shape, exactly
         if not _shape_fits(tuple(value.shape), want, blob in loose):
             raise _fail(
@@ -424,7 +425,7 @@ def check_consistency(
         At the blob (in net order) whose error exceeds its bound, naming the layer and figures.
     """
     rows, unchecked = _forward_rows(netdef, weights, arrays)
-    if any(k.startswith("diff/") for k in arrays):
+    if any(is_diff(k) for k in arrays):
         brows, bun = _backward_rows(netdef, weights, arrays, backward_from, net64)
         rows += brows
         unchecked += bun
@@ -433,7 +434,7 @@ def check_consistency(
         # Forward in net order, backward in backward order: the first to depart is the array at
         # fault; the blobs computed from it depart after it.
         key, layer, err, allowed = bad[0]
-        how = "forward" if key.startswith("data/") else f"backward from {backward_from}"
+        how = "forward" if is_data(key) else f"backward from {backward_from}"
         also = f" (then also {', '.join(r[0] for r in bad[1:4])})" if bad[1:] else ""
         if layer == "(seed)":
             raise _fail(
@@ -443,7 +444,7 @@ def check_consistency(
             )
         # Backward truth is the port's own float64 layer: say so, as the port may be the one wrong.
         port_too = (
-            "" if key.startswith("data/") else
+            "" if is_data(key) else
             f"; if every golden departs here, suspect the port's backward of {layer} instead"
         )  # fmt: skip
         raise _fail(

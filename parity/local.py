@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from port.blobkeys import data_key, diff_key
+from port.blobkeys import data_key, diff_key, is_diff
 from port.dump import BackwardSeed
 
 from . import numpy_ref, tolerance
@@ -167,7 +167,7 @@ def local_analysis(
         row["worst_ratio"] = worst
         row["departs"] = departs
         rows.append(row)
-    if backward and any(k.startswith("diff/") for k in blobs):
+    if backward and any(is_diff(k) for k in blobs):
         _local_backward(netdef, net32, net64, reference, rows, consumers)
     return rows
 

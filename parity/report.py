@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from port.blobkeys import is_data, is_diff
+
 from .closeness import render_html as render_closeness
 from .compare import BlobCheck, ParityResult
 from .diagnosis import flip_sentence
@@ -54,8 +56,8 @@ def _keys(result: ParityResult, cols: dict[str, dict[str, BlobCheck]]) -> list[s
     for col in cols.values():
         for k in col:
             seen.setdefault(k, None)
-    fwd = [k for k in seen if k.startswith("data/")]
-    bwd = [k for k in seen if k.startswith("diff/")]
+    fwd = [k for k in seen if is_data(k)]
+    bwd = [k for k in seen if is_diff(k)]
     return fwd + bwd
 
 
@@ -112,7 +114,7 @@ def _layer_of(cols: dict[str, dict[str, BlobCheck]], key: str) -> str:
 
 def _starts_backward(keys: list[str], i: int) -> bool:
     """Whether row ``i`` is the first backward (``diff/``) row after the forward (``data/``) ones."""
-    return bool(i) and keys[i].startswith("diff/") and keys[i - 1].startswith("data/")
+    return bool(i) and is_diff(keys[i]) and is_data(keys[i - 1])
 
 
 def _verdict_line(result: ParityResult) -> str:
@@ -334,7 +336,7 @@ def _svg_axes(frame: _ChartFrame, keys: list[str]) -> list[str]:
         parts.append(f'<text x="{ml - 6}" y="{yy + 4:.1f}" text-anchor="end">1e{e}</text>')
     label_every = max(1, math.ceil(frame.n / 70))
     for i, k in enumerate(keys):
-        if k.startswith("diff/") and (i == 0 or keys[i - 1].startswith("data/")):
+        if is_diff(k) and (i == 0 or is_data(keys[i - 1])):
             xx = (frame.x(i) + frame.x(i - 1)) / 2 if i else ml
             parts.append(
                 f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{mt}" y2="{h - mb}" stroke="#999" stroke-dasharray="4 3"/>'
@@ -407,7 +409,7 @@ def _svg_titles(frame: _ChartFrame, keys: list[str]) -> list[str]:
         "max|a-b| / max|ref| (log; exact agreement on the bottom line)</text>",
         f'<text x="{frame.ml + 4}" y="{frame.mt + 12}" fill="#555">forward (data)</text>',
     ]
-    dx = next((frame.x(i) for i, k in enumerate(keys) if k.startswith("diff/")), None)
+    dx = next((frame.x(i) for i, k in enumerate(keys) if is_diff(k)), None)
     if dx is not None:
         parts.append(f'<text x="{dx + 4}" y="{frame.mt + 12}" fill="#555">backward (diff)</text>')
     return parts

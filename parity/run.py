@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from port.blobkeys import is_blob_key, is_diff
 from port.errors import CaffeError, ToolError
 
 from . import core, local, runners
@@ -129,8 +130,8 @@ def _golden_runner(
     from . import golden_check  # it raises this module's ParitySetupError
 
     golden_check.check_arrays(netdef, arrays, source)  # dtypes, shapes, finite: before any use
-    blobs = {k: v for k, v in arrays.items() if k.startswith(("data/", "diff/"))}
-    has_diff = any(k.startswith("diff/") for k in blobs)
+    blobs = {k: v for k, v in arrays.items() if is_blob_key(k)}
+    has_diff = any(is_diff(k) for k in blobs)
     return RunnerOutput(caffe_runner(blas), blobs, "float32", has_diff, 0.0, source)
 
 
@@ -522,7 +523,7 @@ def worst_heatmap(result: ParityResult, outputs: Mapping[str, RunnerOutput]) -> 
     a = a.astype(np.float64)
     corr = (
         result.flip_correction(p.subject, p.reference, c.key[5:])
-        if (c.key.startswith("diff/") and result.flip_correction is not None)
+        if (is_diff(c.key) and result.flip_correction is not None)
         else None
     )
     if corr is not None:

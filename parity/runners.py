@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from port.blobkeys import data_key
+from port.blobkeys import data_key, is_blob_key, is_data
 from port.export.onnx_file import ONNX_LIMITS  # the layer table's ONNX column reads it here
 
 from . import numpy_ref
@@ -112,7 +112,7 @@ class RunnerOutput:
     meta: dict = field(default_factory=dict)
 
     def data(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self.blobs.items() if k.startswith("data/")}
+        return {k: v for k, v in self.blobs.items() if is_data(k)}
 
     def describe(self) -> dict:
         return {
@@ -159,7 +159,7 @@ def run_port(
     t0 = time.perf_counter()
     blobs = dump_blobs(net, xt, backward_from=backward_from)
     secs = time.perf_counter() - t0
-    blobs = {k: np.asarray(v) for k, v in blobs.items() if k.startswith(("data/", "diff/"))}
+    blobs = {k: np.asarray(v) for k, v in blobs.items() if is_blob_key(k)}
     return RunnerOutput(
         name or (PORT64 if dt == "float64" else PORT32),
         blobs,

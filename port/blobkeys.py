@@ -72,6 +72,21 @@ def split_key(key: str) -> tuple[str, str]:
     return kind, blob
 
 
+def is_data(key: str) -> bool:
+    """Whether ``key`` is a forward value's key, ``"data/<blob>"``."""
+    return key.startswith(f"{DATA}/")
+
+
+def is_diff(key: str) -> bool:
+    """Whether ``key`` is a gradient's key, ``"diff/<blob>"``."""
+    return key.startswith(f"{DIFF}/")
+
+
+def is_blob_key(key: str) -> bool:
+    """Whether ``key`` is a blob key of either kind (other members of a dump are not)."""
+    return is_data(key) or is_diff(key)
+
+
 def blob_producers(netdef: Any) -> dict[str, str]:
     """Blob name -> name of the layer that first writes it ("" for net inputs).
 

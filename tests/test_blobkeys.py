@@ -47,3 +47,12 @@ def test_ordered_keys_forward_in_net_order_then_backward_reversed():
         "diff/conv1",
         "diff/data",
     ]
+
+
+def test_kind_predicates_tell_the_two_kinds_and_other_members_apart():
+    from port.blobkeys import is_blob_key, is_data, is_diff
+
+    assert is_data(data_key("conv1/7x7_s2")) and not is_diff(data_key("conv1"))
+    assert is_diff(diff_key("fc8")) and not is_data(diff_key("fc8"))
+    assert is_blob_key(data_key("a")) and is_blob_key(diff_key("a"))
+    assert not any(f(k) for f in (is_data, is_diff, is_blob_key) for k in ("input/data", "data"))
