@@ -212,25 +212,16 @@ FX_WRAPPED = ("caffe_pool2d", "caffe_crop", "caffe_linear", "caffe_conv2d", "caf
 def _linear_source() -> str:
     """The port's blocked fully connected product (port.layers.blocked), copied from its source so
     the generated file rounds as the port does, and a ``nn.Linear`` that uses it."""
-    import inspect
-
     from ..layers import blocked
 
-    parts = [
-        f"BLOCK = {blocked.BLOCK}",
-        f"_PARTIALS_BYTES = {blocked._PARTIALS_BYTES}",
-        *(
-            inspect.getsource(obj).strip()
-            for obj in (
-                blocked.blocked_matmul,
-                blocked._BlockedLinear,
-                blocked.blocked_linear,
-                blocked._needs_custom_backward,
-            )
-        ),
-        _LINEAR.strip(),
-    ]
-    return "\n\n\n".join(parts)
+    constants = f"BLOCK = {blocked.BLOCK}\n\n_PARTIALS_BYTES = {blocked._PARTIALS_BYTES}"
+    functions = _port_source(
+        blocked.blocked_matmul,
+        blocked._BlockedLinear,
+        blocked.blocked_linear,
+        blocked._needs_custom_backward,
+    )
+    return "\n\n\n".join([constants, functions, _LINEAR.strip()])
 
 
 _LINEAR = '''
