@@ -11,37 +11,26 @@ stopping tests of its sweeps run; the per-sweep cost in Python is nil. The large
 are kept between calls of the same shape (one set per calling thread): MFV denoises a batch of the
 same size at every step, and fresh buffers cost more in page faults than a converged image's sweeps.
 
-The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-``$CAFFE_MFV_CACHE/native`` (default ``~/.cache/caffe-mfv/native``), keyed by the source, the
-compiler, the flags and this CPU's instruction set, written to a temporary name and renamed into
-place. It is built with OpenMP (``-fopenmp``) so that its threads are torch's own (see the C file);
-a compiler without OpenMP gets a one-thread build. Without a compiler, or with ``CAFFE_MFV_NATIVE=0``, :func:`available` is False and callers
-fall back to the pure-torch solvers.
-
-``CAFFE_MFV_NATIVE_ISA`` caps the instruction set the kernel is built for: ``native`` (default,
-``-march=native``), ``avx512`` (x86-64-v4), ``avx2`` (x86-64-v3) or ``sse2`` (x86-64), each tuned
-for this CPU. With ``ONEDNN_MAX_CPU_ISA=AVX2`` it shows on an AVX-512 machine how the whole step
-runs on an AVX2-only one. Asking for an instruction set the CPU lacks is an error, not a crash.
+The kernel is built on first use by :mod:`port.native` (the system C compiler, OpenMP so that its
+threads are torch's own, a cache keyed by source, compiler, flags and CPU, and the
+``CAFFE_MFV_NATIVE`` / ``CAFFE_MFV_NATIVE_ISA`` switches). Without it :func:`available` is False
+and callers fall back to the pure-torch solvers. With ``CAFFE_MFV_NATIVE_ISA=avx2`` (and
+``ONEDNN_MAX_CPU_ISA=AVX2``) an AVX-512 machine shows how the whole step runs on an AVX2-only one.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "denoise", "isa", "threaded", "vector_bytes"]
+from port import native
+
+__all__ = ["available", "denoise", "threaded", "vector_bytes"]
 
 _SOURCE = Path(__file__).with_name("_tv_native.c")
 # A group's pixel is at most one 64-byte cache line of lanes (measured on Zen 4 at 227 x 227: 16
@@ -51,101 +40,14 @@ _GROUP_BYTES = 64
 _STATE_ARRAYS = 6
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as scikit-image's does.
 # -fno-math-errno lets sqrt vectorise; it changes no value.
-_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
-# CAFFE_MFV_NATIVE_ISA -> (compiler flags, /proc/cpuinfo flags the CPU must have).
-_ISAS = {
-    "native": (["-march=native"], ()),
-    "avx512": (
-        ["-march=x86-64-v4", "-mtune=native"],
-        ("avx512f", "avx512bw", "avx512dq", "avx512vl"),
-    ),
-    "avx2": (["-march=x86-64-v3", "-mtune=native"], ("avx2", "fma", "bmi2")),
-    "sse2": (["-march=x86-64", "-mtune=native"], ("sse2",)),
-}
+_FLAGS = ["-ffp-contract=off", "-fno-math-errno"]
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: a library built for one CPU may not run on another."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def isa() -> str:
-    """The instruction-set cap asked for through ``CAFFE_MFV_NATIVE_ISA`` (validated)."""
-    name = os.environ.get("CAFFE_MFV_NATIVE_ISA", "native").strip().lower() or "native"
-    if name not in _ISAS:
-        raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r}: expected one of {sorted(_ISAS)}")
-    if name != "native":
-        if platform.machine() not in ("x86_64", "AMD64"):
-            raise ValueError(
-                f"CAFFE_MFV_NATIVE_ISA={name!r} applies to x86-64 only, not {platform.machine()}"
-            )
-        have = set(_cpu_signature().split())
-        missing = [f for f in _ISAS[name][1] if f not in have]
-        if missing:
-            raise ValueError(f"CAFFE_MFV_NATIVE_ISA={name!r}: this CPU lacks {', '.join(missing)}")
-    return name
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("CAFFE_MFV_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "caffe-mfv") / "native"
-
-
-def _build(cc: str, flags: list[str], version: str) -> Path:
-    """The kernel built with ``flags`` (from the cache, else compiled and renamed into place)."""
-    key = hashlib.sha256(
-        "\0".join([_SOURCE.read_text(), version, _cpu_signature(), " ".join(flags)]).encode()
-    ).hexdigest()[:16]
-    target = _cache_dir() / f"tv_sweep_{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        run = subprocess.run(
-            [cc, *flags, "-o", tmp, str(_SOURCE), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if run.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {_SOURCE}:\n{run.stderr.strip()}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("CAFFE_MFV_NATIVE", "1") == "0" or platform.system() != "Linux":
-        return None
-    flags = _FLAGS + _ISAS[isa()][0]
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        return None
-    try:
-        version = subprocess.run(
-            [cc, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout
-        try:
-            target = _build(cc, [*flags, "-fopenmp"], version)
-        except RuntimeError:  # a compiler without OpenMP: the kernel runs on one thread
-            target = _build(cc, flags, version)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(
-            f"the compiled TV sweep is unavailable ({e}); using the torch solver", stacklevel=3
-        )
+    lib = native.load(_SOURCE, "tv_sweep", _FLAGS, fallback="the torch solver")
+    if lib is None:
         return None
     lib.tv_max_vectors.restype = ctypes.c_int
     lib.tv_threaded.restype = ctypes.c_int

@@ -98,19 +98,33 @@ def _torch_info() -> dict:
 
 def _tv_kernel() -> dict:
     try:
+        from port import native
+
         from . import _tv_native
 
         if not _tv_native.available():
             return {"tv_kernel": None}
         return {
             "tv_kernel": {
-                "isa": _tv_native.isa(),
+                "isa": native.isa(),
                 "vector_bytes": _tv_native.vector_bytes(),
                 "openmp": _tv_native.threaded(),
             }
         }
     except (ImportError, ValueError) as e:
         return {"tv_kernel": f"unavailable: {e}"}
+
+
+def _fc_kernel() -> dict:
+    """The port's compiled small-batch fully connected kernel (:mod:`port.layers.skinny`)."""
+    try:
+        from port.layers import skinny
+
+        if not skinny.available():
+            return {"fc_kernel": None}
+        return {"fc_kernel": {"vector_bytes": skinny.vector_bytes()}}
+    except (ImportError, ValueError) as e:
+        return {"fc_kernel": f"unavailable: {e}"}
 
 
 def isa_class(flags: set[str] | list[str], caps: dict[str, str] | None = None) -> str:
@@ -169,6 +183,7 @@ def machine_info(tv_kernel: bool = True) -> dict:
     info.update(_torch_info())
     if tv_kernel:
         info.update(_tv_kernel())
+        info.update(_fc_kernel())
     return info
 
 

@@ -13,6 +13,7 @@ import torch
 
 from mfv import _tv_native
 from mfv.tv_bregman import denoise_tv_bregman
+from port import native
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_capped_isa_gives_the_native_bytes(
     fresh_library.setenv("CAFFE_MFV_NATIVE_ISA", isa)
     _tv_native._library.cache_clear()
     try:
-        _tv_native.isa()
+        native.isa()
     except ValueError as e:
         pytest.skip(str(e))  # this CPU lacks it
     out, n = denoise_tv_bregman(imgs, **kw)
@@ -66,8 +67,8 @@ def test_unknown_isa_is_a_clear_error(fresh_library) -> None:
 
 
 def test_isa_the_cpu_lacks_is_a_clear_error(fresh_library) -> None:
-    fresh_library.setattr(_tv_native, "_cpu_signature", lambda: "flags : fpu sse sse2")
-    fresh_library.setattr(_tv_native.platform, "machine", lambda: "x86_64")
+    fresh_library.setattr(native, "cpu_signature", lambda: "flags : fpu sse sse2")
+    fresh_library.setattr(native.platform, "machine", lambda: "x86_64")
     fresh_library.setenv("CAFFE_MFV_NATIVE_ISA", "avx512")
     with pytest.raises(ValueError, match="this CPU lacks avx512f"):
         _tv_native.available()

@@ -225,8 +225,18 @@ def _linear_source() -> str:
 
 
 _LINEAR = '''
+try:  # where the port is installed, its compiled kernel: this file then rounds as the port does
+    from port.layers import skinny as _skinny
+except ImportError:
+    _skinny = None
+
+
 def caffe_linear(x, weight, bias):
-    """``x @ weight.T + bias`` with float32 sums in blocks of ``BLOCK`` terms."""
+    """``x @ weight.T + bias`` as the port computes it: the port's compiled small-batch kernel
+    where it applies and is importable, else float32 sums in blocks of ``BLOCK`` terms."""
+    if _skinny is not None and weight.is_contiguous() and _skinny.usable(x, weight):
+        # A fresh cache: weight.T is copied for each backward (the port keeps one per layer).
+        return _skinny.linear(x, weight, bias, _skinny.TransposedWeights())
     return blocked_linear(x, weight, bias)
 
 

@@ -10,9 +10,11 @@ from torch import nn
 
 from ..errors import CaffeError
 from ..netdef import LayerDef
+from . import skinny
 from .base import CaffeLayer, Shape, _canonical_axis, _enum_name, _opt, _pair
 from .blocked import blocked_linear
 from .lrn import caffe_lrn
+from .maxpool import max_pool2d
 from .strided import caffe_conv2d
 
 
@@ -176,7 +178,7 @@ class Pooling(CaffeLayer):
         if self.method == "MAX":
             # Windows are clipped to the image: padding can never win.
             xp = F.pad(x, pads, value=-math.inf) if any(pads) else x
-            y = F.max_pool2d(xp, kernel, self.stride)
+            y = max_pool2d(xp, kernel, self.stride)
         else:
             xp = F.pad(x, pads, value=0.0) if any(pads) else x
             y = F.avg_pool2d(xp, kernel, self.stride)
@@ -230,6 +232,8 @@ class InnerProduct(CaffeLayer):
         self.bias_term = bool(p.bias_term)
         self.transpose = bool(p.transpose)
         self._make_blobs()
+        # weight.T for the compiled kernel's input gradient, made on the first backward.
+        self._transposed = skinny.TransposedWeights()
 
     def blob_shapes(self) -> list[Shape]:
         w = (self.k_in, self.num_output) if self.transpose else (self.num_output, self.k_in)
@@ -248,7 +252,11 @@ class InnerProduct(CaffeLayer):
             )
         weight = self.blobs[0].t() if self.transpose else self.blobs[0]
         bias = self.blobs[1] if self.bias_term else None
-        y = blocked_linear(flat.reshape(-1, self.k_in), weight, bias)
+        rows = flat.reshape(-1, self.k_in)
+        if weight.is_contiguous() and skinny.usable(rows, weight):
+            y = skinny.linear(rows, weight, bias, self._transposed)
+        else:
+            y = blocked_linear(rows, weight, bias)
         return [y.reshape(*lead, self.num_output)]
 
 
