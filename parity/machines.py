@@ -19,13 +19,16 @@ knob                          effect on the port's float32 results
 ``MKL_ENABLE_INSTRUCTIONS``   none here (MKL takes its AVX2 path on AMD anyway); included in the
                               ISA settings, since on an Intel CPU it selects the GEMM kernels
 ``torch.backends.mkldnn``     disabled: every convolution through ATen's own im2col + GEMM
+``CAFFE_MFV_NATIVE_ISA``      the vector width of the port's compiled fully connected kernel
+                              (capped with the libraries); ``CAFFE_MFV_NATIVE=0`` drops it for
+                              the portable blocked product
 torch threads (1 or 2)        none on CaffeNet; GoogLeNet's and SqueezeNet's results change
                               (the machine matrix shows other flips at 1 and 2 threads)
 ============================  =================================================================
 
 :data:`SETTINGS` therefore emulates an AVX2, an AVX and an SSE4 machine (every library capped
 together), each with 1 and 2 threads, next to the default, plus MKL's compatible GEMM and the
-ATen-only convolution path.
+ATen-only convolution path, and the port without its compiled kernel.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ _ISA = {
     "avx2": (
         {
             "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "CAFFE_MFV_NATIVE_ISA": "avx2",
             "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "ATEN_CPU_CAPABILITY": "avx2",
         },
@@ -82,6 +86,7 @@ _ISA = {
     "avx": (
         {
             "ONEDNN_MAX_CPU_ISA": "AVX",
+            "CAFFE_MFV_NATIVE_ISA": "avx",
             "MKL_ENABLE_INSTRUCTIONS": "AVX",
             "ATEN_CPU_CAPABILITY": "default",
         },
@@ -90,6 +95,7 @@ _ISA = {
     "sse41": (
         {
             "ONEDNN_MAX_CPU_ISA": "SSE41",
+            "CAFFE_MFV_NATIVE_ISA": "sse2",
             "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
             "ATEN_CPU_CAPABILITY": "default",
         },
@@ -110,6 +116,13 @@ SETTINGS: tuple[Setting, ...] = tuple(
         "MKL's conditional-numerical-reproducibility GEMM (another fully connected kernel)",
     ),
     Setting("no-mkldnn", {}, 2, False, "convolutions through ATen's im2col + GEMM, not oneDNN"),
+    Setting(
+        "no-native",
+        {"CAFFE_MFV_NATIVE": "0"},
+        2,
+        True,
+        "no C compiler: the portable blocked fully connected product instead of the compiled one",
+    ),
 )
 
 

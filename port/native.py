@@ -11,7 +11,8 @@ Linux, or with ``CAFFE_MFV_NATIVE=0``, :func:`load` returns None and callers tak
 pure-torch path.
 
 ``CAFFE_MFV_NATIVE_ISA`` caps the instruction set the kernels are built for: ``native`` (default,
-``-march=native``), ``avx512`` (x86-64-v4), ``avx2`` (x86-64-v3) or ``sse2`` (x86-64), each tuned
+``-march=native``), ``avx512`` (x86-64-v4), ``avx2`` (x86-64-v3), ``avx`` (Sandy Bridge: AVX without
+FMA) or ``sse2`` (x86-64), each tuned
 for this CPU. With ``ONEDNN_MAX_CPU_ISA=AVX2`` it shows on an AVX-512 machine how a run goes on an
 AVX2-only one. Asking for an instruction set the CPU lacks is an error, not a crash.
 """
@@ -38,6 +39,7 @@ ISAS = {
         ("avx512f", "avx512bw", "avx512dq", "avx512vl"),
     ),
     "avx2": (["-march=x86-64-v3", "-mtune=native"], ("avx2", "fma", "bmi2")),
+    "avx": (["-march=corei7-avx", "-mtune=native"], ("avx",)),  # Sandy Bridge: no FMA
     "sse2": (["-march=x86-64", "-mtune=native"], ("sse2",)),
 }
 _COMMON = ["-O3", "-shared", "-fPIC"]

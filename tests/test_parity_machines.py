@@ -22,6 +22,8 @@ def test_settings_are_named_once_and_cover_every_isa_with_one_and_two_threads():
     # An emulated CPU caps every library together, not only oneDNN.
     assert capped["avx2-t1"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert capped["avx2-t1"]["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert capped["avx2-t1"]["CAFFE_MFV_NATIVE_ISA"] == "avx2"  # the port's compiled kernel too
+    assert capped["no-native"] == {"CAFFE_MFV_NATIVE": "0"}
     assert not next(s for s in machines.SETTINGS if s.name == "no-mkldnn").mkldnn
 
 

@@ -155,3 +155,25 @@ def test_max_pool_equals_torch_values_and_gradients(case, kernel_stride):
     with torch.no_grad():
         assert torch.equal(maxpool.max_pool2d(x, list(kernel), list(stride)).nan_to_num(),
                            yb.detach().nan_to_num())  # fmt: skip
+
+
+@needs_kernel
+@pytest.mark.parametrize(("isa", "width"), [("avx2", 32), ("avx", 32), ("sse2", 16)])
+def test_capped_builds_stay_within_the_bound(monkeypatch, isa, width):
+    """What an AVX2, AVX or SSE machine builds (narrower vectors, so other partial sums)."""
+    from port import native
+
+    monkeypatch.setenv("CAFFE_MFV_NATIVE_ISA", isa)
+    try:
+        native.isa()
+    except ValueError as e:
+        pytest.skip(str(e))  # this CPU lacks it
+    skinny._library.cache_clear()
+    try:
+        x, w = _operands(10, 1500, 23, seed=11)
+        got = skinny.matmul_nt(x.float(), w.float()).double()
+        assert skinny.vector_bytes() == width
+    finally:
+        skinny._library.cache_clear()
+    exact = x.float().double() @ w.float().double().t()
+    assert bool(((got - exact).abs() <= _bound(x, w)).all())
