@@ -140,6 +140,14 @@ def cluster_codes(
     n = len(codes)
     if n < k * m:
         raise MfvError(f"{n} images are fewer than k * m = {k * m}")
+    # Identical codes leave PCA nothing to keep and t-SNE dividing by zero (scikit-learn then
+    # crashed the process); fewer distinct codes than clusters cannot make k clusters anyway.
+    distinct = len(np.unique(codes, axis=0))
+    if distinct < k:
+        raise MfvError(
+            f"the {n} codes take only {distinct} distinct value(s), fewer than k = {k} clusters: "
+            "are the images copies of one another, or is the code layer constant?"
+        )
     dims = int(min(pca_dims, n, codes.shape[1]))
     perp = float(min(perplexity, max(2.0, (n - 1) / 3.0)))
     # One thread: results then do not depend on the thread count, and on a busy machine OpenMP's

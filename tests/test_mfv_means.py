@@ -12,6 +12,8 @@ from PIL import Image
 from torch import nn
 
 from mfv import _io
+from mfv.codes import cluster_codes
+from mfv.errors import MfvError
 from mfv.means import find_images, make_means, mean_image, read_clusters
 from mfv.models import wrap
 from mfv.testing import tiny_convention, torch_threads
@@ -171,3 +173,16 @@ def test_read_clusters_published_layout():
         len(c["members"]) == 15 and c["mean_image"].endswith(f"mean_{c['index']}.jpg")
         for c in data["clusters"]
     )
+
+
+@pytest.mark.parametrize("distinct", [1, 2])
+def test_too_few_distinct_codes_is_a_clear_error_not_a_crash(distinct):
+    """Copies of one image gave scikit-learn's t-SNE a zero variance and crashed the process."""
+    rows = np.random.default_rng(0).normal(size=(distinct, 64)).astype(np.float32)
+    codes = np.repeat(rows, 30 // distinct, axis=0)
+    with pytest.raises(MfvError, match=f"only {distinct} distinct value"):
+        cluster_codes(codes, k=3, m=5)
+    # Three distinct codes are enough for three clusters, each made of one code's copies.
+    three = np.repeat(np.random.default_rng(1).normal(size=(3, 64)).astype(np.float32), 10, axis=0)
+    members = cluster_codes(three, k=3, m=5)["members"]
+    assert sorted(len({i // 10 for i in ms}) for ms in members) == [1, 1, 1]
