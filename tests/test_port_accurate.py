@@ -189,3 +189,34 @@ def test_accumulate_is_checked_and_reaches_the_loaders(tmp_path):
     port.save(_seeded(TINY_NET), art)
     assert port.load(art, accumulate="float64").accumulate == "float64"
     assert port.load(art).accumulate == "float32"
+
+
+def test_port_dump_accumulate_float64_writes_the_accurate_blobs(tmp_path):
+    """``port dump --accumulate float64``: float32 arrays, equal to the accurate net's own dump
+    and different from the fast one's."""
+    from port.caffemodel import write_caffemodel
+    from port.cli import main
+
+    from .conftest import TINY_NET
+
+    proto = tmp_path / "t.prototxt"
+    proto.write_text(TINY_NET)
+    netdef = port.load_prototxt(proto)
+    weights = tmp_path / "t.caffemodel"
+    write_caffemodel(weights, netdef, port.seed_weights(netdef, 0))
+    x = np.random.default_rng(0).normal(0, 50, (3, 3, 13, 11)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "d.npz"
+    args = ["dump", "--prototxt", str(proto), "--caffemodel", str(weights)]
+    args += ["--input", str(tmp_path / "x.npy"), "--out", str(out), "--backward-from", "fc:1"]
+    assert main([*args, "--accumulate", "float64"]) == 0
+    acc = port.dump_blobs(
+        port.load_caffe(proto, weights, accumulate="float64"), x, backward_from="fc:1"
+    )
+    fast = port.dump_blobs(port.load_caffe(proto, weights), x, backward_from="fc:1")
+    with np.load(out) as d:
+        assert d["diff/data"].dtype == np.float32
+        for k in acc:
+            if k.startswith(("data/", "diff/")):
+                np.testing.assert_array_equal(d[k], acc[k])
+        assert any(not np.array_equal(d[k], fast[k]) for k in fast if k.startswith("data/"))
