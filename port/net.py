@@ -87,6 +87,8 @@ class CaffeNet(nn.Module):
     @accumulate.setter
     def accumulate(self, value: str) -> None:
         self._accumulate = check_accumulate(value)
+        if value == "float32" and hasattr(self, "_wide"):
+            self._wide.clear()  # the float64 copies (a VGG16's are 1.1 GB) serve only float64
 
     def _build(self, layer, bottom_shapes) -> CaffeLayer:
         try:

@@ -220,3 +220,32 @@ def test_port_dump_accumulate_float64_writes_the_accurate_blobs(tmp_path):
             if k.startswith(("data/", "diff/")):
                 np.testing.assert_array_equal(d[k], acc[k])
         assert any(not np.array_equal(d[k], fast[k]) for k in fast if k.startswith("data/"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_accurate_mode_on_cuda_matches_the_cpu_one():
+    """The same float64 arithmetic on the GPU: blobs and diffs within one float32 rounding of the
+    CPU's accurate ones (the float64 sums differ in order only)."""
+    from .conftest import TINY_NET
+
+    net = _seeded(TINY_NET)
+    net.accumulate = "float64"
+    x = np.random.default_rng(8).normal(0, 50, (2, 3, 13, 11)).astype(np.float32)
+    cpu = port.dump_blobs(net, x, backward_from="fc:1")
+    gpu = port.dump_blobs(copy.deepcopy(net).to("cuda"), x, backward_from="fc:1")
+    for k, v in cpu.items():
+        if k.startswith(("data/", "diff/")):
+            assert gpu[k].dtype == np.float32, k
+            assert np.abs(gpu[k] - v).max() <= 2 * EPS32 * max(np.abs(v).max(), 1e-30), k
+
+
+def test_leaving_the_accurate_mode_drops_the_float64_copies():
+    from .conftest import TINY_NET
+
+    net = _seeded(TINY_NET)
+    net.accumulate = "float64"
+    x = torch.zeros(1, 3, 13, 11)
+    net(x)
+    assert net._wide._cache and any(net._wide._cache.values())
+    net.accumulate = "float32"
+    assert not net._wide._cache
