@@ -21,7 +21,7 @@ from port.errors import UsageError
 
 from . import _io
 from .checks import check_sweep_params
-from .cli_options import grey_args, model_args, model_options
+from .cli_options import grey_args, model_args, model_options, refuse_accurate_module
 from .cli_sweep import add_sweep
 from .models import load_model
 
@@ -34,6 +34,7 @@ def _load(a):
     if getattr(a, "module", None):
         from .exported import load_exported
 
+        refuse_accurate_module(a)
         return load_exported(a.module, a.weights, name=a.model, device=a.device)
     return load_model(a.model, device=a.device, **model_options(a))
 

@@ -15,7 +15,7 @@ from port.errors import UsageError
 
 from .models import MODEL_SPECS
 
-__all__ = ["grey_args", "model_args", "model_options"]
+__all__ = ["grey_args", "model_args", "model_options", "refuse_accurate_module"]
 
 MODEL_HELP = (
     f"network: one of {', '.join(MODEL_SPECS)}, or 'caffe' with --prototxt. Caffe nets come from "
@@ -62,6 +62,13 @@ def model_args(
     g.add_argument(
         "--parity-file", help="parity verdict file to use instead of <caffemodel>.parity.json"
     )
+    g.add_argument(
+        "--accurate",
+        action="store_true",
+        help="run the Caffe port in its accurate mode: float32 blobs, every layer computed in "
+        "float64 and rounded (closer to float64 than Caffe; slower). Needs the parity verdict "
+        "of that configuration (parity run judges both)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--threads", type=int, help=threads_help)
 
@@ -96,4 +103,11 @@ def model_options(a) -> dict:
         "parity_file": a.parity_file,
         "proto": a.proto,
         "plugins": tuple(a.plugin),
+        **({"accurate": True} if getattr(a, "accurate", False) else {}),
     }
+
+
+def refuse_accurate_module(a) -> None:
+    """``--accurate`` is a mode of the port: an exported module (``--module``) has none."""
+    if getattr(a, "module", None) and getattr(a, "accurate", False):
+        raise UsageError("--accurate runs the port; an exported --module has no accurate mode")

@@ -270,6 +270,7 @@ def load_model(
     parity_file: str | Path | None = None,
     proto: str | Path | None = None,
     plugins: Sequence[str] = (),
+    accurate: bool = False,
 ) -> Model:
     """Load a named model (see :data:`MODEL_SPECS`), seeded when no weights are given.
 
@@ -296,6 +297,10 @@ def load_model(
     plugins : sequence of str
         Python files or modules run first; they register custom layer types with
         ``port.register_layer``.
+    accurate : bool
+        Build a Caffe port in its accurate mode (float32 blobs, float64 arithmetic in every layer,
+        ``port.CaffeNet(accumulate="float64")``; slower) and require the parity verdict of that
+        configuration; default: the fast port and its verdict.
     """
     spec = model_spec(name)
     load_plugins(plugins)
@@ -310,7 +315,10 @@ def load_model(
             parity_file,
             proto,
             tuple(plugins),
+            accurate=accurate,
         )
+    if accurate:
+        raise MfvError("--accurate applies to Caffe models (the port), not to torchvision ones")
     return _load_torchvision(spec, weights, weight_seed, device)
 
 
@@ -389,22 +397,38 @@ def _he_seed(module: nn.Module, seed: int) -> None:
 
 
 def _load_caffe(
-    spec, prototxt, caffemodel, seed, device, parity_check, parity_file, proto=None, plugins=()
+    spec,
+    prototxt,
+    caffemodel,
+    seed,
+    device,
+    parity_check,
+    parity_file,
+    proto=None,
+    plugins=(),
+    *,
+    accurate: bool = False,
 ) -> Model:
     if prototxt is None:
         if spec is None:
             raise MfvError("model 'caffe' needs --prototxt")
         prototxt = zoo_model(spec.zoo).prototxt
-    # Read the verdict before the expensive load: refusing early is the point of the gate.
+    # Read the verdict before the expensive load: refusing early is the point of the gate. It must
+    # vouch for the configuration that runs (the accurate mode is judged apart from the fast one).
+    configuration = "accurate" if accurate else "float32"
     parity = check_parity(
         prototxt,
         caffemodel,
         seed=None if caffemodel else seed,
         verdict_file=parity_file,
         required=parity_check,
+        configuration=configuration,
     )
     net = port.load_caffe(
-        str(prototxt), None if caffemodel is None else str(caffemodel), proto=proto
+        str(prototxt),
+        None if caffemodel is None else str(caffemodel),
+        proto=proto,
+        accumulate="float64" if accurate else "float32",
     )
     if caffemodel is None:
         net.load_blobs(port.seed_weights(net.netdef, seed))
@@ -418,6 +442,7 @@ def _load_caffe(
         "caffemodel": None if caffemodel is None else str(caffemodel),
         "weight_seed": None if caffemodel else seed,
         "parity": parity,
+        "configuration": configuration,
         **({"proto": str(proto)} if proto is not None else {}),
         **({"plugins": list(plugins)} if plugins else {}),
     }
@@ -441,12 +466,13 @@ class ModelArgs:
     parity_file: str | None = None
     proto: str | None = None
     plugins: tuple[str, ...] = ()
+    accurate: bool = False
 
     def identity(self) -> dict:
-        """The fields as JSON; a fork's proto and plugins appear only when given, so that sweeps
-        made before they existed resume."""
+        """The fields as JSON; a fork's proto, plugins and the accurate mode appear only when
+        given, so that sweeps made before they existed resume."""
         out = asdict(self)
-        for extra in ("proto", "plugins"):
+        for extra in ("proto", "plugins", "accurate"):
             if not out[extra]:
                 del out[extra]
         if "plugins" in out:

@@ -58,9 +58,10 @@ def _add_run_command(tool: Tool) -> None:
         "run",
         _cmd_run,
         help="run the port and the references, compare blob by blob, report; exit 0 only if all pass",
-        description="Run the port (float32, float64) and the references on one input, forward and "
-        "backward, and judge every blob by the policy in parity/tolerance.py. Exit status: 0 every "
-        "blob passed, 1 some blob failed, 2 the run could not be set up.",
+        description="Run the port (float32 fast, float32 accurate = float64 accumulation, float64) "
+        "and the references on one input, forward and backward, and judge every blob by the policy "
+        "in parity/tolerance.py; both float32 configurations are judged and the verdict records "
+        "each. Exit status: 0 every blob passed, 1 some blob failed, 2 the run could not be set up.",
     )
     _add_run_subject_options(parser)
     parser.add_argument(

@@ -22,10 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["RATIO_LIMIT", "SHARE_GOAL", "BlobCloseness", "Closeness", "closeness"]
+__all__ = [
+    "RATIO_LIMIT",
+    "SHARE_GOAL",
+    "BlobCloseness",
+    "Closeness",
+    "closeness",
+    "report_lines",
+    "render_all_html",
+]
 
 #: Share of blobs on which the port must be at least as close to float64 as the better Caffe build.
 SHARE_GOAL = 0.9
@@ -85,6 +94,7 @@ class Closeness:
 
     subject: str
     blobs: tuple[BlobCloseness, ...]
+    goal: bool = True  # False: reported for information, the goal does not hold this subject
 
     @property
     def n_closer(self) -> int:
@@ -109,7 +119,10 @@ class Closeness:
         n_res = sum(b.below_resolution for b in self.blobs)
         w = self.worst
         worst = f"worst {w.key} {w.ratio:.2f}x" if w is not None and w.ratio > 0 else "worst 0x"
-        goal = "goal met" if self.met else "GOAL NOT MET"
+        if self.goal:
+            goal = "goal met" if self.met else "GOAL NOT MET"
+        else:
+            goal = ("within" if self.met else "outside") + " the goal (informational)"
         return (
             f"{self.subject} closer to float64 than Caffe on {self.n_closer} of {len(self.blobs)} "
             f"blobs ({n_res} below float32 resolution on both sides); {worst} of the better "
@@ -120,6 +133,7 @@ class Closeness:
         w = self.worst
         return {
             "subject": self.subject,
+            "goal": self.goal,
             "n_closer": self.n_closer,
             "n_blobs": len(self.blobs),
             "share_goal": SHARE_GOAL,
@@ -136,7 +150,9 @@ def _resolution(ref_range: float) -> float:
     return float(np.spacing(np.float32(ref_range))) / float(ref_range)
 
 
-def closeness(pairs: Iterable, builds: Sequence[str], *, subject: str = "port32") -> Closeness:
+def closeness(
+    pairs: Iterable, builds: Sequence[str], *, subject: str = "port32", goal: bool = True
+) -> Closeness:
     """Set the subject's distance to float64 against the better Caffe build's, blob by blob.
 
     Parameters
@@ -148,6 +164,8 @@ def closeness(pairs: Iterable, builds: Sequence[str], *, subject: str = "port32"
         Names of the Caffe runners (e.g. ``("caffe-atlas", "caffe-openblas")``).
     subject : str
         The float32 runner judged.
+    goal : bool
+        Whether the goal holds this subject (False: its line says it is for information).
 
     Returns
     -------
@@ -182,7 +200,7 @@ def closeness(pairs: Iterable, builds: Sequence[str], *, subject: str = "port32"
                 caffe_build=build,
                 resolution=_resolution(c.metrics.ref_range),
             )
-    return Closeness(subject=subject, blobs=tuple(rows.values()))
+    return Closeness(subject=subject, blobs=tuple(rows.values()), goal=goal)
 
 
 def _bar(value: float, scale: float, width: int = 160) -> str:
@@ -195,14 +213,40 @@ def _bar(value: float, scale: float, width: int = 160) -> str:
     )
 
 
+def report_lines(result: Any) -> list[str]:
+    """The text report's closeness lines: one per configuration with blobs compared (the goal's
+    first), then which configurations passed."""
+    found = [result.closeness, *getattr(result, "closeness_info", [])]
+    lines = [c.summary() for c in found if c is not None and c.blobs]
+    configs = getattr(result, "configurations", {})
+    if configs:
+        lines.append("configurations: " + configurations_text(configs))
+    return lines
+
+
+def configurations_text(configs: dict[str, dict]) -> str:
+    """``float32 (port32) PASS, accurate (port32-accurate) PASS``."""
+    return ", ".join(
+        f"{name} ({c['subject']}) {'PASS' if c['passed'] else 'FAIL'}"
+        for name, c in configs.items()
+    )
+
+
+def render_all_html(result: Any) -> list[str]:
+    """The HTML sections of every configuration's closeness (the goal's first)."""
+    found = [result.closeness, *getattr(result, "closeness_info", [])]
+    return [line for c in found if c is not None for line in render_html(c)]
+
+
 def render_html(result: Closeness) -> list[str]:
     """The HTML section: summary, then per blob both distances (log bars), the ratio, the verdict."""
     import html
 
     esc = html.escape
-    cls = "ok" if result.met else "bad"
+    cls = "ok" if result.met else ("bad" if result.goal else "")
+    title = "As close to float64 as Caffe?" + ("" if result.goal else " (informational)")
     out = [
-        "<h2>As close to float64 as Caffe?</h2>",
+        f"<h2>{esc(result.subject)}: {esc(title)}</h2>",
         f"<p class='{cls}'>{esc(result.summary())}</p>",
         "<table><tr><th>blob</th><th>truth</th><th>port vs float64</th><th></th>"
         "<th>better Caffe vs float64</th><th></th><th>port / Caffe</th></tr>",

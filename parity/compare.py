@@ -316,14 +316,22 @@ class ParityResult:
     input_source: str = ""
     # The cause of the verdict (parity.diagnosis.diagnose).
     diagnosis: dict = field(default_factory=dict)
-    # The port's distance to float64 against the better Caffe build's (parity.closeness.Closeness).
+    # The port's distance to float64 against the better Caffe build's (parity.closeness.Closeness):
+    # the configuration held to the goal, and the others (for information).
     closeness: Any = None
+    closeness_info: list = field(default_factory=list)
+    # Configuration name -> {"subject", "passed", "closeness_goal", "closeness_met"} (parity.plan.Configuration).
+    configurations: dict[str, dict] = field(default_factory=dict)
     # (subject, reference, blob) -> what gate flips moved that diff by, or None; not serialised.
     flip_correction: Any = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
-        return all(p.passed for p in self.pairs) and self.first_departure is None
+        return (
+            all(p.passed for p in self.pairs)
+            and self.first_departure is None
+            and all(c["passed"] for c in self.configurations.values())
+        )
 
     def __bool__(self) -> bool:
         return self.passed
@@ -343,6 +351,8 @@ class ParityResult:
             "diagnosis": _finite_tree(self.diagnosis),
             "local": _finite_tree(self.local),
             "closeness": None if self.closeness is None else _finite_tree(self.closeness.to_json()),
+            "closeness_info": [_finite_tree(c.to_json()) for c in self.closeness_info],
+            "configurations": self.configurations,
             "pairs": [p.to_json() for p in self.pairs],
             "timings": self.timings,
             "notes": self.notes,

@@ -210,10 +210,21 @@ def run_target(target: Target) -> dict:
                 k = f"{f['layer']}{'' if f['in_band'] else ' (OUT OF BAND)'}"
                 flips[k] = max(flips.get(k, 0), f["count"])
     worst = {n: r for n, (r, _) in worst_ratios(result).items() if is_caffe(n)}
+    near = result.closeness
     return {
         "target": target.name,
         "passed": result.passed,
         "worst_vs_caffe": max(worst.values()) if worst else None,
+        # The closeness goal under this setting, for the configuration it holds.
+        "closeness": None
+        if near is None or not near.blobs
+        else {
+            "subject": near.subject,
+            "n_closer": near.n_closer,
+            "n_blobs": len(near.blobs),
+            "worst_ratio": near.worst.ratio,
+            "met": near.met,
+        },
         "flips": flips,
         "cause": result.diagnosis.get("cause"),
         "why": (result.diagnosis.get("lines") or [""])[0] if result.diagnosis.get("cause") else "",
@@ -245,7 +256,8 @@ def run_matrix(
     -------
     list of dict
         One row per (setting, target): ``passed``, ``worst_vs_caffe`` (worst error as a multiple
-        of the noise floor against either Caffe build), ``flips`` (port32's gate flips by layer),
+        of the noise floor against either Caffe build), ``closeness`` (the goal's subject, blobs
+        closer than Caffe, worst ratio, met), ``flips`` (port32's gate flips by layer),
         ``cause`` and ``why`` when it fails, ``seconds``; ``error`` if it could not run.
     """
     rows: list[dict] = []
@@ -282,6 +294,12 @@ def format_row(r: dict) -> str:
         f"{r['setting']:15s} {r['target']:15s} {'PASS' if r['passed'] else 'FAIL'} "
         f"worst {r['worst_vs_caffe']:.2f}x  flips: {flips}  ({r['seconds']:.0f} s)"
     )
+    near = r.get("closeness")
+    if near:
+        line += (
+            f"  {near['subject']} closer than Caffe on {near['n_closer']}/{near['n_blobs']}, "
+            f"worst {near['worst_ratio']:.2f}x{'' if near['met'] else ' GOAL NOT MET'}"
+        )
     return line + (f"\n    {r['why']}" if r.get("why") else "")
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .runners import CAFFE_BUILDS, NUMPY32, NUMPY64, ONNX, PORT32, PORT64
+from .runners import CAFFE_BUILDS, NUMPY32, NUMPY64, ONNX, PORT32, PORT32_ACCURATE, PORT64
 
-__all__ = ["RULES", "Comparison", "Noise", "Plan", "default_plan"]
+__all__ = ["RULES", "Comparison", "Configuration", "Noise", "Plan", "default_plan"]
 
 #: The tolerance rules a comparison may name (``parity/tolerance.py``).
 RULES = ("spread", "truth", "float64")
@@ -92,6 +92,27 @@ class Noise:
 
 
 @dataclass(frozen=True)
+class Configuration:
+    """One way of running the port that a verdict vouches for, and the runner that stands for it.
+
+    Attributes
+    ----------
+    name : str
+        As the verdict file records it and a caller asks for it (``port.verdict.CONFIGURATIONS``:
+        ``"float32"`` the fast port, ``"accurate"`` float64 accumulation).
+    subject : str
+        The runner judged for it; its judged pairs decide whether the configuration passed.
+    closeness_goal : bool
+        Whether "closer to float64 than Caffe" (:mod:`parity.closeness`) also gates it; otherwise
+        its closeness is reported for information.
+    """
+
+    name: str
+    subject: str
+    closeness_goal: bool = False
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything ``judge`` needs to know about the runners.
 
@@ -102,18 +123,65 @@ class Plan:
     noise : Noise
     prefer : tuple of str
         References in the order a diagnosis prefers to speak of when several fail at one blob.
+    configurations : tuple of Configuration
+        What the verdict records, one entry per judged subject (empty: none is recorded).
     """
 
     comparisons: tuple[Comparison, ...]
     noise: Noise
     prefer: tuple[str, ...] = ()
+    configurations: tuple[Configuration, ...] = ()
 
     def runners(self) -> set[str]:
         """Every runner the plan names."""
         n = self.noise
         named = {n.over, *n.builds, n.data_truth, n.diff_truth}
         named |= {r for c in self.comparisons for r in (c.subject, c.reference)}
+        named |= {c.subject for c in self.configurations}
         return named - {""}
+
+
+def _subject_comparisons(subject: str, present: set[str], prefix: str = "") -> list[Comparison]:
+    """One subject's pairs: the builds and numpy32/ONNX by the spread rule, the float64 runners by
+    the truth rule; columns named ``<prefix><reference>`` (``truth`` for both truths)."""
+    builds = [b for b in CAFFE_BUILDS if b in present]
+    comps = [Comparison(subject, b, "spread", column=prefix + b, legend=f"{subject} vs {b}")
+             for b in builds]  # fmt: skip
+    comps += [
+        Comparison(
+            subject, r, "spread", blobs="data", column=prefix + r, legend=f"{subject} vs {r}"
+        )
+        for r in (NUMPY32, ONNX)
+        if r in present
+    ]
+    if NUMPY64 in present:
+        comps.append(
+            Comparison(
+                subject,
+                NUMPY64,
+                "truth",
+                blobs="data",
+                keys_from="subject",
+                column=prefix + "truth",
+                legend=f"{subject} vs truth",
+            )  # fmt: skip
+        )
+    comps.append(
+        Comparison(
+            subject,
+            PORT64,
+            "truth",
+            blobs="diff" if NUMPY64 in present else "all",
+            keys_from="subject",
+            column=prefix + "truth",
+            legend=f"{subject} vs truth",
+        )  # fmt: skip
+    )
+    return comps
+
+
+#: Column prefix of the accurate port's pairs in reports (its columns beside the fast port's).
+ACCURATE_PREFIX = "acc:"
 
 
 def default_plan(present: Iterable[str], *, subject: str = PORT32) -> Plan:
@@ -129,21 +197,19 @@ def default_plan(present: Iterable[str], *, subject: str = PORT32) -> Plan:
     Returns
     -------
     Plan
-        Against each Caffe build by the spread rule (data and diffs), against numpy32 and ONNX by
-        the same rule (data), against numpy64 by the truth rule (data), port64 against numpy64 in
-        float64, and against port64 by the truth rule (diffs; data too without numpy64).
+        For the subject: against each Caffe build by the spread rule (data and diffs), against
+        numpy32 and ONNX by the same rule (data), against numpy64 by the truth rule (data), and
+        against port64 by the truth rule (diffs; data too without numpy64); port64 against numpy64
+        in float64. When the accurate port (``port32-accurate``) ran, the same pairs for it against
+        the builds and the truths, in columns prefixed ``acc:``; it is the ``accurate``
+        configuration, the one the closeness goal holds, and the subject the ``float32`` one.
     """
     present = set(present)
     builds = tuple(b for b in CAFFE_BUILDS if b in present)
-    comps = [Comparison(subject, b, "spread") for b in builds]
-    comps += [
-        Comparison(subject, r, "spread", blobs="data") for r in (NUMPY32, ONNX) if r in present
-    ]
+    comps = _subject_comparisons(subject, present)
     if NUMPY64 in present:
-        comps += [
-            Comparison(
-                subject, NUMPY64, "truth", blobs="data", keys_from="subject", column="truth"
-            ),
+        comps.insert(
+            len(comps) - 1,
             Comparison(
                 PORT64,
                 NUMPY64,
@@ -153,17 +219,12 @@ def default_plan(present: Iterable[str], *, subject: str = PORT32) -> Plan:
                 column="f64-vs-numpy64",
                 legend=f"{PORT64} vs {NUMPY64}",
             ),  # fmt: skip
-        ]
-    comps.append(
-        Comparison(
-            subject,
-            PORT64,
-            "truth",
-            blobs="diff" if NUMPY64 in present else "all",
-            keys_from="subject",
-            column="truth",
-        )  # fmt: skip
-    )
+        )
+    configs = [Configuration("float32", subject)]
+    if PORT32_ACCURATE in present:
+        accurate = {PORT32_ACCURATE, *builds, NUMPY64, PORT64} & present
+        comps += _subject_comparisons(PORT32_ACCURATE, accurate, ACCURATE_PREFIX)
+        configs.append(Configuration("accurate", PORT32_ACCURATE, closeness_goal=True))
     noise = Noise(
         over=subject,
         builds=builds,
@@ -172,4 +233,4 @@ def default_plan(present: Iterable[str], *, subject: str = PORT32) -> Plan:
         independent=NUMPY64 in present,
     )
     prefer = (*CAFFE_BUILDS, NUMPY64, PORT64, NUMPY32, ONNX)
-    return Plan(tuple(comps), noise, prefer)
+    return Plan(tuple(comps), noise, prefer, tuple(configs))

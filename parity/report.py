@@ -11,7 +11,7 @@ import numpy as np
 
 from port.blobkeys import is_data, is_diff
 
-from .closeness import render_html as render_closeness
+from .closeness import configurations_text, render_all_html, report_lines
 from .compare import BlobCheck, ParityResult
 from .diagnosis import flip_sentence
 from .heatmap import png_heatmap
@@ -204,8 +204,7 @@ def _text_closing(result: ParityResult) -> list[str]:
             "worst error / noise floor: "
             + ", ".join(f"{n} {r:.2f}x ({k})" for n, (r, k) in wr.items())
         )
-    if result.closeness is not None and result.closeness.blobs:
-        lines.append(result.closeness.summary())
+    lines += report_lines(result)
     if result.notes:
         lines.extend(f"note: {n}" for n in result.notes)
     if result.timings:
@@ -230,6 +229,8 @@ def worst_ratios(result: ParityResult) -> dict[str, tuple[float, str]]:
 def summary_line(result: ParityResult) -> str:
     """One line per model: verdict, worst ratio to the noise floor per reference, flips, time."""
     parts = [f"{result.model}: {'PASS' if result.passed else 'FAIL'}"]
+    if result.configurations:
+        parts.append(f"({configurations_text(result.configurations)})")
     for name, (r, key) in worst_ratios(result).items():
         parts.append(f"{name} {r:.2f}x ({key})")
     nflips = sum(f["count"] for fl in result.flips.values() for f in fl)
@@ -442,7 +443,7 @@ def render_html(result: ParityResult, heatmap: dict | None = None) -> str:
         _svg_chart(result),
         *_html_heatmap(heatmap),
         *_html_blob_table(result),
-        *(render_closeness(result.closeness) if result.closeness is not None else []),
+        *render_all_html(result),
         *_html_diagnosis(result),
         *_html_local_check(result),
         *_html_notes_and_timings(result),

@@ -19,7 +19,7 @@ from . import core, local, runners
 from .closeness import closeness
 from .compare import ParityResult
 from .golden_inputs import ParitySetupError, golden_inputs
-from .plan import default_plan
+from .plan import Plan, default_plan
 from .runners import (
     CAFFE_ATLAS,
     CAFFE_BUILDS,
@@ -28,6 +28,7 @@ from .runners import (
     NUMPY64,
     ONNX,
     PORT32,
+    PORT32_ACCURATE,
     PORT64,
     RunnerOutput,
     blas_of,
@@ -348,6 +349,7 @@ def run_parity(
     references: Sequence[str] = ALL_REFERENCES,
     local_check: bool = True,
     port_factory: Any = None,
+    accurate: bool = True,
 ) -> tuple[ParityResult, dict[str, RunnerOutput]]:
     """Run the port and every reference, then judge.
 
@@ -362,6 +364,10 @@ def run_parity(
     port_factory : callable, optional
         ``(netdef, weights) -> CaffeNet`` (float32, eval); default builds ``port.CaffeNet``. Tests use
         it to judge a deliberately broken port.
+    accurate : bool
+        Also run and judge the port's accurate mode (``port32-accurate``: float32 blobs, float64
+        arithmetic), the configuration the closeness goal holds (needs a net with
+        ``accumulate``).
 
     Returns
     -------
@@ -372,22 +378,22 @@ def run_parity(
     t = time.perf_counter()
     net32, net64 = _build_nets(setup, port_factory)
     timings["build"] = time.perf_counter() - t
-    outs = _run_ports(setup, net32, net64)
+    outs = _run_ports(setup, net32, net64, accurate=accurate)
     reference_outs, reference_seconds = _run_references(setup, net32, references)
     outs.update(reference_outs)
     timings.update(reference_seconds)
-    timings[PORT32] = outs[PORT32].seconds
-    timings[PORT64] = outs[PORT64].seconds
+    timings.update({n: outs[n].seconds for n in (PORT32, PORT32_ACCURATE, PORT64) if n in outs})
     rows: list[dict] = []
     if local_check:
         t = time.perf_counter()
         rows = _local_check(setup, net32, net64, outs)
         timings["local"] = time.perf_counter() - t
     t = time.perf_counter()
+    plan = default_plan(outs)
     result = core.judge(
         setup.netdef,
         outs,
-        plan=default_plan(outs),
+        plan=plan,
         model=setup.name,
         local=rows,
         notes=setup.notes,
@@ -398,8 +404,37 @@ def run_parity(
     result.timings = {k: round(v, 4) for k, v in timings.items()}
     result.backward_from = setup.backward_from
     result.input_source = setup.input_source
-    result.closeness = closeness(result.pairs, [n for n in result.runners if runners.is_caffe(n)])
+    judge_configurations(result, plan)
     return result, outs
+
+
+def judge_configurations(result: ParityResult, plan: Plan) -> None:
+    """Each configuration of ``plan``: whether it passed (its subject's judged pairs, and no
+    departing layer) and its closeness to float64 next to Caffe's. The closeness of the
+    configuration the goal holds is ``result.closeness``, the others' ``result.closeness_info``.
+
+    The goal is reported, not a verdict: a faithful port that misses it on some input is still
+    faithful (``tests/test_parity_accurate_goal.py`` holds the goal on the built-in models)."""
+    builds = [n for n in result.runners if runners.is_caffe(n)]
+    result.closeness, result.closeness_info = None, []
+    result.configurations = {}
+    for config in plan.configurations:
+        near = closeness(result.pairs, builds, subject=config.subject, goal=config.closeness_goal)
+        judged = [p for p in result.pairs if p.subject == config.subject and p.rule != "info"]
+        if config.closeness_goal and result.closeness is None:
+            result.closeness = near
+        else:
+            result.closeness_info.append(near)
+        result.configurations[config.name] = {
+            "subject": config.subject,
+            "passed": all(p.passed for p in judged) and result.first_departure is None,
+            "closeness_goal": config.closeness_goal,
+            "closeness_met": near.met,
+        }
+    if result.closeness is None and result.closeness_info:
+        # Without a configuration held to the goal (an artefact's run), the first one's closeness
+        # is still reported, for information.
+        result.closeness = result.closeness_info.pop(0)
 
 
 def _check_references(references: Sequence[str]) -> None:
@@ -427,9 +462,14 @@ def _build_nets(setup: ParitySetup, port_factory: Any) -> tuple[CaffeNet, CaffeN
     return net32, copy.deepcopy(net32).to(torch.float64)
 
 
-def _run_ports(setup: ParitySetup, net32: CaffeNet, net64: CaffeNet) -> dict[str, RunnerOutput]:
-    """Forward and backward through the port in float32 and float64."""
-    ports = (runners.PortRunner(net32, PORT32), runners.PortRunner(net64, PORT64))
+def _run_ports(
+    setup: ParitySetup, net32: CaffeNet, net64: CaffeNet, *, accurate: bool = True
+) -> dict[str, RunnerOutput]:
+    """Forward and backward through the port in float32 (fast, and with ``accurate`` the accurate
+    mode of the same net) and float64."""
+    ports = [runners.PortRunner(net32, PORT32), runners.PortRunner(net64, PORT64)]
+    if accurate and hasattr(net32, "accumulate"):
+        ports.insert(1, runners.PortRunner(net32, PORT32_ACCURATE, accumulate="float64"))
     return {r.name: r(setup.x, backward_from=setup.backward_from) for r in ports}
 
 

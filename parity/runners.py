@@ -31,6 +31,7 @@ from . import numpy_ref
 
 __all__ = [
     "PORT32",
+    "PORT32_ACCURATE",
     "PORT64",
     "NUMPY32",
     "NUMPY64",
@@ -55,7 +56,8 @@ __all__ = [
 
 
 # Runner names, as the command line and the reports spell them.
-PORT32 = "port32"  # the subject: the port in float32
+PORT32 = "port32"  # the subject: the port in float32 (the fast path MFV's default mode runs)
+PORT32_ACCURATE = "port32-accurate"  # float32 blobs, float64 arithmetic (port.accumulate)
 PORT64 = "port64"  # the port in float64: backward truth
 NUMPY32 = "numpy32"
 NUMPY64 = "numpy64"  # forward truth, independent of the port
@@ -278,21 +280,39 @@ class Runner(Protocol):
 
 
 class PortRunner:
-    """The PyTorch port (float32 or float64, from the net's parameters) through ``port.dump_blobs``."""
+    """The PyTorch port (float32 or float64, from the net's parameters) through ``port.dump_blobs``.
 
-    def __init__(self, net: Any, name: str | None = None) -> None:
+    ``accumulate`` runs the net in that accumulation mode for the call (``"float64"``: the accurate
+    mode of :class:`port.CaffeNet`), restoring the net's own mode afterwards, so that one net
+    serves both configurations.
+    """
+
+    def __init__(self, net: Any, name: str | None = None, *, accumulate: str | None = None) -> None:
         import torch
 
         self.net = net
+        self.accumulate = accumulate
         param = next(iter(net.parameters()), None)
         self.dtype = "float64" if param is not None and param.dtype == torch.float64 else "float32"
         self.name = name or (PORT64 if self.dtype == "float64" else PORT32)
 
     def describe(self) -> dict:
-        return {"kind": "port", "dtype": self.dtype, "what": "the PyTorch port (port.dump_blobs)"}
+        what = "the PyTorch port (port.dump_blobs)"
+        if self.accumulate == "float64":
+            what += ", float32 blobs with float64 arithmetic in every layer (accumulate=float64)"
+        return {"kind": "port", "dtype": self.dtype, "what": what}
 
     def __call__(self, x: Any, *, backward_from: str | None = None) -> RunnerOutput:
-        return run_port(self.net, x, backward_from=backward_from, name=self.name)
+        if self.accumulate is None:
+            return run_port(self.net, x, backward_from=backward_from, name=self.name)
+        before = self.net.accumulate
+        self.net.accumulate = self.accumulate
+        try:
+            out = run_port(self.net, x, backward_from=backward_from, name=self.name)
+        finally:
+            self.net.accumulate = before
+        out.meta["accumulate"] = self.accumulate
+        return out
 
 
 class NumpyRunner:

@@ -31,4 +31,5 @@ def write_verdict(
         report=report,
         summary=summary_line(result),
         path=path,
+        configurations={k: bool(c["passed"]) for k, c in result.configurations.items()} or None,
     )

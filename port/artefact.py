@@ -76,9 +76,17 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    accumulate: str = "float32",
 ) -> CaffeNet:
-    """Load an artefact written by :func:`save` into a :class:`CaffeNet` in eval mode."""
+    """Load an artefact written by :func:`save` into a :class:`CaffeNet` in eval mode.
+
+    ``accumulate="float64"`` gives the accurate mode (float32 blobs, float64 arithmetic in every
+    layer; see :class:`port.CaffeNet`).
+    """
     meta = read_metadata(path)
     proto = None
     if "proto" in meta:
@@ -94,6 +102,6 @@ def load(
     for key in sorted(tensors, key=lambda k: (k.rpartition("/")[0], int(k.rpartition("/")[2]))):
         layer, _, _ = key.rpartition("/")
         weights.setdefault(layer, []).append(tensors[key])
-    net = CaffeNet(netdef, zero_init=False)
+    net = CaffeNet(netdef, zero_init=False, accumulate=accumulate)
     net.load_blobs(weights, source=path, share=True)
     return net.to(device=device, dtype=dtype).eval()

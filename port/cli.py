@@ -107,7 +107,13 @@ def cmd_dump(args: argparse.Namespace) -> None:
     check_output_file(args.out)
     x = read_input_batch(args.input)
     backward = BackwardSeed.parse(args.backward_from) if args.backward_from else None
-    net = load_caffe(_netdef(args), args.caffemodel, dtype=_dtype(args.dtype), device=args.device)
+    net = load_caffe(
+        _netdef(args),
+        args.caffemodel,
+        dtype=_dtype(args.dtype),
+        device=args.device,
+        accumulate=args.accumulate,
+    )
     blobs = dump_blobs(net, x, backward_from=backward)
     save_npz(args.out, blobs)
     print(
@@ -210,6 +216,14 @@ def _add_dump(tool: Tool) -> None:
         choices=["float32", "float64"],
         default="float32",
         help="precision of the run (default float32, Caffe's)",
+    )
+    p.add_argument(
+        "--accumulate",
+        choices=["float32", "float64"],
+        default="float32",
+        help="arithmetic inside each layer of a float32 run: float32 (default, fast) or float64 "
+        "(accurate mode: float32 blobs and diffs, each layer computed in float64 and rounded; "
+        "slower)",
     )
     add_device(p)
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .accumulate import WideParams, check_accumulate, run_layer_float64, widen
 from .caffemodel import read_caffemodel
 from .errors import CaffeError
 from .layers import CaffeLayer, Shape, build_layer
@@ -37,10 +38,21 @@ class CaffeNet(nn.Module):
     zero_init : bool
         Zero the weights (default). ``False`` leaves them uninitialised, for callers that load
         weights right away.
+    accumulate : {"float32", "float64"}
+        Where each layer's arithmetic happens. ``"float32"`` (default, fast): in the blobs' dtype.
+        ``"float64"`` (accurate, slower): every layer, forward and backward, computes in float64
+        from the float32 blobs and parameters and rounds its tops (and, going back, each blob's
+        gradient) to float32 (:mod:`port.accumulate`). Blobs and parameters stay float32 either
+        way; a float64 net computes in float64 whatever this says. Settable later
+        (``net.accumulate = "float64"``).
     """
 
-    def __init__(self, netdef: NetDef, *, zero_init: bool = True) -> None:
+    def __init__(
+        self, netdef: NetDef, *, zero_init: bool = True, accumulate: str = "float32"
+    ) -> None:
         super().__init__()
+        self.accumulate = accumulate
+        self._wide = WideParams()
         # Every shape is checked before any weight is allocated (Caffe's Reshape checks, up front).
         validate_netdef(netdef)
         self.netdef = netdef
@@ -66,6 +78,17 @@ class CaffeNet(nn.Module):
             with torch.no_grad():
                 for p in self.parameters():
                     p.zero_()
+
+    @property
+    def accumulate(self) -> str:
+        """``"float32"`` (arithmetic in the blobs' dtype) or ``"float64"`` (see the class)."""
+        return self._accumulate
+
+    @accumulate.setter
+    def accumulate(self, value: str) -> None:
+        self._accumulate = check_accumulate(value)
+        if value == "float32" and hasattr(self, "_wide"):
+            self._wide.clear()  # the float64 copies (a VGG16's are 1.1 GB) serve only float64
 
     def _build(self, layer, bottom_shapes) -> CaffeLayer:
         try:
@@ -194,10 +217,28 @@ class CaffeNet(nn.Module):
         """
         blobs: dict[str, torch.Tensor] = dict(self._inputs(x))
         first: dict[str, torch.Tensor] = dict(blobs) if keep_first else {}
+        storage = next((t.dtype for t in blobs.values() if t.is_floating_point()), torch.float32)
+        wide = self.accumulate == "float64" and storage != torch.float64
+        # One float64 view per blob value, shared by its consumers (see run_layer_float64).
+        widened: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def bottom(name: str) -> torch.Tensor:
+            t = blobs[name]
+            if not wide:
+                return t
+            held = widened.get(name)
+            if held is None or held[0] is not t:
+                held = widened[name] = (t, widen(t))
+            return held[1]
+
         for layer in self.netdef.layers:
             module = self.module(layer.name)
             try:
-                tops = module(*[blobs[b] for b in layer.bottoms])
+                bottoms = [bottom(b) for b in layer.bottoms]
+                if wide:
+                    tops = run_layer_float64(module, bottoms, self._wide, storage)
+                else:
+                    tops = module(*bottoms)
             except RuntimeError as exc:
                 shapes = [tuple(blobs[b].shape) for b in layer.bottoms]
                 raise CaffeError(
@@ -246,6 +287,7 @@ def load_caffe(
     device: str | torch.device = "cpu",
     strict: bool = True,
     proto: str | Path | None = None,
+    accumulate: str = "float32",
 ) -> CaffeNet:
     """Convert a Caffe deploy definition (and optionally its weights) into a :class:`CaffeNet`.
 
@@ -264,6 +306,9 @@ def load_caffe(
         Require weights for every learnable layer.
     proto : str or Path, optional
         A Caffe fork's ``caffe.proto`` the definition needs (see :func:`port.load_prototxt`).
+    accumulate : {"float32", "float64"}
+        ``"float64"`` for the accurate mode: float32 blobs, float64 arithmetic in every layer
+        (see :class:`CaffeNet`).
 
     Returns
     -------
@@ -271,7 +316,7 @@ def load_caffe(
         In eval mode.
     """
     netdef = prototxt if isinstance(prototxt, NetDef) else load_prototxt(prototxt, proto=proto)
-    net = CaffeNet(netdef, zero_init=caffemodel is None or not strict)
+    net = CaffeNet(netdef, zero_init=caffemodel is None or not strict, accumulate=accumulate)
     if caffemodel is not None:
         # The arrays just read belong to nobody else: bind them instead of copying, so a 233 MB
         # CaffeNet peaks at the file's mapping plus one copy of the weights.

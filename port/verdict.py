@@ -6,8 +6,9 @@ missing, failed or stale. The file sits beside the weights that were checked
 ``cache/parity/<prototxt stem>.seed<N>.parity.json`` under the repository root::
 
     {
-        "format": "caffe-mfv-parity-verdict/1",
-        "verdict": "pass",  # or "fail"
+        "format": "caffe-mfv-parity-verdict/2",
+        "verdict": "pass",  # or "fail": the float32 (fast) configuration's, as format /1 had it
+        "configurations": {"float32": "pass", "accurate": "pass"},  # each judged one's verdict
         "report": "../../parity/caffenet.json",  # the parity report (relative to this file, or absolute)
         "prototxt_sha256": "<hex>",  # sha256 of the definition file's bytes
         "caffemodel_sha256": "<hex>" | null,  # null for seeded weights
@@ -16,7 +17,10 @@ missing, failed or stale. The file sits beside the weights that were checked
         "summary": "...",  # one line
     }
 
-A verdict only counts for the exact files it was computed on: the checksums must match.
+A verdict only counts for the exact files it was computed on: the checksums must match, and only
+for the configuration the caller will run (:data:`CONFIGURATIONS`: ``float32``, the fast port MFV's
+default mode runs; ``accurate``, float64 accumulation, ``port.CaffeNet(accumulate="float64")``).
+Format /1 files (no ``configurations``) vouch for ``float32`` alone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .errors import ToolError
 from .paths import cache_root
 
 __all__ = [
+    "CONFIGURATIONS",
     "FORMAT",
     "ParityError",
     "check_parity",
@@ -39,7 +44,12 @@ __all__ = [
     "write_verdict",
 ]
 
-FORMAT = "caffe-mfv-parity-verdict/1"
+FORMAT = "caffe-mfv-parity-verdict/2"
+_FORMATS = ("caffe-mfv-parity-verdict/1", FORMAT)  # readable; /1 vouches for float32 alone
+
+#: The port configurations a verdict records, by the name a caller asks for: ``float32`` (fast,
+#: float32 arithmetic) and ``accurate`` (float32 blobs, float64 arithmetic).
+CONFIGURATIONS = ("float32", "accurate")
 
 
 class ParityError(ToolError, RuntimeError):
@@ -69,13 +79,15 @@ def write_verdict(
     report: str | Path,
     summary: str,
     path: str | Path | None = None,
+    configurations: dict[str, bool] | None = None,
 ) -> Path:
     """Write a verdict atomically and return its path.
 
     Parameters
     ----------
     passed : bool
-        Whether every blob passed.
+        Whether every blob passed (the ``verdict`` field holds ``float32``'s where
+        ``configurations`` has it, so that a reader of format /1 reads the fast port's).
     prototxt, caffemodel : path
         The files that were checked (``caffemodel=None`` for seeded weights).
     seed : int or None
@@ -86,7 +98,11 @@ def write_verdict(
         One line for humans.
     path : path, optional
         Where to write (default: :func:`verdict_path`).
+    configurations : dict of str to bool, optional
+        Each judged configuration (:data:`CONFIGURATIONS`) and whether it passed; default
+        ``{"float32": passed}``.
     """
+    configurations = dict(configurations or {"float32": passed})
     out = Path(path) if path is not None else verdict_path(prototxt, caffemodel, seed=seed)
     report = Path(report).resolve()
     try:
@@ -95,7 +111,8 @@ def write_verdict(
         rel = str(report)
     doc = {
         "format": FORMAT,
-        "verdict": "pass" if passed else "fail",
+        "verdict": "pass" if configurations.get("float32", passed) else "fail",
+        "configurations": {k: "pass" if v else "fail" for k, v in configurations.items()},
         "report": rel,
         "prototxt_sha256": sha256_file(prototxt),
         "caffemodel_sha256": None if caffemodel is None else sha256_file(caffemodel),
@@ -114,6 +131,7 @@ def check_parity(
     seed: int | None = None,
     verdict_file: str | Path | None = None,
     required: bool = True,
+    configuration: str = "float32",
 ) -> dict:
     """Read and validate the parity verdict for a converted Caffe model.
 
@@ -127,12 +145,15 @@ def check_parity(
         Use this verdict file instead of the default location.
     required : bool
         False for ``--no-parity-check``: problems are recorded, not raised.
+    configuration : str
+        The configuration the caller will run (:data:`CONFIGURATIONS`); the verdict must say it
+        passed.
 
     Returns
     -------
     dict
         ``{"checked": bool, "status": "pass"|"fail"|"missing"|"stale"|"invalid"|"skipped",
-        "verdict_file", "report", "message"}``: what every MFV output records.
+        "configuration", "verdict_file", "report", "message"}``: what every MFV output records.
 
     Raises
     ------
@@ -144,7 +165,14 @@ def check_parity(
         if verdict_file is not None
         else verdict_path(prototxt, caffemodel, seed=seed)
     )
-    info: dict = {"checked": required, "verdict_file": str(path), "report": None}
+    if configuration not in CONFIGURATIONS:
+        raise ValueError(f"configuration must be one of {', '.join(CONFIGURATIONS)}")
+    info: dict = {
+        "checked": required,
+        "configuration": configuration,
+        "verdict_file": str(path),
+        "report": None,
+    }
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -154,7 +182,7 @@ def check_parity(
     except (OSError, ValueError) as e:
         info.update(status="invalid", message=f"unreadable parity verdict {path}: {e}")
     else:
-        info.update(_validate(data, path, prototxt, caffemodel, seed))
+        info.update(_validate(data, path, prototxt, caffemodel, seed, configuration))
     if not required:
         info["message"] = "parity check skipped (--no-parity-check); verdict: " + info["message"]
         info["status_if_checked"] = info["status"]
@@ -166,9 +194,22 @@ def check_parity(
     return info
 
 
-def _validate(data: dict, path: Path, prototxt, caffemodel, seed) -> dict:
+def _configuration_verdict(data: dict, configuration: str) -> str | None:
+    """ "pass", "fail" or None (not judged) for one configuration; a format /1 file judged only
+    float32, in its ``verdict``."""
+    configs = data.get("configurations")
+    if not isinstance(configs, dict):
+        return data["verdict"] if configuration == "float32" else None
+    return configs.get(configuration)
+
+
+def _validate(  # long: one early return per way a verdict fails to vouch, in the order checked
+    data: dict, path: Path, prototxt, caffemodel, seed, configuration: str = "float32"
+) -> dict:
     if not isinstance(data, dict) or data.get("verdict") not in ("pass", "fail"):
         return {"status": "invalid", "message": f"{path}: 'verdict' must be 'pass' or 'fail'"}
+    if data.get("format", FORMAT) not in _FORMATS:
+        return {"status": "invalid", "message": f"{path}: unknown format {data.get('format')!r}"}
     report = data.get("report")
     if report is not None and not Path(report).is_absolute():
         report = str((path.parent / report).resolve())
@@ -193,10 +234,23 @@ def _validate(data: dict, path: Path, prototxt, caffemodel, seed) -> dict:
             "status": "stale",
             "message": f"{path}: verdict was for weight seed {data.get('seed')}, not {seed}",
         }
-    if data["verdict"] == "fail":
+    verdict = _configuration_verdict(data, configuration)
+    if verdict not in ("pass", "fail"):
+        return {
+            **out,
+            "status": "missing",
+            "message": f"{path}: no parity verdict for the {configuration} configuration: run "
+            "parity on this model again (it judges every configuration)",
+        }
+    if verdict == "fail":
         return {
             **out,
             "status": "fail",
-            "message": f"parity FAILED for this model (report: {report})",
+            "message": f"parity FAILED for this model's {configuration} configuration "
+            f"(report: {report})",
         }
-    return {**out, "status": "pass", "message": f"parity passed (report: {report})"}
+    return {
+        **out,
+        "status": "pass",
+        "message": f"parity passed for the {configuration} configuration (report: {report})",
+    }

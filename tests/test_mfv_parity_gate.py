@@ -93,3 +93,68 @@ def test_explicit_verdict_file_for_seeded_weights(files, tmp_path):
     )  # which seeded weights? cannot tell: refused
     with pytest.raises(ParityError, match="weight seed None"):
         check_parity(proto, None, seed=0, verdict_file=path)
+
+
+def test_each_configuration_is_vouched_for_apart(files, tmp_path):
+    """A verdict records each configuration; the gate asks for the one that will run, and a format
+    /1 file (no configurations) vouches for the fast float32 port alone."""
+    from port.verdict import write_verdict
+
+    proto, weights = files
+    write_verdict(
+        passed=False,
+        prototxt=proto,
+        caffemodel=weights,
+        seed=None,
+        report=tmp_path / "r.json",
+        summary="s",
+        configurations={"float32": True, "accurate": False},
+    )
+    data = json.loads(verdict_path(proto, weights).read_text())
+    assert data["format"] == FORMAT == "caffe-mfv-parity-verdict/2"
+    assert data["verdict"] == "pass"  # the fast port's, as a format /1 reader expects
+    assert data["configurations"] == {"float32": "pass", "accurate": "fail"}
+    info = check_parity(proto, weights)
+    assert info["status"] == "pass" and info["configuration"] == "float32"
+    with pytest.raises(ParityError, match="FAILED for this model's accurate configuration"):
+        check_parity(proto, weights, configuration="accurate")
+    skipped = check_parity(proto, weights, configuration="accurate", required=False)
+    assert skipped["status_if_checked"] == "fail" and skipped["configuration"] == "accurate"
+    _verdict(proto, weights, format="caffe-mfv-parity-verdict/1")
+    assert check_parity(proto, weights)["status"] == "pass"
+    with pytest.raises(ParityError, match="no parity verdict for the accurate configuration"):
+        check_parity(proto, weights, configuration="accurate")
+    with pytest.raises(ValueError, match="configuration"):
+        check_parity(proto, weights, configuration="float16")
+
+
+def test_mfv_accurate_runs_the_accurate_port_and_needs_its_verdict(tmp_path):
+    """mfv's --accurate builds the port with float64 accumulation and checks that configuration's
+    verdict; the default mode runs the fast port on the float32 verdict. Outputs record which."""
+    from mfv.models import load_model
+    from port.verdict import write_verdict
+
+    from .conftest import TINY_NET
+
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY_NET)
+    vfile = tmp_path / "v.json"
+    write_verdict(
+        passed=True,
+        prototxt=proto,
+        caffemodel=None,
+        seed=0,
+        report=tmp_path / "r.json",
+        summary="s",
+        path=vfile,
+        configurations={"float32": True, "accurate": False},
+    )
+    fast = load_model("caffe", prototxt=proto, parity_file=vfile)
+    assert fast.module.accumulate == "float32"
+    assert fast.info["configuration"] == fast.info["parity"]["configuration"] == "float32"
+    with pytest.raises(ParityError, match="accurate configuration"):
+        load_model("caffe", prototxt=proto, parity_file=vfile, accurate=True)
+    acc = load_model("caffe", prototxt=proto, parity_file=vfile, accurate=True, parity_check=False)
+    assert acc.module.accumulate == "float64"
+    assert acc.info["configuration"] == "accurate"
+    assert acc.info["parity"]["status_if_checked"] == "fail"

@@ -140,3 +140,27 @@ def test_judge_diagnosis_and_report_name_no_runner():
         src = (root / module).read_text()
         assert not names.search(src), (module, names.search(src))
         assert '"port32"' not in src and '"port64"' not in src and '"numpy64"' not in src, module
+
+
+def test_default_plan_judges_the_accurate_port_beside_the_fast_one():
+    """With port32-accurate present: port32's pairs unchanged, then the accurate port's against the
+    builds and the truths in ``acc:`` columns; each subject is a configuration, the goal holds the
+    accurate one."""
+    fast = ["port32", "port64", "caffe-atlas", "caffe-openblas", "numpy64", "numpy32", "onnx"]
+    plan = default_plan([*fast, "port32-accurate"])
+    assert plan.comparisons[:7] == default_plan(fast).comparisons
+    got = [(c.subject, c.reference, c.rule, c.blobs, c.column) for c in plan.comparisons[7:]]
+    assert got == [
+        ("port32-accurate", "caffe-atlas", "spread", "all", "acc:caffe-atlas"),
+        ("port32-accurate", "caffe-openblas", "spread", "all", "acc:caffe-openblas"),
+        ("port32-accurate", "numpy64", "truth", "data", "acc:truth"),
+        ("port32-accurate", "port64", "truth", "diff", "acc:truth"),
+    ]
+    assert [(c.name, c.subject, c.closeness_goal) for c in plan.configurations] == [
+        ("float32", "port32", False),
+        ("accurate", "port32-accurate", True),
+    ]
+    assert plan.noise.over == "port32"
+    assert [(c.name, c.subject) for c in default_plan(fast).configurations] == [
+        ("float32", "port32")
+    ]
