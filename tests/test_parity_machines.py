@@ -68,3 +68,6 @@ def test_the_verdict_holds_under_every_setting(setting, tmp_path):
     rows = json.loads(out.read_text())
     assert rc == 0, [machines.format_row(r) for r in rows]
     assert {"caffenet", "mini_resnet", "activations", "recurrent"} <= {r["target"] for r in rows}
+    # Issue 26 under every setting: the accurate port is as close to float64 as Caffe.
+    (near,) = [r["closeness"] for r in rows if r["target"] == "caffenet"]
+    assert near["subject"] == "port32-accurate" and near["met"], near
