@@ -5,6 +5,9 @@ gradients, the cache of transposed weights, the fallbacks, and the pooling's exa
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +93,8 @@ def test_transposed_copy_follows_in_place_writes():
     assert torch.equal(cache.of(w), w.t())
     wt = torch.randn(40, 6)
     assert cache.of(wt.t()).data_ptr() == wt.data_ptr()  # already contiguous: no copy
+    cache.of(w)
+    assert copy.deepcopy(cache)._copy is None and pickle.loads(pickle.dumps(cache))._copy is None
 
 
 def test_usable_refuses_what_the_kernel_does_not_take():

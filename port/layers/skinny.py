@@ -131,6 +131,12 @@ class TransposedWeights:
         self._key: tuple | None = None
         self._copy: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        return {"_key": None, "_copy": None}  # a saved or copied layer remakes its own copy
+
+    def __deepcopy__(self, memo) -> TransposedWeights:
+        return TransposedWeights()
+
     def of(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight.T`` as a contiguous (K, N) tensor (``weight.T`` itself if already so)."""
         t = weight.detach().t()
