@@ -35,7 +35,13 @@ def _load(a):
         from .exported import load_exported
 
         refuse_accurate_module(a)
-        return load_exported(a.module, a.weights, name=a.model, device=a.device)
+        return load_exported(
+            a.module,
+            a.weights,
+            name=a.model,
+            device=a.device,
+            parity_check=not getattr(a, "no_parity_check", False),
+        )
     return load_model(a.model, device=a.device, **model_options(a))
 
 

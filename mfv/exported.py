@@ -2,7 +2,9 @@
 
 The generated class answers ``forward(x, blobs=[...])`` and ``blob_names`` as the port does, so MFV
 reads its blobs by their Caffe names and runs it as it runs the port (same pixels for the same
-seed). The parity verdict recorded is the one its export record carries (``<file>.export.json``).
+seed). The parity verdict recorded is the one its export record carries (``<file>.export.json``);
+a module whose record carries no passing verdict is refused, as a Caffe model would be, unless
+``--no-parity-check``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from port.verdict import ParityError
+
 from . import pixels as px
 from .errors import MfvError
 from .models import MODEL_SPECS, Model, wrap
@@ -20,7 +24,12 @@ __all__ = ["load_exported"]
 
 
 def load_exported(
-    module: str, weights: str | Path, *, name: str = "caffe", device: str = "cpu"
+    module: str,
+    weights: str | Path,
+    *,
+    name: str = "caffe",
+    device: str = "cpu",
+    parity_check: bool = True,
 ) -> Model:
     """The generated class of ``module`` ("FILE.py:ClassName") with the state dict ``weights``.
 
@@ -34,6 +43,10 @@ def load_exported(
         A known model's name (``MODEL_SPECS``) for its pixel convention, target and schedule; any
         other name takes CaffeNet's convention at the module's declared input size.
     device : str
+    parity_check : bool
+        Refuse a module whose export record does not carry a passing parity verdict of the files
+        it was exported from (:class:`port.verdict.ParityError`), as a Caffe model is refused;
+        ``False`` (``--no-parity-check``) runs it anyway and the outputs record why.
     """
     from safetensors.torch import load_file
 
@@ -60,6 +73,7 @@ def load_exported(
     )
     record = Path(str(path) + ".export.json")
     parity = json.loads(record.read_text()).get("parity") if record.is_file() else None
+    _gate(path, record, parity, required=parity_check)
     info = {
         "source": "exported module",
         "module": str(path.resolve()),
@@ -68,3 +82,15 @@ def load_exported(
         "parity": parity or {"checked": False, "status": "no export record"},
     }
     return wrap(net, conv, name=known.name if known else cls_name, spec=known, info=info)
+
+
+def _gate(path: Path, record: Path, parity: dict | None, *, required: bool) -> None:
+    """Refuse (when required) a module whose source files had no passing verdict at export."""
+    if not required or (parity or {}).get("verdict") == "pass":
+        return
+    why = "no export record" if parity is None else parity.get("reason") or parity.get("verdict")
+    raise ParityError(
+        f"{path}: its export record {record.name} carries no passing parity verdict ({why}). "
+        "Run parity on the definition and weights it was exported from, export again, or pass "
+        "--no-parity-check to run it anyway (every output then says so)"
+    )

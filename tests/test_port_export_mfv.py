@@ -3,6 +3,9 @@ pixels MFV gives on the port, for the same seed."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +19,7 @@ from mfv.octaves import parse_schedule
 from mfv.testing import torch_threads
 from mfv.visualize import visualize
 from port.export import export_net
+from port.verdict import ParityError
 
 from .layer_cases import ARCHITECTURES
 
@@ -55,7 +59,10 @@ def test_visualize_on_the_exported_module_gives_the_ports_pixels(exported, tmp_p
     runs = {}
     for label, model in (
         ("port", load_model("caffe", prototxt=PROTOTXT, weight_seed=SEED, parity_check=False)),
-        ("exported", load_exported(f"{path}:{cls}", path.with_suffix(".safetensors"))),
+        (
+            "exported",
+            load_exported(f"{path}:{cls}", path.with_suffix(".safetensors"), parity_check=False),
+        ),
     ):
         out = tmp_path / label
         trace = visualize(
@@ -73,11 +80,37 @@ def test_mfv_layers_lists_the_exported_modules_blobs(exported, capsys):
     path, cls = exported
     code = mfv_main(
         ["layers", "--model", "caffe", "--module", f"{path}:{cls}",
-         "--weights", str(path.with_suffix(".safetensors"))]
+         "--weights", str(path.with_suffix(".safetensors")), "--no-parity-check"]
     )  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
     assert "conv1_1\t" in out and "fc5\t16\n" in out
+
+
+def test_a_module_exported_without_a_passing_verdict_is_refused(exported, capsys):
+    """Seeded weights with no parity run behind them: the record says so, and mfv refuses."""
+    path, cls = exported
+    weights = str(path.with_suffix(".safetensors"))
+    record = json.loads(Path(str(path) + ".export.json").read_text())
+    assert record["parity"]["verdict"] == "none"
+    code = mfv_main(
+        ["layers", "--model", "caffe", "--module", f"{path}:{cls}", "--weights", weights]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no passing parity verdict" in err and "--no-parity-check" in err
+    with pytest.raises(ParityError, match=path.name):
+        load_exported(f"{path}:{cls}", weights)
+
+
+def test_a_module_exported_from_verified_files_runs(exported):
+    path, cls = exported
+    record_path = Path(str(path) + ".export.json")
+    record = json.loads(record_path.read_text())
+    record["parity"] = {"verdict": "pass", "file": "x.parity.json", "summary": "PASS"}
+    record_path.write_text(json.dumps(record))
+    model = load_exported(f"{path}:{cls}", path.with_suffix(".safetensors"))
+    assert model.info["parity"]["verdict"] == "pass"
 
 
 def test_a_wrong_module_spec_is_a_usage_error(exported, capsys):
