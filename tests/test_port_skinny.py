@@ -103,6 +103,7 @@ def test_usable_refuses_what_the_kernel_does_not_take():
     assert not skinny.usable(torch.randn(2, 16, dtype=torch.float64), w.double())
     assert not skinny.usable(torch.randn(0, 16), w)
     assert not skinny.usable(torch.randn(2, 2, 16), w)
+    assert not skinny.usable(torch.randn(2, 8), w.t())  # strided weights: the blocked product
 
 
 @needs_kernel

@@ -234,7 +234,7 @@ except ImportError:
 def caffe_linear(x, weight, bias):
     """``x @ weight.T + bias`` as the port computes it: the port's compiled small-batch kernel
     where it applies and is importable, else float32 sums in blocks of ``BLOCK`` terms."""
-    if _skinny is not None and weight.is_contiguous() and _skinny.usable(x, weight):
+    if _skinny is not None and _skinny.usable(x, weight):
         # A fresh cache: weight.T is copied for each backward (the port keeps one per layer).
         return _skinny.linear(x, weight, bias, _skinny.TransposedWeights())
     return blocked_linear(x, weight, bias)

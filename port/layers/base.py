@@ -13,6 +13,17 @@ from ..netdef import LayerDef
 Shape = tuple[int, ...]
 
 
+def capturing_graph() -> bool:
+    """Whether a tracer, exporter or compiler is recording torch operators: compiled kernels and
+    custom autograd functions step aside then, so the recorded graph holds standard operators."""
+    return (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
 def _canonical_axis(axis: int, ndim: int, layer: LayerDef, fld: str) -> int:
     if not -ndim <= axis < ndim:
         raise CaffeError(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .base import capturing_graph
+
 __all__ = ["max_pool2d"]
 
 
@@ -40,15 +42,7 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
 
 
 def _plain_only(x: torch.Tensor) -> bool:
-    return (
-        x.device.type != "cpu"
-        or x.dim() != 4
-        or not x.is_contiguous()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
+    return x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous() or capturing_graph()
 
 
 def max_pool2d(x: torch.Tensor, kernel: list[int], stride: list[int]) -> torch.Tensor:

@@ -97,14 +97,6 @@ static const tile_fn TILES[2][7] = {
 
 int skinny_vector_lanes(void) { return VL; }
 
-int skinny_threaded(void) {
-#if defined(_OPENMP)
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 /* y (M, N) = x (M, K) w (N, K)^T on nthreads threads. */
 void skinny_matmul_nt(const float *x, const float *w, float *y, long M, long N, long K,
                       int nthreads) {

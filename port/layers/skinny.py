@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import native
+from .base import capturing_graph
 
 __all__ = [
     "MAX_ROWS",
@@ -47,7 +48,6 @@ def _library() -> ctypes.CDLL | None:
     if lib is None:
         return None
     lib.skinny_vector_lanes.restype = ctypes.c_int
-    lib.skinny_threaded.restype = ctypes.c_int
     lib.skinny_matmul_nt.restype = None
     lib.skinny_matmul_nt.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     return lib
@@ -65,15 +65,10 @@ def vector_bytes() -> int:
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether :func:`matmul_nt` takes these operands: 2-D float32 CPU tensors of at most
-    :data:`MAX_ROWS` rows, outside tracing, export and compilation (which follow torch operators
-    only), with the kernel available."""
-    if (
-        torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    ):
+    """Whether :func:`matmul_nt` takes these operands: 2-D float32 CPU tensors, contiguous weights,
+    at most :data:`MAX_ROWS` rows, outside tracing, export and compilation (which follow torch
+    operators only), with the kernel available."""
+    if capturing_graph():
         return False  # before any test of a (possibly symbolic) size
     return (
         x.dim() == 2
@@ -82,6 +77,7 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
         and w.dtype == torch.float32
         and x.device.type == "cpu"
         and w.device.type == "cpu"
+        and w.is_contiguous()
         and 0 < x.shape[0] <= MAX_ROWS
         and available()
     )

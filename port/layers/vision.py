@@ -253,7 +253,7 @@ class InnerProduct(CaffeLayer):
         weight = self.blobs[0].t() if self.transpose else self.blobs[0]
         bias = self.blobs[1] if self.bias_term else None
         rows = flat.reshape(-1, self.k_in)
-        if weight.is_contiguous() and skinny.usable(rows, weight):
+        if skinny.usable(rows, weight):
             y = skinny.linear(rows, weight, bias, self._transposed)
         else:
             y = blocked_linear(rows, weight, bias)
