@@ -122,7 +122,8 @@ def load(source: Path, stem: str, flags: list[str], *, fallback: str) -> ctypes.
         Name stem of the built library in :func:`cache_dir`.
     flags : list of str
         Compiler flags beyond ``-O3 -shared -fPIC``, the instruction set (:func:`isa`) and
-        ``-fopenmp`` (dropped when the compiler lacks OpenMP).
+        ``-fopenmp`` (dropped when the compiler lacks OpenMP). They come after ``-O3``, so an
+        ``-O`` level among them replaces it.
     fallback : str
         What the caller does without the kernel, for the warning a failed build gives.
 

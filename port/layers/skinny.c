@@ -9,7 +9,7 @@
  * along K one vector at a time: NR weight vectors and one x vector feed NR * MT fused
  * multiply-adds into NR * MT vector accumulators that stay in registers. The NR weight rows are
  * streamed once per x tile (from memory for the first tile, from cache for the others); x (M rows)
- * stays in cache.
+ * stays in cache. While a group's tiles run, the next group's rows are prefetched into L2.
  *
  * Rounding. Each lane accumulates at most KB / VL products; every KB terms the register
  * accumulators are added into a second vector accumulator, and the lanes are summed pairwise at
@@ -54,7 +54,7 @@ static inline float lane_sum(vf v) {
 /* y[m, r] = sum_k x[m, k] w[r, k] for R rows of w and MT rows of x (y's rows ldy apart). */
 #define TILE(R, MT)                                                                                \
     static void tile_##R##_##MT(const float *restrict x, const float *restrict w,                 \
-                                float *restrict y, long K, long ldy) {                             \
+                                float *restrict y, long K, long ldy, const float *pf, long pstep) { \
         vf outer[R][MT];                                                                           \
         float tail[R][MT];                                                                         \
         for (int r = 0; r < R; r++)                                                                \
@@ -69,6 +69,10 @@ static inline float lane_sum(vf v) {
             _Pragma("GCC unroll 8") for (int m = 0; m < MT; m++) acc[r][m] = (vf){0};              \
             for (; k + VL <= k1; k += VL) {                                                        \
                 vf wv[R];                                                                          \
+                if (pf) { /* this step's share of the next group's weights */                    \
+                    for (long b = 0; b < pstep; b += 16) __builtin_prefetch(pf + b, 0, 2);         \
+                    pf += pstep;                                                                   \
+                }                                                                                  \
                 _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) wv[r] = LOAD(w + r * K + k);   \
                 _Pragma("GCC unroll 8") for (int m = 0; m < MT; m++) {                             \
                     vf xv = LOAD(x + m * K + k);                                                   \
@@ -85,7 +89,7 @@ static inline float lane_sum(vf v) {
             for (int m = 0; m < MT; m++) y[m * ldy + r] = lane_sum(outer[r][m]) + tail[r][m];     \
     }
 
-typedef void (*tile_fn)(const float *, const float *, float *, long, long);
+typedef void (*tile_fn)(const float *, const float *, float *, long, long, const float *, long);
 #define TILES_OF(R) TILE(R, 1) TILE(R, 2) TILE(R, 3) TILE(R, 4) TILE(R, 5) TILE(R, 6)
 TILES_OF(1)
 TILES_OF(4)
@@ -106,13 +110,21 @@ void skinny_matmul_nt(const float *x, const float *w, float *y, long M, long N, 
 #endif
     for (long g = 0; g < groups; g++) {
         long n = g * NR, rows = N - n < NR ? N - n : NR;
-        for (long m0 = 0; m0 < M; m0 += MTMAX) {
+        long tiles = (M + MTMAX - 1) / MTMAX, t = 0;
+        /* The next row group's weights, a share per tile, are fetched into L2 while this
+         * group's tiles compute, so the weight stream overlaps the arithmetic instead of stalling
+         * each group's first tile. Measured on Zen 4, 2 threads, fc6 (4096 x 9216) at batch 10:
+         * 7.9 -> 6.1 ms with AVX-512, 9.0 -> 7.1 ms with AVX2; the same bytes. Past 16 rows the
+         * tiles' arithmetic dominates and the prefetches only cost (batch 64: +5%). */
+        const float *next = n + 2 * NR <= N && M <= 16 ? w + (n + NR) * K : NULL;
+        for (long m0 = 0; m0 < M; m0 += MTMAX, ++t) {
             long mt = M - m0 < MTMAX ? M - m0 : MTMAX;
             if (rows == NR) {
-                TILES[1][mt](x + m0 * K, w + n * K, y + m0 * N + n, K, N);
+                TILES[1][mt](x + m0 * K, w + n * K, y + m0 * N + n, K, N,
+                             next ? next + t * NR * K / tiles : NULL, NR * VL / tiles);
             } else {
                 for (long r = 0; r < rows; r++)
-                    TILES[0][mt](x + m0 * K, w + (n + r) * K, y + m0 * N + n + r, K, N);
+                    TILES[0][mt](x + m0 * K, w + (n + r) * K, y + m0 * N + n + r, K, N, NULL, 0);
             }
         }
     }
