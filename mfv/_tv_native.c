@@ -397,7 +397,15 @@ static void tv_load_##T(tv_job_##T *j, int t)                                   
                 ug[(y * W2 + W + 1) * L + k] = ug[(y * W2 + lc) * L + k];                         \
             }                                                                                     \
         }                                                                                         \
-        memcpy(j->u[1] + g * plane, ug, sizeof(T) * plane);                                       \
+        /* The second buffer needs only the ghost ring: every sweep writes all of its interior  \
+         * before reading it. */                                                                  \
+        T *u1 = j->u[1] + g * plane;                                                              \
+        memcpy(u1, ug, sizeof(T) * W2 * L);                                                       \
+        memcpy(u1 + (H + 1) * W2 * L, ug + (H + 1) * W2 * L, sizeof(T) * W2 * L);                 \
+        for (long y = 1; y <= H; ++y) {                                                           \
+            memcpy(u1 + y * W2 * L, ug + y * W2 * L, sizeof(T) * L);                              \
+            memcpy(u1 + (y * W2 + W + 1) * L, ug + (y * W2 + W + 1) * L, sizeof(T) * L);          \
+        }                                                                                         \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \

@@ -112,9 +112,12 @@ def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, 
     """
     h, w = size
     offsets = draw_offsets(run.active, octave, size)
-    crops = torch.stack(
-        [run.imgs[j, :, ox : ox + h, oy : oy + w] for j, (ox, oy) in enumerate(offsets)]
-    )
+    if run.imgs.shape[-2:] == (h, w):  # no jitter yet: every offset is (0, 0)
+        crops = run.imgs
+    else:
+        crops = torch.stack(
+            [run.imgs[j, :, ox : ox + h, oy : oy + w] for j, (ox, oy) in enumerate(offsets)]
+        )
     x = crops.to(model.dtype).detach().requires_grad_(True)  # crops itself stays out of the graph
     value, best = evaluate_batch(model, objs, run.active, x)
     value.sum().backward()
@@ -133,11 +136,10 @@ def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, 
     ok = run.alive & grad_ok & value_ok & nonzero
     step = step_size(octave, i, faithful=False)
     weight = tv_weight(octave, i, faithful=False)
-    ok4 = ok.view(-1, 1, 1, 1)
     moved = torch.addcmul(crops, (step / torch.where(ok, mag, 1.0)).view(-1, 1, 1, 1), g).clamp_(
         0, 255
     )
-    moved = torch.where(ok4, moved, crops)
+    moved = _per_facet(ok, moved, crops)
     den = tv(
         moved, weight=weight, max_num_iter=TV_MAX_ITER, eps=TV_EPS, isotropic=True, border="current"
     )
@@ -145,7 +147,7 @@ def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, 
     # so its sum is finite exactly when every pixel is (a cheaper pass than isfinite().all()).
     image_ok = torch.isfinite(den.sum(dim=(1, 2, 3)))
     keep = ok & image_ok
-    den = torch.where(keep.view(-1, 1, 1, 1), den, crops)
+    den = _per_facet(keep, den, crops)
     if run.imgs.shape[-2:] == (h, w):  # no jitter yet: the crops are the images
         run.imgs = den
     else:
@@ -172,6 +174,15 @@ def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, 
         )
     )
     run.alive = keep
+
+
+def _per_facet(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Facet i of ``a`` where ``mask[i]``, else of ``b``. On the CPU, where reading the mask costs
+    nothing, ``a`` itself when every facet's mask is set (the usual step: no pass over the batch);
+    on a GPU always the select, which needs no synchronisation."""
+    if a.device.type == "cpu" and bool(mask.all()):
+        return a
+    return torch.where(mask.view(-1, 1, 1, 1), a, b)
 
 
 def _read_back(run: _DeviceOctave) -> None:
