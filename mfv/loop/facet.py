@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.restoration import denoise_tv_bregman
 from tqdm.auto import tqdm
 
 from .. import _io
@@ -78,6 +77,10 @@ def crop_offset(rng: np.random.RandomState, span: int, window: float) -> int:
 
 def denoise(image_hwc: np.ndarray, weight: float) -> np.ndarray:
     """TV-Bregman as the original called it (float64 in, float64 out, HxWx3, grey levels)."""
+    # Imported here: skimage.restoration pulls in scipy.stats (~0.5 s of every run's start-up),
+    # and only the modes that denoise with scikit-image need it.
+    from skimage.restoration import denoise_tv_bregman
+
     return denoise_tv_bregman(
         np.asarray(image_hwc, dtype=np.float64),
         weight=weight,
