@@ -39,17 +39,18 @@ _GROUP_BYTES = 64
 # The kernel's work arrays per group: two u buffers, d (or e = d - b) in x and y, b in x and y.
 _STATE_ARRAYS = 6
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as scikit-image's does.
-# -fno-math-errno lets sqrt vectorise; it changes no value. -O2 in place of port.native's -O3:
-# GCC 12's -O3 build of the float32 sweep takes a third longer with AVX2 (Zen 4, ten 227 x 227
-# images, 56 sweeps: 54 -> 41 ms) and a little longer with AVX-512 (35 -> 33 ms), and no single
-# -O3 pass accounts for it; SSE2 builds alone lose (82 -> 88 ms). Both levels give the same bytes.
-_FLAGS = ["-ffp-contract=off", "-fno-math-errno", "-O2"]
+# -fno-math-errno lets sqrt vectorise; it changes no value.
+_FLAGS = ["-ffp-contract=off", "-fno-math-errno"]
+# -O2, not -O3: GCC 12's -O3 build of the float32 sweep takes a third longer with AVX2 (Zen 4, ten
+# 227 x 227 images, 56 sweeps: 54 -> 41 ms) and a little longer with AVX-512 (35 -> 33 ms), and no
+# single -O3 pass accounts for it; SSE2 builds alone lose (82 -> 88 ms). Both give the same bytes.
+_OPTIMIZE = "-O2"
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(_SOURCE, "tv_sweep", _FLAGS, fallback="the torch solver")
+    lib = native.load(_SOURCE, "tv_sweep", _FLAGS, fallback="the torch solver", optimize=_OPTIMIZE)
     if lib is None:
         return None
     lib.tv_max_vectors.restype = ctypes.c_int

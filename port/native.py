@@ -42,7 +42,7 @@ ISAS = {
     "avx": (["-march=corei7-avx", "-mtune=native"], ("avx",)),  # Sandy Bridge: no FMA
     "sse2": (["-march=x86-64", "-mtune=native"], ("sse2",)),
 }
-_COMMON = ["-O3", "-shared", "-fPIC"]
+_COMMON = ["-shared", "-fPIC"]
 
 
 def cpu_signature() -> str:
@@ -111,7 +111,9 @@ def _build(source: Path, stem: str, cc: str, flags: list[str], version: str) -> 
     return target
 
 
-def load(source: Path, stem: str, flags: list[str], *, fallback: str) -> ctypes.CDLL | None:
+def load(
+    source: Path, stem: str, flags: list[str], *, fallback: str, optimize: str = "-O3"
+) -> ctypes.CDLL | None:
     """Build ``source`` (once per source, compiler, flags and CPU) and load it.
 
     Parameters
@@ -121,11 +123,12 @@ def load(source: Path, stem: str, flags: list[str], *, fallback: str) -> ctypes.
     stem : str
         Name stem of the built library in :func:`cache_dir`.
     flags : list of str
-        Compiler flags beyond ``-O3 -shared -fPIC``, the instruction set (:func:`isa`) and
-        ``-fopenmp`` (dropped when the compiler lacks OpenMP). They come after ``-O3``, so an
-        ``-O`` level among them replaces it.
+        Compiler flags beyond the optimisation level, ``-shared -fPIC``, the instruction set
+        (:func:`isa`) and ``-fopenmp`` (dropped when the compiler lacks OpenMP).
     fallback : str
         What the caller does without the kernel, for the warning a failed build gives.
+    optimize : str
+        The optimisation level (a kernel whose ``-O3`` build measured slower chooses another).
 
     Returns
     -------
@@ -138,7 +141,7 @@ def load(source: Path, stem: str, flags: list[str], *, fallback: str) -> ctypes.
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
         return None
-    flags = _COMMON + flags + ISAS[isa()][0]
+    flags = [optimize, *_COMMON, *flags, *ISAS[isa()][0]]
     try:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=30

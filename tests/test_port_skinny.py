@@ -6,7 +6,9 @@ gradients, the cache of transposed weights, the fallbacks, and the pooling's exa
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -14,10 +16,24 @@ import torch
 import torch.nn.functional as F
 
 import port
+from port import native
 from port.layers import maxpool, skinny
 
 needs_kernel = pytest.mark.skipif(not skinny.available(), reason="no C compiler")
 U = 2.0**-24  # float32 unit roundoff
+
+
+@pytest.mark.skipif(
+    not native.enabled() or shutil.which(os.environ.get("CC", "cc")) is None,
+    reason="compiled kernels disabled or no C compiler",
+)
+def test_shipped_kernels_build_where_a_compiler_exists():
+    # The kernel tests skip when the kernel is unavailable; a source that no longer compiles must
+    # fail here instead of turning them into skips.
+    from mfv import _tv_native
+
+    assert skinny.available()
+    assert _tv_native.available()
 
 
 def _operands(m: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,7 +112,8 @@ def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, 
     """
     h, w = size
     offsets = draw_offsets(run.active, octave, size)
-    if run.imgs.shape[-2:] == (h, w):  # no jitter yet: every offset is (0, 0)
+    whole = run.imgs.shape[-2:] == (h, w)  # no jitter yet: every offset is (0, 0)
+    if whole:
         crops = run.imgs
     else:
         crops = torch.stack(
@@ -148,7 +149,7 @@ def _device_step(  # long: one optimiser step in its fixed order (jitter, pass, 
     image_ok = torch.isfinite(den.sum(dim=(1, 2, 3)))
     keep = ok & image_ok
     den = _per_facet(keep, den, crops)
-    if run.imgs.shape[-2:] == (h, w):  # no jitter yet: the crops are the images
+    if whole:
         run.imgs = den
     else:
         for j, (ox, oy) in enumerate(offsets):
