@@ -244,7 +244,12 @@ def _caffe_rgb(im: Image.Image) -> np.ndarray:
 
 
 def save_image(
-    path: str | Path, image_u8: np.ndarray, *, quality: int = 75, text: dict[str, str] | None = None
+    path: str | Path,
+    image_u8: np.ndarray,
+    *,
+    quality: int = 75,
+    text: dict[str, str] | None = None,
+    compress_level: int = 1,
 ) -> None:
     """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save.
 
@@ -259,11 +264,15 @@ def save_image(
     text : dict, optional
         Goes into PNG text chunks (JPEG: a comment), so that an image carries its provenance (the
         parity verdict it relied on) even when copied away from its trace.
+    compress_level : int
+        PNG's zlib level, 0-9 (the pixels are the same at every level). 1 by default: a 272 x 272
+        visualisation encodes in ~6 ms and ~90 KB against ~30 ms and ~75 KB at Pillow's 6, and an
+        MFV run writes an image per facet and octave.
     """
     path = Path(path)
     buf = io.BytesIO()
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    kwargs: dict = {"quality": quality} if fmt == "JPEG" else {}
+    kwargs: dict = {"quality": quality} if fmt == "JPEG" else {"compress_level": compress_level}
     if text and fmt == "PNG":
         from PIL.PngImagePlugin import PngInfo
 

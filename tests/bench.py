@@ -128,10 +128,15 @@ def profile_run(facets: int, env: dict, steps: int) -> dict:
 
 
 def _plan(a: argparse.Namespace) -> tuple[list[str], list[tuple[str, int]]]:
-    """The whole-run cases and the sampled (case, steps) of this run, in interleaving order."""
+    """The whole-run cases and the sampled (case, steps) of one repeat, in interleaving order.
+
+    The default step and its bound alternate ``--sampled-repeat`` times: each is a few seconds,
+    and one pair of them moved the step / bound ratio by several percent between runs on a quiet
+    machine; their medians do not (the original's sampled case, ~30 s, runs once)."""
     whole = [] if a.quick else [c for c in bench_whole.WHOLE_CASES if c not in a.skip]
     n = a.facets
-    sampled = [(f"caffenet-default{n}", a.steps), (f"caffenet-fwdbwd{n}", a.steps)]
+    pair = [(f"caffenet-default{n}", a.steps), (f"caffenet-fwdbwd{n}", a.steps)]
+    sampled = pair * a.sampled_repeat
     if "original-openblas" not in a.skip:
         sampled.append(("caffenet-original-openblas", 0))
     return whole, sampled
@@ -220,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--facets", type=int, default=10, help="facets per run (default 10)")
     add("--repeat", type=int, default=1, help="interleaved repeats (default 1)")
     add("--steps", type=int, default=20, help="steps timed per sampled case (default 20)")
+    add("--sampled-repeat", type=int, default=5,
+        help="alternations of the sampled default step and its bound per repeat; the figures "
+             "are their medians (default 5)")  # fmt: skip
     add("--threads", type=int, default=os.cpu_count() or 1, help="threads (default: all CPUs)")
     add("--avx2", action="store_true", help="cap every library at AVX2")
     add("--skip", action="append", default=[], choices=bench_whole.WHOLE_CASES,

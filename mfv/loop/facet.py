@@ -8,6 +8,8 @@ octave on the model's device). :mod:`mfv.visualize` drives them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,15 +121,33 @@ def fail(s: FacetState, msg: str, octave: int) -> None:
     tqdm.write(f"facet {s.index} ({s.init}) stopped: {msg}")
 
 
+def each_facet(fn: Callable[[FacetState], None], facets: Iterable[FacetState]) -> None:
+    """``fn`` on every facet, on as many threads as torch has. For the per-facet work between
+    steps (scipy's zoom, PNG encoding), which releases the GIL and would leave all but one core
+    idle: a 3 x 251 x 251 zoom takes ~80 ms, ten facets' zooms ~0.8 s on one thread. Each facet's
+    result is the same whichever thread computes it."""
+    facets = list(facets)
+    workers = min(len(facets), torch.get_num_threads())
+    if workers <= 1:
+        for s in facets:
+            fn(s)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(fn, facets):  # re-raises a facet's exception here
+            pass
+
+
 def zoom_running(
     group: list[FacetState], zoom: float, mean_px: np.ndarray, *, faithful: bool
 ) -> None:
     """The start of a zooming octave: every running facet's image grows (clipped, unless faithful)."""
-    for s in group:
-        if s.status == "running":
-            s.image = zoom_image(s.image, zoom, mean_px).astype(np.float32)
-            if not faithful:
-                np.clip(s.image, 0, 255, out=s.image)
+
+    def grow(s: FacetState) -> None:
+        s.image = zoom_image(s.image, zoom, mean_px).astype(np.float32)
+        if not faithful:
+            np.clip(s.image, 0, 255, out=s.image)
+
+    each_facet(grow, (s for s in group if s.status == "running"))
 
 
 def end_octave(
@@ -141,22 +161,25 @@ def end_octave(
 ) -> None:
     """Octave ``k`` is over: the running facets move on (or are done, after the ``last`` octave) and
     their images are saved, the octave's and, when done, the final one."""
-    for s in group:
+    text = _io.provenance_text(model.info.get("parity"))
+
+    def save(s: FacetState) -> None:
         out = outs[s.job]
-        if s.status != "running":
-            continue
+        u8 = save_u8(s, faithful)
+        octave_png = out / f"facet_{s.index}_octave{k + 1}.png"
+        _io.save_image(octave_png, u8, text=text)
+        if s.status == "done":  # the final image is the last octave's: the same bytes
+            _io.atomic_write_bytes(out / f"facet_{s.index}.png", octave_png.read_bytes())
+            if faithful:  # the original also wrote a JPEG
+                _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
+
+    running = [s for s in group if s.status == "running"]
+    for s in running:
         s.octaves_done, s.steps_done = k + 1, 0
         s.octave_seconds.append(s.seconds - sum(s.octave_seconds))
         if last:
             s.status = "done"
-        if out is not None:
-            u8 = save_u8(s, faithful)
-            text = _io.provenance_text(model.info.get("parity"))
-            _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8, text=text)
-            if s.status == "done":
-                _io.save_image(out / f"facet_{s.index}.png", u8, text=text)
-                if faithful:  # the original also wrote a JPEG
-                    _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
+    each_facet(save, (s for s in running if outs[s.job] is not None))
 
 
 def draw_offsets(
