@@ -99,7 +99,8 @@ def png_data_uri(image_u8: np.ndarray, *, max_side: int | None = None, fmt: str 
     if max_side and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.BICUBIC)
     buf = io.BytesIO()
-    im.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    # zlib level 1 as in save_image: a run's report encodes two images per facet.
+    im.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {"compress_level": 1}))
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -9,9 +9,10 @@ Measured in one process, with the threads torch was given:
   with weights: two per multiply-add, backward as many as forward) or, for the others, the bytes
   its tensors occupy (read and written once: a lower bound on its traffic), and the rate this
   reaches as a share of the matching peak;
-* the forward+backward pass of the whole net on the batch (the step's bound), the float32 TV
-  kernel on the batch at the first octave's weight, and a whole default step
-  (:func:`mfv.visualize.visualize` on a one-octave schedule, per step);
+* the forward+backward pass of the whole net on the batch (the step's bound), a whole default
+  step (:func:`mfv.visualize.visualize` on a one-octave schedule, per step) and, inside those
+  steps, the float32 TV calls the step makes (on the images it denoises, at its weights: a
+  noisier stand-in took ~60% more sweeps, and the table's rows no longer added up to the step);
 * the step's own torch ops: the top-level ops of a step under ``torch.profiler`` less those of
   the net's pass and of the TV call, per op name (the crops, the gradient norm, the move, the
   finiteness checks: the step's element-wise work), the largest listed;
@@ -30,7 +31,8 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +125,31 @@ def _inits(model, facets: int) -> list[np.ndarray]:
     return [imgs[i % len(imgs)] for i in range(facets)]
 
 
+@contextmanager
+def _tv_calls(calls: list[dict]) -> Iterator[None]:
+    """Record every :func:`mfv.tv_bregman.denoise_tv_bregman` call made inside the block (the
+    default step looks the function up in its module at each octave): its seconds, its sweeps
+    and its arguments, to replay it alone."""
+    from mfv import tv_bregman
+
+    inner = tv_bregman.denoise_tv_bregman
+
+    def recorded(images, **kw):
+        t = time.perf_counter()
+        out, iters = inner(images, **kw, return_num_iter=True)
+        calls.append({"seconds": time.perf_counter() - t, "sweeps": float(iters.sum()),
+                      "images": images.clone(), "kw": kw})  # fmt: skip
+        return out
+
+    tv_bregman.denoise_tv_bregman = recorded
+    try:
+        yield
+    finally:
+        tv_bregman.denoise_tv_bregman = inner
+
+
 def _whole_rows(model, inits: list[np.ndarray], repeats: int, peaks: dict) -> dict:
-    """The net's pass, the TV kernel and a whole default step, each timed as a whole."""
+    """The net's pass and a whole default step, each timed as a whole, and the step's TV calls."""
     from mfv.objectives import unit
     from mfv.octaves import load_schedule, parse_schedule
     from mfv.tv_bregman import denoise_tv_bregman
@@ -138,30 +163,28 @@ def _whole_rows(model, inits: list[np.ndarray], repeats: int, peaks: dict) -> di
         obj(model.activations(x, obj.layers)).sum().backward()
 
     first = dict(load_schedule(model.spec.schedule_path).as_dict()["octaves"][0])
-    weight = float(np.atleast_1d(first["tv_weight"])[0])
-    noisy = x0 + torch.from_numpy(
-        np.random.default_rng(0).normal(0, 8, x0.shape).astype(np.float32)
-    )
-    _, iters = denoise_tv_bregman(noisy, weight=weight, return_num_iter=True)
-    sweeps = float(torch.as_tensor(iters).sum())
 
     def step_run(n: int) -> None:
         sched = parse_schedule({"name": "profile", "octaves": [{**first, "iter_n": n}]})
         visualize(model, obj, inits, schedule=sched, seed=1, progress=False)
 
-    def tv() -> None:
-        denoise_tv_bregman(noisy, weight=weight)
-
     step_run(2)  # warm-up: the TV kernel's first call, first-call allocations
-    t = time.perf_counter()
-    step_run(repeats)
-    step = (time.perf_counter() - t) / repeats
+    calls: list[dict] = []
+    with _tv_calls(calls):
+        t = time.perf_counter()
+        step_run(repeats)
+        step = (time.perf_counter() - t) / repeats
+    middle = calls[len(calls) // 2]
+
+    def tv() -> None:  # one of the step's calls alone: which of its torch ops are the TV's
+        denoise_tv_bregman(middle["images"], **middle["kw"])
+
     step_ops = _op_seconds(lambda: step_run(repeats))
     return {
         "bound": _median_seconds(pass_, repeats),
-        "tv": _median_seconds(tv, repeats),
+        "tv": statistics.median(c["seconds"] for c in calls),
         # u read and written once per sweep of each image: a lower bound on the kernel's traffic
-        "tv_bytes": sweeps * x0[0].numel() * 4 * 2,
+        "tv_bytes": statistics.median(c["sweeps"] for c in calls) * x0[0].numel() * 4 * 2,
         "step": step,
         # torch ops of the step that are neither the net's pass nor the TV call's
         "step_only_ops": _step_only(step_ops, repeats, _op_seconds(pass_), _op_seconds(tv)),

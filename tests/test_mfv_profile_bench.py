@@ -28,3 +28,32 @@ def test_rows_name_the_limit_they_are_measured_against():
     assert fc["bound_by"] == "bytes" and fc["of_peak"] == pytest.approx(0.8)
     glue = profile._row("glue", 0.003, None, None, peaks)
     assert "of_peak" not in glue and glue["ms"] == pytest.approx(3.0)
+
+
+def test_the_tv_row_records_the_calls_a_default_step_makes():
+    """The TV row times the step's own calls (its images, its weights), and the step's TV is
+    itself again after the block."""
+    import numpy as np
+    import torch
+
+    from mfv import tv_bregman
+    from mfv.objectives import unit
+    from mfv.octaves import parse_schedule
+    from mfv.testing import tiny_model
+    from mfv.visualize import visualize
+
+    model = tiny_model(size=32)
+    sched = parse_schedule({"name": "t", "octaves": [
+        {"iter_n": 3, "zoom": 1.0, "margin": 0, "window": 0.3, "step_size": [2.0, 2.0],
+         "tv_weight": [0.5, 0.5]}]})  # fmt: skip
+    init = np.random.default_rng(0).integers(40, 215, (32, 32, 3)).astype(np.uint8)
+    before = tv_bregman.denoise_tv_bregman
+    calls: list[dict] = []
+    with profile._tv_calls(calls):
+        visualize(model, unit("output", 1), [init, init], schedule=sched, seed=1, progress=False)
+    assert tv_bregman.denoise_tv_bregman is before
+    assert len(calls) == 3  # one per step, the whole batch in each
+    first = calls[0]
+    assert first["images"].shape == (2, 3, 32, 32) and first["sweeps"] >= 2 and first["seconds"] > 0
+    again = tv_bregman.denoise_tv_bregman(first["images"], **first["kw"])
+    assert again.shape == first["images"].shape and torch.isfinite(again).all()
