@@ -9,7 +9,8 @@ original script on real Caffe 1.0 (OpenBLAS, and ATLAS as a second row) and of `
 visualize`` in the default and ``--faithful`` modes, N facets each, interleaved, each in its own
 process, K times; then the sampled cases (``tests/speed_cases.py``: the first octave's steps
 extrapolated to the schedule, labelled estimates, with their distance from the whole runs) and the
-forward+backward bound; then the profile of a default step (``python -m mfv.profile``). It prints a
+forward+backward bound, the default step and the bound alternating ``--sampled-repeat`` times
+(their medians are the figures); then the profile of a default step (``python -m mfv.profile``). It prints a
 table per case, the per-octave seconds of both sides, the ratios and the profile, and appends one
 record to ``benchmarks/<machine class>.jsonl`` (``python -m mfv.bench_history`` draws and checks
 the history). ``--quick`` runs only the sampled cases and the profile (figures labelled
