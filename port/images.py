@@ -250,8 +250,9 @@ def save_image(
     quality: int = 75,
     text: dict[str, str] | None = None,
     compress_level: int = 1,
-) -> None:
-    """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save.
+) -> bytes:
+    """Atomic PNG (lossless) or JPEG (quality 75, PIL's default and the published means') save;
+    returns the bytes written (to write the same file elsewhere without encoding it again).
 
     Parameters
     ----------
@@ -283,4 +284,6 @@ def save_image(
     elif text:
         kwargs["comment"] = "; ".join(f"{k}: {v}" for k, v in text.items()).encode("utf-8")
     Image.fromarray(np.asarray(image_u8, dtype=np.uint8)).save(buf, fmt, **kwargs)
-    write_bytes_atomic(path, buf.getvalue())
+    data = buf.getvalue()
+    write_bytes_atomic(path, data)
+    return data

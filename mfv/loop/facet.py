@@ -166,10 +166,9 @@ def end_octave(
     def save(s: FacetState) -> None:
         out = outs[s.job]
         u8 = save_u8(s, faithful)
-        octave_png = out / f"facet_{s.index}_octave{k + 1}.png"
-        _io.save_image(octave_png, u8, text=text)
+        png = _io.save_image(out / f"facet_{s.index}_octave{k + 1}.png", u8, text=text)
         if s.status == "done":  # the final image is the last octave's: the same bytes
-            _io.atomic_write_bytes(out / f"facet_{s.index}.png", octave_png.read_bytes())
+            _io.atomic_write_bytes(out / f"facet_{s.index}.png", png)
             if faithful:  # the original also wrote a JPEG
                 _io.save_image(out / f"facet_{s.index}.jpg", u8, text=text)
 
