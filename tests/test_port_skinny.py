@@ -199,3 +199,25 @@ def test_capped_builds_stay_within_the_bound(monkeypatch, isa, width):
         skinny._library.cache_clear()
     exact = x.float().double() @ w.float().double().t()
     assert bool(((got - exact).abs() <= _bound(x, w)).all())
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ["native", "avx2", "avx", "sse2"])
+def test_each_row_is_the_same_sum_in_any_batch(monkeypatch, isa):
+    """The tiles differ with the batch (their heights, and on AVX2 the rows of w per tile), but
+    no sum may: a row's output is bit for bit the same alone or in any batch, the K % VL tail
+    included (GCC used to fuse that tail in some tile shapes and not in others)."""
+    monkeypatch.setenv("CAFFE_MFV_NATIVE_ISA", isa)
+    try:
+        native.isa()
+    except ValueError as e:
+        pytest.skip(str(e))  # this CPU lacks it
+    skinny._library.cache_clear()
+    try:
+        x, w = _operands(20, 1001, 37, seed=5)
+        x, w = x.float(), w.float()
+        alone = torch.cat([skinny.matmul_nt(x[i : i + 1], w) for i in range(20)])
+        for m in (2, 3, 5, 7, 10, 11, 12, 13, 20):
+            assert torch.equal(skinny.matmul_nt(x[:m], w), alone[:m]), m
+    finally:
+        skinny._library.cache_clear()
