@@ -5,10 +5,12 @@ gradients, the cache of transposed weights, the fallbacks, and the pooling's exa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -179,24 +181,29 @@ def test_max_pool_equals_torch_values_and_gradients(case, kernel_stride):
                            yb.detach().nan_to_num())  # fmt: skip
 
 
-@needs_kernel
-@pytest.mark.parametrize(("isa", "width"), [("avx2", 32), ("avx", 32), ("sse2", 16)])
-def test_capped_builds_stay_within_the_bound(monkeypatch, isa, width):
-    """What an AVX2, AVX or SSE machine builds (narrower vectors, so other partial sums)."""
-    from port import native
-
+@contextlib.contextmanager
+def _kernel_built_for(monkeypatch, isa: str) -> Iterator[None]:
+    """The kernel as a machine capped at ``isa`` builds it (skips where this CPU lacks it)."""
     monkeypatch.setenv("CAFFE_MFV_NATIVE_ISA", isa)
     try:
         native.isa()
     except ValueError as e:
-        pytest.skip(str(e))  # this CPU lacks it
+        pytest.skip(str(e))
     skinny._library.cache_clear()
     try:
-        x, w = _operands(10, 1500, 23, seed=11)
-        got = skinny.matmul_nt(x.float(), w.float()).double()
-        assert skinny.vector_bytes() == width
+        yield
     finally:
         skinny._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("isa", "width"), [("avx2", 32), ("avx", 32), ("sse2", 16)])
+def test_capped_builds_stay_within_the_bound(monkeypatch, isa, width):
+    """What an AVX2, AVX or SSE machine builds (narrower vectors, so other partial sums)."""
+    x, w = _operands(10, 1500, 23, seed=11)
+    with _kernel_built_for(monkeypatch, isa):
+        got = skinny.matmul_nt(x.float(), w.float()).double()
+        assert skinny.vector_bytes() == width
     exact = x.float().double() @ w.float().double().t()
     assert bool(((got - exact).abs() <= _bound(x, w)).all())
 
@@ -206,18 +213,10 @@ def test_capped_builds_stay_within_the_bound(monkeypatch, isa, width):
 def test_each_row_is_the_same_sum_in_any_batch(monkeypatch, isa):
     """The tiles differ with the batch (their heights, and on AVX2 the rows of w per tile), but
     no sum may: a row's output is bit for bit the same alone or in any batch, the K % VL tail
-    included (GCC used to fuse that tail in some tile shapes and not in others)."""
-    monkeypatch.setenv("CAFFE_MFV_NATIVE_ISA", isa)
-    try:
-        native.isa()
-    except ValueError as e:
-        pytest.skip(str(e))  # this CPU lacks it
-    skinny._library.cache_clear()
-    try:
-        x, w = _operands(20, 1001, 37, seed=5)
-        x, w = x.float(), w.float()
+    included (GCC fused the products into FMAs in some tile shapes and not in others)."""
+    x, w = _operands(20, 1001, 37, seed=5)
+    x, w = x.float(), w.float()
+    with _kernel_built_for(monkeypatch, isa):
         alone = torch.cat([skinny.matmul_nt(x[i : i + 1], w) for i in range(20)])
         for m in (2, 3, 5, 7, 10, 11, 12, 13, 20):
             assert torch.equal(skinny.matmul_nt(x[:m], w), alone[:m]), m
-    finally:
-        skinny._library.cache_clear()
