@@ -269,6 +269,11 @@ def save_image(
         PNG's zlib level, 0-9 (the pixels are the same at every level). 1 by default: a 272 x 272
         visualisation encodes in ~6 ms and ~90 KB against ~30 ms and ~75 KB at Pillow's 6, and an
         MFV run writes an image per facet and octave.
+
+    Returns
+    -------
+    bytes
+        The file's contents, as written.
     """
     path = Path(path)
     buf = io.BytesIO()
