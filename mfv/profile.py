@@ -16,8 +16,10 @@ Measured in one process, with the threads torch was given:
 * the step's own torch ops: the top-level ops of a step under ``torch.profiler`` less those of
   the net's pass and of the TV call, per op name (the crops, the gradient norm, the move, the
   finiteness checks: the step's element-wise work), the largest listed;
-* derived rows: the net's pass minus its layers measured alone (dispatch and Python between
-  layers), and the step minus the pass, the TV and the step's own ops (its Python and glue).
+* derived rows (``residual``): the net's pass minus its layers measured alone (dispatch and Python
+  between layers), and the step minus the pass, the TV and the step's own ops (its Python and
+  glue). Each is a difference of timings taken apart, so it carries their noise; the table says
+  so when one comes out negative.
 
 Every time is the median of ``--steps`` repeats after one warm-up (the whole step: the mean of
 ``--steps`` steps of one run). Public API only (:mod:`mfv.models`, :mod:`mfv.visualize`,
@@ -241,14 +243,20 @@ def profile_step(model_name: str = "caffenet", facets: int = 10, repeats: int = 
     layers_s = sum(r["ms"] for r in rows) / 1e3
     flop = sum(r.get("gflop", 0.0) for r in rows) * 1e9
     elementwise = sum(whole["step_only_ops"].values())
-    rows += [
+    residuals = [
         _row("net pass minus its layers", whole["bound"] - layers_s, None, None, peaks),
+        _row("step's Python and glue", whole["step"] - whole["bound"] - whole["tv"] - elementwise,
+             None, None, peaks),
+    ]  # fmt: skip
+    for r in residuals:
+        r["residual"] = True  # a difference of separate timings, so it carries their noise
+    rows += [
+        residuals[0],
         _row("TV kernel (float32)", whole["tv"], None, whole["tv_bytes"], peaks),
         _row("step's own torch ops", elementwise, None, None, peaks),
         *[_row(f"  {name}", sec, None, None, peaks)
           for name, sec in list(whole["step_only_ops"].items())[:8]],
-        _row("step's Python and glue", whole["step"] - whole["bound"] - whole["tv"] - elementwise,
-             None, None, peaks),
+        residuals[1],
     ]  # fmt: skip
     bound_gflops = flop / whole["bound"] / 1e9 if flop else None
     return {
@@ -307,6 +315,13 @@ def render(prof: dict) -> str:
         name = r["name"].replace("autograd::engine::evaluate_function: ", "backward ")[:30]
         rows.append(f"{name:30s} {r['ms']:9.2f} {gflop:>8s} {mb:>9s} {rate:>14s} {share:>8s}")
     b = prof["bound_over_sgemm"]
+    negative = [r["name"] for r in prof["parts"] if r.get("residual") and r["ms"] < 0]
+    if negative:
+        rows.append(
+            f"({' and '.join(negative)}: negative, so the parts timed alone add up to more than "
+            "the whole they are subtracted from; on this machine the timings' noise is larger "
+            "than that row: rerun on a quiet machine)"
+        )
     rows.append(
         f"{'whole step':30s} {prof['step_ms']:9.2f}   net pass (bound) {prof['bound_ms']:.2f} ms"
         + (f" = {b:.0%} of the sgemm rate" if b else "")

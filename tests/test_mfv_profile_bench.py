@@ -30,6 +30,22 @@ def test_rows_name_the_limit_they_are_measured_against():
     assert "of_peak" not in glue and glue["ms"] == pytest.approx(3.0)
 
 
+def _table(glue_ms: float) -> str:
+    peaks = {"sgemm_gflops": 100.0, "bandwidth_gbs": 10.0}
+    rows = [profile._row("conv1 forward", 0.01, 0.5e9, 1e6, peaks),
+            {**profile._row("step's Python and glue", glue_ms / 1e3, None, None, peaks),
+             "residual": True}]  # fmt: skip
+    prof = {"model": "caffenet", "facets": 10, "threads": 2, **peaks, "parts": rows,
+            "bound_ms": 10.0, "step_ms": 12.0, "bound_over_sgemm": 0.5}  # fmt: skip
+    return profile.render(prof)
+
+
+def test_a_negative_residual_row_is_called_noise_in_the_table():
+    noisy = _table(-1.5)
+    assert "step's Python and glue: negative" in noisy and "-1.50" in noisy
+    assert "negative" not in _table(1.5)
+
+
 def test_the_tv_row_records_the_calls_a_default_step_makes():
     """The TV row times the step's own calls (its images, its weights), and the step's TV is
     itself again after the block."""
