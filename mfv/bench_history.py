@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 FORMAT = "caffe-mfv-bench/1"
+RECORD_GLOB = "benchmarks/*.jsonl"  # the records, relative to the repository
 #: A tracked ratio may fall this far below the best earlier record of its class before the gate
 #: fails: the spread of repeats on a quiet 2-vCPU machine was up to ~8% (README, Performance).
 TOLERANCE = 0.10
@@ -96,8 +97,8 @@ def _git(args: list[str], cwd: Path) -> str | None:
 def make_record(
     machine: dict, figures: dict, tracked: dict[str, float], *, kind: str, repo: Path
 ) -> dict:
-    """One history record: commit (and whether the tree had uncommitted changes), UTC date,
-    machine record, every figure and the tracked ratios.
+    """One history record: commit (and whether the tree had uncommitted changes, records under
+    ``benchmarks/`` aside), UTC date, machine record, every figure and the tracked ratios.
 
     Raises
     ------
@@ -109,7 +110,12 @@ def make_record(
             raise ValueError(f"unknown tracked ratio {name!r} (known: {sorted(TRACKED)})")
         if not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"tracked ratio {name!r} must be a positive number, got {value!r}")
-    status = _git(["status", "--porcelain", "--untracked-files=no"], repo)
+    # Records waiting to be committed are not code: a run made after another run's record was
+    # appended (and before it was committed) ran committed code, and is not called dirty.
+    status = _git(
+        ["status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RECORD_GLOB}"],
+        repo,
+    )
     return {
         "format": FORMAT,
         "kind": kind,

@@ -120,3 +120,26 @@ def test_readme_says_not_measured_without_a_record(tmp_path):
     text = bench_readme.markdown(tmp_path)
     assert "not measured yet on a quiet machine" in text and "GPU" in text
     assert "x |" not in text  # no ratio without a record
+
+
+def test_a_pending_record_does_not_make_the_tree_dirty_but_code_does(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "m.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+
+    def dirty():
+        return bh.make_record(MACHINE, {}, {}, kind="t", repo=tmp_path)["dirty"]
+
+    assert dirty() is False
+    (tmp_path / "benchmarks" / "m.jsonl").write_text("{}\n{}\n")  # another run's record
+    assert dirty() is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert dirty() is True
