@@ -10,21 +10,22 @@ Measured in one process, with the threads torch was given:
   its tensors occupy (read and written once: a lower bound on its traffic), and the rate this
   reaches as a share of the matching peak;
 * the forward+backward pass of the whole net on the batch (the step's bound), a whole default
-  step (:func:`mfv.visualize.visualize` on a one-octave schedule, per step) and, inside those
-  steps, the float32 TV calls the step makes (on the images it denoises, at its weights: a
-  noisier stand-in took ~60% more sweeps, and the table's rows no longer added up to the step);
+  step (:func:`mfv.visualize.visualize` on a one-octave schedule: a ``--steps``-step call less a
+  one-step call, per step, so the call's own set-up is a line of its own, not the step's) and,
+  inside those steps, the float32 TV calls the step makes (on the images it denoises, at its
+  weights: a noisier stand-in took ~60% more sweeps, and the rows no longer added up to the step);
 * the step's own torch ops: the top-level ops of a step under ``torch.profiler`` less those of
   the net's pass and of the TV call, per op name (the crops, the gradient norm, the move, the
   finiteness checks: the step's element-wise work), the largest listed;
 * derived rows (``residual``): the net's pass minus its layers measured alone (dispatch and Python
   between layers), and the step minus the pass, the TV and the step's own ops (its Python and
-  glue). Each is a difference of timings taken apart, so it carries their noise; the table says
-  so when one comes out negative.
+  glue). Each is a difference of timings taken apart, so it carries their noise (and a part may
+  cost more alone than inside the whole); the table says so when one comes out negative.
 
-Every time is the median of ``--steps`` repeats after one warm-up (the whole step: the mean of
-``--steps`` steps of one run). Public API only (:mod:`mfv.models`, :mod:`mfv.visualize`,
-:mod:`mfv.tv_bregman`, ``port``'s layer modules), except that the timed steps run with
-``mfv.tv_bregman.denoise_tv_bregman`` wrapped to time each call.
+Every time is the median of ``--steps`` repeats after one warm-up (the whole step: a run of
+``--steps`` steps less the median of three one-step runs, per step). Public API only
+(:mod:`mfv.models`, :mod:`mfv.visualize`, :mod:`mfv.tv_bregman`, ``port``'s layer modules), except
+that the timed steps run with ``mfv.tv_bregman.denoise_tv_bregman`` wrapped to time each call.
 """
 
 from __future__ import annotations
@@ -172,12 +173,20 @@ def _whole_rows(model, inits: list[np.ndarray], repeats: int, peaks: dict) -> di
         sched = parse_schedule({"name": "profile", "octaves": [{**first, "iter_n": n}]})
         visualize(model, obj, inits, schedule=sched, seed=1, progress=False)
 
+    def timed_run(n: int) -> float:
+        t = time.perf_counter()
+        step_run(n)
+        return time.perf_counter() - t
+
     step_run(2)  # warm-up: the TV kernel's first call, first-call allocations
+    steps = max(repeats, 2)
     calls: list[dict] = []
     with _tv_calls(calls):
-        t = time.perf_counter()
-        step_run(repeats)
-        step = (time.perf_counter() - t) / repeats
+        long = timed_run(steps)
+    # A call's own set-up (the facets' noise draw, the octave's set-up) is paid once per call:
+    # one-step calls measure it, and the difference leaves the step alone.
+    short = statistics.median(timed_run(1) for _ in range(3))
+    step = (long - short) / (steps - 1)
     if not calls:
         raise RuntimeError(
             "mfv.profile saw no TV call in the default step: the step no longer looks up "
@@ -195,6 +204,7 @@ def _whole_rows(model, inits: list[np.ndarray], repeats: int, peaks: dict) -> di
         # u read and written once per sweep of each image: a lower bound on the kernel's traffic
         "tv_bytes": statistics.median(c["sweeps"] for c in calls) * x0[0].numel() * 4 * 2,
         "step": step,
+        "call_setup": short - step,
         # torch ops of the step that are neither the net's pass nor the TV call's
         "step_only_ops": _step_only(step_ops, repeats, _op_seconds(pass_), _op_seconds(tv)),
     }
@@ -268,6 +278,7 @@ def profile_step(model_name: str = "caffenet", facets: int = 10, repeats: int = 
         "parts": rows,
         "bound_ms": whole["bound"] * 1e3,
         "step_ms": whole["step"] * 1e3,
+        "call_setup_ms": whole["call_setup"] * 1e3,
         "bound_gflops": bound_gflops,
         "bound_over_sgemm": bound_gflops / peaks["sgemm_gflops"] if bound_gflops else None,
     }
@@ -318,14 +329,19 @@ def render(prof: dict) -> str:
     negative = [r["name"] for r in prof["parts"] if r.get("residual") and r["ms"] < 0]
     if negative:
         rows.append(
-            f"({' and '.join(negative)}: negative, so the parts timed alone add up to more than "
-            "the whole they are subtracted from; on this machine the timings' noise is larger "
-            "than that row: rerun on a quiet machine)"
+            f"({' and '.join(negative)}: negative: the parts, each timed alone, took longer than "
+            "the whole they are subtracted from (this machine's noise, or a part dearer alone "
+            "than inside the whole): read the row as unmeasured)"
         )
     rows.append(
         f"{'whole step':30s} {prof['step_ms']:9.2f}   net pass (bound) {prof['bound_ms']:.2f} ms"
         + (f" = {b:.0%} of the sgemm rate" if b else "")
     )
+    if "call_setup_ms" in prof:
+        rows.append(
+            f"{'set-up, once per call':30s} {prof['call_setup_ms']:9.2f}   (not in the step: "
+            "the facets' noise draw and the octave's set-up, paid once per visualize call)"
+        )
     return "\n".join(rows)
 
 

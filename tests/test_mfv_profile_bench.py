@@ -36,7 +36,8 @@ def _table(glue_ms: float) -> str:
             {**profile._row("step's Python and glue", glue_ms / 1e3, None, None, peaks),
              "residual": True}]  # fmt: skip
     prof = {"model": "caffenet", "facets": 10, "threads": 2, **peaks, "parts": rows,
-            "bound_ms": 10.0, "step_ms": 12.0, "bound_over_sgemm": 0.5}  # fmt: skip
+            "bound_ms": 10.0, "step_ms": 12.0, "call_setup_ms": 30.0,
+            "bound_over_sgemm": 0.5}  # fmt: skip
     return profile.render(prof)
 
 
@@ -44,6 +45,13 @@ def test_a_negative_residual_row_is_called_noise_in_the_table():
     noisy = _table(-1.5)
     assert "step's Python and glue: negative" in noisy and "-1.50" in noisy
     assert "negative" not in _table(1.5)
+
+
+def test_a_calls_set_up_is_a_line_of_its_own_not_part_of_the_step():
+    lines = _table(1.5).splitlines()
+    setup = next(line for line in lines if line.startswith("set-up, once per call"))
+    assert "30.00" in setup and "not in the step" in setup
+    assert "12.00" in next(line for line in lines if line.startswith("whole step"))
 
 
 def test_the_tv_row_records_the_calls_a_default_step_makes():
