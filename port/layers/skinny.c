@@ -57,33 +57,19 @@
 #define MTMAX_SHORT MTMAX
 #endif
 #define KB 512
-/* The scalar tail (K % VL terms) is multiplied, then added, never fused: GCC fuses or not per
- * tile shape, so tiles of different heights would round it differently. */
-static inline float tail_madd(float a, float b, float c) {
-    float p = a * b;
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__("" : "+x"(p)); /* the product is rounded on its own */
-#else
-    volatile float q = p;
-    p = q;
-#endif
-    return c + p;
-}
-
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vf_unaligned __attribute__((vector_size(VL * 4), aligned(4)));
 #define LOAD(p) (*(const vf_unaligned *)(p))
 
-/* c + a * b, fused where the ISA has FMA. Written out, because GCC contracts the plain expression
- * in some tile shapes and not in others (on AVX2 a one-row tile did not), and a row's sums must
- * not depend on the tile it falls in. */
+/* c + a * b, fused where the ISA has FMA. The build contracts nothing (-ffp-contract=off: GCC had
+ * fused in some tile shapes and not in others, on AVX2 not in a one-row tile, and a row's sums must
+ * not depend on the tile it falls in), so the fused vector step is written out, and the scalar
+ * K % VL tail is a plain multiply, then add, in every tile. */
 static inline vf vmadd(vf a, vf b, vf c) {
 #if defined(__AVX512F__)
     return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__FMA__) && VL == 8
+#elif defined(__FMA__) /* implies AVX: VL == 8 */
     return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#elif defined(__FMA__) && VL == 4
-    return (vf)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
 #else
     return c + a * b;
 #endif
@@ -129,8 +115,7 @@ static inline float lane_sum(vf v) {
             for (int r = 0; r < R; r++)                                                            \
                 for (int m = 0; m < MT; m++) {                                                     \
                     outer[r][m] += acc[r][m];                                                      \
-                    for (long j = k; j < k1; j++)                                                  \
-                        tail[r][m] = tail_madd(w[r * K + j], x[m * K + j], tail[r][m]);            \
+                    for (long j = k; j < k1; j++) tail[r][m] += w[r * K + j] * x[m * K + j];      \
                 }                                                                                  \
         }                                                                                          \
         for (int r = 0; r < R; r++)                                                                \
