@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 FORMAT = "caffe-mfv-bench/1"
-RECORD_GLOB = "benchmarks/*.jsonl"  # the records, relative to the repository
+RECORD_DIR = "benchmarks"  # the records' folder, relative to the repository
+RECORD_GLOB = f"{RECORD_DIR}/*.jsonl"
 #: A tracked ratio may fall this far below the best earlier record of its class before the gate
 #: fails: the spread of repeats on a quiet 2-vCPU machine was up to ~8% (README, Performance).
 TOLERANCE = 0.10
@@ -280,7 +281,7 @@ def _html(history: dict[str, list[dict]], png: bytes, regressions: list[Regressi
 def main(argv: list[str] | None = None) -> int:
     """``python -m mfv.bench_history``: table, plot, page; exit 1 on a regression."""
     p = argparse.ArgumentParser(prog="python -m mfv.bench_history", description=__doc__)
-    p.add_argument("--dir", type=Path, default=Path("benchmarks"), help="record folder")
+    p.add_argument("--dir", type=Path, default=Path(RECORD_DIR), help="record folder")
     p.add_argument("--png", type=Path, help="write the plot here (default: DIR/history.png)")
     p.add_argument("--html", type=Path, help="write the page here (default: DIR/history.html)")
     p.add_argument("--no-plot", action="store_true", help="table and gate only")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from port.readme_block import MarkerError, update_block
 
-from .bench_history import load_history
+from .bench_history import RECORD_DIR, load_history
 
 __all__ = ["BEGIN", "END", "markdown", "block", "main"]
 
@@ -88,7 +88,7 @@ def block(folder: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print, write or check README's block; exit 1 when it is missing or stale."""
     ap = argparse.ArgumentParser(prog="python -m mfv.bench_readme", description=__doc__)
-    ap.add_argument("--dir", type=Path, default=Path("benchmarks"), help="record folder")
+    ap.add_argument("--dir", type=Path, default=Path(RECORD_DIR), help="record folder")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--write", type=Path, metavar="README", help="replace the block in this file")
     g.add_argument("--check", type=Path, metavar="README", help="exit 1 when the block is stale")
